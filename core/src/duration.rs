@@ -1,0 +1,110 @@
+//! Go-style duration strings (`250ms`, `1.5s`, `1h30m`), as used by Jaeger's search API.
+
+use crate::error::{Error, Result};
+
+const UNITS: &[(&str, f64)] = &[
+    ("ns", 1.0),
+    ("us", 1e3),
+    ("µs", 1e3),
+    ("ms", 1e6),
+    ("s", 1e9),
+    ("m", 60e9),
+    ("h", 3600e9),
+];
+
+/// Parses a non-negative duration into nanoseconds.
+///
+/// A bare number other than `0` is rejected: `min_duration=100` is ambiguous, and a silent
+/// guess makes searches return the wrong traces.
+pub fn parse_duration_ns(input: &str) -> Result<i64> {
+    let err = |reason: &str| Error::Duration {
+        input: input.chars().take(64).collect(),
+        reason: reason.to_string(),
+    };
+    let s = input.trim();
+    if s.is_empty() {
+        return Err(err("empty"));
+    }
+    if s == "0" {
+        return Ok(0);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| err("missing unit (use ns, us, ms, s, m or h)"))?;
+        if num_len == 0 {
+            return Err(err("expected a number"));
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| err("bad number"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        let scale = UNITS
+            .iter()
+            .find(|(u, _)| *u == unit)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| err("unknown unit (use ns, us, ms, s, m or h)"))?;
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    if !total.is_finite() || total > i64::MAX as f64 {
+        return Err(err("too large"));
+    }
+    Ok(total.round() as i64)
+}
+
+/// Formats nanoseconds compactly (`1.5s`, `250ms`, `17µs`), for logs and messages.
+pub fn format_duration_ns(ns: i64) -> String {
+    let abs = ns.unsigned_abs() as f64;
+    let sign = if ns < 0 { "-" } else { "" };
+    if abs >= 1e9 {
+        format!("{sign}{}s", trim(abs / 1e9))
+    } else if abs >= 1e6 {
+        format!("{sign}{}ms", trim(abs / 1e6))
+    } else if abs >= 1e3 {
+        format!("{sign}{}µs", trim(abs / 1e3))
+    } else {
+        format!("{sign}{}ns", abs)
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_compounds() {
+        assert_eq!(parse_duration_ns("250ms").unwrap(), 250_000_000);
+        assert_eq!(parse_duration_ns("1.5s").unwrap(), 1_500_000_000);
+        assert_eq!(parse_duration_ns("1h30m").unwrap(), 5_400_000_000_000);
+        assert_eq!(parse_duration_ns("17us").unwrap(), 17_000);
+        assert_eq!(parse_duration_ns("17µs").unwrap(), 17_000);
+        assert_eq!(parse_duration_ns("0").unwrap(), 0);
+    }
+
+    #[test]
+    fn rejects_ambiguous_and_garbage() {
+        for bad in ["", "100", "ms", "1x", "-1s", "1..2s", "1e400h"] {
+            assert!(
+                parse_duration_ns(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(format_duration_ns(1_500_000_000), "1.5s");
+        assert_eq!(format_duration_ns(250_000_000), "250ms");
+        assert_eq!(format_duration_ns(999), "999ns");
+    }
+}

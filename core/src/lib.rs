@@ -1,0 +1,28 @@
+//! The DataTracing trace model, shared by every other crate.
+//!
+//! This crate has no I/O: it defines spans and their native JSON form, validation with
+//! precise, path-addressed errors, trace DAG reconstruction, and the types of the search API.
+//! Stores, the collector, the query service and (later) the SDK and the operator all speak
+//! these types, so a change here is a change to the product's contract.
+
+mod dag;
+mod duration;
+mod error;
+mod ids;
+mod query;
+mod span;
+mod timestamp;
+mod validate;
+
+pub mod schema;
+
+pub use dag::{CrossTraceLink, DagEdge, EdgeType, TraceDag, UnresolvedLink};
+pub use duration::{format_duration_ns, parse_duration_ns};
+pub use error::{Error, Result};
+pub use ids::{SpanId, TraceId};
+pub use query::{SummaryBuilder, TraceQuery, TraceSummary};
+pub use span::{
+    AttributeValue, Attributes, Event, Link, LinkType, Span, SpanKind, Status, StatusCode,
+};
+pub use timestamp::Timestamp;
+pub use validate::{FieldError, Limits};
