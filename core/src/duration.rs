@@ -108,3 +108,75 @@ mod tests {
         assert_eq!(format_duration_ns(999), "999ns");
     }
 }
+
+/// A configuration duration written the Go way (`"72h"`, `"500ms"`), as Kubernetes users
+/// expect in YAML. Serialises back to the same style.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ConfigDuration(pub std::time::Duration);
+
+impl ConfigDuration {
+    /// From seconds.
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(std::time::Duration::from_secs(secs))
+    }
+
+    /// From milliseconds.
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(std::time::Duration::from_millis(ms))
+    }
+
+    /// The standard library duration.
+    pub const fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl std::str::FromStr for ConfigDuration {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let ns = parse_duration_ns(s)?;
+        Ok(Self(std::time::Duration::from_nanos(ns.unsigned_abs())))
+    }
+}
+
+impl serde::Serialize for ConfigDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let ns = i64::try_from(self.0.as_nanos()).unwrap_or(i64::MAX);
+        s.serialize_str(&format_duration_ns(ns).replace('µ', "u"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for ConfigDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration such as 500ms, 30s, 72h or 1h30m.",
+            "pattern": "^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$|^0$"
+        })
+    }
+}
+
+#[cfg(test)]
+mod config_duration_tests {
+    use super::*;
+
+    #[test]
+    fn serde_round_trip() {
+        let d: ConfigDuration = serde_json::from_str("\"72h\"").unwrap();
+        assert_eq!(d.get(), std::time::Duration::from_secs(72 * 3600));
+        let back: ConfigDuration =
+            serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        assert!(serde_json::from_str::<ConfigDuration>("\"72\"").is_err());
+    }
+}

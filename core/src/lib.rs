@@ -17,7 +17,7 @@ mod validate;
 pub mod schema;
 
 pub use dag::{CrossTraceLink, DagEdge, EdgeType, TraceDag, UnresolvedLink};
-pub use duration::{format_duration_ns, parse_duration_ns};
+pub use duration::{ConfigDuration, format_duration_ns, parse_duration_ns};
 pub use error::{Error, Result};
 pub use ids::{SpanId, TraceId};
 pub use query::{SummaryBuilder, TraceQuery, TraceSummary};

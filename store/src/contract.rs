@@ -1,0 +1,545 @@
+//! The storage contract suite: one definition, run against every backend.
+//!
+//! A backend's test file provides an async `make` function returning a [`Fixture`] (which
+//! keeps whatever the store needs alive, e.g. a temporary directory or a test database) and
+//! invokes [`trace_store_contract!`](crate::trace_store_contract). Each check uses fresh
+//! random ids, so checks can share a backend and run in parallel.
+
+// Contract checks are test code: a failed expectation must fail the test loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datatracing_core::{
+    AttributeValue, Attributes, Event, Link, LinkType, Span, SpanId, SpanKind, Status, StatusCode,
+    Timestamp, TraceDag, TraceId, TraceQuery,
+};
+
+use crate::TraceStore;
+
+/// What a backend's test harness hands to each contract check.
+pub trait Fixture: Send + Sync {
+    /// The store under test.
+    fn store(&self) -> &dyn TraceStore;
+}
+
+/// Instantiates every contract check as a `#[tokio::test]` for one backend.
+///
+/// `$make` is an async fn returning some `impl Fixture`.
+#[macro_export]
+macro_rules! trace_store_contract {
+    ($make:path) => {
+        $crate::trace_store_contract!(@tests $make;
+            write_then_get_round_trips_every_field,
+            unknown_trace_is_none,
+            rewriting_a_span_does_not_duplicate_it,
+            search_filters_match_one_span_each,
+            search_orders_newest_first_and_limits,
+            search_summaries_are_complete,
+            large_batch_and_concurrent_writers,
+            dag_survives_storage
+        );
+    };
+    (@tests $make:path; $($name:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let fixture = $make().await;
+                $crate::contract::$name($crate::contract::Fixture::store(&fixture)).await;
+            }
+        )+
+    };
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh trace id, unique within this process and across processes in practice.
+pub fn fresh_trace_id() -> TraceId {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = Timestamp::now().unix_nanos() as u64;
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&t.to_be_bytes());
+    b[8..].copy_from_slice(&(n ^ u64::from(std::process::id()) << 40).to_be_bytes());
+    b[15] |= 1;
+    TraceId::from_bytes(b)
+}
+
+/// A span id derived from a small number (never zero).
+pub fn span_id(n: u64) -> SpanId {
+    SpanId::from_bytes((n + 1).to_be_bytes())
+}
+
+/// A base time an hour ago, so retention (days) never interferes, distinct per call.
+fn base_time() -> Timestamp {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) as i64;
+    Timestamp::now().saturating_add_nanos(-3_600_000_000_000 + n * 1_000)
+}
+
+/// A unique service name, so searches in shared backends only see this check's data.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A plain span; tests adjust fields.
+pub fn simple_span(
+    trace_id: TraceId,
+    id: u64,
+    parent: Option<u64>,
+    service: &str,
+    start: Timestamp,
+    dur_ns: i64,
+) -> Span {
+    Span {
+        trace_id,
+        span_id: span_id(id),
+        parent_id: parent.map(span_id),
+        service: service.to_string(),
+        operation: format!("op-{id}"),
+        kind: SpanKind::Transform,
+        start_time: start,
+        end_time: start.saturating_add_nanos(dur_ns),
+        status: Status::new(StatusCode::Ok),
+        attributes: Attributes::new(),
+        events: Vec::new(),
+        links: Vec::new(),
+    }
+}
+
+fn sorted(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.sort_by_key(|s| (s.start_time, s.span_id));
+    spans
+}
+
+/// Every field survives a write and a read, with nanosecond times.
+pub async fn write_then_get_round_trips_every_field(store: &dyn TraceStore) {
+    let t = fresh_trace_id();
+    let t0 = base_time().saturating_add_nanos(123_456_789);
+    let mut root = simple_span(t, 1, None, &unique("ingest"), t0, 5_000_000_001);
+    root.kind = SpanKind::Ingest;
+    root.attributes = Attributes::from([
+        ("dataset".to_string(), AttributeValue::from("orders")),
+        ("rows".to_string(), AttributeValue::Int(-42)),
+        ("ratio".to_string(), AttributeValue::Float(0.25)),
+        ("ok".to_string(), AttributeValue::Bool(true)),
+        (
+            "tags".to_string(),
+            AttributeValue::StringArray(vec!["a".into(), "ü".into()]),
+        ),
+        (
+            "ints".to_string(),
+            AttributeValue::IntArray(vec![1, i64::MAX]),
+        ),
+        (
+            "floats".to_string(),
+            AttributeValue::FloatArray(vec![1.5, -2.0]),
+        ),
+        (
+            "bools".to_string(),
+            AttributeValue::BoolArray(vec![false, true]),
+        ),
+    ]);
+    root.events = vec![Event {
+        name: "checkpoint".into(),
+        time: t0.saturating_add_nanos(7),
+        attributes: Attributes::from([("offset".to_string(), AttributeValue::Int(99))]),
+    }];
+    let mut child = simple_span(t, 2, Some(1), "transform", t0.saturating_add_nanos(1), 10);
+    child.status = Status::with_message(StatusCode::Error, "schema mismatch in column \"price\"");
+    child.links = vec![Link {
+        trace_id: fresh_trace_id(),
+        span_id: span_id(77),
+        link_type: LinkType::DataDependency,
+        attributes: Attributes::from([("edge".to_string(), AttributeValue::from("lineage"))]),
+    }];
+    store
+        .write(vec![child.clone(), root.clone()])
+        .await
+        .expect("write");
+    let got = store
+        .get_trace(t)
+        .await
+        .expect("get")
+        .expect("trace exists");
+    assert_eq!(
+        got,
+        vec![root, child],
+        "spans must come back intact, ordered by start time"
+    );
+}
+
+/// An id nobody wrote gives `None`, not an empty trace or an error.
+pub async fn unknown_trace_is_none(store: &dyn TraceStore) {
+    assert!(
+        store
+            .get_trace(fresh_trace_id())
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
+
+/// Writing the same span twice (a client or collector retry) keeps one copy visible.
+pub async fn rewriting_a_span_does_not_duplicate_it(store: &dyn TraceStore) {
+    let t = fresh_trace_id();
+    let svc = unique("retry");
+    let spans = vec![
+        simple_span(t, 1, None, &svc, base_time(), 100),
+        simple_span(t, 2, Some(1), &svc, base_time(), 50),
+    ];
+    store.write(spans.clone()).await.expect("first write");
+    store.write(spans.clone()).await.expect("retried write");
+    let got = store.get_trace(t).await.expect("get").expect("exists");
+    let dag = TraceDag::build(t, got).expect("dag");
+    assert_eq!(dag.spans.len(), 2);
+    let found = store
+        .search(&TraceQuery {
+            service: Some(svc),
+            ..TraceQuery::with_limit(10)
+        })
+        .await
+        .expect("search");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].span_count, 2, "summary must count distinct spans");
+}
+
+/// Each filter works, and a trace matches only when one span satisfies all filters at once.
+pub async fn search_filters_match_one_span_each(store: &dyn TraceStore) {
+    let svc_a = unique("svc-a");
+    let svc_b = unique("svc-b");
+    let t0 = base_time();
+    // Trace 1: svc_a/op-1 fast OK, svc_b/op-2 slow ERROR.
+    let t1 = fresh_trace_id();
+    let mut s12 = simple_span(
+        t1,
+        2,
+        Some(1),
+        &svc_b,
+        t0.saturating_add_nanos(1_000),
+        2_000_000_000,
+    );
+    s12.status = Status::new(StatusCode::Error);
+    let trace1 = vec![simple_span(t1, 1, None, &svc_a, t0, 1_000_000), s12];
+    // Trace 2: svc_a/op-2 medium OK, a minute later.
+    let t2 = fresh_trace_id();
+    let trace2 = vec![simple_span(
+        t2,
+        2,
+        None,
+        &svc_a,
+        t0.saturating_add_nanos(60_000_000_000),
+        500_000_000,
+    )];
+    store.write(trace1).await.expect("write 1");
+    store.write(trace2).await.expect("write 2");
+
+    let ids = |q: TraceQuery| async move {
+        let mut v: Vec<TraceId> = store
+            .search(&q)
+            .await
+            .expect("search")
+            .into_iter()
+            .map(|s| s.trace_id)
+            .collect();
+        v.sort();
+        v
+    };
+    let both = {
+        let mut v = vec![t1, t2];
+        v.sort();
+        v
+    };
+    let q = |svc: &str| TraceQuery {
+        service: Some(svc.to_string()),
+        ..TraceQuery::with_limit(100)
+    };
+    assert_eq!(ids(q(&svc_a)).await, both, "service");
+    assert_eq!(ids(q(&svc_b)).await, vec![t1], "service b");
+    assert_eq!(
+        ids(TraceQuery {
+            operation: Some("op-2".into()),
+            ..q(&svc_a)
+        })
+        .await,
+        vec![t2],
+        "svc_a with op-2 is only in trace 2 (trace 1's op-2 belongs to svc_b)"
+    );
+    assert_eq!(
+        ids(TraceQuery {
+            status: Some(StatusCode::Error),
+            ..q(&svc_b)
+        })
+        .await,
+        vec![t1],
+        "status"
+    );
+    assert!(
+        ids(TraceQuery {
+            status: Some(StatusCode::Error),
+            ..q(&svc_a)
+        })
+        .await
+        .is_empty(),
+        "svc_a never errored: the error span is svc_b's"
+    );
+    assert_eq!(
+        ids(TraceQuery {
+            min_duration_nanos: Some(100_000_000),
+            ..q(&svc_a)
+        })
+        .await,
+        vec![t2],
+        "min duration"
+    );
+    assert_eq!(
+        ids(TraceQuery {
+            max_duration_nanos: Some(100_000_000),
+            ..q(&svc_a)
+        })
+        .await,
+        vec![t1],
+        "max duration"
+    );
+    assert_eq!(
+        ids(TraceQuery {
+            min_duration_nanos: Some(400_000_000),
+            max_duration_nanos: Some(600_000_000),
+            ..q(&svc_a)
+        })
+        .await,
+        vec![t2],
+        "duration range"
+    );
+    assert_eq!(
+        ids(TraceQuery {
+            start: Some(t0.saturating_add_nanos(30_000_000_000)),
+            ..q(&svc_a)
+        })
+        .await,
+        vec![t2],
+        "start bound"
+    );
+    assert_eq!(
+        ids(TraceQuery {
+            end: Some(t0.saturating_add_nanos(30_000_000_000)),
+            ..q(&svc_a)
+        })
+        .await,
+        vec![t1],
+        "end bound"
+    );
+    assert_eq!(
+        ids(TraceQuery {
+            start: Some(t0),
+            end: Some(t0),
+            operation: Some("op-1".into()),
+            status: Some(StatusCode::Ok),
+            max_duration_nanos: Some(1_000_000),
+            min_duration_nanos: Some(1_000_000),
+            ..q(&svc_a)
+        })
+        .await,
+        vec![t1],
+        "all filters, inclusive bounds"
+    );
+    assert!(
+        ids(q(&unique("nobody"))).await.is_empty(),
+        "unknown service"
+    );
+}
+
+/// Newest matching trace first; `limit` cuts.
+pub async fn search_orders_newest_first_and_limits(store: &dyn TraceStore) {
+    let svc = unique("order");
+    let t0 = base_time();
+    let mut traces = Vec::new();
+    for i in 0..5i64 {
+        let t = fresh_trace_id();
+        traces.push(t);
+        store
+            .write(vec![simple_span(
+                t,
+                1,
+                None,
+                &svc,
+                t0.saturating_add_nanos(i * 1_000_000),
+                10,
+            )])
+            .await
+            .expect("write");
+    }
+    let q = TraceQuery {
+        service: Some(svc),
+        ..TraceQuery::with_limit(3)
+    };
+    let got: Vec<TraceId> = store
+        .search(&q)
+        .await
+        .expect("search")
+        .into_iter()
+        .map(|s| s.trace_id)
+        .collect();
+    assert_eq!(got, vec![traces[4], traces[3], traces[2]]);
+}
+
+/// Summary figures are computed over the whole trace, not only the matching span.
+pub async fn search_summaries_are_complete(store: &dyn TraceStore) {
+    let t = fresh_trace_id();
+    let edge = unique("edge");
+    let t0 = base_time();
+    let mut api = simple_span(t, 1, None, "api", t0, 1_000);
+    api.operation = "POST /orders".into();
+    let mut enrich = simple_span(t, 2, Some(1), &edge, t0.saturating_add_nanos(100), 300);
+    enrich.status = Status::new(StatusCode::Timeout);
+    let mut publish = simple_span(
+        t,
+        3,
+        Some(1),
+        "publish",
+        t0.saturating_add_nanos(500),
+        2_000,
+    );
+    publish.status = Status::new(StatusCode::Error);
+    store
+        .write(vec![enrich, publish, api])
+        .await
+        .expect("write");
+    let found = store
+        .search(&TraceQuery {
+            service: Some(edge.clone()),
+            ..TraceQuery::with_limit(5)
+        })
+        .await
+        .expect("search");
+    assert_eq!(found.len(), 1);
+    let s = &found[0];
+    assert_eq!(s.trace_id, t);
+    assert_eq!(s.root_service, "api");
+    assert_eq!(s.root_operation, "POST /orders");
+    assert_eq!(s.start_time, t0);
+    assert_eq!(s.duration_nanos, 2_500);
+    assert_eq!(s.span_count, 3);
+    assert_eq!(s.error_count, 2, "ERROR and TIMEOUT both count");
+    let mut services = vec!["api".to_string(), edge, "publish".to_string()];
+    services.sort();
+    assert_eq!(s.services, services);
+}
+
+/// A 5,000-span batch and eight concurrent writers all land completely.
+pub async fn large_batch_and_concurrent_writers(store: &dyn TraceStore) {
+    let svc = unique("bulk");
+    let t0 = base_time();
+    let big = fresh_trace_id();
+    let spans: Vec<Span> = (0..5_000u64)
+        .map(|i| {
+            simple_span(
+                big,
+                i,
+                (i > 0).then_some(0),
+                &svc,
+                t0.saturating_add_nanos(i as i64),
+                10,
+            )
+        })
+        .collect();
+    store.write(spans).await.expect("big write");
+    assert_eq!(
+        store
+            .get_trace(big)
+            .await
+            .expect("get")
+            .expect("exists")
+            .len(),
+        5_000
+    );
+
+    let mut tasks = Vec::new();
+    let mut ids = Vec::new();
+    for w in 0..8u64 {
+        let batch: Vec<Span> = (0..50)
+            .map(|i| {
+                let t = fresh_trace_id();
+                ids.push(t);
+                simple_span(
+                    t,
+                    w * 100 + i,
+                    None,
+                    &svc,
+                    t0.saturating_add_nanos(10_000 + i as i64),
+                    10,
+                )
+            })
+            .collect();
+        tasks.push(store.write(batch));
+    }
+    for r in futures_join_all(tasks).await {
+        r.expect("concurrent write");
+    }
+    for t in ids {
+        assert!(
+            store.get_trace(t).await.expect("get").is_some(),
+            "trace {t} lost"
+        );
+    }
+}
+
+/// A fan-in pipeline with a cross-trace link reconstructs the same from storage as in memory.
+pub async fn dag_survives_storage(store: &dyn TraceStore) {
+    let t = fresh_trace_id();
+    let other = fresh_trace_id();
+    let t0 = base_time();
+    let ingest_a = simple_span(t, 1, None, "ingest-a", t0, 100);
+    let ingest_b = simple_span(t, 2, None, "ingest-b", t0.saturating_add_nanos(5), 100);
+    let mut join = simple_span(t, 3, Some(1), "join", t0.saturating_add_nanos(200), 100);
+    join.kind = SpanKind::Join;
+    join.links = [1, 2]
+        .into_iter()
+        .map(|n| Link {
+            trace_id: t,
+            span_id: span_id(n),
+            link_type: LinkType::DataDependency,
+            attributes: Attributes::new(),
+        })
+        .collect();
+    let mut publish = simple_span(t, 4, Some(3), "publish", t0.saturating_add_nanos(400), 100);
+    publish.links = vec![Link {
+        trace_id: other,
+        span_id: span_id(9),
+        link_type: LinkType::FollowsFrom,
+        attributes: Attributes::new(),
+    }];
+    let spans = vec![ingest_a, ingest_b, join, publish];
+    store.write(spans.clone()).await.expect("write");
+    let stored = store.get_trace(t).await.expect("get").expect("exists");
+    assert_eq!(stored, sorted(spans.clone()));
+    let from_store = TraceDag::build(t, stored).expect("dag");
+    let in_memory = TraceDag::build(t, spans).expect("dag");
+    assert_eq!(from_store, in_memory);
+    assert_eq!(from_store.roots.len(), 2);
+    assert_eq!(from_store.cross_trace_links.len(), 1);
+    assert_eq!(from_store.cross_trace_links[0].target_trace_id, other);
+}
+
+/// Awaits every future concurrently (a tiny `join_all`, to keep dependencies lean).
+async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

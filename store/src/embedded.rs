@@ -1,0 +1,682 @@
+//! The embedded store: SQLite (through rusqlite, compiled in) in WAL mode under a data
+//! directory. See `docs/adr/0001-embedded-store-sqlite.md` for why SQLite.
+//!
+//! One writer thread owns the only write connection and commits concurrent write requests
+//! together (group commit), so each acknowledged batch costs one fsync at most. Reads use a
+//! small pool of connections on tokio's blocking threads; WAL lets them run while the writer
+//! commits. Retention deletes old spans in bounded chunks from a background task.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datatracing_core::{
+    Attributes, ConfigDuration, Event, Link, Span, SpanId, SpanKind, Status, StatusCode,
+    SummaryBuilder, Timestamp, TraceId, TraceQuery, TraceSummary,
+};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result, TraceStore};
+
+const DB_FILE: &str = "traces.db";
+const SCHEMA_VERSION: i64 = 1;
+/// Spans committed in one group-commit transaction at most; bounds the writer's latency.
+const MAX_GROUP_SPANS: usize = 50_000;
+/// Rows deleted per retention transaction, so writers are never starved by a purge.
+const PURGE_CHUNK: usize = 10_000;
+
+/// How hard commits are flushed to disk.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync the write-ahead log on every commit: acknowledged spans survive power loss.
+    #[default]
+    Full,
+    /// No fsync on commit: acknowledged spans survive a process crash (`kill -9`) but not
+    /// power loss. Faster on slow disks.
+    Normal,
+}
+
+/// Configuration of the embedded store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    /// Directory holding the database files; created if missing.
+    pub data_dir: PathBuf,
+    /// Spans that started longer ago than this are deleted in the background; `0` keeps
+    /// everything.
+    pub retention: ConfigDuration,
+    /// How often retention runs.
+    pub retention_interval: ConfigDuration,
+    /// Flush policy for commits.
+    pub synchronous: Synchronous,
+    /// Read connections (concurrent queries).
+    pub read_connections: usize,
+    /// A query running longer than this is interrupted and fails.
+    pub query_timeout: ConfigDuration,
+    /// Page cache per connection, in MiB.
+    pub cache_mib: u32,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            retention: ConfigDuration::from_secs(7 * 24 * 3600),
+            retention_interval: ConfigDuration::from_secs(300),
+            synchronous: Synchronous::Full,
+            read_connections: 4,
+            query_timeout: ConfigDuration::from_secs(10),
+            cache_mib: 64,
+        }
+    }
+}
+
+impl EmbeddedConfig {
+    /// A configuration for the given directory, other settings default.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<()> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(Error::Config(
+                "storage.embedded.data_dir must not be empty".into(),
+            ));
+        }
+        if self.read_connections == 0 || self.read_connections > 64 {
+            return Err(Error::Config(
+                "storage.embedded.read_connections must be 1..=64".into(),
+            ));
+        }
+        if !self.retention.get().is_zero() && self.retention_interval.get() < Duration::from_secs(1)
+        {
+            return Err(Error::Config(
+                "storage.embedded.retention_interval must be at least 1s".into(),
+            ));
+        }
+        if self.query_timeout.get().is_zero() {
+            return Err(Error::Config(
+                "storage.embedded.query_timeout must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.data_dir.join(DB_FILE)
+    }
+}
+
+/// Whether this process writes (collector, all-in-one) or only reads (standalone query
+/// sharing the collector's data directory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Owns writes and retention.
+    ReadWrite,
+    /// Queries only.
+    ReadOnly,
+}
+
+enum Command {
+    Write {
+        spans: Vec<Span>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Purge {
+        cutoff: Timestamp,
+        reply: oneshot::Sender<Result<usize>>,
+    },
+}
+
+struct Inner {
+    config: EmbeddedConfig,
+    mode: OpenMode,
+    readers: Mutex<Vec<Connection>>,
+    read_permits: Semaphore,
+    writer: Mutex<Option<mpsc::Sender<Command>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    background: CancellationToken,
+}
+
+/// The embedded SQLite-backed [`TraceStore`].
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store. Must be called inside a tokio runtime: the
+    /// retention task runs on it.
+    pub async fn open(config: EmbeddedConfig, mode: OpenMode) -> Result<Self> {
+        config.validate()?;
+        let cfg = config.clone();
+        let (writer_conn, readers) =
+            tokio::task::spawn_blocking(move || open_connections(&cfg, mode))
+                .await
+                .map_err(|e| Error::Unavailable(format!("open task failed: {e}")))??;
+
+        let (tx, thread) = match writer_conn {
+            Some(conn) => {
+                let (tx, rx) = mpsc::channel(256);
+                let thread = std::thread::Builder::new()
+                    .name("dt-store-writer".into())
+                    .spawn(move || writer_loop(conn, rx))?;
+                (Some(tx), Some(thread))
+            }
+            None => (None, None),
+        };
+        let store = EmbeddedStore {
+            inner: Arc::new(Inner {
+                read_permits: Semaphore::new(readers.len()),
+                readers: Mutex::new(readers),
+                writer: Mutex::new(tx),
+                writer_thread: Mutex::new(thread),
+                background: CancellationToken::new(),
+                config,
+                mode,
+            }),
+        };
+        if mode == OpenMode::ReadWrite && !store.inner.config.retention.get().is_zero() {
+            tokio::spawn(retention_loop(store.clone()));
+        }
+        tracing::info!(data_dir = %store.inner.config.data_dir.display(), ?mode, "embedded store opened");
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
+    /// Deletes spans that started before `cutoff`; returns how many were deleted.
+    pub async fn purge_older_than(&self, cutoff: Timestamp) -> Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.send(Command::Purge { cutoff, reply }).await?;
+            let n = rx.await.map_err(|_| Error::Closed)??;
+            total += n as u64;
+            if n < PURGE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn send(&self, cmd: Command) -> Result<()> {
+        let tx = {
+            let guard = self.inner.writer.lock().map_err(|_| Error::Closed)?;
+            match guard.as_ref() {
+                Some(tx) => tx.clone(),
+                None if self.inner.mode == OpenMode::ReadOnly => return Err(Error::ReadOnly),
+                None => return Err(Error::Closed),
+            }
+        };
+        tx.send(cmd).await.map_err(|_| Error::Closed)
+    }
+
+    async fn with_reader<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let _permit = self
+            .inner
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .readers
+                .lock()
+                .map_err(|_| Error::Closed)?
+                .pop()
+                .ok_or(Error::Closed)?;
+            let deadline = Instant::now() + inner.config.query_timeout.get();
+            let result = conn
+                .progress_handler(10_000, Some(move || Instant::now() > deadline))
+                .map_err(Error::from)
+                .and_then(|()| f(&conn));
+            // Clearing a handler cannot fail in a way that matters: the next query sets its own.
+            let _ = conn.progress_handler(0, None::<fn() -> bool>);
+            if let Ok(mut pool) = inner.readers.lock() {
+                pool.push(conn);
+            }
+            result.map_err(|e| match e {
+                Error::Sqlite(ref s)
+                    if s.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) =>
+                {
+                    Error::Unavailable(format!(
+                        "query exceeded {:?}",
+                        inner.config.query_timeout.get()
+                    ))
+                }
+                other => other,
+            })
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn open_connections(
+    cfg: &EmbeddedConfig,
+    mode: OpenMode,
+) -> Result<(Option<Connection>, Vec<Connection>)> {
+    let path = cfg.db_path();
+    let writer = match mode {
+        OpenMode::ReadWrite => {
+            std::fs::create_dir_all(&cfg.data_dir)?;
+            let conn = Connection::open(&path)?;
+            configure(&conn, cfg)?;
+            migrate(&conn)?;
+            Some(conn)
+        }
+        OpenMode::ReadOnly => {
+            if !path.exists() {
+                return Err(Error::Config(format!(
+                    "no embedded store at {} (start a collector on this data directory first)",
+                    path.display()
+                )));
+            }
+            None
+        }
+    };
+    let mut readers = Vec::with_capacity(cfg.read_connections);
+    for _ in 0..cfg.read_connections {
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        configure(&conn, cfg)?;
+        conn.pragma_update(None, "query_only", true)?;
+        check_version(&conn)?;
+        readers.push(conn);
+    }
+    Ok((writer, readers))
+}
+
+fn configure(conn: &Connection, cfg: &EmbeddedConfig) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Config(format!(
+            "could not enable WAL mode (got {mode})"
+        )));
+    }
+    let sync = match cfg.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "cache_size", -i64::from(cfg.cache_mib) * 1024)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+fn check_version(conn: &Connection) -> Result<i64> {
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if v > SCHEMA_VERSION {
+        return Err(Error::Config(format!(
+            "the data directory has schema version {v}, newer than this binary's {SCHEMA_VERSION}; upgrade DataTracing"
+        )));
+    }
+    Ok(v)
+}
+
+/// Versioned, idempotent schema set-up. Version 1 is the first layout.
+fn migrate(conn: &Connection) -> Result<()> {
+    if check_version(conn)? >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    // Must precede the first table so freed pages can be returned by incremental vacuum.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE IF NOT EXISTS spans (
+             id             INTEGER PRIMARY KEY,
+             trace_id       BLOB    NOT NULL,
+             span_id        BLOB    NOT NULL,
+             parent_id      BLOB,
+             service        TEXT    NOT NULL,
+             operation      TEXT    NOT NULL,
+             kind           INTEGER NOT NULL,
+             start_ns       INTEGER NOT NULL,
+             end_ns         INTEGER NOT NULL,
+             duration_ns    INTEGER NOT NULL,
+             status         INTEGER NOT NULL,
+             status_message TEXT,
+             attributes     TEXT,
+             events         TEXT,
+             links          TEXT
+         );
+         CREATE UNIQUE INDEX IF NOT EXISTS spans_by_trace ON spans(trace_id, span_id);
+         CREATE INDEX IF NOT EXISTS spans_by_start ON spans(start_ns);
+         CREATE INDEX IF NOT EXISTS spans_by_service ON spans(service, start_ns);
+         CREATE INDEX IF NOT EXISTS spans_by_service_op ON spans(service, operation, start_ns);
+         PRAGMA user_version = 1;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+    let mut pending: Option<Command> = None;
+    loop {
+        let cmd = match pending.take() {
+            Some(c) => c,
+            None => match rx.blocking_recv() {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        match cmd {
+            Command::Write { spans, reply } => {
+                let mut total = spans.len();
+                let mut group = vec![(spans, reply)];
+                while total < MAX_GROUP_SPANS {
+                    match rx.try_recv() {
+                        Ok(Command::Write { spans, reply }) => {
+                            total += spans.len();
+                            group.push((spans, reply));
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let result = write_group(&mut conn, group.iter().map(|(s, _)| s.as_slice()));
+                for (_, reply) in group {
+                    let r = match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(Error::Unavailable(e.to_string())),
+                    };
+                    let _ = reply.send(r);
+                }
+            }
+            Command::Purge { cutoff, reply } => {
+                let _ = reply.send(purge_chunk(&conn, cutoff));
+            }
+        }
+    }
+    // Fold the WAL back into the main file so a clean shutdown leaves one tidy file.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::warn!(error = %e, "checkpoint at close failed");
+    }
+}
+
+fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Span]>) -> Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO spans (trace_id, span_id, parent_id, service, operation, kind, start_ns,
+                 end_ns, duration_ns, status, status_message, attributes, events, links)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?;
+        for span in batches.flatten() {
+            stmt.execute(params![
+                span.trace_id.as_bytes().as_slice(),
+                span.span_id.as_bytes().as_slice(),
+                span.parent_id.as_ref().map(|p| p.as_bytes().as_slice()),
+                span.service,
+                span.operation,
+                span.kind.code(),
+                span.start_time.unix_nanos(),
+                span.end_time.unix_nanos(),
+                span.duration_nanos(),
+                span.status.code.code(),
+                span.status.message,
+                json_or_null(&span.attributes, Attributes::is_empty)?,
+                json_or_null(&span.events, Vec::is_empty)?,
+                json_or_null(&span.links, Vec::is_empty)?,
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn json_or_null<T: Serialize>(v: &T, empty: impl Fn(&T) -> bool) -> Result<Option<String>> {
+    if empty(v) {
+        return Ok(None);
+    }
+    serde_json::to_string(v)
+        .map(Some)
+        .map_err(|e| Error::Corrupt(format!("cannot encode span field: {e}")))
+}
+
+fn purge_chunk(conn: &Connection, cutoff: Timestamp) -> Result<usize> {
+    let n = conn.execute(
+        "DELETE FROM spans WHERE id IN (SELECT id FROM spans WHERE start_ns < ?1 ORDER BY start_ns LIMIT ?2)",
+        params![cutoff.unix_nanos(), PURGE_CHUNK as i64],
+    )?;
+    if n > 0 {
+        conn.execute_batch("PRAGMA incremental_vacuum(2048);")?;
+    }
+    Ok(n)
+}
+
+async fn retention_loop(store: EmbeddedStore) {
+    let retention = store.inner.config.retention.get();
+    let mut tick = tokio::time::interval(store.inner.config.retention_interval.get());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = store.inner.background.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let nanos = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff = Timestamp::now().saturating_add_nanos(-nanos);
+        match store.purge_older_than(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted_spans = n, %cutoff, "retention purged old spans"),
+            Err(Error::Closed) => return,
+            Err(e) => tracing::warn!(error = %e, "retention run failed; will retry"),
+        }
+    }
+}
+
+const SPAN_COLUMNS: &str = "trace_id, span_id, parent_id, service, operation, kind, start_ns, end_ns, status, status_message, attributes, events, links";
+
+fn decode_span(row: &rusqlite::Row<'_>) -> Result<Span> {
+    let corrupt = |what: &str| Error::Corrupt(format!("bad {what} in stored span"));
+    let blob = |i: usize| -> Result<Vec<u8>> { Ok(row.get::<_, Vec<u8>>(i)?) };
+    let trace_id = TraceId::from_slice(&blob(0)?).map_err(|_| corrupt("trace_id"))?;
+    let span_id = SpanId::from_slice(&blob(1)?).map_err(|_| corrupt("span_id"))?;
+    let parent_id = match row.get::<_, Option<Vec<u8>>>(2)? {
+        Some(b) => Some(SpanId::from_slice(&b).map_err(|_| corrupt("parent_id"))?),
+        None => None,
+    };
+    let kind = SpanKind::from_code(row.get(5)?).ok_or_else(|| corrupt("kind"))?;
+    let code = StatusCode::from_code(row.get(8)?).ok_or_else(|| corrupt("status"))?;
+    fn json<T: serde::de::DeserializeOwned + Default>(s: Option<String>) -> Result<T> {
+        match s {
+            None => Ok(T::default()),
+            Some(s) => serde_json::from_str(&s).map_err(|e| Error::Corrupt(e.to_string())),
+        }
+    }
+    Ok(Span {
+        trace_id,
+        span_id,
+        parent_id,
+        service: row.get(3)?,
+        operation: row.get(4)?,
+        kind,
+        start_time: Timestamp::from_unix_nanos(row.get(6)?),
+        end_time: Timestamp::from_unix_nanos(row.get(7)?),
+        status: Status {
+            code,
+            message: row.get(9)?,
+        },
+        attributes: json::<Attributes>(row.get(10)?)?,
+        events: json::<Vec<Event>>(row.get(11)?)?,
+        links: json::<Vec<Link>>(row.get(12)?)?,
+    })
+}
+
+fn get_trace_sync(conn: &Connection, trace_id: TraceId) -> Result<Option<Vec<Span>>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id = ?1 ORDER BY start_ns, span_id"
+    ))?;
+    let mut rows = stmt.query([trace_id.as_bytes().as_slice()])?;
+    let mut spans = Vec::new();
+    while let Some(row) = rows.next()? {
+        spans.push(decode_span(row)?);
+    }
+    Ok((!spans.is_empty()).then_some(spans))
+}
+
+fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>> {
+    let mut sql = String::from("SELECT trace_id FROM spans WHERE 1 = 1");
+    let mut args: Vec<Value> = Vec::new();
+    let mut push = |clause: &str, v: Value| {
+        args.push(v);
+        sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+    };
+    if let Some(s) = &q.service {
+        push("service =", Value::Text(s.clone()));
+    }
+    if let Some(o) = &q.operation {
+        push("operation =", Value::Text(o.clone()));
+    }
+    if let Some(st) = q.status {
+        push("status =", Value::Integer(i64::from(st.code())));
+    }
+    if let Some(t) = q.start {
+        push("start_ns >=", Value::Integer(t.unix_nanos()));
+    }
+    if let Some(t) = q.end {
+        push("start_ns <=", Value::Integer(t.unix_nanos()));
+    }
+    if let Some(d) = q.min_duration_nanos {
+        push("duration_ns >=", Value::Integer(d));
+    }
+    if let Some(d) = q.max_duration_nanos {
+        push("duration_ns <=", Value::Integer(d));
+    }
+    sql.push_str(" ORDER BY start_ns DESC, trace_id ASC");
+
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id = TraceId::from_slice(row.get_ref(0)?.as_blob()?)
+            .map_err(|_| Error::Corrupt("trace_id".into()))?;
+        if seen.insert(id) {
+            ids.push(id);
+            if ids.len() >= q.limit {
+                break;
+            }
+        }
+    }
+    drop(rows);
+
+    let mut summary_stmt = conn.prepare_cached(
+        "SELECT span_id, parent_id IS NULL, service, operation, start_ns, end_ns, status FROM spans WHERE trace_id = ?1",
+    )?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mut b = SummaryBuilder::default();
+        let mut rows = summary_stmt.query([id.as_bytes().as_slice()])?;
+        while let Some(r) = rows.next()? {
+            let span_id = SpanId::from_slice(r.get_ref(0)?.as_blob()?)
+                .map_err(|_| Error::Corrupt("span_id".into()))?;
+            let status =
+                StatusCode::from_code(r.get(6)?).ok_or_else(|| Error::Corrupt("status".into()))?;
+            b.add(
+                span_id,
+                r.get(1)?,
+                r.get_ref(2)?.as_str()?,
+                r.get_ref(3)?.as_str()?,
+                Timestamp::from_unix_nanos(r.get(4)?),
+                Timestamp::from_unix_nanos(r.get(5)?),
+                status,
+            );
+        }
+        // A trace purged between the two statements simply drops out of the result.
+        if let Some(s) = b.build(id) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl TraceStore for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn write(&self, spans: Vec<Span>) -> Result<()> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Write { spans, reply }).await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Vec<Span>>> {
+        self.with_reader(move |c| get_trace_sync(c, trace_id)).await
+    }
+
+    async fn search(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>> {
+        let q = query.clone();
+        self.with_reader(move |c| search_sync(c, &q)).await
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.with_reader(|c| {
+            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .optional()?)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.background.cancel();
+        if let Ok(mut w) = self.inner.writer.lock() {
+            w.take();
+        }
+        let thread = self
+            .inner
+            .writer_thread
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(handle) = thread {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?
+                .map_err(|_| Error::Unavailable("store writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! The storage contract, plus embedded-store specifics: persistence across reopen,
+//! retention, read-only mode, and the query timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use datatracing_core::{ConfigDuration, Timestamp};
+use datatracing_store::contract::{Fixture, fresh_trace_id, simple_span};
+use datatracing_store::{EmbeddedConfig, EmbeddedStore, Error, OpenMode, TraceStore};
+
+struct Embedded {
+    _dir: tempfile::TempDir,
+    store: EmbeddedStore,
+}
+
+impl Fixture for Embedded {
+    fn store(&self) -> &dyn TraceStore {
+        &self.store
+    }
+}
+
+async fn make() -> Embedded {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    Embedded { _dir: dir, store }
+}
+
+datatracing_store::trace_store_contract!(make);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = fresh_trace_id();
+    {
+        let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+            .await
+            .unwrap();
+        store
+            .write(vec![simple_span(t, 1, None, "svc", Timestamp::now(), 5)])
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        assert!(matches!(
+            store
+                .write(vec![simple_span(t, 2, None, "svc", Timestamp::now(), 5)])
+                .await,
+            Err(Error::Closed)
+        ));
+    }
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    assert_eq!(store.get_trace(t).await.unwrap().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_only_old_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    let old = fresh_trace_id();
+    let new = fresh_trace_id();
+    let now = Timestamp::now();
+    let day = 86_400_000_000_000i64;
+    let old_spans: Vec<_> = (0..25_000u64)
+        .map(|i| {
+            simple_span(
+                old,
+                i,
+                None,
+                "svc",
+                now.saturating_add_nanos(-10 * day + i as i64),
+                5,
+            )
+        })
+        .collect();
+    store.write(old_spans).await.unwrap();
+    store
+        .write(vec![simple_span(new, 1, None, "svc", now, 5)])
+        .await
+        .unwrap();
+    let deleted = store
+        .purge_older_than(now.saturating_add_nanos(-day))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 25_000, "purge runs in chunks until done");
+    assert!(store.get_trace(old).await.unwrap().is_none());
+    assert!(store.get_trace(new).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_retention_runs_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig {
+        retention: ConfigDuration::from_secs(3600),
+        retention_interval: ConfigDuration::from_secs(1),
+        ..EmbeddedConfig::new(dir.path())
+    };
+    let store = EmbeddedStore::open(config, OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    let old = fresh_trace_id();
+    store
+        .write(vec![simple_span(
+            old,
+            1,
+            None,
+            "svc",
+            Timestamp::now().saturating_add_nanos(-7_200_000_000_000),
+            5,
+        )])
+        .await
+        .unwrap();
+    // Await the condition (bounded), not a fixed sleep.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.get_trace(old).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_mode_reads_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadOnly).await,
+        Err(Error::Config(_))
+    ));
+    let rw = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    let ro = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadOnly)
+        .await
+        .unwrap();
+    let t = fresh_trace_id();
+    rw.write(vec![simple_span(t, 1, None, "svc", Timestamp::now(), 5)])
+        .await
+        .unwrap();
+    assert!(
+        ro.get_trace(t).await.unwrap().is_some(),
+        "a second process-style reader sees committed writes"
+    );
+    assert!(matches!(
+        ro.write(vec![simple_span(t, 2, None, "svc", Timestamp::now(), 5)])
+            .await,
+        Err(Error::ReadOnly)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_and_newer_schema_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = EmbeddedConfig {
+        read_connections: 0,
+        ..EmbeddedConfig::new(dir.path())
+    };
+    assert!(matches!(
+        EmbeddedStore::open(bad, OpenMode::ReadWrite).await,
+        Err(Error::Config(_))
+    ));
+    EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    bump_schema_version(dir.path());
+    let err = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("newer"), "{err}");
+    // A data dir that is a file cannot be opened.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(
+        EmbeddedStore::open(EmbeddedConfig::new(&file), OpenMode::ReadWrite)
+            .await
+            .is_err()
+    );
+}
+
+/// Simulates a data directory written by a newer release.
+fn bump_schema_version(dir: &std::path::Path) {
+    let conn = rusqlite::Connection::open(dir.join("traces.db")).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+}
