@@ -1,1 +1,27 @@
-fn main() {}
+//! `datatracing`: see `datatracing --help`.
+
+use clap::Parser;
+use datatracing_cli::{Cli, Command, cancel_on_signals, init_logging, run};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let env = std::env::vars().collect();
+    let config = cli.effective_config(&env)?;
+    if let Command::PrintConfig = cli.command {
+        #[allow(clippy::print_stdout)]
+        {
+            print!("{}", serde_yaml::to_string(&config)?);
+        }
+        return Ok(());
+    }
+    init_logging(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        cancel_on_signals(shutdown.clone())?;
+        run(&cli.command, config, shutdown).await
+    })
+}

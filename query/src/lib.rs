@@ -1,1 +1,91 @@
-//! placeholder
+//! The query service: trace DAGs and trace search over a [`TraceStore`].
+//!
+//! - `GET /api/v1/traces/{trace_id}`: the reconstructed DAG (spans, typed edges, roots,
+//!   orphans, cycles, cross-trace links) and a summary.
+//! - `GET /api/v1/traces?service=&operation=&status=&start=&end=&min_duration=&max_duration=&limit=`:
+//!   trace summaries, newest first (semantics on [`datatracing_core::TraceQuery`]).
+
+mod api;
+mod config;
+
+use std::sync::Arc;
+
+use axum::Router;
+use datatracing_http::{HttpMetrics, Readiness, finish_router, ops_routes, serve};
+use datatracing_store::TraceStore;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::QueryConfig;
+
+/// The query service's error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("invalid query configuration: {0}")]
+    Config(String),
+    /// Serving failed.
+    #[error(transparent)]
+    Serve(#[from] datatracing_http::ServeError),
+    /// Socket trouble.
+    #[error("query I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The query service wired to a store.
+#[derive(Debug)]
+pub struct QueryService {
+    config: QueryConfig,
+    store: Arc<dyn TraceStore>,
+    http_metrics: HttpMetrics,
+}
+
+impl QueryService {
+    /// Validates the configuration.
+    /// `http_metrics` is registered once per process and shared by all servers in it.
+    pub fn new(
+        config: QueryConfig,
+        store: Arc<dyn TraceStore>,
+        http_metrics: HttpMetrics,
+    ) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            store,
+            http_metrics,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &QueryConfig {
+        &self.config
+    }
+
+    /// All routes with the common layers, for serving or for `oneshot` tests.
+    pub fn router(&self, readiness: Readiness, registry: Arc<Registry>) -> Router {
+        finish_router(
+            api::routes(Arc::clone(&self.store)).merge(ops_routes(readiness, registry)),
+            "query",
+            self.config.request_timeout.get(),
+            self.http_metrics.clone(),
+        )
+    }
+
+    /// Serves until `shutdown` fires, then drains in-flight requests (bounded).
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        readiness: Readiness,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let router = self.router(readiness, registry);
+        tracing::info!(addr = %listener.local_addr()?, "query listening");
+        serve(listener, router, shutdown, self.config.drain_timeout.get()).await?;
+        Ok(())
+    }
+}

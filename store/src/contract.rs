@@ -152,7 +152,7 @@ pub async fn write_then_get_round_trips_every_field(store: &dyn TraceStore) {
         attributes: Attributes::from([("edge".to_string(), AttributeValue::from("lineage"))]),
     }];
     store
-        .write(vec![child.clone(), root.clone()])
+        .write(vec![child.clone(), root.clone()].into())
         .await
         .expect("write");
     let got = store
@@ -186,8 +186,14 @@ pub async fn rewriting_a_span_does_not_duplicate_it(store: &dyn TraceStore) {
         simple_span(t, 1, None, &svc, base_time(), 100),
         simple_span(t, 2, Some(1), &svc, base_time(), 50),
     ];
-    store.write(spans.clone()).await.expect("first write");
-    store.write(spans.clone()).await.expect("retried write");
+    store
+        .write(spans.clone().into())
+        .await
+        .expect("first write");
+    store
+        .write(spans.clone().into())
+        .await
+        .expect("retried write");
     let got = store.get_trace(t).await.expect("get").expect("exists");
     let dag = TraceDag::build(t, got).expect("dag");
     assert_eq!(dag.spans.len(), 2);
@@ -229,8 +235,8 @@ pub async fn search_filters_match_one_span_each(store: &dyn TraceStore) {
         t0.saturating_add_nanos(60_000_000_000),
         500_000_000,
     )];
-    store.write(trace1).await.expect("write 1");
-    store.write(trace2).await.expect("write 2");
+    store.write(trace1.into()).await.expect("write 1");
+    store.write(trace2.into()).await.expect("write 2");
 
     let ids = |q: TraceQuery| async move {
         let mut v: Vec<TraceId> = store
@@ -356,14 +362,17 @@ pub async fn search_orders_newest_first_and_limits(store: &dyn TraceStore) {
         let t = fresh_trace_id();
         traces.push(t);
         store
-            .write(vec![simple_span(
-                t,
-                1,
-                None,
-                &svc,
-                t0.saturating_add_nanos(i * 1_000_000),
-                10,
-            )])
+            .write(
+                vec![simple_span(
+                    t,
+                    1,
+                    None,
+                    &svc,
+                    t0.saturating_add_nanos(i * 1_000_000),
+                    10,
+                )]
+                .into(),
+            )
             .await
             .expect("write");
     }
@@ -400,7 +409,7 @@ pub async fn search_summaries_are_complete(store: &dyn TraceStore) {
     );
     publish.status = Status::new(StatusCode::Error);
     store
-        .write(vec![enrich, publish, api])
+        .write(vec![enrich, publish, api].into())
         .await
         .expect("write");
     let found = store
@@ -441,7 +450,7 @@ pub async fn large_batch_and_concurrent_writers(store: &dyn TraceStore) {
             )
         })
         .collect();
-    store.write(spans).await.expect("big write");
+    store.write(spans.into()).await.expect("big write");
     assert_eq!(
         store
             .get_trace(big)
@@ -469,7 +478,7 @@ pub async fn large_batch_and_concurrent_writers(store: &dyn TraceStore) {
                 )
             })
             .collect();
-        tasks.push(store.write(batch));
+        tasks.push(store.write(batch.into()));
     }
     for r in futures_join_all(tasks).await {
         r.expect("concurrent write");
@@ -508,7 +517,7 @@ pub async fn dag_survives_storage(store: &dyn TraceStore) {
         attributes: Attributes::new(),
     }];
     let spans = vec![ingest_a, ingest_b, join, publish];
-    store.write(spans.clone()).await.expect("write");
+    store.write(spans.clone().into()).await.expect("write");
     let stored = store.get_trace(t).await.expect("get").expect("exists");
     assert_eq!(stored, sorted(spans.clone()));
     let from_store = TraceDag::build(t, stored).expect("dag");

@@ -131,7 +131,7 @@ pub enum OpenMode {
 
 enum Command {
     Write {
-        spans: Vec<Span>,
+        spans: Arc<[Span]>,
         reply: oneshot::Sender<Result<()>>,
     },
     Purge {
@@ -410,7 +410,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
                         Err(_) => break,
                     }
                 }
-                let result = write_group(&mut conn, group.iter().map(|(s, _)| s.as_slice()));
+                let result = write_group(&mut conn, group.iter().map(|(s, _)| &s[..]));
                 for (_, reply) in group {
                     let r = match &result {
                         Ok(()) => Ok(()),
@@ -633,7 +633,7 @@ impl TraceStore for EmbeddedStore {
         "embedded"
     }
 
-    async fn write(&self, spans: Vec<Span>) -> Result<()> {
+    async fn write(&self, spans: Arc<[Span]>) -> Result<()> {
         if spans.is_empty() {
             return Ok(());
         }

@@ -8,6 +8,8 @@ mod error;
 
 pub mod contract;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use datatracing_core::{Span, TraceId, TraceQuery, TraceSummary};
 
@@ -19,13 +21,14 @@ pub use error::{Error, Result};
 /// `write` returns only once the spans are durable to the backend's own standard: for the
 /// embedded store, committed to its write-ahead log. Callers acknowledge clients after that.
 #[async_trait]
-pub trait TraceStore: Send + Sync + 'static {
+pub trait TraceStore: Send + Sync + std::fmt::Debug + 'static {
     /// A short backend name for logs and metrics (`embedded`, `clickhouse`).
     fn backend(&self) -> &'static str;
 
     /// Writes a batch. Writing a span that is already stored (same trace and span id) must
-    /// not make it appear twice in [`TraceStore::search`] counts.
-    async fn write(&self, spans: Vec<Span>) -> Result<()>;
+    /// not make it appear twice in [`TraceStore::search`] counts. The batch is shared (`Arc`)
+    /// so callers can retry without copying spans.
+    async fn write(&self, spans: Arc<[Span]>) -> Result<()>;
 
     /// All stored spans of a trace, ordered by start time then span id; `None` if unknown.
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Vec<Span>>>;

@@ -36,13 +36,13 @@ async fn data_survives_close_and_reopen() {
             .await
             .unwrap();
         store
-            .write(vec![simple_span(t, 1, None, "svc", Timestamp::now(), 5)])
+            .write(vec![simple_span(t, 1, None, "svc", Timestamp::now(), 5)].into())
             .await
             .unwrap();
         store.close().await.unwrap();
         assert!(matches!(
             store
-                .write(vec![simple_span(t, 2, None, "svc", Timestamp::now(), 5)])
+                .write(vec![simple_span(t, 2, None, "svc", Timestamp::now(), 5)].into())
                 .await,
             Err(Error::Closed)
         ));
@@ -75,9 +75,9 @@ async fn retention_purges_only_old_spans() {
             )
         })
         .collect();
-    store.write(old_spans).await.unwrap();
+    store.write(old_spans.into()).await.unwrap();
     store
-        .write(vec![simple_span(new, 1, None, "svc", now, 5)])
+        .write(vec![simple_span(new, 1, None, "svc", now, 5)].into())
         .await
         .unwrap();
     let deleted = store
@@ -102,14 +102,17 @@ async fn background_retention_runs_on_its_own() {
         .unwrap();
     let old = fresh_trace_id();
     store
-        .write(vec![simple_span(
-            old,
-            1,
-            None,
-            "svc",
-            Timestamp::now().saturating_add_nanos(-7_200_000_000_000),
-            5,
-        )])
+        .write(
+            vec![simple_span(
+                old,
+                1,
+                None,
+                "svc",
+                Timestamp::now().saturating_add_nanos(-7_200_000_000_000),
+                5,
+            )]
+            .into(),
+        )
         .await
         .unwrap();
     // Await the condition (bounded), not a fixed sleep.
@@ -137,7 +140,7 @@ async fn read_only_mode_reads_and_refuses_writes() {
         .await
         .unwrap();
     let t = fresh_trace_id();
-    rw.write(vec![simple_span(t, 1, None, "svc", Timestamp::now(), 5)])
+    rw.write(vec![simple_span(t, 1, None, "svc", Timestamp::now(), 5)].into())
         .await
         .unwrap();
     assert!(
@@ -145,7 +148,7 @@ async fn read_only_mode_reads_and_refuses_writes() {
         "a second process-style reader sees committed writes"
     );
     assert!(matches!(
-        ro.write(vec![simple_span(t, 2, None, "svc", Timestamp::now(), 5)])
+        ro.write(vec![simple_span(t, 2, None, "svc", Timestamp::now(), 5)].into())
             .await,
         Err(Error::ReadOnly)
     ));

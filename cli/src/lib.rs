@@ -1,0 +1,224 @@
+//! The `datatracing` command: argument parsing, configuration, logging, signals, and the
+//! wiring of store, collector and query into the all-in-one and standalone servers.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use datatracing_collector::Collector;
+use datatracing_core::ConfigDuration;
+use datatracing_http::{HttpMetrics, Readiness};
+use datatracing_query::QueryService;
+use datatracing_store::{EmbeddedStore, OpenMode, TraceStore};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, LogFormat};
+
+/// DataTracing: tracing for data pipelines.
+#[derive(Debug, Parser)]
+#[command(name = "datatracing", version, about)]
+pub struct Cli {
+    /// YAML configuration file.
+    #[arg(long, short = 'c', global = true, env = "DATATRACING_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Embedded store data directory (default ./data).
+    #[arg(long, global = true, env = "DATATRACING_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Ingest (collector) listen address (default 0.0.0.0:4318).
+    #[arg(long, global = true, env = "DATATRACING_INGEST_ADDR")]
+    pub ingest_addr: Option<SocketAddr>,
+    /// Query listen address (default 0.0.0.0:16686).
+    #[arg(long, global = true, env = "DATATRACING_QUERY_ADDR")]
+    pub query_addr: Option<SocketAddr>,
+    /// Delete spans older than this, e.g. 72h (0 keeps everything; default 168h).
+    #[arg(long, global = true, env = "DATATRACING_RETENTION")]
+    pub retention: Option<ConfigDuration>,
+    /// Log format.
+    #[arg(long, global = true, env = "DATATRACING_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `debug,hyper=info`.
+    #[arg(long, global = true, env = "DATATRACING_LOG")]
+    pub log_level: Option<String>,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Collector and query in one process on the embedded store.
+    AllInOne,
+    /// The collector alone (owns writes to the store).
+    Collector,
+    /// The query service alone (reads the collector's embedded store read-only).
+    Query,
+    /// Print the effective configuration as YAML and exit.
+    PrintConfig,
+}
+
+impl Cli {
+    /// Loads the file (if any) and applies flag / environment overrides, then validates.
+    pub fn effective_config(&self, env: &HashMap<String, String>) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path, env)?,
+            None => Config::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            c.storage.embedded.data_dir = d.clone();
+        }
+        if let Some(a) = self.ingest_addr {
+            c.collector.listen = a;
+        }
+        if let Some(a) = self.query_addr {
+            c.query.listen = a;
+        }
+        if let Some(r) = self.retention {
+            c.storage.embedded.retention = r;
+        }
+        if let Some(f) = self.log_format {
+            c.log.format = f;
+        }
+        if let Some(l) = &self.log_level {
+            c.log.level = l.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Installs the global `tracing` subscriber.
+pub fn init_logging(config: &config::LogConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.level).context("log level")?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let result = match config.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot install logger: {e}"))
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM; a second signal exits at once.
+pub fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+        }
+        token.cancel();
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+/// Runs a server command until `shutdown` fires, then drains and returns.
+pub async fn run(
+    command: &Command,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mode = match command {
+        Command::Query => OpenMode::ReadOnly,
+        Command::PrintConfig => return Ok(()),
+        _ => OpenMode::ReadWrite,
+    };
+    let embedded = EmbeddedStore::open(config.storage.embedded.clone(), mode)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the embedded store in {}",
+                config.storage.embedded.data_dir.display()
+            )
+        })?;
+    let store: Arc<dyn TraceStore> = Arc::new(embedded);
+
+    let mut registry = Registry::default();
+    let http_metrics = HttpMetrics::register(&mut registry);
+    let collector = match command {
+        Command::AllInOne | Command::Collector => Some(Collector::new(
+            config.collector.clone(),
+            Arc::clone(&store),
+            &mut registry,
+            http_metrics.clone(),
+        )?),
+        _ => None,
+    };
+    let query = match command {
+        Command::AllInOne | Command::Query => Some(QueryService::new(
+            config.query.clone(),
+            Arc::clone(&store),
+            http_metrics,
+        )?),
+        _ => None,
+    };
+    let registry = Arc::new(registry);
+    let readiness = Readiness::new(Arc::clone(&store));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(c) = collector {
+        let listener = bind(c.config().listen, "ingest").await?;
+        let (r, reg, s) = (readiness.clone(), Arc::clone(&registry), shutdown.clone());
+        tasks.spawn(async move {
+            c.run(listener, r, reg, s)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    if let Some(q) = query {
+        let listener = bind(q.config().listen, "query").await?;
+        let (r, reg, s) = (readiness.clone(), Arc::clone(&registry), shutdown.clone());
+        tasks.spawn(async move {
+            q.run(listener, r, reg, s)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    readiness.set_ready(true);
+    tracing::info!(command = ?command, backend = store.backend(), "ready");
+
+    // Readiness drops as soon as shutdown starts, so load balancers stop sending traffic.
+    let ready = readiness.clone();
+    let flip = shutdown.clone();
+    tokio::spawn(async move {
+        flip.cancelled().await;
+        ready.set_ready(false);
+    });
+
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!(error = %e, "server failed; shutting down");
+            shutdown.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    store.close().await.context("closing the store")?;
+    tracing::info!("shutdown complete");
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for {what}"))
+}

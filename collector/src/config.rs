@@ -1,0 +1,155 @@
+//! Collector configuration.
+
+use std::net::SocketAddr;
+
+use datatracing_core::{ConfigDuration, Limits};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Collector settings. Unknown keys are errors; every key has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Address of the ingest HTTP server.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Most spans accepted in one request (more: 413).
+    pub max_spans_per_request: usize,
+    /// Per-span size limits.
+    pub limits: Limits,
+    /// The queue between receiving and writing.
+    pub queue: QueueConfig,
+    /// Write batching.
+    pub batch: BatchConfig,
+    /// A request taking longer than this is answered with 504.
+    pub request_timeout: ConfigDuration,
+    /// On shutdown, the longest wait for in-flight requests and then for the queue to drain.
+    pub drain_timeout: ConfigDuration,
+}
+
+/// The bounded queue. When full, requests are refused with 429 and `Retry-After` (the
+/// client keeps the data and retries); nothing accepted is dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Most spans waiting to be written.
+    pub max_spans: usize,
+    /// Most bytes (approximate in-memory size) waiting to be written.
+    pub max_bytes: usize,
+}
+
+/// How the writer groups queued spans into store writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most spans in one store write. The writer never waits to fill a batch: it takes what
+    /// is queued, so latency stays low when idle and batches grow under load.
+    pub max_spans: usize,
+    /// Attempts per batch on transient store errors before the requests get 503.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub retry_backoff: ConfigDuration,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4318)),
+            max_body_bytes: 16 * 1024 * 1024,
+            max_spans_per_request: 20_000,
+            limits: Limits::default(),
+            queue: QueueConfig::default(),
+            batch: BatchConfig::default(),
+            request_timeout: ConfigDuration::from_secs(30),
+            drain_timeout: ConfigDuration::from_secs(15),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_spans: 200_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_spans: 20_000,
+            max_attempts: 3,
+            retry_backoff: ConfigDuration::from_millis(100),
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// Checks the settings and their relations.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        self.limits.validate().map_err(Error::Config)?;
+        if self.max_body_bytes < 1024 {
+            return bad("collector.max_body_bytes must be at least 1024");
+        }
+        if self.max_spans_per_request == 0 {
+            return bad("collector.max_spans_per_request must be positive");
+        }
+        if self.queue.max_spans < self.max_spans_per_request {
+            return bad(
+                "collector.queue.max_spans must be at least collector.max_spans_per_request",
+            );
+        }
+        if self.queue.max_bytes < self.max_body_bytes {
+            return bad("collector.queue.max_bytes must be at least collector.max_body_bytes");
+        }
+        if u32::try_from(self.queue.max_spans).is_err()
+            || u32::try_from(self.queue.max_bytes).is_err()
+        {
+            return bad("collector.queue limits must be below 4Gi");
+        }
+        if self.batch.max_spans == 0 || self.batch.max_attempts == 0 {
+            return bad("collector.batch.max_spans and max_attempts must be positive");
+        }
+        if self.request_timeout.get().is_zero() {
+            return bad("collector.request_timeout must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_relations_are_checked() {
+        assert!(CollectorConfig::default().validate().is_ok());
+        let c = CollectorConfig {
+            queue: QueueConfig {
+                max_spans: 10,
+                ..QueueConfig::default()
+            },
+            ..CollectorConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("queue.max_spans")
+        );
+        let c: CollectorConfig = serde_json::from_value(serde_json::json!({
+            "listen": "127.0.0.1:9999", "batch": {"max_spans": 5}
+        }))
+        .unwrap();
+        assert_eq!(c.batch.max_spans, 5);
+        assert_eq!(c.batch.max_attempts, 3);
+        assert!(
+            serde_json::from_value::<CollectorConfig>(serde_json::json!({"lisen": "x"})).is_err()
+        );
+    }
+}

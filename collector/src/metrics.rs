@@ -1,0 +1,126 @@
+//! Collector metrics. Names are stable: dashboards and alerts depend on them.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::config::CollectorConfig;
+
+/// Label set: the ingest protocol.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// `native_json` today; OTLP protocols join later.
+    pub protocol: &'static str,
+}
+
+/// Label set: protocol and a reason from a fixed list.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Ingest protocol.
+    pub protocol: &'static str,
+    /// `invalid`, `queue_full`, `too_large`, `shutting_down`, `store_unavailable`.
+    pub reason: &'static str,
+}
+
+/// All collector metrics.
+#[derive(Clone, Debug)]
+pub struct CollectorMetrics {
+    /// `datatracing_collector_spans_received_total`: spans in requests that were parsed.
+    pub received: Family<ProtocolLabels, Counter>,
+    /// `datatracing_collector_spans_accepted_total`: spans acknowledged to clients.
+    pub accepted: Family<ProtocolLabels, Counter>,
+    /// `datatracing_collector_spans_rejected_total`: spans refused, by reason.
+    pub rejected: Family<ReasonLabels, Counter>,
+    /// `datatracing_collector_spans_written_total`: spans committed to the store.
+    pub written: Counter,
+    /// `datatracing_collector_store_write_errors_total`: failed store write attempts.
+    pub write_errors: Counter,
+    /// `datatracing_collector_queue_spans`: spans waiting to be written.
+    pub queue_spans: Gauge,
+    /// `datatracing_collector_queue_bytes`: their approximate size.
+    pub queue_bytes: Gauge,
+    /// `datatracing_collector_batch_spans`: spans per store write.
+    pub batch_spans: Histogram,
+    /// `datatracing_collector_store_write_duration_seconds`: store write latency.
+    pub write_duration: Histogram,
+}
+
+impl CollectorMetrics {
+    /// Registers every collector metric.
+    pub fn register(registry: &mut Registry, config: &CollectorConfig) -> Self {
+        let m = Self {
+            received: Family::default(),
+            accepted: Family::default(),
+            rejected: Family::default(),
+            written: Counter::default(),
+            write_errors: Counter::default(),
+            queue_spans: Gauge::default(),
+            queue_bytes: Gauge::default(),
+            batch_spans: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            write_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        };
+        let r = registry.sub_registry_with_prefix("datatracing_collector");
+        r.register(
+            "spans_received",
+            "Spans received in parsed requests",
+            m.received.clone(),
+        );
+        r.register(
+            "spans_accepted",
+            "Spans acknowledged to clients",
+            m.accepted.clone(),
+        );
+        r.register(
+            "spans_rejected",
+            "Spans refused, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "spans_written",
+            "Spans committed to the store",
+            m.written.clone(),
+        );
+        r.register(
+            "store_write_errors",
+            "Failed store write attempts",
+            m.write_errors.clone(),
+        );
+        r.register(
+            "queue_spans",
+            "Spans waiting to be written",
+            m.queue_spans.clone(),
+        );
+        r.register(
+            "queue_bytes",
+            "Approximate bytes waiting to be written",
+            m.queue_bytes.clone(),
+        );
+        let cap_spans = Gauge::<i64>::default();
+        cap_spans.set(i64::try_from(config.queue.max_spans).unwrap_or(i64::MAX));
+        let cap_bytes = Gauge::<i64>::default();
+        cap_bytes.set(i64::try_from(config.queue.max_bytes).unwrap_or(i64::MAX));
+        r.register("queue_capacity_spans", "Queue capacity in spans", cap_spans);
+        r.register("queue_capacity_bytes", "Queue capacity in bytes", cap_bytes);
+        r.register(
+            "batch_spans",
+            "Spans per store write",
+            m.batch_spans.clone(),
+        );
+        r.register_with_unit(
+            "store_write_duration",
+            "Store write latency",
+            prometheus_client::registry::Unit::Seconds,
+            m.write_duration.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn reject(&self, protocol: &'static str, reason: &'static str, n: usize) {
+        self.rejected
+            .get_or_create(&ReasonLabels { protocol, reason })
+            .inc_by(n as u64);
+    }
+}

@@ -1,0 +1,27 @@
+//! The sampling stage: decides which queued spans are written.
+//!
+//! This is the seam the tail-sampling work fills. Today the only sampler keeps everything.
+
+use datatracing_core::Span;
+
+/// Decides which spans of a batch to keep. Implementations may buffer spans across calls
+/// (tail sampling) and release them later; `flush` hands back whatever is still held.
+pub trait Sampler: Send + 'static {
+    /// Takes a batch and returns the spans to write now.
+    fn offer(&mut self, spans: Vec<Span>) -> Vec<Span>;
+
+    /// Returns every span still held (called at shutdown).
+    fn flush(&mut self) -> Vec<Span> {
+        Vec::new()
+    }
+}
+
+/// Keeps every span.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough;
+
+impl Sampler for PassThrough {
+    fn offer(&mut self, spans: Vec<Span>) -> Vec<Span> {
+        spans
+    }
+}
