@@ -34,6 +34,7 @@ pub use error::{Error, Result};
 pub use metrics::CollectorMetrics;
 pub use queue::{EnqueueError, SpanQueue};
 pub use sample::{PassThrough, Sampler};
+pub use writer::{WriterHandle, WriterStats};
 
 /// A collector wired to a store; call [`Collector::run`] to serve.
 #[derive(Debug)]
