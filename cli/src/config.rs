@@ -126,11 +126,29 @@ impl Config {
     }
 }
 
-/// Replaces `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
+/// Replaces `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`. Whole-line comments are
+/// left alone, so documentation may mention `${VAR}` freely.
 pub fn interpolate(text: &str, env: &HashMap<String, String>) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
     let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+        } else {
+            out.push_str(&interpolate_line(line, env, offset)?);
+        }
+        offset += line.len();
+    }
+    Ok(out)
+}
+
+fn interpolate_line(
+    text: &str,
+    env: &HashMap<String, String>,
+    mut offset: usize,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
@@ -213,5 +231,33 @@ mod tests {
         assert!(Config::from_yaml("", &env(&[])).unwrap() == Config::default());
         let bad = Config::from_yaml("log:\n  level: \"[[[\"\n", &env(&[])).unwrap();
         assert!(bad.validate().is_err());
+    }
+}
+
+#[cfg(test)]
+mod reference_file {
+    use super::*;
+
+    /// `config/datatracing.yaml` documents every key with its default; it must stay exact.
+    #[test]
+    fn reference_config_matches_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/datatracing.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let parsed = Config::from_yaml(&text, &HashMap::new()).unwrap();
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "config/datatracing.yaml drifted from the defaults"
+        );
+        let body: String = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            body,
+            serde_yaml::to_string(&Config::default()).unwrap(),
+            "regenerate with: datatracing print-config"
+        );
     }
 }

@@ -141,8 +141,27 @@ impl std::str::FromStr for ConfigDuration {
 
 impl serde::Serialize for ConfigDuration {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let ns = i64::try_from(self.0.as_nanos()).unwrap_or(i64::MAX);
-        s.serialize_str(&format_duration_ns(ns).replace('µ', "u"))
+        // The largest unit that divides exactly, so `168h` stays `168h` and round-trips.
+        let ns = self.0.as_nanos();
+        let units: [(u128, &str); 6] = [
+            (3_600_000_000_000, "h"),
+            (60_000_000_000, "m"),
+            (1_000_000_000, "s"),
+            (1_000_000, "ms"),
+            (1_000, "us"),
+            (1, "ns"),
+        ];
+        let text = if ns == 0 {
+            "0".to_string()
+        } else {
+            let (div, unit) = units
+                .iter()
+                .find(|(d, _)| ns.is_multiple_of(*d))
+                .copied()
+                .unwrap_or((1, "ns"));
+            format!("{}{unit}", ns / div)
+        };
+        s.serialize_str(&text)
     }
 }
 

@@ -1,0 +1,102 @@
+//! Enforces the crate dependency rules in `docs/architecture.md`, read from `cargo metadata`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// For each workspace crate: the workspace crates it may depend on (normal dependencies).
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("datatracing-core", &[]),
+    ("datatracing-store", &["datatracing-core"]),
+    (
+        "datatracing-http",
+        &["datatracing-core", "datatracing-store"],
+    ),
+    (
+        "datatracing-collector",
+        &["datatracing-core", "datatracing-store", "datatracing-http"],
+    ),
+    (
+        "datatracing-query",
+        &["datatracing-core", "datatracing-store", "datatracing-http"],
+    ),
+    (
+        "datatracing-cli",
+        &[
+            "datatracing-core",
+            "datatracing-store",
+            "datatracing-http",
+            "datatracing-collector",
+            "datatracing-query",
+        ],
+    ),
+    // The load command talks to servers over HTTP only, like any client.
+    ("datatracing-loadgen", &[]),
+];
+
+/// The model crate stays free of I/O and runtimes.
+const CORE_FORBIDDEN: &[&str] = &["tokio", "axum", "hyper", "rusqlite", "reqwest", "tracing"];
+
+fn metadata() -> Value {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn workspace_crates_follow_the_dependency_rules() {
+    let meta = metadata();
+    let packages = meta["packages"].as_array().unwrap();
+    let members: BTreeSet<String> = packages
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+    for name in &members {
+        assert!(
+            allowed.contains_key(name.as_str()),
+            "crate {name} is not in docs/architecture.md's rules"
+        );
+    }
+    for p in packages {
+        let name = p["name"].as_str().unwrap();
+        let deps: Vec<(&str, bool)> = p["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["name"].as_str().unwrap(), d["kind"].is_null()))
+            .collect();
+        for (dep, normal) in &deps {
+            if *normal && members.contains(*dep) {
+                assert!(
+                    allowed[name].contains(dep),
+                    "{name} must not depend on {dep} (see docs/architecture.md)"
+                );
+            }
+        }
+        if name == "datatracing-core" {
+            for (dep, normal) in &deps {
+                assert!(
+                    !(*normal && CORE_FORBIDDEN.contains(dep)),
+                    "datatracing-core must stay I/O-free, found {dep}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Every check CI runs, in CI's order: formatting, lints, then the whole test suite.
+# Works on a fresh machine with a Rust toolchain; anything else a test needs is installed here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Builds are cached outside the clone so fresh clones (CI) reuse them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/datatracing/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+need() {
+  if ! command -v "$1" >/dev/null 2>&1; then
+    echo "error: '$1' is required: $2" >&2
+    exit 1
+  fi
+}
+need cargo "install Rust with rustup (stable, with the rustfmt and clippy components)"
+need rustfmt "rustup component add rustfmt"
+need cargo-clippy "rustup component add clippy"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+
+step "cargo test: doc tests"
+cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
+
+step "cargo test: every unit, integration and end-to-end test"
+cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log"
+
+# One closing line for the whole run (cargo prints one result line per test binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, i; if (p == 0) exit 1 }' "$log"
