@@ -18,17 +18,22 @@ use serde_json::{Value, json};
 
 struct Server {
     child: Child,
-    ingest: SocketAddr,
-    query: SocketAddr,
+    ingest: Option<SocketAddr>,
+    query: Option<SocketAddr>,
     log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
     /// Starts `datatracing all-in-one` on ephemeral ports and waits until both listen.
     fn start(data_dir: &Path) -> Server {
+        Self::start_command(data_dir, "all-in-one")
+    }
+
+    /// Starts a server subcommand and waits until its listeners are up.
+    fn start_command(data_dir: &Path, command: &str) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_datatracing"))
             .args([
-                "all-in-one",
+                command,
                 "--ingest-addr",
                 "127.0.0.1:0",
                 "--query-addr",
@@ -55,7 +60,9 @@ impl Server {
         });
         let (mut ingest, mut query) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while ingest.is_none() || query.is_none() {
+        let want_ingest = command != "query";
+        let want_query = command != "collector";
+        while (want_ingest && ingest.is_none()) || (want_query && query.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
@@ -74,14 +81,22 @@ impl Server {
         }
         Server {
             child,
-            ingest: ingest.unwrap(),
-            query: query.unwrap(),
+            ingest,
+            query,
             log,
         }
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    fn ingest(&self) -> SocketAddr {
+        self.ingest.expect("this server has no collector")
+    }
+
+    fn query(&self) -> SocketAddr {
+        self.query.expect("this server has no query service")
     }
 }
 
@@ -227,14 +242,14 @@ async fn pipeline_dag_survives_sigkill() {
     let server = Server::start(dir.path());
 
     for batch in pipeline() {
-        let resp = post(&client, server.ingest, batch.clone()).await;
+        let resp = post(&client, server.ingest(), batch.clone()).await;
         assert_eq!(resp.status(), 202);
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["accepted"], batch.len());
     }
 
     let dag: Value = client
-        .get(format!("http://{}/api/v1/traces/{TRACE}", server.query))
+        .get(format!("http://{}/api/v1/traces/{TRACE}", server.query()))
         .send()
         .await
         .unwrap()
@@ -254,7 +269,7 @@ async fn pipeline_dag_survives_sigkill() {
     let downstream: Value = client
         .get(format!(
             "http://{}/api/v1/traces/{DOWNSTREAM}",
-            server.query
+            server.query()
         ))
         .send()
         .await
@@ -274,7 +289,7 @@ async fn pipeline_dag_survives_sigkill() {
     let mut writers = Vec::new();
     for w in 0..4u64 {
         let client = client.clone();
-        let ingest = server.ingest;
+        let ingest = server.ingest();
         let stop = stop.clone();
         writers.push(tokio::spawn(async move {
             let mut acked: Vec<(String, usize)> = Vec::new();
@@ -314,7 +329,7 @@ async fn pipeline_dag_survives_sigkill() {
         let found: Value = client
             .get(format!(
                 "http://{}/api/v1/traces?service=load&limit=1000",
-                server.query
+                server.query()
             ))
             .send()
             .await
@@ -346,7 +361,7 @@ async fn pipeline_dag_survives_sigkill() {
     let mut missing = Vec::new();
     for (trace, n) in &acked {
         let resp = client
-            .get(format!("http://{}/api/v1/traces/{trace}", server.query))
+            .get(format!("http://{}/api/v1/traces/{trace}", server.query()))
             .send()
             .await
             .unwrap();
@@ -367,7 +382,7 @@ async fn pipeline_dag_survives_sigkill() {
         "acknowledged spans lost after SIGKILL: {missing:?}"
     );
     let dag: Value = client
-        .get(format!("http://{}/api/v1/traces/{TRACE}", server.query))
+        .get(format!("http://{}/api/v1/traces/{TRACE}", server.query()))
         .send()
         .await
         .unwrap()
@@ -386,7 +401,7 @@ async fn sigterm_drains_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let mut server = Server::start(dir.path());
-    let resp = post(&client, server.ingest, pipeline().remove(0)).await;
+    let resp = post(&client, server.ingest(), pipeline().remove(0)).await;
     assert_eq!(resp.status(), 202);
     let status = Command::new("kill")
         .args(["-TERM", &server.pid().to_string()])
@@ -418,6 +433,50 @@ async fn sigterm_drains_and_exits_cleanly() {
         );
         std::thread::yield_now();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_collector_and_query_share_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let collector = Server::start_command(dir.path(), "collector");
+    // The query process opens the collector's store read-only, from another process.
+    let query = Server::start_command(dir.path(), "query");
+    for batch in pipeline() {
+        assert_eq!(post(&client, collector.ingest(), batch).await.status(), 202);
+    }
+    let dag: Value = client
+        .get(format!("http://{}/api/v1/traces/{TRACE}", query.query()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dag["spans"].as_array().unwrap().len(), 6, "{dag}");
+    let ready = client
+        .get(format!("http://{}/readyz", query.query()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // The collector has no query routes, and the query service has no ingest route.
+    let r = client
+        .get(format!(
+            "http://{}/api/v1/traces/{TRACE}",
+            collector.ingest()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client
+        .post(format!("http://{}/api/v1/spans", query.query()))
+        .json(&json!({"spans": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }
 
 #[test]
