@@ -20,7 +20,7 @@ pub use dag::{CrossTraceLink, DagEdge, EdgeType, TraceDag, UnresolvedLink};
 pub use duration::{ConfigDuration, format_duration_ns, parse_duration_ns};
 pub use error::{Error, Result};
 pub use ids::{SpanId, TraceId};
-pub use query::{SummaryBuilder, TraceQuery, TraceSummary};
+pub use query::{AttributeFilter, SummaryBuilder, TraceQuery, TraceSummary};
 pub use span::{
     AttributeValue, Attributes, Event, Link, LinkType, Span, SpanKind, Status, StatusCode,
 };

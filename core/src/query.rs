@@ -2,8 +2,8 @@
 //!
 //! Search semantics (every backend implements exactly these): a trace matches when at least
 //! one of its spans satisfies every given span filter at once: `service`, `operation`,
-//! `status`, span start time within `[start, end]`, and span duration within
-//! `[min_duration, max_duration]`. Results are ordered by the start time of each trace's
+//! `status`, span start time within `[start, end]`, span duration within
+//! `[min_duration, max_duration]`, and every attribute filter. Results are ordered by the start time of each trace's
 //! latest matching span, newest first, ties broken by trace id, and cut at `limit`.
 
 use std::collections::{BTreeSet, HashSet};
@@ -32,8 +32,51 @@ pub struct TraceQuery {
     pub min_duration_nanos: Option<i64>,
     /// Span duration at most, in nanoseconds.
     pub max_duration_nanos: Option<i64>,
+    /// Span attribute conditions, all of which the same span must satisfy.
+    pub attributes: Vec<AttributeFilter>,
     /// Maximum number of traces returned.
     pub limit: usize,
+}
+
+/// A condition on one span attribute.
+///
+/// Values compare as search text ([`AttributeValue::to_search_text`](crate::AttributeValue::to_search_text)):
+/// strings as themselves, numbers in their shortest decimal form (`42`, `0.5`, `1`), booleans
+/// as `true` / `false`, arrays as their JSON text. Every backend stores and compares that form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttributeFilter {
+    /// The attribute key.
+    pub key: String,
+    /// `Some(v)`: the value equals `v`; `None`: the key exists.
+    pub value: Option<String>,
+}
+
+impl AttributeFilter {
+    /// Parses `key=value` (equals) or `key` (exists).
+    pub fn parse(s: &str) -> Result<Self> {
+        let (key, value) = match s.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (s, None),
+        };
+        if key.is_empty() {
+            return Err(Error::Query(
+                "attribute filter needs a key: use key=value or key".into(),
+            ));
+        }
+        Ok(Self {
+            key: key.to_string(),
+            value,
+        })
+    }
+
+    /// Whether a span's attributes satisfy this filter.
+    pub fn matches(&self, attributes: &crate::Attributes) -> bool {
+        match (attributes.get(&self.key), &self.value) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(v), Some(want)) => v.to_search_text() == *want,
+        }
+    }
 }
 
 impl TraceQuery {
@@ -41,6 +84,8 @@ impl TraceQuery {
     pub const DEFAULT_LIMIT: usize = 20;
     /// Largest `limit` accepted.
     pub const MAX_LIMIT: usize = 1000;
+    /// Most attribute filters in one query.
+    pub const MAX_ATTRIBUTE_FILTERS: usize = 16;
 
     /// A query with only a limit.
     pub fn with_limit(limit: usize) -> Self {
@@ -74,6 +119,12 @@ impl TraceQuery {
             || self.max_duration_nanos.is_some_and(|d| d < 0)
         {
             return Err(Error::Query("durations must not be negative".into()));
+        }
+        if self.attributes.len() > Self::MAX_ATTRIBUTE_FILTERS {
+            return Err(Error::Query(format!(
+                "at most {} attribute filters are allowed",
+                Self::MAX_ATTRIBUTE_FILTERS
+            )));
         }
         for (name, v) in [("service", &self.service), ("operation", &self.operation)] {
             if v.as_deref().is_some_and(|s| s.is_empty()) {
@@ -200,6 +251,30 @@ mod tests {
             ..TraceQuery::with_limit(1)
         };
         assert!(q.validate().is_err());
+    }
+
+    #[test]
+    fn attribute_filters() {
+        let attrs = crate::Attributes::from([
+            ("table".to_string(), crate::AttributeValue::from("orders")),
+            ("rows".to_string(), crate::AttributeValue::Int(42)),
+            ("ok".to_string(), crate::AttributeValue::Bool(true)),
+        ]);
+        assert!(
+            AttributeFilter::parse("table=orders")
+                .unwrap()
+                .matches(&attrs)
+        );
+        assert!(AttributeFilter::parse("rows=42").unwrap().matches(&attrs));
+        assert!(AttributeFilter::parse("ok=true").unwrap().matches(&attrs));
+        assert!(AttributeFilter::parse("rows").unwrap().matches(&attrs));
+        assert!(!AttributeFilter::parse("rows=43").unwrap().matches(&attrs));
+        assert!(!AttributeFilter::parse("missing").unwrap().matches(&attrs));
+        assert_eq!(
+            AttributeFilter::parse("a=b=c").unwrap().value.as_deref(),
+            Some("b=c")
+        );
+        assert!(AttributeFilter::parse("=x").is_err());
     }
 
     #[test]

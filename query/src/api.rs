@@ -3,13 +3,11 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::routing::get;
-use datatracing_core::{TraceDag, TraceId, TraceQuery, parse_duration_ns};
+use datatracing_core::{AttributeFilter, TraceDag, TraceId, TraceQuery, parse_duration_ns};
 use datatracing_http::ApiError;
 use datatracing_store::TraceStore;
-use serde::Deserialize;
 
 pub(crate) fn routes(store: Arc<dyn TraceStore>) -> Router {
     Router::new()
@@ -36,8 +34,8 @@ async fn get_trace(
 }
 
 /// Raw search parameters; every value is parsed with its own precise error.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `attribute` may repeat (`attribute=dataset=orders&attribute=late`).
+#[derive(Debug, Default)]
 pub(crate) struct SearchParams {
     service: Option<String>,
     operation: Option<String>,
@@ -47,6 +45,7 @@ pub(crate) struct SearchParams {
     min_duration: Option<String>,
     max_duration: Option<String>,
     limit: Option<String>,
+    attribute: Vec<String>,
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
@@ -54,6 +53,41 @@ fn non_empty(v: Option<String>) -> Option<String> {
 }
 
 impl SearchParams {
+    /// Reads a raw query string; unknown or repeated single-valued parameters are errors.
+    pub(crate) fn from_query_string(raw: &str) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
+            .map_err(|e| ApiError::invalid_argument(format!("malformed query string: {e}")))?;
+        let mut p = SearchParams::default();
+        for (k, v) in pairs {
+            let slot = match k.as_str() {
+                "service" => &mut p.service,
+                "operation" => &mut p.operation,
+                "status" => &mut p.status,
+                "start" => &mut p.start,
+                "end" => &mut p.end,
+                "min_duration" => &mut p.min_duration,
+                "max_duration" => &mut p.max_duration,
+                "limit" => &mut p.limit,
+                "attribute" => {
+                    p.attribute.push(v);
+                    continue;
+                }
+                other => {
+                    return Err(ApiError::invalid_argument(format!(
+                        "unknown parameter {other:?}; expected service, operation, status, start, end, \
+                         min_duration, max_duration, limit or attribute"
+                    )));
+                }
+            };
+            if slot.replace(v).is_some() {
+                return Err(ApiError::invalid_argument(format!(
+                    "parameter {k} given twice"
+                )));
+            }
+        }
+        Ok(p)
+    }
+
     pub(crate) fn into_query(self) -> Result<TraceQuery, ApiError> {
         let bad = |param: &str, e: &dyn std::fmt::Display| {
             ApiError::invalid_argument(format!("parameter {param}: {e}"))
@@ -74,6 +108,11 @@ impl SearchParams {
                 .parse::<usize>()
                 .map_err(|_| bad("limit", &format!("{s:?} is not a positive integer")))?,
         };
+        let attributes = self
+            .attribute
+            .iter()
+            .map(|a| AttributeFilter::parse(a).map_err(|e| bad("attribute", &e)))
+            .collect::<Result<Vec<_>, _>>()?;
         let q = TraceQuery {
             service: non_empty(self.service),
             operation: non_empty(self.operation),
@@ -84,6 +123,7 @@ impl SearchParams {
             end: time("end", self.end)?,
             min_duration_nanos: dur("min_duration", self.min_duration)?,
             max_duration_nanos: dur("max_duration", self.max_duration)?,
+            attributes,
             limit,
         };
         q.validate()?;
@@ -94,10 +134,9 @@ impl SearchParams {
 #[tracing::instrument(skip_all)]
 async fn search(
     State(store): State<Arc<dyn TraceStore>>,
-    params: Result<Query<SearchParams>, QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let Query(params) = params?;
-    let query = params.into_query()?;
+    let query = SearchParams::from_query_string(raw.as_deref().unwrap_or(""))?.into_query()?;
     let traces = store.search(&query).await?;
     Ok(axum::Json(serde_json::json!({
         "traces": traces,
@@ -126,6 +165,16 @@ mod tests {
         assert_eq!(q.operation, None, "empty means absent");
         assert_eq!(q.min_duration_nanos, Some(1_500_000_000));
         assert_eq!(q.limit, 5);
+
+        let p =
+            SearchParams::from_query_string("service=a&attribute=dataset%3Dorders&attribute=late")
+                .unwrap();
+        let q = p.into_query().unwrap();
+        assert_eq!(q.attributes.len(), 2);
+        assert_eq!(q.attributes[0].value.as_deref(), Some("orders"));
+        assert_eq!(q.attributes[1].value, None);
+        assert!(SearchParams::from_query_string("service=a&service=b").is_err());
+        assert!(SearchParams::from_query_string("servce=a").is_err());
 
         let cases = [
             (

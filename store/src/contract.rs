@@ -36,6 +36,7 @@ macro_rules! trace_store_contract {
             search_filters_match_one_span_each,
             search_orders_newest_first_and_limits,
             search_summaries_are_complete,
+            search_by_attributes,
             large_batch_and_concurrent_writers,
             dag_survives_storage
         );
@@ -431,6 +432,87 @@ pub async fn search_summaries_are_complete(store: &dyn TraceStore) {
     let mut services = vec!["api".to_string(), edge, "publish".to_string()];
     services.sort();
     assert_eq!(s.services, services);
+}
+
+/// Attribute filters: equality on typed values (as search text), existence, conjunction on
+/// one span.
+pub async fn search_by_attributes(store: &dyn TraceStore) {
+    let svc = unique("attrs");
+    let t0 = base_time();
+    let t1 = fresh_trace_id();
+    let t2 = fresh_trace_id();
+    let mut a = simple_span(t1, 1, None, &svc, t0, 10);
+    a.attributes = Attributes::from([
+        ("dataset".to_string(), AttributeValue::from("orders")),
+        ("rows".to_string(), AttributeValue::Int(42)),
+        ("late".to_string(), AttributeValue::Bool(true)),
+        ("ratio".to_string(), AttributeValue::Float(0.5)),
+    ]);
+    let mut b = simple_span(t1, 2, Some(1), &svc, t0.saturating_add_nanos(5), 10);
+    b.attributes = Attributes::from([(
+        "partition".to_string(),
+        AttributeValue::from("dt=2026-11-28"),
+    )]);
+    let mut c = simple_span(t2, 1, None, &svc, t0.saturating_add_nanos(10), 10);
+    c.attributes = Attributes::from([("dataset".to_string(), AttributeValue::from("customers"))]);
+    store.write(vec![a, b, c].into()).await.expect("write");
+
+    let ids = |filters: &[&str]| {
+        let q = TraceQuery {
+            service: Some(svc.clone()),
+            attributes: filters
+                .iter()
+                .map(|f| datatracing_core::AttributeFilter::parse(f).expect("filter"))
+                .collect(),
+            ..TraceQuery::with_limit(10)
+        };
+        async move {
+            let mut v: Vec<TraceId> = store
+                .search(&q)
+                .await
+                .expect("search")
+                .into_iter()
+                .map(|s| s.trace_id)
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let mut both = vec![t1, t2];
+    both.sort();
+    assert_eq!(ids(&["dataset=orders"]).await, vec![t1]);
+    assert_eq!(ids(&["dataset"]).await, both, "key exists");
+    assert_eq!(
+        ids(&["rows=42"]).await,
+        vec![t1],
+        "integers compare as text"
+    );
+    assert_eq!(
+        ids(&["late=true"]).await,
+        vec![t1],
+        "booleans compare as text"
+    );
+    assert_eq!(
+        ids(&["ratio=0.5"]).await,
+        vec![t1],
+        "floats compare as text"
+    );
+    assert_eq!(
+        ids(&["partition=dt=2026-11-28"]).await,
+        vec![t1],
+        "values may contain '='"
+    );
+    assert_eq!(
+        ids(&["dataset=orders", "rows=42"]).await,
+        vec![t1],
+        "conjunction on one span"
+    );
+    assert!(
+        ids(&["dataset=orders", "partition"]).await.is_empty(),
+        "the two attributes are on different spans"
+    );
+    assert!(ids(&["dataset=nothing"]).await.is_empty());
+    assert!(ids(&["absent"]).await.is_empty());
 }
 
 /// A 5,000-span batch and eight concurrent writers all land completely.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datatracing_core::{
-    Attributes, ConfigDuration, Event, Link, Span, SpanId, SpanKind, Status, StatusCode,
-    SummaryBuilder, Timestamp, TraceId, TraceQuery, TraceSummary,
+    AttributeFilter, Attributes, ConfigDuration, Event, Link, Span, SpanId, SpanKind, Status,
+    StatusCode, SummaryBuilder, Timestamp, TraceId, TraceQuery, TraceSummary,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -312,6 +312,7 @@ fn open_connections(
                 | OpenFlags::SQLITE_OPEN_URI,
         )?;
         configure(&conn, cfg)?;
+        register_functions(&conn)?;
         conn.pragma_update(None, "query_only", true)?;
         check_version(&conn)?;
         readers.push(conn);
@@ -334,6 +335,31 @@ fn configure(conn: &Connection, cfg: &EmbeddedConfig) -> Result<()> {
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "cache_size", -i64::from(cfg.cache_mib) * 1024)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+/// `dt_attr(attributes_json, key, value)`: whether stored attributes satisfy an
+/// [`AttributeFilter`] (`value` NULL means "key exists"). Evaluated in Rust so the embedded
+/// store compares exactly as the model defines.
+fn register_functions(conn: &Connection) -> Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "dt_attr",
+        3,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let Some(json) = ctx.get::<Option<String>>(0)? else {
+                return Ok(false);
+            };
+            let filter = AttributeFilter {
+                key: ctx.get(1)?,
+                value: ctx.get(2)?,
+            };
+            let attrs: Attributes = serde_json::from_str(&json)
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
+            Ok(filter.matches(&attrs))
+        },
+    )?;
     Ok(())
 }
 
@@ -578,6 +604,15 @@ fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>> {
     }
     if let Some(d) = q.max_duration_nanos {
         push("duration_ns <=", Value::Integer(d));
+    }
+    for f in &q.attributes {
+        args.push(Value::Text(f.key.clone()));
+        args.push(f.value.clone().map_or(Value::Null, Value::Text));
+        sql.push_str(&format!(
+            " AND dt_attr(attributes, ?{}, ?{})",
+            args.len() - 1,
+            args.len()
+        ));
     }
     sql.push_str(" ORDER BY start_ns DESC, trace_id ASC");
 

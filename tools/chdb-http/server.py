@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""ClickHouse's HTTP interface in front of chdb (the real ClickHouse engine, in-process).
+
+Test infrastructure only, never a product dependency. It lets the official `clickhouse`
+Rust crate talk to a real ClickHouse engine on a machine without a ClickHouse server.
+
+What it does, and only that:
+- SQL arrives unchanged (the `query` URL parameter, else the request body) and runs on one
+  chdb connection, serialised by a lock. SQL is never parsed or emulated; for an INSERT whose
+  data is in the body, the trailing `FORMAT <name>` is split off to tell chdb the input format
+  (as ClickHouse's own HTTP handler does).
+- `database`, `default_format` and ClickHouse settings come from URL parameters; settings are
+  applied with `SET` before the query and reset after it.
+- Credentials from `X-ClickHouse-User` / `X-ClickHouse-Key`, `user` / `password` parameters,
+  or basic auth, checked against `--user` / `--password`.
+- `decompress=1` bodies are ClickHouse's compressed framing (LZ4 or none per block).
+- Errors answer the way ClickHouse does: an HTTP status by error code, the
+  `X-ClickHouse-Exception-Code` header, and the `Code: N. DB::Exception: ...` text.
+- `GET /ping` answers `Ok.`.
+- Fault injection for tests, under `/__admin/`: `delay?ms=N` delays every later query.
+
+Prints `listening on HOST:PORT` on stdout once ready. Exits when its parent process dies.
+"""
+
+import argparse
+import base64
+import json
+import os
+import re
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import chdb
+import lz4.block
+
+# URL parameters that are not ClickHouse settings.
+NOT_SETTINGS = {
+    "query", "database", "default_format", "user", "password", "decompress", "compress",
+    "query_id", "session_id", "session_timeout", "session_check", "wait_end_of_query",
+    "buffer_size", "add_http_cors_header", "quota_key", "role",
+}
+SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CODE = re.compile(r"Code: (\d+)\.")
+TRAILING_FORMAT = re.compile(r"(?is)^(.*?)\s+FORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$")
+
+# ClickHouse's HTTP status per error code (HTTPHandler's mapping, the codes we meet).
+STATUS_BY_CODE = {
+    192: 401, 193: 401, 194: 401, 516: 401,  # unknown user, wrong/required password, auth failed
+    497: 403,  # ACCESS_DENIED
+    60: 404, 81: 404, 46: 404, 47: 404,  # unknown table, database, function, identifier
+    6: 400, 26: 400, 27: 400, 33: 400, 38: 400, 41: 400, 53: 400, 62: 400, 69: 400, 70: 400,
+    72: 400, 117: 400, 130: 400, 131: 400, 276: 400, 349: 400, 36: 400, 43: 400, 44: 400,
+    115: 400,
+    202: 503,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    159: 500,  # TIMEOUT_EXCEEDED
+}
+
+
+class Engine:
+    def __init__(self, path, user, password):
+        self.conn = chdb.connect(path)
+        self.lock = threading.Lock()
+        self.user = user
+        self.password = password
+        self.delay_ms = 0
+
+    def run(self, sql, data, database, fmt, settings):
+        with self.lock:
+            if self.delay_ms:
+                time.sleep(self.delay_ms / 1000.0)
+            started = time.monotonic()
+            self.conn.query("USE `%s`" % database.replace("`", "``"), "TabSeparated")
+            applied = []
+            try:
+                for name, value in settings.items():
+                    literal = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+                    self.conn.query("SET %s = %s" % (name, literal), "TabSeparated")
+                    applied.append(name)
+                if data is not None:
+                    m = TRAILING_FORMAT.match(sql)
+                    if not m:
+                        raise chdb.ChdbError(
+                            "Code: 62. DB::Exception: INSERT with data in the request body must end "
+                            "with FORMAT <name>. (SYNTAX_ERROR)")
+                    inserter = self.conn.send_insert(m.group(1), m.group(2))
+                    try:
+                        inserter.append(data)
+                        result = inserter.finish()
+                    except Exception:
+                        try:
+                            inserter.cancel()
+                        except Exception:
+                            pass
+                        raise
+                    summary = {"written_rows": result.rows_written, "written_bytes": result.bytes_written}
+                    return b"", summary, time.monotonic() - started
+                result = self.conn.query(sql, fmt)
+                out = result.bytes() or b""
+                summary = {"read_rows": result.rows_read(), "read_bytes": result.bytes_read(),
+                           "result_rows": 0, "result_bytes": len(out)}
+                return out, summary, time.monotonic() - started
+            finally:
+                for name in applied:
+                    try:
+                        self.conn.query("SET %s = DEFAULT" % name, "TabSeparated")
+                    except Exception:
+                        pass
+
+
+def decompress(body):
+    """Decodes ClickHouse's compressed framing: per block a 16-byte checksum, a method byte,
+    the compressed size (including the 9-byte header), the uncompressed size, the payload."""
+    out = bytearray()
+    pos = 0
+    while pos < len(body):
+        if len(body) - pos < 25:
+            raise ValueError("truncated compressed block header")
+        method = body[pos + 16]
+        csize, usize = struct.unpack_from("<II", body, pos + 17)
+        payload = body[pos + 25: pos + 16 + csize]
+        if len(payload) != csize - 9:
+            raise ValueError("truncated compressed block")
+        if method == 0x82:
+            out += lz4.block.decompress(payload, uncompressed_size=usize)
+        elif method == 0x02:
+            out += payload
+        else:
+            raise ValueError("unsupported compression method 0x%02x" % method)
+        pos += 16 + csize
+    return bytes(out)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    engine = None
+
+    def log_message(self, fmt, *args):  # quiet: tests read stdout for the port only
+        pass
+
+    def read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                line = self.rfile.readline()
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def reply(self, status, body, headers=None):
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def fail(self, code, message):
+        text = message if message.startswith("Code:") else "Code: %d. DB::Exception: %s" % (code, message)
+        self.reply(STATUS_BY_CODE.get(code, 500), (text.rstrip() + "\n").encode(),
+                   {"X-ClickHouse-Exception-Code": str(code), "Content-Type": "text/plain; charset=UTF-8"})
+
+    def credentials(self, params):
+        user = self.headers.get("X-ClickHouse-User") or params.get("user")
+        password = self.headers.get("X-ClickHouse-Key") or params.get("password")
+        auth = self.headers.get("Authorization", "")
+        if auth.lower().startswith("basic "):
+            u, _, p = base64.b64decode(auth[6:]).decode().partition(":")
+            user, password = user or u, password or p
+        return user or "default", password or ""
+
+    def handle_any(self):
+        url = urllib.parse.urlsplit(self.path)
+        params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        body = self.read_body()
+        if url.path == "/ping":
+            return self.reply(200, b"Ok.\n")
+        if url.path.startswith("/__admin/delay"):
+            self.engine.delay_ms = int(params.get("ms", "0"))
+            return self.reply(200, b"ok\n")
+        if url.path not in ("/", ""):
+            return self.fail(0, "There is no handle %s" % url.path)
+        user, password = self.credentials(params)
+        if user != self.engine.user or password != self.engine.password:
+            return self.fail(516, "%s: Authentication failed: password is incorrect, or there is no "
+                                  "user with such name. (AUTHENTICATION_FAILED)" % user)
+        sql = params.get("query")
+        data = None
+        if sql is None:
+            sql = body.decode("utf-8", errors="replace")
+        elif body:
+            data = body
+        if not sql.strip():
+            return self.fail(62, "Empty query. (SYNTAX_ERROR)")
+        try:
+            if data is not None and params.get("decompress") == "1":
+                data = decompress(data)
+        except Exception as e:  # corrupt framing: ClickHouse answers CANNOT_DECOMPRESS
+            return self.fail(271, "Cannot decompress: %s. (CANNOT_DECOMPRESS)" % e)
+        settings = {k: v for k, v in params.items()
+                    if k not in NOT_SETTINGS and not k.startswith("param_") and SETTING_NAME.match(k)}
+        database = params.get("database") or self.headers.get("X-ClickHouse-Database") or "default"
+        fmt = params.get("default_format") or self.headers.get("X-ClickHouse-Format") or "TabSeparated"
+        try:
+            out, summary, elapsed = self.engine.run(sql, data, database, fmt, settings)
+        except Exception as e:
+            message = str(e)
+            m = CODE.search(message)
+            code = int(m.group(1)) if m else 1001
+            if m:
+                message = message[m.start():]
+            return self.fail(code, message)
+        summary = {k: str(v) for k, v in summary.items()}
+        summary["elapsed_ns"] = str(int(elapsed * 1e9))
+        self.reply(200, out, {
+            "Content-Type": "application/octet-stream",
+            "X-ClickHouse-Format": fmt,
+            "X-ClickHouse-Summary": json.dumps(summary),
+        })
+
+    do_GET = handle_any
+    do_POST = handle_any
+
+
+def watch_parent(parent):
+    while True:
+        if os.getppid() != parent:
+            os._exit(0)
+        time.sleep(0.5)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--path", required=True, help="chdb data directory")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--user", default="default")
+    ap.add_argument("--password", default="")
+    args = ap.parse_args()
+    Handler.engine = Engine(args.path, args.user, args.password)
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
+    print("listening on %s:%d" % server.server_address[:2], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
