@@ -27,6 +27,10 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("invalid storage configuration: {0}")]
     Config(String),
+    /// The backend refused the request and retrying it unchanged will not help (a schema
+    /// mismatch, bad credentials, a rejected insert).
+    #[error("storage rejected the request: {0}")]
+    Rejected(String),
 }
 
 impl Error {

@@ -1,0 +1,310 @@
+//! Administration: connectivity, migrations and retention.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+
+use crate::config::{ClickHouseConfig, Compression};
+use crate::error::{Error, Result};
+use crate::rows::TableRow;
+use crate::schema::Schema;
+
+/// What `migrate` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Versions applied by this call (empty when already up to date).
+    pub applied: Vec<u32>,
+    /// The schema version now in place.
+    pub version: u32,
+}
+
+/// The retention carried by one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRetention {
+    /// Storage table name.
+    pub table: String,
+    /// Days in its TTL; `None` when it has no TTL.
+    pub days: Option<u32>,
+}
+
+/// What `set_retention` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// The retention now in force, in days.
+    pub days: u32,
+    /// Tables whose TTL was changed.
+    pub changed: Vec<String>,
+    /// Tables that already had this TTL.
+    pub unchanged: Vec<String>,
+}
+
+/// Connectivity, migrations and retention for one ClickHouse database.
+#[derive(Clone)]
+pub struct ClickHouseAdmin {
+    client: Client,
+    root: Client,
+    schema: Schema,
+    query_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClickHouseAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseAdmin")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn build_client(cfg: &ClickHouseConfig, password: &str, with_database: bool) -> Client {
+    let mut c = Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_compression(match cfg.compression {
+            Compression::Lz4 => clickhouse::Compression::Lz4,
+            Compression::None => clickhouse::Compression::None,
+        })
+        .with_setting(
+            "max_execution_time",
+            cfg.query_timeout.get().as_secs().max(1).to_string(),
+        );
+    if !password.is_empty() {
+        c = c.with_password(password);
+    }
+    if with_database {
+        c = c.with_database(&cfg.database);
+    }
+    c
+}
+
+/// Runs a ClickHouse call with a client-side deadline on top of the server's own.
+pub(crate) async fn timed<T>(
+    timeout: Duration,
+    what: &str,
+    fut: impl Future<Output = std::result::Result<T, clickhouse::error::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::Timeout(format!("{what} exceeded {timeout:?}"))),
+    }
+}
+
+fn ttl_days(engine_full: &str) -> Option<u32> {
+    let i = engine_full.find("toIntervalDay(")? + "toIntervalDay(".len();
+    let rest = &engine_full[i..];
+    rest[..rest.find(')')?].trim().parse().ok()
+}
+
+impl ClickHouseAdmin {
+    /// Builds clients from validated configuration (no I/O yet).
+    pub fn new(config: &ClickHouseConfig) -> Result<Self> {
+        config.validate()?;
+        let password = config.resolve_password()?;
+        Ok(Self {
+            client: build_client(config, &password, true),
+            root: build_client(config, &password, false),
+            schema: Schema {
+                database: config.database.clone(),
+                cluster: config.cluster.clone(),
+                retention_days: config.initial_retention_days,
+            },
+            query_timeout: config.query_timeout.get(),
+        })
+    }
+
+    /// The schema this admin manages.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// One round trip to the server (no database needed).
+    pub async fn ping(&self) -> Result<()> {
+        timed(
+            self.query_timeout,
+            "ping",
+            self.root.query("SELECT 1").fetch_one::<u8>(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Pings until the server answers or `timeout` passes. Non-transient failures (bad
+    /// credentials) fail at once: waiting would not fix them.
+    pub async fn wait_until_reachable(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.ping().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
+                    tracing::warn!(error = %e, ?delay, "ClickHouse not reachable yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Creates the database and applies every migration not yet applied. Idempotent.
+    pub async fn migrate(&self) -> Result<MigrationReport> {
+        let t = self.query_timeout;
+        timed(
+            t,
+            "create database",
+            self.root
+                .query_raw(&self.schema.create_database())
+                .execute(),
+        )
+        .await?;
+        timed(
+            t,
+            "create schema_migrations",
+            self.root
+                .query_raw(&self.schema.create_migrations_table())
+                .execute(),
+        )
+        .await?;
+        let done: Vec<u32> = timed(
+            t,
+            "read schema_migrations",
+            self.root
+                .query(&format!(
+                    "SELECT DISTINCT version FROM {}.schema_migrations",
+                    self.schema.database
+                ))
+                .fetch_all::<u32>(),
+        )
+        .await?;
+        let mut applied = Vec::new();
+        for m in self.schema.migrations() {
+            if done.contains(&m.version) {
+                continue;
+            }
+            for stmt in &m.statements {
+                timed(t, "migration", self.root.query_raw(stmt).execute()).await?;
+            }
+            timed(
+                t,
+                "record migration",
+                self.root
+                    .query(&format!(
+                        "INSERT INTO {}.schema_migrations (version, name) VALUES (?, ?)",
+                        self.schema.database
+                    ))
+                    .bind(m.version)
+                    .bind(m.name)
+                    .execute(),
+            )
+            .await?;
+            tracing::info!(
+                version = m.version,
+                name = m.name,
+                "applied ClickHouse migration"
+            );
+            applied.push(m.version);
+        }
+        let version = self
+            .schema
+            .migrations()
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        Ok(MigrationReport { applied, version })
+    }
+
+    /// The retention of every trace table that exists.
+    pub async fn retention(&self) -> Result<Vec<TableRetention>> {
+        let names: Vec<String> = self
+            .schema
+            .ttl_tables()
+            .iter()
+            .map(|t| self.schema.storage_table(t.name))
+            .collect();
+        let rows: Vec<TableRow> = timed(
+            self.query_timeout,
+            "read retention",
+            self.root
+                .query(
+                    "SELECT name, engine_full FROM system.tables WHERE database = ? AND name IN ?",
+                )
+                .bind(&self.schema.database)
+                .bind(&names)
+                .fetch_all::<TableRow>(),
+        )
+        .await?;
+        Ok(names
+            .into_iter()
+            .filter_map(|table| {
+                let row = rows.iter().find(|r| r.name == table)?;
+                Some(TableRetention {
+                    days: ttl_days(&row.engine_full),
+                    table,
+                })
+            })
+            .collect())
+    }
+
+    /// Sets the retention of every trace table to `days` with `ALTER TABLE ... MODIFY TTL`
+    /// (`materialize_ttl_after_modify = 0`: existing parts are not rewritten; they age out
+    /// as whole daily partitions). Tables already at `days` are left alone, so repeating the
+    /// call is free.
+    pub async fn set_retention(&self, days: u32) -> Result<RetentionReport> {
+        if days == 0 || days > 36_500 {
+            return Err(Error::Config(format!(
+                "retention must be 1..=36500 days, got {days}"
+            )));
+        }
+        let current = self.retention().await?;
+        let mut report = RetentionReport {
+            days,
+            changed: Vec::new(),
+            unchanged: Vec::new(),
+        };
+        for table in self.schema.ttl_tables() {
+            let name = self.schema.storage_table(table.name);
+            let Some(now) = current.iter().find(|c| c.table == name).map(|c| c.days) else {
+                return Err(Error::Schema(format!(
+                    "table {name} is missing; run migrations first"
+                )));
+            };
+            if now == Some(days) {
+                report.unchanged.push(name);
+                continue;
+            }
+            timed(
+                self.query_timeout,
+                "modify ttl",
+                self.root
+                    .query_raw(&self.schema.modify_ttl(table, days))
+                    .with_setting("materialize_ttl_after_modify", "0")
+                    .execute(),
+            )
+            .await?;
+            tracing::info!(table = %name, days, previous = ?now, "retention changed");
+            report.changed.push(name);
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ttl_days() {
+        assert_eq!(
+            ttl_days(
+                "MergeTree PARTITION BY toDate(start_time) TTL toDateTime(start_time) + toIntervalDay(30) SETTINGS x"
+            ),
+            Some(30)
+        );
+        assert_eq!(ttl_days("MergeTree ORDER BY x"), None);
+    }
+}

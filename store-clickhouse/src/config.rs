@@ -1,0 +1,221 @@
+//! ClickHouse store configuration.
+
+use std::path::PathBuf;
+
+use datatracing_core::ConfigDuration;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How insert bodies are compressed on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// ClickHouse's LZ4 block framing (the default).
+    #[default]
+    Lz4,
+    /// No compression.
+    None,
+}
+
+/// ClickHouse store settings.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP URL of a ClickHouse server (or load balancer), e.g. `http://clickhouse:8123`.
+    pub url: String,
+    /// Database holding the trace tables.
+    pub database: String,
+    /// User name.
+    pub user: String,
+    /// Password. Prefer `password_file` or the `DATATRACING_CLICKHOUSE_PASSWORD` variable;
+    /// never printed or logged.
+    #[serde(skip_serializing)]
+    pub password: String,
+    /// File whose content (trimmed) is the password, e.g. a mounted Kubernetes Secret.
+    pub password_file: Option<PathBuf>,
+    /// Cluster name for clustered installs: DDL runs `ON CLUSTER`, tables are Replicated*
+    /// with Distributed tables in front. Absent for a single node.
+    pub cluster: Option<String>,
+    /// Insert compression.
+    pub compression: Compression,
+    /// Apply schema migrations at start-up.
+    pub migrate_on_start: bool,
+    /// Retention given to tables when they are first created, in days.
+    pub initial_retention_days: u32,
+    /// Write batching.
+    pub batch: ClickHouseBatchConfig,
+    /// Attempts per batch on transient errors before giving up.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt (with full jitter) up to `max_retry_backoff`.
+    pub retry_backoff: ConfigDuration,
+    /// Longest retry delay.
+    pub max_retry_backoff: ConfigDuration,
+    /// At start-up, how long to wait for the server to answer before failing.
+    pub connect_timeout: ConfigDuration,
+    /// Longest a query may run (sent as `max_execution_time` and enforced client-side).
+    pub query_timeout: ConfigDuration,
+    /// Longest an insert may take.
+    pub insert_timeout: ConfigDuration,
+}
+
+/// Insert batching: a batch is sent when it reaches `max_rows` or `max_bytes`, or when
+/// `flush_interval` has passed since its first span, whichever comes first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseBatchConfig {
+    /// Rows per insert at most.
+    pub max_rows: usize,
+    /// Approximate bytes per insert at most.
+    pub max_bytes: usize,
+    /// Longest a span waits in a partial batch.
+    pub flush_interval: ConfigDuration,
+    /// Inserts in flight at once.
+    pub max_concurrent_inserts: usize,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "datatracing".into(),
+            user: "default".into(),
+            password: String::new(),
+            password_file: None,
+            cluster: None,
+            compression: Compression::Lz4,
+            migrate_on_start: true,
+            initial_retention_days: 7,
+            batch: ClickHouseBatchConfig::default(),
+            max_attempts: 5,
+            retry_backoff: ConfigDuration::from_millis(200),
+            max_retry_backoff: ConfigDuration::from_secs(10),
+            connect_timeout: ConfigDuration::from_secs(30),
+            query_timeout: ConfigDuration::from_secs(30),
+            insert_timeout: ConfigDuration::from_secs(60),
+        }
+    }
+}
+
+impl Default for ClickHouseBatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            flush_interval: ConfigDuration::from_millis(200),
+            max_concurrent_inserts: 2,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("password_file", &self.password_file)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+fn valid_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl ClickHouseConfig {
+    /// Checks the settings. Database and cluster names go into DDL, so they must be plain
+    /// identifiers.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return bad(format!(
+                "storage.clickhouse.url must be an http(s) URL, got {:?}",
+                self.url
+            ));
+        }
+        if !valid_identifier(&self.database) {
+            return bad(format!(
+                "storage.clickhouse.database must be letters, digits and _ (got {:?})",
+                self.database
+            ));
+        }
+        if let Some(c) = &self.cluster
+            && !valid_identifier(c)
+        {
+            return bad(format!(
+                "storage.clickhouse.cluster must be letters, digits and _ (got {c:?})"
+            ));
+        }
+        if self.initial_retention_days == 0 || self.initial_retention_days > 36_500 {
+            return bad("storage.clickhouse.initial_retention_days must be 1..=36500".into());
+        }
+        if self.batch.max_rows == 0
+            || self.batch.max_bytes == 0
+            || self.batch.max_concurrent_inserts == 0
+        {
+            return bad("storage.clickhouse.batch limits must be positive".into());
+        }
+        if self.max_attempts == 0 {
+            return bad("storage.clickhouse.max_attempts must be positive".into());
+        }
+        if self.query_timeout.get().is_zero() || self.insert_timeout.get().is_zero() {
+            return bad("storage.clickhouse timeouts must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The password, read from `password_file` when set.
+    pub fn resolve_password(&self) -> Result<String> {
+        match &self.password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| {
+                    Error::Config(format!("cannot read password_file {}: {e}", path.display()))
+                }),
+            None => Ok(self.password.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_and_secrets() {
+        assert!(ClickHouseConfig::default().validate().is_ok());
+        let bad_db = ClickHouseConfig {
+            database: "x; DROP".into(),
+            ..ClickHouseConfig::default()
+        };
+        assert!(bad_db.validate().is_err());
+        let c = ClickHouseConfig {
+            password: "hunter2".into(),
+            ..ClickHouseConfig::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("hunter2"));
+        let dir = std::env::temp_dir().join(format!("dt-pw-{}", std::process::id()));
+        std::fs::write(&dir, "s3cret\n").unwrap();
+        let c = ClickHouseConfig {
+            password_file: Some(dir.clone()),
+            ..ClickHouseConfig::default()
+        };
+        assert_eq!(c.resolve_password().unwrap(), "s3cret");
+        let _ = std::fs::remove_file(dir);
+    }
+}

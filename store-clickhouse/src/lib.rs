@@ -1,0 +1,22 @@
+//! The ClickHouse [`TraceStore`](datatracing_store::TraceStore): production storage.
+//!
+//! - [`schema`]: tables, versioned migrations, clustered DDL.
+//! - [`ClickHouseAdmin`]: migrations and retention (`set_retention` / `retention`), for the
+//!   `datatracing migrate` command and the operator.
+//! - [`ClickHouseStore`]: batched RowBinary inserts with LZ4, retried with backoff and jitter
+//!   under one insert deduplication token per batch (a retry never duplicates rows), and
+//!   reads that prune by time bounds and compute search summaries in ClickHouse.
+
+mod admin;
+mod config;
+mod error;
+mod metrics;
+mod rows;
+pub mod schema;
+mod store;
+
+pub use admin::{ClickHouseAdmin, MigrationReport, RetentionReport, TableRetention};
+pub use config::{ClickHouseBatchConfig, ClickHouseConfig, Compression};
+pub use error::{Error, Result};
+pub use metrics::ClickHouseMetrics;
+pub use store::ClickHouseStore;

@@ -1,0 +1,300 @@
+//! Table layout and versioned migrations. See `docs/adr/0003-clickhouse-schema.md`.
+//!
+//! Single node: `spans` (MergeTree ordered for search) and `trace_bounds` (trace id to time
+//! bounds, fed by the `trace_bounds_mv` materialized view) answer the two questions users ask.
+//! Clustered (`cluster` set): the same tables as `*_local` ReplicatedMergeTree tables on every
+//! node, Distributed tables with the plain names in front (sharded by trace id so a trace
+//! lives on one shard), and every statement `ON CLUSTER`.
+
+/// Where the tables live and how they are built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schema {
+    /// Database name (a validated identifier).
+    pub database: String,
+    /// Cluster name for clustered installs.
+    pub cluster: Option<String>,
+    /// Retention in days given to new tables.
+    pub retention_days: u32,
+}
+
+/// One schema version: idempotent statements applied in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// Version number, increasing from 1.
+    pub version: u32,
+    /// Short description.
+    pub name: &'static str,
+    /// DDL statements.
+    pub statements: Vec<String>,
+}
+
+/// A table that carries a TTL, with the column its TTL is computed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlTable {
+    /// Table name (the storage table: `*_local` when clustered).
+    pub name: &'static str,
+    /// `DateTime64` column the TTL counts from.
+    pub time_column: &'static str,
+}
+
+const SPANS: TtlTable = TtlTable {
+    name: "spans",
+    time_column: "start_time",
+};
+const BOUNDS: TtlTable = TtlTable {
+    name: "trace_bounds",
+    time_column: "start_min",
+};
+
+impl Schema {
+    fn on_cluster(&self) -> String {
+        self.cluster
+            .as_ref()
+            .map(|c| format!(" ON CLUSTER {c}"))
+            .unwrap_or_default()
+    }
+
+    /// The storage table name of `table` (`spans_local` when clustered).
+    pub fn storage_table(&self, table: &str) -> String {
+        match self.cluster {
+            Some(_) => format!("{table}_local"),
+            None => table.to_string(),
+        }
+    }
+
+    /// Fully qualified name to insert into and read from (the Distributed table when
+    /// clustered).
+    pub fn table(&self, table: &str) -> String {
+        format!("{}.{table}", self.database)
+    }
+
+    /// Tables whose TTL carries the retention.
+    pub fn ttl_tables(&self) -> [TtlTable; 2] {
+        [SPANS, BOUNDS]
+    }
+
+    /// The TTL expression for a table and a number of days.
+    pub fn ttl_expression(table: TtlTable, days: u32) -> String {
+        format!("toDateTime({}) + toIntervalDay({days})", table.time_column)
+    }
+
+    fn engine(&self, kind: &str, table: &str) -> String {
+        match &self.cluster {
+            None => format!("{kind}()"),
+            Some(_) => format!(
+                "Replicated{kind}('/clickhouse/tables/{{shard}}/{}/{}', '{{replica}}')",
+                self.database,
+                self.storage_table(table)
+            ),
+        }
+    }
+
+    /// `CREATE DATABASE`, run without a current database.
+    pub fn create_database(&self) -> String {
+        format!(
+            "CREATE DATABASE IF NOT EXISTS {}{}",
+            self.database,
+            self.on_cluster()
+        )
+    }
+
+    /// The bookkeeping table for applied migrations.
+    pub fn create_migrations_table(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations{oc} (\n\
+             \x20   version UInt32,\n\
+             \x20   name String,\n\
+             \x20   applied_at DateTime DEFAULT now()\n\
+             ) ENGINE = {engine} ORDER BY version",
+            db = self.database,
+            oc = self.on_cluster(),
+            engine = match &self.cluster {
+                None => "ReplacingMergeTree()".to_string(),
+                Some(_) => format!(
+                    "ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{}/schema_migrations', '{{replica}}')",
+                    self.database
+                ),
+            }
+        )
+    }
+
+    /// Every migration, in order.
+    pub fn migrations(&self) -> Vec<Migration> {
+        vec![Migration {
+            version: 1,
+            name: "spans, trace_bounds and the trace_bounds materialized view",
+            statements: self.v1(),
+        }]
+    }
+
+    fn v1(&self) -> Vec<String> {
+        let db = &self.database;
+        let oc = self.on_cluster();
+        let days = self.retention_days;
+        let spans = self.storage_table("spans");
+        let bounds = self.storage_table("trace_bounds");
+        let dedup = if self.cluster.is_none() {
+            // Non-replicated tables deduplicate retried inserts only with a window.
+            ", non_replicated_deduplication_window = 1000"
+        } else {
+            ""
+        };
+        let mut out = vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{spans}{oc} (\n\
+                 \x20   trace_id        FixedString(16) CODEC(ZSTD(1)),\n\
+                 \x20   span_id         FixedString(8) CODEC(ZSTD(1)),\n\
+                 \x20   parent_id       FixedString(8) CODEC(ZSTD(1)),\n\
+                 \x20   service         LowCardinality(String) CODEC(ZSTD(1)),\n\
+                 \x20   operation       LowCardinality(String) CODEC(ZSTD(1)),\n\
+                 \x20   kind            LowCardinality(String) CODEC(ZSTD(1)),\n\
+                 \x20   start_time      DateTime64(9) CODEC(Delta(8), ZSTD(1)),\n\
+                 \x20   end_time        DateTime64(9) CODEC(Delta(8), ZSTD(1)),\n\
+                 \x20   duration_ns     UInt64 CODEC(T64, ZSTD(1)),\n\
+                 \x20   status          LowCardinality(String) CODEC(ZSTD(1)),\n\
+                 \x20   status_message  String CODEC(ZSTD(1)),\n\
+                 \x20   attributes      Map(LowCardinality(String), String) CODEC(ZSTD(1)),\n\
+                 \x20   attributes_json String CODEC(ZSTD(3)),\n\
+                 \x20   events_json     String CODEC(ZSTD(3)),\n\
+                 \x20   links_json      String CODEC(ZSTD(3)),\n\
+                 \x20   INDEX idx_trace_id trace_id TYPE bloom_filter(0.001) GRANULARITY 1,\n\
+                 \x20   INDEX idx_attr_keys mapKeys(attributes) TYPE bloom_filter(0.01) GRANULARITY 1,\n\
+                 \x20   INDEX idx_attr_values mapValues(attributes) TYPE bloom_filter(0.01) GRANULARITY 1,\n\
+                 \x20   INDEX idx_duration duration_ns TYPE minmax GRANULARITY 1,\n\
+                 \x20   INDEX idx_status status TYPE set(8) GRANULARITY 1\n\
+                 ) ENGINE = {engine}\n\
+                 PARTITION BY toDate(start_time)\n\
+                 ORDER BY (service, operation, start_time, trace_id)\n\
+                 TTL {ttl}\n\
+                 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1{dedup}",
+                engine = self.engine("MergeTree", "spans"),
+                ttl = Self::ttl_expression(SPANS, days),
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{bounds}{oc} (\n\
+                 \x20   trace_id  FixedString(16) CODEC(ZSTD(1)),\n\
+                 \x20   start_min SimpleAggregateFunction(min, DateTime64(9)) CODEC(Delta(8), ZSTD(1)),\n\
+                 \x20   start_max SimpleAggregateFunction(max, DateTime64(9)) CODEC(Delta(8), ZSTD(1))\n\
+                 ) ENGINE = {engine}\n\
+                 PARTITION BY toDate(start_min)\n\
+                 ORDER BY trace_id\n\
+                 TTL {ttl}\n\
+                 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1{dedup}",
+                engine = self.engine("AggregatingMergeTree", "trace_bounds"),
+                ttl = Self::ttl_expression(BOUNDS, days),
+            ),
+            format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.trace_bounds_mv{oc} TO {db}.{bounds} AS\n\
+                 SELECT trace_id, min(start_time) AS start_min, max(start_time) AS start_max\n\
+                 FROM {db}.{spans} GROUP BY trace_id"
+            ),
+        ];
+        if let Some(cluster) = &self.cluster {
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {db}.spans{oc} AS {db}.{spans}\n\
+                 ENGINE = Distributed({cluster}, {db}, {spans}, cityHash64(trace_id))"
+            ));
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {db}.trace_bounds{oc} AS {db}.{bounds}\n\
+                 ENGINE = Distributed({cluster}, {db}, {bounds}, cityHash64(trace_id))"
+            ));
+        }
+        out
+    }
+
+    /// The statement that sets a table's retention.
+    pub fn modify_ttl(&self, table: TtlTable, days: u32) -> String {
+        format!(
+            "ALTER TABLE {}.{}{} MODIFY TTL {}",
+            self.database,
+            self.storage_table(table.name),
+            self.on_cluster(),
+            Self::ttl_expression(table, days)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single() -> Schema {
+        Schema {
+            database: "dt".into(),
+            cluster: None,
+            retention_days: 7,
+        }
+    }
+
+    fn clustered() -> Schema {
+        Schema {
+            cluster: Some("prod".into()),
+            ..single()
+        }
+    }
+
+    #[test]
+    fn single_node_ddl() {
+        let m = single().migrations();
+        assert_eq!(m.len(), 1);
+        let s = &m[0].statements;
+        assert_eq!(s.len(), 3);
+        assert!(s[0].starts_with("CREATE TABLE IF NOT EXISTS dt.spans ("));
+        assert!(s[0].contains("ENGINE = MergeTree()"));
+        assert!(s[0].contains("PARTITION BY toDate(start_time)"));
+        assert!(s[0].contains("TTL toDateTime(start_time) + toIntervalDay(7)"));
+        assert!(s[0].contains("ttl_only_drop_parts = 1"));
+        assert!(s[0].contains("non_replicated_deduplication_window"));
+        assert!(
+            !s.iter()
+                .any(|x| x.contains("ON CLUSTER") || x.contains("Distributed"))
+        );
+        assert_eq!(
+            single().modify_ttl(SPANS, 30),
+            "ALTER TABLE dt.spans MODIFY TTL toDateTime(start_time) + toIntervalDay(30)"
+        );
+    }
+
+    #[test]
+    fn clustered_ddl() {
+        let c = clustered();
+        assert_eq!(
+            c.create_database(),
+            "CREATE DATABASE IF NOT EXISTS dt ON CLUSTER prod"
+        );
+        let s = &c.migrations()[0].statements;
+        assert_eq!(s.len(), 5);
+        assert!(s.iter().all(|x| x.contains(" ON CLUSTER prod")));
+        assert!(s[0].starts_with("CREATE TABLE IF NOT EXISTS dt.spans_local ON CLUSTER prod"));
+        assert!(s[0].contains(
+            "ReplicatedMergeTree('/clickhouse/tables/{shard}/dt/spans_local', '{replica}')"
+        ));
+        assert!(s[1].contains(
+            "ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/dt/trace_bounds_local'"
+        ));
+        assert!(s[2].contains("TO dt.trace_bounds_local") && s[2].contains("FROM dt.spans_local"));
+        assert!(s[3].contains("ENGINE = Distributed(prod, dt, spans_local, cityHash64(trace_id))"));
+        assert!(
+            s[4].contains(
+                "ENGINE = Distributed(prod, dt, trace_bounds_local, cityHash64(trace_id))"
+            )
+        );
+        assert!(
+            !s[0].contains("non_replicated_deduplication_window"),
+            "replicated tables dedup natively"
+        );
+        assert_eq!(
+            c.modify_ttl(BOUNDS, 3),
+            "ALTER TABLE dt.trace_bounds_local ON CLUSTER prod MODIFY TTL toDateTime(start_min) + toIntervalDay(3)"
+        );
+        assert!(
+            c.create_migrations_table()
+                .contains("ReplicatedReplacingMergeTree")
+        );
+        assert_eq!(
+            c.table("spans"),
+            "dt.spans",
+            "reads and writes go through the Distributed table"
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! A real ClickHouse engine for tests, found or started in this order:
+//!
+//! 1. `DATATRACING_TEST_CLICKHOUSE_URL`: a server someone else runs (used as is).
+//! 2. A Docker engine answers `docker info`: a `clickhouse/clickhouse-server` container.
+//! 3. Otherwise: `tools/chdb-http/server.py`, ClickHouse's HTTP interface in front of the real
+//!    ClickHouse engine from the `chdb-core` package, in a Python virtualenv that
+//!    `scripts/test.sh` installs (`DATATRACING_PYTHON` overrides the interpreter).
+//!
+//! Each test should use its own database ([`unique_database`]) so tests run in parallel.
+// Test infrastructure: failing loudly is the point.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Environment variable naming an existing server to use.
+pub const URL_ENV: &str = "DATATRACING_TEST_CLICKHOUSE_URL";
+/// Image used when a Docker engine is available.
+pub const DOCKER_IMAGE: &str = "clickhouse/clickhouse-server:25.8";
+
+enum Kind {
+    External,
+    Docker {
+        container: String,
+    },
+    Chdb {
+        python: PathBuf,
+        path: PathBuf,
+        _dir: Option<tempfile::TempDir>,
+    },
+}
+
+/// A running ClickHouse HTTP endpoint.
+pub struct ClickHouse {
+    url: String,
+    port: u16,
+    user: String,
+    password: String,
+    kind: Kind,
+    child: Mutex<Option<Child>>,
+}
+
+impl std::fmt::Debug for ClickHouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouse")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A database name unique to this process and call.
+pub fn unique_database(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn default_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("DATATRACING_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/datatracing/venv/bin/python")
+}
+
+fn check_python(python: &Path) {
+    let ok = Command::new(python)
+        .args(["-c", "import chdb, lz4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "the ClickHouse test engine is not installed ({} cannot import chdb and lz4).\n\
+         Install it with:\n  python3 -m venv ~/.cache/datatracing/venv && \
+         ~/.cache/datatracing/venv/bin/pip install -r tools/chdb-http/requirements.txt\n\
+         (scripts/test.sh does this), or set {URL_ENV} to a ClickHouse server's HTTP URL.",
+        python.display()
+    );
+}
+
+fn docker_available() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Options for a dedicated chdb-backed server.
+#[derive(Debug, Clone, Default)]
+pub struct ChdbOptions {
+    /// Data directory; a temporary one when `None`.
+    pub path: Option<PathBuf>,
+    /// Port; any free port when 0.
+    pub port: u16,
+    /// User (default `default`).
+    pub user: Option<String>,
+    /// Password (default empty).
+    pub password: Option<String>,
+}
+
+impl ClickHouse {
+    /// The server shared by every test in this process.
+    pub fn shared() -> &'static ClickHouse {
+        static SHARED: OnceLock<ClickHouse> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            if let Ok(url) = std::env::var(URL_ENV) {
+                return ClickHouse {
+                    port: 0,
+                    url,
+                    user: std::env::var("DATATRACING_TEST_CLICKHOUSE_USER")
+                        .unwrap_or_else(|_| "default".into()),
+                    password: std::env::var("DATATRACING_TEST_CLICKHOUSE_PASSWORD")
+                        .unwrap_or_default(),
+                    kind: Kind::External,
+                    child: Mutex::new(None),
+                };
+            }
+            if docker_available() {
+                return Self::start_docker();
+            }
+            Self::start_chdb(ChdbOptions::default())
+        })
+    }
+
+    fn start_docker() -> ClickHouse {
+        let out = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--rm",
+                "-p",
+                "127.0.0.1::8123",
+                "--label",
+                "datatracing-test=1",
+            ])
+            .args(["-e", "CLICKHOUSE_SKIP_USER_SETUP=1", DOCKER_IMAGE])
+            .output()
+            .expect("docker run");
+        assert!(
+            out.status.success(),
+            "docker run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let container = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let port_out = Command::new("docker")
+            .args(["port", &container, "8123/tcp"])
+            .output()
+            .expect("docker port");
+        let mapping = String::from_utf8_lossy(&port_out.stdout);
+        let port: u16 = mapping
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.trim().parse().ok())
+            .expect("container port");
+        let ch = ClickHouse {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            user: "default".into(),
+            password: String::new(),
+            kind: Kind::Docker { container },
+            child: Mutex::new(None),
+        };
+        ch.wait_ready(Duration::from_secs(120));
+        ch
+    }
+
+    /// Starts a dedicated chdb-backed server (for tests that stop, restart or slow it).
+    pub fn start_chdb(opts: ChdbOptions) -> ClickHouse {
+        let python = default_python();
+        check_python(&python);
+        let (dir, path) = match opts.path {
+            Some(p) => (None, p),
+            None => {
+                let d = tempfile::tempdir().expect("tempdir");
+                let p = d.path().to_path_buf();
+                (Some(d), p)
+            }
+        };
+        let mut ch = ClickHouse {
+            url: String::new(),
+            port: opts.port,
+            user: opts.user.unwrap_or_else(|| "default".into()),
+            password: opts.password.unwrap_or_default(),
+            kind: Kind::Chdb {
+                python,
+                path,
+                _dir: dir,
+            },
+            child: Mutex::new(None),
+        };
+        let port = ch.spawn_chdb();
+        ch.port = port;
+        ch.url = format!("http://127.0.0.1:{port}");
+        ch
+    }
+
+    fn spawn_chdb(&self) -> u16 {
+        let Kind::Chdb { python, path, .. } = &self.kind else {
+            panic!("only a chdb-backed server can be (re)started by the harness");
+        };
+        let script = repo_root().join("tools/chdb-http/server.py");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg("--path")
+            .arg(path)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--user",
+                &self.user,
+                "--password",
+                &self.password,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tools/chdb-http/server.py");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("chdb HTTP front did not start within 120s");
+        let port: u16 = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from the front: {line}"));
+        *self.child.lock().unwrap() = Some(child);
+        port
+    }
+
+    /// The HTTP URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The user tests should connect as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The password tests should use.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// Whether the harness can stop, restart and slow this server (chdb-backed only).
+    pub fn is_controllable(&self) -> bool {
+        matches!(self.kind, Kind::Chdb { .. })
+    }
+
+    /// Kills the server abruptly (SIGKILL), as a crash would.
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn restart(&self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The old socket may linger briefly; the front sets SO_REUSEADDR, so retry.
+            let port = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.spawn_chdb()));
+            match port {
+                Ok(p) => {
+                    assert_eq!(p, self.port, "restarted on another port");
+                    return;
+                }
+                Err(e) if Instant::now() > deadline => std::panic::resume_unwind(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Delays every later query by `ms` (fault injection; chdb-backed only).
+    pub fn set_delay(&self, ms: u64) {
+        assert!(
+            self.is_controllable(),
+            "delay injection needs the chdb-backed server"
+        );
+        let addr = format!("127.0.0.1:{}", self.port);
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect for admin call");
+        use std::io::{Read, Write};
+        write!(s, "POST /__admin/delay?ms={ms} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .expect("admin write");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "admin call failed: {resp}"
+        );
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let addr = self.url.trim_start_matches("http://").to_string();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                use std::io::{Read, Write};
+                let _ = write!(
+                    s,
+                    "GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                );
+                let mut resp = String::new();
+                let _ = s.read_to_string(&mut resp);
+                if resp.contains("Ok.") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ClickHouse at {} not ready",
+                self.url
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.kill();
+        if let Kind::Docker { container } = &self.kind {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", container])
+                .output();
+        }
+    }
+}
