@@ -19,6 +19,8 @@ use crate::metrics::{ClickHouseMetrics, ReasonLabel};
 use crate::rows::{MatchRow, SpanRow, SummaryRow};
 
 type Reply = oneshot::Sender<datatracing_store::Result<()>>;
+/// A write waiting for the batcher: its spans and where to answer.
+type Pending = (Arc<[Span]>, Reply);
 
 struct Inner {
     admin: ClickHouseAdmin,
@@ -36,7 +38,7 @@ const INSERT_TABLE: &str = "spans";
 #[derive(Clone)]
 pub struct ClickHouseStore {
     inner: Arc<Inner>,
-    tx: Arc<Mutex<Option<mpsc::Sender<(Arc<[Span]>, Reply)>>>>,
+    tx: Arc<Mutex<Option<mpsc::Sender<Pending>>>>,
     batcher: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -116,11 +118,11 @@ impl ClickHouseStore {
 
 /// Collects writes into batches by rows, bytes and time; runs inserts with bounded
 /// concurrency; answers every writer once its spans are committed (or given up on).
-async fn batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<(Arc<[Span]>, Reply)>) {
+async fn batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>) {
     let cfg = inner.config.batch.clone();
     let permits = Arc::new(Semaphore::new(cfg.max_concurrent_inserts));
     let mut inflight = JoinSet::new();
-    let mut pending: Vec<(Arc<[Span]>, Reply)> = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
     let (mut rows, mut bytes) = (0usize, 0usize);
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -161,7 +163,7 @@ async fn batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<(Arc<[Span]>, Reply)>
     while inflight.join_next().await.is_some() {}
 }
 
-async fn insert_batch(inner: &Inner, batch: Vec<(Arc<[Span]>, Reply)>) {
+async fn insert_batch(inner: &Inner, batch: Vec<Pending>) {
     let rows: Vec<SpanRow> = batch
         .iter()
         .flat_map(|(s, _)| s.iter())
