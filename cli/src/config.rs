@@ -7,6 +7,7 @@ use std::path::Path;
 use datatracing_collector::CollectorConfig;
 use datatracing_query::QueryConfig;
 use datatracing_store::EmbeddedConfig;
+use datatracing_store_clickhouse::ClickHouseConfig;
 use serde::{Deserialize, Serialize};
 
 /// Errors loading configuration.
@@ -63,15 +64,17 @@ impl Default for LogConfig {
 }
 
 /// Which store backs the services.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// The embedded store on local disk.
     #[default]
     Embedded,
+    /// A ClickHouse server.
+    Clickhouse,
 }
 
-/// Storage settings.
+/// Storage settings. Only the section of the chosen backend is used.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
@@ -79,6 +82,8 @@ pub struct StorageConfig {
     pub backend: Backend,
     /// Embedded store settings.
     pub embedded: EmbeddedConfig,
+    /// ClickHouse settings.
+    pub clickhouse: ClickHouseConfig,
 }
 
 /// The whole configuration.
@@ -119,7 +124,14 @@ impl Config {
         let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid(&format!("log.level: {e}")))?;
-        self.storage.embedded.validate().map_err(|e| invalid(&e))?;
+        match self.storage.backend {
+            Backend::Embedded => self.storage.embedded.validate().map_err(|e| invalid(&e))?,
+            Backend::Clickhouse => self
+                .storage
+                .clickhouse
+                .validate()
+                .map_err(|e| invalid(&e))?,
+        }
         self.collector.validate().map_err(|e| invalid(&e))?;
         self.query.validate().map_err(|e| invalid(&e))?;
         Ok(())

@@ -15,11 +15,14 @@ use datatracing_core::ConfigDuration;
 use datatracing_http::{HttpMetrics, Readiness};
 use datatracing_query::QueryService;
 use datatracing_store::{EmbeddedStore, OpenMode, TraceStore};
+use datatracing_store_clickhouse::{
+    ClickHouseAdmin, ClickHouseMetrics, ClickHouseStore, MigrationReport,
+};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, LogFormat};
+pub use config::{Backend, Config, LogFormat};
 
 /// DataTracing: tracing for data pipelines.
 #[derive(Debug, Parser)]
@@ -46,6 +49,16 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `debug,hyper=info`.
     #[arg(long, global = true, env = "DATATRACING_LOG")]
     pub log_level: Option<String>,
+    /// Storage backend (default embedded).
+    #[arg(long, global = true, env = "DATATRACING_STORAGE")]
+    pub storage: Option<Backend>,
+    /// ClickHouse HTTP URL (with `--storage clickhouse`). The password is read from
+    /// `DATATRACING_CLICKHOUSE_PASSWORD` or `storage.clickhouse.password_file`, never a flag.
+    #[arg(long, global = true, env = "DATATRACING_CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database (default datatracing).
+    #[arg(long, global = true, env = "DATATRACING_CLICKHOUSE_DATABASE")]
+    pub clickhouse_database: Option<String>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
@@ -60,8 +73,10 @@ pub enum Command {
     Collector,
     /// The query service alone (reads the collector's embedded store read-only).
     Query,
-    /// Print the effective configuration as YAML and exit.
+    /// Print the effective configuration as YAML and exit (secrets are never printed).
     PrintConfig,
+    /// Create or upgrade the ClickHouse schema (idempotent) and exit.
+    Migrate,
 }
 
 impl Cli {
@@ -88,6 +103,18 @@ impl Cli {
         }
         if let Some(l) = &self.log_level {
             c.log.level = l.clone();
+        }
+        if let Some(b) = self.storage {
+            c.storage.backend = b;
+        }
+        if let Some(u) = &self.clickhouse_url {
+            c.storage.clickhouse.url = u.clone();
+        }
+        if let Some(d) = &self.clickhouse_database {
+            c.storage.clickhouse.database = d.clone();
+        }
+        if let Some(p) = env.get("DATATRACING_CLICKHOUSE_PASSWORD") {
+            c.storage.clickhouse.password = p.clone();
         }
         c.validate()?;
         Ok(c)
@@ -130,6 +157,58 @@ pub fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the configured store, registering its metrics.
+async fn open_store(
+    config: &Config,
+    mode: OpenMode,
+    registry: &mut Registry,
+) -> anyhow::Result<Arc<dyn TraceStore>> {
+    Ok(match config.storage.backend {
+        Backend::Embedded => {
+            let store = EmbeddedStore::open(config.storage.embedded.clone(), mode)
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening the embedded store in {}",
+                        config.storage.embedded.data_dir.display()
+                    )
+                })?;
+            Arc::new(store)
+        }
+        Backend::Clickhouse => {
+            let metrics = ClickHouseMetrics::register(registry);
+            let store = ClickHouseStore::open(config.storage.clickhouse.clone(), metrics)
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to ClickHouse at {}",
+                        config.storage.clickhouse.url
+                    )
+                })?;
+            Arc::new(store)
+        }
+    })
+}
+
+/// `datatracing migrate`: applies ClickHouse migrations and reports what it did.
+pub async fn migrate(config: &Config) -> anyhow::Result<MigrationReport> {
+    anyhow::ensure!(
+        config.storage.backend == Backend::Clickhouse,
+        "migrate applies to storage.backend: clickhouse (the embedded store migrates itself on open)"
+    );
+    let admin = ClickHouseAdmin::new(&config.storage.clickhouse)?;
+    admin
+        .wait_until_reachable(config.storage.clickhouse.connect_timeout.get())
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to ClickHouse at {}",
+                config.storage.clickhouse.url
+            )
+        })?;
+    Ok(admin.migrate().await?)
+}
+
 /// Runs a server command until `shutdown` fires, then drains and returns.
 pub async fn run(
     command: &Command,
@@ -138,20 +217,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mode = match command {
         Command::Query => OpenMode::ReadOnly,
-        Command::PrintConfig => return Ok(()),
+        Command::PrintConfig | Command::Migrate => return Ok(()),
         _ => OpenMode::ReadWrite,
     };
-    let embedded = EmbeddedStore::open(config.storage.embedded.clone(), mode)
-        .await
-        .with_context(|| {
-            format!(
-                "opening the embedded store in {}",
-                config.storage.embedded.data_dir.display()
-            )
-        })?;
-    let store: Arc<dyn TraceStore> = Arc::new(embedded);
-
     let mut registry = Registry::default();
+    let store = open_store(&config, mode, &mut registry).await?;
     let http_metrics = HttpMetrics::register(&mut registry);
     let collector = match command {
         Command::AllInOne | Command::Collector => Some(Collector::new(

@@ -19,6 +19,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Command::Migrate = cli.command {
+        let report = runtime.block_on(datatracing_cli::migrate(&config))?;
+        tracing::info!(applied = ?report.applied, version = report.version, "ClickHouse schema is up to date");
+        return Ok(());
+    }
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         cancel_on_signals(shutdown.clone())?;

@@ -11,6 +11,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("datatracing-core", &[]),
     ("datatracing-store", &["datatracing-core"]),
     (
+        "datatracing-store-clickhouse",
+        &["datatracing-core", "datatracing-store"],
+    ),
+    // Test infrastructure: used only as a dev-dependency, depends on nothing of ours.
+    ("datatracing-testkit", &[]),
+    (
         "datatracing-http",
         &["datatracing-core", "datatracing-store"],
     ),
@@ -27,6 +33,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "datatracing-core",
             "datatracing-store",
+            "datatracing-store-clickhouse",
             "datatracing-http",
             "datatracing-collector",
             "datatracing-query",
@@ -89,6 +96,12 @@ fn workspace_crates_follow_the_dependency_rules() {
                     "{name} must not depend on {dep} (see docs/architecture.md)"
                 );
             }
+        }
+        for (dep, normal) in &deps {
+            assert!(
+                !(*normal && *dep == "datatracing-testkit"),
+                "{name}: datatracing-testkit may only be a dev-dependency"
+            );
         }
         if name == "datatracing-core" {
             for (dep, normal) in &deps {

@@ -1,0 +1,198 @@
+//! The real binary on ClickHouse (`storage.backend: clickhouse`): `datatracing migrate`, then
+//! the all-in-one ingests a pipeline and serves its DAG and search from ClickHouse.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
+use serde_json::{Value, json};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn base(server: &ClickHouse, db: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_datatracing"));
+    c.args(args)
+        .args([
+            "--storage",
+            "clickhouse",
+            "--clickhouse-url",
+            server.url(),
+            "--clickhouse-database",
+            db,
+        ])
+        .args(["--log-format", "json"])
+        .env_remove("DATATRACING_CONFIG")
+        .env("DATATRACING_CLICKHOUSE_PASSWORD", server.password());
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_in_one_on_clickhouse() {
+    let server = ClickHouse::shared();
+    let db = unique_database("e2e");
+
+    let out = base(server, &db, &["migrate"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("schema is up to date"));
+
+    let mut child = base(
+        server,
+        &db,
+        &[
+            "all-in-one",
+            "--ingest-addr",
+            "127.0.0.1:0",
+            "--query-addr",
+            "127.0.0.1:0",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut ingest, mut query): (Option<SocketAddr>, Option<SocketAddr>) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ingest.is_none() || query.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server start");
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let addr = v["addr"].as_str().and_then(|a| a.parse().ok());
+        match v["message"].as_str() {
+            Some("collector listening") => ingest = addr,
+            Some("query listening") => query = addr,
+            _ => {}
+        }
+    }
+    let (ingest, query) = (ingest.unwrap(), query.unwrap());
+    let client = reqwest::Client::new();
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let span = |id: &str, parent: Option<&str>, service: &str, links: Value| {
+        let mut s = json!({
+            "trace_id": trace, "span_id": id, "service": service, "operation": "step",
+            "kind": "TRANSFORM", "start_time": "2026-11-28T10:00:00Z", "end_time": "2026-11-28T10:00:01Z",
+            "attributes": {"dataset": "orders"}, "links": links
+        });
+        if let Some(p) = parent {
+            s["parent_id"] = json!(p);
+        }
+        s
+    };
+    let links = json!([
+        {"trace_id": trace, "span_id": "000000000000000a", "type": "DATA_DEPENDENCY"},
+        {"trace_id": trace, "span_id": "000000000000000b", "type": "DATA_DEPENDENCY"}
+    ]);
+    let body = json!({"spans": [
+        span("000000000000000a", None, "ingest-a", json!([])),
+        span("000000000000000b", None, "ingest-b", json!([])),
+        span("000000000000000c", Some("000000000000000a"), "join", links),
+    ]});
+    let r = client
+        .post(format!("http://{ingest}/api/v1/spans"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+
+    let dag: Value = client
+        .get(format!("http://{query}/api/v1/traces/{trace}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dag["spans"].as_array().unwrap().len(), 3, "{dag}");
+    let dd = dag["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "DATA_DEPENDENCY")
+        .count();
+    assert_eq!(dd, 2);
+    let found: Value = client
+        .get(format!(
+            "http://{query}/api/v1/traces?service=join&attribute=dataset%3Dorders"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["traces"][0]["trace_id"], trace, "{found}");
+    assert_eq!(found["traces"][0]["span_count"], 3);
+    let metrics = client
+        .get(format!("http://{ingest}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("datatracing_clickhouse_inserted_spans_total 3"),
+        "{metrics}"
+    );
+    let ready = client
+        .get(format!("http://{query}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[test]
+fn migrate_refuses_the_embedded_backend_and_unreachable_servers_fail_loudly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_datatracing"))
+        .arg("migrate")
+        .env_remove("DATATRACING_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("storage.backend: clickhouse"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "storage:\n  backend: clickhouse\n  clickhouse:\n    url: http://127.0.0.1:9\n    connect_timeout: 300ms\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_datatracing"))
+        .args(["migrate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("connecting to ClickHouse at http://127.0.0.1:9"),
+        "{err}"
+    );
+}
