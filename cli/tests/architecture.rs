@@ -41,6 +41,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     // The load command talks to servers over HTTP only, like any client.
     ("datatracing-loadgen", &[]),
+    // The ClickHouse load validation drives the store crate directly.
+    (
+        "datatracing-clickhouse-bench",
+        &[
+            "datatracing-core",
+            "datatracing-store",
+            "datatracing-store-clickhouse",
+        ],
+    ),
 ];
 
 /// The model crate stays free of I/O and runtimes.

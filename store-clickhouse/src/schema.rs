@@ -1,10 +1,17 @@
 //! Table layout and versioned migrations. See `docs/adr/0003-clickhouse-schema.md`.
 //!
-//! Single node: `spans` (MergeTree ordered for search) and `trace_bounds` (trace id to time
-//! bounds, fed by the `trace_bounds_mv` materialized view) answer the two questions users ask.
-//! Clustered (`cluster` set): the same tables as `*_local` ReplicatedMergeTree tables on every
-//! node, Distributed tables with the plain names in front (sharded by trace id so a trace
-//! lives on one shard), and every statement `ON CLUSTER`.
+//! Single node, three tables and two materialized views:
+//! - `spans`: every span, ordered by trace id, so a trace is a contiguous range (get-trace
+//!   reads a granule or two).
+//! - `span_index`: a narrow copy of the searchable columns (service, operation, time,
+//!   duration, status, attributes as text) ordered by (service, operation, time), fed by
+//!   `span_index_mv`; searches read only this.
+//! - `trace_bounds`: trace id to first/last span start, fed by `trace_bounds_mv`, so
+//!   get-trace reads only the daily partitions the trace lives in.
+//!
+//! Clustered (`cluster` set): the same tables as `*_local` Replicated tables on every node,
+//! Distributed tables with the plain names in front (sharded by trace id so a trace lives on
+//! one shard), and every statement `ON CLUSTER`.
 
 /// Where the tables live and how they are built.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +48,10 @@ const SPANS: TtlTable = TtlTable {
     name: "spans",
     time_column: "start_time",
 };
+const INDEX: TtlTable = TtlTable {
+    name: "span_index",
+    time_column: "start_time",
+};
 const BOUNDS: TtlTable = TtlTable {
     name: "trace_bounds",
     time_column: "start_min",
@@ -69,8 +80,8 @@ impl Schema {
     }
 
     /// Tables whose TTL carries the retention.
-    pub fn ttl_tables(&self) -> [TtlTable; 2] {
-        [SPANS, BOUNDS]
+    pub fn ttl_tables(&self) -> [TtlTable; 3] {
+        [SPANS, INDEX, BOUNDS]
     }
 
     /// The TTL expression for a table and a number of days.
@@ -122,7 +133,7 @@ impl Schema {
     pub fn migrations(&self) -> Vec<Migration> {
         vec![Migration {
             version: 1,
-            name: "spans, trace_bounds and the trace_bounds materialized view",
+            name: "spans, span_index, trace_bounds and their materialized views",
             statements: self.v1(),
         }]
     }
@@ -132,6 +143,7 @@ impl Schema {
         let oc = self.on_cluster();
         let days = self.retention_days;
         let spans = self.storage_table("spans");
+        let index = self.storage_table("span_index");
         let bounds = self.storage_table("trace_bounds");
         let dedup = if self.cluster.is_none() {
             // Non-replicated tables deduplicate retried inserts only with a window.
@@ -156,19 +168,35 @@ impl Schema {
                  \x20   attributes      Map(LowCardinality(String), String) CODEC(ZSTD(1)),\n\
                  \x20   attributes_json String CODEC(ZSTD(3)),\n\
                  \x20   events_json     String CODEC(ZSTD(3)),\n\
-                 \x20   links_json      String CODEC(ZSTD(3)),\n\
-                 \x20   INDEX idx_trace_id trace_id TYPE bloom_filter(0.001) GRANULARITY 1,\n\
+                 \x20   links_json      String CODEC(ZSTD(3))\n\
+                 ) ENGINE = {engine}\n\
+                 PARTITION BY toDate(start_time)\n\
+                 ORDER BY (trace_id, start_time, span_id)\n\
+                 TTL {ttl}\n\
+                 SETTINGS index_granularity = 2048, ttl_only_drop_parts = 1{dedup}",
+                engine = self.engine("MergeTree", "spans"),
+                ttl = Self::ttl_expression(SPANS, days),
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{index}{oc} (\n\
+                 \x20   service     LowCardinality(String) CODEC(ZSTD(1)),\n\
+                 \x20   operation   LowCardinality(String) CODEC(ZSTD(1)),\n\
+                 \x20   start_time  DateTime64(9) CODEC(Delta(8), ZSTD(1)),\n\
+                 \x20   trace_id    FixedString(16) CODEC(ZSTD(1)),\n\
+                 \x20   duration_ns UInt64 CODEC(T64, ZSTD(1)),\n\
+                 \x20   status      LowCardinality(String) CODEC(ZSTD(1)),\n\
+                 \x20   attributes  Map(LowCardinality(String), String) CODEC(ZSTD(1)),\n\
                  \x20   INDEX idx_attr_keys mapKeys(attributes) TYPE bloom_filter(0.01) GRANULARITY 1,\n\
                  \x20   INDEX idx_attr_values mapValues(attributes) TYPE bloom_filter(0.01) GRANULARITY 1,\n\
                  \x20   INDEX idx_duration duration_ns TYPE minmax GRANULARITY 1,\n\
                  \x20   INDEX idx_status status TYPE set(8) GRANULARITY 1\n\
                  ) ENGINE = {engine}\n\
                  PARTITION BY toDate(start_time)\n\
-                 ORDER BY (service, operation, start_time, trace_id)\n\
+                 ORDER BY (service, operation, start_time)\n\
                  TTL {ttl}\n\
                  SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1{dedup}",
-                engine = self.engine("MergeTree", "spans"),
-                ttl = Self::ttl_expression(SPANS, days),
+                engine = self.engine("MergeTree", "span_index"),
+                ttl = Self::ttl_expression(INDEX, days),
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {db}.{bounds}{oc} (\n\
@@ -184,20 +212,27 @@ impl Schema {
                 ttl = Self::ttl_expression(BOUNDS, days),
             ),
             format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_index_mv{oc} TO {db}.{index} AS\n\
+                 SELECT service, operation, start_time, trace_id, duration_ns, status, attributes\n\
+                 FROM {db}.{spans}"
+            ),
+            format!(
                 "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.trace_bounds_mv{oc} TO {db}.{bounds} AS\n\
                  SELECT trace_id, min(start_time) AS start_min, max(start_time) AS start_max\n\
                  FROM {db}.{spans} GROUP BY trace_id"
             ),
         ];
         if let Some(cluster) = &self.cluster {
-            out.push(format!(
-                "CREATE TABLE IF NOT EXISTS {db}.spans{oc} AS {db}.{spans}\n\
-                 ENGINE = Distributed({cluster}, {db}, {spans}, cityHash64(trace_id))"
-            ));
-            out.push(format!(
-                "CREATE TABLE IF NOT EXISTS {db}.trace_bounds{oc} AS {db}.{bounds}\n\
-                 ENGINE = Distributed({cluster}, {db}, {bounds}, cityHash64(trace_id))"
-            ));
+            for (name, local) in [
+                ("spans", &spans),
+                ("span_index", &index),
+                ("trace_bounds", &bounds),
+            ] {
+                out.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {db}.{name}{oc} AS {db}.{local}\n\
+                     ENGINE = Distributed({cluster}, {db}, {local}, cityHash64(trace_id))"
+                ));
+            }
         }
         out
     }
@@ -238,9 +273,19 @@ mod tests {
         let m = single().migrations();
         assert_eq!(m.len(), 1);
         let s = &m[0].statements;
-        assert_eq!(s.len(), 3);
+        assert_eq!(s.len(), 5);
         assert!(s[0].starts_with("CREATE TABLE IF NOT EXISTS dt.spans ("));
         assert!(s[0].contains("ENGINE = MergeTree()"));
+        assert!(
+            s[0].contains("ORDER BY (trace_id, start_time, span_id)"),
+            "a trace is one contiguous range"
+        );
+        assert!(
+            s[1].contains("ORDER BY (service, operation, start_time)"),
+            "search reads the index"
+        );
+        assert!(s[1].contains("bloom_filter") && s[1].contains("mapValues(attributes)"));
+        assert!(s[3].contains("TO dt.span_index AS") && s[4].contains("TO dt.trace_bounds AS"));
         assert!(s[0].contains("PARTITION BY toDate(start_time)"));
         assert!(s[0].contains("TTL toDateTime(start_time) + toIntervalDay(7)"));
         assert!(s[0].contains("ttl_only_drop_parts = 1"));
@@ -263,19 +308,26 @@ mod tests {
             "CREATE DATABASE IF NOT EXISTS dt ON CLUSTER prod"
         );
         let s = &c.migrations()[0].statements;
-        assert_eq!(s.len(), 5);
+        assert_eq!(s.len(), 8);
         assert!(s.iter().all(|x| x.contains(" ON CLUSTER prod")));
         assert!(s[0].starts_with("CREATE TABLE IF NOT EXISTS dt.spans_local ON CLUSTER prod"));
         assert!(s[0].contains(
             "ReplicatedMergeTree('/clickhouse/tables/{shard}/dt/spans_local', '{replica}')"
         ));
-        assert!(s[1].contains(
+        assert!(
+            s[1].contains("ReplicatedMergeTree('/clickhouse/tables/{shard}/dt/span_index_local'")
+        );
+        assert!(s[2].contains(
             "ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/dt/trace_bounds_local'"
         ));
-        assert!(s[2].contains("TO dt.trace_bounds_local") && s[2].contains("FROM dt.spans_local"));
-        assert!(s[3].contains("ENGINE = Distributed(prod, dt, spans_local, cityHash64(trace_id))"));
+        assert!(s[3].contains("TO dt.span_index_local") && s[3].contains("FROM dt.spans_local"));
+        assert!(s[4].contains("TO dt.trace_bounds_local") && s[4].contains("FROM dt.spans_local"));
+        assert!(s[5].contains("ENGINE = Distributed(prod, dt, spans_local, cityHash64(trace_id))"));
         assert!(
-            s[4].contains(
+            s[6].contains("ENGINE = Distributed(prod, dt, span_index_local, cityHash64(trace_id))")
+        );
+        assert!(
+            s[7].contains(
                 "ENGINE = Distributed(prod, dt, trace_bounds_local, cityHash64(trace_id))"
             )
         );

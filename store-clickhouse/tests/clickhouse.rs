@@ -67,18 +67,22 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
     assert_eq!(again.version, 1);
 
     let initial = admin.retention().await.unwrap();
-    assert_eq!(initial.len(), 2);
+    assert_eq!(initial.len(), 3);
     assert!(initial.iter().all(|t| t.days == Some(7)), "{initial:?}");
 
     let report = admin.set_retention(30).await.unwrap();
     assert_eq!(
         report.changed,
-        vec!["spans".to_string(), "trace_bounds".to_string()]
+        vec![
+            "spans".to_string(),
+            "span_index".to_string(),
+            "trace_bounds".to_string()
+        ]
     );
     assert!(report.unchanged.is_empty());
     let report = admin.set_retention(30).await.unwrap();
     assert!(report.changed.is_empty(), "idempotent: {report:?}");
-    assert_eq!(report.unchanged.len(), 2);
+    assert_eq!(report.unchanged.len(), 3);
     assert!(
         admin
             .retention()
@@ -89,7 +93,7 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
     );
 
     let client = clickhouse_client(&store);
-    for table in ["spans", "trace_bounds"] {
+    for table in ["spans", "span_index", "trace_bounds"] {
         let ddl: String = client
             .query(&format!("SHOW CREATE TABLE {db}.{table}"))
             .fetch_one::<String>()
@@ -122,7 +126,11 @@ async fn a_retried_insert_does_not_duplicate_rows() {
     assert_eq!(
         count(&store, &format!("SELECT count() FROM {db}.trace_bounds")).await,
         1,
-        "the materialized view is deduplicated too"
+        "the materialized views are deduplicated too"
+    );
+    assert_eq!(
+        count(&store, &format!("SELECT count() FROM {db}.span_index")).await,
+        500
     );
     // Control: a different token is a different batch, so the check above can fail.
     store.insert_with_token(&batch, "token-b").await.unwrap();
