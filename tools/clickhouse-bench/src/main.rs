@@ -90,7 +90,7 @@ fn make_trace(seed: u64, i: usize, n: usize, now: i64, traces: usize) -> Vec<Spa
         now - 3_600_000_000_000 - WINDOW_NS + (i as i64) * (WINDOW_NS / traces.max(1) as i64);
     let mut t = base;
     let ids: Vec<SpanId> = (0..n)
-        .map(|k| SpanId::from_bytes(((i as u64) << 8 | k as u64 + 1).to_be_bytes()))
+        .map(|k| SpanId::from_bytes((((i as u64) << 8) | (k as u64 + 1)).to_be_bytes()))
         .collect();
     (0..n)
         .map(|k| {
@@ -427,7 +427,10 @@ async fn main() -> anyhow::Result<()> {
         while let Some(chunk) = cursor.next().await? {
             text.extend_from_slice(&chunk);
         }
-        println!("\n### EXPLAIN indexes = 1: {name}\n```text\n{}```", String::from_utf8_lossy(&text));
+        println!(
+            "\n### EXPLAIN indexes = 1: {name}\n```text\n{}```",
+            String::from_utf8_lossy(&text)
+        );
     }
     store.close().await?;
     Ok(())
