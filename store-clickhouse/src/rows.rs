@@ -108,6 +108,8 @@ pub(crate) struct MatchRow {
     pub trace_id: [u8; 16],
     #[allow(dead_code)]
     pub latest: i64,
+    /// Rows the fast path read (0 for the exact path).
+    pub scanned: u64,
 }
 
 /// Second search step: a summary computed in ClickHouse.

@@ -328,10 +328,7 @@ impl TraceStore for ClickHouseStore {
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<Vec<TraceSummary>> {
         let i = &self.inner;
         // Step 1 reads only the narrow index table, ordered for exactly these filters.
-        let mut sql = format!(
-            "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest FROM {} WHERE 1",
-            i.index_table
-        );
+        let mut sql = String::new();
         let mut binds: Vec<Bindable> = Vec::new();
         if let Some(s) = &q.service {
             sql.push_str(" AND service = ?");
@@ -375,23 +372,50 @@ impl TraceStore for ClickHouseStore {
                 }
             }
         }
-        sql.push_str(" GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT ?");
-        binds.push(Bindable::I64(i64::try_from(q.limit).unwrap_or(i64::MAX)));
-
-        let mut query = i.admin.client().query(&sql);
-        for b in binds {
-            query = match b {
-                Bindable::Str(s) => query.bind(s),
-                Bindable::I64(v) => query.bind(v),
-            };
+        let limit = q.limit.max(1);
+        // Fast path: the newest `window` matching rows, grouped. When they hold at least
+        // `limit` traces, those are exactly the `limit` traces whose latest matching span is
+        // newest (a trace's latest span is among the newest rows if the trace is). A top-N
+        // read is much cheaper than aggregating every matching row of a long time range.
+        let window = (limit * 50).min(100_000);
+        let fast = format!(
+            "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
+                    toUInt64(sum(count()) OVER ()) AS scanned \
+             FROM (SELECT trace_id, start_time FROM {index} WHERE 1{sql} \
+                   ORDER BY start_time DESC, trace_id ASC LIMIT {window}) \
+             GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {limit}",
+            index = i.index_table
+        );
+        let exact = format!(
+            "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, toUInt64(0) AS scanned \
+             FROM {index} WHERE 1{sql} GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {limit}",
+            index = i.index_table
+        );
+        let run = |sql: String, binds: Vec<Bindable>| async move {
+            let mut query = i.admin.client().query(&sql);
+            for b in binds {
+                query = match b {
+                    Bindable::Str(s) => query.bind(s),
+                    Bindable::I64(v) => query.bind(v),
+                };
+            }
+            timed(
+                i.config.query_timeout.get(),
+                "search",
+                query.fetch_all::<MatchRow>(),
+            )
+            .await
+        };
+        let mut matches = run(fast, binds.clone())
+            .await
+            .map_err(|e| self.query_error(e))?;
+        let truncated = matches
+            .first()
+            .is_some_and(|m| m.scanned as usize >= window);
+        if matches.len() < limit && truncated {
+            // Too many rows per trace in the window: fall back to aggregating everything.
+            matches = run(exact, binds).await.map_err(|e| self.query_error(e))?;
         }
-        let matches: Vec<MatchRow> = timed(
-            i.config.query_timeout.get(),
-            "search",
-            query.fetch_all::<MatchRow>(),
-        )
-        .await
-        .map_err(|e| self.query_error(e))?;
         if matches.is_empty() {
             return Ok(Vec::new());
         }
@@ -469,6 +493,7 @@ impl TraceStore for ClickHouseStore {
     }
 }
 
+#[derive(Clone)]
 enum Bindable {
     Str(String),
     I64(i64),

@@ -35,6 +35,7 @@ macro_rules! trace_store_contract {
             rewriting_a_span_does_not_duplicate_it,
             search_filters_match_one_span_each,
             search_orders_newest_first_and_limits,
+            busy_trace_does_not_hide_others,
             search_summaries_are_complete,
             search_by_attributes,
             large_batch_and_concurrent_writers,
@@ -389,6 +390,43 @@ pub async fn search_orders_newest_first_and_limits(store: &dyn TraceStore) {
         .map(|s| s.trace_id)
         .collect();
     assert_eq!(got, vec![traces[4], traces[3], traces[2]]);
+}
+
+/// A trace with many matching spans does not crowd the others out of the result.
+pub async fn busy_trace_does_not_hide_others(store: &dyn TraceStore) {
+    let svc = unique("busy");
+    let t0 = base_time();
+    let quiet = fresh_trace_id();
+    let busy = fresh_trace_id();
+    store
+        .write(vec![simple_span(quiet, 1, None, &svc, t0, 10)].into())
+        .await
+        .expect("write quiet");
+    let spans: Vec<Span> = (0..300u64)
+        .map(|i| {
+            simple_span(
+                busy,
+                i,
+                None,
+                &svc,
+                t0.saturating_add_nanos(1_000 + i as i64),
+                10,
+            )
+        })
+        .collect();
+    store.write(spans.into()).await.expect("write busy");
+    let q = TraceQuery {
+        service: Some(svc),
+        ..TraceQuery::with_limit(2)
+    };
+    let got: Vec<TraceId> = store
+        .search(&q)
+        .await
+        .expect("search")
+        .into_iter()
+        .map(|s| s.trace_id)
+        .collect();
+    assert_eq!(got, vec![busy, quiet]);
 }
 
 /// Summary figures are computed over the whole trace, not only the matching span.
