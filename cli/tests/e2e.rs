@@ -6,106 +6,16 @@
 //! acknowledged span is there. Also checks SIGTERM drains and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Server, get_json};
 use serde_json::{Value, json};
-
-struct Server {
-    child: Child,
-    ingest: Option<SocketAddr>,
-    query: Option<SocketAddr>,
-    log: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Starts `datatracing all-in-one` on ephemeral ports and waits until both listen.
-    fn start(data_dir: &Path) -> Server {
-        Self::start_command(data_dir, "all-in-one")
-    }
-
-    /// Starts a server subcommand and waits until its listeners are up.
-    fn start_command(data_dir: &Path, command: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_datatracing"))
-            .args([
-                command,
-                "--ingest-addr",
-                "127.0.0.1:0",
-                "--query-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env_remove("DATATRACING_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn datatracing");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let (mut ingest, mut query) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let want_ingest = command != "query";
-        let want_query = command != "collector";
-        while (want_ingest && ingest.is_none()) || (want_query && query.is_none()) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("server did not start; log: {:?}", log.lock().unwrap()));
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            let addr = v["addr"]
-                .as_str()
-                .and_then(|a| a.parse::<SocketAddr>().ok());
-            match v["message"].as_str() {
-                Some("collector listening") => ingest = addr,
-                Some("query listening") => query = addr,
-                _ => {}
-            }
-        }
-        Server {
-            child,
-            ingest,
-            query,
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn ingest(&self) -> SocketAddr {
-        self.ingest.expect("this server has no collector")
-    }
-
-    fn query(&self) -> SocketAddr {
-        self.query.expect("this server has no query service")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn span(
     trace: &str,
@@ -248,14 +158,11 @@ async fn pipeline_dag_survives_sigkill() {
         assert_eq!(body["accepted"], batch.len());
     }
 
-    let dag: Value = client
-        .get(format!("http://{}/api/v1/traces/{TRACE}", server.query()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dag: Value = get_json(
+        &client,
+        &format!("http://{}/api/v1/traces/{TRACE}", server.query()),
+    )
+    .await;
     assert_eq!(dag["spans"].as_array().unwrap().len(), 6, "{dag}");
     let fan_in: Vec<&Value> = dag["edges"]
         .as_array()
@@ -266,17 +173,11 @@ async fn pipeline_dag_survives_sigkill() {
     assert_eq!(fan_in.len(), 2, "join has two data dependencies: {dag}");
     assert_eq!(dag["roots"], json!(["000000000000000a"]));
     assert_eq!(dag["summary"]["services"].as_array().unwrap().len(), 4);
-    let downstream: Value = client
-        .get(format!(
-            "http://{}/api/v1/traces/{DOWNSTREAM}",
-            server.query()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let downstream: Value = get_json(
+        &client,
+        &format!("http://{}/api/v1/traces/{DOWNSTREAM}", server.query()),
+    )
+    .await;
     assert_eq!(downstream["cross_trace_links"][0]["target_trace_id"], TRACE);
     assert_eq!(
         downstream["cross_trace_links"][0]["target_span_id"],
@@ -326,17 +227,14 @@ async fn pipeline_dag_survives_sigkill() {
     // Kill once a good number of requests have been acknowledged (a condition, not a sleep).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let found: Value = client
-            .get(format!(
+        let found: Value = get_json(
+            &client,
+            &format!(
                 "http://{}/api/v1/traces?service=load&limit=1000",
                 server.query()
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            ),
+        )
+        .await;
         if found["traces"].as_array().unwrap().len() >= 40 || Instant::now() > deadline {
             break;
         }
@@ -381,14 +279,11 @@ async fn pipeline_dag_survives_sigkill() {
         missing.is_empty(),
         "acknowledged spans lost after SIGKILL: {missing:?}"
     );
-    let dag: Value = client
-        .get(format!("http://{}/api/v1/traces/{TRACE}", server.query()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dag: Value = get_json(
+        &client,
+        &format!("http://{}/api/v1/traces/{TRACE}", server.query()),
+    )
+    .await;
     assert_eq!(
         dag["spans"].as_array().unwrap().len(),
         6,
@@ -445,14 +340,11 @@ async fn standalone_collector_and_query_share_a_data_dir() {
     for batch in pipeline() {
         assert_eq!(post(&client, collector.ingest(), batch).await.status(), 202);
     }
-    let dag: Value = client
-        .get(format!("http://{}/api/v1/traces/{TRACE}", query.query()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dag: Value = get_json(
+        &client,
+        &format!("http://{}/api/v1/traces/{TRACE}", query.query()),
+    )
+    .await;
     assert_eq!(dag["spans"].as_array().unwrap().len(), 6, "{dag}");
     let ready = client
         .get(format!("http://{}/readyz", query.query()))

@@ -2,37 +2,25 @@
 //! the all-in-one ingests a pipeline and serves its DAG and search from ClickHouse.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::process::Command;
+
+use common::{Server, get_json};
 use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
 use serde_json::{Value, json};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn base(server: &ClickHouse, db: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_datatracing"));
-    c.args(args)
-        .args([
-            "--storage",
-            "clickhouse",
-            "--clickhouse-url",
-            server.url(),
-            "--clickhouse-database",
-            db,
-        ])
-        .args(["--log-format", "json"])
-        .env_remove("DATATRACING_CONFIG")
-        .env("DATATRACING_CLICKHOUSE_PASSWORD", server.password());
+fn base(server: &ClickHouse, db: &str, subcommand: &str) -> Command {
+    let mut c = common::command(subcommand);
+    c.args([
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        server.url(),
+        "--clickhouse-database",
+        db,
+    ])
+    .env("DATATRACING_CLICKHOUSE_PASSWORD", server.password());
     c
 }
 
@@ -41,7 +29,7 @@ async fn all_in_one_on_clickhouse() {
     let server = ClickHouse::shared();
     let db = unique_database("e2e");
 
-    let out = base(server, &db, &["migrate"]).output().unwrap();
+    let out = base(server, &db, "migrate").output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -49,46 +37,8 @@ async fn all_in_one_on_clickhouse() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("schema is up to date"));
 
-    let mut child = base(
-        server,
-        &db,
-        &[
-            "all-in-one",
-            "--ingest-addr",
-            "127.0.0.1:0",
-            "--query-addr",
-            "127.0.0.1:0",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut ingest, mut query): (Option<SocketAddr>, Option<SocketAddr>) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ingest.is_none() || query.is_none() {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("server start");
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        let addr = v["addr"].as_str().and_then(|a| a.parse().ok());
-        match v["message"].as_str() {
-            Some("collector listening") => ingest = addr,
-            Some("query listening") => query = addr,
-            _ => {}
-        }
-    }
-    let (ingest, query) = (ingest.unwrap(), query.unwrap());
+    let running = Server::spawn(base(server, &db, "all-in-one"), true, true);
+    let (ingest, query) = (running.ingest(), running.query());
     let client = reqwest::Client::new();
     let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
     let span = |id: &str, parent: Option<&str>, service: &str, links: Value| {
@@ -119,14 +69,7 @@ async fn all_in_one_on_clickhouse() {
         .unwrap();
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
 
-    let dag: Value = client
-        .get(format!("http://{query}/api/v1/traces/{trace}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dag: Value = get_json(&client, &format!("http://{query}/api/v1/traces/{trace}")).await;
     assert_eq!(dag["spans"].as_array().unwrap().len(), 3, "{dag}");
     let dd = dag["edges"]
         .as_array()
@@ -135,16 +78,11 @@ async fn all_in_one_on_clickhouse() {
         .filter(|e| e["type"] == "DATA_DEPENDENCY")
         .count();
     assert_eq!(dd, 2);
-    let found: Value = client
-        .get(format!(
-            "http://{query}/api/v1/traces?service=join&attribute=dataset%3Dorders"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found: Value = get_json(
+        &client,
+        &format!("http://{query}/api/v1/traces?service=join&attribute=dataset%3Dorders"),
+    )
+    .await;
     assert_eq!(found["traces"][0]["trace_id"], trace, "{found}");
     assert_eq!(found["traces"][0]["span_count"], 3);
     let metrics = client
