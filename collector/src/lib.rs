@@ -14,6 +14,7 @@
 
 mod config;
 mod error;
+mod ingest;
 mod metrics;
 mod queue;
 mod receive;
@@ -84,11 +85,12 @@ impl Collector {
             self.config.batch.clone(),
             self.metrics.clone(),
         );
-        let api = receive::routes(receive::ReceiveState::new(
-            &self.config,
+        let ingest = ingest::Ingest {
             queue,
-            self.metrics.clone(),
-        ));
+            metrics: self.metrics.clone(),
+            limits: self.config.limits.clone(),
+        };
+        let api = receive::routes(receive::ReceiveState::new(&self.config, ingest));
         let router = finish_router(
             api.merge(ops_routes(readiness, registry)),
             "collector",

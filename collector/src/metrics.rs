@@ -12,7 +12,7 @@ use crate::config::CollectorConfig;
 /// Label set: the ingest protocol.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {
-    /// `native_json` today; OTLP protocols join later.
+    /// `native_json`, `otlp_http_protobuf`, `otlp_http_json`, `otlp_grpc`.
     pub protocol: &'static str,
 }
 
@@ -36,6 +36,9 @@ pub struct CollectorMetrics {
     pub rejected: Family<ReasonLabels, Counter>,
     /// `datatracing_collector_spans_written_total`: spans committed to the store.
     pub written: Counter,
+    /// `datatracing_collector_attributes_truncated_total`: attribute keys and values (and
+    /// status messages) cut to the configured limits.
+    pub truncated: Family<ProtocolLabels, Counter>,
     /// `datatracing_collector_store_write_errors_total`: failed store write attempts.
     pub write_errors: Counter,
     /// `datatracing_collector_queue_spans`: spans waiting to be written.
@@ -56,6 +59,7 @@ impl CollectorMetrics {
             accepted: Family::default(),
             rejected: Family::default(),
             written: Counter::default(),
+            truncated: Family::default(),
             write_errors: Counter::default(),
             queue_spans: Gauge::default(),
             queue_bytes: Gauge::default(),
@@ -82,6 +86,11 @@ impl CollectorMetrics {
             "spans_written",
             "Spans committed to the store",
             m.written.clone(),
+        );
+        r.register(
+            "attributes_truncated",
+            "Attribute keys and values cut to the configured limits",
+            m.truncated.clone(),
         );
         r.register(
             "store_write_errors",

@@ -11,16 +11,15 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
-use datatracing_core::{Limits, Span};
+use datatracing_core::Span;
 use datatracing_http::{ApiError, ErrorCode, ErrorDetail};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::CollectorConfig;
-use crate::metrics::{CollectorMetrics, ProtocolLabels};
-use crate::queue::{EnqueueError, SpanQueue};
+use crate::ingest::{Ingest, IngestError, Protocol};
 
-const PROTOCOL: &str = "native_json";
+const PROTOCOL: Protocol = Protocol::NativeJson;
 /// Details listed in one response at most; the counts always cover everything.
 const MAX_DETAILS: usize = 100;
 
@@ -31,24 +30,16 @@ pub(crate) struct ReceiveState {
 
 #[derive(Debug)]
 struct Inner {
-    queue: SpanQueue,
-    metrics: CollectorMetrics,
-    limits: Limits,
+    ingest: Ingest,
     max_spans: usize,
     max_body: usize,
 }
 
 impl ReceiveState {
-    pub(crate) fn new(
-        config: &CollectorConfig,
-        queue: SpanQueue,
-        metrics: CollectorMetrics,
-    ) -> Self {
+    pub(crate) fn new(config: &CollectorConfig, ingest: Ingest) -> Self {
         Self {
             inner: Arc::new(Inner {
-                queue,
-                metrics,
-                limits: config.limits.clone(),
+                ingest,
                 max_spans: config.max_spans_per_request,
                 max_body: config.max_body_bytes,
             }),
@@ -99,7 +90,7 @@ fn clean_message(e: &serde_json::Error) -> String {
 
 pub(crate) fn parse_batch(
     body: &[u8],
-    limits: &Limits,
+    ingest: &Ingest,
     max_spans: usize,
 ) -> Result<Parsed, ApiError> {
     let batch: Batch<'_> = serde_json::from_slice(body).map_err(|e| {
@@ -133,8 +124,8 @@ pub(crate) fn parse_batch(
     for (index, raw) in batch.spans.iter().enumerate() {
         let mut de = serde_json::Deserializer::from_str(raw.get());
         match serde_path_to_error::deserialize::<_, Span>(&mut de) {
-            Ok(span) => {
-                let errors = span.validate(limits);
+            Ok(mut span) => {
+                let errors = ingest.prepare(Protocol::NativeJson, &mut span);
                 if errors.is_empty() {
                     out.valid.push(span);
                 } else {
@@ -168,7 +159,7 @@ async fn post_spans(
         ));
     }
     let body = body?;
-    let parsed = match parse_batch(&body, &s.limits, s.max_spans) {
+    let parsed = match parse_batch(&body, &s.ingest, s.max_spans) {
         Ok(p) => p,
         Err(e) => {
             let reason = if e.code == ErrorCode::PayloadTooLarge {
@@ -176,65 +167,46 @@ async fn post_spans(
             } else {
                 "invalid"
             };
-            s.metrics.reject(PROTOCOL, reason, 1);
+            s.ingest.metrics.reject(PROTOCOL.label(), reason, 1);
             return Err(e);
         }
     };
-    let labels = ProtocolLabels { protocol: PROTOCOL };
-    let total = parsed.valid.len() + parsed.rejected;
-    s.metrics
-        .received
-        .get_or_create(&labels)
-        .inc_by(total as u64);
     if parsed.rejected > 0 {
-        s.metrics.reject(PROTOCOL, "invalid", parsed.rejected);
-        tracing::debug!(rejected = parsed.rejected, total, "rejected invalid spans");
+        tracing::debug!(rejected = parsed.rejected, "rejected invalid spans");
     }
     if parsed.valid.is_empty() && parsed.rejected > 0 {
+        s.ingest
+            .submit(PROTOCOL, Vec::new(), parsed.rejected)
+            .await
+            .ok();
         return Err(ApiError::new(
             ErrorCode::InvalidSpans,
             format!("all {} spans were rejected", parsed.rejected),
         )
         .with_details(parsed.details));
     }
-    let accepted = parsed.valid.len();
-    if accepted > 0 {
-        let done = match s.queue.try_enqueue(parsed.valid) {
-            Ok(rx) => rx,
-            Err(EnqueueError::Full) => {
-                s.metrics.reject(PROTOCOL, "queue_full", accepted);
-                return Err(ApiError::new(
-                    ErrorCode::ResourceExhausted,
-                    "the collector queue is full; retry after the indicated delay",
-                )
-                .with_retry_after(1));
-            }
-            Err(EnqueueError::Closed) => {
-                s.metrics.reject(PROTOCOL, "shutting_down", accepted);
-                return Err(shutting_down());
-            }
-        };
-        match done.await {
-            Ok(Ok(())) => {}
-            Ok(Err(failure)) => {
-                tracing::warn!(error = %failure.message, spans = accepted, "answering 503: store write failed");
-                s.metrics.reject(PROTOCOL, "store_unavailable", accepted);
-                return Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    "spans could not be stored; nothing from this request was kept, retry later",
-                )
-                .with_retry_after(1));
-            }
-            Err(_) => {
-                s.metrics.reject(PROTOCOL, "shutting_down", accepted);
-                return Err(shutting_down());
-            }
+    let accepted = match s
+        .ingest
+        .submit(PROTOCOL, parsed.valid, parsed.rejected)
+        .await
+    {
+        Ok(n) => n,
+        Err(IngestError::QueueFull) => {
+            return Err(ApiError::new(
+                ErrorCode::ResourceExhausted,
+                "the collector queue is full; retry after the indicated delay",
+            )
+            .with_retry_after(1));
         }
-        s.metrics
-            .accepted
-            .get_or_create(&labels)
-            .inc_by(accepted as u64);
-    }
+        Err(IngestError::StoreUnavailable) => {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "spans could not be stored; nothing from this request was kept, retry later",
+            )
+            .with_retry_after(1));
+        }
+        Err(IngestError::ShuttingDown) => return Err(shutting_down()),
+    };
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(serde_json::json!({
@@ -256,6 +228,21 @@ fn shutting_down() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::CollectorMetrics;
+    use datatracing_core::Limits;
+
+    fn ingest() -> Ingest {
+        let metrics = CollectorMetrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+            &Default::default(),
+        );
+        let (queue, _rx) = crate::queue::SpanQueue::new(&Default::default(), metrics.clone());
+        Ingest {
+            queue,
+            metrics,
+            limits: Limits::default(),
+        }
+    }
 
     const OK: &str = r#"{"trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331","service":"s","operation":"o","start_time":"2026-01-01T00:00:00Z","end_time":"2026-01-01T00:00:01Z"}"#;
 
@@ -265,7 +252,7 @@ mod tests {
         let bad_time = OK.replace("00:00:01Z", "not-a-time");
         let missing = r#"{"trace_id":"0af7651916cd43dd8448eb211c80319c"}"#;
         let body = format!(r#"{{"spans":[{OK},{bad_id},{bad_time},{missing},{OK}]}}"#);
-        let p = parse_batch(body.as_bytes(), &Limits::default(), 100).unwrap();
+        let p = parse_batch(body.as_bytes(), &ingest(), 100).unwrap();
         assert_eq!(p.valid.len(), 2);
         assert_eq!(p.rejected, 3);
         assert_eq!(p.details[0].index, Some(1));
@@ -298,19 +285,17 @@ mod tests {
             "{\"spans\": [1,",
             "\u{0}",
         ] {
-            let e = parse_batch(body.as_bytes(), &Limits::default(), 10).unwrap_err();
+            let e = parse_batch(body.as_bytes(), &ingest(), 10).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidJson, "{body:?}");
         }
         let invalid_utf8 = b"{\"spans\": [\"\xff\"]}";
         assert_eq!(
-            parse_batch(invalid_utf8, &Limits::default(), 10)
-                .unwrap_err()
-                .code,
+            parse_batch(invalid_utf8, &ingest(), 10).unwrap_err().code,
             ErrorCode::InvalidJson
         );
         let many = format!("{{\"spans\":[{}]}}", [OK; 11].join(","));
         assert_eq!(
-            parse_batch(many.as_bytes(), &Limits::default(), 10)
+            parse_batch(many.as_bytes(), &ingest(), 10)
                 .unwrap_err()
                 .code,
             ErrorCode::PayloadTooLarge

@@ -313,7 +313,7 @@ async fn oversized_bodies_and_batches_get_413() {
 }
 
 #[tokio::test]
-async fn oversized_attribute_values_are_rejected_by_limit() {
+async fn oversized_attribute_values_are_truncated_and_counted() {
     let mut config = CollectorConfig::default();
     config.limits.max_value_len = 100;
     let h = harness(config).await;
@@ -325,7 +325,26 @@ async fn oversized_attribute_values_are_rejected_by_limit() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(resp["errors"][0]["field"], "attributes.sql");
+    assert_eq!(
+        resp["accepted"], 2,
+        "a long value costs its tail, not the span: {resp}"
+    );
+    let stored = h
+        .store
+        .get_trace(T1.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let sql = stored.iter().find_map(|s| s.attributes.get("sql")).unwrap();
+    assert_eq!(
+        sql,
+        &datatracing_core::AttributeValue::String("s".repeat(100))
+    );
+    let m = metrics(&h.router).await;
+    assert!(
+        m.contains("datatracing_collector_attributes_truncated_total{protocol=\"native_json\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test]

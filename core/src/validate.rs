@@ -90,7 +90,64 @@ impl Limits {
     }
 }
 
+/// Cuts `s` to at most `max` bytes on a character boundary; true when it cut.
+fn truncate_str(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
+}
+
+fn truncate_attributes(attrs: &mut crate::span::Attributes, limits: &Limits) -> usize {
+    use crate::span::AttributeValue;
+    let mut n = 0;
+    if attrs.keys().any(|k| k.len() > limits.max_name_len) {
+        let old = std::mem::take(attrs);
+        for (mut k, v) in old {
+            if truncate_str(&mut k, limits.max_name_len) {
+                n += 1;
+            }
+            attrs.entry(k).or_insert(v);
+        }
+    }
+    for v in attrs.values_mut() {
+        match v {
+            AttributeValue::String(s) => n += usize::from(truncate_str(s, limits.max_value_len)),
+            AttributeValue::StringArray(a) => {
+                for s in a.iter_mut() {
+                    n += usize::from(truncate_str(s, limits.max_value_len));
+                }
+            }
+            _ => {}
+        }
+    }
+    n
+}
+
 impl Span {
+    /// Truncates over-long attribute keys and string values (on span, events and links) and
+    /// the status message to the limits; returns how many were cut. Collectors call this
+    /// before [`Span::validate`]: a long SQL text in an attribute should cost its tail, not
+    /// the span.
+    pub fn truncate_to(&mut self, limits: &Limits) -> usize {
+        let mut n = truncate_attributes(&mut self.attributes, limits);
+        for e in &mut self.events {
+            n += truncate_attributes(&mut e.attributes, limits);
+        }
+        for l in &mut self.links {
+            n += truncate_attributes(&mut l.attributes, limits);
+        }
+        if let Some(m) = &mut self.status.message {
+            n += usize::from(truncate_str(m, limits.max_value_len));
+        }
+        n
+    }
+
     /// Validates this span; returns every problem found (empty when valid).
     pub fn validate(&self, limits: &Limits) -> Vec<FieldError> {
         let mut errs = Vec::new();
@@ -307,6 +364,36 @@ mod tests {
         });
         assert_eq!(fields(&errs), ["attributes"]);
         assert!(errs[0].message.contains("5 entries exceed the limit of 4"));
+    }
+
+    #[test]
+    fn truncation_cuts_on_char_boundaries_and_counts() {
+        let mut s = span();
+        s.attributes
+            .insert("sql".into(), AttributeValue::String("é".repeat(10)));
+        s.attributes.insert("k".repeat(20), AttributeValue::Int(1));
+        s.attributes.insert(
+            "tags".into(),
+            AttributeValue::StringArray(vec!["abcdefghijkl".into(), "ok".into()]),
+        );
+        let limits = Limits {
+            max_value_len: 5,
+            max_name_len: 8,
+            ..Limits::default()
+        };
+        assert_eq!(s.truncate_to(&limits), 3);
+        assert_eq!(
+            s.attributes["sql"],
+            AttributeValue::String("éé".into()),
+            "4 bytes: no half character"
+        );
+        assert!(s.attributes.contains_key("kkkkkkkk"));
+        assert_eq!(
+            s.attributes["tags"],
+            AttributeValue::StringArray(vec!["abcde".into(), "ok".into()])
+        );
+        assert!(s.validate(&limits).is_empty());
+        assert_eq!(s.truncate_to(&limits), 0, "idempotent");
     }
 
     #[test]
