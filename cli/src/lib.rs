@@ -37,6 +37,9 @@ pub struct Cli {
     /// Ingest (collector) listen address (default 0.0.0.0:4318).
     #[arg(long, global = true, env = "DATATRACING_INGEST_ADDR")]
     pub ingest_addr: Option<SocketAddr>,
+    /// OTLP/gRPC listen address (default 0.0.0.0:4317).
+    #[arg(long, global = true, env = "DATATRACING_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
     /// Query listen address (default 0.0.0.0:16686).
     #[arg(long, global = true, env = "DATATRACING_QUERY_ADDR")]
     pub query_addr: Option<SocketAddr>,
@@ -91,6 +94,9 @@ impl Cli {
         }
         if let Some(a) = self.ingest_addr {
             c.collector.listen = a;
+        }
+        if let Some(a) = self.grpc_addr {
+            c.collector.grpc_listen = Some(a);
         }
         if let Some(a) = self.query_addr {
             c.query.listen = a;
@@ -246,9 +252,13 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(c) = collector {
         let listener = bind(c.config().listen, "ingest").await?;
+        let grpc = match c.config().grpc_listen {
+            Some(addr) => Some(bind(addr, "OTLP/gRPC ingest").await?),
+            None => None,
+        };
         let (r, reg, s) = (readiness.clone(), Arc::clone(&registry), shutdown.clone());
         tasks.spawn(async move {
-            c.run(listener, r, reg, s)
+            c.run(listener, grpc, r, reg, s)
                 .await
                 .map_err(anyhow::Error::from)
         });

@@ -12,10 +12,15 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
-    /// Address of the ingest HTTP server.
+    /// Address of the ingest HTTP server (native JSON and OTLP/HTTP).
     pub listen: SocketAddr,
-    /// Largest request body accepted, in bytes (larger: 413).
+    /// Address of the OTLP/gRPC server; absent to disable gRPC.
+    pub grpc_listen: Option<SocketAddr>,
+    /// Largest request body accepted, in bytes, as sent (larger: 413).
     pub max_body_bytes: usize,
+    /// Largest request body after decompression (gzip), in bytes (larger: 413). Also the gRPC
+    /// message limit.
+    pub max_decompressed_bytes: usize,
     /// Most spans accepted in one request (more: 413).
     pub max_spans_per_request: usize,
     /// Per-span size limits.
@@ -58,7 +63,9 @@ impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 4318)),
+            grpc_listen: Some(SocketAddr::from(([0, 0, 0, 0], 4317))),
             max_body_bytes: 16 * 1024 * 1024,
+            max_decompressed_bytes: 64 * 1024 * 1024,
             max_spans_per_request: 20_000,
             limits: Limits::default(),
             queue: QueueConfig::default(),
@@ -95,6 +102,11 @@ impl CollectorConfig {
         self.limits.validate().map_err(Error::Config)?;
         if self.max_body_bytes < 1024 {
             return bad("collector.max_body_bytes must be at least 1024");
+        }
+        if self.max_decompressed_bytes < self.max_body_bytes {
+            return bad(
+                "collector.max_decompressed_bytes must be at least collector.max_body_bytes",
+            );
         }
         if self.max_spans_per_request == 0 {
             return bad("collector.max_spans_per_request must be positive");

@@ -16,6 +16,7 @@ mod config;
 mod error;
 mod ingest;
 mod metrics;
+pub mod otlp;
 mod queue;
 mod receive;
 mod sample;
@@ -36,6 +37,17 @@ pub use metrics::CollectorMetrics;
 pub use queue::{EnqueueError, SpanQueue};
 pub use sample::{PassThrough, Sampler};
 pub use writer::{WriterHandle, WriterStats};
+
+/// What [`Collector::start`] returns: the HTTP routes, the writer to stop, and the gRPC
+/// service to serve.
+#[derive(Debug)]
+pub struct Started {
+    /// Native JSON and OTLP/HTTP routes plus ops routes.
+    pub router: Router,
+    /// Stops the writer after draining the queue.
+    pub writer: writer::WriterHandle,
+    grpc: otlp::grpc::Export,
+}
 
 /// A collector wired to a store; call [`Collector::run`] to serve.
 #[derive(Debug)]
@@ -72,11 +84,7 @@ impl Collector {
 
     /// Starts the writer and returns the HTTP routes plus the handle that stops the writer.
     /// Used by [`Collector::run`] and by tests that drive the router directly.
-    pub fn start(
-        &self,
-        readiness: Readiness,
-        registry: Arc<Registry>,
-    ) -> (Router, writer::WriterHandle) {
+    pub fn start(&self, readiness: Readiness, registry: Arc<Registry>) -> Started {
         let (queue, rx) = SpanQueue::new(&self.config.queue, self.metrics.clone());
         let handle = writer::spawn(
             rx,
@@ -90,29 +98,68 @@ impl Collector {
             metrics: self.metrics.clone(),
             limits: self.config.limits.clone(),
         };
-        let api = receive::routes(receive::ReceiveState::new(&self.config, ingest));
+        let otlp = otlp::http::routes(
+            ingest.clone(),
+            self.config.max_body_bytes,
+            self.config.max_decompressed_bytes,
+            self.config.max_spans_per_request,
+        );
+        let grpc = otlp::grpc::Export {
+            ingest: ingest.clone(),
+            max_spans: self.config.max_spans_per_request,
+        };
+        let api = receive::routes(receive::ReceiveState::new(&self.config, ingest)).merge(otlp);
         let router = finish_router(
             api.merge(ops_routes(readiness, registry)),
             "collector",
             self.config.request_timeout.get(),
             self.http_metrics.clone(),
         );
-        (router, handle)
+        Started {
+            router,
+            writer: handle,
+            grpc,
+        }
     }
 
     /// Serves until `shutdown` fires, then drains: stops accepting, lets in-flight requests
     /// finish (bounded by `drain_timeout`), writes what is queued, and returns.
+    /// `grpc` serves OTLP/gRPC when given.
     pub async fn run(
         self,
         listener: TcpListener,
+        grpc: Option<TcpListener>,
         readiness: Readiness,
         registry: Arc<Registry>,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        let (router, writer) = self.start(readiness, registry);
+        let started = self.start(readiness, registry);
+        let drain = self.config.drain_timeout.get();
         tracing::info!(addr = %listener.local_addr()?, "collector listening");
-        serve(listener, router, shutdown, self.config.drain_timeout.get()).await?;
-        let stats = writer.finish(self.config.drain_timeout.get()).await;
+        let grpc_task = match grpc {
+            Some(l) => {
+                tracing::info!(addr = %l.local_addr()?, "collector grpc listening");
+                let max = self.config.max_decompressed_bytes;
+                Some(tokio::spawn(otlp::grpc::serve(
+                    l,
+                    started.grpc,
+                    max,
+                    shutdown.clone(),
+                    drain,
+                )))
+            }
+            None => None,
+        };
+        serve(listener, started.router, shutdown.clone(), drain).await?;
+        if let Some(t) = grpc_task {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
+                Err(e) => tracing::error!(error = %e, "gRPC task failed"),
+            }
+        }
+        let writer = started.writer;
+        let stats = writer.finish(drain).await;
         tracing::info!(
             written_spans = stats.written,
             failed_spans = stats.failed,

@@ -74,7 +74,8 @@ async fn harness(config: CollectorConfig) -> Harness {
     let collector = Collector::new(config, store.clone(), &mut registry, http).unwrap();
     let readiness = Readiness::new(store.clone());
     readiness.set_ready(true);
-    let (router, writer) = collector.start(readiness.clone(), Arc::new(registry));
+    let started = collector.start(readiness.clone(), Arc::new(registry));
+    let (router, writer) = (started.router, started.writer);
     Harness {
         _dir: dir,
         store,

@@ -15,6 +15,7 @@ use serde_json::Value;
 pub struct Server {
     pub child: Child,
     ingest: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
     query: Option<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -25,6 +26,8 @@ pub fn command(subcommand: &str) -> Command {
     c.args([
         subcommand,
         "--ingest-addr",
+        "127.0.0.1:0",
+        "--grpc-addr",
         "127.0.0.1:0",
         "--query-addr",
         "127.0.0.1:0",
@@ -66,9 +69,11 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let (mut ingest, mut query) = (None, None);
+        let (mut ingest, mut grpc, mut query) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while (want_ingest && ingest.is_none()) || (want_query && query.is_none()) {
+        while (want_ingest && (ingest.is_none() || grpc.is_none()))
+            || (want_query && query.is_none())
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
@@ -81,6 +86,7 @@ impl Server {
                 .and_then(|a| a.parse::<SocketAddr>().ok());
             match v["message"].as_str() {
                 Some("collector listening") => ingest = addr,
+                Some("collector grpc listening") => grpc = addr,
                 Some("query listening") => query = addr,
                 _ => {}
             }
@@ -88,6 +94,7 @@ impl Server {
         Server {
             child,
             ingest,
+            grpc,
             query,
             log,
         }
@@ -99,6 +106,10 @@ impl Server {
 
     pub fn ingest(&self) -> SocketAddr {
         self.ingest.expect("this server has no collector")
+    }
+
+    pub fn grpc(&self) -> SocketAddr {
+        self.grpc.expect("this server has no OTLP/gRPC listener")
     }
 
     pub fn query(&self) -> SocketAddr {

@@ -1,0 +1,85 @@
+//! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+use super::{Outcome, export};
+use crate::ingest::{Ingest, IngestError, Protocol};
+
+#[derive(Debug)]
+pub(crate) struct Export {
+    pub ingest: Ingest,
+    pub max_spans: usize,
+}
+
+#[tonic::async_trait]
+impl TraceService for Export {
+    async fn export(
+        &self,
+        req: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        match export(
+            &self.ingest,
+            Protocol::OtlpGrpc,
+            self.max_spans,
+            req.into_inner(),
+        )
+        .await
+        {
+            Outcome::Done(resp) => Ok(Response::new(resp)),
+            Outcome::TooMany { limit, got } => Err(Status::invalid_argument(format!(
+                "{got} spans in one request exceed the limit of {limit}; split the batch"
+            ))),
+            Outcome::Throttled(IngestError::QueueFull) => Err(Status::resource_exhausted(
+                "the collector queue is full; retry later",
+            )),
+            Outcome::Throttled(IngestError::StoreUnavailable) => Err(Status::unavailable(
+                "spans could not be stored; retry later",
+            )),
+            Outcome::Throttled(IngestError::ShuttingDown) => Err(Status::unavailable(
+                "the collector is shutting down; retry later",
+            )),
+        }
+    }
+}
+
+/// Serves gRPC until `shutdown`, then lets in-flight calls finish for up to `drain`.
+/// Message size limits apply after decompression, so a gzip bomb is refused.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    export: Export,
+    max_message: usize,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> Result<(), tonic::transport::Error> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let service = TraceServiceServer::new(export)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message);
+    let server = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    tokio::select! {
+        r = server => r?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(?addr, ?drain, "gRPC calls did not finish in time; closing anyway");
+        }
+    }
+    tracing::info!(?addr, "gRPC server stopped");
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! OTLP/HTTP: `POST /v1/traces`.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+use super::{Outcome, export};
+use crate::ingest::{Ingest, IngestError, Protocol};
+
+/// `google.rpc.Status`, the body of OTLP/HTTP error responses.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+#[derive(Debug)]
+struct State_ {
+    ingest: Ingest,
+    max_spans: usize,
+    max_decompressed: usize,
+}
+
+pub(crate) fn routes(
+    ingest: Ingest,
+    max_body: usize,
+    max_decompressed: usize,
+    max_spans: usize,
+) -> Router {
+    Router::new()
+        .route("/v1/traces", post(handle))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(Arc::new(State_ {
+            ingest,
+            max_spans,
+            max_decompressed,
+        }))
+}
+
+fn status_response(
+    enc: Encoding,
+    http: StatusCode,
+    grpc_code: i32,
+    message: String,
+    retry_after: bool,
+) -> Response {
+    let status = RpcStatus {
+        code: grpc_code,
+        message,
+    };
+    let (ct, body) = match enc {
+        Encoding::Protobuf => ("application/x-protobuf", status.encode_to_vec()),
+        Encoding::Json => (
+            "application/json",
+            serde_json::to_vec(&status).unwrap_or_default(),
+        ),
+    };
+    let mut resp = (http, [(header::CONTENT_TYPE, ct)], body).into_response();
+    if retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+// gRPC codes used in `google.rpc.Status`.
+const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const UNAVAILABLE: i32 = 14;
+
+/// Inflates gzip with a hard cap on the output, so a small bomb cannot take memory.
+fn gunzip_bounded(body: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max));
+    flate2::read::GzDecoder::new(body)
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| GunzipError::Corrupt(e.to_string()))?;
+    if out.len() > max {
+        return Err(GunzipError::TooLarge);
+    }
+    Ok(out)
+}
+
+enum GunzipError {
+    TooLarge,
+    Corrupt(String),
+}
+
+async fn handle(
+    State(s): State<Arc<State_>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let (enc, protocol) = match media.as_deref() {
+        Some("application/x-protobuf") => (Encoding::Protobuf, Protocol::OtlpHttpProtobuf),
+        Some("application/json") => (Encoding::Json, Protocol::OtlpHttpJson),
+        _ => {
+            return status_response(
+                Encoding::Json,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                INVALID_ARGUMENT,
+                "Content-Type must be application/x-protobuf or application/json".into(),
+                false,
+            );
+        }
+    };
+    let p = protocol.label();
+    let reject = |http: StatusCode, reason: &'static str, message: String| {
+        s.ingest.metrics.reject(p, reason, 1);
+        status_response(enc, http, INVALID_ARGUMENT, message, false)
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "request body exceeds the configured limit".into(),
+            );
+        }
+        Err(r) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("could not read the body: {}", r.body_text()),
+            );
+        }
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let raw: Bytes = match encoding.as_deref() {
+        None | Some("identity") | Some("") => body,
+        Some("gzip") => {
+            let max = s.max_decompressed;
+            // Inflating is CPU work: keep it off the async workers.
+            match tokio::task::spawn_blocking(move || gunzip_bounded(&body, max)).await {
+                Ok(Ok(v)) => v.into(),
+                Ok(Err(GunzipError::TooLarge)) => {
+                    return reject(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!("decompressed body exceeds the limit of {max} bytes"),
+                    );
+                }
+                Ok(Err(GunzipError::Corrupt(e))) => {
+                    return reject(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        format!("invalid gzip body: {e}"),
+                    );
+                }
+                Err(e) => {
+                    return reject(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        format!("decompression failed: {e}"),
+                    );
+                }
+            }
+        }
+        Some(other) => {
+            return reject(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid",
+                format!("unsupported Content-Encoding {other:?}; use gzip or none"),
+            );
+        }
+    };
+    let req = match enc {
+        Encoding::Protobuf => ExportTraceServiceRequest::decode(raw).map_err(|e| e.to_string()),
+        Encoding::Json => {
+            serde_json::from_slice::<ExportTraceServiceRequest>(&raw).map_err(|e| e.to_string())
+        }
+    };
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("undecodable OTLP request: {e}"),
+            );
+        }
+    };
+    match export(&s.ingest, protocol, s.max_spans, req).await {
+        Outcome::Done(resp) => {
+            let (ct, body) = match enc {
+                Encoding::Protobuf => ("application/x-protobuf", resp.encode_to_vec()),
+                Encoding::Json => (
+                    "application/json",
+                    serde_json::to_vec(&resp).unwrap_or_default(),
+                ),
+            };
+            (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response()
+        }
+        Outcome::TooMany { limit, got } => status_response(
+            enc,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            INVALID_ARGUMENT,
+            format!("{got} spans in one request exceed the limit of {limit}; split the batch"),
+            false,
+        ),
+        Outcome::Throttled(IngestError::QueueFull) => status_response(
+            enc,
+            StatusCode::TOO_MANY_REQUESTS,
+            RESOURCE_EXHAUSTED,
+            "the collector queue is full; retry later".into(),
+            true,
+        ),
+        Outcome::Throttled(IngestError::StoreUnavailable) => status_response(
+            enc,
+            StatusCode::SERVICE_UNAVAILABLE,
+            UNAVAILABLE,
+            "spans could not be stored; retry later".into(),
+            true,
+        ),
+        Outcome::Throttled(IngestError::ShuttingDown) => status_response(
+            enc,
+            StatusCode::SERVICE_UNAVAILABLE,
+            UNAVAILABLE,
+            "the collector is shutting down; retry later".into(),
+            true,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn gunzip_is_bounded() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 10 * 1024 * 1024]).unwrap();
+        let bomb = enc.finish().unwrap();
+        assert!(
+            bomb.len() < 64 * 1024,
+            "10 MiB of zeros compress to {} bytes",
+            bomb.len()
+        );
+        assert!(matches!(
+            gunzip_bounded(&bomb, 1024 * 1024),
+            Err(GunzipError::TooLarge)
+        ));
+        assert_eq!(
+            gunzip_bounded(&bomb, 16 * 1024 * 1024)
+                .ok()
+                .map(|v| v.len()),
+            Some(10 * 1024 * 1024)
+        );
+        assert!(matches!(
+            gunzip_bounded(b"not gzip", 1024),
+            Err(GunzipError::Corrupt(_))
+        ));
+    }
+}
