@@ -41,10 +41,14 @@ async fn all_in_one_on_clickhouse() {
     let (ingest, query) = (running.ingest(), running.query());
     let client = reqwest::Client::new();
     let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
+    // Recent times: ClickHouse's TTL may drop parts older than the retention at any merge.
+    let now = datatracing_core::Timestamp::now();
+    let start = now.saturating_add_nanos(-60_000_000_000).to_rfc3339();
+    let end = now.saturating_add_nanos(-59_000_000_000).to_rfc3339();
     let span = |id: &str, parent: Option<&str>, service: &str, links: Value| {
         let mut s = json!({
             "trace_id": trace, "span_id": id, "service": service, "operation": "step",
-            "kind": "TRANSFORM", "start_time": "2026-11-28T10:00:00Z", "end_time": "2026-11-28T10:00:01Z",
+            "kind": "TRANSFORM", "start_time": start, "end_time": end,
             "attributes": {"dataset": "orders"}, "links": links
         });
         if let Some(p) = parent {

@@ -2,88 +2,19 @@
 //! store; a gate/fault wrapper around the store injects slow and failing writes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
 
-use async_trait::async_trait;
+use std::sync::atomic::Ordering;
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use datatracing_collector::{Collector, CollectorConfig, QueueConfig};
-use datatracing_core::{Span, TraceId, TraceQuery, TraceSummary};
-use datatracing_http::{HttpMetrics, Readiness};
-use datatracing_store::{EmbeddedConfig, EmbeddedStore, OpenMode, TraceStore};
-use prometheus_client::registry::Registry;
+use common::harness;
+use datatracing_collector::{CollectorConfig, QueueConfig};
+use datatracing_store::TraceStore;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
-
-/// Delegates to the embedded store; can hold writes at a gate or fail them.
-#[derive(Debug)]
-struct FaultyStore {
-    inner: EmbeddedStore,
-    gate: Semaphore,
-    fail: AtomicBool,
-}
-
-#[async_trait]
-impl TraceStore for FaultyStore {
-    fn backend(&self) -> &'static str {
-        "faulty"
-    }
-    async fn write(&self, spans: Arc<[Span]>) -> datatracing_store::Result<()> {
-        let _permit = self.gate.acquire().await.unwrap();
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(datatracing_store::Error::Corrupt(
-                "injected permanent failure".into(),
-            ));
-        }
-        self.inner.write(spans).await
-    }
-    async fn get_trace(&self, id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
-        self.inner.get_trace(id).await
-    }
-    async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<Vec<TraceSummary>> {
-        self.inner.search(q).await
-    }
-    async fn health(&self) -> datatracing_store::Result<()> {
-        self.inner.health().await
-    }
-}
-
-struct Harness {
-    _dir: tempfile::TempDir,
-    store: Arc<FaultyStore>,
-    router: Router,
-    readiness: Readiness,
-    writer: Option<datatracing_collector::WriterHandle>,
-}
-
-async fn harness(config: CollectorConfig) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let inner = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
-        .await
-        .unwrap();
-    let store = Arc::new(FaultyStore {
-        inner,
-        gate: Semaphore::new(Semaphore::MAX_PERMITS),
-        fail: AtomicBool::new(false),
-    });
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let collector = Collector::new(config, store.clone(), &mut registry, http).unwrap();
-    let readiness = Readiness::new(store.clone());
-    readiness.set_ready(true);
-    let started = collector.start(readiness.clone(), Arc::new(registry));
-    let (router, writer) = (started.router, started.writer);
-    Harness {
-        _dir: dir,
-        store,
-        router,
-        readiness,
-        writer: Some(writer),
-    }
-}
 
 fn span_json(trace: &str, span: &str) -> Value {
     json!({

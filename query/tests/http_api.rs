@@ -20,9 +20,15 @@ use tower::ServiceExt;
 async fn setup() -> (tempfile::TempDir, Arc<EmbeddedStore>, Router) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
-        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
-            .await
-            .unwrap(),
+        EmbeddedStore::open(
+            EmbeddedConfig {
+                retention: datatracing_core::ConfigDuration::from_secs(0),
+                ..EmbeddedConfig::new(dir.path())
+            },
+            OpenMode::ReadWrite,
+        )
+        .await
+        .unwrap(),
     );
     let mut registry = Registry::default();
     let http = HttpMetrics::register(&mut registry);

@@ -33,6 +33,9 @@ pub fn command(subcommand: &str) -> Command {
         "127.0.0.1:0",
         "--log-format",
         "json",
+        // Tests use fixed dates; retention must never race them.
+        "--retention",
+        "0",
     ])
     .env_remove("DATATRACING_CONFIG");
     c
