@@ -26,12 +26,12 @@ step() { printf '\n==> %s\n' "$*"; }
 if [ -z "${DATATRACING_TEST_CLICKHOUSE_URL:-}" ]; then
   need python3 "install Python 3.9+ with the venv module (Debian: apt-get install python3 python3-venv)"
   venv="${DATATRACING_VENV:-$HOME/.cache/datatracing/venv}"
-  want="$(sha256sum tools/chdb-http/requirements.txt | cut -d' ' -f1)"
+  want="$(sha256sum tools/test-requirements.txt | cut -d' ' -f1)"
   have="$(cat "$venv/.requirements.sha256" 2>/dev/null || true)"
-  if [ "$want" != "$have" ] || ! "$venv/bin/python" -c 'import chdb, lz4' >/dev/null 2>&1; then
+  if [ "$want" != "$have" ] || ! "$venv/bin/python" -c 'import chdb, lz4, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, opentelemetry.exporter.otlp.proto.http.trace_exporter' >/dev/null 2>&1; then
     step "installing the ClickHouse test engine (chdb-core) into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/chdb-http/requirements.txt
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/test-requirements.txt
     echo "$want" > "$venv/.requirements.sha256"
   fi
   export DATATRACING_PYTHON="$venv/bin/python"

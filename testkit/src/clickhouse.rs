@@ -93,7 +93,7 @@ fn check_python(python: &Path) {
         ok,
         "the ClickHouse test engine is not installed ({} cannot import chdb and lz4).\n\
          Install it with:\n  python3 -m venv ~/.cache/datatracing/venv && \
-         ~/.cache/datatracing/venv/bin/pip install -r tools/chdb-http/requirements.txt\n\
+         ~/.cache/datatracing/venv/bin/pip install -r tools/test-requirements.txt\n\
          (scripts/test.sh does this), or set {URL_ENV} to a ClickHouse server's HTTP URL.",
         python.display()
     );
