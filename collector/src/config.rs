@@ -44,6 +44,21 @@ pub struct QueueConfig {
     pub max_spans: usize,
     /// Most bytes (approximate in-memory size) waiting to be written.
     pub max_bytes: usize,
+    /// What a request does when the queue is full.
+    pub mode: QueueMode,
+    /// With `mode: block`, the longest a request waits for room before it is refused.
+    pub block_timeout: ConfigDuration,
+}
+
+/// Backpressure behaviour when the queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueMode {
+    /// Refuse at once with 429 / RESOURCE_EXHAUSTED and `Retry-After`.
+    #[default]
+    Reject,
+    /// Wait up to `block_timeout` for room, then refuse.
+    Block,
 }
 
 /// How the writer groups queued spans into store writes.
@@ -81,6 +96,8 @@ impl Default for QueueConfig {
         Self {
             max_spans: 200_000,
             max_bytes: 256 * 1024 * 1024,
+            mode: QueueMode::Reject,
+            block_timeout: ConfigDuration::from_secs(5),
         }
     }
 }

@@ -81,7 +81,7 @@ impl Ingest {
         if n == 0 {
             return Ok(0);
         }
-        let done = match self.queue.try_enqueue(valid) {
+        let done = match self.queue.enqueue(valid).await {
             Ok(rx) => rx,
             Err(EnqueueError::Full) => {
                 self.metrics.reject(p, "queue_full", n);

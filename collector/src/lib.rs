@@ -31,7 +31,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{BatchConfig, CollectorConfig, QueueConfig};
+pub use config::{BatchConfig, CollectorConfig, QueueConfig, QueueMode};
 pub use error::{Error, Result};
 pub use metrics::CollectorMetrics;
 pub use queue::{EnqueueError, SpanQueue};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use datatracing_core::Span;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::config::QueueConfig;
+use crate::config::{QueueConfig, QueueMode};
 use crate::metrics::CollectorMetrics;
 
 /// Outcome of writing a queued request's spans, sent back to the waiting request.
@@ -75,6 +75,8 @@ pub struct SpanQueue {
     spans: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     max_bytes: usize,
+    mode: QueueMode,
+    block_timeout: std::time::Duration,
     metrics: CollectorMetrics,
 }
 
@@ -91,6 +93,8 @@ impl SpanQueue {
                 spans: Arc::new(Semaphore::new(config.max_spans)),
                 bytes: Arc::new(Semaphore::new(config.max_bytes)),
                 max_bytes: config.max_bytes,
+                mode: config.mode,
+                block_timeout: config.block_timeout.get(),
                 metrics,
             },
             rx,
@@ -102,6 +106,39 @@ impl SpanQueue {
         &self,
         spans: Vec<Span>,
     ) -> Result<oneshot::Receiver<WriteOutcome>, EnqueueError> {
+        let (n_spans, bytes_u32) = self.sizes(&spans)?;
+        let span_permit = Arc::clone(&self.spans)
+            .try_acquire_many_owned(n_spans)
+            .map_err(|_| EnqueueError::Full)?;
+        let byte_permit = Arc::clone(&self.bytes)
+            .try_acquire_many_owned(bytes_u32)
+            .map_err(|_| EnqueueError::Full)?;
+        self.push(spans, n_spans, bytes_u32, span_permit, byte_permit)
+    }
+
+    /// Queues spans following the configured mode: at once or refused (`reject`), or after
+    /// waiting up to `block_timeout` for room (`block`).
+    pub async fn enqueue(
+        &self,
+        spans: Vec<Span>,
+    ) -> Result<oneshot::Receiver<WriteOutcome>, EnqueueError> {
+        if self.mode == QueueMode::Reject {
+            return self.try_enqueue(spans);
+        }
+        let (n_spans, bytes_u32) = self.sizes(&spans)?;
+        let wait = async {
+            let s = Arc::clone(&self.spans).acquire_many_owned(n_spans).await;
+            let b = Arc::clone(&self.bytes).acquire_many_owned(bytes_u32).await;
+            (s, b)
+        };
+        match tokio::time::timeout(self.block_timeout, wait).await {
+            Ok((Ok(s), Ok(b))) => self.push(spans, n_spans, bytes_u32, s, b),
+            Ok(_) => Err(EnqueueError::Closed),
+            Err(_) => Err(EnqueueError::Full),
+        }
+    }
+
+    fn sizes(&self, spans: &[Span]) -> Result<(u32, u32), EnqueueError> {
         if self.tx.is_closed() {
             return Err(EnqueueError::Closed);
         }
@@ -112,12 +149,17 @@ impl SpanQueue {
             .sum::<usize>()
             .min(self.max_bytes);
         let bytes_u32 = u32::try_from(n_bytes).map_err(|_| EnqueueError::Full)?;
-        let span_permit = Arc::clone(&self.spans)
-            .try_acquire_many_owned(n_spans)
-            .map_err(|_| EnqueueError::Full)?;
-        let byte_permit = Arc::clone(&self.bytes)
-            .try_acquire_many_owned(bytes_u32)
-            .map_err(|_| EnqueueError::Full)?;
+        Ok((n_spans, bytes_u32))
+    }
+
+    fn push(
+        &self,
+        spans: Vec<Span>,
+        n_spans: u32,
+        bytes_u32: u32,
+        span_permit: OwnedSemaphorePermit,
+        byte_permit: OwnedSemaphorePermit,
+    ) -> Result<oneshot::Receiver<WriteOutcome>, EnqueueError> {
         self.metrics.queue_spans.inc_by(i64::from(n_spans));
         self.metrics.queue_bytes.inc_by(i64::from(bytes_u32));
         let (ack, rx) = oneshot::channel();
@@ -169,6 +211,7 @@ mod tests {
             &QueueConfig {
                 max_spans: 10,
                 max_bytes: 1 << 20,
+                ..QueueConfig::default()
             },
             metrics.clone(),
         );
@@ -184,6 +227,34 @@ mod tests {
         assert_eq!(q.try_enqueue(spans(1)).unwrap_err(), EnqueueError::Closed);
     }
 
+    #[tokio::test]
+    async fn block_mode_waits_for_room_then_gives_up() {
+        let metrics = CollectorMetrics::register(&mut Registry::default(), &Default::default());
+        let (q, mut rx) = SpanQueue::new(
+            &QueueConfig {
+                max_spans: 2,
+                mode: QueueMode::Block,
+                block_timeout: datatracing_core::ConfigDuration::from_millis(200),
+                ..QueueConfig::default()
+            },
+            metrics,
+        );
+        let _first = q.enqueue(spans(2)).await.unwrap();
+        assert_eq!(
+            q.enqueue(spans(1)).await.unwrap_err(),
+            EnqueueError::Full,
+            "times out"
+        );
+        let waiting = {
+            let q = q.clone();
+            tokio::spawn(async move { q.enqueue(spans(1)).await.is_ok() })
+        };
+        // Room appears while the request waits: it gets in.
+        let item = rx.recv().await.unwrap();
+        drop(item.release());
+        assert!(waiting.await.unwrap());
+    }
+
     #[test]
     fn byte_budget_is_enforced() {
         let metrics = CollectorMetrics::register(&mut Registry::default(), &Default::default());
@@ -192,6 +263,7 @@ mod tests {
             &QueueConfig {
                 max_spans: 1000,
                 max_bytes: one * 3,
+                ..QueueConfig::default()
             },
             metrics,
         );

@@ -221,6 +221,7 @@ async fn oversized_bodies_and_batches_get_413() {
         queue: QueueConfig {
             max_spans: 10,
             max_bytes: 1 << 20,
+            ..QueueConfig::default()
         },
         ..CollectorConfig::default()
     };
@@ -297,6 +298,7 @@ async fn full_queue_answers_429_with_retry_after_and_loses_nothing() {
         queue: QueueConfig {
             max_spans: 2,
             max_bytes: 16 << 20,
+            ..QueueConfig::default()
         },
         ..CollectorConfig::default()
     };

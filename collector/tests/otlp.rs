@@ -402,6 +402,7 @@ async fn throttling_answers_429_and_503_with_retry_after() {
         queue: QueueConfig {
             max_spans: 3,
             max_bytes: 16 << 20,
+            ..QueueConfig::default()
         },
         ..CollectorConfig::default()
     };
