@@ -27,6 +27,8 @@ pub struct CollectorConfig {
     pub limits: Limits,
     /// The queue between receiving and writing.
     pub queue: QueueConfig,
+    /// The optional durable (on-disk) queue: acknowledge after the log, write later.
+    pub durable_queue: crate::wal::DurableQueueConfig,
     /// Write batching.
     pub batch: BatchConfig,
     /// A request taking longer than this is answered with 504.
@@ -84,6 +86,7 @@ impl Default for CollectorConfig {
             max_spans_per_request: 20_000,
             limits: Limits::default(),
             queue: QueueConfig::default(),
+            durable_queue: crate::wal::DurableQueueConfig::default(),
             batch: BatchConfig::default(),
             request_timeout: ConfigDuration::from_secs(30),
             drain_timeout: ConfigDuration::from_secs(15),

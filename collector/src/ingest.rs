@@ -5,6 +5,7 @@ use datatracing_core::{FieldError, Limits, Span};
 
 use crate::metrics::{CollectorMetrics, ProtocolLabels};
 use crate::queue::{EnqueueError, SpanQueue};
+use crate::wal::{AppendError, Wal};
 
 /// Ingest protocols, as metric labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub(crate) struct Ingest {
     pub queue: SpanQueue,
     pub metrics: CollectorMetrics,
     pub limits: Limits,
+    /// The durable queue, when on: requests are acknowledged once it has their spans.
+    pub wal: Option<Wal>,
 }
 
 impl Ingest {
@@ -80,6 +83,30 @@ impl Ingest {
         let n = valid.len();
         if n == 0 {
             return Ok(0);
+        }
+        if let Some(wal) = &self.wal {
+            let r = wal.append(&valid).await;
+            self.metrics
+                .wal_bytes
+                .set(i64::try_from(wal.pending_bytes()).unwrap_or(i64::MAX));
+            return match r {
+                Ok(()) => {
+                    self.metrics
+                        .accepted
+                        .get_or_create(&labels)
+                        .inc_by(n as u64);
+                    Ok(n)
+                }
+                Err(AppendError::Full) => {
+                    self.metrics.reject(p, "queue_full", n);
+                    Err(IngestError::QueueFull)
+                }
+                Err(AppendError::Unavailable(e)) => {
+                    tracing::error!(error = %e, "durable queue append failed; asking the client to retry");
+                    self.metrics.reject(p, "durable_queue_unavailable", n);
+                    Err(IngestError::StoreUnavailable)
+                }
+            };
         }
         let done = match self.queue.enqueue(valid).await {
             Ok(rx) => rx,

@@ -20,6 +20,7 @@ pub mod otlp;
 mod queue;
 mod receive;
 mod sample;
+mod wal;
 mod writer;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub use error::{Error, Result};
 pub use metrics::CollectorMetrics;
 pub use queue::{EnqueueError, SpanQueue};
 pub use sample::{PassThrough, Sampler};
+pub use wal::DurableQueueConfig;
 pub use writer::{WriterHandle, WriterStats};
 
 /// What [`Collector::start`] returns: the HTTP routes, the writer to stop, and the gRPC
@@ -56,6 +58,7 @@ pub struct Collector {
     store: Arc<dyn TraceStore>,
     metrics: CollectorMetrics,
     http_metrics: HttpMetrics,
+    wal: Option<(wal::Wal, wal::Pos)>,
 }
 
 impl Collector {
@@ -69,11 +72,32 @@ impl Collector {
     ) -> Result<Self> {
         config.validate()?;
         let metrics = CollectorMetrics::register(registry, &config);
+        let wal = if config.durable_queue.enabled {
+            let (wal, recovered) = wal::Wal::open(&config.durable_queue).map_err(|e| {
+                Error::Config(format!(
+                    "cannot open the durable queue in {}: {e}",
+                    config.durable_queue.dir.display()
+                ))
+            })?;
+            if recovered.pending_bytes > 0 {
+                tracing::info!(
+                    pending_bytes = recovered.pending_bytes,
+                    "durable queue holds acknowledged spans from a previous run; replaying"
+                );
+            }
+            metrics
+                .wal_bytes
+                .set(i64::try_from(recovered.pending_bytes).unwrap_or(i64::MAX));
+            Some((wal, recovered.checkpoint))
+        } else {
+            None
+        };
         Ok(Self {
             config,
             store,
             metrics,
             http_metrics,
+            wal,
         })
     }
 
@@ -86,17 +110,32 @@ impl Collector {
     /// Used by [`Collector::run`] and by tests that drive the router directly.
     pub fn start(&self, readiness: Readiness, registry: Arc<Registry>) -> Started {
         let (queue, rx) = SpanQueue::new(&self.config.queue, self.metrics.clone());
-        let handle = writer::spawn(
-            rx,
-            Arc::clone(&self.store),
-            Box::new(PassThrough),
-            self.config.batch.clone(),
-            self.metrics.clone(),
-        );
+        let handle = match &self.wal {
+            Some((wal, from)) => {
+                drop(rx);
+                writer::spawn_durable(
+                    wal.clone(),
+                    *from,
+                    Arc::clone(&self.store),
+                    Box::new(PassThrough),
+                    self.config.batch.clone(),
+                    self.config.durable_queue.retry_backoff.get(),
+                    self.metrics.clone(),
+                )
+            }
+            None => writer::spawn(
+                rx,
+                Arc::clone(&self.store),
+                Box::new(PassThrough),
+                self.config.batch.clone(),
+                self.metrics.clone(),
+            ),
+        };
         let ingest = ingest::Ingest {
             queue,
             metrics: self.metrics.clone(),
             limits: self.config.limits.clone(),
+            wal: self.wal.as_ref().map(|(w, _)| w.clone()),
         };
         let otlp = otlp::http::routes(
             ingest.clone(),

@@ -36,6 +36,12 @@ pub struct CollectorMetrics {
     pub rejected: Family<ReasonLabels, Counter>,
     /// `datatracing_collector_spans_written_total`: spans committed to the store.
     pub written: Counter,
+    /// `datatracing_collector_spans_dropped_total`: acknowledged spans that were lost, by
+    /// reason (with the durable queue: the store rejected them permanently).
+    pub dropped: Family<ReasonLabels, Counter>,
+    /// `datatracing_collector_durable_queue_bytes`: bytes in the durable queue not yet
+    /// written to the store.
+    pub wal_bytes: Gauge,
     /// `datatracing_collector_attributes_truncated_total`: attribute keys and values (and
     /// status messages) cut to the configured limits.
     pub truncated: Family<ProtocolLabels, Counter>,
@@ -59,6 +65,8 @@ impl CollectorMetrics {
             accepted: Family::default(),
             rejected: Family::default(),
             written: Counter::default(),
+            dropped: Family::default(),
+            wal_bytes: Gauge::default(),
             truncated: Family::default(),
             write_errors: Counter::default(),
             queue_spans: Gauge::default(),
@@ -86,6 +94,16 @@ impl CollectorMetrics {
             "spans_written",
             "Spans committed to the store",
             m.written.clone(),
+        );
+        r.register(
+            "spans_dropped",
+            "Acknowledged spans lost, by reason",
+            m.dropped.clone(),
+        );
+        r.register(
+            "durable_queue_bytes",
+            "Bytes in the durable queue not yet written to the store",
+            m.wal_bytes.clone(),
         );
         r.register(
             "attributes_truncated",
@@ -125,6 +143,15 @@ impl CollectorMetrics {
             m.write_duration.clone(),
         );
         m
+    }
+
+    pub(crate) fn drop_spans(&self, reason: &'static str, n: usize) {
+        self.dropped
+            .get_or_create(&ReasonLabels {
+                protocol: "all",
+                reason,
+            })
+            .inc_by(n as u64);
     }
 
     pub(crate) fn reject(&self, protocol: &'static str, reason: &'static str, n: usize) {

@@ -241,6 +241,7 @@ mod tests {
             queue,
             metrics,
             limits: Limits::default(),
+            wal: None,
         }
     }
 

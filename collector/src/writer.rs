@@ -174,6 +174,125 @@ async fn write_with_retry(
     }
 }
 
+/// Starts the drain task of the durable queue: log -> sample -> store -> checkpoint.
+pub(crate) fn spawn_durable(
+    wal: crate::wal::Wal,
+    from: crate::wal::Pos,
+    store: Arc<dyn TraceStore>,
+    sampler: Box<dyn Sampler>,
+    config: BatchConfig,
+    retry: Duration,
+    metrics: CollectorMetrics,
+) -> WriterHandle {
+    let closing = CancellationToken::new();
+    let task = tokio::spawn(run_durable(
+        wal,
+        from,
+        store,
+        sampler,
+        config,
+        retry,
+        metrics,
+        closing.clone(),
+    ));
+    WriterHandle { closing, task }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_durable(
+    wal: crate::wal::Wal,
+    mut cursor: crate::wal::Pos,
+    store: Arc<dyn TraceStore>,
+    mut sampler: Box<dyn Sampler>,
+    config: BatchConfig,
+    retry: Duration,
+    metrics: CollectorMetrics,
+    closing: CancellationToken,
+) -> WriterStats {
+    let mut stats = WriterStats::default();
+    let mut head_rx = wal.head();
+    let dir = wal.dir().to_path_buf();
+    loop {
+        let head = *head_rx.borrow_and_update();
+        if cursor >= head {
+            if closing.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                changed = head_rx.changed() => if changed.is_err() { break },
+                _ = closing.cancelled() => {}
+            }
+            continue;
+        }
+        let (dir2, max) = (dir.clone(), config.max_spans);
+        let read =
+            tokio::task::spawn_blocking(move || crate::wal::read_batch(&dir2, cursor, head, max))
+                .await;
+        let (spans, next, bytes) = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                // A record that does not decode can never be written; skip past it loudly.
+                tracing::error!(error = %e, ?cursor, "unreadable durable queue record; stopping the drain");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "durable queue read task failed");
+                break;
+            }
+        };
+        let n = spans.len() as u64;
+        let batch: Arc<[Span]> = sampler.offer(spans).into();
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            let result = if batch.is_empty() {
+                Ok(())
+            } else {
+                store.write(Arc::clone(&batch)).await
+            };
+            metrics
+                .write_duration
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(()) => {
+                    metrics.written.inc_by(batch.len() as u64);
+                    metrics.batch_spans.observe(batch.len() as f64);
+                    stats.written += batch.len() as u64;
+                    break;
+                }
+                Err(e) if e.is_transient() => {
+                    // Acknowledged spans are retried until the store takes them; shutdown
+                    // leaves them in the log for the next start.
+                    metrics.write_errors.inc();
+                    let delay = crate::wal::backoff(retry, attempt);
+                    attempt += 1;
+                    tracing::warn!(error = %e, spans = n, attempt, ?delay, "store unavailable; acknowledged spans stay queued");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    metrics.write_errors.inc();
+                    metrics.drop_spans("store_rejected", batch.len());
+                    stats.failed += batch.len() as u64;
+                    tracing::error!(error = %e, spans = batch.len(), "store rejected acknowledged spans; they are dropped and counted");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = crate::wal::checkpoint(&wal, next, bytes, n) {
+            tracing::error!(error = %e, "cannot advance the durable queue checkpoint; spans may be written twice");
+        }
+        metrics
+            .wal_bytes
+            .set(i64::try_from(wal.pending_bytes()).unwrap_or(i64::MAX));
+        cursor = next;
+    }
+    let rest = sampler.flush();
+    if !rest.is_empty() {
+        let _ = write_with_retry(&*store, rest, &config, &metrics, &mut stats).await;
+    }
+    stats
+}
+
 /// Exponential backoff with up to 50% jitter, so many collectors do not retry in lockstep.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(10));

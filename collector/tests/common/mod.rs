@@ -20,6 +20,8 @@ pub struct FaultyStore {
     pub inner: EmbeddedStore,
     pub gate: Semaphore,
     pub fail: AtomicBool,
+    /// Writes fail as a down store would (transient).
+    pub down: AtomicBool,
 }
 
 #[async_trait]
@@ -29,6 +31,11 @@ impl TraceStore for FaultyStore {
     }
     async fn write(&self, spans: Arc<[Span]>) -> datatracing_store::Result<()> {
         let _permit = self.gate.acquire().await.unwrap();
+        if self.down.load(Ordering::SeqCst) {
+            return Err(datatracing_store::Error::Unavailable(
+                "injected outage".into(),
+            ));
+        }
         if self.fail.load(Ordering::SeqCst) {
             return Err(datatracing_store::Error::Corrupt(
                 "injected permanent failure".into(),
@@ -70,6 +77,7 @@ pub async fn harness(config: CollectorConfig) -> Harness {
         inner,
         gate: Semaphore::new(Semaphore::MAX_PERMITS),
         fail: AtomicBool::new(false),
+        down: AtomicBool::new(false),
     });
     let mut registry = Registry::default();
     let http = HttpMetrics::register(&mut registry);

@@ -1,0 +1,152 @@
+//! The durable queue: acknowledged while the store is down, written when it returns,
+//! replayed after a restart, and bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::harness;
+use datatracing_collector::{CollectorConfig, DurableQueueConfig};
+use datatracing_core::TraceId;
+use datatracing_store::TraceStore;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn config(dir: &std::path::Path) -> CollectorConfig {
+    CollectorConfig {
+        durable_queue: DurableQueueConfig {
+            enabled: true,
+            dir: dir.to_path_buf(),
+            retry_backoff: datatracing_core::ConfigDuration::from_millis(20),
+            ..DurableQueueConfig::default()
+        },
+        ..CollectorConfig::default()
+    }
+}
+
+fn batch(trace: u8, n: u64) -> Value {
+    let t = format!("{:032x}", u128::from(trace) + (1 << 64));
+    let spans: Vec<Value> = (1..=n)
+        .map(|i| {
+            json!({"trace_id": t, "span_id": format!("{i:016x}"), "service": "s", "operation": "o",
+                   "start_time": "2026-11-28T10:00:00Z", "end_time": "2026-11-28T10:00:01Z"})
+        })
+        .collect();
+    json!({ "spans": spans })
+}
+
+fn trace_id(trace: u8) -> TraceId {
+    format!("{:032x}", u128::from(trace) + (1 << 64))
+        .parse()
+        .unwrap()
+}
+
+async fn post(router: &axum::Router, body: &Value) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v1/spans")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn wait_for(store: &dyn TraceStore, trace: u8, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = store
+            .get_trace(trace_id(trace))
+            .await
+            .unwrap()
+            .map_or(0, |s| s.len());
+        if got == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "trace {trace}: {got} of {n} spans written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_during_an_outage_and_written_after_it() {
+    let wal_dir = tempfile::tempdir().unwrap();
+    let h = harness(config(wal_dir.path())).await;
+    h.store.down.store(true, Ordering::SeqCst);
+    for t in 1..=3u8 {
+        let (status, resp) = post(&h.router, &batch(t, 4)).await;
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "accepted while the store is down: {resp}"
+        );
+    }
+    assert!(
+        h.store
+            .inner
+            .get_trace(trace_id(1))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing written yet"
+    );
+    h.store.down.store(false, Ordering::SeqCst);
+    for t in 1..=3u8 {
+        wait_for(&h.store.inner, t, 4).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_replays_what_was_not_written() {
+    let wal_dir = tempfile::tempdir().unwrap();
+    {
+        let mut h = harness(config(wal_dir.path())).await;
+        h.store.down.store(true, Ordering::SeqCst);
+        let (status, _) = post(&h.router, &batch(7, 5)).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        // Shut down while the store is still down: the spans stay in the log.
+        let stats = h
+            .writer
+            .take()
+            .unwrap()
+            .finish(Duration::from_millis(300))
+            .await;
+        assert_eq!(stats.written, 0);
+    }
+    let h = harness(config(wal_dir.path())).await;
+    wait_for(&h.store.inner, 7, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_durable_queue_throttles() {
+    let wal_dir = tempfile::tempdir().unwrap();
+    let mut c = config(wal_dir.path());
+    c.durable_queue.max_bytes = 4096;
+    let h = harness(c).await;
+    h.store.down.store(true, Ordering::SeqCst);
+    let mut throttled = false;
+    for t in 1..=40u8 {
+        let (status, resp) = post(&h.router, &batch(t, 3)).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(resp["error"]["code"], "resource_exhausted");
+            throttled = true;
+            break;
+        }
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    assert!(throttled, "the log is bounded");
+}
