@@ -38,6 +38,43 @@ pub(crate) enum IngestError {
     StoreUnavailable,
 }
 
+/// Logs repeated client errors at most once per interval per kind, with how many were
+/// suppressed, so one misbehaving client cannot flood the logs.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimiter {
+    last: std::sync::Mutex<
+        std::collections::HashMap<(&'static str, &'static str), (std::time::Instant, u64)>,
+    >,
+}
+
+impl LogLimiter {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Logs a rejected request or span (`reason` from a fixed list) unless one of the same
+    /// kind was logged within the interval.
+    pub(crate) fn client_error(&self, protocol: &'static str, reason: &'static str, detail: &str) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let entry = last
+            .entry((protocol, reason))
+            .or_insert((now - Self::EVERY, 0));
+        if now.duration_since(entry.0) >= Self::EVERY {
+            tracing::warn!(
+                protocol,
+                reason,
+                detail,
+                suppressed = entry.1,
+                "rejected client data"
+            );
+            *entry = (now, 0);
+        } else {
+            entry.1 += 1;
+        }
+    }
+}
+
 /// The shared back half of every receiver.
 #[derive(Clone, Debug)]
 pub(crate) struct Ingest {
@@ -46,6 +83,8 @@ pub(crate) struct Ingest {
     pub limits: Limits,
     /// The durable queue, when on: requests are acknowledged once it has their spans.
     pub wal: Option<Wal>,
+    /// Rate limit for client-error logs.
+    pub logs: std::sync::Arc<LogLimiter>,
 }
 
 impl Ingest {
@@ -137,5 +176,22 @@ impl Ingest {
                 Err(IngestError::ShuttingDown)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_client_errors_are_logged_once_per_interval() {
+        let l = LogLimiter::default();
+        for _ in 0..5 {
+            l.client_error("native_json", "invalid", "bad id");
+        }
+        l.client_error("otlp_grpc", "invalid", "bad id");
+        let last = l.last.lock().unwrap();
+        assert_eq!(last[&("native_json", "invalid")].1, 4, "four suppressed after the first");
+        assert_eq!(last[&("otlp_grpc", "invalid")].1, 0, "other kinds have their own budget");
     }
 }

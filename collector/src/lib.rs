@@ -136,6 +136,7 @@ impl Collector {
             metrics: self.metrics.clone(),
             limits: self.config.limits.clone(),
             wal: self.wal.as_ref().map(|(w, _)| w.clone()),
+            logs: Default::default(),
         };
         let otlp = otlp::http::routes(
             ingest.clone(),

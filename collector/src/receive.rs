@@ -168,11 +168,22 @@ async fn post_spans(
                 "invalid"
             };
             s.ingest.metrics.reject(PROTOCOL.label(), reason, 1);
+            s.ingest
+                .logs
+                .client_error(PROTOCOL.label(), reason, &e.message);
             return Err(e);
         }
     };
-    if parsed.rejected > 0 {
-        tracing::debug!(rejected = parsed.rejected, "rejected invalid spans");
+    if let Some(d) = parsed.details.first() {
+        let detail = format!(
+            "span {}: {}: {}",
+            d.index.unwrap_or(0),
+            d.field.as_deref().unwrap_or("-"),
+            d.message
+        );
+        s.ingest
+            .logs
+            .client_error(PROTOCOL.label(), "invalid_span", &detail);
     }
     if parsed.valid.is_empty() && parsed.rejected > 0 {
         s.ingest
@@ -242,6 +253,7 @@ mod tests {
             metrics,
             limits: Limits::default(),
             wal: None,
+            logs: Default::default(),
         }
     }
 

@@ -413,3 +413,42 @@ async fn readiness_follows_the_flag_and_shutdown_refuses_new_work() {
         "{resp}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_times_out_instead_of_holding_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness(CollectorConfig {
+        request_timeout: datatracing_core::ConfigDuration::from_millis(300),
+        ..CollectorConfig::default()
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(datatracing_http::serve(
+        listener,
+        h.router.clone(),
+        shutdown.clone(),
+        std::time::Duration::from_secs(1),
+    ));
+    // Slowloris: promise a large body, send a few bytes, then stall.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        b"POST /api/v1/spans HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"spans\": [",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("the server answers a stalled body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("\"timeout\""), "{text}");
+    // Other clients are still served.
+    let (status, _, _) = call(&h.router, "GET", "/healthz", None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}

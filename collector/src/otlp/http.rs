@@ -129,6 +129,7 @@ async fn handle(
     let p = protocol.label();
     let reject = |http: StatusCode, reason: &'static str, message: String| {
         s.ingest.metrics.reject(p, reason, 1);
+        s.ingest.logs.client_error(p, reason, &message);
         status_response(enc, http, INVALID_ARGUMENT, message, false)
     };
     let body = match body {

@@ -54,6 +54,11 @@ pub(crate) async fn export(
         }
     }
     let n_rejected = rejected.len();
+    if let Some(e) = &first_error {
+        ingest
+            .logs
+            .client_error(protocol.label(), "invalid_span", e);
+    }
     match ingest.submit(protocol, valid, n_rejected).await {
         Ok(_) => Outcome::Done(ExportTraceServiceResponse {
             partial_success: (n_rejected > 0).then(|| ExportTracePartialSuccess {
