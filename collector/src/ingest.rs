@@ -38,13 +38,14 @@ pub(crate) enum IngestError {
     StoreUnavailable,
 }
 
+/// (protocol, reason): what a log line is rate-limited by.
+type LogKey = (&'static str, &'static str);
+
 /// Logs repeated client errors at most once per interval per kind, with how many were
 /// suppressed, so one misbehaving client cannot flood the logs.
 #[derive(Debug, Default)]
 pub(crate) struct LogLimiter {
-    last: std::sync::Mutex<
-        std::collections::HashMap<(&'static str, &'static str), (std::time::Instant, u64)>,
-    >,
+    last: std::sync::Mutex<std::collections::HashMap<LogKey, (std::time::Instant, u64)>>,
 }
 
 impl LogLimiter {
@@ -191,7 +192,15 @@ mod tests {
         }
         l.client_error("otlp_grpc", "invalid", "bad id");
         let last = l.last.lock().unwrap();
-        assert_eq!(last[&("native_json", "invalid")].1, 4, "four suppressed after the first");
-        assert_eq!(last[&("otlp_grpc", "invalid")].1, 0, "other kinds have their own budget");
+        assert_eq!(
+            last[&("native_json", "invalid")].1,
+            4,
+            "four suppressed after the first"
+        );
+        assert_eq!(
+            last[&("otlp_grpc", "invalid")].1,
+            0,
+            "other kinds have their own budget"
+        );
     }
 }
