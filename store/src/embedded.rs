@@ -74,7 +74,7 @@ impl Default for EmbeddedConfig {
             synchronous: Synchronous::Full,
             read_connections: 4,
             query_timeout: ConfigDuration::from_secs(10),
-            cache_mib: 64,
+            cache_mib: 16,
         }
     }
 }

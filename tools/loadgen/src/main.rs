@@ -17,6 +17,11 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1 as otlp;
+use prost::Message;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -46,6 +51,12 @@ struct Args {
     /// PID of the server, to report spans per server CPU-second.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Ingest protocol: native (JSON), otlp-proto or otlp-json (OTLP/HTTP `/v1/traces`).
+    #[arg(long, default_value = "native")]
+    protocol: String,
+    /// Target rate in spans per second (0: as fast as the server takes them).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Random seed (traces are reproducible).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -133,6 +144,120 @@ fn trace(rng: &mut StdRng, n: usize, base_ns: i64) -> (String, Vec<Value>) {
     (trace_id, spans)
 }
 
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+fn nanos(v: &Value) -> u64 {
+    let s = v.as_str().unwrap_or_default();
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| u64::try_from(t.unix_timestamp_nanos()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn kv(key: &str, v: &Value) -> KeyValue {
+    let value = match v {
+        Value::String(s) => any_value::Value::StringValue(s.clone()),
+        Value::Bool(b) => any_value::Value::BoolValue(*b),
+        Value::Number(n) if n.is_i64() => any_value::Value::IntValue(n.as_i64().unwrap_or(0)),
+        Value::Number(n) => any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0)),
+        other => any_value::Value::StringValue(other.to_string()),
+    };
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+/// The same spans as OTLP: one resource per service, pipeline kinds and link types in the
+/// attributes DataTracing reads.
+fn to_otlp(spans: &[Value]) -> ExportTraceServiceRequest {
+    let mut by_service: std::collections::BTreeMap<String, Vec<otlp::Span>> = Default::default();
+    for s in spans {
+        let mut attributes: Vec<KeyValue> = s["attributes"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| kv(k, v)).collect())
+            .unwrap_or_default();
+        attributes.push(kv("datatracing.span.kind", &s["kind"]));
+        let status = match &s["status"] {
+            Value::Object(o) => otlp::Status {
+                code: otlp::status::StatusCode::Error as i32,
+                message: o.get("message").and_then(Value::as_str).unwrap_or_default().to_string(),
+            },
+            _ => otlp::Status {
+                code: otlp::status::StatusCode::Ok as i32,
+                message: String::new(),
+            },
+        };
+        let links = s["links"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| otlp::span::Link {
+                        trace_id: unhex(l["trace_id"].as_str().unwrap_or_default()),
+                        span_id: unhex(l["span_id"].as_str().unwrap_or_default()),
+                        attributes: vec![kv("datatracing.link.type", &json!("data_dependency"))],
+                        ..Default::default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        by_service
+            .entry(s["service"].as_str().unwrap_or_default().to_string())
+            .or_default()
+            .push(otlp::Span {
+                trace_id: unhex(s["trace_id"].as_str().unwrap_or_default()),
+                span_id: unhex(s["span_id"].as_str().unwrap_or_default()),
+                parent_span_id: s["parent_id"].as_str().map(unhex).unwrap_or_default(),
+                name: s["operation"].as_str().unwrap_or_default().to_string(),
+                kind: otlp::span::SpanKind::Internal as i32,
+                start_time_unix_nano: nanos(&s["start_time"]),
+                end_time_unix_nano: nanos(&s["end_time"]),
+                attributes,
+                links,
+                status: Some(status),
+                ..Default::default()
+            });
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_service
+            .into_iter()
+            .map(|(service, spans)| otlp::ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", &json!(service))],
+                    ..Default::default()
+                }),
+                scope_spans: vec![otlp::ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn encode(protocol: &str, spans: &[Value]) -> anyhow::Result<Vec<u8>> {
+    Ok(match protocol {
+        "native" => serde_json::to_vec(&json!({ "spans": spans }))?,
+        "otlp-proto" => to_otlp(spans).encode_to_vec(),
+        "otlp-json" => serde_json::to_vec(&to_otlp(spans))?,
+        other => bail!("unknown protocol {other}"),
+    })
+}
+
+/// `datatracing_collector_spans_written_total` from the collector's /metrics.
+async fn written_total(client: &reqwest::Client, ingest: &str) -> u64 {
+    let Ok(r) = client.get(format!("{ingest}/metrics")).send().await else { return 0 };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("datatracing_collector_spans_written_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat =
         std::fs::read_to_string(format!("/proc/{pid}/stat")).context("read /proc/<pid>/stat")?;
@@ -205,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
             for s in spans {
                 pending.push(s);
                 if pending.len() == args.batch {
-                    let body = serde_json::to_vec(&json!({ "spans": pending }))?;
+                    let body = encode(&args.protocol, &pending)?;
                     total_bytes += body.len();
                     bodies.push(body.into());
                     pending.clear();
@@ -213,7 +338,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         if !pending.is_empty() {
-            let body = serde_json::to_vec(&json!({ "spans": pending }))?;
+            let body = encode(&args.protocol, &pending)?;
             total_bytes += body.len();
             bodies.push(body.into());
         }
@@ -225,25 +350,38 @@ async fn main() -> anyhow::Result<()> {
 
         let bodies = Arc::new(bodies);
         let next = Arc::new(AtomicUsize::new(0));
+        let written_before = written_total(&client, &args.ingest).await;
         let cpu_before = args.server_pid.map(cpu_seconds).transpose()?;
         let started = Instant::now();
+        let t0 = tokio::time::Instant::now();
+        // At a fixed rate, request i starts at t0 + i * batch / rate.
+        let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.batch as f64 / args.rate as f64));
+        let (path, content_type, ok_status) = match args.protocol.as_str() {
+            "native" => ("/api/v1/spans", "application/json", 202),
+            "otlp-proto" => ("/v1/traces", "application/x-protobuf", 200),
+            "otlp-json" => ("/v1/traces", "application/json", 200),
+            other => bail!("unknown protocol {other}"),
+        };
         let mut tasks = Vec::new();
         for _ in 0..args.concurrency {
             let (bodies, next, client) = (bodies.clone(), next.clone(), client.clone());
-            let url = format!("{}/api/v1/spans", args.ingest);
+            let url = format!("{}{path}", args.ingest);
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(body) = bodies.get(i) else { break };
+                    if let Some(dt) = interval {
+                        tokio::time::sleep_until(t0 + dt * i as u32).await;
+                    }
                     let t = Instant::now();
                     let r = client
                         .post(&url)
-                        .header("content-type", "application/json")
+                        .header("content-type", content_type)
                         .body(body.clone())
                         .send()
                         .await?;
-                    if r.status() != 202 {
+                    if r.status() != ok_status {
                         bail!(
                             "ingest answered {}: {}",
                             r.status(),
@@ -261,9 +399,10 @@ async fn main() -> anyhow::Result<()> {
         }
         let wall = started.elapsed().as_secs_f64();
         lat.sort();
+        let rate = if args.rate > 0 { format!("{} spans/s target", args.rate) } else { "max rate".into() };
         println!(
-            "\n## Ingest (native JSON, {} spans/request, {} connections)",
-            args.batch, args.concurrency
+            "\n## Ingest ({}, {} spans/request, {} connections, {rate})",
+            args.protocol, args.batch, args.concurrency
         );
         println!("| metric | value |\n|---|---|");
         println!("| spans | {} |", args.spans);
@@ -285,6 +424,14 @@ async fn main() -> anyhow::Result<()> {
                 println!("| server RSS after ingest | {rss:.0} MiB |");
             }
         }
+        // Sent versus stored: wait (bounded) for the writer to account for every span.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stored = written_total(&client, &args.ingest).await.saturating_sub(written_before);
+        while stored < args.spans as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stored = written_total(&client, &args.ingest).await.saturating_sub(written_before);
+        }
+        println!("| sent / stored | {} / {stored} |", args.spans);
     }
 
     if args.queries > 0 {
