@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 use prost::Message;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -145,7 +145,9 @@ fn trace(rng: &mut StdRng, n: usize, base_ns: i64) -> (String, Vec<Value>) {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 fn nanos(v: &Value) -> u64 {
@@ -183,7 +185,11 @@ fn to_otlp(spans: &[Value]) -> ExportTraceServiceRequest {
         let status = match &s["status"] {
             Value::Object(o) => otlp::Status {
                 code: otlp::status::StatusCode::Error as i32,
-                message: o.get("message").and_then(Value::as_str).unwrap_or_default().to_string(),
+                message: o
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
             },
             _ => otlp::Status {
                 code: otlp::status::StatusCode::Ok as i32,
@@ -249,7 +255,9 @@ fn encode(protocol: &str, spans: &[Value]) -> anyhow::Result<Vec<u8>> {
 
 /// `datatracing_collector_spans_written_total` from the collector's /metrics.
 async fn written_total(client: &reqwest::Client, ingest: &str) -> u64 {
-    let Ok(r) = client.get(format!("{ingest}/metrics")).send().await else { return 0 };
+    let Ok(r) = client.get(format!("{ingest}/metrics")).send().await else {
+        return 0;
+    };
     let text = r.text().await.unwrap_or_default();
     text.lines()
         .find(|l| l.starts_with("datatracing_collector_spans_written_total"))
@@ -355,7 +363,8 @@ async fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let t0 = tokio::time::Instant::now();
         // At a fixed rate, request i starts at t0 + i * batch / rate.
-        let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.batch as f64 / args.rate as f64));
+        let interval =
+            (args.rate > 0).then(|| Duration::from_secs_f64(args.batch as f64 / args.rate as f64));
         let (path, content_type, ok_status) = match args.protocol.as_str() {
             "native" => ("/api/v1/spans", "application/json", 202),
             "otlp-proto" => ("/v1/traces", "application/x-protobuf", 200),
@@ -399,7 +408,11 @@ async fn main() -> anyhow::Result<()> {
         }
         let wall = started.elapsed().as_secs_f64();
         lat.sort();
-        let rate = if args.rate > 0 { format!("{} spans/s target", args.rate) } else { "max rate".into() };
+        let rate = if args.rate > 0 {
+            format!("{} spans/s target", args.rate)
+        } else {
+            "max rate".into()
+        };
         println!(
             "\n## Ingest ({}, {} spans/request, {} connections, {rate})",
             args.protocol, args.batch, args.concurrency
@@ -426,10 +439,14 @@ async fn main() -> anyhow::Result<()> {
         }
         // Sent versus stored: wait (bounded) for the writer to account for every span.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut stored = written_total(&client, &args.ingest).await.saturating_sub(written_before);
+        let mut stored = written_total(&client, &args.ingest)
+            .await
+            .saturating_sub(written_before);
         while stored < args.spans as u64 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            stored = written_total(&client, &args.ingest).await.saturating_sub(written_before);
+            stored = written_total(&client, &args.ingest)
+                .await
+                .saturating_sub(written_before);
         }
         println!("| sent / stored | {} / {stored} |", args.spans);
     }
