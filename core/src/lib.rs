@@ -6,7 +6,7 @@
 //! these types, so a change here is a change to the product's contract.
 
 mod dag;
-mod duration;
+pub(crate) mod duration;
 mod error;
 mod ids;
 mod query;
@@ -14,6 +14,7 @@ mod span;
 mod timestamp;
 mod validate;
 
+pub mod policy;
 pub mod schema;
 
 pub use dag::{CrossTraceLink, DagEdge, EdgeType, TraceDag, UnresolvedLink};
