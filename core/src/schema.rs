@@ -14,8 +14,40 @@ pub fn span_schema_pretty() -> String {
     s
 }
 
+/// The JSON Schema of a sampling policy, published as `docs/sampling-policy.schema.json`.
+/// (The `SamplingPolicy` CRD derives its structural schema from the same types through
+/// kube's schema generator, which rewrites optional fields as `nullable`.)
+pub fn policy_schema_pretty() -> String {
+    let v = serde_json::to_value(schemars::schema_for!(crate::policy::SamplingPolicy))
+        .unwrap_or_default();
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn committed_policy_schema_matches_the_code() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/sampling-policy.schema.json"
+        );
+        let generated = super::policy_schema_pretty();
+        if std::env::var_os("DATATRACING_BLESS").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/sampling-policy.schema.json is stale; regenerate with: DATATRACING_BLESS=1 cargo test -p datatracing-core schema"
+        );
+        assert!(
+            !generated.contains("oneOf"),
+            "no untagged enums: the CRD schema must stay structural"
+        );
+    }
+
     #[test]
     fn committed_schema_matches_the_code() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/span.schema.json");

@@ -7,6 +7,10 @@
 //! (no untagged enums) and lets validation name the offending path.
 //! [`SamplingPolicy::compile`] validates and precompiles (regexes, globs) into a
 //! [`CompiledPolicy`] that evaluates traces; evaluation never panics and never does I/O.
+//!
+//! Unit enums carry plain comments on their variants, not doc comments: with doc comments
+//! schemars emits `oneOf` of constants instead of a string `enum`, which a structural CRD
+//! schema cannot use.
 
 mod eval;
 mod validate;
@@ -51,10 +55,10 @@ pub struct Rule {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// Conditions about spans hold if some span satisfies them, each on its own.
+    // Conditions about spans hold if some span satisfies them, each on its own.
     #[default]
     Trace,
-    /// The whole condition must hold for one span.
+    // The whole condition must hold for one span.
     Span,
 }
 
@@ -62,9 +66,9 @@ pub enum Scope {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    /// Keep the trace.
+    // Keep the trace.
     Keep,
-    /// Drop the trace.
+    // Drop the trace.
     Drop,
 }
 
@@ -91,10 +95,10 @@ pub struct Action {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RateUnit {
-    /// Traces per second.
+    // Traces per second.
     #[default]
     Traces,
-    /// Spans per second.
+    // Spans per second.
     Spans,
 }
 
@@ -161,10 +165,10 @@ pub struct Condition {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DurationOf {
-    /// First span start to last span end.
+    // First span start to last span end.
     #[default]
     Trace,
-    /// A single span.
+    // A single span.
     Span,
 }
 
