@@ -2,6 +2,7 @@
 //! wiring of store, collector and query into the all-in-one and standalone servers.
 
 pub mod config;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -80,6 +81,27 @@ pub enum Command {
     PrintConfig,
     /// Create or upgrade the ClickHouse schema (idempotent) and exit.
     Migrate,
+    /// Check and try sampling policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `datatracing policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file (YAML or JSON); every problem is reported with its path.
+    Validate {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Decide every trace in a folder of span batches and print the decision per trace.
+    Test {
+        /// The policy file.
+        file: PathBuf,
+        /// Folder of `*.json` span batches (for example `fixtures/traces`).
+        #[arg(long)]
+        traces: PathBuf,
+    },
 }
 
 impl Cli {
@@ -223,7 +245,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mode = match command {
         Command::Query => OpenMode::ReadOnly,
-        Command::PrintConfig | Command::Migrate => return Ok(()),
+        Command::PrintConfig | Command::Migrate | Command::Policy(_) => return Ok(()),
         _ => OpenMode::ReadWrite,
     };
     let mut registry = Registry::default();

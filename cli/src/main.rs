@@ -1,11 +1,22 @@
 //! `datatracing`: see `datatracing --help`.
 
 use clap::Parser;
-use datatracing_cli::{Cli, Command, cancel_on_signals, init_logging, run};
+use datatracing_cli::{Cli, Command, PolicyCommand, cancel_on_signals, init_logging, run};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Policy(cmd) = &cli.command {
+        let report = match cmd {
+            PolicyCommand::Validate { file } => datatracing_cli::policy::validate(file)?,
+            PolicyCommand::Test { file, traces } => datatracing_cli::policy::test(file, traces)?,
+        };
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{}", report.trim_end());
+        }
+        return Ok(());
+    }
     let env = std::env::vars().collect();
     let config = cli.effective_config(&env)?;
     if let Command::PrintConfig = cli.command {

@@ -65,6 +65,9 @@ pub(crate) enum Node {
     Probability(f64),
 }
 
+/// The rule name stamped on traces kept because a linked trace was kept with `keep_linked`.
+pub const LINEAGE_RULE: &str = "lineage";
+
 /// What evaluation knows about a trace besides its spans.
 #[derive(Debug, Clone, Copy)]
 pub struct TraceFacts<'a> {
@@ -307,6 +310,17 @@ impl CompiledPolicy {
                 keep = false;
                 rate_limited = true;
             }
+        }
+        if !keep && f.linked_to_kept {
+            // A kept trace asked for its lineage (`keep_linked`): that outranks this trace's
+            // own drop, and the lineage continues from here.
+            return Decision {
+                keep: true,
+                rule: LINEAGE_RULE.to_string(),
+                sample_rate: 1,
+                keep_linked: true,
+                rate_limited: false,
+            };
         }
         Decision {
             keep,

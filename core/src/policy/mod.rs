@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration::ConfigDuration;
 use crate::span::{SpanKind, StatusCode};
 
-pub use eval::{CompiledPolicy, Decision, TraceFacts, trace_hash};
+pub use eval::{CompiledPolicy, Decision, LINEAGE_RULE, TraceFacts, trace_hash};
 pub use validate::PolicyError;
 
 /// A sampling policy.
@@ -86,7 +86,8 @@ pub struct Action {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
     /// With `keep`: also keep traces linked to this one (FOLLOWS_FROM, DATA_DEPENDENCY, in
-    /// either direction) that are still buffered or decided later.
+    /// either direction, transitively) that are still buffered or decided later, whatever
+    /// their own rules say; they are stamped with the rule `lineage`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_linked: bool,
 }
