@@ -29,6 +29,8 @@ pub struct CollectorConfig {
     pub queue: QueueConfig,
     /// The optional durable (on-disk) queue: acknowledge after the log, write later.
     pub durable_queue: crate::wal::DurableQueueConfig,
+    /// Tail sampling with a policy.
+    pub sampling: crate::tail::SamplingConfig,
     /// Write batching.
     pub batch: BatchConfig,
     /// A request taking longer than this is answered with 504.
@@ -87,6 +89,7 @@ impl Default for CollectorConfig {
             limits: Limits::default(),
             queue: QueueConfig::default(),
             durable_queue: crate::wal::DurableQueueConfig::default(),
+            sampling: crate::tail::SamplingConfig::default(),
             batch: BatchConfig::default(),
             request_timeout: ConfigDuration::from_secs(30),
             drain_timeout: ConfigDuration::from_secs(15),
@@ -120,6 +123,7 @@ impl CollectorConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
         self.limits.validate().map_err(Error::Config)?;
+        self.sampling.validate().map_err(Error::Config)?;
         if self.max_body_bytes < 1024 {
             return bad("collector.max_body_bytes must be at least 1024");
         }

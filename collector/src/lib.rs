@@ -20,6 +20,7 @@ pub mod otlp;
 mod queue;
 mod receive;
 mod sample;
+pub mod tail;
 mod wal;
 mod writer;
 
@@ -59,6 +60,7 @@ pub struct Collector {
     metrics: CollectorMetrics,
     http_metrics: HttpMetrics,
     wal: Option<(wal::Wal, wal::Pos)>,
+    sampling: Option<(Arc<tail::PolicyHolder>, tail::SamplingMetrics)>,
 }
 
 impl Collector {
@@ -92,12 +94,21 @@ impl Collector {
         } else {
             None
         };
+        let sampling = if config.sampling.enabled {
+            let m = tail::SamplingMetrics::register(registry);
+            let holder = tail::PolicyHolder::load(&config.sampling, m.clone())
+                .map_err(|e| Error::Config(format!("sampling policy: {e}")))?;
+            Some((holder, m))
+        } else {
+            None
+        };
         Ok(Self {
             config,
             store,
             metrics,
             http_metrics,
             wal,
+            sampling,
         })
     }
 
@@ -110,6 +121,20 @@ impl Collector {
     /// Used by [`Collector::run`] and by tests that drive the router directly.
     pub fn start(&self, readiness: Readiness, registry: Arc<Registry>) -> Started {
         let (queue, rx) = SpanQueue::new(&self.config.queue, self.metrics.clone());
+        let sampler: Box<dyn Sampler> = match &self.sampling {
+            Some((holder, m)) => {
+                tokio::spawn(tail::watch_policy(
+                    Arc::downgrade(holder),
+                    self.config.sampling.reload_interval.get(),
+                ));
+                Box::new(tail::TailSampler::new(
+                    self.config.sampling.clone(),
+                    Arc::clone(holder),
+                    m.clone(),
+                ))
+            }
+            None => Box::new(PassThrough),
+        };
         let handle = match &self.wal {
             Some((wal, from)) => {
                 drop(rx);
@@ -117,7 +142,7 @@ impl Collector {
                     wal.clone(),
                     *from,
                     Arc::clone(&self.store),
-                    Box::new(PassThrough),
+                    sampler,
                     self.config.batch.clone(),
                     self.config.durable_queue.retry_backoff.get(),
                     self.metrics.clone(),
@@ -126,7 +151,7 @@ impl Collector {
             None => writer::spawn(
                 rx,
                 Arc::clone(&self.store),
-                Box::new(PassThrough),
+                sampler,
                 self.config.batch.clone(),
                 self.metrics.clone(),
             ),
@@ -148,7 +173,10 @@ impl Collector {
             ingest: ingest.clone(),
             max_spans: self.config.max_spans_per_request,
         };
-        let api = receive::routes(receive::ReceiveState::new(&self.config, ingest)).merge(otlp);
+        let admin = tail::admin_routes(self.sampling.as_ref().map(|(h, _)| Arc::clone(h)));
+        let api = receive::routes(receive::ReceiveState::new(&self.config, ingest))
+            .merge(otlp)
+            .merge(admin);
         let router = finish_router(
             api.merge(ops_routes(readiness, registry)),
             "collector",

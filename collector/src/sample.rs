@@ -1,6 +1,6 @@
 //! The sampling stage: decides which queued spans are written.
 //!
-//! This is the seam the tail-sampling work fills. Today the only sampler keeps everything.
+//! [`PassThrough`] keeps everything; [`crate::tail::TailSampler`] applies a sampling policy.
 
 use datatracing_core::Span;
 
@@ -10,9 +10,19 @@ pub trait Sampler: Send + 'static {
     /// Takes a batch and returns the spans to write now.
     fn offer(&mut self, spans: Vec<Span>) -> Vec<Span>;
 
+    /// Called periodically without new spans: returns spans whose decision came due.
+    fn tick(&mut self) -> Vec<Span> {
+        Vec::new()
+    }
+
     /// Returns every span still held (called at shutdown).
     fn flush(&mut self) -> Vec<Span> {
         Vec::new()
+    }
+
+    /// Whether spans are held (so the writer keeps ticking).
+    fn pending(&self) -> bool {
+        false
     }
 }
 

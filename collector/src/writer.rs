@@ -83,6 +83,8 @@ async fn run(
 ) -> WriterStats {
     let mut stats = WriterStats::default();
     let mut closed = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             biased;
@@ -94,6 +96,12 @@ async fn run(
                 // Refuse new requests but keep draining what is already queued.
                 rx.close();
                 closed = true;
+                continue;
+            }
+            _ = tick.tick(), if sampler.pending() => {
+                // Traces whose decision came due without new spans arriving.
+                let due = sampler.tick();
+                let _ = write_with_retry(&*store, due, &config, &metrics, &mut stats).await;
                 continue;
             }
         };
@@ -221,6 +229,10 @@ async fn run_durable(
             tokio::select! {
                 changed = head_rx.changed() => if changed.is_err() { break },
                 _ = closing.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)), if sampler.pending() => {
+                    let due = sampler.tick();
+                    let _ = write_with_retry(&*store, due, &config, &metrics, &mut stats).await;
+                }
             }
             continue;
         }
