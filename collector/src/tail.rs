@@ -126,7 +126,7 @@ struct OutcomeLabel {
     outcome: &'static str,
 }
 
-/// Sampling metrics (`datatracing_sampling_*`).
+/// Sampling metrics (`datatracing_sampling_*`). `Default` gives unregistered metrics.
 #[derive(Clone, Debug, Default)]
 pub struct SamplingMetrics {
     decisions: Family<DecisionLabels, Counter>,

@@ -571,24 +571,28 @@ impl Span {
         self.end_time.saturating_nanos_since(self.start_time)
     }
 
-    /// Approximate in-memory size in bytes, for queue budgets and batch sizing.
+    /// Approximate heap footprint in bytes, for queue and buffer budgets. Calibrated against
+    /// RSS with the load command (docs/benchmarks.md): it errs on the high side.
     pub fn size_bytes(&self) -> usize {
         fn attrs(a: &Attributes) -> usize {
-            a.iter().map(|(k, v)| k.len() + v.size_bytes() + 16).sum()
+            // Key and value headers, the map's node share and allocator rounding: measured
+            // heap use is several times the raw text, so count it.
+            a.iter().map(|(k, v)| k.len() + v.size_bytes() + 96).sum()
         }
-        96 + self.service.len()
+        // The struct itself, its strings' headers and allocator slack.
+        320 + self.service.len()
             + self.operation.len()
             + self.status.message.as_ref().map_or(0, String::len)
             + attrs(&self.attributes)
             + self
                 .events
                 .iter()
-                .map(|e| 32 + e.name.len() + attrs(&e.attributes))
+                .map(|e| 96 + e.name.len() + attrs(&e.attributes))
                 .sum::<usize>()
             + self
                 .links
                 .iter()
-                .map(|l| 32 + attrs(&l.attributes))
+                .map(|l| 96 + attrs(&l.attributes))
                 .sum::<usize>()
     }
 }

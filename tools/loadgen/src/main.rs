@@ -449,6 +449,14 @@ async fn main() -> anyhow::Result<()> {
                 .saturating_sub(written_before);
         }
         println!("| sent / stored | {} / {stored} |", args.spans);
+        if let (Some(pid), Some(before)) = (args.server_pid, cpu_before) {
+            // With tail sampling, spans are written after their decision: count that work too.
+            let cpu = cpu_seconds(pid)? - before;
+            println!(
+                "| spans per server CPU-second, until stored | {:.0} |",
+                args.spans as f64 / cpu
+            );
+        }
     }
 
     if args.queries > 0 {
