@@ -1,7 +1,12 @@
 //! Sampling hot paths: policy evaluation and the tail buffer.
 //!
 //! `cargo bench -p datatracing-collector --bench sampling`; figures in docs/benchmarks.md.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    missing_docs
+)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
