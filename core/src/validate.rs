@@ -250,7 +250,8 @@ fn check_attributes(errs: &mut Vec<FieldError>, field: &str, attrs: &Attributes,
             errs.push(FieldError::new(field, "attribute keys must not be empty"));
             continue;
         }
-        let path = format!("{field}.{}", k.chars().take(64).collect::<String>());
+        // Built only for an error: this loop runs for every attribute of every span.
+        let path = || format!("{field}.{}", k.chars().take(64).collect::<String>());
         if k.len() > limits.max_name_len {
             errs.push(FieldError::new(
                 field,
@@ -262,11 +263,11 @@ fn check_attributes(errs: &mut Vec<FieldError>, field: &str, attrs: &Attributes,
             ));
         }
         if v.longest_string() > limits.max_value_len {
-            errs.push(too_long(&path, v.longest_string(), limits.max_value_len));
+            errs.push(too_long(&path(), v.longest_string(), limits.max_value_len));
         }
         if v.array_len() > limits.max_array_len {
             errs.push(FieldError::new(
-                path,
+                path(),
                 format!(
                     "array of {} elements exceeds the limit of {}",
                     v.array_len(),
