@@ -77,16 +77,12 @@ fn glob_to_regex(glob: &str) -> String {
 }
 
 fn matcher(ctx: &mut Ctx, path: &str, m: &StringMatch) -> Option<Matcher> {
-    let set: Vec<&str> = [
+    let set = chosen(&[
         ("exact", m.exact.is_some()),
         ("prefix", m.prefix.is_some()),
         ("glob", m.glob.is_some()),
         ("regex", m.regex.is_some()),
-    ]
-    .iter()
-    .filter(|(_, s)| *s)
-    .map(|(n, _)| *n)
-    .collect();
+    ]);
     if set.len() != 1 {
         ctx.err(
             path,
@@ -112,6 +108,15 @@ fn matcher(ctx: &mut Ctx, path: &str, m: &StringMatch) -> Option<Matcher> {
     ctx.regex(&format!("{path}.regex"), r).map(Matcher::Regex)
 }
 
+/// The names of the fields that are set, from (name, is set) pairs.
+fn chosen(fields: &[(&'static str, bool)]) -> Vec<&'static str> {
+    fields
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
 fn describe(set: &[&str]) -> String {
     if set.is_empty() {
         "none".into()
@@ -124,18 +129,14 @@ fn attribute(ctx: &mut Ctx, path: &str, a: &AttributeCondition) -> Option<Node> 
     if a.key.is_empty() {
         ctx.err(&format!("{path}.key"), "must not be empty");
     }
-    let set: Vec<&str> = [
+    let set = chosen(&[
         ("exists", a.exists.is_some()),
         ("equals", a.equals.is_some()),
         ("not_equals", a.not_equals.is_some()),
         ("in", a.in_set.is_some()),
         ("regex", a.regex.is_some()),
         ("number", a.number.is_some()),
-    ]
-    .iter()
-    .filter(|(_, s)| *s)
-    .map(|(n, _)| *n)
-    .collect();
+    ]);
     if set.len() != 1 {
         ctx.err(
             path,
@@ -187,7 +188,7 @@ fn condition(ctx: &mut Ctx, path: &str, c: &Condition, depth: usize) -> Option<N
         );
         return None;
     }
-    let set: Vec<&str> = [
+    let set = chosen(&[
         ("all", c.all.is_some()),
         ("any", c.any.is_some()),
         ("not", c.not.is_some()),
@@ -201,11 +202,7 @@ fn condition(ctx: &mut Ctx, path: &str, c: &Condition, depth: usize) -> Option<N
         ("root_present", c.root_present.is_some()),
         ("linked_to_kept", c.linked_to_kept.is_some()),
         ("probability", c.probability.is_some()),
-    ]
-    .iter()
-    .filter(|(_, s)| *s)
-    .map(|(n, _)| *n)
-    .collect();
+    ]);
     if set.len() != 1 {
         ctx.err(
             path,
