@@ -37,6 +37,18 @@ if [ -z "${DATATRACING_TEST_CLICKHOUSE_URL:-}" ]; then
   export DATATRACING_PYTHON="$venv/bin/python"
 fi
 
+# A real Kubernetes control plane (etcd + kube-apiserver) for the operator tests, built from
+# the Go module proxy once and cached in ~/.cache/datatracing/k8s.
+need go "install Go 1.24 or newer (Debian's golang package is too old)"
+need openssl "apt-get install openssl"
+need curl "apt-get install curl"
+if ! k8s_dir="$(./tools/k8s-envtest/build.sh 2>/tmp/datatracing-k8s-build.log)"; then
+  cat /tmp/datatracing-k8s-build.log >&2
+  echo "error: building the test Kubernetes API server failed (log above)" >&2
+  exit 1
+fi
+export DATATRACING_K8S_DIR="$k8s_dir"
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds the real Kubernetes API server and etcd from the Go module proxy, for tests that
+# need a real control plane on a machine without containers (test infrastructure only).
+# Binaries are cached under $DATATRACING_K8S_DIR (default ~/.cache/datatracing/k8s/<version>)
+# and rebuilt only when missing. Prints the directory on success.
+set -euo pipefail
+
+K8S_VERSION="${DATATRACING_K8S_VERSION:-1.34.4}"
+ETCD_VERSION="${DATATRACING_ETCD_VERSION:-3.6.16}"
+out="${DATATRACING_K8S_DIR:-$HOME/.cache/datatracing/k8s/$K8S_VERSION}"
+
+if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ]; then
+  echo "$out"
+  exit 0
+fi
+command -v go >/dev/null 2>&1 || { echo "error: Go is required to build the test API server: install Go 1.24+" >&2; exit 1; }
+mkdir -p "$out"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# kube-apiserver: k8s.io/kubernetes requires its staging modules at v0.0.0 and resolves them
+# with replace lines Go ignores in dependencies, so this wrapper replaces each one with the
+# published v0.N.x. Only exact v0.0.0 requirements are staging modules (k8s.io/utils and
+# friends use pseudo-versions and must stay as they are).
+mkdir -p "$work/apiserver"
+cd "$work/apiserver"
+go mod init datatracing.test/apiserver >/dev/null 2>&1
+gomod="$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+echo "require k8s.io/kubernetes v$K8S_VERSION" >> go.mod
+grep -E '^\s*k8s.io/[a-z0-9-]+ v0\.0\.0$' "$gomod" | awk '{print $1}' | sort -u | while read -r m; do
+  echo "replace $m => $m v0.${K8S_VERSION#1.}" >> go.mod
+done
+cat > main.go <<'GO'
+package main
+
+import (
+	"os"
+
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+)
+
+func main() {
+	if err := app.NewAPIServerCommand().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+GO
+go mod tidy >/dev/null
+minor="${K8S_VERSION#1.}"; minor="${minor%%.*}"
+go build -trimpath -o "$out/kube-apiserver" \
+  -ldflags "-X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" .
+
+# etcd
+mkdir -p "$work/etcd"
+cd "$work/etcd"
+go mod init datatracing.test/etcd >/dev/null 2>&1
+cat > main.go <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() {
+	etcdmain.Main(os.Args)
+}
+GO
+go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" >/dev/null
+go mod tidy >/dev/null
+go build -trimpath -o "$out/etcd" .
+
+"$out/kube-apiserver" --version >&2
+"$out/etcd" --version | head -1 >&2
+echo "$out"
