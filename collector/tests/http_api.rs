@@ -13,7 +13,6 @@ use common::harness;
 use datatracing_collector::{CollectorConfig, QueueConfig};
 use datatracing_store::TraceStore;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 fn span_json(trace: &str, span: &str) -> Value {
@@ -293,23 +292,10 @@ async fn unknown_routes_and_methods_use_the_envelope() {
 
 #[tokio::test]
 async fn full_queue_answers_429_with_retry_after_and_loses_nothing() {
-    let config = CollectorConfig {
-        max_spans_per_request: 2,
-        queue: QueueConfig {
-            max_spans: 2,
-            max_bytes: 16 << 20,
-            ..QueueConfig::default()
-        },
-        ..CollectorConfig::default()
-    };
+    let config = common::one_request_queue(2);
     let h = harness(config).await;
     // Hold every write at the gate so the first request occupies the whole queue.
-    let held = h
-        .store
-        .gate
-        .acquire_many(Semaphore::MAX_PERMITS as u32)
-        .await
-        .unwrap();
+    let held = h.hold_writes().await;
     let router = h.router.clone();
     let first = tokio::spawn(async move {
         post(&router, &json!({"spans": [span_json(T1, "b7ad6b7169203331"), span_json(T1, "b7ad6b7169203332")]})).await

@@ -12,7 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use common::harness;
 use datatracing_collector::otlp::convert::to_otlp;
-use datatracing_collector::{Collector, CollectorConfig, QueueConfig};
+use datatracing_collector::{Collector, CollectorConfig};
 use datatracing_core::{
     AttributeValue, Attributes, Link, LinkType, Span, SpanId, SpanKind, Status,
     StatusCode as SpanStatus, Timestamp, TraceId,
@@ -397,22 +397,9 @@ async fn gzip_bombs_and_huge_requests_get_413() {
 
 #[tokio::test]
 async fn throttling_answers_429_and_503_with_retry_after() {
-    let config = CollectorConfig {
-        max_spans_per_request: 3,
-        queue: QueueConfig {
-            max_spans: 3,
-            max_bytes: 16 << 20,
-            ..QueueConfig::default()
-        },
-        ..CollectorConfig::default()
-    };
+    let config = common::one_request_queue(3);
     let h = harness(config).await;
-    let held = h
-        .store
-        .gate
-        .acquire_many(tokio::sync::Semaphore::MAX_PERMITS as u32)
-        .await
-        .unwrap();
+    let held = h.hold_writes().await;
     let router = h.router.clone();
     let first = tokio::spawn(async move {
         post(

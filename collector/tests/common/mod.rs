@@ -94,3 +94,27 @@ pub async fn harness(config: CollectorConfig) -> Harness {
         writer: Some(writer),
     }
 }
+
+/// A config whose queue holds exactly one request of `spans` spans.
+pub fn one_request_queue(spans: usize) -> CollectorConfig {
+    CollectorConfig {
+        max_spans_per_request: spans,
+        queue: datatracing_collector::QueueConfig {
+            max_spans: spans,
+            max_bytes: 16 << 20,
+            ..datatracing_collector::QueueConfig::default()
+        },
+        ..CollectorConfig::default()
+    }
+}
+
+impl Harness {
+    /// Holds every store write at the gate until the returned permit is dropped.
+    pub async fn hold_writes(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.store
+            .gate
+            .acquire_many(Semaphore::MAX_PERMITS as u32)
+            .await
+            .unwrap()
+    }
+}
