@@ -107,6 +107,7 @@ impl ClickHouseAdmin {
                 database: config.database.clone(),
                 cluster: config.cluster.clone(),
                 retention_days: config.initial_retention_days,
+                attribute_index: config.attribute_index,
             },
             query_timeout: config.query_timeout.get(),
         })

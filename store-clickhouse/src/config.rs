@@ -44,6 +44,10 @@ pub struct ClickHouseConfig {
     pub migrate_on_start: bool,
     /// Retention given to tables when they are first created, in days.
     pub initial_retention_days: u32,
+    /// Maintain the `span_attributes` table for fast attribute equality search. Off by
+    /// default: it roughly doubles storage per span (docs/clickhouse.md). Decide before the
+    /// first migration; turning it on later creates the table for new data only.
+    pub attribute_index: bool,
     /// Write batching.
     pub batch: ClickHouseBatchConfig,
     /// Attempts per batch on transient errors before giving up.
@@ -87,6 +91,7 @@ impl Default for ClickHouseConfig {
             compression: Compression::Lz4,
             migrate_on_start: true,
             initial_retention_days: 7,
+            attribute_index: false,
             batch: ClickHouseBatchConfig::default(),
             max_attempts: 5,
             retry_backoff: ConfigDuration::from_millis(200),

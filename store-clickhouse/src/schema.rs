@@ -22,6 +22,9 @@ pub struct Schema {
     pub cluster: Option<String>,
     /// Retention in days given to new tables.
     pub retention_days: u32,
+    /// Also maintain `span_attributes`, one row per attribute ordered by (key, value, time),
+    /// for fast attribute equality search (costs storage; see ADR 0003).
+    pub attribute_index: bool,
 }
 
 /// One schema version: idempotent statements applied in order.
@@ -52,6 +55,10 @@ const INDEX: TtlTable = TtlTable {
     name: "span_index",
     time_column: "start_time",
 };
+const ATTRS: TtlTable = TtlTable {
+    name: "span_attributes",
+    time_column: "start_time",
+};
 const BOUNDS: TtlTable = TtlTable {
     name: "trace_bounds",
     time_column: "start_min",
@@ -80,8 +87,12 @@ impl Schema {
     }
 
     /// Tables whose TTL carries the retention.
-    pub fn ttl_tables(&self) -> [TtlTable; 3] {
-        [SPANS, INDEX, BOUNDS]
+    pub fn ttl_tables(&self) -> Vec<TtlTable> {
+        let mut t = vec![SPANS, INDEX, BOUNDS];
+        if self.attribute_index {
+            t.push(ATTRS);
+        }
+        t
     }
 
     /// The TTL expression for a table and a number of days.
@@ -145,6 +156,7 @@ impl Schema {
         let spans = self.storage_table("spans");
         let index = self.storage_table("span_index");
         let bounds = self.storage_table("trace_bounds");
+        let attrs = self.storage_table("span_attributes");
         let dedup = if self.cluster.is_none() {
             // Non-replicated tables deduplicate retried inserts only with a window.
             ", non_replicated_deduplication_window = 1000"
@@ -183,6 +195,7 @@ impl Schema {
                  \x20   operation   LowCardinality(String) CODEC(ZSTD(1)),\n\
                  \x20   start_time  DateTime64(9) CODEC(Delta(8), ZSTD(1)),\n\
                  \x20   trace_id    FixedString(16) CODEC(ZSTD(1)),\n\
+                 \x20   span_id     FixedString(8) CODEC(ZSTD(1)),\n\
                  \x20   duration_ns UInt64 CODEC(T64, ZSTD(1)),\n\
                  \x20   status      LowCardinality(String) CODEC(ZSTD(1)),\n\
                  \x20   attributes  Map(LowCardinality(String), String) CODEC(ZSTD(1)),\n\
@@ -213,7 +226,7 @@ impl Schema {
             ),
             format!(
                 "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_index_mv{oc} TO {db}.{index} AS\n\
-                 SELECT service, operation, start_time, trace_id, duration_ns, status, attributes\n\
+                 SELECT service, operation, start_time, trace_id, span_id, duration_ns, status, attributes\n\
                  FROM {db}.{spans}"
             ),
             format!(
@@ -222,12 +235,42 @@ impl Schema {
                  FROM {db}.{spans} GROUP BY trace_id"
             ),
         ];
+        if self.attribute_index {
+            out.extend([
+            // One row per attribute, ordered by (key, value, time): an equality filter is a
+            // primary-key range instead of a scan of every span's map.
+                format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{attrs}{oc} (\n\
+                 \x20   key        LowCardinality(String) CODEC(ZSTD(1)),\n\
+                 \x20   value      String CODEC(ZSTD(1)),\n\
+                 \x20   start_time DateTime64(9) CODEC(Delta(8), ZSTD(1)),\n\
+                 \x20   trace_id   FixedString(16) CODEC(ZSTD(1)),\n\
+                 \x20   span_id    FixedString(8) CODEC(ZSTD(1))\n\
+                 ) ENGINE = {engine}\n\
+                 PARTITION BY toDate(start_time)\n\
+                 ORDER BY (key, value, start_time)\n\
+                 TTL {ttl}\n\
+                 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1{dedup}",
+                engine = self.engine("MergeTree", "span_attributes"),
+                ttl = Self::ttl_expression(ATTRS, days),
+            ),
+                format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_attributes_mv{oc} TO {db}.{attrs} AS\n\
+                 SELECT key, value, start_time, trace_id, span_id\n\
+                 FROM {db}.{spans} ARRAY JOIN mapKeys(attributes) AS key, mapValues(attributes) AS value"
+            )
+            ]);
+        }
         if let Some(cluster) = &self.cluster {
-            for (name, local) in [
+            let mut distributed = vec![
                 ("spans", &spans),
                 ("span_index", &index),
                 ("trace_bounds", &bounds),
-            ] {
+            ];
+            if self.attribute_index {
+                distributed.push(("span_attributes", &attrs));
+            }
+            for (name, local) in distributed {
                 out.push(format!(
                     "CREATE TABLE IF NOT EXISTS {db}.{name}{oc} AS {db}.{local}\n\
                      ENGINE = Distributed({cluster}, {db}, {local}, cityHash64(trace_id))"
@@ -258,6 +301,7 @@ mod tests {
             database: "dt".into(),
             cluster: None,
             retention_days: 7,
+            attribute_index: true,
         }
     }
 
@@ -269,11 +313,30 @@ mod tests {
     }
 
     #[test]
+    fn the_attribute_index_is_optional() {
+        let lean = Schema {
+            attribute_index: false,
+            ..single()
+        };
+        let s = &lean.migrations()[0].statements;
+        assert_eq!(s.len(), 5);
+        assert!(!s.iter().any(|x| x.contains("span_attributes")));
+        assert_eq!(lean.ttl_tables().len(), 3);
+    }
+
+    #[test]
     fn single_node_ddl() {
         let m = single().migrations();
         assert_eq!(m.len(), 1);
         let s = &m[0].statements;
-        assert_eq!(s.len(), 5);
+        assert_eq!(s.len(), 7);
+        assert!(
+            s[5].contains("ORDER BY (key, value, start_time)"),
+            "attribute equality is a key range"
+        );
+        assert!(
+            s[6].contains("ARRAY JOIN mapKeys(attributes) AS key, mapValues(attributes) AS value")
+        );
         assert!(s[0].starts_with("CREATE TABLE IF NOT EXISTS dt.spans ("));
         assert!(s[0].contains("ENGINE = MergeTree()"));
         assert!(
@@ -308,7 +371,7 @@ mod tests {
             "CREATE DATABASE IF NOT EXISTS dt ON CLUSTER prod"
         );
         let s = &c.migrations()[0].statements;
-        assert_eq!(s.len(), 8);
+        assert_eq!(s.len(), 11);
         assert!(s.iter().all(|x| x.contains(" ON CLUSTER prod")));
         assert!(s[0].starts_with("CREATE TABLE IF NOT EXISTS dt.spans_local ON CLUSTER prod"));
         assert!(s[0].contains(
@@ -322,15 +385,26 @@ mod tests {
         ));
         assert!(s[3].contains("TO dt.span_index_local") && s[3].contains("FROM dt.spans_local"));
         assert!(s[4].contains("TO dt.trace_bounds_local") && s[4].contains("FROM dt.spans_local"));
-        assert!(s[5].contains("ENGINE = Distributed(prod, dt, spans_local, cityHash64(trace_id))"));
         assert!(
-            s[6].contains("ENGINE = Distributed(prod, dt, span_index_local, cityHash64(trace_id))")
+            s[5].contains(
+                "ReplicatedMergeTree('/clickhouse/tables/{shard}/dt/span_attributes_local'"
+            )
         );
         assert!(
-            s[7].contains(
+            s[6].contains("TO dt.span_attributes_local") && s[6].contains("FROM dt.spans_local")
+        );
+        assert!(s[7].contains("ENGINE = Distributed(prod, dt, spans_local, cityHash64(trace_id))"));
+        assert!(
+            s[8].contains("ENGINE = Distributed(prod, dt, span_index_local, cityHash64(trace_id))")
+        );
+        assert!(
+            s[9].contains(
                 "ENGINE = Distributed(prod, dt, trace_bounds_local, cityHash64(trace_id))"
             )
         );
+        assert!(s[10].contains(
+            "ENGINE = Distributed(prod, dt, span_attributes_local, cityHash64(trace_id))"
+        ));
         assert!(
             !s[0].contains("non_replicated_deduplication_window"),
             "replicated tables dedup natively"

@@ -28,6 +28,8 @@ struct Inner {
     metrics: ClickHouseMetrics,
     spans_table: String,
     index_table: String,
+    /// `span_attributes` when the attribute index is on.
+    attrs_table: Option<String>,
     bounds_table: String,
 }
 
@@ -75,6 +77,10 @@ impl ClickHouseStore {
         let inner = Arc::new(Inner {
             spans_table: admin.schema().table("spans"),
             index_table: admin.schema().table("span_index"),
+            attrs_table: admin
+                .schema()
+                .attribute_index
+                .then(|| admin.schema().table("span_attributes")),
             bounds_table: admin.schema().table("trace_bounds"),
             admin,
             config,
@@ -359,14 +365,33 @@ impl TraceStore for ClickHouseStore {
             binds.push(Bindable::I64(d));
         }
         for f in &q.attributes {
-            match &f.value {
-                Some(v) => {
+            match (&f.value, &i.attrs_table) {
+                (Some(v), Some(attrs_table)) => {
+                    // Equality goes through span_attributes, ordered by (key, value, time):
+                    // a key range, instead of reading every span's attribute map.
+                    sql.push_str(&format!(
+                        " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {} WHERE key = ? AND value = ?",
+                        attrs_table
+                    ));
+                    binds.push(Bindable::Str(f.key.clone()));
+                    binds.push(Bindable::Str(v.clone()));
+                    if let Some(t) = q.start {
+                        sql.push_str(" AND start_time >= fromUnixTimestamp64Nano(toInt64(?))");
+                        binds.push(Bindable::I64(t.unix_nanos()));
+                    }
+                    if let Some(t) = q.end {
+                        sql.push_str(" AND start_time <= fromUnixTimestamp64Nano(toInt64(?))");
+                        binds.push(Bindable::I64(t.unix_nanos()));
+                    }
+                    sql.push(')');
+                }
+                (Some(v), None) => {
                     sql.push_str(" AND attributes[?] = ? AND mapContains(attributes, ?)");
                     binds.push(Bindable::Str(f.key.clone()));
                     binds.push(Bindable::Str(v.clone()));
                     binds.push(Bindable::Str(f.key.clone()));
                 }
-                None => {
+                (None, _) => {
                     sql.push_str(" AND mapContains(attributes, ?)");
                     binds.push(Bindable::Str(f.key.clone()));
                 }

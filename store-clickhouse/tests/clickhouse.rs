@@ -320,3 +320,24 @@ async fn a_server_restart_mid_batch_loses_and_duplicates_nothing() {
         "the restart forced retries: {m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attribute_index_serves_the_same_searches() {
+    let config = ClickHouseConfig {
+        attribute_index: true,
+        ..config_for(ClickHouse::shared())
+    };
+    let store = ClickHouseStore::open(config, ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    let tables = store.admin().retention().await.unwrap();
+    assert!(
+        tables
+            .iter()
+            .any(|t| t.table == "span_attributes" && t.days == Some(7)),
+        "{tables:?}"
+    );
+    // The storage contract's attribute checks, now answered through span_attributes.
+    datatracing_store::contract::search_by_attributes(&store).await;
+    datatracing_store::contract::search_filters_match_one_span_each(&store).await;
+}
