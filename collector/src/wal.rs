@@ -16,7 +16,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use datatracing_core::{ConfigDuration, Span};
 use schemars::JsonSchema;
@@ -418,12 +417,6 @@ pub(crate) fn checkpoint(wal: &Wal, pos: Pos, bytes: u64, spans: u64) -> std::io
     }
     wal.released(bytes, spans);
     Ok(())
-}
-
-/// Backoff for store writes of acknowledged spans: they are retried until they succeed.
-pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
-    base.saturating_mul(1 << attempt.min(8))
-        .min(Duration::from_secs(30))
 }
 
 #[cfg(test)]

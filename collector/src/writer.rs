@@ -174,13 +174,16 @@ async fn write_with_retry(
                         message: e.to_string(),
                     });
                 }
-                let delay = backoff(config.retry_backoff.get(), attempt);
+                let delay = backoff(config.retry_backoff.get(), attempt, Duration::MAX);
                 tracing::warn!(error = %e, spans = n, attempt, ?delay, "store write failed; retrying");
                 tokio::time::sleep(delay).await;
             }
         }
     }
 }
+
+/// Longest pause between store attempts for acknowledged spans (they are retried forever).
+const DURABLE_RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// Starts the drain task of the durable queue: log -> sample -> store -> checkpoint.
 pub(crate) fn spawn_durable(
@@ -276,8 +279,8 @@ async fn run_durable(
                     // Acknowledged spans are retried until the store takes them; shutdown
                     // leaves them in the log for the next start.
                     metrics.write_errors.inc();
-                    let delay = crate::wal::backoff(retry, attempt);
                     attempt += 1;
+                    let delay = backoff(retry, attempt, DURABLE_RETRY_CAP);
                     tracing::warn!(error = %e, spans = n, attempt, ?delay, "store unavailable; acknowledged spans stay queued");
                     tokio::time::sleep(delay).await;
                 }
@@ -305,9 +308,12 @@ async fn run_durable(
     stats
 }
 
-/// Exponential backoff with up to 50% jitter, so many collectors do not retry in lockstep.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(10));
+/// Exponential backoff from `base` (attempt 1) with up to 50% jitter, so many collectors do
+/// not retry in lockstep; the exponential part stops growing at `cap`.
+fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(10))
+        .min(cap);
     let jitter_range = (exp.as_nanos() / 2).max(1);
     let jitter = (Timestamp::now().unix_nanos().unsigned_abs() as u128) % jitter_range;
     exp + Duration::from_nanos(u64::try_from(jitter).unwrap_or(0))
@@ -320,10 +326,11 @@ mod tests {
     #[test]
     fn backoff_grows_and_stays_bounded() {
         let base = Duration::from_millis(100);
-        let b1 = backoff(base, 1);
-        let b3 = backoff(base, 3);
+        let b1 = backoff(base, 1, Duration::MAX);
+        let b3 = backoff(base, 3, Duration::MAX);
         assert!(b1 >= base && b1 < base * 3 / 2 + Duration::from_nanos(1));
         assert!(b3 >= base * 4 && b3 <= base * 6);
-        assert!(backoff(base, 40) <= base * 1024 * 3 / 2);
+        assert!(backoff(base, 40, Duration::MAX) <= base * 1024 * 3 / 2);
+        assert!(backoff(base, 40, DURABLE_RETRY_CAP) <= DURABLE_RETRY_CAP * 3 / 2);
     }
 }

@@ -6,7 +6,7 @@
 //! small pool of connections on tokio's blocking threads; WAL lets them run while the writer
 //! commits. Retention deletes old spans in bounded chunks from a background task.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -201,11 +201,6 @@ impl EmbeddedStore {
         }
         tracing::info!(data_dir = %store.inner.config.data_dir.display(), ?mode, "embedded store opened");
         Ok(store)
-    }
-
-    /// The data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.inner.config.data_dir
     }
 
     /// Deletes spans that started before `cutoff`; returns how many were deleted.

@@ -9,7 +9,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -170,11 +170,6 @@ impl ApiServer {
     /// The API server's log file (for failure messages).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("apiserver.log")
-    }
-
-    /// The harness's working directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
