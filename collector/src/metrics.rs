@@ -25,6 +25,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Label set of dropped spans: by then the protocol no longer matters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `store_rejected`.
+    pub reason: &'static str,
+}
+
 /// All collector metrics.
 #[derive(Clone, Debug)]
 pub struct CollectorMetrics {
@@ -38,7 +45,7 @@ pub struct CollectorMetrics {
     pub written: Counter,
     /// `datatracing_collector_spans_dropped_total`: acknowledged spans that were lost, by
     /// reason (with the durable queue: the store rejected them permanently).
-    pub dropped: Family<ReasonLabels, Counter>,
+    pub dropped: Family<DropLabels, Counter>,
     /// `datatracing_collector_durable_queue_bytes`: bytes in the durable queue not yet
     /// written to the store.
     pub wal_bytes: Gauge,
@@ -147,10 +154,7 @@ impl CollectorMetrics {
 
     pub(crate) fn drop_spans(&self, reason: &'static str, n: usize) {
         self.dropped
-            .get_or_create(&ReasonLabels {
-                protocol: "all",
-                reason,
-            })
+            .get_or_create(&DropLabels { reason })
             .inc_by(n as u64);
     }
 

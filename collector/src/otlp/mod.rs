@@ -36,24 +36,21 @@ pub(crate) async fn export(
             got,
         };
     }
-    let (mut spans, mut rejected) = convert::from_otlp(req);
-    let mut valid = Vec::with_capacity(spans.len());
-    let mut first_error = rejected
+    let (spans, unmapped) = convert::from_otlp(req);
+    let mut first_error = unmapped
         .first()
         .map(|r| format!("span {}: {}", r.index, r.reason));
-    for mut span in spans.drain(..) {
+    let mut n_rejected = unmapped.len();
+    let mut valid = Vec::with_capacity(spans.len());
+    for mut span in spans {
         let errors = ingest.prepare(protocol, &mut span);
         if errors.is_empty() {
             valid.push(span);
         } else {
+            n_rejected += 1;
             first_error.get_or_insert_with(|| format!("span {}: {}", span.span_id, errors[0]));
-            rejected.push(convert::Rejected {
-                index: usize::MAX,
-                reason: errors[0].to_string(),
-            });
         }
     }
-    let n_rejected = rejected.len();
     if let Some(e) = &first_error {
         ingest
             .logs
