@@ -11,28 +11,17 @@ use std::process::Command;
 use common::{Server, get_json};
 use serde_json::Value;
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("DATATRACING_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    let p = home.join(".cache/datatracing/venv/bin/python");
-    assert!(
-        p.exists(),
-        "the Python test environment is missing; run ./scripts/test.sh, or:\n  python3 -m venv ~/.cache/datatracing/venv && ~/.cache/datatracing/venv/bin/pip install -r tools/test-requirements.txt"
-    );
-    p
-}
-
 fn send(protocol: &str, endpoint: &str) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/otel_pipeline.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args([protocol, endpoint])
-        .output()
-        .expect("run python");
+    let out = Command::new(datatracing_testkit::python::python(&[
+        "opentelemetry.sdk",
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    ]))
+    .arg(script)
+    .args([protocol, endpoint])
+    .output()
+    .expect("run python");
     assert!(
         out.status.success(),
         "python failed: {}",

@@ -71,34 +71,6 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn default_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("DATATRACING_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache/datatracing/venv/bin/python")
-}
-
-fn check_python(python: &Path) {
-    let ok = Command::new(python)
-        .args(["-c", "import chdb, lz4"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "the ClickHouse test engine is not installed ({} cannot import chdb and lz4).\n\
-         Install it with:\n  python3 -m venv ~/.cache/datatracing/venv && \
-         ~/.cache/datatracing/venv/bin/pip install -r tools/test-requirements.txt\n\
-         (scripts/test.sh does this), or set {URL_ENV} to a ClickHouse server's HTTP URL.",
-        python.display()
-    );
-}
-
 fn docker_available() -> bool {
     Command::new("docker")
         .arg("info")
@@ -191,8 +163,8 @@ impl ClickHouse {
 
     /// Starts a dedicated chdb-backed server (for tests that stop, restart or slow it).
     pub fn start_chdb(opts: ChdbOptions) -> ClickHouse {
-        let python = default_python();
-        check_python(&python);
+        // (Or set DATATRACING_TEST_CLICKHOUSE_URL to use a ClickHouse server instead.)
+        let python = crate::python::python(&["chdb", "lz4"]);
         let (dir, path) = match opts.path {
             Some(p) => (None, p),
             None => {

@@ -3,3 +3,4 @@
 
 pub mod clickhouse;
 pub mod kubernetes;
+pub mod python;
