@@ -300,98 +300,57 @@ async fn main() -> anyhow::Result<()> {
     let datasets: Vec<String> = (0..q)
         .map(|_| format!("dataset_{}", r.random_range(0..500)))
         .collect();
-    type MakeQuery = Box<dyn Fn(usize) -> TraceQuery>;
-    let cases: Vec<(&str, MakeQuery)> = vec![
-        (
-            "service, 1h range",
-            Box::new({
-                let ranges = ranges.clone();
-                move |i| TraceQuery {
-                    service: Some("spark-etl".into()),
-                    start: Some(ranges[i].0),
-                    end: Some(ranges[i].1),
-                    ..TraceQuery::with_limit(20)
-                }
-            }),
-        ),
+    // Each case is a base query; every request adds a random 1h window, and the cases marked
+    // so a random `dataset` attribute.
+    let base = |service: Option<&str>, operation: Option<&str>| TraceQuery {
+        service: service.map(Into::into),
+        operation: operation.map(Into::into),
+        ..TraceQuery::with_limit(20)
+    };
+    let cases: Vec<(&str, TraceQuery, bool)> = vec![
+        ("service, 1h range", base(Some("spark-etl"), None), false),
         (
             "service + operation, 1h range",
-            Box::new({
-                let ranges = ranges.clone();
-                move |i| TraceQuery {
-                    service: Some("quality-checks".into()),
-                    operation: Some("join-step-4".into()),
-                    start: Some(ranges[i].0),
-                    end: Some(ranges[i].1),
-                    ..TraceQuery::with_limit(20)
-                }
-            }),
+            base(Some("quality-checks"), Some("join-step-4")),
+            false,
         ),
         (
             "service + min_duration 1.9s, 1h range",
-            Box::new({
-                let ranges = ranges.clone();
-                move |i| TraceQuery {
-                    service: Some("warehouse-loader".into()),
-                    min_duration_nanos: Some(1_900_000_000),
-                    start: Some(ranges[i].0),
-                    end: Some(ranges[i].1),
-                    ..TraceQuery::with_limit(20)
-                }
-            }),
+            TraceQuery {
+                min_duration_nanos: Some(1_900_000_000),
+                ..base(Some("warehouse-loader"), None)
+            },
+            false,
         ),
-        (
-            "time range only (1h)",
-            Box::new({
-                let ranges = ranges.clone();
-                move |i| TraceQuery {
-                    start: Some(ranges[i].0),
-                    end: Some(ranges[i].1),
-                    ..TraceQuery::with_limit(20)
-                }
-            }),
-        ),
-        (
-            "attribute dataset=X, 1h range",
-            Box::new({
-                let ranges = ranges.clone();
-                let datasets = datasets.clone();
-                move |i| TraceQuery {
-                    attributes: vec![AttributeFilter {
-                        key: "dataset".into(),
-                        value: Some(datasets[i].clone()),
-                    }],
-                    start: Some(ranges[i].0),
-                    end: Some(ranges[i].1),
-                    ..TraceQuery::with_limit(20)
-                }
-            }),
-        ),
+        ("time range only (1h)", base(None, None), false),
+        ("attribute dataset=X, 1h range", base(None, None), true),
         (
             "all filters combined",
-            Box::new({
-                let ranges = ranges.clone();
-                let datasets = datasets.clone();
-                move |i| TraceQuery {
-                    service: Some("quality-checks".into()),
-                    operation: Some("validate-step-3".into()),
-                    status: Some(StatusCode::Ok),
-                    min_duration_nanos: Some(100_000_000),
-                    max_duration_nanos: Some(1_900_000_000),
-                    attributes: vec![AttributeFilter {
-                        key: "dataset".into(),
-                        value: Some(datasets[i].clone()),
-                    }],
-                    start: Some(ranges[i].0),
-                    end: Some(ranges[i].1),
-                    ..TraceQuery::with_limit(20)
-                }
-            }),
+            TraceQuery {
+                status: Some(StatusCode::Ok),
+                min_duration_nanos: Some(100_000_000),
+                max_duration_nanos: Some(1_900_000_000),
+                ..base(Some("quality-checks"), Some("validate-step-3"))
+            },
+            true,
         ),
     ];
-    for (name, make) in &cases {
+    for (name, template, with_dataset) in &cases {
         let (p50, p99, hits) = measure(q, |i| {
-            let (store, query) = (store.clone(), make(i));
+            let query = TraceQuery {
+                start: Some(ranges[i].0),
+                end: Some(ranges[i].1),
+                attributes: if *with_dataset {
+                    vec![AttributeFilter {
+                        key: "dataset".into(),
+                        value: Some(datasets[i].clone()),
+                    }]
+                } else {
+                    Vec::new()
+                },
+                ..template.clone()
+            };
+            let store = store.clone();
             async move { Ok(store.search(&query).await?.len()) }
         })
         .await?;
