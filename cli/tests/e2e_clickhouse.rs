@@ -89,14 +89,7 @@ async fn all_in_one_on_clickhouse() {
     .await;
     assert_eq!(found["traces"][0]["trace_id"], trace, "{found}");
     assert_eq!(found["traces"][0]["span_count"], 3);
-    let metrics = client
-        .get(format!("http://{ingest}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&client, ingest).await;
     assert!(
         metrics.contains("datatracing_clickhouse_inserted_spans_total 3"),
         "{metrics}"

@@ -85,12 +85,7 @@ async fn python_sdk_over_http_and_grpc() {
     check(&server, &http, "py-etl-http").await;
     let grpc = send("grpc", &server.grpc().to_string());
     check(&server, &grpc, "py-etl-grpc").await;
-    let metrics = reqwest::get(format!("http://{}/metrics", server.ingest()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&reqwest::Client::new(), server.ingest()).await;
     assert!(
         metrics.contains(
             "datatracing_collector_spans_accepted_total{protocol=\"otlp_http_protobuf\"} 3"

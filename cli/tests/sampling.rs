@@ -86,14 +86,7 @@ async fn policy_decides_stamps_and_reloads_live() {
     eventually("the drop decision", || {
         let c = client.clone();
         async move {
-            let m = c
-                .get(format!("http://{ingest}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = common::metrics(&c, ingest).await;
             m.contains("datatracing_sampling_decisions_total{rule=\"default\",outcome=\"drop\"} 1")
         }
     })
@@ -160,14 +153,7 @@ async fn policy_decides_stamps_and_reloads_live() {
         second.as_str(),
         "the previous policy stays in force"
     );
-    let m = client
-        .get(format!("http://{ingest}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = common::metrics(&client, ingest).await;
     assert!(
         m.contains("datatracing_sampling_policy_reloads_total{outcome=\"rejected\"} 1"),
         "{m}"

@@ -131,3 +131,15 @@ impl Drop for Server {
 pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
+
+/// The Prometheus text of a server's `/metrics`.
+pub async fn metrics(client: &reqwest::Client, addr: SocketAddr) -> String {
+    client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
