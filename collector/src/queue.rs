@@ -182,24 +182,21 @@ impl SpanQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datatracing_core::{SpanId, Timestamp, TraceId};
+    use datatracing_core::{Timestamp, TraceId};
     use prometheus_client::registry::Registry;
 
     fn spans(n: usize) -> Vec<Span> {
-        (0..n)
-            .map(|i| Span {
-                trace_id: TraceId::from_bytes([1; 16]),
-                span_id: SpanId::from_bytes((i as u64 + 1).to_be_bytes()),
-                parent_id: None,
-                service: "s".into(),
-                operation: "o".into(),
-                kind: Default::default(),
-                start_time: Timestamp::from_unix_nanos(1),
-                end_time: Timestamp::from_unix_nanos(2),
-                status: Default::default(),
-                attributes: Default::default(),
-                events: vec![],
-                links: vec![],
+        // The storage contract's span builder; one trace, ids 1..=n.
+        (0..n as u64)
+            .map(|i| {
+                datatracing_store::contract::simple_span(
+                    TraceId::from_bytes([1; 16]),
+                    i,
+                    None,
+                    "s",
+                    Timestamp::from_unix_nanos(1),
+                    1,
+                )
             })
             .collect()
     }

@@ -329,14 +329,11 @@ fn join(errors: &[datatracing_core::policy::PolicyError]) -> String {
         .join("; ")
 }
 
+/// Parses (YAML is a superset of JSON, so one parser reads both) and compiles a policy.
 fn compile_text(text: &str) -> Result<CompiledPolicy, String> {
-    let policy: SamplingPolicy = serde_yaml_parse(text)?;
+    let policy: SamplingPolicy =
+        serde_yaml::from_str(text).map_err(|e| format!("not a sampling policy: {e}"))?;
     policy.compile().map_err(|e| join(&e))
-}
-
-/// YAML is a superset of JSON, so one parser reads both formats.
-fn serde_yaml_parse(text: &str) -> Result<SamplingPolicy, String> {
-    serde_yaml::from_str(text).map_err(|e| format!("not a sampling policy: {e}"))
 }
 
 struct Buffered {

@@ -422,23 +422,20 @@ pub(crate) fn checkpoint(wal: &Wal, pos: Pos, bytes: u64, spans: u64) -> std::io
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datatracing_core::{SpanId, Timestamp, TraceId};
+    use datatracing_core::{Timestamp, TraceId};
 
     fn spans(trace: u8, n: u64) -> Vec<Span> {
+        // The storage contract's span builder; ids 1..=n.
         (0..n)
-            .map(|i| Span {
-                trace_id: TraceId::from_bytes([trace; 16]),
-                span_id: SpanId::from_bytes((i + 1).to_be_bytes()),
-                parent_id: None,
-                service: "s".into(),
-                operation: "o".into(),
-                kind: Default::default(),
-                start_time: Timestamp::from_unix_nanos(1),
-                end_time: Timestamp::from_unix_nanos(2),
-                status: Default::default(),
-                attributes: Default::default(),
-                events: vec![],
-                links: vec![],
+            .map(|i| {
+                datatracing_store::contract::simple_span(
+                    TraceId::from_bytes([trace; 16]),
+                    i,
+                    None,
+                    "s",
+                    Timestamp::from_unix_nanos(1),
+                    1,
+                )
             })
             .collect()
     }
