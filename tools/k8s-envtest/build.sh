@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Builds the real Kubernetes API server and etcd from the Go module proxy, for tests that
-# need a real control plane on a machine without containers (test infrastructure only).
+# Builds the real Kubernetes API server, etcd, kubectl and helm from the Go module proxy, for
+# tests that need a real control plane on a machine without containers (test infrastructure
+# only).
 # Binaries are cached under $DATATRACING_K8S_DIR (default ~/.cache/datatracing/k8s/<version>)
 # and rebuilt only when missing. Prints the directory on success.
 set -euo pipefail
 
 K8S_VERSION="${DATATRACING_K8S_VERSION:-1.34.4}"
 ETCD_VERSION="${DATATRACING_ETCD_VERSION:-3.6.16}"
+HELM_VERSION="${DATATRACING_HELM_VERSION:-3.19.0}"
 out="${DATATRACING_K8S_DIR:-$HOME/.cache/datatracing/k8s/$K8S_VERSION}"
 
-if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ]; then
+have() { [ -x "$out/$1" ]; }
+if have kube-apiserver && have etcd && have kubectl && have helm; then
   echo "$out"
   exit 0
 fi
@@ -18,7 +21,7 @@ mkdir -p "$out"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# kube-apiserver: k8s.io/kubernetes requires its staging modules at v0.0.0 and resolves them
+# kube-apiserver and kubectl: k8s.io/kubernetes requires its staging modules at v0.0.0 and resolves them
 # with replace lines Go ignores in dependencies, so this wrapper replaces each one with the
 # published v0.N.x. Only exact v0.0.0 requirements are staging modules (k8s.io/utils and
 # friends use pseudo-versions and must stay as they are).
@@ -45,12 +48,30 @@ func main() {
 	}
 }
 GO
+mkdir kubectl
+cat > kubectl/main.go <<'GO'
+package main
+
+import (
+	"k8s.io/component-base/cli"
+	"k8s.io/kubectl/pkg/cmd"
+	"k8s.io/kubectl/pkg/cmd/util"
+)
+
+func main() {
+	if err := cli.RunNoErrOutput(cmd.NewDefaultKubectlCommand()); err != nil {
+		util.CheckErr(err)
+	}
+}
+GO
 go mod tidy >/dev/null
 minor="${K8S_VERSION#1.}"; minor="${minor%%.*}"
-go build -trimpath -o "$out/kube-apiserver" \
-  -ldflags "-X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" .
+ldflags="-X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+have kube-apiserver || go build -trimpath -o "$out/kube-apiserver" -ldflags "$ldflags" .
+have kubectl || go build -trimpath -o "$out/kubectl" -ldflags "$ldflags" ./kubectl
 
 # etcd
+if ! have etcd; then
 mkdir -p "$work/etcd"
 cd "$work/etcd"
 go mod init datatracing.test/etcd >/dev/null 2>&1
@@ -70,7 +91,13 @@ GO
 go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" >/dev/null
 go mod tidy >/dev/null
 go build -trimpath -o "$out/etcd" .
+fi
+
+# helm (its module has no replace lines, so `go install` builds it as published)
+have helm || GOBIN="$out" go install "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
 
 "$out/kube-apiserver" --version >&2
 "$out/etcd" --version | head -1 >&2
+"$out/kubectl" version --client >&2
+"$out/helm" version --short >&2
 echo "$out"

@@ -1,0 +1,431 @@
+//! The custom resources: `TracingPipeline` and `SamplingPolicy` (group `datatracing.io`,
+//! version `v1alpha1`), their status types and condition vocabulary.
+//!
+//! Kubernetes-specific fields are camelCase, as every Kubernetes API is; product settings
+//! embedded from the collector and the policy model (`limits`, `queue`, sampling rules) keep
+//! their native snake_case names so a policy file and a `SamplingPolicy` spec are the same
+//! text (ADR 0004). Invariants the API server can check are CEL rules in the schema; the
+//! rest (regexes, nesting deeper than the schema spells out) is checked by the operator and
+//! reported in status.
+
+use std::collections::BTreeMap;
+
+use datatracing_collector::QueueConfig;
+use datatracing_core::Limits;
+use datatracing_core::policy::{Action, Rule, Verdict};
+use k8s_openapi::api::core::v1::{ResourceRequirements, SecretKeySelector};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// The API group.
+pub const GROUP: &str = "datatracing.io";
+
+/// A data-pipeline tracing installation: collectors, query servers, their ClickHouse store
+/// and the sampling policies they apply.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "datatracing.io",
+    version = "v1alpha1",
+    kind = "TracingPipeline",
+    namespaced,
+    status = "TracingPipelineStatus",
+    shortname = "tpl",
+    category = "datatracing",
+    doc = "A DataTracing installation: collectors, query servers, ClickHouse store, sampling.",
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name": "Retention", "type": "integer", "description": "Retention in days applied to ClickHouse", "jsonPath": ".status.retentionDays"}"#,
+    printcolumn = r#"{"name": "Collectors", "type": "integer", "jsonPath": ".spec.collector.replicas"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingPipelineSpec {
+    /// The collector (ingest) Deployment.
+    #[serde(default)]
+    pub collector: CollectorSpec,
+    /// The query Deployment.
+    #[serde(default)]
+    pub query: QuerySpec,
+    /// The ClickHouse store.
+    pub storage: StorageSpec,
+    /// Tail sampling.
+    #[serde(default)]
+    pub sampling: SamplingSpec,
+}
+
+/// Collector settings.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new(
+    "!has(self.podDisruptionBudget) || self.podDisruptionBudget.minAvailable < self.replicas"
+).message("collector.podDisruptionBudget.minAvailable must be below collector.replicas, or the budget blocks every voluntary eviction").reason(Reason::FieldValueInvalid))]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorSpec {
+    /// Pods.
+    #[serde(default = "default_collector_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// Container image; defaults to the operator's `--image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub max_body_bytes: Option<i64>,
+    /// Most spans accepted in one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_spans_per_request: Option<i64>,
+    /// Per-span size limits (the collector's `limits` section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// The in-memory queue and what happens when it is full (the collector's `queue` section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueConfig>,
+    /// A PodDisruptionBudget for the collectors; absent means none is created (so one you
+    /// manage yourself is never merged with ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<DisruptionBudget>,
+}
+
+fn default_collector_replicas() -> i32 {
+    2
+}
+
+impl Default for CollectorSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_collector_replicas(),
+            image: None,
+            resources: None,
+            max_body_bytes: None,
+            max_spans_per_request: None,
+            limits: None,
+            queue: None,
+            pod_disruption_budget: None,
+        }
+    }
+}
+
+/// A PodDisruptionBudget.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionBudget {
+    /// Collector pods that must stay available during voluntary disruptions.
+    #[schemars(range(min = 0))]
+    pub min_available: i32,
+}
+
+/// Query settings.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuerySpec {
+    /// Pods.
+    #[serde(default = "default_query_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// Container image; defaults to the operator's `--image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_query_replicas() -> i32 {
+    1
+}
+
+impl Default for QuerySpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_query_replicas(),
+            image: None,
+            resources: None,
+        }
+    }
+}
+
+/// What happens to the ClickHouse data when the pipeline is deleted.
+#[derive(
+    schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
+pub enum DeletionPolicy {
+    // Keep the database and its data (the default).
+    #[default]
+    Retain,
+    // Drop the database.
+    Delete,
+}
+
+/// The ClickHouse store.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// HTTP URL of the ClickHouse server, e.g. `http://clickhouse.db:8123`.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("storage.url must be an http:// or https:// URL").reason(Reason::FieldValueInvalid))]
+    #[schemars(length(min = 8, max = 2048))]
+    pub url: String,
+    /// Database holding the trace tables. Immutable: moving data is a new pipeline.
+    #[serde(default = "default_database")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage.database is immutable; create a new TracingPipeline to use another database"))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("storage.database must be a plain identifier (letters, digits, underscore)").reason(Reason::FieldValueInvalid))]
+    #[schemars(length(min = 1, max = 128))]
+    pub database: String,
+    /// Cluster name for clustered ClickHouse installs (DDL `ON CLUSTER`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub cluster: Option<String>,
+    /// User name.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// The password, from a Secret in the pipeline's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeySelector>,
+    /// Days of data kept (ClickHouse TTL).
+    #[serde(default = "default_retention_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub retention_days: u32,
+    /// `Retain` (default) keeps the database when the pipeline is deleted; `Delete` drops it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_database() -> String {
+    "datatracing".into()
+}
+
+fn default_user() -> String {
+    "default".into()
+}
+
+fn default_retention_days() -> u32 {
+    7
+}
+
+/// Tail sampling: which SamplingPolicies apply, and what happens to traces none matches.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SamplingSpec {
+    /// SamplingPolicies in this namespace to apply, merged by descending priority. Absent:
+    /// no tail sampling (every trace is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// What happens to a trace no rule matched.
+    #[serde(default = "default_action")]
+    #[schemars(schema_with = "crate::schema::action_schema")]
+    pub default_action: Action,
+}
+
+fn default_action() -> Action {
+    Action {
+        decision: Verdict::Keep,
+        sample_rate: None,
+        rate_limit: None,
+        keep_linked: false,
+    }
+}
+
+impl Default for SamplingSpec {
+    fn default() -> Self {
+        Self {
+            selector: None,
+            default_action: default_action(),
+        }
+    }
+}
+
+/// Observed state of a TracingPipeline.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingPipelineStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `ConfigurationGenerated`, `CollectorAvailable`, `QueryAvailable`,
+    /// `RetentionApplied`.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::schema::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Retention in days last applied to ClickHouse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    /// Hash of the active sampling configuration (as the collector reports it at
+    /// `/admin/sampling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_hash: Option<String>,
+    /// SamplingPolicies in the active configuration, in evaluation order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sampling_policies: Vec<String>,
+    /// Hash of the configuration whose change restarts the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}
+
+/// A set of sampling rules, selected by TracingPipelines through labels.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "datatracing.io",
+    version = "v1alpha1",
+    kind = "SamplingPolicy",
+    namespaced,
+    status = "SamplingPolicyStatus",
+    shortname = "spol",
+    category = "datatracing",
+    doc = "Tail-sampling rules applied by the TracingPipelines whose selector matches.",
+    printcolumn = r#"{"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name": "Priority", "type": "integer", "jsonPath": ".spec.priority"}"#,
+    printcolumn = r#"{"name": "Rules", "type": "integer", "jsonPath": ".status.ruleCount"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SamplingPolicySpec {
+    /// Higher first when a pipeline selects several policies; ties go by name.
+    #[serde(default)]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub priority: i32,
+    /// Rules in order (the sampling policy model); the first match decides. Names are
+    /// unique within the policy.
+    #[schemars(schema_with = "crate::schema::rules_schema")]
+    pub rules: Vec<Rule>,
+}
+
+/// Observed state of a SamplingPolicy.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SamplingPolicyStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted`.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::schema::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Rules in the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_count: Option<i32>,
+    /// TracingPipelines whose selector matches this policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_by: Vec<String>,
+}
+
+/// Condition types and reasons. Reasons are stable API: the runbook has a section for each.
+pub mod reason {
+    /// Condition: everything below is true.
+    pub const READY: &str = "Ready";
+    /// Condition: the ConfigMap holds a valid configuration.
+    pub const CONFIGURATION_GENERATED: &str = "ConfigurationGenerated";
+    /// Condition: the collector Deployment has its replicas available.
+    pub const COLLECTOR_AVAILABLE: &str = "CollectorAvailable";
+    /// Condition: the query Deployment has its replicas available.
+    pub const QUERY_AVAILABLE: &str = "QueryAvailable";
+    /// Condition: ClickHouse has the requested retention.
+    pub const RETENTION_APPLIED: &str = "RetentionApplied";
+    /// Condition (SamplingPolicy): the rules are valid.
+    pub const ACCEPTED: &str = "Accepted";
+
+    /// All good.
+    pub const RECONCILED: &str = "Reconciled";
+    /// A selected SamplingPolicy is invalid; the previous configuration stays.
+    pub const INVALID_SAMPLING_POLICY: &str = "InvalidSamplingPolicy";
+    /// The spec renders a configuration the collector would refuse.
+    pub const INVALID_CONFIGURATION: &str = "InvalidConfiguration";
+    /// The referenced password Secret or key does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// Fewer available replicas than desired.
+    pub const REPLICAS_UNAVAILABLE: &str = "ReplicasUnavailable";
+    /// All desired replicas are available.
+    pub const REPLICAS_AVAILABLE: &str = "ReplicasAvailable";
+    /// Scaled to zero on purpose.
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    /// ClickHouse did not answer; retried with backoff.
+    pub const CLICKHOUSE_UNREACHABLE: &str = "ClickHouseUnreachable";
+    /// ClickHouse refused the credentials.
+    pub const CLICKHOUSE_AUTH_FAILED: &str = "ClickHouseAuthFailed";
+    /// ClickHouse answered with an error (schema, permissions).
+    pub const CLICKHOUSE_ERROR: &str = "ClickHouseError";
+    /// Retention applied.
+    pub const RETENTION_SET: &str = "RetentionSet";
+    /// Writing a child object failed.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// Waiting for other conditions.
+    pub const PROGRESSING: &str = "Progressing";
+    /// SamplingPolicy valid.
+    pub const VALID: &str = "Valid";
+    /// SamplingPolicy invalid.
+    pub const INVALID: &str = "Invalid";
+}
+
+/// Both CRDs, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    [TracingPipeline::crd(), SamplingPolicy::crd()]
+        .into_iter()
+        .map(|crd| {
+            let mut v = serde_json::to_value(&crd).unwrap_or_default();
+            crate::schema::drop_unknown_formats(&mut v);
+            serde_json::from_value(v).unwrap_or(crd)
+        })
+        .collect()
+}
+
+/// Where the CRD files are committed, relative to the repository root.
+pub const CRD_DIRS: [&str; 3] = [
+    "crds",
+    "config/crd/bases",
+    "charts/datatracing-operator/crds",
+];
+
+/// Each CRD as YAML, keyed by the file name it is committed under in `crds/`.
+pub fn crd_files() -> BTreeMap<String, String> {
+    crds()
+        .into_iter()
+        .map(|crd| {
+            let name = format!("{}.yaml", crd.spec.names.plural);
+            let body = serde_yaml::to_string(&crd).unwrap_or_default();
+            let text = format!(
+                "# Generated by `cargo run -p datatracing-operator --bin crdgen`; do not edit.\n---\n{body}"
+            );
+            (name, text)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crds_match_the_code() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        for dir in CRD_DIRS {
+            for (name, text) in crd_files() {
+                let path = format!("{root}/{dir}/{name}");
+                let committed = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    committed == text,
+                    "{path} is stale; regenerate with: cargo run -p datatracing-operator --bin crdgen"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_crd_has_status_and_printer_columns() {
+        for crd in crds() {
+            let v = &crd.spec.versions[0];
+            assert!(
+                v.subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some()
+            );
+            let cols = v.additional_printer_columns.as_deref().unwrap_or_default();
+            assert!(cols.iter().any(|c| c.name == "Age"));
+            assert!(cols.len() >= 3, "Ready/Accepted, a key figure and Age");
+        }
+    }
+}
