@@ -84,6 +84,81 @@ pub enum Command {
     /// Check and try sampling policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The Kubernetes operator: reconciles TracingPipeline and SamplingPolicy resources.
+    Operator(OperatorArgs),
+}
+
+/// `datatracing operator` flags (each also a `DATATRACING_OPERATOR_*` variable).
+#[derive(Debug, clap::Args)]
+pub struct OperatorArgs {
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long, env = "DATATRACING_OPERATOR_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "DATATRACING_OPERATOR_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen: SocketAddr,
+    /// Image for collector and query pods unless a pipeline names one.
+    #[arg(long, env = "DATATRACING_OPERATOR_IMAGE")]
+    pub image: Option<String>,
+    /// Elect a leader on a Lease (turn off only for a single replica).
+    #[arg(long, env = "DATATRACING_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Lease name.
+    #[arg(
+        long,
+        env = "DATATRACING_OPERATOR_LEASE_NAME",
+        default_value = "datatracing-operator"
+    )]
+    pub lease_name: String,
+    /// Lease namespace (default: POD_NAMESPACE, else the watched namespace, else default).
+    #[arg(long, env = "DATATRACING_OPERATOR_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Kubeconfig file (default: in-cluster, else KUBECONFIG or ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Skip TLS verification of the API server (test clusters only).
+    #[arg(long, env = "DATATRACING_OPERATOR_INSECURE_SKIP_TLS_VERIFY")]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl OperatorArgs {
+    /// The operator settings these flags describe.
+    pub fn config(&self) -> datatracing_operator::OperatorConfig {
+        let mut c = datatracing_operator::OperatorConfig {
+            namespace: self.namespace.clone(),
+            listen: self.listen,
+            ..Default::default()
+        };
+        if let Some(i) = &self.image {
+            c.image = i.clone();
+        }
+        c.leader_election.enabled = self.leader_elect;
+        c.leader_election.lease_name = self.lease_name.clone();
+        c.leader_election.lease_namespace = self.lease_namespace.clone();
+        c
+    }
+
+    /// A Kubernetes client: the kubeconfig when one is given, else in-cluster / default.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let mut config = match &self.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+            }
+            None => kube::Config::infer().await.context(
+                "no Kubernetes configuration: run in a pod, or set KUBECONFIG / --kubeconfig",
+            )?,
+        };
+        if self.insecure_skip_tls_verify {
+            config.accept_invalid_certs = true;
+        }
+        Ok(kube::Client::try_from(config)?)
+    }
 }
 
 /// `datatracing policy ...`
@@ -245,7 +320,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mode = match command {
         Command::Query => OpenMode::ReadOnly,
-        Command::PrintConfig | Command::Migrate | Command::Policy(_) => return Ok(()),
+        Command::PrintConfig | Command::Migrate | Command::Policy(_) | Command::Operator(_) => {
+            return Ok(());
+        }
         _ => OpenMode::ReadWrite,
     };
     let mut registry = Registry::default();

@@ -28,9 +28,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "datatracing-query",
         &["datatracing-core", "datatracing-store", "datatracing-http"],
     ),
+    // The operator renders the collector's and query's configuration from their own structs
+    // and applies retention through the ClickHouse crate; it never opens a store.
+    (
+        "datatracing-operator",
+        &[
+            "datatracing-core",
+            "datatracing-store-clickhouse",
+            "datatracing-http",
+            "datatracing-collector",
+            "datatracing-query",
+        ],
+    ),
     (
         "datatracing-cli",
         &[
+            "datatracing-operator",
             "datatracing-core",
             "datatracing-store",
             "datatracing-store-clickhouse",

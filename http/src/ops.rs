@@ -18,11 +18,11 @@ use prometheus_client::registry::Registry;
 use crate::error::{ApiError, ErrorCode};
 
 /// Whether a server should receive traffic: false before start-up completes and as soon as
-/// shutdown begins, and whenever the store does not answer.
+/// shutdown begins, and whenever the store (if it has one) does not answer.
 #[derive(Clone)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
-    store: Arc<dyn TraceStore>,
+    store: Option<Arc<dyn TraceStore>>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -38,7 +38,15 @@ impl Readiness {
     pub fn new(store: Arc<dyn TraceStore>) -> Self {
         Self {
             ready: Arc::new(AtomicBool::new(false)),
-            store,
+            store: Some(store),
+        }
+    }
+
+    /// For a process without a store (the operator): the flag alone decides.
+    pub fn flag_only() -> Self {
+        Self {
+            ready: Arc::new(AtomicBool::new(false)),
+            store: None,
         }
     }
 
@@ -82,11 +90,12 @@ async fn readyz(State(s): State<OpsState>) -> Result<axum::Json<serde_json::Valu
             "not ready (starting or shutting down)",
         ));
     }
-    s.readiness
-        .store
-        .health()
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("store not ready: {e}")))?;
+    if let Some(store) = &s.readiness.store {
+        store
+            .health()
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("store not ready: {e}")))?;
+    }
     Ok(axum::Json(serde_json::json!({"status": "ready"})))
 }
 

@@ -251,6 +251,17 @@ impl ClickHouseAdmin {
             .collect())
     }
 
+    /// Drops the database with all its data. Idempotent. Only the operator calls this, when
+    /// a pipeline with `deletionPolicy: Delete` is deleted.
+    pub async fn drop_database(&self) -> Result<()> {
+        timed(
+            self.query_timeout,
+            "drop database",
+            self.root.query(&self.schema.drop_database()).execute(),
+        )
+        .await
+    }
+
     /// Sets the retention of every trace table to `days` with `ALTER TABLE ... MODIFY TTL`
     /// (`materialize_ttl_after_modify = 0`: existing parts are not rewritten; they age out
     /// as whole daily partitions). Tables already at `days` are left alone, so repeating the

@@ -120,6 +120,15 @@ impl Schema {
         )
     }
 
+    /// Drops the database and every table in it (`deletionPolicy: Delete`).
+    pub fn drop_database(&self) -> String {
+        format!(
+            "DROP DATABASE IF EXISTS {}{} SYNC",
+            self.database,
+            self.on_cluster()
+        )
+    }
+
     /// The bookkeeping table for applied migrations.
     pub fn create_migrations_table(&self) -> String {
         format!(

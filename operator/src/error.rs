@@ -1,0 +1,60 @@
+//! The operator's error type.
+
+/// Result with the operator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A desired object could not be built (a bug, or a spec the schema should have refused).
+    #[error("rendering child objects: {0}")]
+    Render(String),
+    /// The spec renders a configuration the collector would refuse.
+    #[error("invalid configuration: {0}")]
+    InvalidConfiguration(String),
+    /// A selected SamplingPolicy is invalid.
+    #[error("{0}")]
+    InvalidSamplingPolicy(String),
+    /// The referenced password Secret or key is missing.
+    #[error("{0}")]
+    SecretNotFound(String),
+    /// A child with our name exists and belongs to someone else.
+    #[error("{0}")]
+    Conflict(String),
+    /// ClickHouse failed.
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] datatracing_store_clickhouse::Error),
+    /// Operator configuration is invalid.
+    #[error("invalid operator configuration: {0}")]
+    Config(String),
+    /// Serving the ops endpoints failed.
+    #[error("ops server: {0}")]
+    Serve(String),
+    /// Leadership was lost; the process must stop reconciling.
+    #[error("lost the leader lease {0}")]
+    LostLease(String),
+}
+
+impl Error {
+    /// A short, stable label for metrics (`errors_total{reason}`).
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "invalid",
+            Error::Kube(_) => "kubernetes",
+            Error::Render(_) => "render",
+            Error::InvalidConfiguration(_) => "invalid_configuration",
+            Error::InvalidSamplingPolicy(_) => "invalid_sampling_policy",
+            Error::SecretNotFound(_) => "secret_not_found",
+            Error::Conflict(_) => "conflict",
+            Error::ClickHouse(_) => "clickhouse",
+            Error::Config(_) => "config",
+            Error::Serve(_) => "serve",
+            Error::LostLease(_) => "lost_lease",
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so two operator replicas never
+//! reconcile at once.
+//!
+//! Like client-go's elector, expiry is judged by the local clock from when this replica last
+//! saw the lease record change, never by comparing its clock with the writer's timestamps;
+//! writes use the lease's `resourceVersion`, so of two replicas racing for an expired lease
+//! exactly one wins. A leader that cannot renew within the renew deadline stops its work and
+//! reports the loss (the process exits and is restarted as a follower); on shutdown it
+//! releases the lease so a follower takes over without waiting for expiry.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::PostParams;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// One replica's view of a lease.
+#[derive(Debug)]
+pub struct LeaderElector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    lease_duration: Duration,
+    renew_interval: Duration,
+    observed: Option<(String, Instant)>,
+}
+
+fn record(l: &Lease) -> String {
+    let s = l.spec.clone().unwrap_or_default();
+    format!(
+        "{:?}/{:?}/{:?}",
+        s.holder_identity, s.renew_time, s.lease_transitions
+    )
+}
+
+impl LeaderElector {
+    /// An elector for lease `namespace/name` as `identity`.
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        lease_duration: Duration,
+        renew_interval: Duration,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+            lease_duration,
+            renew_interval,
+            observed: None,
+        }
+    }
+
+    fn spec(&self, acquire: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        let now = MicroTime(Timestamp::now());
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.lease_duration.as_secs().max(1) as i32),
+            acquire_time: Some(acquire.unwrap_or_else(|| now.clone())),
+            renew_time: Some(now),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// Takes or renews the lease; `Ok(true)` while this replica holds it.
+    pub async fn try_acquire_or_renew(&mut self) -> Result<bool> {
+        let current = match self.api.get_opt(&self.name).await? {
+            Some(l) => l,
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(self.spec(None, 0)),
+                };
+                return match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(l) => {
+                        self.observed = Some((record(&l), Instant::now()));
+                        Ok(true)
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        };
+        let rec = record(&current);
+        if self.observed.as_ref().is_none_or(|(r, _)| *r != rec) {
+            self.observed = Some((rec, Instant::now()));
+        }
+        let spec = current.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let held_by_me = holder == self.identity;
+        let duration = spec
+            .lease_duration_seconds
+            .map_or(
+                self.lease_duration,
+                |s| Duration::from_secs(s.max(0) as u64),
+            );
+        let expired = holder.is_empty()
+            || self
+                .observed
+                .as_ref()
+                .is_some_and(|(_, seen)| seen.elapsed() > duration);
+        if !held_by_me && !expired {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!held_by_me);
+        let acquire = if held_by_me { spec.acquire_time } else { None };
+        let mut next = current.clone();
+        next.spec = Some(self.spec(acquire, transitions));
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &next)
+            .await
+        {
+            Ok(l) => {
+                self.observed = Some((record(&l), Instant::now()));
+                Ok(true)
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Gives the lease up if this replica holds it (best effort).
+    pub async fn release(&mut self) {
+        let Ok(Some(mut l)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let Some(spec) = l.spec.as_mut() else { return };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        if let Err(e) = self
+            .api
+            .replace(&self.name, &PostParams::default(), &l)
+            .await
+        {
+            tracing::warn!(error = %e, lease = %self.name, "could not release the leader lease");
+        } else {
+            tracing::info!(lease = %self.name, "released the leader lease");
+        }
+    }
+
+    /// Waits for leadership, runs `work` while leading, and returns when `shutdown` fires
+    /// (after `work` finished and the lease was released) or with [`Error::LostLease`] when
+    /// renewal failed for longer than the renew deadline.
+    pub async fn lead<F, Fut>(
+        mut self,
+        shutdown: CancellationToken,
+        metrics: Metrics,
+        work: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        tracing::info!(lease = %self.name, identity = %self.identity, "waiting for the leader lease");
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election: lease not readable"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(self.renew_interval) => {}
+            }
+        }
+        tracing::info!(lease = %self.name, identity = %self.identity, "became the leader");
+        metrics.leader.set(1);
+        let leading = shutdown.child_token();
+        let mut task = tokio::spawn(work(leading.clone()));
+        let deadline = self.lease_duration.mul_f64(2.0 / 3.0);
+        let mut last_renew = Instant::now();
+        let outcome = loop {
+            tokio::select! {
+                r = &mut task => {
+                    break r.unwrap_or_else(|e| Err(Error::Serve(format!("controllers panicked: {e}"))));
+                }
+                _ = shutdown.cancelled() => {
+                    break (&mut task).await.unwrap_or_else(|e| Err(Error::Serve(format!("controllers panicked: {e}"))));
+                }
+                _ = tokio::time::sleep(self.renew_interval) => {
+                    match self.try_acquire_or_renew().await {
+                        Ok(true) => last_renew = Instant::now(),
+                        Ok(false) => {
+                            leading.cancel();
+                            let _ = (&mut task).await;
+                            metrics.leader.set(0);
+                            return Err(Error::LostLease(format!("{} (taken by another replica)", self.name)));
+                        }
+                        Err(e) if last_renew.elapsed() > deadline => {
+                            leading.cancel();
+                            let _ = (&mut task).await;
+                            metrics.leader.set(0);
+                            return Err(Error::LostLease(format!("{} (renewal failing: {e})", self.name)));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "leader lease renewal failed; retrying"),
+                    }
+                }
+            }
+        };
+        metrics.leader.set(0);
+        self.release().await;
+        outcome
+    }
+}

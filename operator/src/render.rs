@@ -1,0 +1,409 @@
+//! Pure functions from a `TracingPipeline` (plus its merged sampling policy) to the child
+//! objects the operator applies. No I/O, so every desired object is unit-tested.
+//!
+//! The configuration file and the sampling policy are two keys of one ConfigMap mounted as a
+//! directory (not with `subPath`, which never sees updates). Only the configuration's hash
+//! goes into the pod template annotation: a configuration change rolls the pods, a sampling
+//! change reaches them through the kubelet's ConfigMap refresh and the collector's live
+//! reload, with no restart.
+
+use std::collections::BTreeMap;
+
+use datatracing_collector::CollectorConfig;
+use datatracing_core::policy::SamplingPolicy;
+use datatracing_query::QueryConfig;
+use datatracing_store_clickhouse::ClickHouseConfig;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::crd::TracingPipeline;
+use crate::error::{Error, Result};
+
+/// Where the ConfigMap is mounted in the pods.
+pub const CONFIG_DIR: &str = "/etc/datatracing/config";
+/// The configuration file's key in the ConfigMap.
+pub const CONFIG_KEY: &str = "datatracing.yaml";
+/// The sampling policy's key in the ConfigMap.
+pub const SAMPLING_KEY: &str = "sampling.yaml";
+/// Where the password Secret is mounted.
+pub const SECRET_DIR: &str = "/etc/datatracing/secret";
+/// Pod template annotation carrying the configuration hash.
+pub const CONFIG_HASH_ANNOTATION: &str = "datatracing.io/config-hash";
+/// ConfigMap annotation carrying the sampling policy hash.
+pub const SAMPLING_HASH_ANNOTATION: &str = "datatracing.io/sampling-hash";
+/// Collector OTLP/gRPC port.
+pub const OTLP_GRPC_PORT: i32 = 4317;
+/// Collector OTLP/HTTP (and native JSON, health, metrics) port.
+pub const OTLP_HTTP_PORT: i32 = 4318;
+/// Query API port.
+pub const QUERY_PORT: i32 = 16686;
+
+/// Names of a pipeline's children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// The ConfigMap.
+    pub config: String,
+    /// Collector Deployment, Service and PodDisruptionBudget.
+    pub collector: String,
+    /// Query Deployment and Service.
+    pub query: String,
+    /// The pods' ServiceAccount.
+    pub service_account: String,
+}
+
+impl Names {
+    /// Names for the pipeline called `pipeline`.
+    pub fn of(pipeline: &str) -> Self {
+        Self {
+            config: format!("{pipeline}-config"),
+            collector: format!("{pipeline}-collector"),
+            query: format!("{pipeline}-query"),
+            service_account: format!("{pipeline}-datatracing"),
+        }
+    }
+}
+
+/// Everything the operator applies for one pipeline.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// The configuration (and sampling policy) ConfigMap.
+    pub config_map: ConfigMap,
+    /// Hash of the configuration file (the restart trigger).
+    pub config_hash: String,
+    /// Collector Deployment.
+    pub collector: Deployment,
+    /// Collector Service.
+    pub collector_service: Service,
+    /// Query Deployment.
+    pub query: Deployment,
+    /// Query Service.
+    pub query_service: Service,
+    /// The pods' ServiceAccount.
+    pub service_account: ServiceAccount,
+    /// Collector PodDisruptionBudget, when the spec asks for one.
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// The configuration file's shape: the sections of `datatracing`'s configuration the pods
+/// use, built from the same structs the binary parses.
+#[derive(Serialize)]
+struct ConfigFile<'a> {
+    log: LogSection,
+    storage: StorageSection<'a>,
+    collector: &'a CollectorConfig,
+    query: &'a QueryConfig,
+}
+
+#[derive(Serialize)]
+struct LogSection {
+    format: &'static str,
+    level: &'static str,
+}
+
+#[derive(Serialize)]
+struct StorageSection<'a> {
+    backend: &'static str,
+    clickhouse: &'a ClickHouseConfig,
+}
+
+/// The ClickHouse settings a pipeline's pods (and the operator's retention calls) use.
+pub fn clickhouse_config(p: &TracingPipeline) -> ClickHouseConfig {
+    let s = &p.spec.storage;
+    ClickHouseConfig {
+        url: s.url.clone(),
+        database: s.database.clone(),
+        user: s.user.clone(),
+        password_file: s
+            .password_secret_ref
+            .as_ref()
+            .map(|_| format!("{SECRET_DIR}/password").into()),
+        cluster: s.cluster.clone(),
+        initial_retention_days: s.retention_days,
+        ..ClickHouseConfig::default()
+    }
+}
+
+/// The collector settings rendered from the spec.
+pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig {
+    let c = &p.spec.collector;
+    let mut cfg = CollectorConfig::default();
+    if let Some(v) = c.max_body_bytes.and_then(|v| usize::try_from(v).ok()) {
+        cfg.max_body_bytes = v;
+        cfg.max_decompressed_bytes = cfg.max_decompressed_bytes.max(v);
+    }
+    if let Some(v) = c
+        .max_spans_per_request
+        .and_then(|v| usize::try_from(v).ok())
+    {
+        cfg.max_spans_per_request = v;
+    }
+    if let Some(l) = &c.limits {
+        cfg.limits = l.clone();
+    }
+    if let Some(q) = &c.queue {
+        cfg.queue = q.clone();
+    }
+    cfg.sampling.enabled = sampling;
+    cfg.sampling.policy_file = sampling.then(|| format!("{CONFIG_DIR}/{SAMPLING_KEY}").into());
+    cfg
+}
+
+/// Renders the configuration file and checks it the way the binary will.
+pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<String> {
+    let clickhouse = clickhouse_config(p);
+    let collector = collector_config(p, sampling);
+    let query = QueryConfig::default();
+    clickhouse
+        .validate()
+        .map_err(|e| Error::InvalidConfiguration(format!("storage: {e}")))?;
+    collector
+        .validate()
+        .map_err(|e| Error::InvalidConfiguration(format!("collector: {e}")))?;
+    let file = ConfigFile {
+        log: LogSection {
+            format: "json",
+            level: "info",
+        },
+        storage: StorageSection {
+            backend: "clickhouse",
+            clickhouse: &clickhouse,
+        },
+        collector: &collector,
+        query: &query,
+    };
+    let body = serde_yaml::to_string(&file).map_err(|e| Error::Render(e.to_string()))?;
+    Ok(format!(
+        "# Rendered by the DataTracing operator from TracingPipeline {}/{}; edits are overwritten.\n{body}",
+        p.namespace().unwrap_or_default(),
+        p.name_any()
+    ))
+}
+
+/// A short stable content hash.
+pub fn hash(text: &str) -> String {
+    let d = Sha256::digest(text.as_bytes());
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Labels every child carries; `component` narrows them to one Deployment's pods.
+pub fn labels(p: &TracingPipeline, component: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "datatracing".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), p.name_any()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "datatracing-operator".to_string(),
+        ),
+    ]);
+    if let Some(c) = component {
+        l.insert("app.kubernetes.io/component".into(), c.into());
+    }
+    l
+}
+
+fn selector(p: &TracingPipeline, component: &str) -> BTreeMap<String, String> {
+    let mut l = labels(p, Some(component));
+    l.remove("app.kubernetes.io/managed-by");
+    l
+}
+
+fn owner(p: &TracingPipeline) -> Result<OwnerReference> {
+    p.controller_owner_ref(&())
+        .ok_or_else(|| Error::Render("the pipeline has no uid yet".into()))
+}
+
+fn meta(p: &TracingPipeline, name: &str, component: Option<&str>) -> Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: p.namespace(),
+        labels: Some(labels(p, component)),
+        owner_references: Some(vec![owner(p)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| Error::Render(e.to_string()))
+}
+
+/// Everything for `p`. `sampling` is the merged, validated policy (or none: keep all);
+/// `sampling_yaml` its text as it goes into the ConfigMap.
+pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) -> Result<Desired> {
+    let names = Names::of(&p.name_any());
+    let config = config_file(p, sampling_yaml.is_some())?;
+    let config_hash = hash(&config);
+
+    let mut data = BTreeMap::from([(CONFIG_KEY.to_string(), config)]);
+    let mut cm_meta = meta(p, &names.config, None)?;
+    if let Some(s) = sampling_yaml {
+        data.insert(SAMPLING_KEY.to_string(), s.to_string());
+        cm_meta.annotations = Some(BTreeMap::from([(
+            SAMPLING_HASH_ANNOTATION.to_string(),
+            hash(s),
+        )]));
+    }
+    let config_map = ConfigMap {
+        metadata: cm_meta,
+        data: Some(data),
+        ..ConfigMap::default()
+    };
+
+    let secret_volume = p.spec.storage.password_secret_ref.as_ref().map(|s| {
+        json!({"name": "clickhouse-password", "secret": {
+            "secretName": s.name, "defaultMode": 0o440,
+            "items": [{"key": s.key, "path": "password"}]}})
+    });
+    let pod = |component: &str,
+               image: &str,
+               resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
+               ports: serde_json::Value,
+               probe_port: i32| {
+        let mut volumes = vec![json!({"name": "config", "configMap": {"name": names.config}})];
+        let mut mounts = vec![json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true})];
+        if let Some(v) = &secret_volume {
+            volumes.push(v.clone());
+            mounts.push(
+                json!({"name": "clickhouse-password", "mountPath": SECRET_DIR, "readOnly": true}),
+            );
+        }
+        json!({
+            "metadata": {
+                "labels": selector(p, component),
+                "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
+            },
+            "spec": {
+                "serviceAccountName": names.service_account,
+                "automountServiceAccountToken": false,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                                    "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+                "terminationGracePeriodSeconds": 30,
+                "containers": [{
+                    "name": component,
+                    "image": image,
+                    "args": [component, "--config", format!("{CONFIG_DIR}/{CONFIG_KEY}")],
+                    "ports": ports,
+                    "resources": resources,
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": probe_port},
+                                       "periodSeconds": 5, "failureThreshold": 3},
+                    "livenessProbe": {"httpGet": {"path": "/healthz", "port": probe_port},
+                                      "periodSeconds": 10, "failureThreshold": 6},
+                    "securityContext": {"allowPrivilegeEscalation": false,
+                                        "readOnlyRootFilesystem": true,
+                                        "capabilities": {"drop": ["ALL"]}},
+                    "volumeMounts": mounts,
+                }],
+                "volumes": volumes,
+            }
+        })
+    };
+    let deployment = |name: &str,
+                      component: &str,
+                      replicas: i32,
+                      template: serde_json::Value|
+     -> Result<Deployment> {
+        typed(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": meta(p, name, Some(component))?,
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": selector(p, component)},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": template,
+            }
+        }))
+    };
+    let c = &p.spec.collector;
+    let collector = deployment(
+        &names.collector,
+        "collector",
+        c.replicas,
+        pod(
+            "collector",
+            c.image.as_deref().unwrap_or(image),
+            c.resources.as_ref(),
+            json!([
+                {"name": "otlp-grpc", "containerPort": OTLP_GRPC_PORT, "protocol": "TCP"},
+                {"name": "otlp-http", "containerPort": OTLP_HTTP_PORT, "protocol": "TCP"},
+            ]),
+            OTLP_HTTP_PORT,
+        ),
+    )?;
+    let q = &p.spec.query;
+    let query = deployment(
+        &names.query,
+        "query",
+        q.replicas,
+        pod(
+            "query",
+            q.image.as_deref().unwrap_or(image),
+            q.resources.as_ref(),
+            json!([{"name": "http", "containerPort": QUERY_PORT, "protocol": "TCP"}]),
+            QUERY_PORT,
+        ),
+    )?;
+    let service = |name: &str, component: &str, ports: serde_json::Value| -> Result<Service> {
+        typed(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": meta(p, name, Some(component))?,
+            "spec": {"type": "ClusterIP", "selector": selector(p, component), "ports": ports}
+        }))
+    };
+    let collector_service = service(
+        &names.collector,
+        "collector",
+        json!([
+            {"name": "otlp-grpc", "port": OTLP_GRPC_PORT, "targetPort": "otlp-grpc", "protocol": "TCP", "appProtocol": "grpc"},
+            {"name": "otlp-http", "port": OTLP_HTTP_PORT, "targetPort": "otlp-http", "protocol": "TCP", "appProtocol": "http"},
+        ]),
+    )?;
+    let query_service = service(
+        &names.query,
+        "query",
+        json!([{"name": "http", "port": QUERY_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}]),
+    )?;
+    let service_account = typed(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": meta(p, &names.service_account, None)?,
+        "automountServiceAccountToken": false,
+    }))?;
+    let pdb = c
+        .pod_disruption_budget
+        .as_ref()
+        .map(|b| {
+            typed(json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": meta(p, &names.collector, Some("collector"))?,
+                "spec": {"minAvailable": b.min_available,
+                         "selector": {"matchLabels": selector(p, "collector")}}
+            }))
+        })
+        .transpose()?;
+    Ok(Desired {
+        config_map,
+        config_hash,
+        collector,
+        collector_service,
+        query,
+        query_service,
+        service_account,
+        pdb,
+    })
+}
+
+/// The sampling policy as it is written to the ConfigMap (the format the collector reads).
+pub fn sampling_yaml(policy: &SamplingPolicy, sources: &[String]) -> Result<String> {
+    let body = serde_yaml::to_string(policy).map_err(|e| Error::Render(e.to_string()))?;
+    Ok(format!(
+        "# Merged by the DataTracing operator from SamplingPolicies: {}\n{body}",
+        sources.join(", ")
+    ))
+}
