@@ -37,6 +37,18 @@ fn bin_dir() -> PathBuf {
     home.join(".cache/datatracing/k8s").join(K8S_VERSION)
 }
 
+/// A tool built next to the API server (`kubectl`, `helm`), failing loudly with the build
+/// command when it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing.\nBuild it with: ./tools/k8s-envtest/build.sh   (scripts/test.sh does this; needs Go)",
+        path.display()
+    );
+    path
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
