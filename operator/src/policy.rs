@@ -95,3 +95,66 @@ pub fn merge(
 pub fn policy_hash(policy: &PolicyModel) -> Option<String> {
     policy.compile().ok().map(|c| c.hash().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SamplingPolicySpec;
+    use datatracing_core::policy::Verdict;
+
+    fn sp(name: &str, priority: i32, rules: serde_json::Value) -> SamplingPolicy {
+        let spec: SamplingPolicySpec =
+            serde_json::from_value(serde_json::json!({"priority": priority, "rules": rules}))
+                .unwrap();
+        SamplingPolicy::new(name, spec)
+    }
+
+    fn keep() -> Action {
+        Action {
+            decision: Verdict::Keep,
+            sample_rate: None,
+            rate_limit: None,
+            keep_linked: false,
+        }
+    }
+
+    #[test]
+    fn policies_merge_by_priority_then_name_with_prefixed_rules() {
+        let r = |n: &str| serde_json::json!([{"name": n, "when": {"root_present": true}, "action": {"decision": "keep"}}]);
+        let (m, sources) = merge(
+            vec![sp("b", 0, r("x")), sp("c", 5, r("x")), sp("a", 0, r("x"))],
+            &keep(),
+        )
+        .unwrap();
+        assert_eq!(sources, ["c", "a", "b"]);
+        let names: Vec<&str> = m.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["c/x", "a/x", "b/x"]);
+        assert!(policy_hash(&m).is_some());
+    }
+
+    #[test]
+    fn an_invalid_policy_is_named_with_its_spec_path() {
+        let bad = sp(
+            "bad",
+            0,
+            serde_json::json!([{"name": "r", "when": {"service": {"regex": "("}}, "action": {"decision": "keep"}}]),
+        );
+        let e = merge(vec![bad], &keep()).unwrap_err();
+        assert_eq!(e.name, "bad");
+        assert_eq!(e.errors[0].path, "spec.rules[0].when.service.regex");
+        assert!(
+            e.to_string()
+                .starts_with("SamplingPolicy bad: spec.rules[0]")
+        );
+    }
+
+    #[test]
+    fn an_invalid_default_action_is_blamed_on_the_pipeline() {
+        let bad_default = Action {
+            sample_rate: Some(0),
+            ..keep()
+        };
+        let e = merge(Vec::new(), &bad_default).unwrap_err();
+        assert!(e.name.contains("defaultAction"), "{e}");
+    }
+}

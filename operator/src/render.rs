@@ -407,3 +407,165 @@ pub fn sampling_yaml(policy: &SamplingPolicy, sources: &[String]) -> Result<Stri
         sources.join(", ")
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{SamplingPolicy, TracingPipeline};
+    use crate::policy;
+
+    fn sample<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!("{}/../config/samples/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn pipeline() -> TracingPipeline {
+        let mut p: TracingPipeline = sample("tracingpipeline.yaml");
+        p.metadata.namespace = Some("team-a".into());
+        p.metadata.uid = Some("uid-1".into());
+        p
+    }
+
+    fn sampling() -> String {
+        let policies: Vec<SamplingPolicy> = vec![
+            sample("samplingpolicy-errors.yaml"),
+            sample("samplingpolicy-baseline.yaml"),
+        ];
+        let (m, sources) =
+            policy::merge(policies, &pipeline().spec.sampling.default_action).unwrap();
+        sampling_yaml(&m, &sources).unwrap()
+    }
+
+    #[test]
+    fn the_sample_renders_every_child_owned_and_labelled() {
+        let p = pipeline();
+        let d = desired(&p, "img:1", Some(&sampling())).unwrap();
+        let metas = [
+            &d.config_map.metadata,
+            &d.collector.metadata,
+            &d.collector_service.metadata,
+            &d.query.metadata,
+            &d.query_service.metadata,
+            &d.service_account.metadata,
+            &d.pdb.as_ref().unwrap().metadata,
+        ];
+        for m in metas {
+            let owner = &m.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.uid.as_str(), owner.controller),
+                ("uid-1", Some(true))
+            );
+            assert_eq!(m.namespace.as_deref(), Some("team-a"));
+            assert_eq!(
+                m.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+                "datatracing-operator"
+            );
+        }
+        let spec = d.collector.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("img:1"));
+        let ports: Vec<i32> = c
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.container_port)
+            .collect();
+        assert_eq!(ports, [OTLP_GRPC_PORT, OTLP_HTTP_PORT]);
+        assert!(
+            pod.volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|v| v.secret.is_some()),
+            "password Secret mounted"
+        );
+        assert_eq!(
+            spec.template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[CONFIG_HASH_ANNOTATION],
+            d.config_hash
+        );
+        let config = &d.config_map.data.as_ref().unwrap()[CONFIG_KEY];
+        assert!(config.contains("backend: clickhouse"));
+        assert!(config.contains("password_file: /etc/datatracing/secret/password"));
+        assert!(config.contains("policy_file: /etc/datatracing/config/sampling.yaml"));
+        assert!(config.contains("mode: block"));
+        assert!(
+            d.config_map
+                .data
+                .as_ref()
+                .unwrap()
+                .contains_key(SAMPLING_KEY)
+        );
+    }
+
+    #[test]
+    fn only_configuration_changes_move_the_restart_hash() {
+        let p = pipeline();
+        let a = desired(&p, "img", Some(&sampling())).unwrap();
+        let other_policy = sampling().replace("sample_rate: 20", "sample_rate: 40");
+        let b = desired(&p, "img", Some(&other_policy)).unwrap();
+        assert_eq!(
+            a.config_hash, b.config_hash,
+            "sampling changes do not restart pods"
+        );
+        assert_eq!(a.collector.spec, b.collector.spec);
+        assert_ne!(a.config_map.data, b.config_map.data);
+        let mut q = p.clone();
+        q.spec.collector.max_spans_per_request = Some(1000);
+        let c = desired(&q, "img", Some(&sampling())).unwrap();
+        assert_ne!(
+            a.config_hash, c.config_hash,
+            "collector settings restart pods"
+        );
+        assert_ne!(a.collector.spec, c.collector.spec);
+    }
+
+    #[test]
+    fn without_selector_or_budget_or_secret_those_parts_are_absent() {
+        let mut p = pipeline();
+        p.spec.collector.pod_disruption_budget = None;
+        p.spec.storage.password_secret_ref = None;
+        let d = desired(&p, "img", None).unwrap();
+        assert!(d.pdb.is_none());
+        assert!(
+            !d.config_map
+                .data
+                .as_ref()
+                .unwrap()
+                .contains_key(SAMPLING_KEY)
+        );
+        let config = &d.config_map.data.as_ref().unwrap()[CONFIG_KEY];
+        assert!(config.contains("enabled: false") && config.contains("password_file: null"));
+        let pod = d.collector.spec.unwrap().template.spec.unwrap();
+        assert!(pod.volumes.unwrap().iter().all(|v| v.secret.is_none()));
+    }
+
+    #[test]
+    fn settings_the_collector_would_refuse_are_reported_not_deployed() {
+        let mut p = pipeline();
+        p.spec.collector.queue = Some(datatracing_collector::QueueConfig {
+            max_spans: 10,
+            ..Default::default()
+        });
+        let e = desired(&p, "img", None).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidConfiguration(ref m) if m.contains("queue.max_spans")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_pipeline_without_uid_cannot_own_children() {
+        let mut p = pipeline();
+        p.metadata.uid = None;
+        assert!(matches!(desired(&p, "img", None), Err(Error::Render(_))));
+    }
+}

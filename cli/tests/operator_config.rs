@@ -1,0 +1,156 @@
+//! What the operator renders is what the real binary runs: the sample TracingPipeline's
+//! ConfigMap (configuration + merged sampling policy) starts `datatracing collector` against a
+//! real ClickHouse engine, the collector reports the sampling hash the operator puts in
+//! status, and picks up a new policy file without a restart. The operator Deployments in the
+//! chart and in `config/manager` pass flags the binary accepts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use common::{Server, get_json};
+use datatracing_operator::crd::{SamplingPolicy, TracingPipeline};
+use datatracing_operator::render::{CONFIG_DIR, CONFIG_KEY, SAMPLING_KEY, SECRET_DIR};
+use datatracing_operator::{policy, render};
+use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn sample<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let text = std::fs::read_to_string(root().join("config/samples").join(name)).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_runs_the_configuration_the_operator_renders() {
+    let ch = tokio::task::spawn_blocking(ClickHouse::shared)
+        .await
+        .unwrap();
+    let mut pipeline: TracingPipeline = sample("tracingpipeline.yaml");
+    pipeline.metadata.namespace = Some("team-a".into());
+    pipeline.metadata.uid = Some("0b9f3c1e-1111-4222-8333-944445555666".into());
+    pipeline.spec.storage.url = ch.url().to_string();
+    pipeline.spec.storage.database = unique_database("rendered");
+    pipeline.spec.storage.user = ch.user().to_string();
+    let policies: Vec<SamplingPolicy> = vec![
+        sample("samplingpolicy-errors.yaml"),
+        sample("samplingpolicy-baseline.yaml"),
+    ];
+    let (merged, sources) =
+        policy::merge(policies, &pipeline.spec.sampling.default_action).unwrap();
+    let sampling = render::sampling_yaml(&merged, &sources).unwrap();
+    let desired = render::desired(&pipeline, "img", Some(&sampling)).unwrap();
+    let data = desired.config_map.data.unwrap();
+
+    // Lay the ConfigMap and the Secret out as the kubelet would, under a temporary root.
+    let dir = tempfile::tempdir().unwrap();
+    let (config_dir, secret_dir) = (dir.path().join("config"), dir.path().join("secret"));
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let config = data[CONFIG_KEY]
+        .replace(CONFIG_DIR, config_dir.to_str().unwrap())
+        .replace(SECRET_DIR, secret_dir.to_str().unwrap());
+    std::fs::write(config_dir.join(CONFIG_KEY), &config).unwrap();
+    std::fs::write(config_dir.join(SAMPLING_KEY), &data[SAMPLING_KEY]).unwrap();
+    std::fs::write(secret_dir.join("password"), ch.password()).unwrap();
+
+    // The pod's command line, plus test ports.
+    let container = &desired
+        .collector
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0];
+    let args = container.args.clone().unwrap();
+    assert_eq!(args[0], "collector");
+    let mut cmd = common::command("collector");
+    cmd.arg("--config").arg(config_dir.join(CONFIG_KEY));
+    let server = Server::spawn(cmd, true, false);
+    let client = reqwest::Client::new();
+    let ready = format!("http://{}/readyz", server.ingest());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client.get(&ready).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "collector never ready: {:?}",
+            server.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The hash the operator reports in status is the collector's.
+    let status_url = format!("http://{}/admin/sampling", server.ingest());
+    let status = get_json(&client, &status_url).await;
+    let want = policy::policy_hash(&merged).unwrap();
+    assert_eq!(status["status"]["active_hash"], want.as_str());
+    assert_eq!(status["status"]["rules"], merged.rules.len());
+
+    // A ConfigMap update (sampling only) is reloaded live.
+    let mut fewer = merged.clone();
+    fewer.rules.truncate(1);
+    let next = policy::policy_hash(&fewer).unwrap();
+    std::fs::write(
+        config_dir.join(SAMPLING_KEY),
+        render::sampling_yaml(&fewer, &sources).unwrap(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_json(&client, &status_url).await["status"]["active_hash"] != next.as_str() {
+        assert!(Instant::now() < deadline, "policy not reloaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn operator_args(manifest: &str) -> Vec<String> {
+    let v: serde_json::Value = manifest
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    v["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_operator_manifests_pass_flags_the_binary_accepts() {
+    let manager = std::fs::read_to_string(root().join("config/manager/manager.yaml")).unwrap();
+    let helm = datatracing_testkit::kubernetes::tool("helm");
+    let out = std::process::Command::new(helm)
+        .args(["template", "dt"])
+        .arg(root().join("charts/datatracing-operator"))
+        .args(["--kube-version", "1.34.4", "--set", "watchNamespace=team-a"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chart = String::from_utf8(out.stdout).unwrap();
+    for args in [operator_args(&manager), operator_args(&chart)] {
+        let cli = datatracing_cli::Cli::try_parse_from(
+            std::iter::once("datatracing".to_string()).chain(args.clone()),
+        )
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let datatracing_cli::Command::Operator(op) = cli.command else {
+            panic!("not the operator: {args:?}")
+        };
+        assert!(op.config().validate().is_ok());
+        assert!(op.leader_elect);
+    }
+}
