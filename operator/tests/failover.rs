@@ -1,5 +1,6 @@
-//! Two operator replicas on one Lease, a ClickHouse that is unreachable at first, and
-//! deletion with `deletionPolicy: Retain`.
+//! Two operator replicas on one Lease, installed namespace-scoped (the chart's
+//! `watchNamespace`: no cluster-wide grants), a ClickHouse that is unreachable at first, a
+//! password Secret that appears late, and deletion with `deletionPolicy: Retain`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,7 +11,8 @@ use common::{Cluster, Operator, clickhouse_query, forward, free_port, wait_for};
 use datatracing_operator::crd::TracingPipeline;
 use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const OPERATOR_NS: &str = "datatracing-system";
@@ -34,12 +36,14 @@ async fn retention_retries_until_clickhouse_answers_and_a_follower_takes_over() 
         .unwrap();
     cluster.namespace(OPERATOR_NS).await;
     cluster.namespace(NS).await;
-    let token = cluster.operator_token(OPERATOR_NS, &[]).await;
+    let token = cluster
+        .operator_token(OPERATOR_NS, &["watchNamespace=team-b"])
+        .await;
     let admin = cluster.admin.clone();
 
     // Two replicas: exactly one leads.
-    let a = Operator::start(&cluster, &token, "op-a", OPERATOR_NS);
-    let b = Operator::start(&cluster, &token, "op-b", OPERATOR_NS);
+    let a = Operator::start_scoped(&cluster, &token, "op-a", OPERATOR_NS, Some(NS));
+    let b = Operator::start_scoped(&cluster, &token, "op-b", OPERATOR_NS, Some(NS));
     let first = wait_for("a leader", WAIT, || holder(&admin)).await;
     let (leader, follower) = if first == "op-a" { (a, b) } else { (b, a) };
     wait_for("leader gauge", WAIT, || async {
@@ -56,11 +60,59 @@ async fn retention_retries_until_clickhouse_answers_and_a_follower_takes_over() 
             .await
             .contains("datatracing_operator_leader 0")
     );
+    assert_eq!(follower.readyz().await, 200, "a standby replica is ready");
+
+    // A password Secret that does not exist yet: reported, then picked up when created.
+    let pipelines: Api<TracingPipeline> = Api::namespaced(admin.clone(), NS);
+    let late_db = unique_database("late");
+    pipelines
+        .patch(
+            "late-secret",
+            &PatchParams::apply("tests"),
+            &Patch::Apply(json!({
+                "apiVersion": "datatracing.io/v1alpha1", "kind": "TracingPipeline",
+                "metadata": {"name": "late-secret"},
+                "spec": {"storage": {"url": ch.url(), "database": late_db, "user": ch.user(),
+                                     "passwordSecretRef": {"name": "late", "key": "password"}}}
+            })),
+        )
+        .await
+        .unwrap();
+    let missing = wait_for("SecretNotFound", WAIT, || async {
+        let st = pipelines.get("late-secret").await.ok()?.status?;
+        st.conditions
+            .into_iter()
+            .find(|c| c.type_ == "RetentionApplied" && c.status == "False")
+    })
+    .await;
+    assert_eq!(missing.reason, "SecretNotFound");
+    assert!(
+        missing
+            .message
+            .contains("Secret team-b/late does not exist"),
+        "{}",
+        missing.message
+    );
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "late"}, "stringData": {"password": ch.password()}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    wait_for("retention applied once the Secret exists", WAIT, || async {
+        let st = pipelines.get("late-secret").await.ok()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "RetentionApplied" && c.status == "True")
+            .then_some(())
+    })
+    .await;
 
     // ClickHouse "down": nothing listens on the pipeline's port yet.
     let port = free_port();
     let db = unique_database("failover");
-    let pipelines: Api<TracingPipeline> = Api::namespaced(admin.clone(), NS);
     pipelines
         .patch(
             "lake",

@@ -422,7 +422,31 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
     .await;
     assert!(ttl.contains("toIntervalDay(30)"), "{ttl}");
 
-    // Metrics and leadership.
+    // Events tell the story.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), NS);
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("orders"))
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in [
+        "RetentionApplied",
+        "SamplingPolicyApplied",
+        "InvalidSamplingPolicy",
+        "ConfigurationChanged",
+    ] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} event in {reasons:?}"
+        );
+    }
+
+    // Ops endpoints, metrics and leadership.
+    assert_eq!(op.readyz().await, 200);
     let m = op.metrics().await;
     assert!(
         m.contains("datatracing_operator_reconciles_total{controller=\"tracingpipeline\"}"),

@@ -216,7 +216,19 @@ impl Operator {
         identity: &str,
         lease_namespace: &str,
     ) -> Operator {
+        Self::start_scoped(cluster, token, identity, lease_namespace, None)
+    }
+
+    /// Like [`Operator::start`], watching only `namespace` when given.
+    pub fn start_scoped(
+        cluster: &Cluster,
+        token: &str,
+        identity: &str,
+        lease_namespace: &str,
+        namespace: Option<&str>,
+    ) -> Operator {
         let mut config = datatracing_operator::OperatorConfig {
+            namespace: namespace.map(str::to_string),
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], free_port())),
             image: "ghcr.io/datatracing/datatracing:test".into(),
             ..Default::default()
@@ -238,6 +250,15 @@ impl Operator {
             ops,
             identity: identity.into(),
         }
+    }
+
+    /// The status code of the operator's `/readyz`.
+    pub async fn readyz(&self) -> u16 {
+        reqwest::get(format!("http://{}/readyz", self.ops))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     /// The operator's `/metrics` text.
