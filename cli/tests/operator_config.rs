@@ -154,3 +154,121 @@ fn the_operator_manifests_pass_flags_the_binary_accepts() {
         assert!(op.leader_elect);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() {
+    use datatracing_testkit::kubernetes::{ApiServer, tool};
+    let api = tokio::task::spawn_blocking(ApiServer::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n",
+            api.url(),
+            api.token()
+        ),
+    )
+    .unwrap();
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new(tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // Without CRDs the operator refuses to start, and says why.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let operator = |port: u16| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_datatracing"));
+        c.args(["operator", "--log-format", "json", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env_remove("POD_NAMESPACE");
+        c
+    };
+    let out = operator(port).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("are the CRDs installed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        root().join("crds").to_str().unwrap(),
+    ]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/tracingpipelines.datatracing.io",
+        "crd/samplingpolicies.datatracing.io",
+        "--timeout=60s",
+    ]);
+    let mut child = operator(port)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ok
+            && kubectl(&["get", "lease", "-n", "default", "-o", "name"])
+                .contains("datatracing-operator")
+        {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "operator exited early");
+        assert!(
+            Instant::now() < deadline,
+            "operator never became ready and leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit within 30s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    let holder = kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        "default",
+        "datatracing-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder, "", "the lease is released on shutdown");
+}
