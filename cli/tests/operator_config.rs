@@ -112,6 +112,17 @@ async fn the_collector_runs_the_configuration_the_operator_renders() {
     }
 }
 
+/// Runs a command that must succeed and returns its standard output.
+fn stdout_of(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn operator_args(manifest: &str) -> Vec<String> {
     let v: serde_json::Value = manifest
         .split("\n---")
@@ -129,19 +140,12 @@ fn operator_args(manifest: &str) -> Vec<String> {
 #[test]
 fn the_operator_manifests_pass_flags_the_binary_accepts() {
     let manager = std::fs::read_to_string(root().join("config/manager/manager.yaml")).unwrap();
-    let helm = datatracing_testkit::kubernetes::tool("helm");
-    let out = std::process::Command::new(helm)
-        .args(["template", "dt"])
-        .arg(root().join("charts/datatracing-operator"))
-        .args(["--kube-version", "1.34.4", "--set", "watchNamespace=team-a"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let chart = stdout_of(
+        std::process::Command::new(datatracing_testkit::kubernetes::tool("helm"))
+            .args(["template", "dt"])
+            .arg(root().join("charts/datatracing-operator"))
+            .args(["--kube-version", "1.34.4", "--set", "watchNamespace=team-a"]),
     );
-    let chart = String::from_utf8(out.stdout).unwrap();
     for args in [operator_args(&manager), operator_args(&chart)] {
         let cli = datatracing_cli::Cli::try_parse_from(
             std::iter::once("datatracing".to_string()).chain(args.clone()),
@@ -160,29 +164,14 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
     use datatracing_testkit::kubernetes::{ApiServer, tool};
     let api = tokio::task::spawn_blocking(ApiServer::start).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: {}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n",
-            api.url(),
-            api.token()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path(), api.token());
     let kubectl = |args: &[&str]| {
-        let out = std::process::Command::new(tool("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(
+            std::process::Command::new(tool("kubectl"))
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(args),
+        )
     };
 
     // Without CRDs the operator refuses to start, and says why.
@@ -221,11 +210,13 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
         "crd/samplingpolicies.datatracing.io",
         "--timeout=60s",
     ]);
+    let log_path = dir.path().join("operator.log");
     let mut child = operator(port)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -240,7 +231,11 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
         {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "operator exited early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "operator exited early; log:\n{}",
+            log()
+        );
         assert!(
             Instant::now() < deadline,
             "operator never became ready and leader"
@@ -257,10 +252,14 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "no exit within 30s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "no exit within 30s of SIGTERM; log:\n{}",
+            log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(exit.success(), "exit status {exit:?}");
+    assert!(exit.success(), "exit status {exit:?}; log:\n{}", log());
     let holder = kubectl(&[
         "get",
         "lease",

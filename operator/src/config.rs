@@ -61,6 +61,8 @@ pub struct OperatorConfig {
     pub max_retry_backoff: ConfigDuration,
     /// Re-check every pipeline this often even without changes (drift repair).
     pub resync_interval: ConfigDuration,
+    /// On shutdown, the longest wait for reconciles in flight.
+    pub drain_timeout: ConfigDuration,
 }
 
 impl Default for OperatorConfig {
@@ -78,6 +80,7 @@ impl Default for OperatorConfig {
             retry_backoff: ConfigDuration::from_secs(1),
             max_retry_backoff: ConfigDuration::from_secs(300),
             resync_interval: ConfigDuration::from_secs(300),
+            drain_timeout: ConfigDuration::from_secs(10),
         }
     }
 }

@@ -15,7 +15,7 @@ use datatracing_core::policy::PolicyError;
 use datatracing_store_clickhouse::{ClickHouseAdmin, Error as ChError};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -239,6 +239,17 @@ where
             &Patch::Apply(obj),
         )
         .await?)
+}
+
+async fn apply_in<K>(client: &Client, ns: &str, obj: &K, manager: &str) -> Result<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    apply(&Api::namespaced(client.clone(), ns), obj, manager).await
 }
 
 fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
@@ -477,42 +488,12 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
     // 2. Children, all under one field manager.
     let fm = &ctx.config.field_manager;
     let c = ctx.client.clone();
-    apply(
-        &Api::<ServiceAccount>::namespaced(c.clone(), &ns),
-        &desired.service_account,
-        fm,
-    )
-    .await?;
-    apply(
-        &Api::<ConfigMap>::namespaced(c.clone(), &ns),
-        &desired.config_map,
-        fm,
-    )
-    .await?;
-    let collector = apply(
-        &Api::<Deployment>::namespaced(c.clone(), &ns),
-        &desired.collector,
-        fm,
-    )
-    .await?;
-    apply(
-        &Api::<Service>::namespaced(c.clone(), &ns),
-        &desired.collector_service,
-        fm,
-    )
-    .await?;
-    let query = apply(
-        &Api::<Deployment>::namespaced(c.clone(), &ns),
-        &desired.query,
-        fm,
-    )
-    .await?;
-    apply(
-        &Api::<Service>::namespaced(c.clone(), &ns),
-        &desired.query_service,
-        fm,
-    )
-    .await?;
+    apply_in(&c, &ns, &desired.service_account, fm).await?;
+    apply_in(&c, &ns, &desired.config_map, fm).await?;
+    let collector = apply_in(&c, &ns, &desired.collector, fm).await?;
+    apply_in(&c, &ns, &desired.collector_service, fm).await?;
+    let query = apply_in(&c, &ns, &desired.query, fm).await?;
+    apply_in(&c, &ns, &desired.query_service, fm).await?;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), &ns);
     let names = Names::of(&name);
     let uid = p.uid().unwrap_or_default();
@@ -887,6 +868,7 @@ pub async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> 
         watcher::Config::default(),
     );
     let pstore = policies.store();
+    let policy_reader = pstore.clone();
     let policies = policies
         .watches(
             api::<TracingPipeline>(&client, ns),
@@ -912,7 +894,31 @@ pub async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> 
             }
         });
     tracing::info!(namespace = ns.unwrap_or("(all)"), "controllers started");
-    futures::join!(pipelines, policies);
+    // kube-runtime holds its reconcile runner until the first list of the main resource
+    // completes; a shutdown before that would wait forever. So: before the caches are
+    // synced nothing is in flight and shutdown is immediate; after, in-flight reconciles get
+    // at most `drain_timeout`.
+    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sync_flag = synced.clone();
+    let sync = tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() && policy_reader.wait_until_ready().await.is_ok()
+        {
+            sync_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!("caches synced");
+        }
+    });
+    let drain = ctx.config.drain_timeout.get();
+    tokio::select! {
+        _ = async { futures::join!(pipelines, policies) } => {}
+        _ = async {
+            shutdown.cancelled().await;
+            if synced.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(drain).await;
+                tracing::warn!(?drain, "reconciles still running at the end of the drain; abandoning them");
+            }
+        } => {}
+    }
+    sync.abort();
     tracing::info!("controllers stopped");
     Ok(())
 }

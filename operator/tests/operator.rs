@@ -100,6 +100,19 @@ async fn mark_available(admin: &kube::Client, name: &str) {
     .unwrap();
 }
 
+/// The `spans` table's engine clause (where its TTL shows).
+async fn spans_engine(ch: &ClickHouse, db: &str) -> String {
+    clickhouse_query(
+        ch.url(),
+        ch.user(),
+        ch.password(),
+        &format!(
+            "SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 'spans'"
+        ),
+    )
+    .await
+}
+
 async fn config_map(admin: &kube::Client) -> BTreeMap<String, String> {
     Api::<ConfigMap>::namespaced(admin.clone(), NS)
         .get("orders-config")
@@ -271,15 +284,7 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
     assert_eq!(Some(&hash0), status.config_hash.as_ref());
 
     // Retention really is in ClickHouse.
-    let ttl = clickhouse_query(
-        ch.url(),
-        ch.user(),
-        ch.password(),
-        &format!(
-            "SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 'spans'"
-        ),
-    )
-    .await;
+    let ttl = spans_engine(&ch, &db).await;
     assert!(ttl.contains("toIntervalDay(7)"), "{ttl}");
 
     // The SamplingPolicies report acceptance and their users.
@@ -411,15 +416,7 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
         s.retention_days == Some(30) && is(s, "RetentionApplied", "True")
     })
     .await;
-    let ttl = clickhouse_query(
-        ch.url(),
-        ch.user(),
-        ch.password(),
-        &format!(
-            "SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 'spans'"
-        ),
-    )
-    .await;
+    let ttl = spans_engine(&ch, &db).await;
     assert!(ttl.contains("toIntervalDay(30)"), "{ttl}");
 
     // Events tell the story.

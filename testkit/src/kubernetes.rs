@@ -179,6 +179,21 @@ impl ApiServer {
         ADMIN_TOKEN
     }
 
+    /// Writes a kubeconfig for kubectl, helm and `datatracing operator` into `dir`,
+    /// authenticated with `token`, and returns its path.
+    pub fn write_kubeconfig(&self, dir: &std::path::Path, token: &str) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: test\n  user:\n    token: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\n",
+                self.url, token
+            ),
+        )
+        .unwrap();
+        path
+    }
+
     /// The API server's log file (for failure messages).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("apiserver.log")

@@ -78,17 +78,7 @@ impl Cluster {
 
     /// A kubeconfig for kubectl and helm, authenticated with `token`.
     pub fn kubeconfig(&self, dir: &Path, token: &str) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: test\n  user:\n    token: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\n",
-                self.server.url(),
-                token
-            ),
-        )
-        .unwrap();
-        path
+        self.server.write_kubeconfig(dir, token)
     }
 }
 
