@@ -60,7 +60,11 @@ async fn retention_retries_until_clickhouse_answers_and_a_follower_takes_over() 
             .await
             .contains("datatracing_operator_leader 0")
     );
-    assert_eq!(follower.readyz().await, 200, "a standby replica is ready");
+    // A standby replica is ready too (it serves and would take over).
+    wait_for("standby ready", WAIT, || async {
+        (follower.readyz().await == 200).then_some(())
+    })
+    .await;
 
     // A password Secret that does not exist yet: reported, then picked up when created.
     let pipelines: Api<TracingPipeline> = Api::namespaced(admin.clone(), NS);
