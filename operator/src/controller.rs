@@ -780,6 +780,25 @@ fn error_policy<K: ResourceExt>(
     }
 }
 
+/// Reconcile outcomes are counted and logged by the reconcilers and the error policy; what
+/// reaches here is watch errors, which kube-runtime retries.
+fn log_outcome<T>(
+    controller: &'static str,
+) -> impl FnMut(
+    std::result::Result<T, kube::runtime::controller::Error<Error, watcher::Error>>,
+) -> futures::future::Ready<()> {
+    use kube::runtime::controller::Error as E;
+    move |r| {
+        match r {
+            Ok(_) | Err(E::ReconcilerFailed(..)) => {}
+            // A watch failing (RBAC, API server away) is retried, but an operator blind to
+            // changes must be visible.
+            Err(e) => tracing::warn!(controller, error = %e, "watch or queue error; retrying"),
+        }
+        futures::future::ready(())
+    }
+}
+
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -857,11 +876,7 @@ pub async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> 
             error_policy::<TracingPipeline>("tracingpipeline", ""),
             ctx.clone(),
         )
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "pipeline controller event");
-            }
-        });
+        .for_each(log_outcome("tracingpipeline"));
 
     let policies = Controller::new(
         api::<SamplingPolicy>(&client, ns),
@@ -888,11 +903,7 @@ pub async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> 
             error_policy::<SamplingPolicy>("samplingpolicy", "policy/"),
             ctx.clone(),
         )
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "policy controller event");
-            }
-        });
+        .for_each(log_outcome("samplingpolicy"));
     tracing::info!(namespace = ns.unwrap_or("(all)"), "controllers started");
     // kube-runtime holds its reconcile runner until the first list of the main resource
     // completes; a shutdown before that would wait forever. So: before the caches are
