@@ -1,6 +1,6 @@
 //! What the operator renders is what the real binary runs: the sample TracingPipeline's
-//! ConfigMap (configuration + merged sampling policy) starts `datatracing collector` against a
-//! real ClickHouse engine, the collector reports the sampling hash the operator puts in
+//! ConfigMap (configuration + merged sampling policy) starts `datatracing collector` and
+//! `datatracing query` against a real ClickHouse engine, the collector reports the sampling hash the operator puts in
 //! status, and picks up a new policy file without a restart. The operator Deployments in the
 //! chart and in `config/manager` pass flags the binary accepts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -24,6 +24,27 @@ fn root() -> &'static Path {
 fn sample<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let text = std::fs::read_to_string(root().join("config/samples").join(name)).unwrap();
     serde_yaml::from_str(&text).unwrap()
+}
+
+/// Polls `/readyz` until 200 (bounded), failing with the server's log.
+async fn await_ready(client: &reqwest::Client, server: &Server, addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {:?}",
+            server.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,20 +95,25 @@ async fn the_collector_runs_the_configuration_the_operator_renders() {
     cmd.arg("--config").arg(config_dir.join(CONFIG_KEY));
     let server = Server::spawn(cmd, true, false);
     let client = reqwest::Client::new();
-    let ready = format!("http://{}/readyz", server.ingest());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = client.get(&ready).send().await.unwrap();
-        if r.status() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "collector never ready: {:?}",
-            server.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_ready(&client, &server, server.ingest()).await;
+
+    // The query pods run the same file.
+    let query_args = desired
+        .query
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(query_args[0], "query");
+    let mut cmd = common::command("query");
+    cmd.arg("--config").arg(config_dir.join(CONFIG_KEY));
+    let query = Server::spawn(cmd, false, true);
+    await_ready(&client, &query, query.query()).await;
 
     // The hash the operator reports in status is the collector's.
     let status_url = format!("http://{}/admin/sampling", server.ingest());

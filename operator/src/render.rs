@@ -74,8 +74,12 @@ impl Names {
 pub struct Desired {
     /// The configuration (and sampling policy) ConfigMap.
     pub config_map: ConfigMap,
-    /// Hash of the configuration file (the restart trigger).
+    /// Hash of the configuration file: the collector pods' restart trigger (and
+    /// `status.configHash`).
     pub config_hash: String,
+    /// Hash of the sections the query server reads (log, storage, query): its pods' restart
+    /// trigger, so collector-only changes leave them alone.
+    pub query_config_hash: String,
     /// Collector Deployment.
     pub collector: Deployment,
     /// Collector Service.
@@ -154,8 +158,9 @@ pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig 
     cfg
 }
 
-/// Renders the configuration file and checks it the way the binary will.
-pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<String> {
+/// Renders the configuration file and checks it the way the binary will. Returns the file and
+/// the hash of the sections the query server reads.
+pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<(String, String)> {
     let clickhouse = clickhouse_config(p);
     let collector = collector_config(p, sampling);
     let query = QueryConfig::default();
@@ -178,11 +183,14 @@ pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<String> {
         query: &query,
     };
     let body = serde_yaml::to_string(&file).map_err(|e| Error::Render(e.to_string()))?;
-    Ok(format!(
+    let query_view = serde_yaml::to_string(&(&file.log, &file.storage, &file.query))
+        .map_err(|e| Error::Render(e.to_string()))?;
+    let text = format!(
         "# Rendered by the DataTracing operator from TracingPipeline {}/{}; edits are overwritten.\n{body}",
         p.namespace().unwrap_or_default(),
         p.name_any()
-    ))
+    );
+    Ok((text, hash(&query_view)))
 }
 
 /// A short stable content hash.
@@ -239,7 +247,7 @@ fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
 /// `sampling_yaml` its text as it goes into the ConfigMap.
 pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) -> Result<Desired> {
     let names = Names::of(&p.name_any());
-    let config = config_file(p, sampling_yaml.is_some())?;
+    let (config, query_config_hash) = config_file(p, sampling_yaml.is_some())?;
     let config_hash = hash(&config);
 
     let mut data = BTreeMap::from([(CONFIG_KEY.to_string(), config)]);
@@ -266,7 +274,8 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
                image: &str,
                resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
                ports: serde_json::Value,
-               probe_port: i32| {
+               probe_port: i32,
+               restart_hash: &str| {
         let mut volumes = vec![json!({"name": "config", "configMap": {"name": names.config}})];
         let mut mounts = vec![json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true})];
         if let Some(v) = &secret_volume {
@@ -278,7 +287,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         json!({
             "metadata": {
                 "labels": selector(p, component),
-                "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
+                "annotations": {CONFIG_HASH_ANNOTATION: restart_hash},
             },
             "spec": {
                 "serviceAccountName": names.service_account,
@@ -335,6 +344,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
                 {"name": "otlp-http", "containerPort": OTLP_HTTP_PORT, "protocol": "TCP"},
             ]),
             OTLP_HTTP_PORT,
+            &config_hash,
         ),
     )?;
     let q = &p.spec.query;
@@ -348,6 +358,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             q.resources.as_ref(),
             json!([{"name": "http", "containerPort": QUERY_PORT, "protocol": "TCP"}]),
             QUERY_PORT,
+            &query_config_hash,
         ),
     )?;
     let service = |name: &str, component: &str, ports: serde_json::Value| -> Result<Service> {
@@ -390,6 +401,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
     Ok(Desired {
         config_map,
         config_hash,
+        query_config_hash,
         collector,
         collector_service,
         query,

@@ -382,7 +382,9 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
     })
     .await;
 
-    // A collector setting change rolls the pods through the template hash.
+    // A collector setting change rolls the collector pods through the template hash, and
+    // leaves the query pods alone.
+    let (query_hash0, query_gen0) = template_hash(&admin, "orders-query").await;
     pipelines
         .patch("orders", &PatchParams::apply("tests").force(), &Patch::Apply(json!({
             "apiVersion": "datatracing.io/v1alpha1", "kind": "TracingPipeline",
@@ -402,6 +404,11 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
         p4.status.as_ref().unwrap().config_hash.as_ref()
     );
     assert!(config_map(&admin).await[CONFIG_KEY].contains("max_spans_per_request: 5000"));
+    assert_eq!(
+        template_hash(&admin, "orders-query").await,
+        (query_hash0, query_gen0),
+        "query pods do not restart for collector settings"
+    );
 
     // A retention change runs the ALTER.
     pipelines
