@@ -39,6 +39,12 @@ use crate::metrics::{ControllerLabel, ErrorLabel, Metrics};
 use crate::policy;
 use crate::render::{self, Names, SAMPLING_KEY};
 
+/// Longest condition message kept (the API allows 32 KiB; `kubectl describe` wants less).
+const CONDITION_MESSAGE_MAX: usize = 4096;
+
+/// Objects whose consecutive failures are counted for backoff, at most.
+const MAX_TRACKED_FAILURES: usize = 10_000;
+
 /// Finalizer the operator puts on every TracingPipeline.
 pub const FINALIZER: &str = "datatracing.io/storage-cleanup";
 
@@ -79,6 +85,11 @@ impl Context {
     fn backoff(&self, key: &str) -> Duration {
         let attempt = {
             let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            // Objects deleted while failing leave entries behind; bound the map (a reset
+            // only shortens some retry delays).
+            if f.len() >= MAX_TRACKED_FAILURES && !f.contains_key(key) {
+                f.clear();
+            }
             let n = f.entry(key.to_string()).or_insert(0);
             *n = n.saturating_add(1);
             *n
@@ -154,6 +165,15 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
     labels_ok && exprs_ok
 }
 
+/// Whether pipeline `p` applies SamplingPolicy `sp` (same namespace assumed).
+fn selects(p: &TracingPipeline, sp: &SamplingPolicy) -> bool {
+    p.spec
+        .sampling
+        .selector
+        .as_ref()
+        .is_some_and(|s| selector_matches(s, sp.labels()))
+}
+
 /// Sets a condition, keeping `lastTransitionTime` when the status did not change.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
@@ -164,7 +184,7 @@ pub fn set_condition(
     generation: Option<i64>,
 ) {
     let status = if ok { "True" } else { "False" };
-    let message = truncate(message.into(), 4096);
+    let message = truncate(message.into(), CONDITION_MESSAGE_MAX);
     let previous = conditions.iter().find(|c| c.type_ == type_);
     let last_transition_time = match previous {
         Some(p) if p.status == status => p.last_transition_time.clone(),
@@ -332,17 +352,32 @@ async fn apply_retention(p: &TracingPipeline, ctx: &Context) -> Result<String> {
     ))
 }
 
-/// The sampling configuration for `p`: `(yaml, hash, sources, problem)`. With an invalid
-/// selected policy the last good YAML from the existing ConfigMap is kept.
+/// The sampling configuration a pipeline deploys.
+#[derive(Debug, Default)]
+struct Sampling {
+    /// `sampling.yaml` for the ConfigMap; `None`: sampling is off, or no valid policy yet.
+    yaml: Option<String>,
+    /// Its hash (what collectors report).
+    hash: Option<String>,
+    /// The SamplingPolicies it came from, in order.
+    sources: Vec<String>,
+    /// Why the selected policies cannot be used; the previous configuration stays.
+    problem: Option<String>,
+}
+
+/// The sampling configuration for `p`. With an invalid selected policy the last good YAML
+/// from the existing ConfigMap is kept.
 async fn sampling(
     p: &TracingPipeline,
     ctx: &Context,
     previous: &TracingPipelineStatus,
-) -> Result<(Option<String>, Option<String>, Vec<String>, Option<String>)> {
+) -> Result<Sampling> {
     let Some(selector) = &p.spec.sampling.selector else {
-        return Ok((None, None, Vec::new(), None));
+        return Ok(Sampling::default());
     };
     let ns = p.namespace().unwrap_or_default();
+    // A list from the API server, not a cache: the trigger may come from a different watch
+    // than a cache would, and a stale read would deploy an old policy until the next resync.
     let policies: Api<SamplingPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let selected: Vec<SamplingPolicy> = policies
         .list(&ListParams::default())
@@ -352,23 +387,43 @@ async fn sampling(
         .filter(|sp| selector_matches(selector, sp.labels()))
         .collect();
     match policy::merge(selected, &p.spec.sampling.default_action) {
-        Ok((model, sources)) => {
-            let yaml = render::sampling_yaml(&model, &sources)?;
-            Ok((Some(yaml), policy::policy_hash(&model), sources, None))
-        }
+        Ok(m) => Ok(Sampling {
+            yaml: Some(render::sampling_yaml(&m.policy, &m.sources)?),
+            hash: Some(m.hash),
+            sources: m.sources,
+            problem: None,
+        }),
         Err(invalid) => {
             let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
             let last_good = cms
                 .get_opt(&Names::of(&p.name_any()).config)
                 .await?
                 .and_then(|cm| cm.data?.get(SAMPLING_KEY).cloned());
-            Ok((
-                last_good,
-                previous.sampling_hash.clone(),
-                previous.sampling_policies.clone(),
-                Some(invalid.to_string()),
-            ))
+            Ok(Sampling {
+                yaml: last_good,
+                hash: previous.sampling_hash.clone(),
+                sources: previous.sampling_policies.clone(),
+                problem: Some(invalid.to_string()),
+            })
         }
+    }
+}
+
+/// A Warning event for a configuration problem, once per distinct problem rather than on
+/// every reconcile (Deployment status changes and resyncs reconcile often).
+async fn warn_on_change(
+    ctx: &Context,
+    p: &TracingPipeline,
+    previous: &TracingPipelineStatus,
+    why: &str,
+    msg: &str,
+) {
+    let known = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == reason::CONFIGURATION_GENERATED && c.reason == why && c.message == msg);
+    if !known {
+        ctx.event(p, EventType::Warning, why, msg.to_string()).await;
     }
 }
 
@@ -402,73 +457,50 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
         set_condition(&mut s.conditions, t, ok, why, msg, generation);
     };
 
-    // 1. Sampling and configuration.
-    let (sampling_yaml, sampling_hash, sources, problem) = sampling(&p, ctx, &previous).await?;
-    status.sampling_hash = sampling_hash.clone();
-    status.sampling_policies = sources.clone();
-    let invalid_sampling = problem.is_some();
-    if let Some(problem) = &problem {
-        ctx.event(
-            &*p,
-            EventType::Warning,
+    // 1. Sampling and configuration. When nothing can be deployed, say why and stop; the
+    // spec or a SamplingPolicy must change first (both requeue this pipeline).
+    let sampling = sampling(&p, ctx, &previous).await?;
+    status.sampling_hash = sampling.hash.clone();
+    status.sampling_policies = sampling.sources.clone();
+    let rendered = match (&sampling.problem, &sampling.yaml) {
+        (Some(problem), None) => Err((
             reason::INVALID_SAMPLING_POLICY,
-            format!("{problem}; the previous sampling configuration stays active"),
-        )
-        .await;
-        if sampling_yaml.is_none() {
-            let msg =
-                format!("{problem}; no previous configuration to keep, so nothing was deployed");
+            format!("{problem}; no previous configuration to keep, so nothing was deployed"),
+        )),
+        _ => match render::desired(&p, &ctx.config.image, sampling.yaml.as_deref()) {
+            Err(Error::InvalidConfiguration(msg)) => Err((reason::INVALID_CONFIGURATION, msg)),
+            other => Ok(other?),
+        },
+    };
+    let desired = match rendered {
+        Ok(d) => d,
+        Err((why, msg)) => {
+            warn_on_change(ctx, &p, &previous, why, &msg).await;
             cond(
                 &mut status,
                 reason::CONFIGURATION_GENERATED,
                 false,
-                reason::INVALID_SAMPLING_POLICY,
+                why,
                 msg.clone(),
             );
+            cond(&mut status, reason::READY, false, why, msg);
+            patch_pipeline_status(&api, &name, &status).await?;
+            return Ok(Action::requeue(ctx.config.resync_interval.get()));
+        }
+    };
+    status.config_hash = Some(desired.config_hash.clone());
+    match &sampling.problem {
+        Some(problem) => {
+            let msg = format!("{problem}; the previous sampling configuration stays active");
+            warn_on_change(ctx, &p, &previous, reason::INVALID_SAMPLING_POLICY, &msg).await;
             cond(
                 &mut status,
-                reason::READY,
+                reason::CONFIGURATION_GENERATED,
                 false,
                 reason::INVALID_SAMPLING_POLICY,
                 msg,
             );
-            patch_pipeline_status(&api, &name, &status).await?;
-            return Ok(Action::requeue(ctx.config.resync_interval.get()));
         }
-    }
-    let desired = match render::desired(&p, &ctx.config.image, sampling_yaml.as_deref()) {
-        Ok(d) => d,
-        Err(Error::InvalidConfiguration(msg)) => {
-            cond(
-                &mut status,
-                reason::CONFIGURATION_GENERATED,
-                false,
-                reason::INVALID_CONFIGURATION,
-                msg.clone(),
-            );
-            cond(
-                &mut status,
-                reason::READY,
-                false,
-                reason::INVALID_CONFIGURATION,
-                msg.clone(),
-            );
-            patch_pipeline_status(&api, &name, &status).await?;
-            ctx.event(&*p, EventType::Warning, reason::INVALID_CONFIGURATION, msg)
-                .await;
-            return Ok(Action::requeue(ctx.config.resync_interval.get()));
-        }
-        Err(e) => return Err(e),
-    };
-    status.config_hash = Some(desired.config_hash.clone());
-    match &problem {
-        Some(problem) => cond(
-            &mut status,
-            reason::CONFIGURATION_GENERATED,
-            false,
-            reason::INVALID_SAMPLING_POLICY,
-            format!("{problem}; the previous sampling configuration stays active"),
-        ),
         None => cond(
             &mut status,
             reason::CONFIGURATION_GENERATED,
@@ -477,9 +509,10 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
             format!(
                 "configuration {}{}",
                 desired.config_hash,
-                sampling_hash
+                sampling
+                    .hash
                     .as_deref()
-                    .map(|h| format!(", sampling policy {h} from {}", sources.join(", ")))
+                    .map(|h| format!(", sampling policy {h} from {}", sampling.sources.join(", ")))
                     .unwrap_or_else(|| ", no tail sampling".into())
             ),
         ),
@@ -533,15 +566,15 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
         )
         .await;
     }
-    if !invalid_sampling && previous.sampling_hash != sampling_hash {
+    if sampling.problem.is_none() && previous.sampling_hash != sampling.hash {
         ctx.event(
             &*p,
             EventType::Normal,
             "SamplingPolicyApplied",
             format!(
                 "sampling policy {} from [{}]; collectors reload it without a restart",
-                sampling_hash.as_deref().unwrap_or("none"),
-                sources.join(", ")
+                sampling.hash.as_deref().unwrap_or("none"),
+                sampling.sources.join(", ")
             ),
         )
         .await;
@@ -642,6 +675,7 @@ async fn cleanup_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Acti
     } else {
         tracing::info!(pipeline = %key(&*p), "pipeline deleted; ClickHouse data retained (deletionPolicy: Retain)");
     }
+    ctx.succeeded(&format!("retention/{}", key(&*p)));
     Ok(Action::await_change())
 }
 
@@ -736,13 +770,7 @@ async fn reconcile_policy(sp: Arc<SamplingPolicy>, ctx: Arc<Context>) -> Result<
         .await?
         .items
         .iter()
-        .filter(|p| {
-            p.spec
-                .sampling
-                .selector
-                .as_ref()
-                .is_some_and(|s| selector_matches(s, sp.labels()))
-        })
+        .filter(|p| selects(p, &sp))
         .map(|p| p.name_any())
         .collect();
     used_by.sort();
@@ -778,6 +806,25 @@ fn error_policy<K: ResourceExt>(
         tracing::warn!(controller, object = %key(&*obj), error = %err, ?wait, "reconcile failed; retrying");
         Action::requeue(wait)
     }
+}
+
+/// References to the cached objects in `near`'s namespace that satisfy `keep` (what a change
+/// to `near` should requeue).
+fn refs_in<K, N>(
+    cache: &kube::runtime::reflector::Store<K>,
+    near: &N,
+    keep: impl Fn(&K) -> bool,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    N: ResourceExt,
+{
+    cache
+        .state()
+        .into_iter()
+        .filter(|o| o.namespace() == near.namespace() && keep(o))
+        .map(|o| ObjectRef::from_obj(&*o))
+        .collect()
 }
 
 /// Reconcile outcomes are counted and logged by the reconcilers and the error policy; what
@@ -833,41 +880,25 @@ pub async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> 
             move |sp: SamplingPolicy| {
                 // Pipelines that select it now, or used it until a label changed.
                 let name = sp.name_any();
-                policy_store
-                    .state()
-                    .into_iter()
-                    .filter(|p| p.namespace() == sp.namespace())
-                    .filter(|p| {
-                        p.spec
-                            .sampling
-                            .selector
+                refs_in(&policy_store, &sp, |p| {
+                    selects(p, &sp)
+                        || p.status
                             .as_ref()
-                            .is_some_and(|s| selector_matches(s, sp.labels()))
-                            || p.status
-                                .as_ref()
-                                .is_some_and(|s| s.sampling_policies.contains(&name))
-                    })
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
+                            .is_some_and(|s| s.sampling_policies.contains(&name))
+                })
             },
         )
         .watches(
             api::<PartialObjectMeta<Secret>>(&client, ns),
             watcher::Config::default(),
             move |secret: PartialObjectMeta<Secret>| {
-                secret_store
-                    .state()
-                    .into_iter()
-                    .filter(|p| p.namespace() == secret.namespace())
-                    .filter(|p| {
-                        p.spec
-                            .storage
-                            .password_secret_ref
-                            .as_ref()
-                            .is_some_and(|r| r.name == secret.name_any())
-                    })
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
+                refs_in(&secret_store, &secret, |p| {
+                    p.spec
+                        .storage
+                        .password_secret_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == secret.name_any())
+                })
             },
         )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
@@ -888,14 +919,7 @@ pub async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> 
         .watches(
             api::<TracingPipeline>(&client, ns),
             watcher::Config::default(),
-            move |p: TracingPipeline| {
-                pstore
-                    .state()
-                    .into_iter()
-                    .filter(|sp| sp.namespace() == p.namespace())
-                    .map(|sp| ObjectRef::from_obj(&*sp))
-                    .collect::<Vec<_>>()
-            },
+            move |p: TracingPipeline| refs_in(&pstore, &p, |_| true),
         )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(

@@ -29,15 +29,15 @@ pub struct LeaderElector {
     identity: String,
     lease_duration: Duration,
     renew_interval: Duration,
-    observed: Option<(String, Instant)>,
+    observed: Option<(Record, Instant)>,
 }
 
-fn record(l: &Lease) -> String {
+/// The parts of a lease whose change proves its holder is alive.
+type Record = (Option<String>, Option<MicroTime>, Option<i32>);
+
+fn record(l: &Lease) -> Record {
     let s = l.spec.clone().unwrap_or_default();
-    format!(
-        "{:?}/{:?}/{:?}",
-        s.holder_identity, s.renew_time, s.lease_transitions
-    )
+    (s.holder_identity, s.renew_time, s.lease_transitions)
 }
 
 impl LeaderElector {

@@ -59,12 +59,19 @@ impl std::fmt::Display for InvalidPolicy {
     }
 }
 
-/// Merges `policies` (any order) with the pipeline's default action. Returns the policy and
-/// the names of its sources in order.
-pub fn merge(
-    policies: Vec<SamplingPolicy>,
-    default: &Action,
-) -> Result<(PolicyModel, Vec<String>), InvalidPolicy> {
+/// The policy a pipeline's collectors run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Merged {
+    /// The merged policy.
+    pub policy: PolicyModel,
+    /// The SamplingPolicies it came from, in evaluation order.
+    pub sources: Vec<String>,
+    /// Its hash, as the collector reports it at `GET /admin/sampling`.
+    pub hash: String,
+}
+
+/// Merges `policies` (any order) with the pipeline's default action.
+pub fn merge(policies: Vec<SamplingPolicy>, default: &Action) -> Result<Merged, InvalidPolicy> {
     let mut rules = Vec::new();
     let mut sources = Vec::new();
     for p in ordered(policies) {
@@ -84,16 +91,15 @@ pub fn merge(
         default: default.clone(),
     };
     // The parts were valid; the default action is the only new piece.
-    merged.compile().map_err(|errors| InvalidPolicy {
+    let compiled = merged.compile().map_err(|errors| InvalidPolicy {
         name: "(pipeline spec.sampling.defaultAction)".into(),
         errors,
     })?;
-    Ok((merged, sources))
-}
-
-/// The hash the collector reports for `policy` (`GET /admin/sampling`).
-pub fn policy_hash(policy: &PolicyModel) -> Option<String> {
-    policy.compile().ok().map(|c| c.hash().to_string())
+    Ok(Merged {
+        hash: compiled.hash().to_string(),
+        policy: merged,
+        sources,
+    })
 }
 
 #[cfg(test)]
@@ -121,7 +127,11 @@ mod tests {
     #[test]
     fn policies_merge_by_priority_then_name_with_prefixed_rules() {
         let r = |n: &str| serde_json::json!([{"name": n, "when": {"root_present": true}, "action": {"decision": "keep"}}]);
-        let (m, sources) = merge(
+        let Merged {
+            policy: m,
+            sources,
+            hash,
+        } = merge(
             vec![sp("b", 0, r("x")), sp("c", 5, r("x")), sp("a", 0, r("x"))],
             &keep(),
         )
@@ -129,7 +139,7 @@ mod tests {
         assert_eq!(sources, ["c", "a", "b"]);
         let names: Vec<&str> = m.rules.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["c/x", "a/x", "b/x"]);
-        assert!(policy_hash(&m).is_some());
+        assert_eq!(hash, m.compile().unwrap().hash());
     }
 
     #[test]

@@ -443,9 +443,8 @@ mod tests {
             sample("samplingpolicy-errors.yaml"),
             sample("samplingpolicy-baseline.yaml"),
         ];
-        let (m, sources) =
-            policy::merge(policies, &pipeline().spec.sampling.default_action).unwrap();
-        sampling_yaml(&m, &sources).unwrap()
+        let m = policy::merge(policies, &pipeline().spec.sampling.default_action).unwrap();
+        sampling_yaml(&m.policy, &m.sources).unwrap()
     }
 
     #[test]
