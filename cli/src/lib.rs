@@ -320,9 +320,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mode = match command {
         Command::Query => OpenMode::ReadOnly,
-        Command::PrintConfig | Command::Migrate | Command::Policy(_) | Command::Operator(_) => {
-            return Ok(());
+        Command::Operator(args) => {
+            // The operator opens no store; of the configuration it uses logging only.
+            let client = args.client().await?;
+            return Ok(datatracing_operator::run(args.config(), client, shutdown).await?);
         }
+        Command::PrintConfig | Command::Migrate | Command::Policy(_) => return Ok(()),
         _ => OpenMode::ReadWrite,
     };
     let mut registry = Registry::default();

@@ -22,23 +22,6 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Command::Operator(args) = &cli.command {
-        let log = datatracing_cli::config::LogConfig {
-            format: cli.log_format.unwrap_or_default(),
-            level: cli.log_level.clone().unwrap_or_else(|| "info".into()),
-        };
-        init_logging(&log)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        return runtime.block_on(async {
-            let shutdown = CancellationToken::new();
-            cancel_on_signals(shutdown.clone())?;
-            let client = args.client().await?;
-            datatracing_operator::run(args.config(), client, shutdown).await?;
-            Ok(())
-        });
-    }
     let env = std::env::vars().collect();
     let config = cli.effective_config(&env)?;
     if let Command::PrintConfig = cli.command {

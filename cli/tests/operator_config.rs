@@ -62,8 +62,11 @@ async fn the_collector_runs_the_configuration_the_operator_renders() {
         sample("samplingpolicy-errors.yaml"),
         sample("samplingpolicy-baseline.yaml"),
     ];
-    let (merged, sources) =
-        policy::merge(policies, &pipeline.spec.sampling.default_action).unwrap();
+    let policy::Merged {
+        policy: merged,
+        sources,
+        hash: merged_hash,
+    } = policy::merge(policies, &pipeline.spec.sampling.default_action).unwrap();
     let sampling = render::sampling_yaml(&merged, &sources).unwrap();
     let desired = render::desired(&pipeline, "img", Some(&sampling)).unwrap();
     let data = desired.config_map.data.unwrap();
@@ -118,14 +121,13 @@ async fn the_collector_runs_the_configuration_the_operator_renders() {
     // The hash the operator reports in status is the collector's.
     let status_url = format!("http://{}/admin/sampling", server.ingest());
     let status = get_json(&client, &status_url).await;
-    let want = policy::policy_hash(&merged).unwrap();
-    assert_eq!(status["status"]["active_hash"], want.as_str());
+    assert_eq!(status["status"]["active_hash"], merged_hash.as_str());
     assert_eq!(status["status"]["rules"], merged.rules.len());
 
     // A ConfigMap update (sampling only) is reloaded live.
     let mut fewer = merged.clone();
     fewer.rules.truncate(1);
-    let next = policy::policy_hash(&fewer).unwrap();
+    let next = fewer.compile().unwrap().hash().to_string();
     std::fs::write(
         config_dir.join(SAMPLING_KEY),
         render::sampling_yaml(&fewer, &sources).unwrap(),
