@@ -348,14 +348,7 @@ impl TraceStore for ClickHouseStore {
             sql.push_str(" AND status = ?");
             binds.push(Bindable::Str(st.as_str().to_string()));
         }
-        if let Some(t) = q.start {
-            sql.push_str(" AND start_time >= fromUnixTimestamp64Nano(toInt64(?))");
-            binds.push(Bindable::I64(t.unix_nanos()));
-        }
-        if let Some(t) = q.end {
-            sql.push_str(" AND start_time <= fromUnixTimestamp64Nano(toInt64(?))");
-            binds.push(Bindable::I64(t.unix_nanos()));
-        }
+        push_time_bounds(&mut sql, &mut binds, q);
         if let Some(d) = q.min_duration_nanos {
             sql.push_str(" AND duration_ns >= ?");
             binds.push(Bindable::I64(d));
@@ -375,14 +368,7 @@ impl TraceStore for ClickHouseStore {
                     ));
                     binds.push(Bindable::Str(f.key.clone()));
                     binds.push(Bindable::Str(v.clone()));
-                    if let Some(t) = q.start {
-                        sql.push_str(" AND start_time >= fromUnixTimestamp64Nano(toInt64(?))");
-                        binds.push(Bindable::I64(t.unix_nanos()));
-                    }
-                    if let Some(t) = q.end {
-                        sql.push_str(" AND start_time <= fromUnixTimestamp64Nano(toInt64(?))");
-                        binds.push(Bindable::I64(t.unix_nanos()));
-                    }
+                    push_time_bounds(&mut sql, &mut binds, q);
                     sql.push(')');
                 }
                 (Some(v), None) => {
@@ -515,6 +501,19 @@ impl TraceStore for ClickHouseStore {
             })?;
         }
         Ok(())
+    }
+}
+
+/// `AND start_time` bounds of a search, for the index table and for the attribute subquery
+/// (both are partitioned and ordered by time, so each needs its own bounds to prune).
+fn push_time_bounds(sql: &mut String, binds: &mut Vec<Bindable>, q: &TraceQuery) {
+    if let Some(t) = q.start {
+        sql.push_str(" AND start_time >= fromUnixTimestamp64Nano(toInt64(?))");
+        binds.push(Bindable::I64(t.unix_nanos()));
+    }
+    if let Some(t) = q.end {
+        sql.push_str(" AND start_time <= fromUnixTimestamp64Nano(toInt64(?))");
+        binds.push(Bindable::I64(t.unix_nanos()));
     }
 }
 
