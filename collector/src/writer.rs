@@ -309,11 +309,10 @@ async fn run_durable(
 }
 
 /// Exponential backoff from `base` (attempt 1) with up to 50% jitter, so many collectors do
-/// not retry in lockstep; the exponential part stops growing at `cap`.
+/// not retry in lockstep; the exponential part stops growing at `cap`, and after 10
+/// doublings.
 fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
-    let exp = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(10))
-        .min(cap);
+    let exp = datatracing_core::exponential_backoff(base, attempt.min(11), cap);
     let jitter_range = (exp.as_nanos() / 2).max(1);
     let jitter = (Timestamp::now().unix_nanos().unsigned_abs() as u128) % jitter_range;
     exp + Duration::from_nanos(u64::try_from(jitter).unwrap_or(0))

@@ -102,11 +102,39 @@ mod tests {
     }
 
     #[test]
+    fn backoff_doubles_from_base_up_to_the_cap() {
+        use std::time::Duration;
+        let base = Duration::from_millis(100);
+        assert_eq!(exponential_backoff(base, 0, Duration::MAX), base);
+        assert_eq!(exponential_backoff(base, 1, Duration::MAX), base);
+        assert_eq!(exponential_backoff(base, 4, Duration::MAX), base * 8);
+        assert_eq!(
+            exponential_backoff(base, 99, Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            exponential_backoff(Duration::MAX, 99, Duration::MAX),
+            Duration::MAX
+        );
+    }
+
+    #[test]
     fn formats() {
         assert_eq!(format_duration_ns(1_500_000_000), "1.5s");
         assert_eq!(format_duration_ns(250_000_000), "250ms");
         assert_eq!(format_duration_ns(999), "999ns");
     }
+}
+
+/// Exponential growth for retry delays: `base` at attempt 1, doubling per attempt, never above
+/// `cap`. Callers add their own jitter (how much depends on how many clients retry at once).
+pub fn exponential_backoff(
+    base: std::time::Duration,
+    attempt: u32,
+    cap: std::time::Duration,
+) -> std::time::Duration {
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(30))
+        .min(cap)
 }
 
 /// A configuration duration written the Go way (`"72h"`, `"500ms"`), as Kubernetes users

@@ -18,7 +18,7 @@ pub mod policy;
 pub mod schema;
 
 pub use dag::{CrossTraceLink, DagEdge, EdgeType, TraceDag, UnresolvedLink};
-pub use duration::{ConfigDuration, format_duration_ns, parse_duration_ns};
+pub use duration::{ConfigDuration, exponential_backoff, format_duration_ns, parse_duration_ns};
 pub use error::{Error, Result};
 pub use ids::{SpanId, TraceId};
 pub use query::{AttributeFilter, SummaryBuilder, TraceQuery, TraceSummary};

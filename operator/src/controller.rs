@@ -94,10 +94,11 @@ impl Context {
             *n = n.saturating_add(1);
             *n
         };
-        let base = self.config.retry_backoff.get();
-        let cap = self.config.max_retry_backoff.get();
-        base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(cap)
+        datatracing_core::exponential_backoff(
+            self.config.retry_backoff.get(),
+            attempt,
+            self.config.max_retry_backoff.get(),
+        )
     }
 
     fn succeeded(&self, key: &str) {

@@ -229,11 +229,11 @@ async fn insert_with_retry(inner: &Inner, rows: &[SpanRow], token: &str) -> Resu
                     return Err(e);
                 }
                 // Exponential backoff with full jitter, capped.
-                let cap = cfg
-                    .retry_backoff
-                    .get()
-                    .saturating_mul(1 << (attempt - 1).min(16))
-                    .min(cfg.max_retry_backoff.get());
+                let cap = datatracing_core::exponential_backoff(
+                    cfg.retry_backoff.get(),
+                    attempt,
+                    cfg.max_retry_backoff.get(),
+                );
                 let delay = Duration::from_nanos(
                     rand::rng().random_range(0..=cap.as_nanos().min(u128::from(u64::MAX)) as u64),
                 );
