@@ -203,11 +203,7 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
     };
 
     // Without CRDs the operator refuses to start, and says why.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = datatracing_testkit::free_port();
     let operator = |port: u16| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_datatracing"));
         c.args(["operator", "--log-format", "json", "--listen"])

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use datatracing_operator::crd;
+pub use datatracing_testkit::free_port;
 use datatracing_testkit::kubernetes::ApiServer;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -179,14 +180,6 @@ impl Cluster {
             .unwrap();
         tr.status.unwrap().token
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One operator replica running in this process.
