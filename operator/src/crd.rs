@@ -313,53 +313,6 @@ pub struct SamplingPolicyStatus {
     pub used_by: Vec<String>,
 }
 
-/// Condition types and reasons. Reasons are stable API: the runbook has a section for each.
-pub mod reason {
-    /// Condition: everything below is true.
-    pub const READY: &str = "Ready";
-    /// Condition: the ConfigMap holds a valid configuration.
-    pub const CONFIGURATION_GENERATED: &str = "ConfigurationGenerated";
-    /// Condition: the collector Deployment has its replicas available.
-    pub const COLLECTOR_AVAILABLE: &str = "CollectorAvailable";
-    /// Condition: the query Deployment has its replicas available.
-    pub const QUERY_AVAILABLE: &str = "QueryAvailable";
-    /// Condition: ClickHouse has the requested retention.
-    pub const RETENTION_APPLIED: &str = "RetentionApplied";
-    /// Condition (SamplingPolicy): the rules are valid.
-    pub const ACCEPTED: &str = "Accepted";
-
-    /// All good.
-    pub const RECONCILED: &str = "Reconciled";
-    /// A selected SamplingPolicy is invalid; the previous configuration stays.
-    pub const INVALID_SAMPLING_POLICY: &str = "InvalidSamplingPolicy";
-    /// The spec renders a configuration the collector would refuse.
-    pub const INVALID_CONFIGURATION: &str = "InvalidConfiguration";
-    /// The referenced password Secret or key does not exist.
-    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
-    /// Fewer available replicas than desired.
-    pub const REPLICAS_UNAVAILABLE: &str = "ReplicasUnavailable";
-    /// All desired replicas are available.
-    pub const REPLICAS_AVAILABLE: &str = "ReplicasAvailable";
-    /// Scaled to zero on purpose.
-    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
-    /// ClickHouse did not answer; retried with backoff.
-    pub const CLICKHOUSE_UNREACHABLE: &str = "ClickHouseUnreachable";
-    /// ClickHouse refused the credentials.
-    pub const CLICKHOUSE_AUTH_FAILED: &str = "ClickHouseAuthFailed";
-    /// ClickHouse answered with an error (schema, permissions).
-    pub const CLICKHOUSE_ERROR: &str = "ClickHouseError";
-    /// Retention applied.
-    pub const RETENTION_SET: &str = "RetentionSet";
-    /// Writing a child object failed.
-    pub const APPLY_FAILED: &str = "ApplyFailed";
-    /// Waiting for other conditions.
-    pub const PROGRESSING: &str = "Progressing";
-    /// SamplingPolicy valid.
-    pub const VALID: &str = "Valid";
-    /// SamplingPolicy invalid.
-    pub const INVALID: &str = "Invalid";
-}
-
 /// Both CRDs, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     [TracingPipeline::crd(), SamplingPolicy::crd()]

@@ -6,7 +6,7 @@
 //! - [`schema`]: structural schemas for the recursive policy model.
 //! - [`render`]: pure functions from a pipeline to its children.
 //! - [`policy`]: merging and validating SamplingPolicies.
-//! - [`controller`]: the reconcilers.
+//! - [`controller`]: the reconcilers, their conditions and their wiring.
 //! - [`leader`]: Lease-based leader election.
 //! - [`run`]: the process: ops endpoints, leader election, controllers, shutdown.
 

@@ -1,0 +1,164 @@
+//! What the reconcilers share: the API client, the settings, metrics, the event recorder and
+//! per-object failure counts for exponential backoff; plus the small helpers every
+//! reconciler uses (object keys, server-side apply of an object, message truncation).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+
+use super::conditions::EventReason;
+use crate::config::OperatorConfig;
+use crate::error::Result;
+use crate::metrics::Metrics;
+
+/// Objects whose consecutive failures are counted for backoff, at most.
+const MAX_TRACKED_FAILURES: usize = 10_000;
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Settings.
+    pub config: OperatorConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, config: OperatorConfig, metrics: Metrics) -> Self {
+        let reporter = Reporter {
+            controller: config.field_manager.clone(),
+            instance: Some(config.lease_identity().1),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one more consecutive failure for `key` and returns how long to wait before
+    /// the next attempt.
+    pub(crate) fn backoff(&self, key: &str) -> Duration {
+        let attempt = {
+            let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            // Objects deleted while failing leave entries behind; bound the map (a reset
+            // only shortens some retry delays).
+            if f.len() >= MAX_TRACKED_FAILURES && !f.contains_key(key) {
+                f.clear();
+            }
+            let n = f.entry(key.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        datatracing_core::exponential_backoff(
+            self.config.retry_backoff.get(),
+            attempt,
+            self.config.max_retry_backoff.get(),
+        )
+    }
+
+    /// Forgets the failures counted for `key`.
+    pub(crate) fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// The periodic requeue of an object that reconciled.
+    pub(crate) fn resync(&self) -> kube::runtime::controller::Action {
+        kube::runtime::controller::Action::requeue(self.config.resync_interval.get())
+    }
+
+    /// Publishes an event about `obj`; a failure is logged, never fatal.
+    pub(crate) async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: EventReason,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.as_str().into(),
+            note: Some(truncate(note, 1024)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, %reason, "could not publish an event");
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes (on a char boundary), marked with `…` when cut.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// `namespace/name` of an object, for logs and failure counts.
+pub(crate) fn key<K: ResourceExt>(o: &K) -> String {
+    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// Server-side applies `obj` (forcing ownership of its fields) as `manager`.
+pub(crate) async fn apply<K>(api: &Api<K>, obj: &K, manager: &str) -> Result<K>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(obj),
+        )
+        .await?)
+}
+
+/// [`apply`] in namespace `ns`.
+pub(crate) async fn apply_in<K>(client: &Client, ns: &str, obj: &K, manager: &str) -> Result<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    apply(&Api::namespaced(client.clone(), ns), obj, manager).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let s = truncate("é".repeat(10), 5);
+        assert!(s.starts_with("éé") && s.ends_with('…'));
+    }
+}

@@ -1,0 +1,441 @@
+//! The TracingPipeline reconciler: merge the selected SamplingPolicies (keeping the last
+//! good policy when one is invalid), render and server-side apply the children, apply
+//! ClickHouse retention, and report all of it in conditions. A finalizer honours
+//! `deletionPolicy`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use serde_json::json;
+
+use super::conditions::{self, ConditionType, EventReason, Reason, set_condition};
+use super::context::{Context, apply, apply_in, key};
+use super::selection::selector_matches;
+use super::storage;
+use crate::crd::{DeletionPolicy, SamplingPolicy, TracingPipeline, TracingPipelineStatus};
+use crate::error::{Error, Result};
+use crate::metrics::ControllerLabel;
+use crate::policy;
+use crate::render::{self, Names, SAMPLING_KEY};
+
+/// Finalizer the operator puts on every TracingPipeline.
+pub const FINALIZER: &str = "datatracing.io/storage-cleanup";
+
+/// The sampling configuration a pipeline deploys.
+#[derive(Debug, Default)]
+struct Sampling {
+    /// `sampling.yaml` for the ConfigMap; `None`: sampling is off, or no valid policy yet.
+    yaml: Option<String>,
+    /// Its hash (what collectors report).
+    hash: Option<String>,
+    /// The SamplingPolicies it came from, in order.
+    sources: Vec<String>,
+    /// Why the selected policies cannot be used; the previous configuration stays.
+    problem: Option<String>,
+}
+
+/// The sampling configuration for `p`. With an invalid selected policy the last good YAML
+/// from the existing ConfigMap is kept.
+async fn sampling(
+    p: &TracingPipeline,
+    ctx: &Context,
+    previous: &TracingPipelineStatus,
+) -> Result<Sampling> {
+    let Some(selector) = &p.spec.sampling.selector else {
+        return Ok(Sampling::default());
+    };
+    let ns = p.namespace().unwrap_or_default();
+    // A list from the API server, not a cache: the trigger may come from a different watch
+    // than a cache would, and a stale read would deploy an old policy until the next resync.
+    let policies: Api<SamplingPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let selected: Vec<SamplingPolicy> = policies
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|sp| selector_matches(selector, sp.labels()))
+        .collect();
+    match policy::merge(selected, &p.spec.sampling.default_action) {
+        Ok(m) => Ok(Sampling {
+            yaml: Some(render::sampling_yaml(&m.policy, &m.sources)?),
+            hash: Some(m.hash),
+            sources: m.sources,
+            problem: None,
+        }),
+        Err(invalid) => {
+            let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+            let last_good = cms
+                .get_opt(&Names::of(&p.name_any()).config)
+                .await?
+                .and_then(|cm| cm.data?.get(SAMPLING_KEY).cloned());
+            Ok(Sampling {
+                yaml: last_good,
+                hash: previous.sampling_hash.clone(),
+                sources: previous.sampling_policies.clone(),
+                problem: Some(invalid.to_string()),
+            })
+        }
+    }
+}
+
+/// A configuration problem: the condition reason and the event reason that report it.
+#[derive(Clone, Copy, Debug)]
+struct Problem {
+    reason: Reason,
+    event: EventReason,
+}
+
+const INVALID_SAMPLING_POLICY: Problem = Problem {
+    reason: Reason::InvalidSamplingPolicy,
+    event: EventReason::InvalidSamplingPolicy,
+};
+
+const INVALID_CONFIGURATION: Problem = Problem {
+    reason: Reason::InvalidConfiguration,
+    event: EventReason::InvalidConfiguration,
+};
+
+/// A Warning event for a configuration problem, once per distinct problem rather than on
+/// every reconcile (Deployment status changes and resyncs reconcile often).
+async fn warn_on_change(
+    ctx: &Context,
+    p: &TracingPipeline,
+    previous: &TracingPipelineStatus,
+    problem: Problem,
+    msg: &str,
+) {
+    let known = conditions::already(
+        &previous.conditions,
+        ConditionType::ConfigurationGenerated,
+        false,
+        problem.reason,
+        msg,
+    );
+    if !known {
+        ctx.event(p, EventType::Warning, problem.event, msg.to_string())
+            .await;
+    }
+}
+
+/// `(available, reason, message)` of a Deployment as the API server returned it.
+fn availability(d: &Deployment, what: &str) -> (bool, Reason, String) {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    if want == 0 {
+        return (true, Reason::ScaledToZero, format!("{what} is scaled to 0"));
+    }
+    let st = d.status.clone().unwrap_or_default();
+    let current = st.observed_generation >= d.metadata.generation;
+    let available = st.available_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    if current && available >= want && updated >= want {
+        (
+            true,
+            Reason::ReplicasAvailable,
+            format!("{available}/{want} {what} replicas available"),
+        )
+    } else {
+        (
+            false,
+            Reason::ReplicasUnavailable,
+            format!("{available}/{want} {what} replicas available, {updated} up to date"),
+        )
+    }
+}
+
+fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.uid == uid)
+}
+
+async fn write_status(
+    api: &Api<TracingPipeline>,
+    name: &str,
+    status: &TracingPipelineStatus,
+) -> Result<()> {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action> {
+    let name = p.name_any();
+    let ns = p.namespace().unwrap_or_default();
+    let generation = p.metadata.generation;
+    let api: Api<TracingPipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    let previous = p.status.clone().unwrap_or_default();
+    let mut status = TracingPipelineStatus {
+        observed_generation: generation,
+        conditions: previous.conditions.clone(),
+        retention_days: previous.retention_days,
+        ..TracingPipelineStatus::default()
+    };
+    let cond = |s: &mut TracingPipelineStatus, t, ok, reason, msg: String| {
+        set_condition(&mut s.conditions, t, ok, reason, msg, generation);
+    };
+
+    // 1. Sampling and configuration. When nothing can be deployed, say why and stop; the
+    // spec or a SamplingPolicy must change first (both requeue this pipeline).
+    let sampling = sampling(&p, ctx, &previous).await?;
+    status.sampling_hash = sampling.hash.clone();
+    status.sampling_policies = sampling.sources.clone();
+    let rendered = match (&sampling.problem, &sampling.yaml) {
+        (Some(problem), None) => Err((
+            INVALID_SAMPLING_POLICY,
+            format!("{problem}; no previous configuration to keep, so nothing was deployed"),
+        )),
+        _ => match render::desired(&p, &ctx.config.image, sampling.yaml.as_deref()) {
+            Err(Error::InvalidConfiguration(msg)) => Err((INVALID_CONFIGURATION, msg)),
+            other => Ok(other?),
+        },
+    };
+    let desired = match rendered {
+        Ok(d) => d,
+        Err((problem, msg)) => {
+            warn_on_change(ctx, &p, &previous, problem, &msg).await;
+            cond(
+                &mut status,
+                ConditionType::ConfigurationGenerated,
+                false,
+                problem.reason,
+                msg.clone(),
+            );
+            cond(
+                &mut status,
+                ConditionType::Ready,
+                false,
+                problem.reason,
+                msg,
+            );
+            write_status(&api, &name, &status).await?;
+            return Ok(ctx.resync());
+        }
+    };
+    status.config_hash = Some(desired.config_hash.clone());
+    match &sampling.problem {
+        Some(problem) => {
+            let msg = format!("{problem}; the previous sampling configuration stays active");
+            warn_on_change(ctx, &p, &previous, INVALID_SAMPLING_POLICY, &msg).await;
+            cond(
+                &mut status,
+                ConditionType::ConfigurationGenerated,
+                false,
+                Reason::InvalidSamplingPolicy,
+                msg,
+            );
+        }
+        None => cond(
+            &mut status,
+            ConditionType::ConfigurationGenerated,
+            true,
+            Reason::Reconciled,
+            format!(
+                "configuration {}{}",
+                desired.config_hash,
+                sampling
+                    .hash
+                    .as_deref()
+                    .map(|h| format!(", sampling policy {h} from {}", sampling.sources.join(", ")))
+                    .unwrap_or_else(|| ", no tail sampling".into())
+            ),
+        ),
+    }
+
+    // 2. Children, all under one field manager.
+    let fm = &ctx.config.field_manager;
+    let c = ctx.client.clone();
+    apply_in(&c, &ns, &desired.service_account, fm).await?;
+    apply_in(&c, &ns, &desired.config_map, fm).await?;
+    let collector = apply_in(&c, &ns, &desired.collector, fm).await?;
+    apply_in(&c, &ns, &desired.collector_service, fm).await?;
+    let query = apply_in(&c, &ns, &desired.query, fm).await?;
+    apply_in(&c, &ns, &desired.query_service, fm).await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), &ns);
+    let names = Names::of(&name);
+    let uid = p.uid().unwrap_or_default();
+    let existing_pdb = pdbs.get_opt(&names.collector).await?;
+    match (&desired.pdb, existing_pdb) {
+        (Some(_), Some(e)) if !owned_by(&e.metadata, &uid) => {
+            let msg = format!(
+                "PodDisruptionBudget {ns}/{} exists and is not managed by this pipeline; it is left alone",
+                names.collector
+            );
+            ctx.event(
+                &*p,
+                EventType::Warning,
+                EventReason::ApplyFailed,
+                msg.clone(),
+            )
+            .await;
+            return Err(Error::Conflict(msg));
+        }
+        (Some(pdb), _) => {
+            apply(&pdbs, pdb, fm).await?;
+        }
+        (None, Some(e)) if owned_by(&e.metadata, &uid) => {
+            pdbs.delete(&names.collector, &DeleteParams::default())
+                .await?;
+        }
+        (None, _) => {}
+    }
+    if previous
+        .config_hash
+        .as_deref()
+        .is_some_and(|h| h != desired.config_hash)
+    {
+        ctx.event(
+            &*p,
+            EventType::Normal,
+            EventReason::ConfigurationChanged,
+            format!(
+                "configuration {} rolls the collector and query pods",
+                desired.config_hash
+            ),
+        )
+        .await;
+    }
+    if sampling.problem.is_none() && previous.sampling_hash != sampling.hash {
+        ctx.event(
+            &*p,
+            EventType::Normal,
+            EventReason::SamplingPolicyApplied,
+            format!(
+                "sampling policy {} from [{}]; collectors reload it without a restart",
+                sampling.hash.as_deref().unwrap_or("none"),
+                sampling.sources.join(", ")
+            ),
+        )
+        .await;
+    }
+
+    let (ok, reason, msg) = availability(&collector, "collector");
+    cond(
+        &mut status,
+        ConditionType::CollectorAvailable,
+        ok,
+        reason,
+        msg,
+    );
+    let (ok, reason, msg) = availability(&query, "query");
+    cond(&mut status, ConditionType::QueryAvailable, ok, reason, msg);
+
+    // 3. Retention, when it is not known to be in place for this generation.
+    let days = p.spec.storage.retention_days;
+    let retention_current = previous.retention_days == Some(days)
+        && previous.observed_generation == generation
+        && conditions::is_true(&previous.conditions, ConditionType::RetentionApplied);
+    let mut retry_after = None;
+    if !retention_current {
+        match storage::apply_retention(&p, ctx).await {
+            Ok(msg) => {
+                ctx.metrics.retention_applied.inc();
+                status.retention_days = Some(days);
+                cond(
+                    &mut status,
+                    ConditionType::RetentionApplied,
+                    true,
+                    Reason::RetentionSet,
+                    msg.clone(),
+                );
+                ctx.event(&*p, EventType::Normal, EventReason::RetentionApplied, msg)
+                    .await;
+            }
+            Err(e) => {
+                ctx.metrics.retention_errors.inc();
+                let (reason, event) = storage::retention_failure(&e);
+                let wait = ctx.backoff(&format!("retention/{}", key(&*p)));
+                let msg = format!("{e}; retrying in {}s", wait.as_secs().max(1));
+                tracing::warn!(pipeline = %key(&*p), error = %e, ?wait, "retention not applied");
+                cond(
+                    &mut status,
+                    ConditionType::RetentionApplied,
+                    false,
+                    reason,
+                    msg.clone(),
+                );
+                ctx.event(&*p, EventType::Warning, event, msg).await;
+                retry_after = Some(wait);
+            }
+        }
+    }
+    if retry_after.is_none() {
+        ctx.succeeded(&format!("retention/{}", key(&*p)));
+    }
+
+    // 4. Ready sums up the others.
+    let (ok, reason, msg) = conditions::ready(&status.conditions);
+    cond(&mut status, ConditionType::Ready, ok, reason, msg);
+    write_status(&api, &name, &status).await?;
+    Ok(retry_after.map_or_else(|| ctx.resync(), Action::requeue))
+}
+
+async fn cleanup_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action> {
+    if p.spec.storage.deletion_policy == DeletionPolicy::Delete {
+        let db = &p.spec.storage.database;
+        let admin = storage::clickhouse_admin(&p, ctx).await?;
+        if let Err(e) = admin.drop_database().await {
+            let msg = format!(
+                "could not drop ClickHouse database {db}: {e}; the pipeline stays until this succeeds (see runbooks/operator.md)"
+            );
+            ctx.event(
+                &*p,
+                EventType::Warning,
+                EventReason::DeleteStorageFailed,
+                msg,
+            )
+            .await;
+            return Err(e.into());
+        }
+        tracing::info!(pipeline = %key(&*p), database = %db, "dropped the ClickHouse database (deletionPolicy: Delete)");
+    } else {
+        tracing::info!(pipeline = %key(&*p), "pipeline deleted; ClickHouse data retained (deletionPolicy: Retain)");
+    }
+    ctx.succeeded(&format!("retention/{}", key(&*p)));
+    Ok(Action::await_change())
+}
+
+/// Reconciles one TracingPipeline (through the finalizer).
+pub(super) async fn reconcile(p: Arc<TracingPipeline>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let label = ControllerLabel {
+        controller: "tracingpipeline",
+    };
+    ctx.metrics.reconciles.get_or_create(&label).inc();
+    let ns = p.namespace().unwrap_or_default();
+    let api: Api<TracingPipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    let k = key(&*p);
+    let result = finalizer(&api, FINALIZER, p, |event| async {
+        match event {
+            Finalizer::Apply(p) => apply_pipeline(p, &ctx).await,
+            Finalizer::Cleanup(p) => cleanup_pipeline(p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Render(format!("finalizer: {other}")),
+    });
+    ctx.metrics
+        .duration
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(&k);
+    }
+    result
+}

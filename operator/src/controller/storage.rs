@@ -1,0 +1,96 @@
+//! What the pipeline reconciler does in ClickHouse: read the password the pipeline
+//! references, create the schema and set the retention, and drop the database of a deleted
+//! pipeline; plus which condition reason each failure reports.
+
+use datatracing_store_clickhouse::{ClickHouseAdmin, Error as ChError};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::Api;
+
+use super::conditions::{EventReason, Reason};
+use super::context::Context;
+use crate::crd::TracingPipeline;
+use crate::error::{Error, Result};
+use crate::render;
+
+/// Reads the password the pipeline references. `Ok(None)`: no password configured.
+async fn password(p: &TracingPipeline, ctx: &Context) -> Result<Option<String>> {
+    let Some(r) = &p.spec.storage.password_secret_ref else {
+        return Ok(None);
+    };
+    let ns = p.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let missing = |what: String| Error::SecretNotFound(what);
+    let secret = secrets
+        .get_opt(&r.name)
+        .await?
+        .ok_or_else(|| missing(format!("Secret {ns}/{} does not exist", r.name)))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|s| s.clone().into_bytes())
+        })
+        .ok_or_else(|| missing(format!("Secret {ns}/{} has no key {:?}", r.name, r.key)))?;
+    String::from_utf8(bytes)
+        .map(|s| Some(s.trim().to_string()))
+        .map_err(|_| {
+            missing(format!(
+                "Secret {ns}/{} key {:?} is not UTF-8",
+                r.name, r.key
+            ))
+        })
+}
+
+/// An admin client for the pipeline's ClickHouse: one attempt per call, the operator's
+/// timeout (the reconciler retries with its own backoff).
+pub(super) async fn clickhouse_admin(
+    p: &TracingPipeline,
+    ctx: &Context,
+) -> Result<ClickHouseAdmin> {
+    let mut cfg = render::clickhouse_config(p);
+    cfg.password_file = None;
+    cfg.password = password(p, ctx).await?.unwrap_or_default();
+    cfg.max_attempts = 1;
+    cfg.connect_timeout = ctx.config.clickhouse_timeout;
+    cfg.query_timeout = ctx.config.clickhouse_timeout;
+    Ok(ClickHouseAdmin::new(&cfg)?)
+}
+
+/// The `RetentionApplied` reason (and the event) for a failure to apply retention.
+pub(super) fn retention_failure(e: &Error) -> (Reason, EventReason) {
+    match e {
+        Error::ClickHouse(ChError::Unreachable(_) | ChError::Timeout(_)) => (
+            Reason::ClickHouseUnreachable,
+            EventReason::ClickHouseUnreachable,
+        ),
+        Error::ClickHouse(ChError::Auth(_)) => (
+            Reason::ClickHouseAuthFailed,
+            EventReason::ClickHouseAuthFailed,
+        ),
+        Error::SecretNotFound(_) => (Reason::SecretNotFound, EventReason::SecretNotFound),
+        _ => (Reason::ClickHouseError, EventReason::ClickHouseError),
+    }
+}
+
+/// Creates the schema if needed and sets the retention; returns what was done.
+pub(super) async fn apply_retention(p: &TracingPipeline, ctx: &Context) -> Result<String> {
+    let admin = clickhouse_admin(p, ctx).await?;
+    admin.ping().await?;
+    let migration = admin.migrate().await?;
+    let report = admin.set_retention(p.spec.storage.retention_days).await?;
+    Ok(format!(
+        "retention {} days on database {} (schema v{}; {} tables changed, {} already set)",
+        report.days,
+        p.spec.storage.database,
+        migration.version,
+        report.changed.len(),
+        report.unchanged.len()
+    ))
+}
