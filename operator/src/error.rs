@@ -36,6 +36,34 @@ pub enum Error {
     /// Leadership was lost; the process must stop reconciling.
     #[error("lost the leader lease {0}")]
     LostLease(String),
+    /// Adding or removing the storage-cleanup finalizer failed. (Failures of the reconcile
+    /// the finalizer wraps keep their own variant: see `From<finalizer::Error>`.)
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<FinalizerError>),
+    /// A task the operator spawned (the controllers, the ops server) panicked or was
+    /// cancelled.
+    #[error("{task} task failed: {source}")]
+    Join {
+        /// Which task.
+        task: &'static str,
+        /// What tokio reported.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// The error of kube-runtime's finalizer helper around our reconcile.
+pub type FinalizerError = kube::runtime::finalizer::Error<Error>;
+
+impl From<FinalizerError> for Error {
+    /// The reconcile's own failure when that is what failed (so metrics and backoff see
+    /// the real reason); otherwise a [`Error::Finalizer`].
+    fn from(e: FinalizerError) -> Self {
+        match e {
+            FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
+            other => Error::Finalizer(Box::new(other)),
+        }
+    }
 }
 
 impl Error {
@@ -55,6 +83,8 @@ impl Error {
             Error::Config(_) => "config",
             Error::Serve(_) => "serve",
             Error::LostLease(_) => "lost_lease",
+            Error::Finalizer(_) => "finalizer",
+            Error::Join { .. } => "task_failed",
         }
     }
 }

@@ -189,10 +189,10 @@ impl LeaderElector {
         let outcome = loop {
             tokio::select! {
                 r = &mut task => {
-                    break r.unwrap_or_else(|e| Err(Error::Serve(format!("controllers panicked: {e}"))));
+                    break r.unwrap_or_else(|source| Err(Error::Join { task: "controllers", source }));
                 }
                 _ = shutdown.cancelled() => {
-                    break (&mut task).await.unwrap_or_else(|e| Err(Error::Serve(format!("controllers panicked: {e}"))));
+                    break (&mut task).await.unwrap_or_else(|source| Err(Error::Join { task: "controllers", source }));
                 }
                 _ = tokio::time::sleep(self.renew_interval) => {
                     match self.try_acquire_or_renew().await {

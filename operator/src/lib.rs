@@ -101,6 +101,13 @@ pub async fn run(
     };
     readiness.set_ready(false);
     ops_shutdown.cancel();
-    let _ = ops.await;
-    result
+    // The reconcile outcome comes first; a failed ops server is reported when that was fine.
+    let ops_outcome = match ops.await {
+        Ok(served) => served.map_err(|e| Error::Serve(e.to_string())),
+        Err(source) => Err(Error::Join {
+            task: "ops server",
+            source,
+        }),
+    };
+    result.and(ops_outcome)
 }

@@ -425,11 +425,7 @@ pub(super) async fn reconcile(p: Arc<TracingPipeline>, ctx: Arc<Context>) -> Res
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Render(format!("finalizer: {other}")),
-    });
+    .map_err(Error::from);
     ctx.metrics
         .duration
         .get_or_create(&label)
