@@ -409,6 +409,12 @@ async fn cleanup_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Acti
 }
 
 /// Reconciles one TracingPipeline (through the finalizer).
+#[tracing::instrument(skip_all, fields(
+    namespace = %p.namespace().unwrap_or_default(),
+    pipeline = %p.name_any(),
+    generation = p.metadata.generation,
+    deleting = p.metadata.deletion_timestamp.is_some(),
+))]
 pub(super) async fn reconcile(p: Arc<TracingPipeline>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let label = ControllerLabel {

@@ -27,6 +27,11 @@ fn describe(errors: &[PolicyError]) -> String {
 }
 
 /// Reconciles one SamplingPolicy.
+#[tracing::instrument(skip_all, fields(
+    namespace = %sp.namespace().unwrap_or_default(),
+    policy = %sp.name_any(),
+    generation = sp.metadata.generation,
+))]
 pub(super) async fn reconcile(sp: Arc<SamplingPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let label = ControllerLabel {

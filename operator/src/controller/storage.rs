@@ -80,6 +80,7 @@ pub(super) fn retention_failure(e: &Error) -> (Reason, EventReason) {
 }
 
 /// Creates the schema if needed and sets the retention; returns what was done.
+#[tracing::instrument(skip_all, fields(database = %p.spec.storage.database, days = p.spec.storage.retention_days))]
 pub(super) async fn apply_retention(p: &TracingPipeline, ctx: &Context) -> Result<String> {
     let admin = clickhouse_admin(p, ctx).await?;
     admin.ping().await?;
