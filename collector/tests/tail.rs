@@ -319,3 +319,115 @@ fn reload_swaps_valid_policies_and_keeps_the_old_one_on_errors() {
         "{m}"
     );
 }
+
+/// One root span of trace `n` (status OK, or ERROR when `error`), linked to trace `link_to`.
+fn linked_root(n: u128, link_to: Option<u128>, error: bool) -> Span {
+    static ROOT: std::sync::OnceLock<Span> = std::sync::OnceLock::new();
+    let mut s = ROOT.get_or_init(|| fixture("healthy").remove(0)).clone();
+    s.trace_id = TraceId::from_bytes(n.to_be_bytes());
+    s.status.code = if error {
+        datatracing_core::StatusCode::Error
+    } else {
+        datatracing_core::StatusCode::Ok
+    };
+    s.links.clear();
+    if let Some(l) = link_to {
+        s.links.push(datatracing_core::Link {
+            trace_id: TraceId::from_bytes(l.to_be_bytes()),
+            span_id: "0000000000000001".parse().unwrap(),
+            link_type: datatracing_core::LinkType::FollowsFrom,
+            attributes: Default::default(),
+        });
+    }
+    s
+}
+
+#[test]
+fn a_long_lineage_chain_is_kept_without_recursion() {
+    // Trace n follows from trace n-1; the first one fails. Propagating along the chain one
+    // call deeper per trace would overflow a test thread's stack long before the end.
+    const N: u128 = 50_000;
+    let mut c = config();
+    c.max_traces = 1_000_000;
+    c.decision_cache_size = 1_000_000;
+    let mut r = rig(c, errors_policy());
+    let chain: Vec<Span> = (1..=N)
+        .map(|n| linked_root(n, (n > 1).then(|| n - 1), n == 1))
+        .collect();
+    assert!(r.sampler.offer(chain).is_empty());
+    r.at(3);
+    let out = r.sampler.tick();
+    assert_eq!(out.len() as u128, N, "the whole chain is kept");
+    let lineage = out
+        .iter()
+        .filter(|s| s.attributes[RULE_ATTR] == AttributeValue::from("lineage"))
+        .count();
+    assert_eq!(lineage as u128, N - 1);
+    assert!(!r.sampler.pending());
+}
+
+#[test]
+fn linked_traces_that_never_arrive_are_forgotten_within_bounds() {
+    let mut c = config();
+    c.decision_cache_size = 100;
+    c.lineage_timeout = ConfigDuration::from_secs(60);
+    let mut r = rig(c, errors_policy());
+    let pending = |r: &Rig| -> i64 {
+        let m = r.metrics();
+        m.lines()
+            .find_map(|l| l.strip_prefix("datatracing_sampling_lineage_pending "))
+            .unwrap_or_else(|| panic!("no lineage gauge in {m}"))
+            .parse()
+            .unwrap()
+    };
+    // A stream of failing traces, each linked to an upstream trace this collector never
+    // sees: every kept trace awaits its upstream, but no more than the cap at once.
+    let mut max_seen = 0;
+    for round in 0..50u128 {
+        let batch: Vec<Span> = (0..20u128)
+            .map(|i| {
+                let n = 1 + round * 20 + i;
+                linked_root(n, Some(1_000_000 + n), true)
+            })
+            .collect();
+        r.at(round as i64 * 3);
+        r.sampler.offer(batch);
+        r.at(round as i64 * 3 + 2);
+        assert_eq!(r.sampler.tick().len(), 20);
+        max_seen = max_seen.max(pending(&r));
+    }
+    assert_eq!(
+        max_seen, 100,
+        "the awaited ids reach the cap and stay there"
+    );
+    let m = r.metrics();
+    assert!(
+        m.contains("datatracing_sampling_lineage_forgotten_total{reason=\"capacity\"} 900"),
+        "{m}"
+    );
+    // After the timeout every awaited id is forgotten, counted as expired.
+    r.at(50 * 3 + 61);
+    r.sampler.tick();
+    assert_eq!(pending(&r), 0);
+    let m = r.metrics();
+    assert!(
+        m.contains("datatracing_sampling_lineage_forgotten_total{reason=\"expired\"}"),
+        "{m}"
+    );
+    // An upstream trace that arrives while awaited is still kept for lineage.
+    r.at(300);
+    r.sampler.offer(vec![linked_root(9_001, Some(9_000), true)]);
+    r.at(303);
+    assert_eq!(r.sampler.tick().len(), 1);
+    assert_eq!(pending(&r), 1);
+    r.at(304);
+    r.sampler.offer(vec![linked_root(9_000, None, false)]);
+    r.at(306);
+    let out = r.sampler.tick();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].attributes[RULE_ATTR],
+        AttributeValue::from("lineage")
+    );
+    assert_eq!(pending(&r), 0);
+}
