@@ -33,7 +33,6 @@ pub use conditions::{ConditionType, EventReason, Reason, set_condition};
 pub use context::Context;
 use context::key;
 pub use pipeline::FINALIZER;
-pub use selection::selector_matches;
 use selection::selects;
 
 use crate::crd::{SamplingPolicy, TracingPipeline};

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::SelectorExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -18,7 +19,7 @@ use serde_json::json;
 
 use super::conditions::{self, ConditionType, EventReason, Reason, set_condition};
 use super::context::{Context, apply, apply_in, key};
-use super::selection::selector_matches;
+use super::selection::policy_selector;
 use super::storage;
 use crate::crd::{DeletionPolicy, SamplingPolicy, TracingPipeline, TracingPipelineStatus};
 use crate::error::{Error, Result};
@@ -49,7 +50,7 @@ async fn sampling(
     ctx: &Context,
     previous: &TracingPipelineStatus,
 ) -> Result<Sampling> {
-    let Some(selector) = &p.spec.sampling.selector else {
+    let Some(selector) = policy_selector(p)? else {
         return Ok(Sampling::default());
     };
     let ns = p.namespace().unwrap_or_default();
@@ -61,7 +62,7 @@ async fn sampling(
         .await?
         .items
         .into_iter()
-        .filter(|sp| selector_matches(selector, sp.labels()))
+        .filter(|sp| selector.matches(sp.labels()))
         .collect();
     match policy::merge(selected, &p.spec.sampling.default_action) {
         Ok(m) => Ok(Sampling {
@@ -159,12 +160,14 @@ fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
 }
 
 async fn write_status(
-    api: &Api<TracingPipeline>,
-    name: &str,
+    ctx: &Context,
+    p: &TracingPipeline,
     status: &TracingPipelineStatus,
 ) -> Result<()> {
+    let api: Api<TracingPipeline> =
+        Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
     api.patch_status(
-        name,
+        &p.name_any(),
         &PatchParams::default(),
         &Patch::Merge(json!({ "status": status })),
     )
@@ -172,11 +175,44 @@ async fn write_status(
     Ok(())
 }
 
+/// Reports a pipeline for which nothing can be deployed: its children stay as they are, and
+/// so does what the status says about them. The spec or a SamplingPolicy must change first
+/// (both requeue the pipeline).
+async fn undeployable(
+    ctx: &Context,
+    p: &TracingPipeline,
+    previous: &TracingPipelineStatus,
+    mut status: TracingPipelineStatus,
+    problem: Problem,
+    msg: String,
+) -> Result<Action> {
+    warn_on_change(ctx, p, previous, problem, &msg).await;
+    let generation = status.observed_generation;
+    status.config_hash = previous.config_hash.clone();
+    set_condition(
+        &mut status.conditions,
+        ConditionType::ConfigurationGenerated,
+        false,
+        problem.reason,
+        msg.clone(),
+        generation,
+    );
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Ready,
+        false,
+        problem.reason,
+        msg,
+        generation,
+    );
+    write_status(ctx, p, &status).await?;
+    Ok(ctx.resync())
+}
+
 async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action> {
     let name = p.name_any();
     let ns = p.namespace().unwrap_or_default();
     let generation = p.metadata.generation;
-    let api: Api<TracingPipeline> = Api::namespaced(ctx.client.clone(), &ns);
     let previous = p.status.clone().unwrap_or_default();
     let mut status = TracingPipelineStatus {
         observed_generation: generation,
@@ -188,9 +224,16 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
         set_condition(&mut s.conditions, t, ok, reason, msg, generation);
     };
 
-    // 1. Sampling and configuration. When nothing can be deployed, say why and stop; the
-    // spec or a SamplingPolicy must change first (both requeue this pipeline).
-    let sampling = sampling(&p, ctx, &previous).await?;
+    // 1. Sampling and configuration. When nothing can be deployed, say why and stop.
+    let sampling = match sampling(&p, ctx, &previous).await {
+        Ok(s) => s,
+        Err(Error::InvalidConfiguration(msg)) => {
+            status.sampling_hash = previous.sampling_hash.clone();
+            status.sampling_policies = previous.sampling_policies.clone();
+            return undeployable(ctx, &p, &previous, status, INVALID_CONFIGURATION, msg).await;
+        }
+        Err(e) => return Err(e),
+    };
     status.sampling_hash = sampling.hash.clone();
     status.sampling_policies = sampling.sources.clone();
     let rendered = match (&sampling.problem, &sampling.yaml) {
@@ -206,23 +249,7 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
     let desired = match rendered {
         Ok(d) => d,
         Err((problem, msg)) => {
-            warn_on_change(ctx, &p, &previous, problem, &msg).await;
-            cond(
-                &mut status,
-                ConditionType::ConfigurationGenerated,
-                false,
-                problem.reason,
-                msg.clone(),
-            );
-            cond(
-                &mut status,
-                ConditionType::Ready,
-                false,
-                problem.reason,
-                msg,
-            );
-            write_status(&api, &name, &status).await?;
-            return Ok(ctx.resync());
+            return undeployable(ctx, &p, &previous, status, problem, msg).await;
         }
     };
     status.config_hash = Some(desired.config_hash.clone());
@@ -379,7 +406,7 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
     // 4. Ready sums up the others.
     let (ok, reason, msg) = conditions::ready(&status.conditions);
     cond(&mut status, ConditionType::Ready, ok, reason, msg);
-    write_status(&api, &name, &status).await?;
+    write_status(ctx, &p, &status).await?;
     Ok(retry_after.map_or_else(|| ctx.resync(), Action::requeue))
 }
 
