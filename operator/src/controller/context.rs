@@ -9,10 +9,11 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
 
 use super::conditions::EventReason;
 use crate::config::OperatorConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
 /// Objects whose consecutive failures are counted for backoff, at most.
@@ -150,6 +151,44 @@ where
         + std::fmt::Debug,
 {
     apply(&Api::namespaced(client.clone(), ns), obj, manager).await
+}
+
+/// Server-side applies `status` (a serialized status with every list present, empty or not)
+/// to the status subresource of the `K` named `name`, as the operator's field manager.
+///
+/// Apply rather than merge: a field the operator stops sending (a list that became empty,
+/// an option that became unset) is removed, because the field manager owns it. Lists are
+/// sent even when empty so that one an older operator wrote with merge patches (owned by an
+/// `Update` manager) is taken over and cleared, not left behind.
+pub(crate) async fn apply_status<K>(ctx: &Context, obj: &K, status: Value) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(
+        ctx.client.clone(),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+    );
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(&ctx.config.field_manager).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `status` as JSON, for [`apply_status`].
+pub(crate) fn status_json<S: serde::Serialize>(status: &S) -> Result<Value> {
+    serde_json::to_value(status).map_err(|e| Error::Render(format!("status: {e}")))
 }
 
 #[cfg(test)]

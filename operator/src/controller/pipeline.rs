@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::core::SelectorExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -18,7 +18,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use serde_json::json;
 
 use super::conditions::{self, ConditionType, EventReason, Reason, set_condition};
-use super::context::{Context, apply, apply_in, key};
+use super::context::{Context, apply, apply_in, apply_status, key, status_json};
 use super::selection::policy_selector;
 use super::storage;
 use crate::crd::{DeletionPolicy, SamplingPolicy, TracingPipeline, TracingPipelineStatus};
@@ -159,20 +159,15 @@ fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
         .any(|o| o.uid == uid)
 }
 
+/// Writes the pipeline's status (server-side apply: see [`apply_status`]).
 async fn write_status(
     ctx: &Context,
     p: &TracingPipeline,
     status: &TracingPipelineStatus,
 ) -> Result<()> {
-    let api: Api<TracingPipeline> =
-        Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
-    api.patch_status(
-        &p.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
-    Ok(())
+    let mut v = status_json(status)?;
+    v["samplingPolicies"] = json!(status.sampling_policies);
+    apply_status(ctx, p, v).await
 }
 
 /// Reports a pipeline for which nothing can be deployed: its children stay as they are, and

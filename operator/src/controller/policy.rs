@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use datatracing_core::policy::PolicyError;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
 
 use super::conditions::{self, ConditionType, EventReason, Reason, set_condition};
-use super::context::{Context, key};
+use super::context::{Context, apply_status, key, status_json};
 use super::selection::selects;
 use crate::crd::{SamplingPolicy, SamplingPolicyStatus, TracingPipeline};
 use crate::error::Result;
@@ -39,7 +39,6 @@ pub(super) async fn reconcile(sp: Arc<SamplingPolicy>, ctx: Arc<Context>) -> Res
     };
     ctx.metrics.reconciles.get_or_create(&label).inc();
     let ns = sp.namespace().unwrap_or_default();
-    let name = sp.name_any();
     let generation = sp.metadata.generation;
     let previous = sp.status.clone().unwrap_or_default();
     let mut status = SamplingPolicyStatus {
@@ -100,13 +99,9 @@ pub(super) async fn reconcile(sp: Arc<SamplingPolicy>, ctx: Arc<Context>) -> Res
         .collect();
     used_by.sort();
     status.used_by = used_by;
-    let api: Api<SamplingPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
+    let mut v = status_json(&status)?;
+    v["usedBy"] = json!(status.used_by);
+    apply_status(&ctx, &*sp, v).await?;
     ctx.metrics
         .duration
         .get_or_create(&label)
