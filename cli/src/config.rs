@@ -6,8 +6,8 @@ use std::path::Path;
 
 use datatracing_collector::CollectorConfig;
 use datatracing_query::QueryConfig;
-use datatracing_store::EmbeddedConfig;
 use datatracing_store_clickhouse::ClickHouseConfig;
+use datatracing_store_sqlite::EmbeddedConfig;
 use serde::{Deserialize, Serialize};
 
 /// Errors loading configuration.

@@ -15,10 +15,11 @@ use datatracing_collector::Collector;
 use datatracing_core::ConfigDuration;
 use datatracing_http::{HttpMetrics, Readiness};
 use datatracing_query::QueryService;
-use datatracing_store::{EmbeddedStore, OpenMode, TraceStore};
+use datatracing_store::{Health, TraceReader, TraceWriter};
 use datatracing_store_clickhouse::{
     ClickHouseAdmin, ClickHouseMetrics, ClickHouseStore, MigrationReport,
 };
+use datatracing_store_sqlite::{EmbeddedStore, OpenMode};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -260,14 +261,28 @@ pub fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the configured store, registering its metrics.
-async fn open_store(
+/// The storage handles one server command holds: a writer for the collector, a reader for
+/// query, and what readiness asks.
+struct Stores {
+    writer: Option<Arc<dyn TraceWriter>>,
+    reader: Option<Arc<dyn TraceReader>>,
+    health: Arc<dyn Health>,
+}
+
+/// Opens the configured backend for the sides a command needs, registering its metrics.
+async fn open_stores(
     config: &Config,
-    mode: OpenMode,
+    write: bool,
+    read: bool,
     registry: &mut Registry,
-) -> anyhow::Result<Arc<dyn TraceStore>> {
+) -> anyhow::Result<Stores> {
     Ok(match config.storage.backend {
         Backend::Embedded => {
+            let mode = if write {
+                OpenMode::ReadWrite
+            } else {
+                OpenMode::ReadOnly
+            };
             let store = EmbeddedStore::open(config.storage.embedded.clone(), mode)
                 .await
                 .with_context(|| {
@@ -276,7 +291,12 @@ async fn open_store(
                         config.storage.embedded.data_dir.display()
                     )
                 })?;
-            Arc::new(store)
+            let store = Arc::new(store);
+            Stores {
+                writer: write.then(|| Arc::clone(&store) as Arc<dyn TraceWriter>),
+                reader: read.then(|| Arc::clone(&store) as Arc<dyn TraceReader>),
+                health: store,
+            }
         }
         Backend::Clickhouse => {
             let metrics = ClickHouseMetrics::register(registry);
@@ -288,7 +308,12 @@ async fn open_store(
                         config.storage.clickhouse.url
                     )
                 })?;
-            Arc::new(store)
+            let store = Arc::new(store);
+            Stores {
+                writer: write.then(|| Arc::clone(&store) as Arc<dyn TraceWriter>),
+                reader: read.then(|| Arc::clone(&store) as Arc<dyn TraceReader>),
+                health: store,
+            }
         }
     })
 }
@@ -318,38 +343,39 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mode = match command {
-        Command::Query => OpenMode::ReadOnly,
+    let (write, read) = match command {
+        Command::AllInOne => (true, true),
+        Command::Collector => (true, false),
+        Command::Query => (false, true),
         Command::Operator(args) => {
             // The operator opens no store; of the configuration it uses logging only.
             let client = args.client().await?;
             return Ok(datatracing_operator::run(args.config(), client, shutdown).await?);
         }
         Command::PrintConfig | Command::Migrate | Command::Policy(_) => return Ok(()),
-        _ => OpenMode::ReadWrite,
     };
     let mut registry = Registry::default();
-    let store = open_store(&config, mode, &mut registry).await?;
+    let stores = open_stores(&config, write, read, &mut registry).await?;
     let http_metrics = HttpMetrics::register(&mut registry);
-    let collector = match command {
-        Command::AllInOne | Command::Collector => Some(Collector::new(
+    let collector = match &stores.writer {
+        Some(writer) => Some(Collector::new(
             config.collector.clone(),
-            Arc::clone(&store),
+            Arc::clone(writer),
             &mut registry,
             http_metrics.clone(),
         )?),
-        _ => None,
+        None => None,
     };
-    let query = match command {
-        Command::AllInOne | Command::Query => Some(QueryService::new(
+    let query = match &stores.reader {
+        Some(reader) => Some(QueryService::new(
             config.query.clone(),
-            Arc::clone(&store),
+            Arc::clone(reader),
             http_metrics,
         )?),
-        _ => None,
+        None => None,
     };
     let registry = Arc::new(registry);
-    let readiness = Readiness::new(Arc::clone(&store));
+    let readiness = Readiness::new(Arc::clone(&stores.health));
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(c) = collector {
@@ -375,7 +401,7 @@ pub async fn run(
         });
     }
     readiness.set_ready(true);
-    tracing::info!(command = ?command, backend = store.backend(), "ready");
+    tracing::info!(command = ?command, backend = stores.health.backend(), "ready");
 
     // Readiness drops as soon as shutdown starts, so load balancers stop sending traffic.
     let ready = readiness.clone();
@@ -394,7 +420,9 @@ pub async fn run(
             first_error.get_or_insert(e);
         }
     }
-    store.close().await.context("closing the store")?;
+    if let Some(writer) = &stores.writer {
+        writer.close().await.context("closing the store")?;
+    }
     tracing::info!("shutdown complete");
     first_error.map_or(Ok(()), Err)
 }

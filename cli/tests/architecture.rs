@@ -11,6 +11,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("datatracing-core", &[]),
     ("datatracing-store", &["datatracing-core"]),
     (
+        "datatracing-store-sqlite",
+        &["datatracing-core", "datatracing-store"],
+    ),
+    // Test code: the contract suite, a dev-dependency of backends' tests only.
+    (
+        "datatracing-store-contract",
+        &["datatracing-core", "datatracing-store"],
+    ),
+    (
         "datatracing-store-clickhouse",
         &["datatracing-core", "datatracing-store"],
     ),
@@ -46,6 +55,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "datatracing-operator",
             "datatracing-core",
             "datatracing-store",
+            "datatracing-store-sqlite",
             "datatracing-store-clickhouse",
             "datatracing-http",
             "datatracing-collector",
@@ -64,6 +74,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
 ];
+
+/// Crates that are test code: never a normal dependency of anything.
+const DEV_ONLY: &[&str] = &["datatracing-testkit", "datatracing-store-contract"];
+
+/// The storage contract names no database: backends live in their own crates.
+const STORE_FORBIDDEN: &[&str] = &["rusqlite", "clickhouse"];
 
 /// The model crate stays free of I/O and runtimes.
 const CORE_FORBIDDEN: &[&str] = &["tokio", "axum", "hyper", "rusqlite", "reqwest", "tracing"];
@@ -121,9 +137,17 @@ fn workspace_crates_follow_the_dependency_rules() {
         }
         for (dep, normal) in &deps {
             assert!(
-                !(*normal && *dep == "datatracing-testkit"),
-                "{name}: datatracing-testkit may only be a dev-dependency"
+                !(*normal && DEV_ONLY.contains(dep)),
+                "{name}: {dep} may only be a dev-dependency"
             );
+        }
+        if name == "datatracing-store" {
+            for (dep, normal) in &deps {
+                assert!(
+                    !(*normal && STORE_FORBIDDEN.contains(dep)),
+                    "datatracing-store must stay backend-neutral, found {dep}"
+                );
+            }
         }
         if name == "datatracing-core" {
             for (dep, normal) in &deps {

@@ -1,5 +1,5 @@
 //! The collector: receive spans, validate them, queue them with a bound, sample, and write
-//! them to a [`TraceStore`](datatracing_store::TraceStore).
+//! them to a [`TraceWriter`](datatracing_store::TraceWriter).
 //!
 //! The stages are separate modules with narrow seams so later work can fill them without
 //! touching the others:
@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use datatracing_http::{HttpMetrics, Readiness, finish_router, ops_routes, serve};
-use datatracing_store::TraceStore;
+use datatracing_store::TraceWriter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,7 @@ pub struct Started {
 #[derive(Debug)]
 pub struct Collector {
     config: CollectorConfig,
-    store: Arc<dyn TraceStore>,
+    store: Arc<dyn TraceWriter>,
     metrics: CollectorMetrics,
     http_metrics: HttpMetrics,
     wal: Option<(wal::Wal, wal::Pos)>,
@@ -68,7 +68,7 @@ impl Collector {
     /// `http_metrics` is registered once per process and shared by all servers in it.
     pub fn new(
         config: CollectorConfig,
-        store: Arc<dyn TraceStore>,
+        store: Arc<dyn TraceWriter>,
         registry: &mut Registry,
         http_metrics: HttpMetrics,
     ) -> Result<Self> {

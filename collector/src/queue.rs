@@ -189,7 +189,7 @@ mod tests {
         // The storage contract's span builder; one trace, ids 1..=n.
         (0..n as u64)
             .map(|i| {
-                datatracing_store::contract::simple_span(
+                datatracing_store_contract::simple_span(
                     TraceId::from_bytes([1; 16]),
                     i,
                     None,

@@ -428,7 +428,7 @@ mod tests {
         // The storage contract's span builder; ids 1..=n.
         (0..n)
             .map(|i| {
-                datatracing_store::contract::simple_span(
+                datatracing_store_contract::simple_span(
                     TraceId::from_bytes([trace; 16]),
                     i,
                     None,

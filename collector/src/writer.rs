@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datatracing_core::{Span, Timestamp};
-use datatracing_store::TraceStore;
+use datatracing_store::TraceWriter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,7 @@ impl WriterHandle {
 /// Starts the writer task.
 pub fn spawn(
     rx: mpsc::UnboundedReceiver<QueueItem>,
-    store: Arc<dyn TraceStore>,
+    store: Arc<dyn TraceWriter>,
     sampler: Box<dyn Sampler>,
     config: BatchConfig,
     metrics: CollectorMetrics,
@@ -75,7 +75,7 @@ pub fn spawn(
 
 async fn run(
     mut rx: mpsc::UnboundedReceiver<QueueItem>,
-    store: Arc<dyn TraceStore>,
+    store: Arc<dyn TraceWriter>,
     mut sampler: Box<dyn Sampler>,
     config: BatchConfig,
     metrics: CollectorMetrics,
@@ -139,7 +139,7 @@ async fn run(
 }
 
 async fn write_with_retry(
-    store: &dyn TraceStore,
+    store: &dyn TraceWriter,
     spans: Vec<Span>,
     config: &BatchConfig,
     metrics: &CollectorMetrics,
@@ -189,7 +189,7 @@ const DURABLE_RETRY_CAP: Duration = Duration::from_secs(30);
 pub(crate) fn spawn_durable(
     wal: crate::wal::Wal,
     from: crate::wal::Pos,
-    store: Arc<dyn TraceStore>,
+    store: Arc<dyn TraceWriter>,
     sampler: Box<dyn Sampler>,
     config: BatchConfig,
     retry: Duration,
@@ -213,7 +213,7 @@ pub(crate) fn spawn_durable(
 async fn run_durable(
     wal: crate::wal::Wal,
     mut cursor: crate::wal::Pos,
-    store: Arc<dyn TraceStore>,
+    store: Arc<dyn TraceWriter>,
     mut sampler: Box<dyn Sampler>,
     config: BatchConfig,
     retry: Duration,

@@ -12,7 +12,7 @@ use axum::http::{Request, StatusCode, header};
 use common::harness;
 use datatracing_collector::{CollectorConfig, DurableQueueConfig};
 use datatracing_core::TraceId;
-use datatracing_store::TraceStore;
+use datatracing_store::TraceReader;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -63,7 +63,7 @@ async fn post(router: &axum::Router, body: &Value) -> (StatusCode, Value) {
     )
 }
 
-async fn wait_for(store: &dyn TraceStore, trace: u8, n: usize) {
+async fn wait_for(store: &dyn TraceReader, trace: u8, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let got = store

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::harness;
 use datatracing_collector::{CollectorConfig, QueueConfig};
-use datatracing_store::TraceStore;
+use datatracing_store::TraceReader;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 

@@ -18,7 +18,8 @@ use datatracing_core::{
     StatusCode as SpanStatus, Timestamp, TraceId,
 };
 use datatracing_http::{HttpMetrics, Readiness};
-use datatracing_store::{EmbeddedConfig, EmbeddedStore, OpenMode, TraceStore};
+use datatracing_store::TraceReader;
+use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -454,7 +455,7 @@ async fn throttling_answers_429_and_503_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_export_with_a_real_tonic_client() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn TraceStore> = Arc::new(
+    let store = Arc::new(
         EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
             .await
             .unwrap(),

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use datatracing_store::TraceStore;
+use datatracing_store::Health;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,7 +22,7 @@ use crate::error::{ApiError, ErrorCode};
 #[derive(Clone)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
-    store: Option<Arc<dyn TraceStore>>,
+    store: Option<Arc<dyn Health>>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -35,7 +35,7 @@ impl std::fmt::Debug for Readiness {
 
 impl Readiness {
     /// Starts not ready.
-    pub fn new(store: Arc<dyn TraceStore>) -> Self {
+    pub fn new(store: Arc<dyn Health>) -> Self {
         Self {
             ready: Arc::new(AtomicBool::new(false)),
             store: Some(store),

@@ -7,9 +7,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::routing::get;
 use datatracing_core::{AttributeFilter, TraceDag, TraceId, TraceQuery, parse_duration_ns};
 use datatracing_http::ApiError;
-use datatracing_store::TraceStore;
+use datatracing_store::TraceReader;
 
-pub(crate) fn routes(store: Arc<dyn TraceStore>) -> Router {
+pub(crate) fn routes(store: Arc<dyn TraceReader>) -> Router {
     Router::new()
         .route("/api/v1/traces", get(search))
         .route("/api/v1/traces/{trace_id}", get(get_trace))
@@ -18,7 +18,7 @@ pub(crate) fn routes(store: Arc<dyn TraceStore>) -> Router {
 
 #[tracing::instrument(skip_all, fields(trace_id = %raw_id))]
 async fn get_trace(
-    State(store): State<Arc<dyn TraceStore>>,
+    State(store): State<Arc<dyn TraceReader>>,
     Path(raw_id): Path<String>,
 ) -> Result<axum::Json<TraceDag>, ApiError> {
     let trace_id: TraceId = raw_id
@@ -133,7 +133,7 @@ impl SearchParams {
 
 #[tracing::instrument(skip_all)]
 async fn search(
-    State(store): State<Arc<dyn TraceStore>>,
+    State(store): State<Arc<dyn TraceReader>>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let query = SearchParams::from_query_string(raw.as_deref().unwrap_or(""))?.into_query()?;

@@ -1,4 +1,4 @@
-//! The query service: trace DAGs and trace search over a [`TraceStore`].
+//! The query service: trace DAGs and trace search over a [`TraceReader`].
 //!
 //! - `GET /api/v1/traces/{trace_id}`: the reconstructed DAG (spans, typed edges, roots,
 //!   orphans, cycles, cross-trace links) and a summary.
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use datatracing_http::{HttpMetrics, Readiness, finish_router, ops_routes, serve};
-use datatracing_store::TraceStore;
+use datatracing_store::TraceReader;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug)]
 pub struct QueryService {
     config: QueryConfig,
-    store: Arc<dyn TraceStore>,
+    store: Arc<dyn TraceReader>,
     http_metrics: HttpMetrics,
 }
 
@@ -49,7 +49,7 @@ impl QueryService {
     /// `http_metrics` is registered once per process and shared by all servers in it.
     pub fn new(
         config: QueryConfig,
-        store: Arc<dyn TraceStore>,
+        store: Arc<dyn TraceReader>,
         http_metrics: HttpMetrics,
     ) -> Result<Self> {
         config.validate()?;

@@ -11,8 +11,9 @@ use datatracing_core::{
 };
 use datatracing_http::{HttpMetrics, Readiness};
 use datatracing_query::{QueryConfig, QueryService};
-use datatracing_store::contract::{fresh_trace_id, simple_span, span_id};
-use datatracing_store::{EmbeddedConfig, EmbeddedStore, OpenMode, TraceStore};
+use datatracing_store::TraceWriter;
+use datatracing_store_contract::{fresh_trace_id, simple_span, span_id};
+use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tower::ServiceExt;

@@ -1,4 +1,5 @@
-//! The ClickHouse [`TraceStore`](datatracing_store::TraceStore): production storage.
+//! The ClickHouse [`TraceWriter`](datatracing_store::TraceWriter) and
+//! [`TraceReader`](datatracing_store::TraceReader): production storage.
 //!
 //! - [`schema`]: tables, versioned migrations, clustered DDL.
 //! - [`ClickHouseAdmin`]: migrations and retention (`set_retention` / `retention`), for the

@@ -1,4 +1,4 @@
-//! The ClickHouse `TraceStore`: a batcher in front of retried, deduplicated inserts, and
+//! The ClickHouse store: a batcher in front of retried, deduplicated inserts, and
 //! reads that prune by time and aggregate in ClickHouse.
 
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datatracing_core::{Span, Timestamp, TraceId, TraceQuery, TraceSummary};
-use datatracing_store::TraceStore;
+use datatracing_store::{Health, TraceReader, TraceWriter};
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -37,7 +37,7 @@ struct Inner {
 /// quotes the name as one identifier.
 const INSERT_TABLE: &str = "spans";
 
-/// The ClickHouse-backed [`TraceStore`].
+/// The ClickHouse-backed [`TraceWriter`] and [`TraceReader`].
 #[derive(Clone)]
 pub struct ClickHouseStore {
     inner: Arc<Inner>,
@@ -271,11 +271,22 @@ fn hex_list(ids: &[TraceId]) -> String {
 }
 
 #[async_trait]
-impl TraceStore for ClickHouseStore {
+impl Health for ClickHouseStore {
     fn backend(&self) -> &'static str {
         "clickhouse"
     }
 
+    async fn health(&self) -> datatracing_store::Result<()> {
+        self.inner
+            .admin
+            .ping()
+            .await
+            .map_err(|e| self.query_error(e))
+    }
+}
+
+#[async_trait]
+impl TraceWriter for ClickHouseStore {
     async fn write(&self, spans: Arc<[Span]>) -> datatracing_store::Result<()> {
         if spans.is_empty() {
             return Ok(());
@@ -293,6 +304,22 @@ impl TraceStore for ClickHouseStore {
         rx.await.map_err(|_| datatracing_store::Error::Closed)?
     }
 
+    async fn close(&self) -> datatracing_store::Result<()> {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.batcher.lock().ok().and_then(|mut b| b.take());
+        if let Some(h) = handle {
+            h.await.map_err(|e| {
+                datatracing_store::Error::Unavailable(format!("batcher failed: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TraceReader for ClickHouseStore {
     async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         let i = &self.inner;
         // The scalar subqueries read trace_bounds (ordered by trace id) and become constants
@@ -480,27 +507,6 @@ impl TraceStore for ClickHouseStore {
             }
         }
         Ok(out)
-    }
-
-    async fn health(&self) -> datatracing_store::Result<()> {
-        self.inner
-            .admin
-            .ping()
-            .await
-            .map_err(|e| self.query_error(e))
-    }
-
-    async fn close(&self) -> datatracing_store::Result<()> {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        let handle = self.batcher.lock().ok().and_then(|mut b| b.take());
-        if let Some(h) = handle {
-            h.await.map_err(|e| {
-                datatracing_store::Error::Unavailable(format!("batcher failed: {e}"))
-            })?;
-        }
-        Ok(())
     }
 }
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datatracing_core::{Span, Timestamp};
-use datatracing_store::TraceStore;
-use datatracing_store::contract::{fresh_trace_id, simple_span};
+use datatracing_store::{TraceReader, TraceWriter};
 use datatracing_store_clickhouse::{ClickHouseConfig, ClickHouseMetrics, ClickHouseStore, Error};
+use datatracing_store_contract::{StoreUnderTest, fresh_trace_id, simple_span};
 use datatracing_testkit::clickhouse::{ChdbOptions, ClickHouse, unique_database};
 use prometheus_client::registry::Registry;
 
@@ -338,6 +338,7 @@ async fn the_attribute_index_serves_the_same_searches() {
         "{tables:?}"
     );
     // The storage contract's attribute checks, now answered through span_attributes.
-    datatracing_store::contract::search_by_attributes(&store).await;
-    datatracing_store::contract::search_filters_match_one_span_each(&store).await;
+    datatracing_store_contract::search_by_attributes(StoreUnderTest::of(&store)).await;
+    datatracing_store_contract::search_filters_match_one_span_each(StoreUnderTest::of(&store))
+        .await;
 }

@@ -2,9 +2,9 @@
 //! database per test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use datatracing_store::TraceStore;
-use datatracing_store::contract::Fixture;
+use datatracing_store::{TraceReader, TraceWriter};
 use datatracing_store_clickhouse::{ClickHouseConfig, ClickHouseMetrics, ClickHouseStore};
+use datatracing_store_contract::Fixture;
 use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
 
 struct Ch {
@@ -12,7 +12,10 @@ struct Ch {
 }
 
 impl Fixture for Ch {
-    fn store(&self) -> &dyn TraceStore {
+    fn writer(&self) -> &dyn TraceWriter {
+        &self.store
+    }
+    fn reader(&self) -> &dyn TraceReader {
         &self.store
     }
 }
@@ -32,4 +35,4 @@ async fn make() -> Ch {
     Ch { store }
 }
 
-datatracing_store::trace_store_contract!(make);
+datatracing_store_contract::trace_store_contract!(make);

@@ -1,21 +1,22 @@
-//! The store crate's error type.
+//! The backend-neutral storage error: what went wrong, and whether retrying may help.
 
-/// Errors from a trace store.
-#[derive(Debug, thiserror::Error)]
+/// Errors from a trace store, whatever the backend.
+///
+/// Exactly one variant is transient ([`Error::Unavailable`]); every other variant is
+/// permanent: the same request will fail the same way until something outside the request
+/// changes. Backends classify their own errors into these (a busy SQLite database is
+/// `Unavailable`, a constraint violation `Rejected`). Messages are for logs, not clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// The backend cannot take the request now; retrying later may succeed.
+    /// The backend cannot take the request now (busy, unreachable, out of disk, timed
+    /// out); retrying later may succeed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
-    /// The embedded engine failed.
-    #[error("embedded store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// Filesystem trouble (data directory missing, not writable, disk full).
-    #[error("storage I/O: {0}")]
-    Io(#[from] std::io::Error),
-    /// A stored value had an unexpected type.
-    #[error("corrupt stored data: {0}")]
-    Decode(#[from] rusqlite::types::FromSqlError),
-    /// A stored row could not be decoded.
+    /// The backend refused the request and retrying it unchanged will not help (a schema
+    /// mismatch, a constraint violation, bad credentials, a rejected insert).
+    #[error("storage rejected the request: {0}")]
+    Rejected(String),
+    /// Stored data could not be decoded, or the database itself is damaged.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
     /// The store was closed.
@@ -27,30 +28,39 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("invalid storage configuration: {0}")]
     Config(String),
-    /// The backend refused the request and retrying it unchanged will not help (a schema
-    /// mismatch, bad credentials, a rejected insert).
-    #[error("storage rejected the request: {0}")]
-    Rejected(String),
 }
 
 impl Error {
     /// Whether retrying the same operation later may succeed.
     pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Unavailable(_) => true,
-            Error::Sqlite(e) => matches!(
-                e.sqlite_error_code(),
-                Some(
-                    rusqlite::ErrorCode::DatabaseBusy
-                        | rusqlite::ErrorCode::DatabaseLocked
-                        | rusqlite::ErrorCode::DiskFull
-                )
-            ),
-            Error::Io(_) => true,
-            _ => false,
-        }
+        matches!(self, Error::Unavailable(_))
+    }
+
+    /// Whether retrying the same operation unchanged is pointless.
+    pub fn is_permanent(&self) -> bool {
+        !self.is_transient()
     }
 }
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn only_unavailable_is_transient() {
+        assert!(Error::Unavailable("busy".into()).is_transient());
+        for permanent in [
+            Error::Rejected("constraint".into()),
+            Error::Corrupt("bad row".into()),
+            Error::Closed,
+            Error::ReadOnly,
+            Error::Config("bad".into()),
+        ] {
+            assert!(permanent.is_permanent(), "{permanent:?}");
+            assert!(!permanent.is_transient(), "{permanent:?}");
+        }
+    }
+}

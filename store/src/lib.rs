@@ -1,47 +1,59 @@
-//! The storage contract (`TraceStore`) and the embedded default store.
+//! The storage contract every backend implements, independent of any database.
 //!
-//! Every backend implements [`TraceStore`] and must pass the [`contract`] suite, which is
-//! written once and instantiated per backend with [`trace_store_contract!`].
+//! Writing and reading are separate traits, so each process holds only the side it needs:
+//! the collector a [`TraceWriter`], the query service a [`TraceReader`]. A backend may
+//! implement both on one value (the embedded store, which shares one SQLite database) or on
+//! separate values (ClickHouse, whose reader opens without migrating or batching). Both
+//! extend [`Health`], which readiness probes use.
+//!
+//! Errors are backend-neutral ([`Error`]): each says whether retrying may help
+//! ([`Error::is_transient`]), so callers never have to know which database answered.
+//! Backends live in their own crates (`datatracing-store-sqlite`,
+//! `datatracing-store-clickhouse`) and prove themselves against the shared contract suite
+//! (`datatracing-store-contract`, a dev-dependency only).
 
-mod embedded;
 mod error;
-
-pub mod contract;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datatracing_core::{Span, TraceId, TraceQuery, TraceSummary};
 
-pub use embedded::{EmbeddedConfig, EmbeddedStore, OpenMode, Synchronous};
 pub use error::{Error, Result};
 
-/// A place spans are written to and read from.
-///
-/// `write` returns only once the spans are durable to the backend's own standard: for the
-/// embedded store, committed to its write-ahead log. Callers acknowledge clients after that.
+/// What every storage handle answers, whichever side it serves.
 #[async_trait]
-pub trait TraceStore: Send + Sync + std::fmt::Debug + 'static {
+pub trait Health: Send + Sync + std::fmt::Debug + 'static {
     /// A short backend name for logs and metrics (`embedded`, `clickhouse`).
     fn backend(&self) -> &'static str;
 
-    /// Writes a batch. Writing a span that is already stored (same trace and span id) must
-    /// not make it appear twice in [`TraceStore::search`] counts. The batch is shared (`Arc`)
-    /// so callers can retry without copying spans.
+    /// Cheap check that the backend answers, for readiness probes.
+    async fn health(&self) -> Result<()>;
+}
+
+/// The write side: where the collector puts spans.
+#[async_trait]
+pub trait TraceWriter: Health {
+    /// Writes a batch. Returns only once the spans are durable to the backend's own
+    /// standard (for the embedded store, committed to its write-ahead log); callers
+    /// acknowledge clients after that. Writing a span that is already stored (same trace and
+    /// span id) must not make it appear twice in [`TraceReader::search`] counts. The batch
+    /// is shared (`Arc`) so callers can retry without copying spans.
     async fn write(&self, spans: Arc<[Span]>) -> Result<()>;
 
+    /// Flushes and releases resources; later writes fail with [`Error::Closed`].
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The read side: what the query service asks.
+#[async_trait]
+pub trait TraceReader: Health {
     /// All stored spans of a trace, ordered by start time then span id; `None` if unknown.
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Vec<Span>>>;
 
     /// Trace summaries matching a validated query, with the semantics documented on
     /// [`TraceQuery`].
     async fn search(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>>;
-
-    /// Cheap check that the backend answers, for readiness probes.
-    async fn health(&self) -> Result<()>;
-
-    /// Flushes and releases resources; later writes fail with [`Error::Closed`].
-    async fn close(&self) -> Result<()> {
-        Ok(())
-    }
 }

@@ -10,7 +10,8 @@ use axum::Router;
 use datatracing_collector::{Collector, CollectorConfig};
 use datatracing_core::{Span, TraceId, TraceQuery, TraceSummary};
 use datatracing_http::{HttpMetrics, Readiness};
-use datatracing_store::{EmbeddedConfig, EmbeddedStore, OpenMode, TraceStore};
+use datatracing_store::{Health, TraceReader, TraceWriter};
+use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
@@ -25,10 +26,17 @@ pub struct FaultyStore {
 }
 
 #[async_trait]
-impl TraceStore for FaultyStore {
+impl Health for FaultyStore {
     fn backend(&self) -> &'static str {
         "faulty"
     }
+    async fn health(&self) -> datatracing_store::Result<()> {
+        self.inner.health().await
+    }
+}
+
+#[async_trait]
+impl TraceWriter for FaultyStore {
     async fn write(&self, spans: Arc<[Span]>) -> datatracing_store::Result<()> {
         let _permit = self.gate.acquire().await.unwrap();
         if self.down.load(Ordering::SeqCst) {
@@ -43,14 +51,15 @@ impl TraceStore for FaultyStore {
         }
         self.inner.write(spans).await
     }
+}
+
+#[async_trait]
+impl TraceReader for FaultyStore {
     async fn get_trace(&self, id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         self.inner.get_trace(id).await
     }
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<Vec<TraceSummary>> {
         self.inner.search(q).await
-    }
-    async fn health(&self) -> datatracing_store::Result<()> {
-        self.inner.health().await
     }
 }
 

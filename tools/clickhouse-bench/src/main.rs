@@ -16,7 +16,7 @@ use datatracing_core::{
     AttributeFilter, AttributeValue, Attributes, Link, LinkType, Span, SpanId, SpanKind, Status,
     StatusCode, Timestamp, TraceId, TraceQuery,
 };
-use datatracing_store::TraceStore;
+use datatracing_store::{TraceReader, TraceWriter};
 use datatracing_store_clickhouse::{ClickHouseConfig, ClickHouseMetrics, ClickHouseStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -3,8 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use datatracing_core::{ConfigDuration, Timestamp};
-use datatracing_store::contract::{Fixture, fresh_trace_id, simple_span};
-use datatracing_store::{EmbeddedConfig, EmbeddedStore, Error, OpenMode, TraceStore};
+use datatracing_store::{TraceReader, TraceWriter};
+use datatracing_store_contract::{Fixture, fresh_trace_id, simple_span};
+use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, Error, OpenMode};
 
 struct Embedded {
     _dir: tempfile::TempDir,
@@ -12,7 +13,10 @@ struct Embedded {
 }
 
 impl Fixture for Embedded {
-    fn store(&self) -> &dyn TraceStore {
+    fn writer(&self) -> &dyn TraceWriter {
+        &self.store
+    }
+    fn reader(&self) -> &dyn TraceReader {
         &self.store
     }
 }
@@ -25,7 +29,7 @@ async fn make() -> Embedded {
     Embedded { _dir: dir, store }
 }
 
-datatracing_store::trace_store_contract!(make);
+datatracing_store_contract::trace_store_contract!(make);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_close_and_reopen() {
@@ -44,7 +48,7 @@ async fn data_survives_close_and_reopen() {
             store
                 .write(vec![simple_span(t, 2, None, "svc", Timestamp::now(), 5)].into())
                 .await,
-            Err(Error::Closed)
+            Err(datatracing_store::Error::Closed)
         ));
     }
     let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
@@ -150,7 +154,7 @@ async fn read_only_mode_reads_and_refuses_writes() {
     assert!(matches!(
         ro.write(vec![simple_span(t, 2, None, "svc", Timestamp::now(), 5)].into())
             .await,
-        Err(Error::ReadOnly)
+        Err(datatracing_store::Error::ReadOnly)
     ));
 }
 
@@ -190,4 +194,108 @@ async fn bad_config_and_newer_schema_are_refused() {
 fn bump_schema_version(dir: &std::path::Path) {
     let conn = rusqlite::Connection::open(dir.join("traces.db")).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
+}
+
+/// Makes the database refuse spans of one service, as a constraint would: a permanent
+/// failure that no retry can fix.
+fn refuse_service(dir: &std::path::Path, service: &str) {
+    let conn = rusqlite::Connection::open(dir.join("traces.db")).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER refuse_{service} BEFORE INSERT ON spans WHEN NEW.service = '{service}'
+         BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;"
+    ))
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_sqlite_error_is_reported_as_permanent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    refuse_service(dir.path(), "poison");
+    let t = fresh_trace_id();
+    let err = store
+        .write(vec![simple_span(t, 1, None, "poison", Timestamp::now(), 5)].into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, datatracing_store::Error::Rejected(_)),
+        "a constraint failure is permanent, not Unavailable: {err:?}"
+    );
+    assert!(!err.is_transient(), "retrying it would fail forever: {err}");
+    assert!(store.get_trace(t).await.unwrap().is_none());
+    // The store itself is fine: other writes still commit.
+    store
+        .write(vec![simple_span(t, 2, None, "healthy", Timestamp::now(), 5)].into())
+        .await
+        .unwrap();
+    assert_eq!(store.get_trace(t).await.unwrap().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_does_not_fail_the_requests_committed_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    refuse_service(dir.path(), "poison");
+    // Concurrent requests, so the writer thread commits several in one group.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut good = Vec::new();
+    for i in 0..16u64 {
+        let t = fresh_trace_id();
+        let service = if i % 4 == 0 { "poison" } else { "healthy" };
+        if i % 4 != 0 {
+            good.push(t);
+        }
+        let store = store.clone();
+        let spans: Vec<_> = (0..200)
+            .map(|n| simple_span(t, n, None, service, Timestamp::now(), 5))
+            .collect();
+        tasks.spawn(async move { (service, store.write(spans.into()).await) });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (service, result) = done.unwrap();
+        match service {
+            "poison" => assert!(
+                matches!(result, Err(datatracing_store::Error::Rejected(_))),
+                "{result:?}"
+            ),
+            _ => assert!(
+                result.is_ok(),
+                "a healthy request failed with its group: {result:?}"
+            ),
+        }
+    }
+    for t in good {
+        assert_eq!(store.get_trace(t).await.unwrap().unwrap().len(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_database_is_transient() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    // Another process holds the write lock longer than the store's busy timeout.
+    let mut blocker = rusqlite::Connection::open(dir.path().join("traces.db")).unwrap();
+    let tx = blocker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let t = fresh_trace_id();
+    let err = store
+        .write(vec![simple_span(t, 1, None, "svc", Timestamp::now(), 5)].into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, datatracing_store::Error::Unavailable(_)),
+        "{err:?}"
+    );
+    tx.rollback().unwrap();
+    store
+        .write(vec![simple_span(t, 1, None, "svc", Timestamp::now(), 5)].into())
+        .await
+        .unwrap();
 }

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, Result, TraceStore};
+use datatracing_store::{Health, TraceReader, TraceWriter};
+
+use crate::{Error, Result};
 
 const DB_FILE: &str = "traces.db";
 const SCHEMA_VERSION: i64 = 1;
@@ -129,10 +131,14 @@ pub enum OpenMode {
     ReadOnly,
 }
 
+/// Where a write is answered; the error is already classified, so one failure can answer
+/// every writer of a group.
+type WriteReply = oneshot::Sender<datatracing_store::Result<()>>;
+
 enum Command {
     Write {
         spans: Arc<[Span]>,
-        reply: oneshot::Sender<Result<()>>,
+        reply: WriteReply,
     },
     Purge {
         cutoff: Timestamp,
@@ -150,7 +156,8 @@ struct Inner {
     background: CancellationToken,
 }
 
-/// The embedded SQLite-backed [`TraceStore`].
+/// The embedded SQLite-backed store: a [`TraceWriter`] (read-write mode) and a
+/// [`TraceReader`] over one database.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
@@ -173,7 +180,7 @@ impl EmbeddedStore {
         let (writer_conn, readers) =
             tokio::task::spawn_blocking(move || open_connections(&cfg, mode))
                 .await
-                .map_err(|e| Error::Unavailable(format!("open task failed: {e}")))??;
+                .map_err(|e| Error::Task(format!("open: {e}")))??;
 
         let (tx, thread) = match writer_conn {
             Some(conn) => {
@@ -262,16 +269,13 @@ impl EmbeddedStore {
                 Error::Sqlite(ref s)
                     if s.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) =>
                 {
-                    Error::Unavailable(format!(
-                        "query exceeded {:?}",
-                        inner.config.query_timeout.get()
-                    ))
+                    Error::QueryTimeout(inner.config.query_timeout.get())
                 }
                 other => other,
             })
         })
         .await
-        .map_err(|e| Error::Unavailable(format!("read task failed: {e}")))?
+        .map_err(|e| Error::Task(format!("read: {e}")))?
     }
 }
 
@@ -431,14 +435,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
                         Err(_) => break,
                     }
                 }
-                let result = write_group(&mut conn, group.iter().map(|(s, _)| &s[..]));
-                for (_, reply) in group {
-                    let r = match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(Error::Unavailable(e.to_string())),
-                    };
-                    let _ = reply.send(r);
-                }
+                commit_group(&mut conn, group);
             }
             Command::Purge { cutoff, reply } => {
                 let _ = reply.send(purge_chunk(&conn, cutoff));
@@ -448,6 +445,35 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
     // Fold the WAL back into the main file so a clean shutdown leaves one tidy file.
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(error = %e, "checkpoint at close failed");
+    }
+}
+
+/// Commits a group of write requests in one transaction and answers each. A transient
+/// failure (busy, disk full) fails the whole group so every writer retries. A permanent one
+/// is usually caused by one request (a span the database refuses), so each request is then
+/// committed alone: only the offending writer sees the error, the others are not punished
+/// for sharing its transaction.
+fn commit_group(conn: &mut Connection, group: Vec<(Arc<[Span]>, WriteReply)>) {
+    match write_group(conn, group.iter().map(|(s, _)| &s[..])) {
+        Ok(()) => {
+            for (_, reply) in group {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Err(e) if group.len() > 1 && !e.is_transient() => {
+            tracing::warn!(error = %e, requests = group.len(), "group commit refused; committing its requests one by one");
+            for (spans, reply) in group {
+                let r = write_group(conn, std::iter::once(&spans[..])).map_err(Into::into);
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, transient = e.is_transient(), "embedded store write failed");
+            let e = datatracing_store::Error::from(e);
+            for (_, reply) in group {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 
@@ -658,39 +684,33 @@ fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>> {
 }
 
 #[async_trait]
-impl TraceStore for EmbeddedStore {
+impl Health for EmbeddedStore {
     fn backend(&self) -> &'static str {
         "embedded"
     }
 
-    async fn write(&self, spans: Arc<[Span]>) -> Result<()> {
+    async fn health(&self) -> datatracing_store::Result<()> {
+        self.with_reader(|c| {
+            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .optional()?)
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TraceWriter for EmbeddedStore {
+    async fn write(&self, spans: Arc<[Span]>) -> datatracing_store::Result<()> {
         if spans.is_empty() {
             return Ok(());
         }
         let (reply, rx) = oneshot::channel();
         self.send(Command::Write { spans, reply }).await?;
-        rx.await.map_err(|_| Error::Closed)?
+        rx.await.map_err(|_| datatracing_store::Error::Closed)?
     }
 
-    async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Vec<Span>>> {
-        self.with_reader(move |c| get_trace_sync(c, trace_id)).await
-    }
-
-    async fn search(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>> {
-        let q = query.clone();
-        self.with_reader(move |c| search_sync(c, &q)).await
-    }
-
-    async fn health(&self) -> Result<()> {
-        self.with_reader(|c| {
-            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .optional()?)
-        })
-        .await
-        .map(|_| ())
-    }
-
-    async fn close(&self) -> Result<()> {
+    async fn close(&self) -> datatracing_store::Result<()> {
         self.inner.background.cancel();
         if let Ok(mut w) = self.inner.writer.lock() {
             w.take();
@@ -704,9 +724,23 @@ impl TraceStore for EmbeddedStore {
         if let Some(handle) = thread {
             tokio::task::spawn_blocking(move || handle.join())
                 .await
-                .map_err(|e| Error::Unavailable(e.to_string()))?
-                .map_err(|_| Error::Unavailable("store writer thread panicked".into()))?;
+                .map_err(|e| Error::Task(format!("close: {e}")))?
+                .map_err(|_| Error::Task("the store writer thread panicked".into()))?;
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl TraceReader for EmbeddedStore {
+    async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
+        Ok(self
+            .with_reader(move |c| get_trace_sync(c, trace_id))
+            .await?)
+    }
+
+    async fn search(&self, query: &TraceQuery) -> datatracing_store::Result<Vec<TraceSummary>> {
+        let q = query.clone();
+        Ok(self.with_reader(move |c| search_sync(c, &q)).await?)
     }
 }

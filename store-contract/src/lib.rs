@@ -1,26 +1,72 @@
 //! The storage contract suite: one definition, run against every backend.
 //!
 //! A backend's test file provides an async `make` function returning a [`Fixture`] (which
-//! keeps whatever the store needs alive, e.g. a temporary directory or a test database) and
+//! keeps whatever the store needs alive, e.g. a temporary directory or a test database, and
+//! hands out the writer and the reader under test, which may be one value or two) and
 //! invokes [`trace_store_contract!`](crate::trace_store_contract). Each check uses fresh
 //! random ids, so checks can share a backend and run in parallel.
+//!
+//! This crate is test code: backends use it only as a dev-dependency, and no production
+//! crate may depend on it (`cli/tests/architecture.rs` enforces that).
 
 // Contract checks are test code: a failed expectation must fail the test loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use datatracing_core::{
     AttributeValue, Attributes, Event, Link, LinkType, Span, SpanId, SpanKind, Status, StatusCode,
-    Timestamp, TraceDag, TraceId, TraceQuery,
+    Timestamp, TraceDag, TraceId, TraceQuery, TraceSummary,
 };
-
-use crate::TraceStore;
+use datatracing_store::{Result, TraceReader, TraceWriter};
 
 /// What a backend's test harness hands to each contract check.
 pub trait Fixture: Send + Sync {
-    /// The store under test.
-    fn store(&self) -> &dyn TraceStore;
+    /// Where checks write.
+    fn writer(&self) -> &dyn TraceWriter;
+    /// Where checks read what they wrote. A reader separate from the writer must see
+    /// every acknowledged write.
+    fn reader(&self) -> &dyn TraceReader;
+}
+
+/// The writer and reader one check runs against.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreUnderTest<'a> {
+    /// Where spans are written.
+    pub writer: &'a dyn TraceWriter,
+    /// Where they are read back.
+    pub reader: &'a dyn TraceReader,
+}
+
+impl<'a> StoreUnderTest<'a> {
+    /// A fixture's writer and reader.
+    pub fn new(fixture: &'a dyn Fixture) -> Self {
+        Self {
+            writer: fixture.writer(),
+            reader: fixture.reader(),
+        }
+    }
+
+    /// One value that is both writer and reader.
+    pub fn of<S: TraceWriter + TraceReader>(store: &'a S) -> Self {
+        Self {
+            writer: store,
+            reader: store,
+        }
+    }
+
+    async fn write(&self, spans: Arc<[Span]>) -> Result<()> {
+        self.writer.write(spans).await
+    }
+
+    async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Vec<Span>>> {
+        self.reader.get_trace(trace_id).await
+    }
+
+    async fn search(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>> {
+        self.reader.search(query).await
+    }
 }
 
 /// Instantiates every contract check as a `#[tokio::test]` for one backend.
@@ -47,7 +93,7 @@ macro_rules! trace_store_contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let fixture = $make().await;
-                $crate::contract::$name($crate::contract::Fixture::store(&fixture)).await;
+                $crate::$name($crate::StoreUnderTest::new(&fixture)).await;
             }
         )+
     };
@@ -113,7 +159,7 @@ fn sorted(mut spans: Vec<Span>) -> Vec<Span> {
 }
 
 /// Every field survives a write and a read, with nanosecond times.
-pub async fn write_then_get_round_trips_every_field(store: &dyn TraceStore) {
+pub async fn write_then_get_round_trips_every_field(store: StoreUnderTest<'_>) {
     let t = fresh_trace_id();
     let t0 = base_time().saturating_add_nanos(123_456_789);
     let mut root = simple_span(t, 1, None, &unique("ingest"), t0, 5_000_000_001);
@@ -170,7 +216,7 @@ pub async fn write_then_get_round_trips_every_field(store: &dyn TraceStore) {
 }
 
 /// An id nobody wrote gives `None`, not an empty trace or an error.
-pub async fn unknown_trace_is_none(store: &dyn TraceStore) {
+pub async fn unknown_trace_is_none(store: StoreUnderTest<'_>) {
     assert!(
         store
             .get_trace(fresh_trace_id())
@@ -181,7 +227,7 @@ pub async fn unknown_trace_is_none(store: &dyn TraceStore) {
 }
 
 /// Writing the same span twice (a client or collector retry) keeps one copy visible.
-pub async fn rewriting_a_span_does_not_duplicate_it(store: &dyn TraceStore) {
+pub async fn rewriting_a_span_does_not_duplicate_it(store: StoreUnderTest<'_>) {
     let t = fresh_trace_id();
     let svc = unique("retry");
     let spans = vec![
@@ -211,7 +257,7 @@ pub async fn rewriting_a_span_does_not_duplicate_it(store: &dyn TraceStore) {
 }
 
 /// Each filter works, and a trace matches only when one span satisfies all filters at once.
-pub async fn search_filters_match_one_span_each(store: &dyn TraceStore) {
+pub async fn search_filters_match_one_span_each(store: StoreUnderTest<'_>) {
     let svc_a = unique("svc-a");
     let svc_b = unique("svc-b");
     let t0 = base_time();
@@ -356,7 +402,7 @@ pub async fn search_filters_match_one_span_each(store: &dyn TraceStore) {
 }
 
 /// Newest matching trace first; `limit` cuts.
-pub async fn search_orders_newest_first_and_limits(store: &dyn TraceStore) {
+pub async fn search_orders_newest_first_and_limits(store: StoreUnderTest<'_>) {
     let svc = unique("order");
     let t0 = base_time();
     let mut traces = Vec::new();
@@ -393,7 +439,7 @@ pub async fn search_orders_newest_first_and_limits(store: &dyn TraceStore) {
 }
 
 /// A trace with many matching spans does not crowd the others out of the result.
-pub async fn busy_trace_does_not_hide_others(store: &dyn TraceStore) {
+pub async fn busy_trace_does_not_hide_others(store: StoreUnderTest<'_>) {
     let svc = unique("busy");
     let t0 = base_time();
     let quiet = fresh_trace_id();
@@ -430,7 +476,7 @@ pub async fn busy_trace_does_not_hide_others(store: &dyn TraceStore) {
 }
 
 /// Summary figures are computed over the whole trace, not only the matching span.
-pub async fn search_summaries_are_complete(store: &dyn TraceStore) {
+pub async fn search_summaries_are_complete(store: StoreUnderTest<'_>) {
     let t = fresh_trace_id();
     let edge = unique("edge");
     let t0 = base_time();
@@ -474,7 +520,7 @@ pub async fn search_summaries_are_complete(store: &dyn TraceStore) {
 
 /// Attribute filters: equality on typed values (as search text), existence, conjunction on
 /// one span.
-pub async fn search_by_attributes(store: &dyn TraceStore) {
+pub async fn search_by_attributes(store: StoreUnderTest<'_>) {
     let svc = unique("attrs");
     let t0 = base_time();
     let t1 = fresh_trace_id();
@@ -554,7 +600,7 @@ pub async fn search_by_attributes(store: &dyn TraceStore) {
 }
 
 /// A 5,000-span batch and eight concurrent writers all land completely.
-pub async fn large_batch_and_concurrent_writers(store: &dyn TraceStore) {
+pub async fn large_batch_and_concurrent_writers(store: StoreUnderTest<'_>) {
     let svc = unique("bulk");
     let t0 = base_time();
     let big = fresh_trace_id();
@@ -612,7 +658,7 @@ pub async fn large_batch_and_concurrent_writers(store: &dyn TraceStore) {
 }
 
 /// A fan-in pipeline with a cross-trace link reconstructs the same from storage as in memory.
-pub async fn dag_survives_storage(store: &dyn TraceStore) {
+pub async fn dag_survives_storage(store: StoreUnderTest<'_>) {
     let t = fresh_trace_id();
     let other = fresh_trace_id();
     let t0 = base_time();

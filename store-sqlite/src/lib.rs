@@ -1,0 +1,14 @@
+//! The embedded store: SQLite (through rusqlite, compiled in) in WAL mode under a data
+//! directory, implementing both [`TraceWriter`](datatracing_store::TraceWriter) and
+//! [`TraceReader`](datatracing_store::TraceReader) on one [`EmbeddedStore`].
+//!
+//! - `embedded`: the store (group-commit writer thread, read pool, retention).
+//! - [`Error`]: this crate's errors; SQLite failures are classified transient (busy, locked,
+//!   disk full, I/O) or permanent (constraint, corrupt, read-only, misuse, schema) and
+//!   converted into the backend-neutral [`datatracing_store::Error`].
+
+mod embedded;
+mod error;
+
+pub use embedded::{EmbeddedConfig, EmbeddedStore, OpenMode, Synchronous};
+pub use error::{Error, Result};
