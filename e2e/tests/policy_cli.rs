@@ -4,7 +4,7 @@
 use std::process::Command;
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_datatracing"))
+    let out = Command::new(datatracing_e2e::binary())
         .args(args)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env_remove("DATATRACING_CONFIG")

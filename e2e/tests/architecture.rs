@@ -25,6 +25,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     // Test infrastructure: used only as a dev-dependency, depends on nothing of ours.
     ("datatracing-testkit", &[]),
+    // The end-to-end harness starts the binary as a process; the tests (dev-dependencies)
+    // may use any crate.
+    ("datatracing-e2e", &[]),
     (
         "datatracing-http",
         &["datatracing-core", "datatracing-store"],

@@ -6,15 +6,13 @@
 //! acknowledged span is there. Also checks SIGTERM drains and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, get_json};
+use datatracing_e2e::{Server, get_json};
 use serde_json::{Value, json};
 
 fn span(
@@ -373,7 +371,7 @@ async fn standalone_collector_and_query_share_a_data_dir() {
 
 #[test]
 fn print_config_applies_env_and_flags_and_bad_config_fails_loudly() {
-    let out = Command::new(env!("CARGO_BIN_EXE_datatracing"))
+    let out = Command::new(datatracing_e2e::binary())
         .args(["print-config", "--retention", "24h"])
         .env("DATATRACING_DATA_DIR", "/var/lib/dt")
         .env_remove("DATATRACING_CONFIG")
@@ -387,7 +385,7 @@ fn print_config_applies_env_and_flags_and_bad_config_fails_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.yaml");
     std::fs::write(&cfg, "collector:\n  max_body_bytez: 5\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_datatracing"))
+    let out = Command::new(datatracing_e2e::binary())
         .args(["all-in-one", "--config"])
         .arg(&cfg)
         .output()

@@ -5,13 +5,11 @@
 //! chart and in `config/manager` pass flags the binary accepts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::{Server, get_json};
+use datatracing_e2e::{Server, get_json};
 use datatracing_operator::crd::{SamplingPolicy, TracingPipeline};
 use datatracing_operator::render::{CONFIG_DIR, CONFIG_KEY, SAMPLING_KEY, SECRET_DIR};
 use datatracing_operator::{policy, render};
@@ -94,7 +92,7 @@ async fn the_collector_runs_the_configuration_the_operator_renders() {
         .containers[0];
     let args = container.args.clone().unwrap();
     assert_eq!(args[0], "collector");
-    let mut cmd = common::command("collector");
+    let mut cmd = datatracing_e2e::command("collector");
     cmd.arg("--config").arg(config_dir.join(CONFIG_KEY));
     let server = Server::spawn(cmd, true, false);
     let client = reqwest::Client::new();
@@ -113,7 +111,7 @@ async fn the_collector_runs_the_configuration_the_operator_renders() {
         .clone()
         .unwrap();
     assert_eq!(query_args[0], "query");
-    let mut cmd = common::command("query");
+    let mut cmd = datatracing_e2e::command("query");
     cmd.arg("--config").arg(config_dir.join(CONFIG_KEY));
     let query = Server::spawn(cmd, false, true);
     await_ready(&client, &query, query.query()).await;
@@ -205,7 +203,7 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
     // Without CRDs the operator refuses to start, and says why.
     let port = datatracing_testkit::free_port();
     let operator = |port: u16| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_datatracing"));
+        let mut c = std::process::Command::new(datatracing_e2e::binary());
         c.args(["operator", "--log-format", "json", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--kubeconfig")

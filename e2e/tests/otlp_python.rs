@@ -3,11 +3,9 @@
 //! query API. The SDK comes from the test virtualenv that scripts/test.sh installs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::process::Command;
 
-use common::{Server, get_json};
+use datatracing_e2e::{Server, get_json};
 use serde_json::Value;
 
 fn send(protocol: &str, endpoint: &str) -> Value {
@@ -85,7 +83,7 @@ async fn python_sdk_over_http_and_grpc() {
     check(&server, &http, "py-etl-http").await;
     let grpc = send("grpc", &server.grpc().to_string());
     check(&server, &grpc, "py-etl-grpc").await;
-    let metrics = common::metrics(&reqwest::Client::new(), server.ingest()).await;
+    let metrics = datatracing_e2e::metrics(&reqwest::Client::new(), server.ingest()).await;
     assert!(
         metrics.contains(
             "datatracing_collector_spans_accepted_total{protocol=\"otlp_http_protobuf\"} 3"

@@ -2,16 +2,14 @@
 //! the all-in-one ingests a pipeline and serves its DAG and search from ClickHouse.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::process::Command;
 
-use common::{Server, get_json};
+use datatracing_e2e::{Server, get_json};
 use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
 use serde_json::{Value, json};
 
 fn base(server: &ClickHouse, db: &str, subcommand: &str) -> Command {
-    let mut c = common::command(subcommand);
+    let mut c = datatracing_e2e::command(subcommand);
     c.args([
         "--storage",
         "clickhouse",
@@ -89,7 +87,7 @@ async fn all_in_one_on_clickhouse() {
     .await;
     assert_eq!(found["traces"][0]["trace_id"], trace, "{found}");
     assert_eq!(found["traces"][0]["span_count"], 3);
-    let metrics = common::metrics(&client, ingest).await;
+    let metrics = datatracing_e2e::metrics(&client, ingest).await;
     assert!(
         metrics.contains("datatracing_clickhouse_inserted_spans_total 3"),
         "{metrics}"
@@ -104,7 +102,7 @@ async fn all_in_one_on_clickhouse() {
 
 #[test]
 fn migrate_refuses_the_embedded_backend_and_unreachable_servers_fail_loudly() {
-    let out = Command::new(env!("CARGO_BIN_EXE_datatracing"))
+    let out = Command::new(datatracing_e2e::binary())
         .arg("migrate")
         .env_remove("DATATRACING_CONFIG")
         .output()
@@ -119,7 +117,7 @@ fn migrate_refuses_the_embedded_backend_and_unreachable_servers_fail_loudly() {
         "storage:\n  backend: clickhouse\n  clickhouse:\n    url: http://127.0.0.1:9\n    connect_timeout: 300ms\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_datatracing"))
+    let out = Command::new(datatracing_e2e::binary())
         .args(["migrate", "--config"])
         .arg(&cfg)
         .output()

@@ -4,8 +4,6 @@
 //! must equal N: nothing acknowledged is lost, nothing is stored twice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use datatracing_e2e::Server;
 use serde_json::{Value, json};
 
 const CLIENTS: u64 = 4;
@@ -33,7 +31,7 @@ fn start(dir: &Path) -> Server {
         dir.join("wal").display()
     );
     std::fs::write(&cfg, yaml).unwrap();
-    let mut c = common::command("all-in-one");
+    let mut c = datatracing_e2e::command("all-in-one");
     c.arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--config")

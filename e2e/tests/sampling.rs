@@ -2,11 +2,9 @@
 //! the status endpoint, and live policy reload (file change and admin endpoint).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Server, get_json};
+use datatracing_e2e::{Server, get_json};
 use serde_json::Value;
 
 async fn eventually<F, Fut>(what: &str, mut f: F)
@@ -45,7 +43,7 @@ async fn policy_decides_stamps_and_reloads_live() {
         ),
     )
     .unwrap();
-    let mut c = common::command("all-in-one");
+    let mut c = datatracing_e2e::command("all-in-one");
     c.arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--config")
@@ -86,7 +84,7 @@ async fn policy_decides_stamps_and_reloads_live() {
     eventually("the drop decision", || {
         let c = client.clone();
         async move {
-            let m = common::metrics(&c, ingest).await;
+            let m = datatracing_e2e::metrics(&c, ingest).await;
             m.contains("datatracing_sampling_decisions_total{rule=\"default\",outcome=\"drop\"} 1")
         }
     })
@@ -153,7 +151,7 @@ async fn policy_decides_stamps_and_reloads_live() {
         second.as_str(),
         "the previous policy stays in force"
     );
-    let m = common::metrics(&client, ingest).await;
+    let m = datatracing_e2e::metrics(&client, ingest).await;
     assert!(
         m.contains("datatracing_sampling_policy_reloads_total{outcome=\"rejected\"} 1"),
         "{m}"
