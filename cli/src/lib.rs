@@ -17,7 +17,7 @@ use datatracing_http::{HttpMetrics, Readiness};
 use datatracing_query::QueryService;
 use datatracing_store::{Health, TraceReader, TraceWriter};
 use datatracing_store_clickhouse::{
-    ClickHouseAdmin, ClickHouseMetrics, ClickHouseStore, MigrationReport,
+    ClickHouseAdmin, ClickHouseMetrics, ClickHouseReader, ClickHouseStore, MigrationReport,
 };
 use datatracing_store_sqlite::{EmbeddedStore, OpenMode};
 use prometheus_client::registry::Registry;
@@ -296,6 +296,25 @@ async fn open_stores(
                 writer: write.then(|| Arc::clone(&store) as Arc<dyn TraceWriter>),
                 reader: read.then(|| Arc::clone(&store) as Arc<dyn TraceReader>),
                 health: store,
+            }
+        }
+        Backend::Clickhouse if !write => {
+            // A process that only reads neither migrates nor runs an insert batcher: it
+            // connects, checks the schema is there, and fails clearly if it is not.
+            let metrics = ClickHouseMetrics::register(registry);
+            let reader = ClickHouseReader::open(config.storage.clickhouse.clone(), metrics)
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening ClickHouse at {} for reading",
+                        config.storage.clickhouse.url
+                    )
+                })?;
+            let reader = Arc::new(reader);
+            Stores {
+                writer: None,
+                reader: Some(Arc::clone(&reader) as Arc<dyn TraceReader>),
+                health: reader,
             }
         }
         Backend::Clickhouse => {

@@ -1,8 +1,10 @@
 //! The real binary on ClickHouse (`storage.backend: clickhouse`): `datatracing migrate`, then
-//! the all-in-one ingests a pipeline and serves its DAG and search from ClickHouse.
+//! the all-in-one ingests a pipeline and serves its DAG and search from ClickHouse; a
+//! standalone `datatracing query` reads without ever migrating.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use datatracing_e2e::{Server, get_json};
 use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
@@ -128,4 +130,84 @@ fn migrate_refuses_the_embedded_backend_and_unreachable_servers_fail_loudly() {
         err.contains("connecting to ClickHouse at http://127.0.0.1:9"),
         "{err}"
     );
+}
+
+/// Whether `db` exists on the server, asked over its HTTP interface.
+async fn database_exists(server: &ClickHouse, db: &str) -> bool {
+    let mut url = reqwest::Url::parse(server.url()).unwrap();
+    url.query_pairs_mut()
+        .append_pair(
+            "query",
+            &format!("SELECT count() FROM system.databases WHERE name = '{db}'"),
+        )
+        .append_pair("user", server.user())
+        .append_pair("password", server.password());
+    let body = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.trim() == "1"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_query_never_migrates() {
+    let server = ClickHouse::shared();
+    let db = unique_database("e2e_query");
+
+    // Nobody migrated: query exits with an error naming the fix, and creates nothing.
+    let mut child = base(server, &db, "query")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("query started on a database without the schema (it must refuse)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("datatracing migrate"), "{err}");
+    assert!(
+        !database_exists(server, &db).await,
+        "a query process created the database"
+    );
+
+    // Once migrated, query starts, serves, and is ready.
+    let out = base(server, &db, "migrate").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let running = Server::spawn(base(server, &db, "query"), false, true);
+    let client = reqwest::Client::new();
+    let found: Value = get_json(
+        &client,
+        &format!("http://{}/api/v1/traces?service=nobody", running.query()),
+    )
+    .await;
+    assert_eq!(found["traces"], json!([]), "{found}");
+    let ready = client
+        .get(format!("http://{}/readyz", running.query()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let log = running.log.lock().unwrap().join("\n");
+    assert!(log.contains("ClickHouse reader opened"), "{log}");
+    assert!(!log.contains("applied ClickHouse migration"), "{log}");
 }

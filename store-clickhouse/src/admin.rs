@@ -113,6 +113,24 @@ impl ClickHouseAdmin {
         })
     }
 
+    /// Builds the clients and waits up to `connect_timeout` for the server to answer.
+    /// Unreachable servers fail with the URL and the time waited; bad credentials at once.
+    pub async fn connect(config: &ClickHouseConfig) -> Result<Self> {
+        let admin = Self::new(config)?;
+        admin
+            .wait_until_reachable(config.connect_timeout.get())
+            .await
+            .map_err(|e| match e {
+                Error::Unreachable(m) | Error::Timeout(m) => Error::Unreachable(format!(
+                    "{} did not answer within {:?}: {m}",
+                    config.url,
+                    config.connect_timeout.get()
+                )),
+                other => other,
+            })?;
+        Ok(admin)
+    }
+
     /// The schema this admin manages.
     pub fn schema(&self) -> &Schema {
         &self.schema
@@ -217,6 +235,66 @@ impl ClickHouseAdmin {
             .max()
             .unwrap_or(0);
         Ok(MigrationReport { applied, version })
+    }
+
+    /// Checks, changing nothing, that the database holds the tables reads use and every
+    /// migration this binary knows; returns the schema version. For processes that only
+    /// read: they must neither create nor alter the schema. A missing or older schema is
+    /// [`Error::Schema`], which names what is missing and how to create it.
+    pub async fn verify_schema(&self) -> Result<u32> {
+        let t = self.query_timeout;
+        let db = &self.schema.database;
+        let mut wanted: Vec<String> = ["schema_migrations", "spans", "span_index", "trace_bounds"]
+            .map(String::from)
+            .to_vec();
+        if self.schema.attribute_index {
+            wanted.push("span_attributes".into());
+        }
+        let present: Vec<String> = timed(
+            t,
+            "read tables",
+            self.root
+                .query("SELECT name FROM system.tables WHERE database = ? AND name IN ?")
+                .bind(db)
+                .bind(&wanted)
+                .fetch_all::<String>(),
+        )
+        .await?;
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|w| !present.contains(w))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Schema(format!(
+                "database {db} lacks the DataTracing tables {} (a reader never creates them: \
+                 run `datatracing migrate`, or start a collector with migrate_on_start)",
+                missing.join(", ")
+            )));
+        }
+        let applied: Vec<u32> = timed(
+            t,
+            "read schema_migrations",
+            self.root
+                .query(&format!(
+                    "SELECT DISTINCT version FROM {db}.schema_migrations"
+                ))
+                .fetch_all::<u32>(),
+        )
+        .await?;
+        let pending: Vec<u32> = self
+            .schema
+            .migrations()
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect();
+        if !pending.is_empty() {
+            return Err(Error::Schema(format!(
+                "database {db} lacks migrations {pending:?} (run `datatracing migrate`)"
+            )));
+        }
+        Ok(applied.into_iter().max().unwrap_or(0))
     }
 
     /// The retention of every trace table that exists.

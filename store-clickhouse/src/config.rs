@@ -40,7 +40,8 @@ pub struct ClickHouseConfig {
     pub cluster: Option<String>,
     /// Insert compression.
     pub compression: Compression,
-    /// Apply schema migrations at start-up.
+    /// Apply schema migrations at start-up (processes that write; a query process opens a
+    /// reader, which never migrates).
     pub migrate_on_start: bool,
     /// Retention given to tables when they are first created, in days.
     pub initial_retention_days: u32,

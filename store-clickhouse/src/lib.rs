@@ -7,11 +7,14 @@
 //! - [`ClickHouseStore`]: batched RowBinary inserts with LZ4, retried with backoff and jitter
 //!   under one insert deduplication token per batch (a retry never duplicates rows), and
 //!   reads that prune by time bounds and compute search summaries in ClickHouse.
+//! - [`ClickHouseReader`]: the reads alone, for query processes: opening one connects and
+//!   verifies the schema, never migrates and starts no batcher.
 
 mod admin;
 mod config;
 mod error;
 mod metrics;
+mod reader;
 mod rows;
 pub mod schema;
 mod store;
@@ -20,4 +23,5 @@ pub use admin::{ClickHouseAdmin, MigrationReport, RetentionReport, TableRetentio
 pub use config::{ClickHouseBatchConfig, ClickHouseConfig, Compression};
 pub use error::{Error, Result};
 pub use metrics::ClickHouseMetrics;
+pub use reader::ClickHouseReader;
 pub use store::ClickHouseStore;

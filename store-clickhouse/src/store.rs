@@ -1,12 +1,12 @@
-//! The ClickHouse store: a batcher in front of retried, deduplicated inserts, and
-//! reads that prune by time and aggregate in ClickHouse.
+//! The ClickHouse store: a batcher in front of retried, deduplicated inserts, with the
+//! reads of [`ClickHouseReader`] on the same connection.
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use datatracing_core::{Span, Timestamp, TraceId, TraceQuery, TraceSummary};
+use datatracing_core::{Span, TraceId, TraceQuery, TraceSummary};
 use datatracing_store::{Health, TraceReader, TraceWriter};
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -14,9 +14,10 @@ use tokio::task::JoinSet;
 
 use crate::admin::{ClickHouseAdmin, timed};
 use crate::config::ClickHouseConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::{ClickHouseMetrics, ReasonLabel};
-use crate::rows::{MatchRow, SpanRow, SummaryRow};
+use crate::reader::ClickHouseReader;
+use crate::rows::SpanRow;
 
 type Reply = oneshot::Sender<datatracing_store::Result<()>>;
 /// A write waiting for the batcher: its spans and where to answer.
@@ -26,11 +27,6 @@ struct Inner {
     admin: ClickHouseAdmin,
     config: ClickHouseConfig,
     metrics: ClickHouseMetrics,
-    spans_table: String,
-    index_table: String,
-    /// `span_attributes` when the attribute index is on.
-    attrs_table: Option<String>,
-    bounds_table: String,
 }
 
 /// The table inserts go to, unqualified: the client carries the database, and the crate
@@ -41,6 +37,7 @@ const INSERT_TABLE: &str = "spans";
 #[derive(Clone)]
 pub struct ClickHouseStore {
     inner: Arc<Inner>,
+    reader: ClickHouseReader,
     tx: Arc<Mutex<Option<mpsc::Sender<Pending>>>>,
     batcher: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -56,32 +53,17 @@ impl std::fmt::Debug for ClickHouseStore {
 
 impl ClickHouseStore {
     /// Connects (waiting up to `connect_timeout` for the server), migrates when configured,
-    /// and starts the batcher. Fails with a clear error when the server is unreachable or
-    /// rejects the credentials.
+    /// and starts the batcher: for processes that write. Fails with a clear error when the
+    /// server is unreachable or rejects the credentials. Processes that only read open a
+    /// [`ClickHouseReader`] instead.
     pub async fn open(config: ClickHouseConfig, metrics: ClickHouseMetrics) -> Result<Self> {
-        let admin = ClickHouseAdmin::new(&config)?;
-        admin
-            .wait_until_reachable(config.connect_timeout.get())
-            .await
-            .map_err(|e| match e {
-                Error::Unreachable(m) | Error::Timeout(m) => Error::Unreachable(format!(
-                    "{} did not answer within {:?}: {m}",
-                    config.url,
-                    config.connect_timeout.get()
-                )),
-                other => other,
-            })?;
+        let admin = ClickHouseAdmin::connect(&config).await?;
         if config.migrate_on_start {
             admin.migrate().await?;
         }
+        let reader =
+            ClickHouseReader::new(admin.clone(), metrics.clone(), config.query_timeout.get());
         let inner = Arc::new(Inner {
-            spans_table: admin.schema().table("spans"),
-            index_table: admin.schema().table("span_index"),
-            attrs_table: admin
-                .schema()
-                .attribute_index
-                .then(|| admin.schema().table("span_attributes")),
-            bounds_table: admin.schema().table("trace_bounds"),
             admin,
             config,
             metrics,
@@ -91,9 +73,15 @@ impl ClickHouseStore {
         tracing::info!(url = %inner.config.url, database = %inner.config.database, "ClickHouse store opened");
         Ok(Self {
             inner,
+            reader,
             tx: Arc::new(Mutex::new(Some(tx))),
             batcher: Arc::new(Mutex::new(Some(batcher))),
         })
+    }
+
+    /// The read side on the same connection.
+    pub fn reader(&self) -> &ClickHouseReader {
+        &self.reader
     }
 
     /// Administration for the same database (retention, migrations).
@@ -111,16 +99,6 @@ impl ClickHouseStore {
             token,
         )
         .await
-    }
-
-    fn query_error(&self, e: Error) -> datatracing_store::Error {
-        self.inner
-            .metrics
-            .query_errors
-            .get_or_create(&ReasonLabel { reason: e.reason() })
-            .inc();
-        tracing::warn!(error = %e, "ClickHouse query failed");
-        e.into()
     }
 }
 
@@ -263,13 +241,6 @@ async fn insert_once(inner: &Inner, rows: &[SpanRow], token: &str) -> Result<()>
     timed(timeout, "insert", work).await
 }
 
-fn hex_list(ids: &[TraceId]) -> String {
-    ids.iter()
-        .map(|t| format!("unhex('{t}')"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[async_trait]
 impl Health for ClickHouseStore {
     fn backend(&self) -> &'static str {
@@ -277,11 +248,7 @@ impl Health for ClickHouseStore {
     }
 
     async fn health(&self) -> datatracing_store::Result<()> {
-        self.inner
-            .admin
-            .ping()
-            .await
-            .map_err(|e| self.query_error(e))
+        self.reader.health().await
     }
 }
 
@@ -321,210 +288,10 @@ impl TraceWriter for ClickHouseStore {
 #[async_trait]
 impl TraceReader for ClickHouseStore {
     async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
-        let i = &self.inner;
-        // The scalar subqueries read trace_bounds (ordered by trace id) and become constants
-        // before the main query is planned, so it reads only the partitions in the bounds.
-        let sql = format!(
-            "SELECT ?fields FROM {spans} \
-             WHERE trace_id = unhex(?) \
-               AND start_time >= (SELECT min(start_min) FROM {bounds} WHERE trace_id = unhex(?)) \
-               AND start_time <= (SELECT max(start_max) FROM {bounds} WHERE trace_id = unhex(?)) \
-             ORDER BY start_time, span_id LIMIT 1 BY span_id",
-            spans = i.spans_table,
-            bounds = i.bounds_table
-        );
-        let hex = trace_id.to_string();
-        let rows: Vec<SpanRow> = timed(
-            i.config.query_timeout.get(),
-            "get trace",
-            i.admin
-                .client()
-                .query(&sql)
-                .bind(&hex)
-                .bind(&hex)
-                .bind(&hex)
-                .fetch_all::<SpanRow>(),
-        )
-        .await
-        .map_err(|e| self.query_error(e))?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let spans = rows
-            .into_iter()
-            .map(Span::try_from)
-            .collect::<Result<Vec<_>>>()
-            .map_err(|e| self.query_error(e))?;
-        Ok(Some(spans))
+        self.reader.get_trace(trace_id).await
     }
 
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<Vec<TraceSummary>> {
-        let i = &self.inner;
-        // Step 1 reads only the narrow index table, ordered for exactly these filters.
-        let mut sql = String::new();
-        let mut binds: Vec<Bindable> = Vec::new();
-        if let Some(s) = &q.service {
-            sql.push_str(" AND service = ?");
-            binds.push(Bindable::Str(s.clone()));
-        }
-        if let Some(o) = &q.operation {
-            sql.push_str(" AND operation = ?");
-            binds.push(Bindable::Str(o.clone()));
-        }
-        if let Some(st) = q.status {
-            sql.push_str(" AND status = ?");
-            binds.push(Bindable::Str(st.as_str().to_string()));
-        }
-        push_time_bounds(&mut sql, &mut binds, q);
-        if let Some(d) = q.min_duration_nanos {
-            sql.push_str(" AND duration_ns >= ?");
-            binds.push(Bindable::I64(d));
-        }
-        if let Some(d) = q.max_duration_nanos {
-            sql.push_str(" AND duration_ns <= ?");
-            binds.push(Bindable::I64(d));
-        }
-        for f in &q.attributes {
-            match (&f.value, &i.attrs_table) {
-                (Some(v), Some(attrs_table)) => {
-                    // Equality goes through span_attributes, ordered by (key, value, time):
-                    // a key range, instead of reading every span's attribute map.
-                    sql.push_str(&format!(
-                        " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {} WHERE key = ? AND value = ?",
-                        attrs_table
-                    ));
-                    binds.push(Bindable::Str(f.key.clone()));
-                    binds.push(Bindable::Str(v.clone()));
-                    push_time_bounds(&mut sql, &mut binds, q);
-                    sql.push(')');
-                }
-                (Some(v), None) => {
-                    sql.push_str(" AND attributes[?] = ? AND mapContains(attributes, ?)");
-                    binds.push(Bindable::Str(f.key.clone()));
-                    binds.push(Bindable::Str(v.clone()));
-                    binds.push(Bindable::Str(f.key.clone()));
-                }
-                (None, _) => {
-                    sql.push_str(" AND mapContains(attributes, ?)");
-                    binds.push(Bindable::Str(f.key.clone()));
-                }
-            }
-        }
-        let limit = q.limit.max(1);
-        // Fast path: the newest `window` matching rows, grouped. When they hold at least
-        // `limit` traces, those are exactly the `limit` traces whose latest matching span is
-        // newest (a trace's latest span is among the newest rows if the trace is). A top-N
-        // read is much cheaper than aggregating every matching row of a long time range.
-        let window = (limit * 50).min(100_000);
-        let fast = format!(
-            "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
-                    toUInt64(sum(count()) OVER ()) AS scanned \
-             FROM (SELECT trace_id, start_time FROM {index} WHERE 1{sql} \
-                   ORDER BY start_time DESC, trace_id ASC LIMIT {window}) \
-             GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {limit}",
-            index = i.index_table
-        );
-        let exact = format!(
-            "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, toUInt64(0) AS scanned \
-             FROM {index} WHERE 1{sql} GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {limit}",
-            index = i.index_table
-        );
-        let run = |sql: String, binds: Vec<Bindable>| async move {
-            let mut query = i.admin.client().query(&sql);
-            for b in binds {
-                query = match b {
-                    Bindable::Str(s) => query.bind(s),
-                    Bindable::I64(v) => query.bind(v),
-                };
-            }
-            timed(
-                i.config.query_timeout.get(),
-                "search",
-                query.fetch_all::<MatchRow>(),
-            )
-            .await
-        };
-        let mut matches = run(fast, binds.clone())
-            .await
-            .map_err(|e| self.query_error(e))?;
-        let truncated = matches
-            .first()
-            .is_some_and(|m| m.scanned as usize >= window);
-        if matches.len() < limit && truncated {
-            // Too many rows per trace in the window: fall back to aggregating everything.
-            matches = run(exact, binds).await.map_err(|e| self.query_error(e))?;
-        }
-        if matches.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<TraceId> = matches
-            .iter()
-            .map(|m| TraceId::from_bytes(m.trace_id))
-            .collect();
-        let list = hex_list(&ids);
-        let root_key = "tuple(parent_id != unhex('0000000000000000'), start_time, span_id)";
-        let summary_sql = format!(
-            "SELECT trace_id, \
-                    toString(argMin(service, {root_key})) AS root_service, \
-                    toString(argMin(operation, {root_key})) AS root_operation, \
-                    toUnixTimestamp64Nano(min(start_time)) AS start_ns, \
-                    toUnixTimestamp64Nano(max(end_time)) - toUnixTimestamp64Nano(min(start_time)) AS duration_ns, \
-                    uniqExact(span_id) AS span_count, \
-                    uniqExactIf(span_id, status IN ('ERROR', 'TIMEOUT')) AS error_count, \
-                    arraySort(groupUniqArray(toString(service))) AS services \
-             FROM {spans} \
-             WHERE trace_id IN ({list}) \
-               AND start_time >= (SELECT min(start_min) FROM {bounds} WHERE trace_id IN ({list})) \
-               AND start_time <= (SELECT max(start_max) FROM {bounds} WHERE trace_id IN ({list})) \
-             GROUP BY trace_id",
-            spans = i.spans_table,
-            bounds = i.bounds_table,
-        );
-        let rows: Vec<SummaryRow> = timed(
-            i.config.query_timeout.get(),
-            "search summaries",
-            i.admin
-                .client()
-                .query(&summary_sql)
-                .fetch_all::<SummaryRow>(),
-        )
-        .await
-        .map_err(|e| self.query_error(e))?;
-        // Keep the order of the first step.
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(r) = rows.iter().find(|r| r.trace_id == *id.as_bytes()) {
-                out.push(TraceSummary {
-                    trace_id: id,
-                    root_service: r.root_service.clone(),
-                    root_operation: r.root_operation.clone(),
-                    start_time: Timestamp::from_unix_nanos(r.start_ns),
-                    duration_nanos: r.duration_ns.max(0),
-                    span_count: r.span_count,
-                    error_count: r.error_count,
-                    services: r.services.clone(),
-                });
-            }
-        }
-        Ok(out)
+        self.reader.search(q).await
     }
-}
-
-/// `AND start_time` bounds of a search, for the index table and for the attribute subquery
-/// (both are partitioned and ordered by time, so each needs its own bounds to prune).
-fn push_time_bounds(sql: &mut String, binds: &mut Vec<Bindable>, q: &TraceQuery) {
-    if let Some(t) = q.start {
-        sql.push_str(" AND start_time >= fromUnixTimestamp64Nano(toInt64(?))");
-        binds.push(Bindable::I64(t.unix_nanos()));
-    }
-    if let Some(t) = q.end {
-        sql.push_str(" AND start_time <= fromUnixTimestamp64Nano(toInt64(?))");
-        binds.push(Bindable::I64(t.unix_nanos()));
-    }
-}
-
-#[derive(Clone)]
-enum Bindable {
-    Str(String),
-    I64(i64),
 }

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datatracing_core::{Span, Timestamp};
-use datatracing_store::{TraceReader, TraceWriter};
-use datatracing_store_clickhouse::{ClickHouseConfig, ClickHouseMetrics, ClickHouseStore, Error};
+use datatracing_store::{Health, TraceReader, TraceWriter};
+use datatracing_store_clickhouse::{
+    ClickHouseConfig, ClickHouseMetrics, ClickHouseReader, ClickHouseStore, Error,
+};
 use datatracing_store_contract::{StoreUnderTest, fresh_trace_id, simple_span};
 use datatracing_testkit::clickhouse::{ChdbOptions, ClickHouse, unique_database};
 use prometheus_client::registry::Registry;
@@ -341,4 +343,87 @@ async fn the_attribute_index_serves_the_same_searches() {
     datatracing_store_contract::search_by_attributes(StoreUnderTest::of(&store)).await;
     datatracing_store_contract::search_filters_match_one_span_each(StoreUnderTest::of(&store))
         .await;
+}
+
+/// Whether a database exists, asked without one (a reader must not have created it).
+async fn database_exists(server: &ClickHouse, db: &str) -> bool {
+    clickhouse::Client::default()
+        .with_url(server.url())
+        .with_user(server.user())
+        .with_password(server.password())
+        .query("SELECT count() FROM system.databases WHERE name = ?")
+        .bind(db)
+        .fetch_one::<u64>()
+        .await
+        .unwrap()
+        == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_never_migrates_and_reads_what_the_writer_stored() {
+    let server = ClickHouse::shared();
+    let config = config_for(server);
+    assert!(
+        config.migrate_on_start,
+        "the writer's default; the reader ignores it"
+    );
+    let db = config.database.clone();
+
+    // Nobody migrated: the reader refuses clearly and creates nothing.
+    let err = ClickHouseReader::open(config.clone(), ClickHouseMetrics::unregistered())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Schema(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("datatracing migrate") && msg.contains("spans"),
+        "{msg}"
+    );
+    assert!(
+        !database_exists(server, &db).await,
+        "opening a reader created the database"
+    );
+
+    // The writer migrates and writes; a reader opened afterwards sees it all.
+    let store = ClickHouseStore::open(config.clone(), ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    let batch = spans(4, "reader-side");
+    let trace = batch[0].trace_id;
+    store.write(batch.into()).await.unwrap();
+    let mut registry = Registry::default();
+    let reader = ClickHouseReader::open(config.clone(), ClickHouseMetrics::register(&mut registry))
+        .await
+        .unwrap();
+    reader.health().await.unwrap();
+    assert_eq!(reader.backend(), "clickhouse");
+    assert_eq!(reader.get_trace(trace).await.unwrap().unwrap().len(), 4);
+    let found = reader
+        .search(&datatracing_core::TraceQuery {
+            service: Some("reader-side".into()),
+            ..datatracing_core::TraceQuery::with_limit(5)
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].span_count, 4);
+    let m = metrics_text(&registry);
+    assert!(
+        m.contains("datatracing_clickhouse_inserted_spans_total 0"),
+        "a reader inserts nothing: {m}"
+    );
+
+    // A reader configured for the attribute index the database was not built with fails
+    // at open, not at the first attribute search.
+    let err = ClickHouseReader::open(
+        ClickHouseConfig {
+            attribute_index: true,
+            ..config
+        },
+        ClickHouseMetrics::unregistered(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("span_attributes"), "{err}");
+    store.close().await.unwrap();
 }
