@@ -190,3 +190,69 @@ async fn status_lists_that_become_empty_are_cleared() {
 
     op.stop().await.unwrap();
 }
+
+/// An operator from before server-side apply wrote status with merge patches (an `Update`
+/// field manager owns those fields). Fields the operator no longer sets must still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_written_by_merge_patches_is_taken_over() {
+    let cluster = Cluster::start().await;
+    cluster.namespace(OPERATOR_NS).await;
+    cluster.namespace(NS).await;
+    let token = cluster.operator_token(OPERATOR_NS, &[]).await;
+    let admin = cluster.admin.clone();
+    let clickhouse = format!("http://127.0.0.1:{}", free_port());
+    let pipelines: Api<TracingPipeline> = Api::namespaced(admin.clone(), NS);
+    let policies: Api<SamplingPolicy> = Api::namespaced(admin.clone(), NS);
+    apply(
+        &pipelines,
+        json!({
+            "apiVersion": "datatracing.io/v1alpha1", "kind": "TracingPipeline",
+            "metadata": {"name": "orders"},
+            "spec": {"storage": {"url": clickhouse, "database": "orders"}}
+        }),
+    )
+    .await;
+    apply(
+        &policies,
+        policy(json!({"datatracing.io/pipeline": "orders"})),
+    )
+    .await;
+    // What the previous operator left: sampling was on, the policy was used.
+    pipelines
+        .patch_status(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "samplingHash": "0123456789abcdef", "samplingPolicies": ["errors"]}})),
+        )
+        .await
+        .unwrap();
+    policies
+        .patch_status(
+            "errors",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"usedBy": ["orders"], "ruleCount": 7}})),
+        )
+        .await
+        .unwrap();
+
+    let op = Operator::start(&cluster, &token, "op-u", OPERATOR_NS);
+    // No selector: no sampling, and the policy is used by nobody.
+    wait_for("the stale sampling status is gone", WAIT, || async {
+        let p = pipelines.get("orders").await.ok()?;
+        let s = p.status?;
+        (s.observed_generation == p.metadata.generation
+            && s.config_hash.is_some()
+            && s.sampling_hash.is_none()
+            && s.sampling_policies.is_empty())
+        .then_some(())
+    })
+    .await;
+    wait_for("the stale policy status is gone", WAIT, || async {
+        let st = policies.get("errors").await.ok()?.status?;
+        (st.observed_generation.is_some() && st.used_by.is_empty() && st.rule_count == Some(1))
+            .then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
+}

@@ -154,16 +154,20 @@ where
 }
 
 /// Server-side applies `status` (a serialized status with every list present, empty or not)
-/// to the status subresource of the `K` named `name`, as the operator's field manager.
+/// to the status subresource of `obj`, as the operator's field manager.
 ///
 /// Apply rather than merge: a field the operator stops sending (a list that became empty,
-/// an option that became unset) is removed, because the field manager owns it. Lists are
-/// sent even when empty so that one an older operator wrote with merge patches (owned by an
-/// `Update` manager) is taken over and cleared, not left behind.
+/// an option that became unset) is removed, because the field manager owns it. A field
+/// another manager also owns stays, though: an operator from before server-side apply
+/// wrote status with merge patches, so its fields belong to an `Update` manager as well.
+/// Lists are therefore sent even when empty (forcing takes them over), and top-level fields
+/// left over after the apply are removed with a merge patch (status is the operator's
+/// alone; this happens once per object, as the leftovers then have no owner).
 pub(crate) async fn apply_status<K>(ctx: &Context, obj: &K, status: Value) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
+        + serde::Serialize
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
@@ -175,15 +179,42 @@ where
     let body = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "status": status,
+        "status": &status,
     });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(&ctx.config.field_manager).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
+    let applied = api
+        .patch_status(
+            &name,
+            &PatchParams::apply(&ctx.config.field_manager).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    let leftovers = leftover_fields(&status_json(&applied)?["status"], &status);
+    if !leftovers.is_empty() {
+        tracing::info!(object = %key(obj), fields = ?leftovers.keys().collect::<Vec<_>>(), "removing status fields an earlier writer left");
+        let params = PatchParams {
+            field_manager: Some(ctx.config.field_manager.clone()),
+            ..PatchParams::default()
+        };
+        api.patch_status(
+            &name,
+            &params,
+            &Patch::Merge(json!({ "status": leftovers })),
+        )
+        .await?;
+    }
     Ok(())
+}
+
+/// Top-level fields of `live` that `sent` does not have, each mapped to `null` (what a
+/// merge patch needs to remove them).
+fn leftover_fields(live: &Value, sent: &Value) -> serde_json::Map<String, Value> {
+    let sent = sent.as_object();
+    live.as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| sent.is_none_or(|s| !s.contains_key(*k)))
+        .map(|(k, _)| (k.clone(), Value::Null))
+        .collect()
 }
 
 /// `status` as JSON, for [`apply_status`].
@@ -194,6 +225,18 @@ pub(crate) fn status_json<S: serde::Serialize>(status: &S) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftovers_are_the_live_fields_not_sent() {
+        let live = json!({"samplingHash": "x", "conditions": [], "configHash": "y"});
+        let sent = json!({"conditions": [], "configHash": "z"});
+        let got = leftover_fields(&live, &sent);
+        assert_eq!(Value::Object(got), json!({"samplingHash": null}));
+        assert!(
+            leftover_fields(&Value::Null, &sent).is_empty(),
+            "no status yet"
+        );
+    }
 
     #[test]
     fn long_messages_are_cut_on_a_char_boundary() {
