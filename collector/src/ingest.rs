@@ -34,8 +34,10 @@ pub(crate) enum IngestError {
     QueueFull,
     /// The collector is shutting down.
     ShuttingDown,
-    /// The store failed after retries.
+    /// The store failed after retries; it may take the spans later.
     StoreUnavailable,
+    /// The store refused the spans permanently: retrying the request cannot succeed.
+    StoreRejected,
 }
 
 /// (protocol, reason): what a log line is rate-limited by.
@@ -167,10 +169,15 @@ impl Ingest {
                     .inc_by(n as u64);
                 Ok(n)
             }
-            Ok(Err(failure)) => {
+            Ok(Err(failure)) if failure.transient => {
                 tracing::warn!(error = %failure.message, spans = n, protocol = p, "store write failed; asking the client to retry");
                 self.metrics.reject(p, "store_unavailable", n);
                 Err(IngestError::StoreUnavailable)
+            }
+            Ok(Err(failure)) => {
+                tracing::error!(error = %failure.message, spans = n, protocol = p, "store refused the spans permanently; telling the client not to retry");
+                self.metrics.reject(p, "store_rejected", n);
+                Err(IngestError::StoreRejected)
             }
             Err(_) => {
                 self.metrics.reject(p, "shutting_down", n);

@@ -21,7 +21,7 @@ pub struct ProtocolLabels {
 pub struct ReasonLabels {
     /// Ingest protocol.
     pub protocol: &'static str,
-    /// `invalid`, `queue_full`, `too_large`, `shutting_down`, `store_unavailable`.
+    /// `invalid`, `queue_full`, `too_large`, `shutting_down`, `store_unavailable`, `store_rejected`.
     pub reason: &'static str,
 }
 

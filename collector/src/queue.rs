@@ -20,6 +20,9 @@ pub type WriteOutcome = Result<(), WriteFailure>;
 pub struct WriteFailure {
     /// A message safe to log (never sent to clients verbatim).
     pub message: String,
+    /// Whether the store may take the same spans later (the client should retry), as opposed
+    /// to having refused them for good (a retry would fail the same way, forever).
+    pub transient: bool,
 }
 
 /// Why spans could not be queued.

@@ -216,6 +216,14 @@ async fn post_spans(
             )
             .with_retry_after(1));
         }
+        Err(IngestError::StoreRejected) => {
+            // Not 503: the store refused these spans for good, so a client told to retry
+            // would resend them forever.
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "the store refused these spans and will refuse them again; nothing from this request was kept, do not retry it unchanged",
+            ));
+        }
         Err(IngestError::ShuttingDown) => return Err(shutting_down()),
     };
     Ok((

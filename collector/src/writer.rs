@@ -172,6 +172,7 @@ async fn write_with_retry(
                     stats.failed += n;
                     return Err(WriteFailure {
                         message: e.to_string(),
+                        transient: e.is_transient(),
                     });
                 }
                 let delay = backoff(config.retry_backoff.get(), attempt, Duration::MAX);

@@ -339,7 +339,7 @@ async fn full_queue_answers_429_with_retry_after_and_loses_nothing() {
 #[tokio::test]
 async fn store_failure_answers_503_and_acknowledges_nothing() {
     let h = harness(CollectorConfig::default()).await;
-    h.store.fail.store(true, Ordering::SeqCst);
+    h.store.down.store(true, Ordering::SeqCst);
     let (status, resp, headers) = post(
         &h.router,
         &json!({"spans": [span_json(T1, "b7ad6b7169203331")]}),
@@ -355,16 +355,69 @@ async fn store_failure_answers_503_and_acknowledges_nothing() {
     let m = metrics(&h.router).await;
     assert!(m.contains("reason=\"store_unavailable\"} 1"), "{m}");
     assert!(
-        m.contains("datatracing_collector_store_write_errors_total 1"),
-        "{m}"
+        m.contains("datatracing_collector_store_write_errors_total 3"),
+        "a transient failure is retried (max_attempts 3) before the client is asked to: {m}"
     );
-    h.store.fail.store(false, Ordering::SeqCst);
+    h.store.down.store(false, Ordering::SeqCst);
     let (status, _, _) = post(
         &h.router,
         &json!({"spans": [span_json(T1, "b7ad6b7169203331")]}),
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "recovers once the store does");
+}
+
+/// Regression: the embedded store used to report every write failure as transient, so a
+/// span SQLite refuses for good was retried, answered 503, resent by the client, forever.
+/// Here the real store refuses through a trigger (a constraint failure): the collector tries
+/// once and answers a non-retryable 500.
+#[tokio::test]
+async fn a_permanent_store_failure_is_not_answered_503() {
+    let h = harness(CollectorConfig::default()).await;
+    rusqlite::Connection::open(h._dir.path().join("traces.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON spans WHEN NEW.span_id = x'00000000000000bb'
+             BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;",
+        )
+        .unwrap();
+    let (status, resp, headers) = post(
+        &h.router,
+        &json!({"spans": [span_json(T1, "00000000000000bb")]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{resp}");
+    assert_envelope(&resp, "internal");
+    assert!(
+        !headers.contains_key(header::RETRY_AFTER),
+        "nothing to retry after"
+    );
+    assert!(
+        !resp.to_string().contains("trigger"),
+        "internal errors must not leak: {resp}"
+    );
+    let m = metrics(&h.router).await;
+    assert!(m.contains("reason=\"store_rejected\"} 1"), "{m}");
+    assert!(
+        m.contains("datatracing_collector_store_write_errors_total 1"),
+        "a permanent failure is not retried: {m}"
+    );
+    // Other spans are still stored.
+    let (status, _, _) = post(
+        &h.router,
+        &json!({"spans": [span_json(T1, "b7ad6b7169203331")]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        h.store
+            .get_trace(T1.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]

@@ -439,7 +439,7 @@ async fn throttling_answers_429_and_503_with_retry_after() {
     drop(held);
     assert_eq!(first.await.unwrap().0, StatusCode::OK);
 
-    h.store.fail.store(true, Ordering::SeqCst);
+    h.store.down.store(true, Ordering::SeqCst);
     let (status, headers, body) = post(
         &h.router,
         "application/x-protobuf",
@@ -450,6 +450,20 @@ async fn throttling_answers_429_and_503_with_retry_after() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers[header::RETRY_AFTER], "1");
     assert_eq!(RpcStatus::decode(body).unwrap().code, 14, "UNAVAILABLE");
+
+    // A permanent refusal is not retryable for OTLP exporters: 500 / INTERNAL, no delay.
+    h.store.down.store(false, Ordering::SeqCst);
+    h.store.fail.store(true, Ordering::SeqCst);
+    let (status, headers, body) = post(
+        &h.router,
+        "application/x-protobuf",
+        None,
+        to_otlp(&spans(9, 1)).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(RpcStatus::decode(body).unwrap().code, 13, "INTERNAL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,6 +545,20 @@ async fn grpc_export_with_a_real_tonic_client() {
             .unwrap()
             .is_none()
     );
+
+    // Spans the real store refuses for good (a constraint, here a trigger) are answered
+    // INTERNAL, which OTLP exporters do not retry; UNAVAILABLE would make them resend forever.
+    rusqlite::Connection::open(dir.path().join("traces.db"))
+        .unwrap()
+        .execute_batch(&format!(
+            "CREATE TRIGGER refuse BEFORE INSERT ON spans WHEN NEW.trace_id = x'{}'
+             BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;",
+            TraceId::from_bytes([14; 16])
+        ))
+        .unwrap();
+    let err = client.export(to_otlp(&spans(14, 2))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Internal, "{err}");
+    assert!(!err.message().contains("trigger"), "{err}");
 
     shutdown.cancel();
     server.await.unwrap().unwrap();

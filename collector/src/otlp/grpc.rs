@@ -47,6 +47,10 @@ impl TraceService for Export {
             Outcome::Throttled(IngestError::StoreUnavailable) => Err(Status::unavailable(
                 "spans could not be stored; retry later",
             )),
+            // INTERNAL is not retryable for OTLP exporters: the store refused for good.
+            Outcome::Throttled(IngestError::StoreRejected) => Err(Status::internal(
+                "the store refused these spans permanently; do not retry",
+            )),
             Outcome::Throttled(IngestError::ShuttingDown) => Err(Status::unavailable(
                 "the collector is shutting down; retry later",
             )),

@@ -83,6 +83,7 @@ fn status_response(
 // gRPC codes used in `google.rpc.Status`.
 const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
+const INTERNAL: i32 = 13;
 const UNAVAILABLE: i32 = 14;
 
 /// Inflates gzip with a hard cap on the output, so a small bomb cannot take memory.
@@ -238,6 +239,14 @@ async fn handle(
             UNAVAILABLE,
             "spans could not be stored; retry later".into(),
             true,
+        ),
+        // 500 is not retryable for OTLP/HTTP exporters (429, 502, 503, 504 are).
+        Outcome::Throttled(IngestError::StoreRejected) => status_response(
+            enc,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            INTERNAL,
+            "the store refused these spans permanently; do not retry".into(),
+            false,
         ),
         Outcome::Throttled(IngestError::ShuttingDown) => status_response(
             enc,
