@@ -40,6 +40,32 @@ pub(crate) enum IngestError {
     StoreRejected,
 }
 
+impl IngestError {
+    /// The client-facing code; every protocol maps it to its status through the one table
+    /// in `datatracing_http::ErrorCode`.
+    pub(crate) fn code(self) -> datatracing_http::ErrorCode {
+        match self {
+            IngestError::QueueFull => datatracing_http::ErrorCode::ResourceExhausted,
+            IngestError::ShuttingDown | IngestError::StoreUnavailable => {
+                datatracing_http::ErrorCode::Unavailable
+            }
+            // Not retryable for OTLP exporters (INTERNAL, HTTP 500): the store refused the
+            // spans for good, and a client told to retry would resend them forever.
+            IngestError::StoreRejected => datatracing_http::ErrorCode::Internal,
+        }
+    }
+
+    /// The message OTLP clients get (OTLP/HTTP and OTLP/gRPC answer alike).
+    pub(crate) fn otlp_message(self) -> &'static str {
+        match self {
+            IngestError::QueueFull => "the collector queue is full; retry later",
+            IngestError::StoreUnavailable => "spans could not be stored; retry later",
+            IngestError::ShuttingDown => "the collector is shutting down; retry later",
+            IngestError::StoreRejected => "the store refused these spans permanently; do not retry",
+        }
+    }
+}
+
 /// (protocol, reason): what a log line is rate-limited by.
 type LogKey = (&'static str, &'static str);
 

@@ -4,52 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// Stable, machine-readable error codes. Clients switch on these, never on messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// A parameter or field is invalid.
-    InvalidArgument,
-    /// The body is not valid JSON or does not have the expected shape.
-    InvalidJson,
-    /// Every span of a batch was rejected.
-    InvalidSpans,
-    /// No such resource (trace, route).
-    NotFound,
-    /// The route exists, the method does not.
-    MethodNotAllowed,
-    /// The body exceeds the configured limit.
-    PayloadTooLarge,
-    /// The content type is not accepted here.
-    UnsupportedMediaType,
-    /// The server is overloaded; retry after the indicated delay.
-    ResourceExhausted,
-    /// A dependency (the store) is down, or the server is shutting down.
-    Unavailable,
-    /// The request took too long.
-    Timeout,
-    /// A bug or an unexpected failure; details are in the server log.
-    Internal,
-}
-
-impl ErrorCode {
-    /// The HTTP status for this code.
-    pub fn status(self) -> StatusCode {
-        match self {
-            ErrorCode::InvalidArgument | ErrorCode::InvalidJson | ErrorCode::InvalidSpans => {
-                StatusCode::BAD_REQUEST
-            }
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
+use crate::code::ErrorCode;
 
 /// One item of `details`: which span (by index in the request) or field, and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -136,7 +91,7 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.code.status(), axum::Json(self.body())).into_response();
+        let mut resp = (self.code.http_status(), axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after_secs
             && let Ok(v) = secs.to_string().parse()
         {
@@ -144,6 +99,14 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::RETRY_AFTER, v);
         }
         resp
+    }
+}
+
+/// The same error for a gRPC client: the code through [`ErrorCode::grpc_code`], the message
+/// as is (details and `Retry-After` have no gRPC counterpart here).
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        tonic::Status::new(e.code.grpc_code(), e.message)
     }
 }
 

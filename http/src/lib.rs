@@ -1,16 +1,19 @@
 //! HTTP plumbing shared by every DataTracing server.
 //!
 //! - [`ApiError`]: the one error envelope, `{"error":{"code","message","details"}}`, and the
-//!   only place errors turn into responses.
+//!   only place errors turn into responses; [`ErrorCode`] maps each code to its HTTP status
+//!   and gRPC code in one table.
 //! - [`ops_routes`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`finish_router`]: the layers every server gets: envelope fallbacks for unknown routes and
 //!   wrong methods, a request timeout, panic containment and request metrics.
 //! - [`serve`]: serving with graceful, bounded draining on a cancellation token.
 
+mod code;
 mod error;
 mod ops;
 mod serve;
 
-pub use error::{ApiError, ErrorCode, ErrorDetail};
+pub use code::ErrorCode;
+pub use error::{ApiError, ErrorDetail};
 pub use ops::{HttpMetrics, Readiness, ops_routes};
 pub use serve::{ServeError, finish_router, serve};

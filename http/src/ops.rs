@@ -15,7 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::code::ErrorCode;
+use crate::error::ApiError;
 
 /// Whether a server should receive traffic: false before start-up completes and as soon as
 /// shutdown begins, and whenever the store (if it has one) does not answer.

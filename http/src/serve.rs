@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::code::ErrorCode;
+use crate::error::ApiError;
 use crate::ops::{HttpLabels, HttpMetrics};
 
 /// Serving failed.

@@ -15,7 +15,9 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use super::{Outcome, export};
-use crate::ingest::{Ingest, IngestError, Protocol};
+use datatracing_http::{ApiError, ErrorCode};
+
+use crate::ingest::{Ingest, Protocol};
 
 #[derive(Debug)]
 pub(crate) struct Export {
@@ -38,22 +40,12 @@ impl TraceService for Export {
         .await
         {
             Outcome::Done(resp) => Ok(Response::new(resp)),
-            Outcome::TooMany { limit, got } => Err(Status::invalid_argument(format!(
-                "{got} spans in one request exceed the limit of {limit}; split the batch"
-            ))),
-            Outcome::Throttled(IngestError::QueueFull) => Err(Status::resource_exhausted(
-                "the collector queue is full; retry later",
-            )),
-            Outcome::Throttled(IngestError::StoreUnavailable) => Err(Status::unavailable(
-                "spans could not be stored; retry later",
-            )),
-            // INTERNAL is not retryable for OTLP exporters: the store refused for good.
-            Outcome::Throttled(IngestError::StoreRejected) => Err(Status::internal(
-                "the store refused these spans permanently; do not retry",
-            )),
-            Outcome::Throttled(IngestError::ShuttingDown) => Err(Status::unavailable(
-                "the collector is shutting down; retry later",
-            )),
+            Outcome::TooMany { limit, got } => Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("{got} spans in one request exceed the limit of {limit}; split the batch"),
+            )
+            .into()),
+            Outcome::Throttled(e) => Err(ApiError::new(e.code(), e.otlp_message()).into()),
         }
     }
 }

@@ -14,7 +14,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::{Outcome, export};
-use crate::ingest::{Ingest, IngestError, Protocol};
+use datatracing_http::ErrorCode;
+
+use crate::ingest::{Ingest, Protocol};
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error responses.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
@@ -54,15 +56,11 @@ pub(crate) fn routes(
         }))
 }
 
-fn status_response(
-    enc: Encoding,
-    http: StatusCode,
-    grpc_code: i32,
-    message: String,
-    retry_after: bool,
-) -> Response {
+/// An OTLP/HTTP error: the HTTP status and the `google.rpc.Status` code both come from
+/// `code` (one table for every protocol); retryable codes carry a retry delay.
+fn status_response(enc: Encoding, code: ErrorCode, message: String) -> Response {
     let status = RpcStatus {
-        code: grpc_code,
+        code: code.grpc_code() as i32,
         message,
     };
     let (ct, body) = match enc {
@@ -72,19 +70,13 @@ fn status_response(
             serde_json::to_vec(&status).unwrap_or_default(),
         ),
     };
-    let mut resp = (http, [(header::CONTENT_TYPE, ct)], body).into_response();
-    if retry_after {
+    let mut resp = (code.http_status(), [(header::CONTENT_TYPE, ct)], body).into_response();
+    if code.is_retryable() {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
-
-// gRPC codes used in `google.rpc.Status`.
-const INVALID_ARGUMENT: i32 = 3;
-const RESOURCE_EXHAUSTED: i32 = 8;
-const INTERNAL: i32 = 13;
-const UNAVAILABLE: i32 = 14;
 
 /// Inflates gzip with a hard cap on the output, so a small bomb cannot take memory.
 fn gunzip_bounded(body: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
@@ -120,31 +112,29 @@ async fn handle(
         _ => {
             return status_response(
                 Encoding::Json,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                INVALID_ARGUMENT,
+                ErrorCode::UnsupportedMediaType,
                 "Content-Type must be application/x-protobuf or application/json".into(),
-                false,
             );
         }
     };
     let p = protocol.label();
-    let reject = |http: StatusCode, reason: &'static str, message: String| {
+    let reject = |code: ErrorCode, reason: &'static str, message: String| {
         s.ingest.metrics.reject(p, reason, 1);
         s.ingest.logs.client_error(p, reason, &message);
-        status_response(enc, http, INVALID_ARGUMENT, message, false)
+        status_response(enc, code, message)
     };
     let body = match body {
         Ok(b) => b,
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return reject(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
                 "too_large",
                 "request body exceeds the configured limit".into(),
             );
         }
         Err(r) => {
             return reject(
-                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidArgument,
                 "invalid",
                 format!("could not read the body: {}", r.body_text()),
             );
@@ -163,21 +153,21 @@ async fn handle(
                 Ok(Ok(v)) => v.into(),
                 Ok(Err(GunzipError::TooLarge)) => {
                     return reject(
-                        StatusCode::PAYLOAD_TOO_LARGE,
+                        ErrorCode::PayloadTooLarge,
                         "too_large",
                         format!("decompressed body exceeds the limit of {max} bytes"),
                     );
                 }
                 Ok(Err(GunzipError::Corrupt(e))) => {
                     return reject(
-                        StatusCode::BAD_REQUEST,
+                        ErrorCode::InvalidArgument,
                         "invalid",
                         format!("invalid gzip body: {e}"),
                     );
                 }
                 Err(e) => {
                     return reject(
-                        StatusCode::BAD_REQUEST,
+                        ErrorCode::InvalidArgument,
                         "invalid",
                         format!("decompression failed: {e}"),
                     );
@@ -186,7 +176,7 @@ async fn handle(
         }
         Some(other) => {
             return reject(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
                 "invalid",
                 format!("unsupported Content-Encoding {other:?}; use gzip or none"),
             );
@@ -202,7 +192,7 @@ async fn handle(
         Ok(r) => r,
         Err(e) => {
             return reject(
-                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidArgument,
                 "invalid",
                 format!("undecodable OTLP request: {e}"),
             );
@@ -221,40 +211,10 @@ async fn handle(
         }
         Outcome::TooMany { limit, got } => status_response(
             enc,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            INVALID_ARGUMENT,
+            ErrorCode::PayloadTooLarge,
             format!("{got} spans in one request exceed the limit of {limit}; split the batch"),
-            false,
         ),
-        Outcome::Throttled(IngestError::QueueFull) => status_response(
-            enc,
-            StatusCode::TOO_MANY_REQUESTS,
-            RESOURCE_EXHAUSTED,
-            "the collector queue is full; retry later".into(),
-            true,
-        ),
-        Outcome::Throttled(IngestError::StoreUnavailable) => status_response(
-            enc,
-            StatusCode::SERVICE_UNAVAILABLE,
-            UNAVAILABLE,
-            "spans could not be stored; retry later".into(),
-            true,
-        ),
-        // 500 is not retryable for OTLP/HTTP exporters (429, 502, 503, 504 are).
-        Outcome::Throttled(IngestError::StoreRejected) => status_response(
-            enc,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            INTERNAL,
-            "the store refused these spans permanently; do not retry".into(),
-            false,
-        ),
-        Outcome::Throttled(IngestError::ShuttingDown) => status_response(
-            enc,
-            StatusCode::SERVICE_UNAVAILABLE,
-            UNAVAILABLE,
-            "the collector is shutting down; retry later".into(),
-            true,
-        ),
+        Outcome::Throttled(e) => status_response(enc, e.code(), e.otlp_message().into()),
     }
 }
 
