@@ -92,12 +92,12 @@ class Paced(threading.Thread):
     """Sends one request of `spans` spans every `interval` seconds on one keep-alive
     connection and times each until its response (catching up without sleeping when late)."""
 
-    def __init__(self, port, spans, interval, service=b"bench-probe"):
+    def __init__(self, port, spans, interval, service=b"bench-probe", seed=0):
         super().__init__(daemon=True)
         self.port, self.spans, self.interval, self.service = port, spans, interval, service
         self.latencies, self.errors, self.sent = [], 0, 0
         self.stop = threading.Event()
-        self.bodies = OtlpBodies(spans, service, random.Random(7))
+        self.bodies = OtlpBodies(spans, service, random.Random(7 + 1000 * seed))
 
     def run(self):
         conn = None
