@@ -133,6 +133,14 @@ impl Ingest {
 
     /// Counts a request's spans, queues the valid ones and waits until they are written.
     /// Returns how many were acknowledged.
+    ///
+    /// One span per request (never per ingested span): what it logs while waiting for the
+    /// queue, the durable log or the store carries the protocol and the batch size.
+    #[tracing::instrument(
+        name = "ingest",
+        skip_all,
+        fields(protocol = protocol.label(), spans = valid.len(), rejected = rejected)
+    )]
     pub(crate) async fn submit(
         &self,
         protocol: Protocol,

@@ -146,6 +146,11 @@ pub(crate) fn parse_batch(
     Ok(out)
 }
 
+#[tracing::instrument(
+    name = "receive",
+    skip_all,
+    fields(protocol = PROTOCOL.label(), bytes = body.as_ref().map_or(0, |b| b.len()))
+)]
 async fn post_spans(
     State(state): State<ReceiveState>,
     headers: HeaderMap,
