@@ -16,7 +16,9 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The path given.
         path: String,
+        /// Why it could not be read.
         source: std::io::Error,
     },
     /// `${VAR}` without a default, and VAR is not set.

@@ -25,8 +25,44 @@ pub fn policy_schema_pretty() -> String {
     s
 }
 
+/// A `#[schemars(transform = ...)]` for enums of unit variants: schemars turns documented
+/// variants into a `oneOf` of string constants, each with its own `description`. Structural
+/// CRD schemas forbid `description` inside `oneOf`, so this folds it back into one
+/// `{"type": "string", "enum": [...]}`; the variants keep their doc comments for Rust readers,
+/// the enum's own doc is the schema's description.
+pub fn string_enum(schema: &mut schemars::Schema) {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    let Some(serde_json::Value::Array(variants)) = obj.get("oneOf") else {
+        return;
+    };
+    let names: Option<Vec<serde_json::Value>> = variants
+        .iter()
+        .map(|v| {
+            let c = v.get("const")?;
+            c.is_string().then(|| c.clone())
+        })
+        .collect();
+    let Some(names) = names else {
+        return;
+    };
+    obj.remove("oneOf");
+    obj.insert("type".into(), "string".into());
+    obj.insert("enum".into(), serde_json::Value::Array(names));
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn documented_unit_enums_stay_one_string_enum() {
+        let v = serde_json::to_value(schemars::schema_for!(crate::policy::Verdict)).unwrap();
+        assert_eq!(v["type"], "string", "{v}");
+        assert_eq!(v["enum"], serde_json::json!(["keep", "drop"]), "{v}");
+        assert!(v.get("oneOf").is_none(), "{v}");
+        assert_eq!(v["description"], "Keep or drop.", "{v}");
+    }
+
     #[test]
     fn committed_policy_schema_matches_the_code() {
         let path = concat!(

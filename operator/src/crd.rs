@@ -154,11 +154,12 @@ impl Default for QuerySpec {
 #[derive(
     schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
 )]
+#[schemars(transform = datatracing_core::schema::string_enum)]
 pub enum DeletionPolicy {
-    // Keep the database and its data (the default).
+    /// Keep the database and its data (the default).
     #[default]
     Retain,
-    // Drop the database.
+    /// Drop the database.
     Delete,
 }
 

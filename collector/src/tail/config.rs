@@ -9,13 +9,14 @@ use serde::{Deserialize, Serialize};
 /// What happens to buffered traces at shutdown.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(transform = datatracing_core::schema::string_enum)]
 pub enum ShutdownRule {
-    // Decide every buffered trace with the policy now.
+    /// Decide every buffered trace with the policy now.
     #[default]
     Decide,
-    // Keep every buffered trace.
+    /// Keep every buffered trace.
     KeepAll,
-    // Drop every buffered trace.
+    /// Drop every buffered trace.
     DropAll,
 }
 

@@ -54,21 +54,23 @@ pub struct Rule {
 /// Evaluation scope of a rule's condition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(transform = crate::schema::string_enum)]
 pub enum Scope {
-    // Conditions about spans hold if some span satisfies them, each on its own.
+    /// Conditions about spans hold if some span satisfies them, each on its own.
     #[default]
     Trace,
-    // The whole condition must hold for one span.
+    /// The whole condition must hold for one span.
     Span,
 }
 
 /// Keep or drop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(transform = crate::schema::string_enum)]
 pub enum Verdict {
-    // Keep the trace.
+    /// Keep the trace.
     Keep,
-    // Drop the trace.
+    /// Drop the trace.
     Drop,
 }
 
@@ -95,11 +97,12 @@ pub struct Action {
 /// What a rate limit counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(transform = crate::schema::string_enum)]
 pub enum RateUnit {
-    // Traces per second.
+    /// Traces per second.
     #[default]
     Traces,
-    // Spans per second.
+    /// Spans per second.
     Spans,
 }
 
@@ -165,11 +168,12 @@ pub struct Condition {
 /// Whose duration a duration condition measures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(transform = crate::schema::string_enum)]
 pub enum DurationOf {
-    // First span start to last span end.
+    /// First span start to last span end.
     #[default]
     Trace,
-    // A single span.
+    /// A single span.
     Span,
 }
 

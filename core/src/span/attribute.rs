@@ -11,13 +11,21 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A typed attribute value: a scalar or a homogeneous array of scalars.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttributeValue {
+    /// A string.
     String(String),
+    /// A 64-bit signed integer.
     Int(i64),
+    /// A 64-bit float.
     Float(f64),
+    /// A boolean.
     Bool(bool),
+    /// An array of strings.
     StringArray(Vec<String>),
+    /// An array of integers.
     IntArray(Vec<i64>),
+    /// An array of floats (also integers mixed with floats).
     FloatArray(Vec<f64>),
+    /// An array of booleans.
     BoolArray(Vec<bool>),
 }
 

@@ -93,20 +93,34 @@ named_enum!(
     /// What a span does. Pipeline step kinds first, then the generic OpenTelemetry kinds so
     /// OTLP spans map without loss. The order is the storage code: append only.
     SpanKind, "span kind", {
+        /// Work inside a component that fits no other kind (the default).
         #[default]
         Internal => "INTERNAL",
+        /// Reading data in from a source.
         Ingest => "INGEST",
+        /// Changing the shape or values of data.
         Transform => "TRANSFORM",
+        /// Adding data from a lookup or another source.
         Enrich => "ENRICH",
+        /// Checking data against rules.
         Validate => "VALIDATE",
+        /// Combining several inputs by key.
         Join => "JOIN",
+        /// Grouping and summarising.
         Aggregate => "AGGREGATE",
+        /// Writing a result to durable storage (a table, a file).
         Materialize => "MATERIALIZE",
+        /// Handing data on to consumers (a topic, an API).
         Publish => "PUBLISH",
+        /// Answering requests for data.
         Serve => "SERVE",
+        /// OpenTelemetry CLIENT: an outgoing request.
         Client => "CLIENT",
+        /// OpenTelemetry SERVER: handling an incoming request.
         Server => "SERVER",
+        /// OpenTelemetry PRODUCER: sending a message.
         Producer => "PRODUCER",
+        /// OpenTelemetry CONSUMER: receiving a message.
         Consumer => "CONSUMER",
     }
 );
@@ -114,11 +128,16 @@ named_enum!(
 named_enum!(
     /// Outcome of a span. The order is the storage code: append only.
     StatusCode, "status code", {
+        /// Not reported (the default).
         #[default]
         Unset => "UNSET",
+        /// Succeeded.
         Ok => "OK",
+        /// Failed.
         Error => "ERROR",
+        /// Gave up after a time limit (counts as a failure).
         Timeout => "TIMEOUT",
+        /// Stopped on request (not a failure).
         Cancelled => "CANCELLED",
     }
 );
@@ -126,9 +145,12 @@ named_enum!(
 named_enum!(
     /// How a link relates two spans. The order is the storage code: append only.
     LinkType, "link type", {
+        /// The linked span is a parent (an extra parent besides `parent_id`).
         ChildOf => "CHILD_OF",
+        /// This span continues the linked one, possibly in another trace (the default).
         #[default]
         FollowsFrom => "FOLLOWS_FROM",
+        /// This span consumed data the linked span produced.
         DataDependency => "DATA_DEPENDENCY",
     }
 );
