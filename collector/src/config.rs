@@ -66,16 +66,21 @@ pub enum QueueMode {
 }
 
 /// How the writer groups queued spans into store writes.
+///
+/// Store writes are not retried here: each backend retries its transient failures itself
+/// (ClickHouse under one deduplication token per insert); a write that still fails is
+/// answered 503 and the client retries. With the durable queue, writes of acknowledged
+/// spans are retried until the store takes them (`durable_queue.retry_backoff`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
     /// Most spans in one store write. The writer never waits to fill a batch: it takes what
     /// is queued, so latency stays low when idle and batches grow under load.
     pub max_spans: usize,
-    /// Attempts per batch on transient store errors before the requests get 503.
-    pub max_attempts: u32,
-    /// First retry delay; doubles per attempt, with jitter.
-    pub retry_backoff: ConfigDuration,
+    /// Store writes running at once. While they run the next batch is already taken and
+    /// sampled, so the store is never idle waiting for the collector (and the other way
+    /// round). 1 writes one batch at a time.
+    pub max_in_flight: usize,
 }
 
 impl Default for CollectorConfig {
@@ -112,8 +117,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_spans: 20_000,
-            max_attempts: 3,
-            retry_backoff: ConfigDuration::from_millis(100),
+            max_in_flight: 4,
         }
     }
 }
@@ -148,8 +152,11 @@ impl CollectorConfig {
         {
             return bad("collector.queue limits must be below 4Gi");
         }
-        if self.batch.max_spans == 0 || self.batch.max_attempts == 0 {
-            return bad("collector.batch.max_spans and max_attempts must be positive");
+        if self.batch.max_spans == 0 {
+            return bad("collector.batch.max_spans must be positive");
+        }
+        if self.batch.max_in_flight == 0 || self.batch.max_in_flight > 64 {
+            return bad("collector.batch.max_in_flight must be 1..=64");
         }
         if self.request_timeout.get().is_zero() {
             return bad("collector.request_timeout must be positive");
@@ -183,7 +190,20 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(c.batch.max_spans, 5);
-        assert_eq!(c.batch.max_attempts, 3);
+        assert_eq!(c.batch.max_in_flight, 4);
+        let c = CollectorConfig {
+            batch: BatchConfig {
+                max_in_flight: 0,
+                ..BatchConfig::default()
+            },
+            ..CollectorConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_in_flight")
+        );
         assert!(
             serde_json::from_value::<CollectorConfig>(serde_json::json!({"lisen": "x"})).is_err()
         );

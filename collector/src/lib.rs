@@ -5,12 +5,14 @@
 //! touching the others:
 //!
 //! ```text
-//! receive (HTTP, per protocol) -> queue (bounded: spans + bytes) -> sample -> write (batches)
+//! receive (HTTP, per protocol) -> queue (bounded: spans + bytes) -> sample -> write (batches,
+//!                                   or durable log                    up to max_in_flight)
 //! ```
 //!
 //! Acknowledgement: a `202` is sent only after the spans are committed to the store (the
-//! writer batches concurrent requests into one commit), so an acknowledged span survives
-//! `kill -9`. See `docs/adr/0002-ack-after-commit.md`.
+//! writer batches concurrent requests into one write), so an acknowledged span survives
+//! `kill -9`; with the durable queue, after they are appended to its log. See
+//! `docs/adr/0002-ack-after-commit.md`.
 
 mod config;
 mod error;
@@ -27,6 +29,7 @@ mod writer;
 use std::sync::Arc;
 
 use axum::Router;
+use datatracing_core::RetryPolicy;
 use datatracing_http::{HttpMetrics, Readiness, finish_router, ops_routes, serve};
 use datatracing_store::TraceWriter;
 use prometheus_client::registry::Registry;
@@ -40,6 +43,12 @@ pub use queue::{EnqueueError, SpanQueue};
 pub use sample::{PassThrough, Sampler};
 pub use wal::DurableQueueConfig;
 pub use writer::{WriterHandle, WriterStats};
+
+/// The durable queue's record codec, exposed for its benchmark (`benches/wal.rs`) only.
+#[doc(hidden)]
+pub mod wal_record {
+    pub use crate::wal::record::{DecodeError, decode, encode};
+}
 
 /// What [`Collector::start`] returns: the HTTP routes, the writer to stop, and the gRPC
 /// service to serve.
@@ -119,7 +128,7 @@ impl Collector {
 
     /// Starts the writer and returns the HTTP routes plus the handle that stops the writer.
     /// Used by [`Collector::run`] and by tests that drive the router directly.
-    pub fn start(&self, readiness: Readiness, registry: Arc<Registry>) -> Started {
+    pub fn start(&self, readiness: Readiness, registry: Arc<Registry>) -> Result<Started> {
         let (queue, rx) = SpanQueue::new(&self.config.queue, self.metrics.clone());
         let sampler: Box<dyn Sampler> = match &self.sampling {
             Some((holder, m)) => {
@@ -135,27 +144,36 @@ impl Collector {
             }
             None => Box::new(PassThrough),
         };
-        let handle = match &self.wal {
+        let closing = CancellationToken::new();
+        let source = match &self.wal {
             Some((wal, from)) => {
                 drop(rx);
-                writer::spawn_durable(
+                wal::Drain::start(
                     wal.clone(),
                     *from,
-                    Arc::clone(&self.store),
-                    sampler,
-                    self.config.batch.clone(),
-                    self.config.durable_queue.retry_backoff.get(),
+                    self.config.batch.max_spans,
                     self.metrics.clone(),
+                    closing.clone(),
                 )
+                .map(writer::Source::Log)
+                .map_err(|e| Error::Config(format!("cannot start the durable queue drain: {e}")))?
             }
-            None => writer::spawn(
-                rx,
-                Arc::clone(&self.store),
-                sampler,
-                self.config.batch.clone(),
-                self.metrics.clone(),
-            ),
+            None => writer::Source::Queue { rx, closed: false },
         };
+        // Acknowledged spans are retried until the store takes them, at most 30s apart.
+        let retry = RetryPolicy::forever(
+            self.config.durable_queue.retry_backoff.get(),
+            std::time::Duration::from_secs(30),
+        );
+        let handle = writer::spawn(
+            source,
+            Arc::clone(&self.store),
+            sampler,
+            self.config.batch.clone(),
+            retry,
+            self.metrics.clone(),
+            closing,
+        );
         let ingest = ingest::Ingest {
             queue,
             metrics: self.metrics.clone(),
@@ -183,11 +201,11 @@ impl Collector {
             self.config.request_timeout.get(),
             self.http_metrics.clone(),
         );
-        Started {
+        Ok(Started {
             router,
             writer: handle,
             grpc,
-        }
+        })
     }
 
     /// Serves until `shutdown` fires, then drains: stops accepting, lets in-flight requests
@@ -201,7 +219,7 @@ impl Collector {
         registry: Arc<Registry>,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        let started = self.start(readiness, registry);
+        let started = self.start(readiness, registry)?;
         let drain = self.config.drain_timeout.get();
         tracing::info!(addr = %listener.local_addr()?, "collector listening");
         let grpc_task = match grpc {

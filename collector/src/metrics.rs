@@ -62,6 +62,9 @@ pub struct CollectorMetrics {
     pub batch_spans: Histogram,
     /// `datatracing_collector_store_write_duration_seconds`: store write latency.
     pub write_duration: Histogram,
+    /// `datatracing_collector_store_writes_in_flight`: store writes running now (at most
+    /// `collector.batch.max_in_flight`).
+    pub writes_in_flight: Gauge,
 }
 
 impl CollectorMetrics {
@@ -80,6 +83,7 @@ impl CollectorMetrics {
             queue_bytes: Gauge::default(),
             batch_spans: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             write_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            writes_in_flight: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("datatracing_collector");
         r.register(
@@ -148,6 +152,11 @@ impl CollectorMetrics {
             "Store write latency",
             prometheus_client::registry::Unit::Seconds,
             m.write_duration.clone(),
+        );
+        r.register(
+            "store_writes_in_flight",
+            "Store writes running now",
+            m.writes_in_flight.clone(),
         );
         m
     }

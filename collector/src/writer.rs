@@ -1,15 +1,30 @@
-//! The write stage: drains the queue into the store in batches and reports each request's
-//! outcome back to it.
+//! The write stage: takes batches from the source (the in-memory queue, or the durable
+//! queue's log), samples them, and keeps up to `batch.max_in_flight` store writes running.
 //!
 //! The writer never waits to fill a batch: it takes everything queued (up to
-//! `batch.max_spans`), writes it, and repeats. Under load, requests that arrive during a
-//! write form the next batch, so batches grow with load and an idle collector answers fast.
+//! `batch.max_spans`) and starts writing it. Under load, requests that arrive while writes
+//! run form the next batches, so batches grow with load and an idle collector answers fast.
+//! Each backend groups writes once more in its own way (SQLite commits concurrent writes
+//! together; ClickHouse merges writes that wait for an insert slot), and retries transient
+//! failures itself, next to its deduplication token, so the writer does not retry a store
+//! write that the store has given up on: the requests are answered 503 and clients retry.
+//!
+//! Completions are handled in the order the batches were taken. With the in-memory queue
+//! that answers each request; with the durable queue it advances the log's checkpoint,
+//! which therefore never passes a batch that is not stored yet. The durable queue's spans
+//! were acknowledged already, so their writes are retried until the store takes them (or
+//! the collector stops: they stay in the log for the next start).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datatracing_core::{Span, Timestamp};
+use backon::Retryable;
+use datatracing_core::{RetryPolicy, Span};
 use datatracing_store::TraceWriter;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,17 +33,19 @@ use crate::config::BatchConfig;
 use crate::metrics::CollectorMetrics;
 use crate::queue::{QueueItem, WriteFailure, WriteOutcome};
 use crate::sample::Sampler;
+use crate::wal;
 
 /// Counts reported when the writer stops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {
     /// Spans committed.
     pub written: u64,
-    /// Spans whose write failed (their requests were answered 503, so clients retry).
+    /// Spans whose write failed (their requests were answered 503, so clients retry), or
+    /// that the store rejected from the durable queue (dropped and counted).
     pub failed: u64,
 }
 
-/// Stops the writer after it has drained the queue.
+/// Stops the writer after it has drained its source.
 #[derive(Debug)]
 pub struct WriterHandle {
     closing: CancellationToken,
@@ -36,7 +53,7 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    /// Closes the queue to new requests, writes what is queued, and waits up to `timeout`.
+    /// Closes the source to new spans, writes what it holds, and waits up to `timeout`.
     pub async fn finish(self, timeout: Duration) -> WriterStats {
         self.closing.cancel();
         let abort = self.task.abort_handle();
@@ -48,10 +65,11 @@ impl WriterHandle {
             }
             Err(_) => {
                 // Requests still queued were never acknowledged: their clients see an error
-                // and keep the data, so stopping here loses nothing that was promised.
+                // and keep the data; durable spans stay in the log. Stopping here loses
+                // nothing that was promised.
                 tracing::warn!(
                     ?timeout,
-                    "queue did not drain in time; unacknowledged requests abandoned"
+                    "writer did not drain in time; unacknowledged requests abandoned"
                 );
                 abort.abort();
                 WriterStats::default()
@@ -60,277 +78,272 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer task.
-pub fn spawn(
-    rx: mpsc::UnboundedReceiver<QueueItem>,
+/// Where batches come from.
+pub(crate) enum Source {
+    /// The in-memory queue: requests wait for their write's outcome.
+    Queue {
+        rx: mpsc::UnboundedReceiver<QueueItem>,
+        closed: bool,
+    },
+    /// The durable queue's log: requests were acknowledged after the append.
+    Log(wal::Drain),
+}
+
+/// A batch taken from the source, and what to do once it is written.
+struct Batch {
+    spans: Vec<Span>,
+    done: Done,
+}
+
+enum Done {
+    /// Answer these requests (their queue capacity is held until then).
+    Answer(Vec<QueueItem>),
+    /// Advance the log's checkpoint past this batch.
+    Checkpoint(wal::Checkpoint),
+    /// Spans the sampler released on its own (a tick, or shutdown).
+    Nothing,
+}
+
+struct Finished {
+    done: Done,
+    outcome: WriteOutcome,
+    written: u64,
+    failed: u64,
+}
+
+type Write = Pin<Box<dyn Future<Output = Finished> + Send>>;
+
+impl Source {
+    /// The next batch; `None` once the source is closed and empty.
+    async fn next(&mut self, max_spans: usize, closing: &CancellationToken) -> Option<Batch> {
+        match self {
+            Source::Queue { rx, closed } => {
+                let first = loop {
+                    tokio::select! {
+                        biased;
+                        item = rx.recv() => break item?,
+                        _ = closing.cancelled(), if !*closed => {
+                            // Refuse new requests but keep draining what is already queued.
+                            rx.close();
+                            *closed = true;
+                        }
+                    }
+                };
+                let mut n = first.spans.len();
+                let mut items = vec![first];
+                while n < max_spans {
+                    match rx.try_recv() {
+                        Ok(item) => {
+                            n += item.spans.len();
+                            items.push(item);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let mut spans = Vec::with_capacity(n);
+                for item in &mut items {
+                    spans.append(&mut item.spans);
+                }
+                Some(Batch {
+                    spans,
+                    done: Done::Answer(items),
+                })
+            }
+            Source::Log(drain) => {
+                let (spans, checkpoint) = drain.next().await?;
+                Some(Batch {
+                    spans,
+                    done: Done::Checkpoint(checkpoint),
+                })
+            }
+        }
+    }
+}
+
+/// Starts the writer task. `retry` is how the durable queue's writes are retried; the
+/// in-memory queue's writes are tried once (the store retries inside).
+pub(crate) fn spawn(
+    source: Source,
     store: Arc<dyn TraceWriter>,
     sampler: Box<dyn Sampler>,
     config: BatchConfig,
+    retry: RetryPolicy,
     metrics: CollectorMetrics,
+    closing: CancellationToken,
 ) -> WriterHandle {
-    let closing = CancellationToken::new();
-    let task = tokio::spawn(run(rx, store, sampler, config, metrics, closing.clone()));
+    let writer = Writer {
+        store,
+        metrics,
+        retry,
+        durable: matches!(source, Source::Log(_)),
+        closing: closing.clone(),
+    };
+    let task = tokio::spawn(run(source, writer, sampler, config));
     WriterHandle { closing, task }
+}
+
+/// What a write needs; cheap to clone into each write.
+#[derive(Clone)]
+struct Writer {
+    store: Arc<dyn TraceWriter>,
+    metrics: CollectorMetrics,
+    retry: RetryPolicy,
+    durable: bool,
+    closing: CancellationToken,
 }
 
 async fn run(
-    mut rx: mpsc::UnboundedReceiver<QueueItem>,
-    store: Arc<dyn TraceWriter>,
+    mut source: Source,
+    writer: Writer,
     mut sampler: Box<dyn Sampler>,
     config: BatchConfig,
-    metrics: CollectorMetrics,
-    closing: CancellationToken,
 ) -> WriterStats {
     let mut stats = WriterStats::default();
-    let mut closed = false;
+    let mut in_flight: FuturesOrdered<Write> = FuturesOrdered::new();
+    let mut open = true;
+    // Set when a durable write stopped without storing its batch (shutdown while the
+    // store was down): later batches are not checkpointed either, so all of them replay.
+    let mut stalled = false;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let closing = writer.closing.clone();
     loop {
-        let first = tokio::select! {
+        let room = in_flight.len() < config.max_in_flight;
+        tokio::select! {
             biased;
-            item = rx.recv() => match item {
-                Some(i) => i,
-                None => break,
-            },
-            _ = closing.cancelled(), if !closed => {
-                // Refuse new requests but keep draining what is already queued.
-                rx.close();
-                closed = true;
-                continue;
+            Some(f) = in_flight.next(), if !in_flight.is_empty() => {
+                finish(f, &mut source, &mut stats, &mut stalled);
             }
-            _ = tick.tick(), if sampler.pending() => {
+            batch = source.next(config.max_spans, &closing), if open && room => match batch {
+                Some(Batch { spans, done }) => {
+                    let spans = sampler.offer(spans);
+                    in_flight.push_back(Box::pin(writer.clone().write(spans, done)));
+                }
+                None => open = false,
+            },
+            _ = tick.tick(), if room && sampler.pending() => {
                 // Traces whose decision came due without new spans arriving.
                 let due = sampler.tick();
-                let _ = write_with_retry(&*store, due, &config, &metrics, &mut stats).await;
-                continue;
+                in_flight.push_back(Box::pin(writer.clone().write(due, Done::Nothing)));
             }
-        };
-        let mut items = vec![first];
-        let mut n = items[0].spans.len();
-        while n < config.max_spans {
-            match rx.try_recv() {
-                Ok(item) => {
-                    n += item.spans.len();
-                    items.push(item);
-                }
-                Err(_) => break,
-            }
+            else => break,
         }
-        let mut spans = Vec::with_capacity(n);
-        let acks: Vec<_> = items
-            .into_iter()
-            .map(|mut item| {
-                spans.append(&mut item.spans);
-                item
-            })
-            .collect();
-        let to_write = sampler.offer(spans);
-        let outcome = write_with_retry(&*store, to_write, &config, &metrics, &mut stats).await;
-        for item in acks {
-            // The request may have timed out and gone; its spans are written regardless.
-            let _ = item.release().send(outcome.clone());
+        writer.metrics.writes_in_flight.set(in_flight.len() as i64);
+        if !open && in_flight.is_empty() {
+            break;
         }
     }
     let rest = sampler.flush();
     if !rest.is_empty() {
-        let _ = write_with_retry(&*store, rest, &config, &metrics, &mut stats).await;
+        let f = writer.clone().write(rest, Done::Nothing).await;
+        finish(f, &mut source, &mut stats, &mut stalled);
+    }
+    if let Source::Log(drain) = source {
+        drain.close().await;
     }
     stats
 }
 
-async fn write_with_retry(
-    store: &dyn TraceWriter,
-    spans: Vec<Span>,
-    config: &BatchConfig,
-    metrics: &CollectorMetrics,
-    stats: &mut WriterStats,
-) -> WriteOutcome {
-    if spans.is_empty() {
-        return Ok(());
+fn finish(f: Finished, source: &mut Source, stats: &mut WriterStats, stalled: &mut bool) {
+    stats.written += f.written;
+    stats.failed += f.failed;
+    match f.done {
+        Done::Answer(items) => {
+            for item in items {
+                // The request may have timed out and gone; its spans are written regardless.
+                let _ = item.release().send(f.outcome.clone());
+            }
+        }
+        Done::Checkpoint(c) => {
+            if f.outcome.is_err() {
+                *stalled = true;
+            }
+            if !*stalled && let Source::Log(drain) = source {
+                drain.checkpoint(c);
+            }
+        }
+        Done::Nothing => {}
     }
-    let n = spans.len() as u64;
-    let batch: Arc<[Span]> = spans.into();
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
+}
+
+impl Writer {
+    async fn write(self, spans: Vec<Span>, done: Done) -> Finished {
+        let n = spans.len() as u64;
+        let (outcome, stored) = if spans.is_empty() {
+            (Ok(()), true)
+        } else if self.durable {
+            self.write_durable(spans.into()).await
+        } else {
+            let r = self.write_once(spans.into()).await;
+            let stored = r.is_ok();
+            (r, stored)
+        };
+        Finished {
+            done,
+            outcome,
+            written: if stored { n } else { 0 },
+            failed: if stored { 0 } else { n },
+        }
+    }
+
+    async fn attempt(&self, batch: &Arc<[Span]>) -> datatracing_store::Result<()> {
         let started = Instant::now();
-        let result = store.write(Arc::clone(&batch)).await;
-        metrics
+        let result = self.store.write(Arc::clone(batch)).await;
+        self.metrics
             .write_duration
             .observe(started.elapsed().as_secs_f64());
-        match result {
+        match &result {
             Ok(()) => {
-                metrics.written.inc_by(n);
-                metrics.batch_spans.observe(n as f64);
-                stats.written += n;
-                return Ok(());
+                self.metrics.written.inc_by(batch.len() as u64);
+                self.metrics.batch_spans.observe(batch.len() as f64);
+            }
+            Err(_) => {
+                self.metrics.write_errors.inc();
+            }
+        }
+        result
+    }
+
+    /// One attempt: the store has retried what it could.
+    async fn write_once(&self, batch: Arc<[Span]>) -> WriteOutcome {
+        self.attempt(&batch).await.map_err(|e| {
+            tracing::error!(error = %e, spans = batch.len(), "store write failed");
+            WriteFailure {
+                message: e.to_string(),
+                transient: e.is_transient(),
+            }
+        })
+    }
+
+    /// Acknowledged spans: retried while the store is unavailable, until it takes them or
+    /// the collector stops. A permanent refusal drops them, counted: the outcome is then
+    /// `Ok` (the log moves past them) but nothing was stored.
+    async fn write_durable(&self, batch: Arc<[Span]>) -> (WriteOutcome, bool) {
+        let n = batch.len();
+        let result = (|| self.attempt(&batch))
+            .retry(self.retry.backoff())
+            .sleep(tokio::time::sleep)
+            .when(|e: &datatracing_store::Error| e.is_transient() && !self.closing.is_cancelled())
+            .notify(|e, delay| {
+                tracing::warn!(error = %e, spans = n, ?delay, "store unavailable; acknowledged spans stay queued");
+            })
+            .await;
+        match result {
+            Ok(()) => (Ok(()), true),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, spans = n, "stopping with acknowledged spans unwritten; they stay in the durable queue for the next start");
+                let message = e.to_string();
+                let failure = WriteFailure {
+                    message,
+                    transient: true,
+                };
+                (Err(failure), false)
             }
             Err(e) => {
-                metrics.write_errors.inc();
-                if !e.is_transient() || attempt >= config.max_attempts {
-                    tracing::error!(error = %e, spans = n, attempt, "store write failed");
-                    stats.failed += n;
-                    return Err(WriteFailure {
-                        message: e.to_string(),
-                        transient: e.is_transient(),
-                    });
-                }
-                let delay = backoff(config.retry_backoff.get(), attempt, Duration::MAX);
-                tracing::warn!(error = %e, spans = n, attempt, ?delay, "store write failed; retrying");
-                tokio::time::sleep(delay).await;
+                self.metrics.drop_spans("store_rejected", n);
+                tracing::error!(error = %e, spans = n, "store rejected acknowledged spans; they are dropped and counted");
+                (Ok(()), false)
             }
         }
-    }
-}
-
-/// Longest pause between store attempts for acknowledged spans (they are retried forever).
-const DURABLE_RETRY_CAP: Duration = Duration::from_secs(30);
-
-/// Starts the drain task of the durable queue: log -> sample -> store -> checkpoint.
-pub(crate) fn spawn_durable(
-    wal: crate::wal::Wal,
-    from: crate::wal::Pos,
-    store: Arc<dyn TraceWriter>,
-    sampler: Box<dyn Sampler>,
-    config: BatchConfig,
-    retry: Duration,
-    metrics: CollectorMetrics,
-) -> WriterHandle {
-    let closing = CancellationToken::new();
-    let task = tokio::spawn(run_durable(
-        wal,
-        from,
-        store,
-        sampler,
-        config,
-        retry,
-        metrics,
-        closing.clone(),
-    ));
-    WriterHandle { closing, task }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_durable(
-    wal: crate::wal::Wal,
-    mut cursor: crate::wal::Pos,
-    store: Arc<dyn TraceWriter>,
-    mut sampler: Box<dyn Sampler>,
-    config: BatchConfig,
-    retry: Duration,
-    metrics: CollectorMetrics,
-    closing: CancellationToken,
-) -> WriterStats {
-    let mut stats = WriterStats::default();
-    let mut head_rx = wal.head();
-    let dir = wal.dir().to_path_buf();
-    loop {
-        let head = *head_rx.borrow_and_update();
-        if cursor >= head {
-            if closing.is_cancelled() {
-                break;
-            }
-            tokio::select! {
-                changed = head_rx.changed() => if changed.is_err() { break },
-                _ = closing.cancelled() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)), if sampler.pending() => {
-                    let due = sampler.tick();
-                    let _ = write_with_retry(&*store, due, &config, &metrics, &mut stats).await;
-                }
-            }
-            continue;
-        }
-        let (dir2, max) = (dir.clone(), config.max_spans);
-        let read =
-            tokio::task::spawn_blocking(move || crate::wal::read_batch(&dir2, cursor, head, max))
-                .await;
-        let (spans, next, bytes) = match read {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                // A record that does not decode can never be written; skip past it loudly.
-                tracing::error!(error = %e, ?cursor, "unreadable durable queue record; stopping the drain");
-                break;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "durable queue read task failed");
-                break;
-            }
-        };
-        let n = spans.len() as u64;
-        let batch: Arc<[Span]> = sampler.offer(spans).into();
-        let mut attempt = 0u32;
-        loop {
-            let started = Instant::now();
-            let result = if batch.is_empty() {
-                Ok(())
-            } else {
-                store.write(Arc::clone(&batch)).await
-            };
-            metrics
-                .write_duration
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => {
-                    metrics.written.inc_by(batch.len() as u64);
-                    metrics.batch_spans.observe(batch.len() as f64);
-                    stats.written += batch.len() as u64;
-                    break;
-                }
-                Err(e) if e.is_transient() => {
-                    // Acknowledged spans are retried until the store takes them; shutdown
-                    // leaves them in the log for the next start.
-                    metrics.write_errors.inc();
-                    attempt += 1;
-                    let delay = backoff(retry, attempt, DURABLE_RETRY_CAP);
-                    tracing::warn!(error = %e, spans = n, attempt, ?delay, "store unavailable; acknowledged spans stay queued");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => {
-                    metrics.write_errors.inc();
-                    metrics.drop_spans("store_rejected", batch.len());
-                    stats.failed += batch.len() as u64;
-                    tracing::error!(error = %e, spans = batch.len(), "store rejected acknowledged spans; they are dropped and counted");
-                    break;
-                }
-            }
-        }
-        if let Err(e) = crate::wal::checkpoint(&wal, next, bytes, n) {
-            tracing::error!(error = %e, "cannot advance the durable queue checkpoint; spans may be written twice");
-        }
-        metrics
-            .wal_bytes
-            .set(i64::try_from(wal.pending_bytes()).unwrap_or(i64::MAX));
-        cursor = next;
-    }
-    let rest = sampler.flush();
-    if !rest.is_empty() {
-        let _ = write_with_retry(&*store, rest, &config, &metrics, &mut stats).await;
-    }
-    stats
-}
-
-/// Exponential backoff from `base` (attempt 1) with up to 50% jitter, so many collectors do
-/// not retry in lockstep; the exponential part stops growing at `cap`, and after 10
-/// doublings.
-fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
-    let exp = datatracing_core::exponential_backoff(base, attempt.min(11), cap);
-    let jitter_range = (exp.as_nanos() / 2).max(1);
-    let jitter = (Timestamp::now().unix_nanos().unsigned_abs() as u128) % jitter_range;
-    exp + Duration::from_nanos(u64::try_from(jitter).unwrap_or(0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_stays_bounded() {
-        let base = Duration::from_millis(100);
-        let b1 = backoff(base, 1, Duration::MAX);
-        let b3 = backoff(base, 3, Duration::MAX);
-        assert!(b1 >= base && b1 < base * 3 / 2 + Duration::from_nanos(1));
-        assert!(b3 >= base * 4 && b3 <= base * 6);
-        assert!(backoff(base, 40, Duration::MAX) <= base * 1024 * 3 / 2);
-        assert!(backoff(base, 40, DURABLE_RETRY_CAP) <= DURABLE_RETRY_CAP * 3 / 2);
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod duration;
 mod error;
 mod ids;
 mod query;
+mod retry;
 mod span;
 mod timestamp;
 mod validate;
@@ -22,6 +23,7 @@ pub use duration::{ConfigDuration, exponential_backoff, format_duration_ns, pars
 pub use error::{Error, Result};
 pub use ids::{SpanId, TraceId};
 pub use query::{AttributeFilter, SummaryBuilder, TraceQuery, TraceSummary};
+pub use retry::RetryPolicy;
 pub use span::{
     AttributeValue, Attributes, Event, Link, LinkType, Span, SpanKind, Status, StatusCode,
 };

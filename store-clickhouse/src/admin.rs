@@ -1,7 +1,7 @@
 //! Administration: connectivity, migrations and retention.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clickhouse::Client;
 
@@ -154,19 +154,20 @@ impl ClickHouseAdmin {
     /// Pings until the server answers or `timeout` passes. Non-transient failures (bad
     /// credentials) fail at once: waiting would not fix them.
     pub async fn wait_until_reachable(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.ping().await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
-                    tracing::warn!(error = %e, ?delay, "ClickHouse not reachable yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        use backon::Retryable;
+        let policy = datatracing_core::RetryPolicy::within(
+            timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        );
+        (|| self.ping())
+            .retry(policy.backoff())
+            .sleep(tokio::time::sleep)
+            .when(Error::is_transient)
+            .notify(|e, delay| {
+                tracing::warn!(error = %e, ?delay, "ClickHouse not reachable yet; retrying");
+            })
+            .await
     }
 
     /// Creates the database and applies every migration not yet applied. Idempotent.

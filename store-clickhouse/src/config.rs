@@ -51,9 +51,11 @@ pub struct ClickHouseConfig {
     pub attribute_index: bool,
     /// Write batching.
     pub batch: ClickHouseBatchConfig,
-    /// Attempts per batch on transient errors before giving up.
+    /// Attempts per insert on transient errors before giving up (every attempt carries the
+    /// insert's deduplication token). The collector does not retry on top of this.
     pub max_attempts: u32,
-    /// First retry delay; doubles per attempt (with full jitter) up to `max_retry_backoff`.
+    /// First retry delay; doubles per attempt (plus up to 100% jitter) up to
+    /// `max_retry_backoff`.
     pub retry_backoff: ConfigDuration,
     /// Longest retry delay.
     pub max_retry_backoff: ConfigDuration,
@@ -65,8 +67,9 @@ pub struct ClickHouseConfig {
     pub insert_timeout: ConfigDuration,
 }
 
-/// Insert batching: a batch is sent when it reaches `max_rows` or `max_bytes`, or when
-/// `flush_interval` has passed since its first span, whichever comes first.
+/// Insert grouping. A write is inserted as soon as an insert slot is free (after
+/// `flush_interval`, when set); writes that arrive while all `max_concurrent_inserts` slots
+/// are busy are merged into the next insert, up to `max_rows` and `max_bytes`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseBatchConfig {
@@ -74,7 +77,9 @@ pub struct ClickHouseBatchConfig {
     pub max_rows: usize,
     /// Approximate bytes per insert at most.
     pub max_bytes: usize,
-    /// Longest a span waits in a partial batch.
+    /// How long a write waits for more writes to join its insert before it is sent. Zero
+    /// (the default) sends at once: the collector groups spans already, so a second wait
+    /// would only add latency. Set it for callers that write many tiny batches.
     pub flush_interval: ConfigDuration,
     /// Inserts in flight at once.
     pub max_concurrent_inserts: usize,
@@ -109,7 +114,7 @@ impl Default for ClickHouseBatchConfig {
         Self {
             max_rows: 100_000,
             max_bytes: 64 * 1024 * 1024,
-            flush_interval: ConfigDuration::from_millis(200),
+            flush_interval: ConfigDuration::from_millis(0),
             max_concurrent_inserts: 2,
         }
     }
@@ -182,6 +187,15 @@ impl ClickHouseConfig {
             return bad("storage.clickhouse timeouts must be positive".into());
         }
         Ok(())
+    }
+
+    /// How inserts are retried.
+    pub fn retry_policy(&self) -> datatracing_core::RetryPolicy {
+        datatracing_core::RetryPolicy::attempts(
+            self.max_attempts,
+            self.retry_backoff.get(),
+            self.max_retry_backoff.get(),
+        )
     }
 
     /// The password, read from `password_file` when set.

@@ -4,13 +4,15 @@
 //! - [`schema`]: tables, versioned migrations, clustered DDL.
 //! - [`ClickHouseAdmin`]: migrations and retention (`set_retention` / `retention`), for the
 //!   `datatracing migrate` command and the operator.
-//! - [`ClickHouseStore`]: batched RowBinary inserts with LZ4, retried with backoff and jitter
-//!   under one insert deduplication token per batch (a retry never duplicates rows), and
-//!   reads that prune by time bounds and compute search summaries in ClickHouse.
+//! - [`ClickHouseStore`]: RowBinary inserts with LZ4, sent as soon as an insert slot is free
+//!   (writes that wait for a slot are merged), retried on the shared `RetryPolicy` under one
+//!   insert deduplication token per insert (a retry never duplicates rows), and reads that
+//!   prune by time bounds and compute search summaries in ClickHouse.
 //! - [`ClickHouseReader`]: the reads alone, for query processes: opening one connects and
 //!   verifies the schema, never migrates and starts no batcher.
 
 mod admin;
+mod batcher;
 mod config;
 mod error;
 mod metrics;

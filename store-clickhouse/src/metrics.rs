@@ -32,6 +32,9 @@ pub struct ClickHouseMetrics {
     pub query_errors: Family<ReasonLabel, Counter>,
     /// `datatracing_clickhouse_pending_spans`: spans waiting in the batcher.
     pub pending_spans: Gauge,
+    /// `datatracing_clickhouse_inserts_in_flight`: inserts running (at most
+    /// `batch.max_concurrent_inserts`).
+    pub inserts_in_flight: Gauge,
     /// `datatracing_clickhouse_insert_duration_seconds`
     pub insert_duration: Histogram,
 }
@@ -47,6 +50,7 @@ impl ClickHouseMetrics {
             dropped_spans: Family::default(),
             query_errors: Family::default(),
             pending_spans: Gauge::default(),
+            inserts_in_flight: Gauge::default(),
             insert_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         }
     }
@@ -89,6 +93,11 @@ impl ClickHouseMetrics {
             "pending_spans",
             "Spans waiting for an insert",
             m.pending_spans.clone(),
+        );
+        r.register(
+            "inserts_in_flight",
+            "Inserts running (retries included)",
+            m.inserts_in_flight.clone(),
         );
         r.register_with_unit(
             "insert_duration",

@@ -1,37 +1,27 @@
-//! The ClickHouse store: a batcher in front of retried, deduplicated inserts, with the
-//! reads of [`ClickHouseReader`] on the same connection.
+//! The ClickHouse store: writes go to the insert batcher (`batcher`: prompt, retried,
+//! deduplicated inserts), reads are those of [`ClickHouseReader`] on the same connection.
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datatracing_core::{Span, TraceId, TraceQuery, TraceSummary};
 use datatracing_store::{Health, TraceReader, TraceWriter};
-use rand::Rng;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::admin::{ClickHouseAdmin, timed};
+use crate::admin::ClickHouseAdmin;
+use crate::batcher::{Inserter, Pending};
 use crate::config::ClickHouseConfig;
 use crate::error::Result;
-use crate::metrics::{ClickHouseMetrics, ReasonLabel};
+use crate::metrics::ClickHouseMetrics;
 use crate::reader::ClickHouseReader;
 use crate::rows::SpanRow;
-
-type Reply = oneshot::Sender<datatracing_store::Result<()>>;
-/// A write waiting for the batcher: its spans and where to answer.
-type Pending = (Arc<[Span]>, Reply);
 
 struct Inner {
     admin: ClickHouseAdmin,
     config: ClickHouseConfig,
     metrics: ClickHouseMetrics,
 }
-
-/// The table inserts go to, unqualified: the client carries the database, and the crate
-/// quotes the name as one identifier.
-const INSERT_TABLE: &str = "spans";
 
 /// The ClickHouse-backed [`TraceWriter`] and [`TraceReader`].
 #[derive(Clone)]
@@ -68,8 +58,15 @@ impl ClickHouseStore {
             config,
             metrics,
         });
+        let inserter = Arc::new(Inserter {
+            client: inner.admin.client().clone(),
+            batch: inner.config.batch.clone(),
+            retry: inner.config.retry_policy(),
+            insert_timeout: inner.config.insert_timeout.get(),
+            metrics: inner.metrics.clone(),
+        });
         let (tx, rx) = mpsc::channel(1024);
-        let batcher = tokio::spawn(batcher(Arc::clone(&inner), rx));
+        let batcher = tokio::spawn(crate::batcher::run(inserter, rx));
         tracing::info!(url = %inner.config.url, database = %inner.config.database, "ClickHouse store opened");
         Ok(Self {
             inner,
@@ -89,156 +86,18 @@ impl ClickHouseStore {
         &self.inner.admin
     }
 
-    /// Inserts rows as one deduplicated batch, retrying transient errors. Public so tests
-    /// can prove that a repeated token does not duplicate rows.
+    /// Inserts rows as one deduplicated insert, once. Public so tests can prove that a
+    /// repeated token does not duplicate rows.
     #[doc(hidden)]
     pub async fn insert_with_token(&self, spans: &[Span], token: &str) -> Result<()> {
-        insert_once(
-            &self.inner,
+        crate::batcher::insert_once(
+            self.inner.admin.client(),
+            self.inner.config.insert_timeout.get(),
             &spans.iter().map(SpanRow::from).collect::<Vec<_>>(),
             token,
         )
         .await
     }
-}
-
-/// Collects writes into batches by rows, bytes and time; runs inserts with bounded
-/// concurrency; answers every writer once its spans are committed (or given up on).
-async fn batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>) {
-    let cfg = inner.config.batch.clone();
-    let permits = Arc::new(Semaphore::new(cfg.max_concurrent_inserts));
-    let mut inflight = JoinSet::new();
-    let mut pending: Vec<Pending> = Vec::new();
-    let (mut rows, mut bytes) = (0usize, 0usize);
-    let mut deadline: Option<tokio::time::Instant> = None;
-    loop {
-        let flush_now = tokio::select! {
-            msg = rx.recv() => match msg {
-                Some((spans, reply)) => {
-                    rows += spans.len();
-                    bytes += spans.iter().map(Span::size_bytes).sum::<usize>();
-                    inner.metrics.pending_spans.inc_by(spans.len() as i64);
-                    pending.push((spans, reply));
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + cfg.flush_interval.get());
-                    rows >= cfg.max_rows || bytes >= cfg.max_bytes
-                }
-                None => break,
-            },
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => true,
-            Some(_) = inflight.join_next(), if !inflight.is_empty() => false,
-        };
-        if flush_now && !pending.is_empty() {
-            let batch = std::mem::take(&mut pending);
-            inner.metrics.pending_spans.dec_by(rows as i64);
-            (rows, bytes, deadline) = (0, 0, None);
-            // Backpressure: wait for an insert slot before taking more from the channel.
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                break;
-            };
-            let inner = Arc::clone(&inner);
-            inflight.spawn(async move {
-                let _permit = permit;
-                insert_batch(&inner, batch).await;
-            });
-        }
-    }
-    if !pending.is_empty() {
-        inner.metrics.pending_spans.dec_by(rows as i64);
-        insert_batch(&inner, pending).await;
-    }
-    while inflight.join_next().await.is_some() {}
-}
-
-async fn insert_batch(inner: &Inner, batch: Vec<Pending>) {
-    let rows: Vec<SpanRow> = batch
-        .iter()
-        .flat_map(|(s, _)| s.iter())
-        .map(SpanRow::from)
-        .collect();
-    let n = rows.len() as u64;
-    // One token for every attempt of this batch: ClickHouse drops a retried block it has
-    // already committed, so a retry after an ambiguous failure cannot duplicate rows.
-    let token = format!("dt-{:032x}", rand::rng().random::<u128>());
-    let result = insert_with_retry(inner, &rows, &token).await;
-    match &result {
-        Ok(()) => {
-            inner.metrics.inserted_spans.inc_by(n);
-            inner.metrics.insert_batches.inc();
-        }
-        Err(e) => {
-            inner
-                .metrics
-                .dropped_spans
-                .get_or_create(&ReasonLabel { reason: e.reason() })
-                .inc_by(n);
-            tracing::error!(error = %e, spans = n, "giving up on a ClickHouse insert; writers get the error");
-        }
-    }
-    for (_, reply) in batch {
-        let r = match &result {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_transient() => Err(datatracing_store::Error::Unavailable(e.to_string())),
-            Err(e) => Err(datatracing_store::Error::Rejected(e.to_string())),
-        };
-        let _ = reply.send(r);
-    }
-}
-
-async fn insert_with_retry(inner: &Inner, rows: &[SpanRow], token: &str) -> Result<()> {
-    let cfg = &inner.config;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let started = Instant::now();
-        let result = insert_once(inner, rows, token).await;
-        inner
-            .metrics
-            .insert_duration
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                inner
-                    .metrics
-                    .insert_errors
-                    .get_or_create(&ReasonLabel { reason: e.reason() })
-                    .inc();
-                if !e.is_transient() || attempt >= cfg.max_attempts {
-                    return Err(e);
-                }
-                // Exponential backoff with full jitter, capped.
-                let cap = datatracing_core::exponential_backoff(
-                    cfg.retry_backoff.get(),
-                    attempt,
-                    cfg.max_retry_backoff.get(),
-                );
-                let delay = Duration::from_nanos(
-                    rand::rng().random_range(0..=cap.as_nanos().min(u128::from(u64::MAX)) as u64),
-                );
-                inner.metrics.insert_retries.inc();
-                tracing::warn!(error = %e, attempt, ?delay, rows = rows.len(), "ClickHouse insert failed; retrying");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
-async fn insert_once(inner: &Inner, rows: &[SpanRow], token: &str) -> Result<()> {
-    let timeout = inner.config.insert_timeout.get();
-    let client = inner.admin.client();
-    let work = async {
-        let mut insert = client
-            .insert::<SpanRow>(INSERT_TABLE)
-            .await?
-            .with_setting("insert_deduplicate", "1")
-            .with_setting("insert_deduplication_token", token)
-            .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
-        for row in rows {
-            insert.write(row).await?;
-        }
-        insert.end().await
-    };
-    timed(timeout, "insert", work).await
 }
 
 #[async_trait]

@@ -427,3 +427,66 @@ async fn a_reader_never_migrates_and_reads_what_the_writer_stored() {
     assert!(err.to_string().contains("span_attributes"), "{err}");
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_for_an_insert_slot_are_merged_into_one_insert() {
+    let server = ClickHouse::start_chdb(ChdbOptions::default());
+    let mut registry = Registry::default();
+    let metrics = ClickHouseMetrics::register(&mut registry);
+    let mut config = config_for(&server);
+    config.batch.max_concurrent_inserts = 1;
+    let store = ClickHouseStore::open(config, metrics).await.unwrap();
+    let m = || metrics_text(&registry);
+    // A lone write is its own insert.
+    store.write(spans(3, "first").into()).await.unwrap();
+    assert!(
+        m().contains("datatracing_clickhouse_insert_batches_total 1"),
+        "{}",
+        m()
+    );
+    // While a slow insert holds the only slot, the writes behind it wait in the batcher...
+    server.set_delay(2_000);
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let what = what.to_string();
+        let text = &m;
+        async move {
+            while !text().contains(&what) {
+                assert!(std::time::Instant::now() < deadline, "{what}: {}", text());
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let slow = {
+        let s = store.clone();
+        tokio::spawn(async move { s.write(spans(1, "slow").into()).await })
+    };
+    wait_for("datatracing_clickhouse_inserts_in_flight 1").await;
+    let mut writes = Vec::new();
+    for i in 0..3 {
+        let s = store.clone();
+        writes.push(tokio::spawn(async move {
+            s.write(spans(2, &format!("w{i}")).into()).await
+        }));
+    }
+    wait_for("datatracing_clickhouse_pending_spans 6").await;
+    server.set_delay(0);
+    slow.await.unwrap().unwrap();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    // ... and go in together: the first, the slow one, and one for the three behind it.
+    let text = m();
+    assert!(
+        text.contains("datatracing_clickhouse_insert_batches_total 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("datatracing_clickhouse_inserted_spans_total 10"),
+        "{text}"
+    );
+    assert!(
+        text.contains("datatracing_clickhouse_inserts_in_flight 0"),
+        "{text}"
+    );
+}

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use axum::Router;
@@ -23,6 +23,8 @@ pub struct FaultyStore {
     pub fail: AtomicBool,
     /// Writes fail as a down store would (transient).
     pub down: AtomicBool,
+    /// Writes running now (waiting at the gate or writing).
+    pub in_write: AtomicUsize,
 }
 
 #[async_trait]
@@ -38,6 +40,15 @@ impl Health for FaultyStore {
 #[async_trait]
 impl TraceWriter for FaultyStore {
     async fn write(&self, spans: Arc<[Span]>) -> datatracing_store::Result<()> {
+        self.in_write.fetch_add(1, Ordering::SeqCst);
+        let result = self.write_through(spans).await;
+        self.in_write.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+impl FaultyStore {
+    async fn write_through(&self, spans: Arc<[Span]>) -> datatracing_store::Result<()> {
         let _permit = self.gate.acquire().await.unwrap();
         if self.down.load(Ordering::SeqCst) {
             return Err(datatracing_store::Error::Unavailable(
@@ -87,13 +98,16 @@ pub async fn harness(config: CollectorConfig) -> Harness {
         gate: Semaphore::new(Semaphore::MAX_PERMITS),
         fail: AtomicBool::new(false),
         down: AtomicBool::new(false),
+        in_write: AtomicUsize::new(0),
     });
     let mut registry = Registry::default();
     let http = HttpMetrics::register(&mut registry);
     let collector = Collector::new(config, store.clone(), &mut registry, http).unwrap();
     let readiness = Readiness::new(store.clone());
     readiness.set_ready(true);
-    let started = collector.start(readiness.clone(), Arc::new(registry));
+    let started = collector
+        .start(readiness.clone(), Arc::new(registry))
+        .unwrap();
     let (router, writer) = (started.router, started.writer);
     Harness {
         _dir: dir,

@@ -8,9 +8,16 @@
 //! and the checkpoint replays that batch (the embedded store and the DAG deduplicate by
 //! span id).
 //!
-//! Layout: `wal-<seq>.log` segments of records `[len u32][crc32 u32][JSON array of spans]`,
-//! and `checkpoint` (`<seq> <offset>`, replaced atomically). A torn record at the end of the
-//! last segment (a crash mid-append) is cut off at recovery.
+//! Layout: `wal-<seq>.log` segments of records `[len u32][crc32 u32][payload]`, and
+//! `checkpoint` (`<seq> <offset>`, replaced atomically). A torn record at the end of the
+//! last segment (a crash mid-append) is cut off at recovery. The payload is a batch of spans
+//! in a versioned binary form (`record`); logs written before it hold JSON payloads, which
+//! are still read. Draining (reading, and checkpointing off the async workers) is `drain`.
+
+mod drain;
+pub(crate) mod record;
+
+pub(crate) use drain::{Checkpoint, Drain};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -231,8 +238,7 @@ impl Wal {
 
     /// Appends spans durably; resolves once they are fsynced.
     pub(crate) async fn append(&self, spans: &[Span]) -> Result<(), AppendError> {
-        let payload =
-            serde_json::to_vec(spans).map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        let payload = record::encode(spans);
         {
             let mut p = self
                 .shared
@@ -390,11 +396,10 @@ pub(crate) fn read_batch(
             let Some(payload) = read_record(&mut r)? else {
                 break;
             };
-            let batch: Vec<Span> = serde_json::from_slice(&payload)
+            record::decode(&payload, &mut spans)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             pos.off += HEADER + payload.len() as u64;
             bytes += HEADER + payload.len() as u64;
-            spans.extend(batch);
         }
         if pos.off >= end && pos.seg < head.seg {
             pos = Pos {
@@ -455,14 +460,14 @@ mod tests {
         let (wal, rec) = Wal::open(&config(dir.path())).unwrap();
         assert_eq!(rec.pending_bytes, 0);
         for t in 1..=5u8 {
-            wal.append(&spans(t, 3)).await.unwrap();
+            wal.append(&spans(t, 6)).await.unwrap();
         }
         let head = *wal.head().borrow();
         assert!(head.seg >= 1, "small segments rotate: {head:?}");
         // Read part, checkpoint it, and "crash" (drop) before reading the rest.
-        let (first, next, bytes) = read_batch(dir.path(), rec.checkpoint, head, 6).unwrap();
-        assert_eq!(first.len(), 6);
-        checkpoint(&wal, next, bytes, 6).unwrap();
+        let (first, next, bytes) = read_batch(dir.path(), rec.checkpoint, head, 12).unwrap();
+        assert_eq!(first.len(), 12);
+        checkpoint(&wal, next, bytes, 12).unwrap();
         let pending = wal.pending_bytes();
         drop(wal);
 
@@ -473,7 +478,7 @@ mod tests {
         let (rest, end, _) = read_batch(dir.path(), rec.checkpoint, head, 1000).unwrap();
         assert_eq!(
             rest.len(),
-            9,
+            18,
             "the unacknowledged-by-store rest is replayed"
         );
         assert_eq!(end, head);
@@ -508,6 +513,32 @@ mod tests {
         let head = *wal.head().borrow();
         let (all, _, _) = read_batch(dir.path(), rec.checkpoint, head, 100).unwrap();
         assert_eq!(all.len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_from_before_the_binary_format_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        // What an older collector left: one JSON record, not yet checkpointed.
+        let json = serde_json::to_vec(&spans(1, 2)).unwrap();
+        let mut old = Vec::new();
+        old.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        old.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+        old.extend_from_slice(&json);
+        fs::write(seg_path(dir.path(), 0), &old).unwrap();
+        let (wal, rec) = Wal::open(&DurableQueueConfig {
+            segment_bytes: 1 << 20,
+            ..config(dir.path())
+        })
+        .unwrap();
+        assert_eq!(rec.pending_bytes, old.len() as u64);
+        // New appends go after it in the binary form; one read returns both, in order.
+        wal.append(&spans(2, 3)).await.unwrap();
+        let head = *wal.head().borrow();
+        let (all, end, _) = read_batch(dir.path(), rec.checkpoint, head, 100).unwrap();
+        assert_eq!(end, head);
+        let traces: Vec<u8> = all.iter().map(|s| s.trace_id.as_bytes()[0]).collect();
+        assert_eq!(traces, vec![1, 1, 2, 2, 2]);
+        assert_eq!(all[..2], spans(1, 2)[..]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
