@@ -139,7 +139,7 @@ async fn retention_retries_until_clickhouse_answers_and_a_follower_takes_over() 
     .await;
     assert_eq!(unreachable.reason, "ClickHouseUnreachable");
     assert!(
-        unreachable.message.contains("retrying in"),
+        unreachable.message.contains("retried with backoff"),
         "{}",
         unreachable.message
     );

@@ -8,7 +8,9 @@
 //! - [`storage`]: the pipeline's ClickHouse (password, retention, dropping the database).
 //!
 //! SamplingPolicy and Secret changes requeue the pipelines they affect; errors back off
-//! exponentially per object.
+//! exponentially per object. Only changes a reconcile acts on trigger one: the operator's
+//! own status writes do not, or every failed attempt would retry at once and the backoff
+//! would never hold.
 
 pub mod conditions;
 mod context;
@@ -25,7 +27,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +40,28 @@ use selection::selects;
 use crate::crd::{SamplingPolicy, TracingPipeline};
 use crate::error::{Error, Result};
 use crate::metrics::ErrorLabel;
+
+/// What of a TracingPipeline its reconcile acts on: the spec (generation; deletion sets a
+/// new one too), the finalizers and deletion. Status, which the reconcile writes itself,
+/// and other metadata are left out.
+fn pipeline_trigger(p: &TracingPipeline) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.metadata.generation.hash(&mut h);
+    p.metadata.finalizers.hash(&mut h);
+    p.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// What of a SamplingPolicy the pipelines that select it depend on: its spec and its
+/// labels (selection), not its status.
+fn policy_trigger(sp: &SamplingPolicy) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sp.metadata.generation.hash(&mut h);
+    sp.metadata.labels.hash(&mut h);
+    Some(h.finish())
+}
 
 /// What a failed reconcile does: count it, log it, and retry after a per-object backoff.
 fn error_policy<K: ResourceExt>(
@@ -113,20 +137,30 @@ pub async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> 
     let owned =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=datatracing-operator");
 
-    let pipelines = Controller::new(
+    let (store, writer) = reflector::store();
+    let trigger = watcher(
         api::<TracingPipeline>(&client, ns),
         watcher::Config::default(),
-    );
-    let store = pipelines.store();
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(pipeline_trigger, Default::default());
+    let pipelines = Controller::for_stream(trigger, store.clone());
     let policy_store = store.clone();
     let secret_store = store.clone();
     let pipelines = pipelines
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
-        .watches(
-            api::<SamplingPolicy>(&client, ns),
-            watcher::Config::default(),
+        .watches_stream(
+            watcher(
+                api::<SamplingPolicy>(&client, ns),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .applied_objects()
+            .predicate_filter(policy_trigger, Default::default()),
             move |sp: SamplingPolicy| {
                 // Pipelines that select it now, or used it until a label changed.
                 let name = sp.name_any();

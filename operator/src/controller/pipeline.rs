@@ -380,7 +380,9 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
                 ctx.metrics.retention_errors.inc();
                 let (reason, event) = storage::retention_failure(&e);
                 let wait = ctx.backoff(&format!("retention/{}", key(&*p)));
-                let msg = format!("{e}; retrying in {}s", wait.as_secs().max(1));
+                // The wait stays out of the message: it changes on every attempt, and so
+                // would the condition and the event.
+                let msg = format!("{e}; retried with backoff");
                 tracing::warn!(pipeline = %key(&*p), error = %e, ?wait, "retention not applied");
                 cond(
                     &mut status,

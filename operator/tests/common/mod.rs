@@ -210,8 +210,20 @@ impl Operator {
         lease_namespace: &str,
         namespace: Option<&str>,
     ) -> Operator {
+        Self::start_with(cluster, token, identity, lease_namespace, |c| {
+            c.namespace = namespace.map(str::to_string);
+        })
+    }
+
+    /// Like [`Operator::start`], with the test's settings changed by `tweak` last.
+    pub fn start_with(
+        cluster: &Cluster,
+        token: &str,
+        identity: &str,
+        lease_namespace: &str,
+        tweak: impl FnOnce(&mut datatracing_operator::OperatorConfig),
+    ) -> Operator {
         let mut config = datatracing_operator::OperatorConfig {
-            namespace: namespace.map(str::to_string),
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], free_port())),
             image: "ghcr.io/datatracing/datatracing:test".into(),
             ..Default::default()
@@ -223,6 +235,7 @@ impl Operator {
         config.retry_backoff = datatracing_core::ConfigDuration::from_millis(500);
         config.max_retry_backoff = datatracing_core::ConfigDuration::from_secs(2);
         config.clickhouse_timeout = datatracing_core::ConfigDuration::from_secs(5);
+        tweak(&mut config);
         let client = client_with_token(&cluster.server, token);
         let shutdown = tokio_util::sync::CancellationToken::new();
         let ops = config.listen;
