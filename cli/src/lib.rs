@@ -1,7 +1,6 @@
 //! The `datatracing` command: argument parsing, configuration, logging, signals, and the
 //! wiring of store, collector and query into the all-in-one and standalone servers.
 
-pub mod config;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -12,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use datatracing_collector::Collector;
+use datatracing_config::{Backend, Config, LogConfig, LogFormat};
 use datatracing_core::ConfigDuration;
 use datatracing_http::{HttpMetrics, Readiness};
 use datatracing_query::QueryService;
@@ -23,8 +23,6 @@ use datatracing_store_sqlite::{EmbeddedStore, OpenMode};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-pub use config::{Backend, Config, LogFormat};
 
 /// DataTracing: tracing for data pipelines.
 #[derive(Debug, Parser)]
@@ -48,13 +46,13 @@ pub struct Cli {
     /// Delete spans older than this, e.g. 72h (0 keeps everything; default 168h).
     #[arg(long, global = true, env = "DATATRACING_RETENTION")]
     pub retention: Option<ConfigDuration>,
-    /// Log format.
+    /// Log format: text or json.
     #[arg(long, global = true, env = "DATATRACING_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `info` or `debug,hyper=info`.
     #[arg(long, global = true, env = "DATATRACING_LOG")]
     pub log_level: Option<String>,
-    /// Storage backend (default embedded).
+    /// Storage backend: embedded (the default) or clickhouse.
     #[arg(long, global = true, env = "DATATRACING_STORAGE")]
     pub storage: Option<Backend>,
     /// ClickHouse HTTP URL (with `--storage clickhouse`). The password is read from
@@ -221,12 +219,16 @@ impl Cli {
             c.storage.clickhouse.password = p.clone();
         }
         c.validate()?;
+        // The filter syntax is tracing-subscriber's, so it is checked here where the filter
+        // is built rather than in the configuration crate.
+        tracing_subscriber::EnvFilter::try_new(&c.log.level)
+            .map_err(|e| anyhow::anyhow!("log.level: {e}"))?;
         Ok(c)
     }
 }
 
 /// Installs the global `tracing` subscriber.
-pub fn init_logging(config: &config::LogConfig) -> anyhow::Result<()> {
+pub fn init_logging(config: &LogConfig) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.level).context("log level")?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

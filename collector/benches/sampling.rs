@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use datatracing_collector::Sampler;
-use datatracing_collector::tail::{PolicyHolder, SamplingConfig, SamplingMetrics, TailSampler};
+use datatracing_collector::tail::{PolicyHolder, SamplingMetrics, TailSampler};
+use datatracing_config::SamplingConfig;
 use datatracing_core::policy::{SamplingPolicy, TraceFacts};
 use datatracing_core::{Span, TraceId};
 

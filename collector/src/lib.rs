@@ -14,7 +14,6 @@
 //! `kill -9`; with the durable queue, after they are appended to its log. See
 //! `docs/adr/0002-ack-after-commit.md`.
 
-mod config;
 mod error;
 mod ingest;
 mod metrics;
@@ -36,12 +35,16 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{BatchConfig, CollectorConfig, QueueConfig, QueueMode};
+// The configuration types appear in this crate's API (`Collector::new`, `Collector::config`),
+// so they are re-exported for callers; they live in `datatracing-config`.
+pub use datatracing_config::{
+    BatchConfig, CollectorConfig, DurableQueueConfig, QueueConfig, QueueMode, SamplingConfig,
+    ShutdownRule,
+};
 pub use error::{Error, Result};
 pub use metrics::CollectorMetrics;
 pub use queue::{EnqueueError, SpanQueue};
 pub use sample::{PassThrough, Sampler};
-pub use wal::DurableQueueConfig;
 pub use writer::{WriterHandle, WriterStats};
 
 /// The durable queue's record codec, exposed for its benchmark (`benches/wal.rs`) only.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use datatracing_core::Span;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::config::{QueueConfig, QueueMode};
 use crate::metrics::CollectorMetrics;
+use datatracing_config::{QueueConfig, QueueMode};
 
 /// Outcome of writing a queued request's spans, sent back to the waiting request.
 pub type WriteOutcome = Result<(), WriteFailure>;

@@ -16,8 +16,8 @@ use datatracing_http::{ApiError, ErrorCode, ErrorDetail};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::CollectorConfig;
 use crate::ingest::{Ingest, IngestError, Protocol};
+use datatracing_config::CollectorConfig;
 
 const PROTOCOL: Protocol = Protocol::NativeJson;
 /// Details listed in one response at most; the counts always cover everything.

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::Retryable;
+use datatracing_config::BatchConfig;
 use datatracing_core::{RetryPolicy, Span};
 use datatracing_store::TraceWriter;
 use futures::StreamExt;
@@ -29,7 +30,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::BatchConfig;
 use crate::metrics::CollectorMetrics;
 use crate::queue::{QueueItem, WriteFailure, WriteOutcome};
 use crate::sample::Sampler;

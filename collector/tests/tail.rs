@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use datatracing_collector::Sampler;
 use datatracing_collector::tail::{
-    PolicyHolder, RATE_ATTR, RULE_ATTR, SamplingConfig, SamplingMetrics, ShutdownRule, TailSampler,
+    PolicyHolder, RATE_ATTR, RULE_ATTR, SamplingMetrics, TailSampler,
 };
+use datatracing_config::{SamplingConfig, ShutdownRule};
 use datatracing_core::policy::SamplingPolicy;
 use datatracing_core::{AttributeValue, ConfigDuration, Span, TraceId};
 use prometheus_client::registry::Registry;

@@ -9,10 +9,16 @@ use serde_json::Value;
 /// For each workspace crate: the workspace crates it may depend on (normal dependencies).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("datatracing-core", &[]),
+    // Every process's configuration; a leaf (see CONFIG_ALLOWED_EXTERNAL).
+    ("datatracing-config", &["datatracing-core"]),
     ("datatracing-store", &["datatracing-core"]),
     (
         "datatracing-store-sqlite",
-        &["datatracing-core", "datatracing-store"],
+        &[
+            "datatracing-core",
+            "datatracing-config",
+            "datatracing-store",
+        ],
     ),
     // Test code: the contract suite, a dev-dependency of backends' tests only.
     (
@@ -21,7 +27,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "datatracing-store-clickhouse",
-        &["datatracing-core", "datatracing-store"],
+        &[
+            "datatracing-core",
+            "datatracing-config",
+            "datatracing-store",
+        ],
     ),
     // Test infrastructure: used only as a dev-dependency, depends on nothing of ours.
     ("datatracing-testkit", &[]),
@@ -34,22 +44,32 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "datatracing-collector",
-        &["datatracing-core", "datatracing-store", "datatracing-http"],
+        &[
+            "datatracing-core",
+            "datatracing-config",
+            "datatracing-store",
+            "datatracing-http",
+        ],
     ),
     (
         "datatracing-query",
-        &["datatracing-core", "datatracing-store", "datatracing-http"],
+        &[
+            "datatracing-core",
+            "datatracing-config",
+            "datatracing-store",
+            "datatracing-http",
+        ],
     ),
-    // The operator renders the collector's and query's configuration from their own structs
-    // and applies retention through the ClickHouse crate; it never opens a store.
+    // The operator renders the pods' configuration as a typed `datatracing_config::Config`
+    // and applies retention through the ClickHouse crate; it never opens a store and never
+    // links the collector or the query server.
     (
         "datatracing-operator",
         &[
             "datatracing-core",
+            "datatracing-config",
             "datatracing-store-clickhouse",
             "datatracing-http",
-            "datatracing-collector",
-            "datatracing-query",
         ],
     ),
     (
@@ -57,6 +77,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "datatracing-operator",
             "datatracing-core",
+            "datatracing-config",
             "datatracing-store",
             "datatracing-store-sqlite",
             "datatracing-store-clickhouse",
@@ -86,6 +107,10 @@ const STORE_FORBIDDEN: &[&str] = &["rusqlite", "clickhouse"];
 
 /// The model crate stays free of I/O and runtimes.
 const CORE_FORBIDDEN: &[&str] = &["tokio", "axum", "hyper", "rusqlite", "reqwest", "tracing"];
+
+/// The configuration crate is a leaf anything may depend on cheaply: these are all the
+/// external crates it may use (no runtime, server, storage driver, Kubernetes or CLI crate).
+const CONFIG_ALLOWED_EXTERNAL: &[&str] = &["serde", "serde_yaml", "schemars", "thiserror"];
 
 fn metadata() -> Value {
     let out = Command::new(env!("CARGO"))
@@ -152,6 +177,14 @@ fn workspace_crates_follow_the_dependency_rules() {
                 );
             }
         }
+        if name == "datatracing-config" {
+            for (dep, normal) in &deps {
+                assert!(
+                    !*normal || CONFIG_ALLOWED_EXTERNAL.contains(dep) || members.contains(*dep),
+                    "datatracing-config must stay a leaf, found {dep}"
+                );
+            }
+        }
         if name == "datatracing-core" {
             for (dep, normal) in &deps {
                 assert!(
@@ -161,4 +194,28 @@ fn workspace_crates_follow_the_dependency_rules() {
             }
         }
     }
+}
+
+#[test]
+fn the_operator_links_neither_the_collector_nor_the_query_server() {
+    let meta = metadata();
+    let operator = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "datatracing-operator")
+        .expect("the operator crate");
+    let deps: Vec<&str> = operator["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    for forbidden in ["datatracing-collector", "datatracing-query"] {
+        assert!(
+            !deps.contains(&forbidden),
+            "the operator depends on {forbidden} (any kind); its configuration comes from datatracing-config"
+        );
+    }
+    assert!(deps.contains(&"datatracing-config"));
 }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use datatracing_collector::QueueConfig;
+use datatracing_config::QueueConfig;
 use datatracing_core::Limits;
 use datatracing_core::policy::{Action, Rule, Verdict};
 use k8s_openapi::api::core::v1::{ResourceRequirements, SecretKeySelector};

@@ -66,6 +66,12 @@ impl From<FinalizerError> for Error {
     }
 }
 
+impl From<datatracing_config::ConfigError> for Error {
+    fn from(e: datatracing_config::ConfigError) -> Self {
+        Error::Config(e.to_string())
+    }
+}
+
 impl Error {
     /// A short, stable label for metrics (`errors_total{reason}`).
     pub fn metric_reason(&self) -> &'static str {

@@ -10,7 +10,6 @@
 //! - [`leader`]: Lease-based leader election.
 //! - [`run`]: the process: ops endpoints, leader election, controllers, shutdown.
 
-pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod error;
@@ -29,7 +28,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::OperatorConfig;
+// The settings `run` takes; they live in `datatracing-config`.
+pub use datatracing_config::{LeaderElectionConfig, OperatorConfig};
 pub use error::{Error, Result};
 
 /// Runs the operator until `shutdown` fires: serves `/healthz`, `/readyz` and `/metrics`,

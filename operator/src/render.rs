@@ -9,16 +9,16 @@
 
 use std::collections::BTreeMap;
 
-use datatracing_collector::CollectorConfig;
+use datatracing_config::{
+    Backend, ClickHouseConfig, CollectorConfig, Config, LogConfig, LogFormat, QueryConfig,
+    StorageConfig,
+};
 use datatracing_core::policy::SamplingPolicy;
-use datatracing_query::QueryConfig;
-use datatracing_store_clickhouse::ClickHouseConfig;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -94,28 +94,6 @@ pub struct Desired {
     pub pdb: Option<PodDisruptionBudget>,
 }
 
-/// The configuration file's shape: the sections of `datatracing`'s configuration the pods
-/// use, built from the same structs the binary parses.
-#[derive(Serialize)]
-struct ConfigFile<'a> {
-    log: LogSection,
-    storage: StorageSection<'a>,
-    collector: &'a CollectorConfig,
-    query: &'a QueryConfig,
-}
-
-#[derive(Serialize)]
-struct LogSection {
-    format: &'static str,
-    level: &'static str,
-}
-
-#[derive(Serialize)]
-struct StorageSection<'a> {
-    backend: &'static str,
-    clickhouse: &'a ClickHouseConfig,
-}
-
 /// The ClickHouse settings a pipeline's pods (and the operator's retention calls) use.
 pub fn clickhouse_config(p: &TracingPipeline) -> ClickHouseConfig {
     let s = &p.spec.storage;
@@ -158,32 +136,36 @@ pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig 
     cfg
 }
 
+/// The whole configuration a pipeline's pods run: the binary's own [`Config`], so the
+/// rendered file cannot drift from what the binary parses.
+pub fn pod_config(p: &TracingPipeline, sampling: bool) -> Config {
+    Config {
+        log: LogConfig {
+            format: LogFormat::Json,
+            level: "info".into(),
+        },
+        storage: StorageConfig {
+            backend: Backend::Clickhouse,
+            clickhouse: clickhouse_config(p),
+            ..StorageConfig::default()
+        },
+        collector: collector_config(p, sampling),
+        query: QueryConfig::default(),
+    }
+}
+
 /// Renders the configuration file and checks it the way the binary will. Returns the file and
 /// the hash of the sections the query server reads.
 pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<(String, String)> {
-    let clickhouse = clickhouse_config(p);
-    let collector = collector_config(p, sampling);
-    let query = QueryConfig::default();
-    clickhouse
+    let config = pod_config(p, sampling);
+    config
         .validate()
-        .map_err(|e| Error::InvalidConfiguration(format!("storage: {e}")))?;
-    collector
-        .validate()
-        .map_err(|e| Error::InvalidConfiguration(format!("collector: {e}")))?;
-    let file = ConfigFile {
-        log: LogSection {
-            format: "json",
-            level: "info",
-        },
-        storage: StorageSection {
-            backend: "clickhouse",
-            clickhouse: &clickhouse,
-        },
-        collector: &collector,
-        query: &query,
-    };
-    let body = serde_yaml::to_string(&file).map_err(|e| Error::Render(e.to_string()))?;
-    let query_view = serde_yaml::to_string(&(&file.log, &file.storage, &file.query))
+        .map_err(|e| Error::InvalidConfiguration(e.to_string()))?;
+    let body = serde_yaml::to_string(&config).map_err(|e| Error::Render(e.to_string()))?;
+    // The binary interpolates `${VAR}` and reads `$$` as `$`: a `$` in a spec value (a URL,
+    // a user name) must reach the pod as written.
+    let body = body.replace('$', "$$");
+    let query_view = serde_yaml::to_string(&(&config.log, &config.storage, &config.query))
         .map_err(|e| Error::Render(e.to_string()))?;
     let text = format!(
         "# Rendered by the DataTracing operator from TracingPipeline {}/{}; edits are overwritten.\n{body}",
@@ -562,7 +544,7 @@ mod tests {
     #[test]
     fn settings_the_collector_would_refuse_are_reported_not_deployed() {
         let mut p = pipeline();
-        p.spec.collector.queue = Some(datatracing_collector::QueueConfig {
+        p.spec.collector.queue = Some(datatracing_config::QueueConfig {
             max_spans: 10,
             ..Default::default()
         });
@@ -571,6 +553,24 @@ mod tests {
             matches!(e, Error::InvalidConfiguration(ref m) if m.contains("queue.max_spans")),
             "{e}"
         );
+    }
+
+    /// The rendered file is read back by the binary's own loader: it parses (unknown keys
+    /// would fail), validates, and is exactly the typed configuration, `$` included.
+    #[test]
+    fn the_rendered_file_is_what_the_binary_loads() {
+        let mut p = pipeline();
+        p.spec.storage.user = "svc$user".into();
+        for sampling in [None, Some(sampling())] {
+            let d = desired(&p, "img", sampling.as_deref()).unwrap();
+            let text = &d.config_map.data.as_ref().unwrap()[CONFIG_KEY];
+            let loaded = Config::from_yaml(text, &std::collections::HashMap::new()).unwrap();
+            loaded.validate().unwrap();
+            assert_eq!(loaded, pod_config(&p, sampling.is_some()));
+            assert_eq!(loaded.storage.clickhouse.user, "svc$user");
+            assert_eq!(loaded.storage.backend, Backend::Clickhouse);
+            assert_eq!(loaded.collector.sampling.enabled, sampling.is_some());
+        }
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //!   trace summaries, newest first (semantics on [`datatracing_core::TraceQuery`]).
 
 mod api;
-mod config;
 
 use std::sync::Arc;
 
@@ -17,7 +16,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::QueryConfig;
+// In this crate's API (`QueryService::new`), so re-exported for callers; it lives in
+// `datatracing-config`.
+pub use datatracing_config::QueryConfig;
 
 /// The query service's error type.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,12 @@ pub enum Error {
     /// Socket trouble.
     #[error("query I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<datatracing_config::ConfigError> for Error {
+    fn from(e: datatracing_config::ConfigError) -> Self {
+        Error::Config(e.to_string())
+    }
 }
 
 /// Result alias for this crate.

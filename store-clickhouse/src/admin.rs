@@ -4,8 +4,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use clickhouse::Client;
+use datatracing_config::{ClickHouseConfig, Compression};
 
-use crate::config::{ClickHouseConfig, Compression};
 use crate::error::{Error, Result};
 use crate::rows::TableRow;
 use crate::schema::Schema;

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use clickhouse::Client;
+use datatracing_config::ClickHouseBatchConfig;
 use datatracing_core::{RetryPolicy, Span};
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::admin::timed;
-use crate::config::ClickHouseBatchConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{ClickHouseMetrics, ReasonLabel};
 use crate::rows::SpanRow;

@@ -60,6 +60,12 @@ fn parse_code(message: &str) -> Option<u32> {
     rest[..end].parse().ok()
 }
 
+impl From<datatracing_config::ConfigError> for Error {
+    fn from(e: datatracing_config::ConfigError) -> Self {
+        Error::Config(e.to_string())
+    }
+}
+
 impl Error {
     /// Whether retrying the same request later may succeed.
     pub fn is_transient(&self) -> bool {

@@ -13,7 +13,6 @@
 
 mod admin;
 mod batcher;
-mod config;
 mod error;
 mod metrics;
 mod reader;
@@ -22,7 +21,9 @@ pub mod schema;
 mod store;
 
 pub use admin::{ClickHouseAdmin, MigrationReport, RetentionReport, TableRetention};
-pub use config::{ClickHouseBatchConfig, ClickHouseConfig, Compression};
+// The settings are in this crate's API (`ClickHouseStore::open`, `ClickHouseAdmin::new`), so
+// re-exported for callers; they live in `datatracing-config`.
+pub use datatracing_config::{ClickHouseBatchConfig, ClickHouseConfig, Compression};
 pub use error::{Error, Result};
 pub use metrics::ClickHouseMetrics;
 pub use reader::ClickHouseReader;

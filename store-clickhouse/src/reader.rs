@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datatracing_config::ClickHouseConfig;
 use datatracing_core::{Span, Timestamp, TraceId, TraceQuery, TraceSummary};
 use datatracing_store::{Health, TraceReader};
 
 use crate::admin::{ClickHouseAdmin, timed};
-use crate::config::ClickHouseConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{ClickHouseMetrics, ReasonLabel};
 use crate::rows::{MatchRow, SpanRow, SummaryRow};

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use datatracing_config::ClickHouseConfig;
 use datatracing_core::{Span, TraceId, TraceQuery, TraceSummary};
 use datatracing_store::{Health, TraceReader, TraceWriter};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::ClickHouseAdmin;
 use crate::batcher::{Inserter, Pending};
-use crate::config::ClickHouseConfig;
 use crate::error::Result;
 use crate::metrics::ClickHouseMetrics;
 use crate::reader::ClickHouseReader;

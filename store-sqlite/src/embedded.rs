@@ -6,18 +6,18 @@
 //! small pool of connections on tokio's blocking threads; WAL lets them run while the writer
 //! commits. Retention deletes old spans in bounded chunks from a background task.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use datatracing_config::{EmbeddedConfig, Synchronous};
 use datatracing_core::{
-    AttributeFilter, Attributes, ConfigDuration, Event, Link, Span, SpanId, SpanKind, Status,
-    StatusCode, SummaryBuilder, Timestamp, TraceId, TraceQuery, TraceSummary,
+    AttributeFilter, Attributes, Event, Link, Span, SpanId, SpanKind, Status, StatusCode,
+    SummaryBuilder, Timestamp, TraceId, TraceQuery, TraceSummary,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -31,95 +31,6 @@ const SCHEMA_VERSION: i64 = 1;
 const MAX_GROUP_SPANS: usize = 50_000;
 /// Rows deleted per retention transaction, so writers are never starved by a purge.
 const PURGE_CHUNK: usize = 10_000;
-
-/// How hard commits are flushed to disk.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Synchronous {
-    /// fsync the write-ahead log on every commit: acknowledged spans survive power loss.
-    #[default]
-    Full,
-    /// No fsync on commit: acknowledged spans survive a process crash (`kill -9`) but not
-    /// power loss. Faster on slow disks.
-    Normal,
-}
-
-/// Configuration of the embedded store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct EmbeddedConfig {
-    /// Directory holding the database files; created if missing.
-    pub data_dir: PathBuf,
-    /// Spans that started longer ago than this are deleted in the background; `0` keeps
-    /// everything.
-    pub retention: ConfigDuration,
-    /// How often retention runs.
-    pub retention_interval: ConfigDuration,
-    /// Flush policy for commits.
-    pub synchronous: Synchronous,
-    /// Read connections (concurrent queries).
-    pub read_connections: usize,
-    /// A query running longer than this is interrupted and fails.
-    pub query_timeout: ConfigDuration,
-    /// Page cache per connection, in MiB.
-    pub cache_mib: u32,
-}
-
-impl Default for EmbeddedConfig {
-    fn default() -> Self {
-        Self {
-            data_dir: PathBuf::from("./data"),
-            retention: ConfigDuration::from_secs(7 * 24 * 3600),
-            retention_interval: ConfigDuration::from_secs(300),
-            synchronous: Synchronous::Full,
-            read_connections: 4,
-            query_timeout: ConfigDuration::from_secs(10),
-            cache_mib: 16,
-        }
-    }
-}
-
-impl EmbeddedConfig {
-    /// A configuration for the given directory, other settings default.
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            ..Self::default()
-        }
-    }
-
-    /// Checks the configuration.
-    pub fn validate(&self) -> Result<()> {
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(Error::Config(
-                "storage.embedded.data_dir must not be empty".into(),
-            ));
-        }
-        if self.read_connections == 0 || self.read_connections > 64 {
-            return Err(Error::Config(
-                "storage.embedded.read_connections must be 1..=64".into(),
-            ));
-        }
-        if !self.retention.get().is_zero() && self.retention_interval.get() < Duration::from_secs(1)
-        {
-            return Err(Error::Config(
-                "storage.embedded.retention_interval must be at least 1s".into(),
-            ));
-        }
-        if self.query_timeout.get().is_zero() {
-            return Err(Error::Config(
-                "storage.embedded.query_timeout must be positive".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn db_path(&self) -> PathBuf {
-        self.data_dir.join(DB_FILE)
-    }
-}
 
 /// Whether this process writes (collector, all-in-one) or only reads (standalone query
 /// sharing the collector's data directory).
@@ -283,7 +194,7 @@ fn open_connections(
     cfg: &EmbeddedConfig,
     mode: OpenMode,
 ) -> Result<(Option<Connection>, Vec<Connection>)> {
-    let path = cfg.db_path();
+    let path = cfg.data_dir.join(DB_FILE);
     let writer = match mode {
         OpenMode::ReadWrite => {
             std::fs::create_dir_all(&cfg.data_dir)?;

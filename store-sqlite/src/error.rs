@@ -37,6 +37,12 @@ pub enum Error {
     Config(String),
 }
 
+impl From<datatracing_config::ConfigError> for Error {
+    fn from(e: datatracing_config::ConfigError) -> Self {
+        Error::Config(e.to_string())
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

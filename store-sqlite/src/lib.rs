@@ -10,5 +10,8 @@
 mod embedded;
 mod error;
 
-pub use embedded::{EmbeddedConfig, EmbeddedStore, OpenMode, Synchronous};
+// The settings are in this crate's API (`EmbeddedStore::open`), so re-exported for callers;
+// they live in `datatracing-config`.
+pub use datatracing_config::{EmbeddedConfig, Synchronous};
+pub use embedded::{EmbeddedStore, OpenMode};
 pub use error::{Error, Result};

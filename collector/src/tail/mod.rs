@@ -7,14 +7,13 @@
 //! either, the oldest traces are decided early (and counted). Buffered spans live in memory:
 //! a crash loses undecided traces, as with every tail sampler.
 //!
-//! Modules: [`config`](SamplingConfig) (settings), `metrics`, `policy` (the policy in force
+//! Settings are `datatracing_config::SamplingConfig`. Modules: `metrics`, `policy` (the policy in force
 //! and its reload watch), `buffer` (spans awaiting a decision), `decisions` (decisions
 //! remembered for late spans), `lineage` (links and awaited linked traces), `sampler` (the
 //! decision passes) and `admin` (status and reload routes).
 
 mod admin;
 mod buffer;
-mod config;
 mod decisions;
 mod lineage;
 mod metrics;
@@ -22,7 +21,6 @@ mod policy;
 mod sampler;
 
 pub(crate) use admin::admin_routes;
-pub use config::{SamplingConfig, ShutdownRule};
 pub use metrics::SamplingMetrics;
 pub(crate) use policy::watch_policy;
 pub use policy::{PolicyHolder, PolicyStatus};

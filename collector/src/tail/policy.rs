@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use datatracing_config::SamplingConfig;
 use datatracing_core::policy::{CompiledPolicy, SamplingPolicy};
 use serde::Serialize;
 
-use super::config::SamplingConfig;
 use super::metrics::{OutcomeLabel, SamplingMetrics};
 
 /// What the status endpoint reports.

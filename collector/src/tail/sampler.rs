@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use datatracing_config::{SamplingConfig, ShutdownRule};
 use datatracing_core::policy::{Decision, LINEAGE_RULE, TraceFacts};
 use datatracing_core::{AttributeValue, ConfigDuration, Span, Timestamp, TraceId};
 
 use super::buffer::{Timing, TraceBuffer};
-use super::config::{SamplingConfig, ShutdownRule};
 use super::decisions::DecisionCache;
 use super::lineage::Lineage;
 use super::metrics::{DecisionLabels, OutcomeLabel, ReasonLabel, SamplingMetrics};

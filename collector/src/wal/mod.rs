@@ -24,38 +24,9 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use datatracing_core::{ConfigDuration, Span};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use datatracing_config::DurableQueueConfig;
+use datatracing_core::Span;
 use tokio::sync::{mpsc, oneshot, watch};
-
-/// Durable queue settings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct DurableQueueConfig {
-    /// Acknowledge after the local log, not after the store.
-    pub enabled: bool,
-    /// Directory of the log.
-    pub dir: PathBuf,
-    /// Most bytes of not-yet-written spans kept; when full, requests are refused (429).
-    pub max_bytes: u64,
-    /// Segment size at which a new file starts.
-    pub segment_bytes: u64,
-    /// Delay between store write attempts while the store is down (doubles up to 30s).
-    pub retry_backoff: ConfigDuration,
-}
-
-impl Default for DurableQueueConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            dir: PathBuf::from("./data/collector-wal"),
-            max_bytes: 1024 * 1024 * 1024,
-            segment_bytes: 64 * 1024 * 1024,
-            retry_backoff: ConfigDuration::from_millis(200),
-        }
-    }
-}
 
 /// A position in the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use datatracing_config::OperatorConfig;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::conditions::EventReason;
-use crate::config::OperatorConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 

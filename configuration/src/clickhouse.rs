@@ -1,4 +1,4 @@
-//! ClickHouse store configuration.
+//! The ClickHouse store's settings (`storage.clickhouse:`).
 
 use std::path::PathBuf;
 
@@ -6,7 +6,7 @@ use datatracing_core::ConfigDuration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{ConfigError, Result};
 
 /// How insert bodies are compressed on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -151,7 +151,7 @@ impl ClickHouseConfig {
     /// Checks the settings. Database and cluster names go into DDL, so they must be plain
     /// identifiers.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Config(m));
+        let bad = |m: String| Err(ConfigError::Invalid(m));
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return bad(format!(
                 "storage.clickhouse.url must be an http(s) URL, got {:?}",
@@ -203,8 +203,10 @@ impl ClickHouseConfig {
         match &self.password_file {
             Some(path) => std::fs::read_to_string(path)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| {
-                    Error::Config(format!("cannot read password_file {}: {e}", path.display()))
+                .map_err(|source| ConfigError::ReadReferenced {
+                    what: "password_file",
+                    path: path.display().to_string(),
+                    source,
                 }),
             None => Ok(self.password.clone()),
         }

@@ -1,4 +1,4 @@
-//! Query service configuration.
+//! The query server's settings (`query:`).
 
 use std::net::SocketAddr;
 
@@ -6,7 +6,7 @@ use datatracing_core::ConfigDuration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{ConfigError, Result};
 
 /// Query service settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -34,8 +34,8 @@ impl QueryConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
         if self.request_timeout.get().is_zero() {
-            return Err(Error::Config(
-                "query.request_timeout must be positive".into(),
+            return Err(ConfigError::invalid(
+                "query.request_timeout must be positive",
             ));
         }
         Ok(())

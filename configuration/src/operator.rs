@@ -1,12 +1,12 @@
-//! Operator settings: serde with explicit defaults, a validate step, and overrides from the
-//! `datatracing operator` flags and `DATATRACING_OPERATOR_*` variables.
+//! The operator's settings (`operator:`), also set by the `datatracing operator` flags and
+//! `DATATRACING_OPERATOR_*` variables (flags win over the file).
 
 use std::net::SocketAddr;
 
 use datatracing_core::ConfigDuration;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{ConfigError, Result};
 
 /// Leader election on a `coordination.k8s.io` Lease.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,24 +88,26 @@ impl Default for OperatorConfig {
 impl OperatorConfig {
     /// Checks values and relations.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        let bad = |m: &str| Err(ConfigError::invalid(m));
         if self.image.trim().is_empty() {
-            return bad("image must not be empty");
+            return bad("operator.image must not be empty");
         }
         if self.field_manager.trim().is_empty() {
-            return bad("field_manager must not be empty");
+            return bad("operator.field_manager must not be empty");
         }
         let le = &self.leader_election;
         if le.enabled && le.renew_interval.get() >= le.lease_duration.get() {
-            return bad("leader_election.renew_interval must be shorter than lease_duration");
+            return bad(
+                "operator.leader_election.renew_interval must be shorter than lease_duration",
+            );
         }
         if self.retry_backoff.get().is_zero()
             || self.retry_backoff.get() > self.max_retry_backoff.get()
         {
-            return bad("retry_backoff must be positive and at most max_retry_backoff");
+            return bad("operator.retry_backoff must be positive and at most max_retry_backoff");
         }
         if self.clickhouse_timeout.get().is_zero() {
-            return bad("clickhouse_timeout must be positive");
+            return bad("operator.clickhouse_timeout must be positive");
         }
         Ok(())
     }

@@ -1,10 +1,13 @@
-//! Tail-sampling settings.
+//! Tail sampling settings (`collector.sampling:`). The policy itself is a separate file
+//! (`policy_file`), modelled in `datatracing_core::policy`.
 
 use std::path::PathBuf;
 
 use datatracing_core::ConfigDuration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::{ConfigError, Result};
 
 /// What happens to buffered traces at shutdown.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -77,21 +80,25 @@ impl Default for SamplingConfig {
 
 impl SamplingConfig {
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
         if self.enabled && self.policy_file.is_none() {
-            return Err(
-                "collector.sampling.policy_file is required when sampling is enabled".into(),
-            );
+            return Err(ConfigError::invalid(
+                "collector.sampling.policy_file is required when sampling is enabled",
+            ));
         }
         if self.max_traces == 0
             || self.max_bytes == 0
             || self.max_spans_per_trace == 0
             || self.decision_cache_size == 0
         {
-            return Err("collector.sampling limits must be positive".into());
+            return Err(ConfigError::invalid(
+                "collector.sampling limits must be positive",
+            ));
         }
         if self.lineage_timeout.get().is_zero() {
-            return Err("collector.sampling.lineage_timeout must be positive".into());
+            return Err(ConfigError::invalid(
+                "collector.sampling.lineage_timeout must be positive",
+            ));
         }
         Ok(())
     }

@@ -1,12 +1,14 @@
-//! Collector configuration.
+//! The collector's settings (`collector:`): listeners, request limits, the queue, the
+//! durable queue, write batching. Tail sampling's section is in [`crate::sampling`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use datatracing_core::{ConfigDuration, Limits};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{ConfigError, Result, SamplingConfig};
 
 /// Collector settings. Unknown keys are errors; every key has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -28,9 +30,9 @@ pub struct CollectorConfig {
     /// The queue between receiving and writing.
     pub queue: QueueConfig,
     /// The optional durable (on-disk) queue: acknowledge after the log, write later.
-    pub durable_queue: crate::wal::DurableQueueConfig,
+    pub durable_queue: DurableQueueConfig,
     /// Tail sampling with a policy.
-    pub sampling: crate::tail::SamplingConfig,
+    pub sampling: SamplingConfig,
     /// Write batching.
     pub batch: BatchConfig,
     /// A request taking longer than this is answered with 504.
@@ -83,6 +85,34 @@ pub struct BatchConfig {
     pub max_in_flight: usize,
 }
 
+/// Durable queue settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurableQueueConfig {
+    /// Acknowledge after the local log, not after the store.
+    pub enabled: bool,
+    /// Directory of the log.
+    pub dir: PathBuf,
+    /// Most bytes of not-yet-written spans kept; when full, requests are refused (429).
+    pub max_bytes: u64,
+    /// Segment size at which a new file starts.
+    pub segment_bytes: u64,
+    /// Delay between store write attempts while the store is down (doubles up to 30s).
+    pub retry_backoff: ConfigDuration,
+}
+
+impl Default for DurableQueueConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dir: PathBuf::from("./data/collector-wal"),
+            max_bytes: 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            retry_backoff: ConfigDuration::from_millis(200),
+        }
+    }
+}
+
 impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
@@ -93,8 +123,8 @@ impl Default for CollectorConfig {
             max_spans_per_request: 20_000,
             limits: Limits::default(),
             queue: QueueConfig::default(),
-            durable_queue: crate::wal::DurableQueueConfig::default(),
-            sampling: crate::tail::SamplingConfig::default(),
+            durable_queue: DurableQueueConfig::default(),
+            sampling: SamplingConfig::default(),
             batch: BatchConfig::default(),
             request_timeout: ConfigDuration::from_secs(30),
             drain_timeout: ConfigDuration::from_secs(15),
@@ -125,9 +155,9 @@ impl Default for BatchConfig {
 impl CollectorConfig {
     /// Checks the settings and their relations.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Config(m.to_string()));
-        self.limits.validate().map_err(Error::Config)?;
-        self.sampling.validate().map_err(Error::Config)?;
+        let bad = |m: &str| Err(ConfigError::invalid(m));
+        self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.sampling.validate()?;
         if self.max_body_bytes < 1024 {
             return bad("collector.max_body_bytes must be at least 1024");
         }

@@ -1,0 +1,218 @@
+//! The configuration file as a whole: its sections, loading (YAML after `${VAR}`
+//! interpolation) and the whole-file validation.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::interpolate::interpolate;
+use crate::{ClickHouseConfig, CollectorConfig, ConfigError, EmbeddedConfig, QueryConfig};
+
+/// Log output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,datatracing_store=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Which store backs the services.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded store on local disk.
+    #[default]
+    Embedded,
+    /// A ClickHouse server.
+    Clickhouse,
+}
+
+/// Storage settings. Only the section of the chosen backend is used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The backend.
+    pub backend: Backend,
+    /// Embedded store settings.
+    pub embedded: EmbeddedConfig,
+    /// ClickHouse settings.
+    pub clickhouse: ClickHouseConfig,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Logging.
+    pub log: LogConfig,
+    /// Storage.
+    pub storage: StorageConfig,
+    /// The collector (ingest) server.
+    pub collector: CollectorConfig,
+    /// The query server.
+    pub query: QueryConfig,
+}
+
+impl Config {
+    /// Parses YAML text after interpolating variables from `env`.
+    pub fn from_yaml(text: &str, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let text = interpolate(text, env)?;
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        Ok(serde_yaml::from_str(&text)?)
+    }
+
+    /// Reads and parses a file.
+    pub fn from_file(path: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text, env)
+    }
+
+    /// Checks the sections the chosen setup uses: the chosen storage backend's, the
+    /// collector's and the query server's. `log.level`'s filter syntax is checked where the
+    /// filter is built (the command's logging set-up owns `tracing-subscriber`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.log.level.trim().is_empty() {
+            return Err(ConfigError::invalid("log.level must not be empty"));
+        }
+        match self.storage.backend {
+            Backend::Embedded => self.storage.embedded.validate()?,
+            Backend::Clickhouse => self.storage.clickhouse.validate()?,
+        }
+        self.collector.validate()?;
+        self.query.validate()?;
+        Ok(())
+    }
+}
+
+/// Parses the lowercase names the file uses, so flags and variables take the same words.
+macro_rules! named_enum {
+    ($t:ty, $what:literal, $($name:literal => $v:expr),+) => {
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($v),)+
+                    other => Err(format!(
+                        concat!("unknown ", $what, " {:?} (expected one of: {})"),
+                        other,
+                        [$($name),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                $(if *self == $v {
+                    return f.write_str($name);
+                })+
+                Ok(())
+            }
+        }
+    };
+}
+
+named_enum!(LogFormat, "log format", "text" => LogFormat::Text, "json" => LogFormat::Json);
+named_enum!(Backend, "storage backend", "embedded" => Backend::Embedded, "clickhouse" => Backend::Clickhouse);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn enum_names_are_the_file_words() {
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!("clickhouse".parse::<Backend>(), Ok(Backend::Clickhouse));
+        assert_eq!(Backend::Embedded.to_string(), "embedded");
+        assert_eq!(LogFormat::Text.to_string(), "text");
+        let e = "xml".parse::<LogFormat>().unwrap_err();
+        assert!(e.contains("\"xml\"") && e.contains("text, json"), "{e}");
+    }
+
+    #[test]
+    fn yaml_with_defaults_and_unknown_keys() {
+        let yaml = "storage:\n  embedded:\n    data_dir: ${DIR:-/tmp/x}\n    retention: 24h\ncollector:\n  listen: 127.0.0.1:${PORT}\n";
+        let c = Config::from_yaml(yaml, &env(&[("PORT", "4400")])).unwrap();
+        assert_eq!(
+            c.storage.embedded.data_dir,
+            std::path::PathBuf::from("/tmp/x")
+        );
+        assert_eq!(c.collector.listen.port(), 4400);
+        assert_eq!(
+            c.query.listen.port(),
+            16686,
+            "untouched sections keep defaults"
+        );
+        c.validate().unwrap();
+        let err = Config::from_yaml("collector:\n  lisen: x\n", &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        assert!(Config::from_yaml("", &env(&[])).unwrap() == Config::default());
+        let bad = Config::from_yaml("log:\n  level: \"\"\n", &env(&[])).unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("log.level"));
+    }
+}
+
+#[cfg(test)]
+mod reference_file {
+    use super::*;
+
+    /// `config/datatracing.yaml` documents every key with its default; it must stay exact.
+    #[test]
+    fn reference_config_matches_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/datatracing.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let parsed = Config::from_yaml(&text, &HashMap::new()).unwrap();
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "config/datatracing.yaml drifted from the defaults"
+        );
+        let body: String = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            body,
+            serde_yaml::to_string(&Config::default()).unwrap(),
+            "regenerate with: datatracing print-config"
+        );
+    }
+}
