@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use datatracing_collector::Collector;
-use datatracing_config::{Backend, Config, LogConfig, LogFormat};
+use datatracing_config::{Backend, Config, LogConfig, LogFormat, OperatorConfig};
 use datatracing_core::ConfigDuration;
 use datatracing_http::{HttpMetrics, Readiness};
 use datatracing_query::QueryService;
@@ -84,38 +84,58 @@ pub enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// The Kubernetes operator: reconciles TracingPipeline and SamplingPolicy resources.
-    Operator(OperatorArgs),
+    Operator(Box<OperatorArgs>),
 }
 
-/// `datatracing operator` flags (each also a `DATATRACING_OPERATOR_*` variable).
+/// `datatracing operator` flags (each also a `DATATRACING_OPERATOR_*` variable). Each one
+/// overrides the configuration file's `operator:` section, which holds every setting.
 #[derive(Debug, clap::Args)]
 pub struct OperatorArgs {
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "DATATRACING_OPERATOR_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "DATATRACING_OPERATOR_LISTEN",
-        default_value = "0.0.0.0:8080"
-    )]
-    pub listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics (default 0.0.0.0:8080).
+    #[arg(long, env = "DATATRACING_OPERATOR_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Image for collector and query pods unless a pipeline names one.
     #[arg(long, env = "DATATRACING_OPERATOR_IMAGE")]
     pub image: Option<String>,
-    /// Elect a leader on a Lease (turn off only for a single replica).
-    #[arg(long, env = "DATATRACING_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_elect: bool,
-    /// Lease name.
-    #[arg(
-        long,
-        env = "DATATRACING_OPERATOR_LEASE_NAME",
-        default_value = "datatracing-operator"
-    )]
-    pub lease_name: String,
+    /// Field manager for server-side apply (default datatracing-operator).
+    #[arg(long, env = "DATATRACING_OPERATOR_FIELD_MANAGER")]
+    pub field_manager: Option<String>,
+    /// Elect a leader on a Lease (default true; turn off only for a single replica).
+    #[arg(long, env = "DATATRACING_OPERATOR_LEADER_ELECT", action = clap::ArgAction::Set)]
+    pub leader_elect: Option<bool>,
+    /// Lease name (default datatracing-operator).
+    #[arg(long, env = "DATATRACING_OPERATOR_LEASE_NAME")]
+    pub lease_name: Option<String>,
     /// Lease namespace (default: POD_NAMESPACE, else the watched namespace, else default).
     #[arg(long, env = "DATATRACING_OPERATOR_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: POD_NAME, else the host name).
+    #[arg(long, env = "DATATRACING_OPERATOR_IDENTITY")]
+    pub identity: Option<String>,
+    /// A Lease not renewed for this long may be taken over (default 15s).
+    #[arg(long, env = "DATATRACING_OPERATOR_LEASE_DURATION")]
+    pub lease_duration: Option<ConfigDuration>,
+    /// How often the leader renews its Lease (default 5s).
+    #[arg(long, env = "DATATRACING_OPERATOR_RENEW_INTERVAL")]
+    pub renew_interval: Option<ConfigDuration>,
+    /// Longest a ClickHouse call (ping, migrate, retention) may take (default 10s).
+    #[arg(long, env = "DATATRACING_OPERATOR_CLICKHOUSE_TIMEOUT")]
+    pub clickhouse_timeout: Option<ConfigDuration>,
+    /// First retry delay after a failed reconcile (default 1s).
+    #[arg(long, env = "DATATRACING_OPERATOR_RETRY_BACKOFF")]
+    pub retry_backoff: Option<ConfigDuration>,
+    /// Longest retry delay after failed reconciles (default 5m).
+    #[arg(long, env = "DATATRACING_OPERATOR_MAX_RETRY_BACKOFF")]
+    pub max_retry_backoff: Option<ConfigDuration>,
+    /// Re-check every pipeline this often even without changes (default 5m).
+    #[arg(long, env = "DATATRACING_OPERATOR_RESYNC_INTERVAL")]
+    pub resync_interval: Option<ConfigDuration>,
+    /// On shutdown, the longest wait for reconciles in flight (default 10s).
+    #[arg(long, env = "DATATRACING_OPERATOR_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<ConfigDuration>,
     /// Kubeconfig file (default: in-cluster, else KUBECONFIG or ~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -125,19 +145,35 @@ pub struct OperatorArgs {
 }
 
 impl OperatorArgs {
-    /// The operator settings these flags describe.
-    pub fn config(&self) -> datatracing_operator::OperatorConfig {
-        let mut c = datatracing_operator::OperatorConfig {
-            namespace: self.namespace.clone(),
-            listen: self.listen,
-            ..Default::default()
-        };
-        if let Some(i) = &self.image {
-            c.image = i.clone();
+    /// `base` (the file's `operator:` section) with the flags and variables given applied.
+    pub fn config(&self, base: OperatorConfig) -> OperatorConfig {
+        fn set<T: Clone>(slot: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *slot = v.clone();
+            }
         }
-        c.leader_election.enabled = self.leader_elect;
-        c.leader_election.lease_name = self.lease_name.clone();
-        c.leader_election.lease_namespace = self.lease_namespace.clone();
+        fn set_opt<T: Clone>(slot: &mut Option<T>, flag: &Option<T>) {
+            if flag.is_some() {
+                slot.clone_from(flag);
+            }
+        }
+        let mut c = base;
+        set_opt(&mut c.namespace, &self.namespace);
+        set(&mut c.listen, &self.listen);
+        set(&mut c.image, &self.image);
+        set(&mut c.field_manager, &self.field_manager);
+        set(&mut c.clickhouse_timeout, &self.clickhouse_timeout);
+        set(&mut c.retry_backoff, &self.retry_backoff);
+        set(&mut c.max_retry_backoff, &self.max_retry_backoff);
+        set(&mut c.resync_interval, &self.resync_interval);
+        set(&mut c.drain_timeout, &self.drain_timeout);
+        let le = &mut c.leader_election;
+        set(&mut le.enabled, &self.leader_elect);
+        set(&mut le.lease_name, &self.lease_name);
+        set_opt(&mut le.lease_namespace, &self.lease_namespace);
+        set_opt(&mut le.identity, &self.identity);
+        set(&mut le.lease_duration, &self.lease_duration);
+        set(&mut le.renew_interval, &self.renew_interval);
         c
     }
 
@@ -217,6 +253,9 @@ impl Cli {
         }
         if let Some(p) = env.get("DATATRACING_CLICKHOUSE_PASSWORD") {
             c.storage.clickhouse.password = p.clone();
+        }
+        if let Command::Operator(args) = &self.command {
+            c.operator = args.config(c.operator);
         }
         c.validate()?;
         // The filter syntax is tracing-subscriber's, so it is checked here where the filter
@@ -369,9 +408,10 @@ pub async fn run(
         Command::Collector => (true, false),
         Command::Query => (false, true),
         Command::Operator(args) => {
-            // The operator opens no store; of the configuration it uses logging only.
+            // The operator opens no store; it uses the `operator:` section (flags applied by
+            // `effective_config`) and logging.
             let client = args.client().await?;
-            return Ok(datatracing_operator::run(args.config(), client, shutdown).await?);
+            return Ok(datatracing_operator::run(config.operator, client, shutdown).await?);
         }
         Command::PrintConfig | Command::Migrate | Command::Policy(_) => return Ok(()),
     };
@@ -452,4 +492,78 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn effective(args: &[&str], file: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("datatracing.yaml");
+        std::fs::write(&path, file)?;
+        let path = path.to_str().unwrap_or_default().to_string();
+        let argv = ["datatracing", "--config", &path]
+            .into_iter()
+            .chain(args.iter().copied());
+        Cli::try_parse_from(argv)?.effective_config(&HashMap::new())
+    }
+
+    /// The file's `operator:` section reaches the operator; a flag wins over the file.
+    #[test]
+    fn operator_settings_come_from_the_file_and_flags_override_them() {
+        let file = "operator:\n  resync_interval: 7m\n  field_manager: from-file\n  leader_election:\n    lease_name: from-file\n    lease_duration: 40s\n";
+        let c = effective(
+            &[
+                "operator",
+                "--lease-name",
+                "from-flag",
+                "--renew-interval",
+                "9s",
+            ],
+            file,
+        )
+        .unwrap();
+        let o = &c.operator;
+        assert_eq!(o.resync_interval.get().as_secs(), 420);
+        assert_eq!(o.field_manager, "from-file");
+        assert_eq!(o.leader_election.lease_name, "from-flag");
+        assert_eq!(o.leader_election.lease_duration.get().as_secs(), 40);
+        assert_eq!(o.leader_election.renew_interval.get().as_secs(), 9);
+        assert!(
+            o.leader_election.enabled,
+            "unset flags keep the file (or default) value"
+        );
+
+        let err = effective(&["operator", "--renew-interval", "50s"], file).unwrap_err();
+        assert!(err.to_string().contains("renew_interval"), "{err}");
+    }
+
+    /// Every operator setting can also be set by a `DATATRACING_OPERATOR_*` variable.
+    #[test]
+    fn every_operator_flag_has_a_variable() {
+        let cli = Cli::command();
+        let operator = cli
+            .find_subcommand("operator")
+            .expect("operator subcommand");
+        let mut flags = 0;
+        for arg in operator.get_arguments().filter(|a| !a.is_global_set()) {
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert!(
+                env.starts_with("DATATRACING_OPERATOR_") || env == "KUBECONFIG",
+                "--{:?} has no DATATRACING_OPERATOR_ variable",
+                arg.get_long()
+            );
+            flags += 1;
+        }
+        assert!(flags >= 17, "{flags}");
+    }
+
+    #[test]
+    fn a_log_filter_tracing_cannot_parse_is_refused() {
+        let err = effective(&["collector"], "log:\n  level: \"[[[\"\n").unwrap_err();
+        assert!(err.to_string().contains("log.level"), "{err}");
+    }
 }

@@ -9,7 +9,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::interpolate::interpolate;
-use crate::{ClickHouseConfig, CollectorConfig, ConfigError, EmbeddedConfig, QueryConfig};
+use crate::{
+    ClickHouseConfig, CollectorConfig, ConfigError, EmbeddedConfig, OperatorConfig, QueryConfig,
+};
 
 /// Log output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +78,8 @@ pub struct Config {
     pub collector: CollectorConfig,
     /// The query server.
     pub query: QueryConfig,
+    /// The Kubernetes operator (`datatracing operator`).
+    pub operator: OperatorConfig,
 }
 
 impl Config {
@@ -97,9 +101,10 @@ impl Config {
         Self::from_yaml(&text, env)
     }
 
-    /// Checks the sections the chosen setup uses: the chosen storage backend's, the
-    /// collector's and the query server's. `log.level`'s filter syntax is checked where the
-    /// filter is built (the command's logging set-up owns `tracing-subscriber`).
+    /// Checks the chosen storage backend's section and every other section, so a mistake
+    /// anywhere in the file is reported whichever command reads it. `log.level`'s filter
+    /// syntax is checked where the filter is built (the command's logging set-up owns
+    /// `tracing-subscriber`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.log.level.trim().is_empty() {
             return Err(ConfigError::invalid("log.level must not be empty"));
@@ -110,6 +115,7 @@ impl Config {
         }
         self.collector.validate()?;
         self.query.validate()?;
+        self.operator.validate()?;
         Ok(())
     }
 }
@@ -183,9 +189,78 @@ mod tests {
         c.validate().unwrap();
         let err = Config::from_yaml("collector:\n  lisen: x\n", &env(&[])).unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+        let err = Config::from_yaml("operator:\n  imagee: x\n", &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("imagee"), "{err}");
         assert!(Config::from_yaml("", &env(&[])).unwrap() == Config::default());
         let bad = Config::from_yaml("log:\n  level: \"\"\n", &env(&[])).unwrap();
-        assert!(bad.validate().unwrap_err().to_string().contains("log.level"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("log.level")
+        );
+    }
+
+    /// Every operator setting comes from the file's `operator:` section, with `${VAR}`
+    /// interpolation like the rest, and the whole-file check covers the section.
+    #[test]
+    fn the_operator_section_sets_every_operator_setting() {
+        let yaml = "\
+operator:
+  namespace: team-a
+  listen: 127.0.0.1:${OPS_PORT}
+  image: registry.local/datatracing:dev
+  field_manager: dt-test
+  clickhouse_timeout: 3s
+  retry_backoff: 2s
+  max_retry_backoff: 1m
+  resync_interval: 10m
+  drain_timeout: 20s
+  leader_election:
+    enabled: false
+    lease_name: dt-lease
+    lease_namespace: ops
+    identity: replica-1
+    lease_duration: 30s
+    renew_interval: 10s
+";
+        let c = Config::from_yaml(yaml, &env(&[("OPS_PORT", "9090")])).unwrap();
+        c.validate().unwrap();
+        let o = &c.operator;
+        let secs = |d: datatracing_core::ConfigDuration| d.get().as_secs();
+        assert_eq!(o.namespace.as_deref(), Some("team-a"));
+        assert_eq!(o.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(o.image, "registry.local/datatracing:dev");
+        assert_eq!(o.field_manager, "dt-test");
+        assert_eq!(
+            [
+                secs(o.clickhouse_timeout),
+                secs(o.retry_backoff),
+                secs(o.max_retry_backoff),
+                secs(o.resync_interval),
+                secs(o.drain_timeout),
+            ],
+            [3, 2, 60, 600, 20]
+        );
+        let le = &o.leader_election;
+        assert!(!le.enabled);
+        assert_eq!(le.lease_name, "dt-lease");
+        assert_eq!(le.lease_namespace.as_deref(), Some("ops"));
+        assert_eq!(le.identity.as_deref(), Some("replica-1"));
+        assert_eq!((secs(le.lease_duration), secs(le.renew_interval)), (30, 10));
+        assert_eq!(
+            c.collector,
+            CollectorConfig::default(),
+            "other sections untouched"
+        );
+
+        let bad = Config::from_yaml(
+            "operator:\n  leader_election:\n    lease_duration: 5s\n    renew_interval: 5s\n",
+            &env(&[]),
+        )
+        .unwrap();
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("operator.leader_election.renew_interval"), "{e}");
     }
 }
 

@@ -180,8 +180,9 @@ fn the_operator_manifests_pass_flags_the_binary_accepts() {
         let datatracing_cli::Command::Operator(op) = cli.command else {
             panic!("not the operator: {args:?}")
         };
-        assert!(op.config().validate().is_ok());
-        assert!(op.leader_elect);
+        let config = op.config(datatracing_config::OperatorConfig::default());
+        assert!(config.validate().is_ok());
+        assert!(config.leader_election.enabled);
     }
 }
 
@@ -232,8 +233,18 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
         "crd/samplingpolicies.datatracing.io",
         "--timeout=60s",
     ]);
+    // Settings from the file's `operator:` section, one of them overridden by its variable.
+    let config_path = dir.path().join("datatracing.yaml");
+    std::fs::write(
+        &config_path,
+        "operator:\n  field_manager: dt-from-file\n  leader_election:\n    lease_name: lease-from-file\n    identity: replica-from-file\n    lease_duration: 21s\n    renew_interval: 4s\n",
+    )
+    .unwrap();
     let log_path = dir.path().join("operator.log");
     let mut child = operator(port)
+        .arg("--config")
+        .arg(&config_path)
+        .env("DATATRACING_OPERATOR_IDENTITY", "replica-from-env")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -248,8 +259,7 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
             .await
             .is_ok_and(|r| r.status() == 200);
         if ok
-            && kubectl(&["get", "lease", "-n", "default", "-o", "name"])
-                .contains("datatracing-operator")
+            && kubectl(&["get", "lease", "-n", "default", "-o", "name"]).contains("lease-from-file")
         {
             break;
         }
@@ -264,6 +274,19 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let lease = |path: &str| {
+        kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "default",
+            "lease-from-file",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    };
+    assert_eq!(lease(".spec.holderIdentity"), "replica-from-env");
+    assert_eq!(lease(".spec.leaseDurationSeconds"), "21");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -282,14 +305,9 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(exit.success(), "exit status {exit:?}; log:\n{}", log());
-    let holder = kubectl(&[
-        "get",
-        "lease",
-        "-n",
-        "default",
-        "datatracing-operator",
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ]);
-    assert_eq!(holder, "", "the lease is released on shutdown");
+    assert_eq!(
+        lease(".spec.holderIdentity"),
+        "",
+        "the lease is released on shutdown"
+    );
 }

@@ -151,6 +151,8 @@ pub fn pod_config(p: &TracingPipeline, sampling: bool) -> Config {
         },
         collector: collector_config(p, sampling),
         query: QueryConfig::default(),
+        // The pods do not run the operator; its section stays at the defaults.
+        ..Config::default()
     }
 }
 
