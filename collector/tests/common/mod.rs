@@ -74,6 +74,11 @@ impl TraceReader for FaultyStore {
     }
 }
 
+/// Permits of the write gate: each write takes one, `hold_writes` takes them all. It must fit
+/// in `acquire_many`'s u32: `Semaphore::MAX_PERMITS as u32` truncates, so holding took only
+/// part of the permits and writes went through while "held".
+const GATE_PERMITS: u32 = 1 << 20;
+
 pub struct Harness {
     pub _dir: tempfile::TempDir,
     pub store: Arc<FaultyStore>,
@@ -95,7 +100,7 @@ pub async fn harness(config: CollectorConfig) -> Harness {
     .unwrap();
     let store = Arc::new(FaultyStore {
         inner,
-        gate: Semaphore::new(Semaphore::MAX_PERMITS),
+        gate: Semaphore::new(GATE_PERMITS as usize),
         fail: AtomicBool::new(false),
         down: AtomicBool::new(false),
         in_write: AtomicUsize::new(0),
@@ -134,10 +139,6 @@ pub fn one_request_queue(spans: usize) -> CollectorConfig {
 impl Harness {
     /// Holds every store write at the gate until the returned permit is dropped.
     pub async fn hold_writes(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.store
-            .gate
-            .acquire_many(Semaphore::MAX_PERMITS as u32)
-            .await
-            .unwrap()
+        self.store.gate.acquire_many(GATE_PERMITS).await.unwrap()
     }
 }
