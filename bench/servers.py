@@ -176,6 +176,8 @@ def datatracing(args, name, work, sampling=False, clickhouse_url=None):
                   f"    database: bench{random.randrange(1 << 30)}"]
     else:
         lines += ["  backend: embedded", "  embedded:", f"    data_dir: {os.path.join(work, 'data')}"]
+        # Experiments with the embedded store's settings, e.g. `synchronous: normal`.
+        lines += [f"    {kv.replace('=', ': ', 1)}" for kv in args.embedded_setting]
     cfg = os.path.join(work, "datatracing.yaml")
     with open(cfg, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -315,6 +315,8 @@ def main():
     ap.add_argument("--load-core", type=int, default=1)
     ap.add_argument("--run-timeout", type=int, default=300)
     ap.add_argument("--settle-timeout", type=int, default=60)
+    ap.add_argument("--embedded-setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra storage.embedded setting for the DataTracing embedded runs (repeatable)")
     ap.add_argument("--perf", action="store_true",
                     help="record `perf record -g` of the server during each max-rate run (perf.data in the run's directory; kept)")
     ap.add_argument("--out", required=True, help="results directory")
