@@ -301,7 +301,7 @@ def main():
     ap.add_argument("--only", default=",".join(CONFIGS), help="comma-separated configurations")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--spans", type=int, default=300_000)
-    ap.add_argument("--load", choices=["telemetrygen", "replay"], default="telemetrygen",
+    ap.add_argument("--load", choices=["telemetrygen", "replay"], default="replay",
                     help="max-rate load generator (see load())")
     ap.add_argument("--generators", type=int, default=4,
                     help="telemetrygen processes, or replay connections, in the max-rate run")
