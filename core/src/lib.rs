@@ -22,7 +22,10 @@ pub use dag::{CrossTraceLink, DagEdge, EdgeType, TraceDag, UnresolvedLink};
 pub use duration::{ConfigDuration, exponential_backoff, format_duration_ns, parse_duration_ns};
 pub use error::{Error, Result};
 pub use ids::{SpanId, TraceId};
-pub use query::{AttributeFilter, SummaryBuilder, TraceQuery, TraceSummary};
+pub use query::{
+    AttributeFilter, AttributeMatcher, AttributeOp, DurationScope, MAX_NAMES, NumericOp, Operation,
+    SearchCursor, SearchPage, SummaryBuilder, TimeWindow, TraceQuery, TraceSummary,
+};
 pub use retry::RetryPolicy;
 pub use span::{
     AttributeValue, Attributes, Event, Link, LinkType, Span, SpanKind, Status, StatusCode,

@@ -125,6 +125,7 @@ impl SearchParams {
             max_duration_nanos: dur("max_duration", self.max_duration)?,
             attributes,
             limit,
+            ..TraceQuery::default()
         };
         q.validate()?;
         Ok(q)
@@ -137,9 +138,9 @@ async fn search(
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let query = SearchParams::from_query_string(raw.as_deref().unwrap_or(""))?.into_query()?;
-    let traces = store.search(&query).await?;
+    let page = store.search(&query).await?;
     Ok(axum::Json(serde_json::json!({
-        "traces": traces,
+        "traces": page.traces,
         "limit": query.limit,
     })))
 }
@@ -171,8 +172,8 @@ mod tests {
                 .unwrap();
         let q = p.into_query().unwrap();
         assert_eq!(q.attributes.len(), 2);
-        assert_eq!(q.attributes[0].value.as_deref(), Some("orders"));
-        assert_eq!(q.attributes[1].value, None);
+        assert_eq!(q.attributes[0], AttributeFilter::eq("dataset", "orders"));
+        assert_eq!(q.attributes[1], AttributeFilter::exists("late"));
         assert!(SearchParams::from_query_string("service=a&service=b").is_err());
         assert!(SearchParams::from_query_string("servce=a").is_err());
 

@@ -245,9 +245,15 @@ impl ClickHouseAdmin {
     pub async fn verify_schema(&self) -> Result<u32> {
         let t = self.query_timeout;
         let db = &self.schema.database;
-        let mut wanted: Vec<String> = ["schema_migrations", "spans", "span_index", "trace_bounds"]
-            .map(String::from)
-            .to_vec();
+        let mut wanted: Vec<String> = [
+            "schema_migrations",
+            "spans",
+            "span_index",
+            "trace_bounds",
+            "span_names",
+        ]
+        .map(String::from)
+        .to_vec();
         if self.schema.attribute_index {
             wanted.push("span_attributes".into());
         }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datatracing_config::ClickHouseConfig;
-use datatracing_core::{Span, Timestamp, TraceId, TraceQuery, TraceSummary};
+use datatracing_core::{
+    AttributeOp, NumericOp, Operation, SearchCursor, SearchPage, Span, SpanKind, TimeWindow,
+    Timestamp, TraceId, TraceQuery, TraceSummary,
+};
 use datatracing_store::{Health, TraceReader};
 
 use crate::admin::{ClickHouseAdmin, timed};
@@ -25,6 +28,7 @@ struct Inner {
     /// `span_attributes` when the attribute index is on.
     attrs_table: Option<String>,
     bounds_table: String,
+    names_table: String,
 }
 
 /// The ClickHouse-backed [`TraceReader`]. Cheap to clone.
@@ -67,6 +71,7 @@ impl ClickHouseReader {
                 .attribute_index
                 .then(|| schema.table("span_attributes")),
             bounds_table: schema.table("trace_bounds"),
+            names_table: schema.table("span_names"),
             admin,
             metrics,
             query_timeout,
@@ -142,99 +147,122 @@ impl TraceReader for ClickHouseReader {
         Ok(Some(spans))
     }
 
-    async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<Vec<TraceSummary>> {
+    async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {
         let i = &self.inner;
+        // The snapshot is the server's clock: index rows carry the server time of their
+        // insert (`ingested_at`), so later pages ignore spans inserted after the first.
+        let snapshot = match &q.cursor {
+            Some(c) => c.snapshot,
+            None => timed(
+                i.query_timeout,
+                "search snapshot",
+                i.admin
+                    .client()
+                    .query("SELECT toUnixTimestamp64Nano(now64(9))")
+                    .fetch_one::<i64>(),
+            )
+            .await
+            .map_err(|e| self.query_error(e))?,
+        };
         // Step 1 reads only the narrow index table, ordered for exactly these filters.
-        let mut sql = String::new();
-        let mut binds: Vec<Bindable> = Vec::new();
-        if let Some(s) = &q.service {
-            sql.push_str(" AND service = ?");
-            binds.push(Bindable::Str(s.clone()));
-        }
-        if let Some(o) = &q.operation {
-            sql.push_str(" AND operation = ?");
-            binds.push(Bindable::Str(o.clone()));
-        }
-        if let Some(st) = q.status {
-            sql.push_str(" AND status = ?");
-            binds.push(Bindable::Str(st.as_str().to_string()));
-        }
-        push_time_bounds(&mut sql, &mut binds, q);
-        if let Some(d) = q.min_duration_nanos {
-            sql.push_str(" AND duration_ns >= ?");
-            binds.push(Bindable::I64(d));
-        }
-        if let Some(d) = q.max_duration_nanos {
-            sql.push_str(" AND duration_ns <= ?");
-            binds.push(Bindable::I64(d));
-        }
-        for f in &q.attributes {
-            match (&f.value, &i.attrs_table) {
-                (Some(v), Some(attrs_table)) => {
-                    // Equality goes through span_attributes, ordered by (key, value, time):
-                    // a key range, instead of reading every span's attribute map.
-                    sql.push_str(&format!(
-                        " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {} WHERE key = ? AND value = ?",
-                        attrs_table
-                    ));
-                    binds.push(Bindable::Str(f.key.clone()));
-                    binds.push(Bindable::Str(v.clone()));
-                    push_time_bounds(&mut sql, &mut binds, q);
-                    sql.push(')');
-                }
-                (Some(v), None) => {
-                    sql.push_str(" AND attributes[?] = ? AND mapContains(attributes, ?)");
-                    binds.push(Bindable::Str(f.key.clone()));
-                    binds.push(Bindable::Str(v.clone()));
-                    binds.push(Bindable::Str(f.key.clone()));
-                }
-                (None, _) => {
-                    sql.push_str(" AND mapContains(attributes, ?)");
-                    binds.push(Bindable::Str(f.key.clone()));
-                }
-            }
+        let mut filters = Sql::default();
+        filters.push(
+            " AND ingested_at <= fromUnixTimestamp64Nano(toInt64(?))",
+            [Bindable::I64(snapshot)],
+        );
+        self.span_filters(q, &mut filters);
+        if let Some((min, max)) = q.trace_duration_bounds() {
+            // Whole-trace duration, from the spans table (ordered by trace id) for the
+            // traces that have a matching span.
+            let cond = format!(
+                " AND trace_id IN (SELECT trace_id FROM {spans} WHERE trace_id IN \
+                 (SELECT trace_id FROM {index} WHERE 1{f}) GROUP BY trace_id HAVING \
+                 toUnixTimestamp64Nano(max(end_time)) - toUnixTimestamp64Nano(min(start_time)) BETWEEN ? AND ?)",
+                spans = i.spans_table,
+                index = i.index_table,
+                f = filters.sql,
+            );
+            let mut binds = filters.binds.clone();
+            binds.extend([Bindable::I64(min), Bindable::I64(max)]);
+            filters.push(&cond, binds);
         }
         let limit = q.limit.max(1);
+        let fetch = limit + 1;
+        // After a cursor: only rows at or before it, and no trace that also has a matching
+        // row past it (its key placed it on an earlier page).
+        let mut window_rows = filters.clone();
+        let mut having = String::new();
+        let mut having_binds = Vec::new();
+        if let Some(c) = &q.cursor {
+            let k = Bindable::I64(c.latest_nanos);
+            let id = Bindable::Str(c.trace_id.to_string());
+            window_rows.push(
+                " AND start_time <= fromUnixTimestamp64Nano(toInt64(?))",
+                [k.clone()],
+            );
+            window_rows.sql.push_str(&format!(
+                " AND trace_id NOT IN (SELECT trace_id FROM {index} WHERE 1{f} \
+                 AND (start_time > fromUnixTimestamp64Nano(toInt64(?)) \
+                 OR (start_time = fromUnixTimestamp64Nano(toInt64(?)) AND trace_id <= unhex(?))))",
+                index = i.index_table,
+                f = filters.sql
+            ));
+            window_rows.binds.extend(filters.binds.iter().cloned());
+            window_rows.binds.extend([k.clone(), k.clone(), id.clone()]);
+            having = " HAVING latest < ? OR (latest = ? AND trace_id > unhex(?))".into();
+            having_binds = vec![k.clone(), k, id];
+        }
         // Fast path: the newest `window` matching rows, grouped. When they hold at least
-        // `limit` traces, those are exactly the `limit` traces whose latest matching span is
+        // `fetch` traces, those are exactly the `fetch` traces whose latest matching span is
         // newest (a trace's latest span is among the newest rows if the trace is). A top-N
         // read is much cheaper than aggregating every matching row of a long time range.
-        let window = (limit * 50).min(100_000);
+        let window = (fetch * 50).min(100_000);
         let fast = format!(
             "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
                     toUInt64(sum(count()) OVER ()) AS scanned \
              FROM (SELECT trace_id, start_time FROM {index} WHERE 1{sql} \
                    ORDER BY start_time DESC, trace_id ASC LIMIT {window}) \
-             GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {limit}",
-            index = i.index_table
+             GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
+            index = i.index_table,
+            sql = window_rows.sql,
         );
         let exact = format!(
             "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, toUInt64(0) AS scanned \
-             FROM {index} WHERE 1{sql} GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {limit}",
-            index = i.index_table
+             FROM {index} WHERE 1{sql} GROUP BY trace_id{having} ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
+            index = i.index_table,
+            sql = filters.sql,
         );
         let run = |sql: String, binds: Vec<Bindable>| async move {
             let mut query = i.admin.client().query(&sql);
             for b in binds {
-                query = match b {
-                    Bindable::Str(s) => query.bind(s),
-                    Bindable::I64(v) => query.bind(v),
-                };
+                query = b.bind(query);
             }
             timed(i.query_timeout, "search", query.fetch_all::<MatchRow>()).await
         };
-        let mut matches = run(fast, binds.clone())
+        let mut matches = run(fast, window_rows.binds)
             .await
             .map_err(|e| self.query_error(e))?;
         let truncated = matches
             .first()
             .is_some_and(|m| m.scanned as usize >= window);
-        if matches.len() < limit && truncated {
+        if matches.len() < fetch && truncated {
             // Too many rows per trace in the window: fall back to aggregating everything.
+            let mut binds = filters.binds;
+            binds.extend(having_binds);
             matches = run(exact, binds).await.map_err(|e| self.query_error(e))?;
         }
+        let next_cursor = (matches.len() > limit).then(|| {
+            let last = &matches[limit - 1];
+            SearchCursor {
+                snapshot,
+                latest_nanos: last.latest,
+                trace_id: TraceId::from_bytes(last.trace_id),
+                fingerprint: q.fingerprint(),
+            }
+        });
+        matches.truncate(limit);
         if matches.is_empty() {
-            return Ok(Vec::new());
+            return Ok(SearchPage::default());
         }
         let ids: Vec<TraceId> = matches
             .iter()
@@ -285,7 +313,184 @@ impl TraceReader for ClickHouseReader {
                 });
             }
         }
+        Ok(SearchPage {
+            traces: out,
+            next_cursor,
+        })
+    }
+
+    async fn services(
+        &self,
+        window: &TimeWindow,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<String>> {
+        let i = &self.inner;
+        let mut sql = Sql::default();
+        names_window(window, &mut sql);
+        let text = format!(
+            "SELECT DISTINCT toString(service) AS s FROM {names} WHERE 1{f} ORDER BY s LIMIT {limit}",
+            names = i.names_table,
+            f = sql.sql
+        );
+        let mut query = i.admin.client().query(&text);
+        for b in sql.binds {
+            query = b.bind(query);
+        }
+        timed(i.query_timeout, "services", query.fetch_all::<String>())
+            .await
+            .map_err(|e| self.query_error(e))
+    }
+
+    async fn operations(
+        &self,
+        service: &str,
+        window: &TimeWindow,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<Operation>> {
+        let i = &self.inner;
+        let mut sql = Sql::default();
+        sql.push(" AND service = ?", [Bindable::Str(service.to_string())]);
+        names_window(window, &mut sql);
+        // Ordered by name here and by (name, kind) below: the first `limit` of the final
+        // order are among the first `limit + kinds` rows by name.
+        let text = format!(
+            "SELECT DISTINCT toString(operation) AS o, toString(kind) AS k FROM {names} WHERE 1{f} \
+             ORDER BY o LIMIT {n}",
+            names = i.names_table,
+            f = sql.sql,
+            n = limit + SpanKind::ALL.len(),
+        );
+        let mut query = i.admin.client().query(&text);
+        for b in sql.binds {
+            query = b.bind(query);
+        }
+        let rows = timed(
+            i.query_timeout,
+            "operations",
+            query.fetch_all::<(String, String)>(),
+        )
+        .await
+        .map_err(|e| self.query_error(e))?;
+        let mut out = rows
+            .into_iter()
+            .map(|(name, kind)| {
+                let span_kind = kind
+                    .parse::<SpanKind>()
+                    .map_err(|e| Error::Client(format!("corrupt kind in span_names: {e}")))?;
+                Ok(Operation { name, span_kind })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| self.query_error(e))?;
+        out.sort();
+        out.truncate(limit);
         Ok(out)
+    }
+}
+
+impl ClickHouseReader {
+    /// The conditions one index row (one span) must satisfy, appended to `out`.
+    fn span_filters(&self, q: &TraceQuery, out: &mut Sql) {
+        let i = &self.inner;
+        if let Some(s) = &q.service {
+            out.push(" AND service = ?", [Bindable::Str(s.clone())]);
+        }
+        if let Some(o) = &q.operation {
+            out.push(" AND operation = ?", [Bindable::Str(o.clone())]);
+        }
+        if let Some(k) = q.kind {
+            out.push(" AND kind = ?", [Bindable::Str(k.as_str().to_string())]);
+        }
+        if let Some(st) = q.status {
+            out.push(" AND status = ?", [Bindable::Str(st.as_str().to_string())]);
+        }
+        push_time_bounds(&mut out.sql, &mut out.binds, q);
+        let (min, max) = q.span_duration_bounds();
+        if let Some(d) = min {
+            out.push(" AND duration_ns >= ?", [Bindable::I64(d)]);
+        }
+        if let Some(d) = max {
+            out.push(" AND duration_ns <= ?", [Bindable::I64(d)]);
+        }
+        for f in &q.attributes {
+            let key = || Bindable::Str(f.key.clone());
+            match (&f.op, &i.attrs_table) {
+                (AttributeOp::Eq(v), Some(attrs_table)) => {
+                    // Equality goes through span_attributes, ordered by (key, value, time):
+                    // a key range, instead of reading every span's attribute map.
+                    out.push(
+                        &format!(
+                            " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {attrs_table} WHERE key = ? AND value = ?"
+                        ),
+                        [key(), Bindable::Str(v.clone())],
+                    );
+                    push_time_bounds(&mut out.sql, &mut out.binds, q);
+                    out.sql.push(')');
+                }
+                (AttributeOp::Eq(v), None) => out.push(
+                    " AND attributes[?] = ? AND mapContains(attributes, ?)",
+                    [key(), Bindable::Str(v.clone()), key()],
+                ),
+                (AttributeOp::Exists, _) => out.push(" AND mapContains(attributes, ?)", [key()]),
+                (AttributeOp::Ne(v), _) => out.push(
+                    " AND mapContains(attributes, ?) AND attributes[?] != ?",
+                    [key(), key(), Bindable::Str(v.clone())],
+                ),
+                (AttributeOp::Regex(p), _) => out.push(
+                    " AND mapContains(attributes, ?) AND match(attributes[?], ?)",
+                    [key(), key(), Bindable::Str(p.clone())],
+                ),
+                (AttributeOp::Numeric(op, x), _) => {
+                    // A value that is not a number reads as NULL, which no comparison keeps.
+                    let op = match op {
+                        NumericOp::Eq => "=",
+                        NumericOp::Ne => "!=",
+                        NumericOp::Gt => ">",
+                        NumericOp::Ge => ">=",
+                        NumericOp::Lt => "<",
+                        NumericOp::Le => "<=",
+                    };
+                    out.push(
+                        &format!(
+                            " AND mapContains(attributes, ?) AND toFloat64OrNull(attributes[?]) {op} ?"
+                        ),
+                        [key(), key(), Bindable::F64(*x)],
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A SQL fragment and the values bound to its placeholders, in order.
+#[derive(Clone, Default)]
+struct Sql {
+    sql: String,
+    binds: Vec<Bindable>,
+}
+
+impl Sql {
+    fn push(&mut self, sql: &str, binds: impl IntoIterator<Item = Bindable>) {
+        self.sql.push_str(sql);
+        self.binds.extend(binds);
+    }
+}
+
+/// `span_names` rows overlapping a window (each row is one service/operation/kind in one
+/// hour, or part of it before merges; any part in the window is evidence enough).
+fn names_window(w: &TimeWindow, sql: &mut Sql) {
+    if let Some(t) = w.start {
+        sql.push(
+            " AND hour >= toStartOfHour(fromUnixTimestamp64Nano(toInt64(?))) \
+             AND last_seen >= fromUnixTimestamp64Nano(toInt64(?))",
+            [Bindable::I64(t.unix_nanos()), Bindable::I64(t.unix_nanos())],
+        );
+    }
+    if let Some(t) = w.end {
+        sql.push(
+            " AND hour <= toStartOfHour(fromUnixTimestamp64Nano(toInt64(?))) \
+             AND first_seen <= fromUnixTimestamp64Nano(toInt64(?))",
+            [Bindable::I64(t.unix_nanos()), Bindable::I64(t.unix_nanos())],
+        );
     }
 }
 
@@ -306,6 +511,17 @@ fn push_time_bounds(sql: &mut String, binds: &mut Vec<Bindable>, q: &TraceQuery)
 enum Bindable {
     Str(String),
     I64(i64),
+    F64(f64),
+}
+
+impl Bindable {
+    fn bind(self, q: clickhouse::query::Query) -> clickhouse::query::Query {
+        match self {
+            Bindable::Str(s) => q.bind(s),
+            Bindable::I64(v) => q.bind(v),
+            Bindable::F64(v) => q.bind(v),
+        }
+    }
 }
 
 fn hex_list(ids: &[TraceId]) -> String {

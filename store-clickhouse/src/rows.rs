@@ -106,7 +106,6 @@ impl TryFrom<SpanRow> for Span {
 #[derive(Debug, Row, Deserialize)]
 pub(crate) struct MatchRow {
     pub trace_id: [u8; 16],
-    #[allow(dead_code)]
     pub latest: i64,
     /// Rows the fast path read (0 for the exact path).
     pub scanned: u64,

@@ -9,6 +9,15 @@
 //! - `trace_bounds`: trace id to first/last span start, fed by `trace_bounds_mv`, so
 //!   get-trace reads only the daily partitions the trace lives in.
 //!
+//! Version 2 adds `span_names` (service, operation, kind, hour, first and last start in that
+//! hour; fed by `span_names_mv` and filled once from `spans`), which lists services and
+//! operations without reading spans, and gives `span_index` the span kind and `ingested_at`
+//! (the server time the span was inserted; a search cursor's snapshot). Existing index rows
+//! get kind `''` (a kind search does not find spans stored before version 2) and
+//! `ingested_at` 1970 (every snapshot includes them). `span_index_v2_mv` replaces
+//! `span_index_mv`: it is created before the old one is dropped, so no insert misses the
+//! index (a few may be indexed twice, which searches tolerate).
+//!
 //! Clustered (`cluster` set): the same tables as `*_local` Replicated tables on every node,
 //! Distributed tables with the plain names in front (sharded by trace id so a trace lives on
 //! one shard), and every statement `ON CLUSTER`.
@@ -63,6 +72,10 @@ const BOUNDS: TtlTable = TtlTable {
     name: "trace_bounds",
     time_column: "start_min",
 };
+const NAMES: TtlTable = TtlTable {
+    name: "span_names",
+    time_column: "hour",
+};
 
 impl Schema {
     fn on_cluster(&self) -> String {
@@ -88,7 +101,7 @@ impl Schema {
 
     /// Tables whose TTL carries the retention.
     pub fn ttl_tables(&self) -> Vec<TtlTable> {
-        let mut t = vec![SPANS, INDEX, BOUNDS];
+        let mut t = vec![SPANS, INDEX, BOUNDS, NAMES];
         if self.attribute_index {
             t.push(ATTRS);
         }
@@ -151,11 +164,85 @@ impl Schema {
 
     /// Every migration, in order.
     pub fn migrations(&self) -> Vec<Migration> {
-        vec![Migration {
-            version: 1,
-            name: "spans, span_index, trace_bounds and their materialized views",
-            statements: self.v1(),
-        }]
+        vec![
+            Migration {
+                version: 1,
+                name: "spans, span_index, trace_bounds and their materialized views",
+                statements: self.v1(),
+            },
+            Migration {
+                version: 2,
+                name: "span_names (services and operations), span kind and ingested_at in span_index",
+                statements: self.v2(),
+            },
+        ]
+    }
+
+    fn v2(&self) -> Vec<String> {
+        let db = &self.database;
+        let oc = self.on_cluster();
+        let spans = self.storage_table("spans");
+        let index = self.storage_table("span_index");
+        let names = self.storage_table("span_names");
+        let add_columns = |table: &str| {
+            [
+                format!(
+                    "ALTER TABLE {db}.{table}{oc} ADD COLUMN IF NOT EXISTS kind LowCardinality(String) DEFAULT '' CODEC(ZSTD(1))"
+                ),
+                format!(
+                    "ALTER TABLE {db}.{table}{oc} ADD COLUMN IF NOT EXISTS ingested_at DateTime64(9) DEFAULT toDateTime64(0, 9) CODEC(Delta(8), ZSTD(1))"
+                ),
+            ]
+        };
+        let mut out = vec![format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{names}{oc} (\n\
+             \x20   service    LowCardinality(String) CODEC(ZSTD(1)),\n\
+             \x20   operation  LowCardinality(String) CODEC(ZSTD(1)),\n\
+             \x20   kind       LowCardinality(String) CODEC(ZSTD(1)),\n\
+             \x20   hour       DateTime CODEC(Delta(4), ZSTD(1)),\n\
+             \x20   first_seen SimpleAggregateFunction(min, DateTime64(9)) CODEC(ZSTD(1)),\n\
+             \x20   last_seen  SimpleAggregateFunction(max, DateTime64(9)) CODEC(ZSTD(1))\n\
+             ) ENGINE = {engine}\n\
+             PARTITION BY toDate(hour)\n\
+             ORDER BY (service, operation, kind, hour)\n\
+             TTL {ttl}\n\
+             SETTINGS ttl_only_drop_parts = 1",
+            engine = self.engine("AggregatingMergeTree", "span_names"),
+            ttl = Self::ttl_expression(NAMES, self.retention_days),
+        )];
+        out.push(format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_names_mv{oc} TO {db}.{names} AS\n\
+             SELECT service, operation, kind, toStartOfHour(start_time) AS hour,\n\
+             \x20      min(start_time) AS first_seen, max(start_time) AS last_seen\n\
+             FROM {db}.{spans} GROUP BY service, operation, kind, hour"
+        ));
+        out.extend(add_columns(&index));
+        if self.cluster.is_some() {
+            out.extend(add_columns("span_index"));
+        }
+        out.push(format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_index_v2_mv{oc} TO {db}.{index} AS\n\
+             SELECT service, operation, kind, start_time, trace_id, span_id, duration_ns, status, attributes,\n\
+             \x20      now64(9) AS ingested_at\n\
+             FROM {db}.{spans}"
+        ));
+        out.push(format!("DROP TABLE IF EXISTS {db}.span_index_mv{oc}"));
+        if let Some(cluster) = &self.cluster {
+            // No trace id here: spread the rows by service.
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {db}.span_names{oc} AS {db}.{names}\n\
+                 ENGINE = Distributed({cluster}, {db}, {names}, cityHash64(service))"
+            ));
+        }
+        // Index what is already stored (once; min/max make a repeated run harmless).
+        out.push(format!(
+            "INSERT INTO {names_t} (service, operation, kind, hour, first_seen, last_seen)\n\
+             SELECT service, operation, kind, toStartOfHour(start_time) AS hour, min(start_time), max(start_time)\n\
+             FROM {spans_t} GROUP BY service, operation, kind, hour",
+            names_t = self.table("span_names"),
+            spans_t = self.table("spans"),
+        ));
+        out
     }
 
     fn v1(&self) -> Vec<String> {
@@ -330,13 +417,35 @@ mod tests {
         let s = &lean.migrations()[0].statements;
         assert_eq!(s.len(), 5);
         assert!(!s.iter().any(|x| x.contains("span_attributes")));
-        assert_eq!(lean.ttl_tables().len(), 3);
+        assert_eq!(lean.ttl_tables().len(), 4);
     }
 
     #[test]
     fn single_node_ddl() {
         let m = single().migrations();
-        assert_eq!(m.len(), 1);
+        assert_eq!(m.len(), 2);
+        let v2 = &m[1].statements;
+        assert!(v2[0].contains("ORDER BY (service, operation, kind, hour)"));
+        assert!(v2[1].contains("TO dt.span_names AS") && v2[1].contains("toStartOfHour"));
+        assert!(v2[2].contains("ALTER TABLE dt.span_index ADD COLUMN IF NOT EXISTS kind"));
+        assert!(v2[3].contains("ingested_at DateTime64(9) DEFAULT toDateTime64(0, 9)"));
+        let new_mv = v2
+            .iter()
+            .position(|x| x.contains("span_index_v2_mv"))
+            .unwrap();
+        let drop_old = v2
+            .iter()
+            .position(|x| x.contains("DROP TABLE IF EXISTS dt.span_index_mv"))
+            .unwrap();
+        assert!(
+            new_mv < drop_old,
+            "the new view exists before the old one goes"
+        );
+        assert!(v2[new_mv].contains("now64(9) AS ingested_at"));
+        assert!(
+            v2.last().unwrap().starts_with("INSERT INTO dt.span_names"),
+            "backfill"
+        );
         let s = &m[0].statements;
         assert_eq!(s.len(), 7);
         assert!(
@@ -378,6 +487,26 @@ mod tests {
         assert_eq!(
             c.create_database(),
             "CREATE DATABASE IF NOT EXISTS dt ON CLUSTER prod"
+        );
+        let v2 = &c.migrations()[1].statements;
+        assert!(
+            v2.iter()
+                .filter(|x| !x.starts_with("INSERT"))
+                .all(|x| x.contains(" ON CLUSTER prod"))
+        );
+        assert!(v2.iter().any(|x| x.contains(
+            "ALTER TABLE dt.span_index_local ON CLUSTER prod ADD COLUMN IF NOT EXISTS ingested_at"
+        )));
+        assert!(
+            v2.iter().any(|x| x.contains(
+                "ALTER TABLE dt.span_index ON CLUSTER prod ADD COLUMN IF NOT EXISTS ingested_at"
+            )),
+            "the Distributed table gets the columns too"
+        );
+        assert!(v2.iter().any(|x| x.contains("Distributed(prod, dt, span_names_local, cityHash64(service))")));
+        assert!(
+            v2.last().unwrap().contains("INSERT INTO dt.span_names ")
+                && v2.last().unwrap().contains("FROM dt.spans ")
         );
         let s = &c.migrations()[0].statements;
         assert_eq!(s.len(), 11);

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use datatracing_config::ClickHouseConfig;
-use datatracing_core::{Span, TraceId, TraceQuery, TraceSummary};
+use datatracing_core::{Operation, SearchPage, Span, TimeWindow, TraceId, TraceQuery};
 use datatracing_store::{Health, TraceReader, TraceWriter};
 use tokio::sync::{mpsc, oneshot};
 
@@ -150,7 +150,24 @@ impl TraceReader for ClickHouseStore {
         self.reader.get_trace(trace_id).await
     }
 
-    async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<Vec<TraceSummary>> {
+    async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {
         self.reader.search(q).await
+    }
+
+    async fn services(
+        &self,
+        window: &TimeWindow,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<String>> {
+        self.reader.services(window, limit).await
+    }
+
+    async fn operations(
+        &self,
+        service: &str,
+        window: &TimeWindow,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<Operation>> {
+        self.reader.operations(service, window, limit).await
     }
 }

@@ -66,10 +66,10 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
         again.applied.is_empty(),
         "second migrate applies nothing: {again:?}"
     );
-    assert_eq!(again.version, 1);
+    assert_eq!(again.version, 2);
 
     let initial = admin.retention().await.unwrap();
-    assert_eq!(initial.len(), 3);
+    assert_eq!(initial.len(), 4);
     assert!(initial.iter().all(|t| t.days == Some(7)), "{initial:?}");
 
     let report = admin.set_retention(30).await.unwrap();
@@ -78,13 +78,14 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
         vec![
             "spans".to_string(),
             "span_index".to_string(),
-            "trace_bounds".to_string()
+            "trace_bounds".to_string(),
+            "span_names".to_string()
         ]
     );
     assert!(report.unchanged.is_empty());
     let report = admin.set_retention(30).await.unwrap();
     assert!(report.changed.is_empty(), "idempotent: {report:?}");
-    assert_eq!(report.unchanged.len(), 3);
+    assert_eq!(report.unchanged.len(), 4);
     assert!(
         admin
             .retention()
@@ -95,7 +96,7 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
     );
 
     let client = clickhouse_client(&store);
-    for table in ["spans", "span_index", "trace_bounds"] {
+    for table in ["spans", "span_index", "trace_bounds", "span_names"] {
         let ddl: String = client
             .query(&format!("SHOW CREATE TABLE {db}.{table}"))
             .fetch_one::<String>()
@@ -343,6 +344,122 @@ async fn the_attribute_index_serves_the_same_searches() {
     datatracing_store_contract::search_by_attributes(StoreUnderTest::of(&store)).await;
     datatracing_store_contract::search_filters_match_one_span_each(StoreUnderTest::of(&store))
         .await;
+    datatracing_store_contract::search_by_kind_and_typed_attributes(StoreUnderTest::of(&store))
+        .await;
+    datatracing_store_contract::cursor_pages_are_complete_and_stable_under_concurrent_inserts(
+        StoreUnderTest::of(&store),
+    )
+    .await;
+}
+
+/// A database a version-1 binary created and filled is upgraded in place: the name index is
+/// filled from the stored spans, old spans stay searchable and pageable, and a reader of
+/// this version refuses the database until it is migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated_and_its_names_indexed() {
+    use datatracing_core::{Operation, SpanKind, TimeWindow, TraceQuery};
+    let config = config_for(ClickHouse::shared());
+    let db = config.database.clone();
+    let admin = datatracing_store_clickhouse::ClickHouseAdmin::connect(&config)
+        .await
+        .unwrap();
+    let client = clickhouse::Client::default()
+        .with_url(ClickHouse::shared().url())
+        .with_user(ClickHouse::shared().user())
+        .with_password(ClickHouse::shared().password());
+    let schema = admin.schema();
+    client
+        .query(&schema.create_database())
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query(&schema.create_migrations_table())
+        .execute()
+        .await
+        .unwrap();
+    let v1 = &schema.migrations()[0];
+    assert_eq!(v1.version, 1);
+    for stmt in &v1.statements {
+        client.query(stmt).execute().await.unwrap();
+    }
+    client
+        .query(&format!(
+            "INSERT INTO {db}.schema_migrations (version, name) VALUES (1, 'v1')"
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let err = ClickHouseReader::open(config.clone(), ClickHouseMetrics::unregistered())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Schema(_)), "{err}");
+
+    // Spans written by the version-1 layout (no migration on open).
+    let old_writer = ClickHouseStore::open(
+        ClickHouseConfig {
+            migrate_on_start: false,
+            ..config.clone()
+        },
+        ClickHouseMetrics::unregistered(),
+    )
+    .await
+    .unwrap();
+    let t = fresh_trace_id();
+    let now = Timestamp::now();
+    let mut a = simple_span(t, 1, None, "legacy", now, 5);
+    a.kind = SpanKind::Ingest;
+    let b = simple_span(t, 2, Some(1), "legacy", now.saturating_add_nanos(1), 5);
+    let t2 = fresh_trace_id();
+    let c = simple_span(t2, 1, None, "legacy", now.saturating_add_nanos(2), 5);
+    old_writer.write(vec![a, b, c].into()).await.unwrap();
+    old_writer.close().await.unwrap();
+
+    let report = admin.migrate().await.unwrap();
+    assert_eq!(report.applied, vec![2]);
+    let reader = ClickHouseReader::open(config, ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    let all = TimeWindow::default();
+    assert_eq!(
+        reader.services(&all, 10).await.unwrap(),
+        vec!["legacy".to_string()]
+    );
+    assert_eq!(
+        reader.operations("legacy", &all, 10).await.unwrap(),
+        vec![
+            Operation {
+                name: "op-1".into(),
+                span_kind: SpanKind::Ingest
+            },
+            Operation {
+                name: "op-1".into(),
+                span_kind: SpanKind::Transform
+            },
+            Operation {
+                name: "op-2".into(),
+                span_kind: SpanKind::Transform
+            },
+        ]
+    );
+    let q = TraceQuery {
+        service: Some("legacy".into()),
+        ..TraceQuery::with_limit(1)
+    };
+    let first = reader.search(&q).await.unwrap();
+    assert_eq!(first.traces[0].trace_id, t2);
+    let second = reader
+        .search(&TraceQuery {
+            cursor: first.next_cursor,
+            ..q
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        second.traces[0].trace_id, t,
+        "old index rows are in every snapshot"
+    );
+    assert!(second.next_cursor.is_none());
 }
 
 /// Whether a database exists, asked without one (a reader must not have created it).
@@ -404,7 +521,8 @@ async fn a_reader_never_migrates_and_reads_what_the_writer_stored() {
             ..datatracing_core::TraceQuery::with_limit(5)
         })
         .await
-        .unwrap();
+        .unwrap()
+        .traces;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].span_count, 4);
     let m = metrics_text(&registry);

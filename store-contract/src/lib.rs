@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use datatracing_core::{
-    AttributeValue, Attributes, Event, Link, LinkType, Span, SpanId, SpanKind, Status, StatusCode,
-    Timestamp, TraceDag, TraceId, TraceQuery, TraceSummary,
+    AttributeFilter, AttributeValue, Attributes, DurationScope, Event, Link, LinkType, Operation,
+    SearchPage, Span, SpanId, SpanKind, Status, StatusCode, TimeWindow, Timestamp, TraceDag,
+    TraceId, TraceQuery, TraceSummary,
 };
 use datatracing_store::{Result, TraceReader, TraceWriter};
 
@@ -65,6 +66,10 @@ impl<'a> StoreUnderTest<'a> {
     }
 
     async fn search(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>> {
+        Ok(self.reader.search(query).await?.traces)
+    }
+
+    async fn search_page(&self, query: &TraceQuery) -> Result<SearchPage> {
         self.reader.search(query).await
     }
 }
@@ -85,7 +90,11 @@ macro_rules! trace_store_contract {
             search_summaries_are_complete,
             search_by_attributes,
             large_batch_and_concurrent_writers,
-            dag_survives_storage
+            dag_survives_storage,
+            services_and_operations_over_a_window,
+            search_by_kind_and_typed_attributes,
+            duration_scope_span_or_trace,
+            cursor_pages_are_complete_and_stable_under_concurrent_inserts
         );
     };
     (@tests $make:path; $($name:ident),+) => {
@@ -692,6 +701,518 @@ pub async fn dag_survives_storage(store: StoreUnderTest<'_>) {
     assert_eq!(from_store.roots.len(), 2);
     assert_eq!(from_store.cross_trace_links.len(), 1);
     assert_eq!(from_store.cross_trace_links[0].target_trace_id, other);
+}
+
+const HOUR_NS: i64 = 3_600_000_000_000;
+
+/// Services and operations (with kinds) come from the name index, filtered by time window.
+pub async fn services_and_operations_over_a_window(store: StoreUnderTest<'_>) {
+    let prefix = unique("names");
+    let recent_svc = format!("{prefix}-recent");
+    let old_svc = format!("{prefix}-old");
+    let now = Timestamp::now();
+    let recent = now.saturating_add_nanos(-HOUR_NS);
+    let old = now.saturating_add_nanos(-72 * HOUR_NS);
+    let t = fresh_trace_id();
+    let mut spans = Vec::new();
+    for (i, (svc, at, op, kind)) in [
+        (&recent_svc, recent, "load", SpanKind::Ingest),
+        (&recent_svc, recent, "load", SpanKind::Ingest),
+        (&recent_svc, recent, "load", SpanKind::Client),
+        (&recent_svc, recent, "clean", SpanKind::Transform),
+        (&old_svc, old, "archive", SpanKind::Materialize),
+        (&recent_svc, old, "backfill", SpanKind::Ingest),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut s = simple_span(t, i as u64, None, svc, at, 10);
+        s.operation = op.to_string();
+        s.kind = kind;
+        spans.push(s);
+    }
+    store.write(spans.into()).await.expect("write");
+
+    let ours = |v: Vec<String>| -> Vec<String> {
+        v.into_iter().filter(|s| s.starts_with(&prefix)).collect()
+    };
+    let all = TimeWindow::default();
+    assert_eq!(
+        ours(store.reader.services(&all, 10_000).await.expect("services")),
+        vec![old_svc.clone(), recent_svc.clone()],
+        "sorted, each once"
+    );
+    let last_day = TimeWindow {
+        start: Some(now.saturating_add_nanos(-24 * HOUR_NS)),
+        end: Some(now),
+    };
+    assert_eq!(
+        ours(
+            store
+                .reader
+                .services(&last_day, 10_000)
+                .await
+                .expect("services")
+        ),
+        vec![recent_svc.clone()],
+        "the old service is outside the window"
+    );
+    let days_ago = TimeWindow {
+        start: Some(now.saturating_add_nanos(-96 * HOUR_NS)),
+        end: Some(now.saturating_add_nanos(-48 * HOUR_NS)),
+    };
+    assert_eq!(
+        ours(
+            store
+                .reader
+                .services(&days_ago, 10_000)
+                .await
+                .expect("services")
+        ),
+        vec![old_svc.clone(), recent_svc.clone()]
+    );
+    let op = |name: &str, span_kind| Operation {
+        name: name.to_string(),
+        span_kind,
+    };
+    assert_eq!(
+        store
+            .reader
+            .operations(&recent_svc, &all, 10_000)
+            .await
+            .expect("operations"),
+        vec![
+            op("backfill", SpanKind::Ingest),
+            op("clean", SpanKind::Transform),
+            op("load", SpanKind::Ingest),
+            op("load", SpanKind::Client),
+        ],
+        "by name, then kind in declaration order; one entry per (name, kind)"
+    );
+    assert_eq!(
+        store
+            .reader
+            .operations(&recent_svc, &last_day, 10_000)
+            .await
+            .expect("operations"),
+        vec![
+            op("clean", SpanKind::Transform),
+            op("load", SpanKind::Ingest),
+            op("load", SpanKind::Client),
+        ]
+    );
+    assert_eq!(
+        store
+            .reader
+            .operations(&recent_svc, &all, 2)
+            .await
+            .expect("operations")
+            .len(),
+        2,
+        "limit cuts"
+    );
+    assert!(
+        store
+            .reader
+            .operations(&unique("nobody"), &all, 10)
+            .await
+            .expect("operations")
+            .is_empty()
+    );
+    let future = TimeWindow {
+        start: Some(now.saturating_add_nanos(HOUR_NS)),
+        end: None,
+    };
+    assert!(
+        ours(
+            store
+                .reader
+                .services(&future, 10_000)
+                .await
+                .expect("services")
+        )
+        .is_empty()
+    );
+}
+
+fn typed(key: &str, op: &str, v: serde_json::Value) -> AttributeFilter {
+    let v = (!v.is_null()).then_some(v);
+    AttributeFilter::from_parts(key.to_string(), op, v.as_ref()).expect("valid filter")
+}
+
+/// Step kind and typed attribute filters (numbers, `!=`, regex, keys with `=`), all
+/// evaluated on one span.
+pub async fn search_by_kind_and_typed_attributes(store: StoreUnderTest<'_>) {
+    use serde_json::json;
+    let svc = unique("typed");
+    let t0 = base_time();
+    let (t1, t2, t3) = (fresh_trace_id(), fresh_trace_id(), fresh_trace_id());
+    let mut a = simple_span(t1, 1, None, &svc, t0, 10);
+    a.kind = SpanKind::Ingest;
+    a.attributes = Attributes::from([
+        ("rows".to_string(), AttributeValue::Int(1500)),
+        ("ratio".to_string(), AttributeValue::Float(0.25)),
+        ("a=b".to_string(), AttributeValue::from("x=y")),
+        (
+            "path".to_string(),
+            AttributeValue::from("s3://lake/orders/dt=1"),
+        ),
+    ]);
+    let mut b = simple_span(t2, 1, None, &svc, t0.saturating_add_nanos(10), 10);
+    b.kind = SpanKind::Join;
+    b.attributes = Attributes::from([
+        ("rows".to_string(), AttributeValue::Int(20)),
+        ("ratio".to_string(), AttributeValue::Float(2.5)),
+        (
+            "path".to_string(),
+            AttributeValue::from("gs://lake/customers"),
+        ),
+        ("flag".to_string(), AttributeValue::Bool(true)),
+    ]);
+    let mut c = simple_span(t3, 1, None, &svc, t0.saturating_add_nanos(20), 10);
+    c.kind = SpanKind::Join;
+    c.attributes = Attributes::from([("rows".to_string(), AttributeValue::from("many"))]);
+    store.write(vec![a, b, c].into()).await.expect("write");
+
+    let ids = |kind: Option<SpanKind>, filters: Vec<AttributeFilter>| {
+        let q = TraceQuery {
+            service: Some(svc.clone()),
+            kind,
+            attributes: filters,
+            ..TraceQuery::with_limit(10)
+        };
+        async move {
+            let mut v: Vec<TraceId> = store
+                .search(&q)
+                .await
+                .expect("search")
+                .into_iter()
+                .map(|s| s.trace_id)
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let sorted_ids = |mut v: Vec<TraceId>| {
+        v.sort();
+        v
+    };
+    assert_eq!(ids(Some(SpanKind::Ingest), vec![]).await, vec![t1], "kind");
+    assert_eq!(
+        ids(Some(SpanKind::Join), vec![]).await,
+        sorted_ids(vec![t2, t3])
+    );
+    assert!(ids(Some(SpanKind::Publish), vec![]).await.is_empty());
+    let one = |k: &str, op: &str, v: serde_json::Value| vec![typed(k, op, v)];
+    assert_eq!(
+        ids(None, one("rows", ">", json!(100))).await,
+        vec![t1],
+        "numbers compare as numbers, not text"
+    );
+    assert_eq!(
+        ids(None, one("rows", ">=", json!(20))).await,
+        sorted_ids(vec![t1, t2])
+    );
+    assert_eq!(ids(None, one("rows", "<", json!(1500))).await, vec![t2]);
+    assert_eq!(
+        ids(None, one("rows", "<=", json!(1500))).await,
+        sorted_ids(vec![t1, t2])
+    );
+    assert_eq!(ids(None, one("rows", "=", json!(20))).await, vec![t2]);
+    assert_eq!(
+        ids(None, one("rows", "!=", json!(20))).await,
+        vec![t1],
+        "a non-number value never satisfies a numeric comparison"
+    );
+    assert_eq!(ids(None, one("ratio", "<", json!(1))).await, vec![t1]);
+    assert_eq!(ids(None, one("ratio", ">", json!(0.3))).await, vec![t2]);
+    assert_eq!(
+        ids(None, one("a=b", "=", json!("x=y"))).await,
+        vec![t1],
+        "key with '='"
+    );
+    assert_eq!(ids(None, one("a=b", "exists", json!(null))).await, vec![t1]);
+    assert!(
+        ids(None, one("a", "exists", json!(null))).await.is_empty(),
+        "no prefix match on keys"
+    );
+    assert_eq!(
+        ids(None, one("rows", "!=", json!("many"))).await,
+        sorted_ids(vec![t1, t2]),
+        "!= as text needs the key: all three have rows"
+    );
+    assert!(ids(None, one("flag", "!=", json!("false"))).await == vec![t2]);
+    assert_eq!(
+        ids(None, one("path", "regex", json!("^s3://lake/"))).await,
+        vec![t1]
+    );
+    assert_eq!(
+        ids(
+            None,
+            one("path", "regex", json!("(?i)LAKE/(orders|customers)"))
+        )
+        .await,
+        sorted_ids(vec![t1, t2])
+    );
+    assert_eq!(
+        ids(None, one("path", "regex", json!("dt=\\d$"))).await,
+        vec![t1]
+    );
+    assert!(
+        ids(None, one("path", "regex", json!("^lake")))
+            .await
+            .is_empty(),
+        "unanchored but ^ anchors"
+    );
+    assert_eq!(
+        ids(
+            Some(SpanKind::Join),
+            vec![
+                typed("rows", ">", json!(1)),
+                typed("path", "regex", json!("customers"))
+            ]
+        )
+        .await,
+        vec![t2],
+        "conjunction with kind"
+    );
+    assert!(
+        ids(Some(SpanKind::Ingest), vec![typed("rows", "<", json!(100))])
+            .await
+            .is_empty(),
+        "kind and attribute must hold on the same span"
+    );
+}
+
+/// Duration bounds on each span (default) or on the whole trace.
+pub async fn duration_scope_span_or_trace(store: StoreUnderTest<'_>) {
+    let svc = unique("scope");
+    let t0 = base_time();
+    // Long trace made of short spans: 2 spans of 1 ms, 10 s apart.
+    let long = fresh_trace_id();
+    let short = fresh_trace_id();
+    store
+        .write(
+            vec![
+                simple_span(long, 1, None, &svc, t0, 1_000_000),
+                simple_span(
+                    long,
+                    2,
+                    Some(1),
+                    &svc,
+                    t0.saturating_add_nanos(10_000_000_000),
+                    1_000_000,
+                ),
+                simple_span(short, 1, None, &svc, t0.saturating_add_nanos(5), 3_000_000),
+            ]
+            .into(),
+        )
+        .await
+        .expect("write");
+    let ids = |scope: DurationScope, min: Option<i64>, max: Option<i64>| {
+        let q = TraceQuery {
+            service: Some(svc.clone()),
+            min_duration_nanos: min,
+            max_duration_nanos: max,
+            duration_scope: scope,
+            ..TraceQuery::with_limit(10)
+        };
+        async move {
+            store
+                .search(&q)
+                .await
+                .expect("search")
+                .into_iter()
+                .map(|s| s.trace_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        ids(DurationScope::Span, Some(1_000_000_000), None)
+            .await
+            .is_empty(),
+        "no single span lasts a second"
+    );
+    assert_eq!(
+        ids(DurationScope::Trace, Some(1_000_000_000), None).await,
+        vec![long],
+        "the trace lasts ten seconds"
+    );
+    assert_eq!(
+        ids(DurationScope::Trace, None, Some(5_000_000)).await,
+        vec![short]
+    );
+    assert_eq!(
+        ids(DurationScope::Span, Some(2_000_000), Some(5_000_000)).await,
+        vec![short]
+    );
+    assert_eq!(
+        ids(
+            DurationScope::Trace,
+            Some(10_001_000_000),
+            Some(10_001_000_000)
+        )
+        .await,
+        vec![long],
+        "trace bounds are inclusive"
+    );
+}
+
+/// Pages through results with cursors while spans keep arriving: every trace stored before
+/// the first page appears exactly once, in order, and nothing stored later does; the last
+/// page has no cursor.
+pub async fn cursor_pages_are_complete_and_stable_under_concurrent_inserts(
+    store: StoreUnderTest<'_>,
+) {
+    let svc = unique("pages");
+    let t0 = base_time();
+    let mut traces = Vec::new();
+    let mut spans = Vec::new();
+    // 24 traces; pairs share their latest start time so ties cross page boundaries.
+    for i in 0..24i64 {
+        let t = fresh_trace_id();
+        traces.push(t);
+        let at = t0.saturating_add_nanos((i / 2) * 1_000_000);
+        spans.push(simple_span(t, 1, None, &svc, at, 10));
+        // An older second span per trace: a trace has several matching rows.
+        spans.push(simple_span(
+            t,
+            2,
+            Some(1),
+            &svc,
+            at.saturating_add_nanos(-500_000),
+            10,
+        ));
+    }
+    store.write(spans.into()).await.expect("write");
+    let base = TraceQuery {
+        service: Some(svc.clone()),
+        ..TraceQuery::with_limit(4)
+    };
+    let everything: Vec<TraceId> = store
+        .search(&TraceQuery {
+            limit: 100,
+            ..base.clone()
+        })
+        .await
+        .expect("search")
+        .into_iter()
+        .map(|s| s.trace_id)
+        .collect();
+    assert_eq!(everything.len(), 24);
+
+    let mut seen: Vec<TraceId> = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    let mut late = 100u64;
+    loop {
+        let q = TraceQuery {
+            cursor,
+            ..base.clone()
+        };
+        // Insert while the page is read, and again after it.
+        let insert = |n: u64| {
+            let idx = (pages * 5 + 3) % 24;
+            let existing = traces[idx];
+            vec![
+                // A new trace newer than everything and one older than everything.
+                simple_span(
+                    fresh_trace_id(),
+                    n,
+                    None,
+                    &svc,
+                    t0.saturating_add_nanos(60_000_000_000),
+                    10,
+                ),
+                simple_span(
+                    fresh_trace_id(),
+                    n + 1,
+                    None,
+                    &svc,
+                    t0.saturating_add_nanos(-60_000_000_000),
+                    10,
+                ),
+                // A new newest span for a stored trace, maybe one not listed yet: it must not
+                // move that trace to a page already read.
+                simple_span(
+                    existing,
+                    n + 2,
+                    Some(1),
+                    &svc,
+                    t0.saturating_add_nanos(30_000_000_000 + n as i64),
+                    10,
+                ),
+            ]
+        };
+        let page = if cursor.is_none() {
+            store.search_page(&q).await
+        } else {
+            // From the second page on, read while a write is in flight: whichever finishes
+            // first, the page reads the first page's snapshot.
+            let (page, written) =
+                tokio_join(store.search_page(&q), store.write(insert(late).into())).await;
+            written.expect("concurrent write");
+            late += 3;
+            page
+        };
+        store
+            .write(insert(late).into())
+            .await
+            .expect("write between pages");
+        late += 3;
+        let page = page.expect("page");
+        pages += 1;
+        assert!(page.traces.len() <= 4, "a page holds at most limit traces");
+        seen.extend(page.traces.iter().map(|s| s.trace_id));
+        match page.next_cursor {
+            Some(c) => {
+                assert_eq!(page.traces.len(), 4, "only the last page may be short");
+                cursor = Some(c);
+            }
+            None => break,
+        }
+        assert!(pages < 20, "paging must end");
+    }
+    assert_eq!(
+        seen, everything,
+        "every stored trace, in order, exactly once"
+    );
+    assert_eq!(
+        pages, 6,
+        "24 traces in pages of 4, and no empty seventh page"
+    );
+}
+
+/// Polls two futures together (a tiny `join`, to keep dependencies lean).
+async fn tokio_join<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
+    let mut a = Box::pin(a);
+    let mut b = Box::pin(b);
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none()
+            && let std::task::Poll::Ready(v) = a.as_mut().poll(cx)
+        {
+            ra = Some(v);
+        }
+        if rb.is_none()
+            && let std::task::Poll::Ready(v) = b.as_mut().poll(cx)
+        {
+            rb = Some(v);
+        }
+        if ra.is_some() && rb.is_some() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    match (ra, rb) {
+        (Some(a), Some(b)) => (a, b),
+        _ => unreachable!("both completed"),
+    }
 }
 
 /// Awaits every future concurrently (a tiny `join_all`, to keep dependencies lean).

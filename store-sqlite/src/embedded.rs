@@ -5,6 +5,12 @@
 //! together (group commit), so each acknowledged batch costs one fsync at most. Reads use a
 //! small pool of connections on tokio's blocking threads; WAL lets them run while the writer
 //! commits. Retention deletes old spans in bounded chunks from a background task.
+//!
+//! Besides `spans`, the schema keeps `span_names` (service, operation, kind, hour, first and
+//! last start in that hour), maintained by the writer in the same transaction, so listing
+//! services and operations reads a few index rows instead of the spans. Span row ids only
+//! grow (never reused, even after retention: `store_meta` remembers the highest one purged),
+//! which lets a search cursor pin "the rows that existed" as a row id.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,8 +18,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use datatracing_config::{EmbeddedConfig, Synchronous};
 use datatracing_core::{
-    AttributeFilter, Attributes, Event, Link, Span, SpanId, SpanKind, Status, StatusCode,
-    SummaryBuilder, Timestamp, TraceId, TraceQuery, TraceSummary,
+    AttributeFilter, AttributeMatcher, AttributeOp, Attributes, Event, Link, Operation,
+    SearchCursor, SearchPage, Span, SpanId, SpanKind, Status, StatusCode, SummaryBuilder,
+    TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -26,7 +33,9 @@ use datatracing_store::{Health, TraceReader, TraceWriter};
 use crate::{Error, Result};
 
 const DB_FILE: &str = "traces.db";
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+/// Width of a `span_names` bucket: services and operations are indexed per hour.
+const NAME_BUCKET_NS: i64 = 3_600_000_000_000;
 /// Spans committed in one group-commit transaction at most; bounds the writer's latency.
 const MAX_GROUP_SPANS: usize = 50_000;
 /// Rows deleted per retention transaction, so writers are never starved by a purge.
@@ -224,7 +233,13 @@ fn open_connections(
         configure(&conn, cfg)?;
         register_functions(&conn)?;
         conn.pragma_update(None, "query_only", true)?;
-        check_version(&conn)?;
+        let version = check_version(&conn)?;
+        if mode == OpenMode::ReadOnly && version < SCHEMA_VERSION {
+            return Err(Error::Config(format!(
+                "the data directory has schema version {version}, older than this binary's \
+                 {SCHEMA_VERSION}; start this version's collector on it once to upgrade it"
+            )));
+        }
         readers.push(conn);
     }
     Ok((writer, readers))
@@ -248,29 +263,80 @@ fn configure(conn: &Connection, cfg: &EmbeddedConfig) -> Result<()> {
     Ok(())
 }
 
-/// `dt_attr(attributes_json, key, value)`: whether stored attributes satisfy an
-/// [`AttributeFilter`] (`value` NULL means "key exists"). Evaluated in Rust so the embedded
-/// store compares exactly as the model defines.
+/// `dt_attr(attributes_json, key, op, operand)`: whether stored attributes satisfy an
+/// [`AttributeFilter`] (see [`filter_args`] for `op` and `operand`). Evaluated in Rust so the
+/// embedded store compares exactly as the model defines; the compiled filter (a regex, say)
+/// is kept as SQLite auxiliary data for the statement, so it is built once, not per row.
 fn register_functions(conn: &Connection) -> Result<()> {
     use rusqlite::functions::FunctionFlags;
     conn.create_scalar_function(
         "dt_attr",
-        3,
+        4,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
         |ctx| {
+            let matcher = match ctx.get_aux::<AttributeMatcher>(3)? {
+                Some(m) => m,
+                None => {
+                    let key: String = ctx.get(1)?;
+                    let op: String = ctx.get(2)?;
+                    let operand = ctx.get_raw(3);
+                    let filter = filter_from_args(key, &op, operand)
+                        .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
+                    let m = filter
+                        .compile()
+                        .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
+                    ctx.set_aux(3, m)?
+                }
+            };
             let Some(json) = ctx.get::<Option<String>>(0)? else {
                 return Ok(false);
             };
-            let filter = AttributeFilter {
-                key: ctx.get(1)?,
-                value: ctx.get(2)?,
-            };
             let attrs: Attributes = serde_json::from_str(&json)
                 .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
-            Ok(filter.matches(&attrs))
+            Ok(matcher.matches(&attrs))
         },
     )?;
     Ok(())
+}
+
+/// The `op` and `operand` arguments of `dt_attr` for a filter.
+fn filter_args(f: &AttributeFilter) -> (&'static str, Value) {
+    match &f.op {
+        AttributeOp::Exists => ("exists", Value::Null),
+        AttributeOp::Eq(v) => ("eq", Value::Text(v.clone())),
+        AttributeOp::Ne(v) => ("ne", Value::Text(v.clone())),
+        AttributeOp::Regex(v) => ("regex", Value::Text(v.clone())),
+        AttributeOp::Numeric(o, x) => (o.as_str(), Value::Real(*x)),
+    }
+}
+
+fn filter_from_args(
+    key: String,
+    op: &str,
+    operand: rusqlite::types::ValueRef<'_>,
+) -> std::result::Result<AttributeFilter, datatracing_core::Error> {
+    let text = || -> std::result::Result<String, datatracing_core::Error> {
+        operand
+            .as_str()
+            .map(str::to_string)
+            .map_err(|_| datatracing_core::Error::Query("dt_attr operand must be text".into()))
+    };
+    let op = match op {
+        "exists" => AttributeOp::Exists,
+        "eq" => AttributeOp::Eq(text()?),
+        "ne" => AttributeOp::Ne(text()?),
+        "regex" => AttributeOp::Regex(text()?),
+        other => {
+            let o = datatracing_core::NumericOp::parse(other).ok_or_else(|| {
+                datatracing_core::Error::Query(format!("dt_attr: unknown operator {other}"))
+            })?;
+            let x = operand.as_f64().map_err(|_| {
+                datatracing_core::Error::Query("dt_attr operand must be a number".into())
+            })?;
+            AttributeOp::Numeric(o, x)
+        }
+    };
+    Ok(AttributeFilter { key, op })
 }
 
 fn check_version(conn: &Connection) -> Result<i64> {
@@ -283,39 +349,65 @@ fn check_version(conn: &Connection) -> Result<i64> {
     Ok(v)
 }
 
-/// Versioned, idempotent schema set-up. Version 1 is the first layout.
+/// Versioned, idempotent schema set-up. Version 1 is the first layout; version 2 adds the
+/// `span_names` index (filled from the stored spans once) and `store_meta`.
 fn migrate(conn: &Connection) -> Result<()> {
-    if check_version(conn)? >= SCHEMA_VERSION {
+    let version = check_version(conn)?;
+    if version >= SCHEMA_VERSION {
         return Ok(());
     }
-    // Must precede the first table so freed pages can be returned by incremental vacuum.
-    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-    conn.execute_batch(
+    if version < 1 {
+        // Must precede the first table so freed pages can be returned by incremental vacuum.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS spans (
+                 id             INTEGER PRIMARY KEY,
+                 trace_id       BLOB    NOT NULL,
+                 span_id        BLOB    NOT NULL,
+                 parent_id      BLOB,
+                 service        TEXT    NOT NULL,
+                 operation      TEXT    NOT NULL,
+                 kind           INTEGER NOT NULL,
+                 start_ns       INTEGER NOT NULL,
+                 end_ns         INTEGER NOT NULL,
+                 duration_ns    INTEGER NOT NULL,
+                 status         INTEGER NOT NULL,
+                 status_message TEXT,
+                 attributes     TEXT,
+                 events         TEXT,
+                 links          TEXT
+             );
+             CREATE UNIQUE INDEX IF NOT EXISTS spans_by_trace ON spans(trace_id, span_id);
+             CREATE INDEX IF NOT EXISTS spans_by_start ON spans(start_ns);
+             CREATE INDEX IF NOT EXISTS spans_by_service ON spans(service, start_ns);
+             CREATE INDEX IF NOT EXISTS spans_by_service_op ON spans(service, operation, start_ns);
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    conn.execute_batch(&format!(
         "BEGIN;
-         CREATE TABLE IF NOT EXISTS spans (
-             id             INTEGER PRIMARY KEY,
-             trace_id       BLOB    NOT NULL,
-             span_id        BLOB    NOT NULL,
-             parent_id      BLOB,
-             service        TEXT    NOT NULL,
-             operation      TEXT    NOT NULL,
-             kind           INTEGER NOT NULL,
-             start_ns       INTEGER NOT NULL,
-             end_ns         INTEGER NOT NULL,
-             duration_ns    INTEGER NOT NULL,
-             status         INTEGER NOT NULL,
-             status_message TEXT,
-             attributes     TEXT,
-             events         TEXT,
-             links          TEXT
-         );
-         CREATE UNIQUE INDEX IF NOT EXISTS spans_by_trace ON spans(trace_id, span_id);
-         CREATE INDEX IF NOT EXISTS spans_by_start ON spans(start_ns);
-         CREATE INDEX IF NOT EXISTS spans_by_service ON spans(service, start_ns);
-         CREATE INDEX IF NOT EXISTS spans_by_service_op ON spans(service, operation, start_ns);
-         PRAGMA user_version = 1;
-         COMMIT;",
-    )?;
+         CREATE TABLE IF NOT EXISTS span_names (
+             service   TEXT    NOT NULL,
+             operation TEXT    NOT NULL,
+             kind      INTEGER NOT NULL,
+             hour      INTEGER NOT NULL,
+             first_ns  INTEGER NOT NULL,
+             last_ns   INTEGER NOT NULL,
+             PRIMARY KEY (service, operation, kind, hour)
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS span_names_by_hour ON span_names(hour);
+         CREATE TABLE IF NOT EXISTS store_meta (
+             key   TEXT PRIMARY KEY,
+             value INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         INSERT OR REPLACE INTO span_names (service, operation, kind, hour, first_ns, last_ns)
+             SELECT service, operation, kind, start_ns / {NAME_BUCKET_NS}, min(start_ns), max(start_ns)
+             FROM spans GROUP BY service, operation, kind, start_ns / {NAME_BUCKET_NS};
+         PRAGMA user_version = 2;
+         COMMIT;"
+    ))?;
     Ok(())
 }
 
@@ -349,7 +441,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
                 commit_group(&mut conn, group);
             }
             Command::Purge { cutoff, reply } => {
-                let _ = reply.send(purge_chunk(&conn, cutoff));
+                let _ = reply.send(purge_chunk(&mut conn, cutoff));
             }
         }
     }
@@ -391,13 +483,33 @@ fn commit_group(conn: &mut Connection, group: Vec<(Arc<[Span]>, WriteReply)>) {
 fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Span]>) -> Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO spans (trace_id, span_id, parent_id, service, operation, kind, start_ns,
-                 end_ns, duration_ns, status, status_message, attributes, events, links)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        // Ids are assigned here, above every id ever used (also purged ones), so a row id
+        // is an insertion sequence that search cursors can pin.
+        let mut next_id: i64 = tx.query_row(
+            "SELECT max(coalesce((SELECT max(id) FROM spans), 0),
+                        coalesce((SELECT value FROM store_meta WHERE key = 'max_span_id'), 0)) + 1",
+            [],
+            |r| r.get(0),
         )?;
+        // A rewritten span (a retry) keeps its row and id, so it neither vanishes from nor
+        // reappears in a paged search.
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO spans (id, trace_id, span_id, parent_id, service, operation, kind, start_ns,
+                 end_ns, duration_ns, status, status_message, attributes, events, links)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT (trace_id, span_id) DO UPDATE SET
+                 parent_id = excluded.parent_id, service = excluded.service,
+                 operation = excluded.operation, kind = excluded.kind,
+                 start_ns = excluded.start_ns, end_ns = excluded.end_ns,
+                 duration_ns = excluded.duration_ns, status = excluded.status,
+                 status_message = excluded.status_message, attributes = excluded.attributes,
+                 events = excluded.events, links = excluded.links",
+        )?;
+        let mut names: std::collections::HashMap<(&str, &str, u8, i64), (i64, i64)> =
+            std::collections::HashMap::new();
         for span in batches.flatten() {
             stmt.execute(params![
+                next_id,
                 span.trace_id.as_bytes().as_slice(),
                 span.span_id.as_bytes().as_slice(),
                 span.parent_id.as_ref().map(|p| p.as_bytes().as_slice()),
@@ -413,6 +525,29 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
                 json_or_null(&span.events, Vec::is_empty)?,
                 json_or_null(&span.links, Vec::is_empty)?,
             ])?;
+            next_id += 1;
+            let start = span.start_time.unix_nanos();
+            let e = names
+                .entry((
+                    span.service.as_str(),
+                    span.operation.as_str(),
+                    span.kind.code(),
+                    start / NAME_BUCKET_NS,
+                ))
+                .or_insert((start, start));
+            e.0 = e.0.min(start);
+            e.1 = e.1.max(start);
+        }
+        // One upsert per distinct (service, operation, kind, hour) of the group, not per span.
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO span_names (service, operation, kind, hour, first_ns, last_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (service, operation, kind, hour) DO UPDATE SET
+                 first_ns = min(first_ns, excluded.first_ns),
+                 last_ns = max(last_ns, excluded.last_ns)",
+        )?;
+        for ((service, operation, kind, hour), (first, last)) in names {
+            upsert.execute(params![service, operation, kind, hour, first, last])?;
         }
     }
     tx.commit()?;
@@ -428,11 +563,23 @@ fn json_or_null<T: Serialize>(v: &T, empty: impl Fn(&T) -> bool) -> Result<Optio
         .map_err(|e| Error::Corrupt(format!("cannot encode span field: {e}")))
 }
 
-fn purge_chunk(conn: &Connection, cutoff: Timestamp) -> Result<usize> {
-    let n = conn.execute(
+fn purge_chunk(conn: &mut Connection, cutoff: Timestamp) -> Result<usize> {
+    let tx = conn.transaction()?;
+    // Remember the highest id before deleting: the writer never hands it out again.
+    tx.execute(
+        "INSERT INTO store_meta (key, value) SELECT 'max_span_id', max(id) FROM spans WHERE true HAVING max(id) IS NOT NULL
+         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+        [],
+    )?;
+    let n = tx.execute(
         "DELETE FROM spans WHERE id IN (SELECT id FROM spans WHERE start_ns < ?1 ORDER BY start_ns LIMIT ?2)",
         params![cutoff.unix_nanos(), PURGE_CHUNK as i64],
     )?;
+    tx.execute(
+        "DELETE FROM span_names WHERE last_ns < ?1",
+        [cutoff.unix_nanos()],
+    )?;
+    tx.commit()?;
     if n > 0 {
         conn.execute_batch("PRAGMA incremental_vacuum(2048);")?;
     }
@@ -509,9 +656,11 @@ fn get_trace_sync(conn: &Connection, trace_id: TraceId) -> Result<Option<Vec<Spa
     Ok((!spans.is_empty()).then_some(spans))
 }
 
-fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>> {
-    let mut sql = String::from("SELECT trace_id FROM spans WHERE 1 = 1");
-    let mut args: Vec<Value> = Vec::new();
+/// The WHERE clause (after `WHERE`) of a search's span filters, with its arguments:
+/// everything a single span must satisfy, plus the snapshot bound.
+fn span_filters(q: &TraceQuery, snapshot: i64) -> (String, Vec<Value>) {
+    let mut sql = String::from("id <= ?1");
+    let mut args: Vec<Value> = vec![Value::Integer(snapshot)];
     let mut push = |clause: &str, v: Value| {
         args.push(v);
         sql.push_str(&format!(" AND {clause} ?{}", args.len()));
@@ -522,6 +671,9 @@ fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>> {
     if let Some(o) = &q.operation {
         push("operation =", Value::Text(o.clone()));
     }
+    if let Some(k) = q.kind {
+        push("kind =", Value::Integer(i64::from(k.code())));
+    }
     if let Some(st) = q.status {
         push("status =", Value::Integer(i64::from(st.code())));
     }
@@ -531,66 +683,189 @@ fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>> {
     if let Some(t) = q.end {
         push("start_ns <=", Value::Integer(t.unix_nanos()));
     }
-    if let Some(d) = q.min_duration_nanos {
+    let (min, max) = q.span_duration_bounds();
+    if let Some(d) = min {
         push("duration_ns >=", Value::Integer(d));
     }
-    if let Some(d) = q.max_duration_nanos {
+    if let Some(d) = max {
         push("duration_ns <=", Value::Integer(d));
     }
     for f in &q.attributes {
+        let (op, operand) = filter_args(f);
         args.push(Value::Text(f.key.clone()));
-        args.push(f.value.clone().map_or(Value::Null, Value::Text));
+        args.push(Value::Text(op.to_string()));
+        args.push(operand);
+        let n = args.len();
         sql.push_str(&format!(
-            " AND dt_attr(attributes, ?{}, ?{})",
-            args.len() - 1,
-            args.len()
+            " AND dt_attr(attributes, ?{}, ?{}, ?{n})",
+            n - 2,
+            n - 1
+        ));
+    }
+    (sql, args)
+}
+
+fn trace_summary(conn: &Connection, id: TraceId) -> Result<Option<TraceSummary>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT span_id, parent_id IS NULL, service, operation, start_ns, end_ns, status FROM spans WHERE trace_id = ?1",
+    )?;
+    let mut b = SummaryBuilder::default();
+    let mut rows = stmt.query([id.as_bytes().as_slice()])?;
+    while let Some(r) = rows.next()? {
+        let span_id = SpanId::from_slice(r.get_ref(0)?.as_blob()?)
+            .map_err(|_| Error::Corrupt("span_id".into()))?;
+        let status =
+            StatusCode::from_code(r.get(6)?).ok_or_else(|| Error::Corrupt("status".into()))?;
+        b.add(
+            span_id,
+            r.get(1)?,
+            r.get_ref(2)?.as_str()?,
+            r.get_ref(3)?.as_str()?,
+            Timestamp::from_unix_nanos(r.get(4)?),
+            Timestamp::from_unix_nanos(r.get(5)?),
+            status,
+        );
+    }
+    Ok(b.build(id))
+}
+
+/// One page of a search. Rows are read newest first; the first row of a trace gives its
+/// sort key (its latest matching span). After a cursor only rows past the cursor are read,
+/// and a trace that also has a matching row at or before the cursor is skipped: its key
+/// places it on an earlier page.
+fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<SearchPage> {
+    // One read transaction: the snapshot id and every statement see the same data.
+    let tx = conn.unchecked_transaction()?;
+    let snapshot = match &q.cursor {
+        Some(c) => c.snapshot,
+        None => tx.query_row("SELECT coalesce(max(id), 0) FROM spans", [], |r| r.get(0))?,
+    };
+    let (filters, mut args) = span_filters(q, snapshot);
+    let mut sql = format!("SELECT trace_id, start_ns FROM spans WHERE {filters}");
+    if let Some(c) = &q.cursor {
+        args.push(Value::Integer(c.latest_nanos));
+        args.push(Value::Blob(c.trace_id.as_bytes().to_vec()));
+        let n = args.len();
+        sql.push_str(&format!(
+            " AND (start_ns < ?{k} OR (start_ns = ?{k} AND trace_id > ?{n}))",
+            k = n - 1
         ));
     }
     sql.push_str(" ORDER BY start_ns DESC, trace_id ASC");
+    let (check_filters, mut check_args) = span_filters(q, snapshot);
+    let check_sql = format!(
+        "SELECT max(start_ns) FROM spans WHERE {check_filters} AND trace_id = ?{} AND start_ns >= ?{}",
+        check_args.len() + 1,
+        check_args.len() + 2
+    );
+    let trace_bounds = q.trace_duration_bounds();
 
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = tx.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
     let mut seen = std::collections::HashSet::new();
-    let mut ids = Vec::new();
+    let mut page: Vec<(TraceSummary, i64)> = Vec::new();
+    let mut more = false;
     while let Some(row) = rows.next()? {
         let id = TraceId::from_slice(row.get_ref(0)?.as_blob()?)
             .map_err(|_| Error::Corrupt("trace_id".into()))?;
-        if seen.insert(id) {
-            ids.push(id);
-            if ids.len() >= q.limit {
-                break;
+        if !seen.insert(id) {
+            continue;
+        }
+        let latest: i64 = row.get(1)?;
+        if let Some(c) = &q.cursor {
+            check_args.push(Value::Blob(id.as_bytes().to_vec()));
+            check_args.push(Value::Integer(c.latest_nanos));
+            let newest: Option<i64> = tx.query_row(
+                &check_sql,
+                rusqlite::params_from_iter(check_args.iter()),
+                |r| r.get(0),
+            )?;
+            check_args.truncate(check_args.len() - 2);
+            if newest.is_some_and(|m| !c.is_before(m, id)) {
+                continue;
             }
         }
+        // A trace purged meanwhile simply drops out of the result.
+        let Some(summary) = trace_summary(&tx, id)? else {
+            continue;
+        };
+        if let Some((min, max)) = trace_bounds
+            && !(min..=max).contains(&summary.duration_nanos)
+        {
+            continue;
+        }
+        if page.len() == q.limit {
+            more = true;
+            break;
+        }
+        page.push((summary, latest));
     }
-    drop(rows);
+    let next_cursor = match (more, page.last()) {
+        (true, Some((last, latest))) => Some(SearchCursor {
+            snapshot,
+            latest_nanos: *latest,
+            trace_id: last.trace_id,
+            fingerprint: q.fingerprint(),
+        }),
+        _ => None,
+    };
+    Ok(SearchPage {
+        traces: page.into_iter().map(|(s, _)| s).collect(),
+        next_cursor,
+    })
+}
 
-    let mut summary_stmt = conn.prepare_cached(
-        "SELECT span_id, parent_id IS NULL, service, operation, start_ns, end_ns, status FROM spans WHERE trace_id = ?1",
-    )?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let mut b = SummaryBuilder::default();
-        let mut rows = summary_stmt.query([id.as_bytes().as_slice()])?;
-        while let Some(r) = rows.next()? {
-            let span_id = SpanId::from_slice(r.get_ref(0)?.as_blob()?)
-                .map_err(|_| Error::Corrupt("span_id".into()))?;
-            let status =
-                StatusCode::from_code(r.get(6)?).ok_or_else(|| Error::Corrupt("status".into()))?;
-            b.add(
-                span_id,
-                r.get(1)?,
-                r.get_ref(2)?.as_str()?,
-                r.get_ref(3)?.as_str()?,
-                Timestamp::from_unix_nanos(r.get(4)?),
-                Timestamp::from_unix_nanos(r.get(5)?),
-                status,
-            );
-        }
-        // A trace purged between the two statements simply drops out of the result.
-        if let Some(s) = b.build(id) {
-            out.push(s);
-        }
+/// `WHERE` conditions selecting `span_names` rows that overlap a window.
+fn window_filters(w: &TimeWindow, sql: &mut String, args: &mut Vec<Value>) {
+    if let Some(t) = w.start {
+        args.push(Value::Integer(t.unix_nanos() / NAME_BUCKET_NS));
+        args.push(Value::Integer(t.unix_nanos()));
+        let n = args.len();
+        sql.push_str(&format!(" AND hour >= ?{} AND last_ns >= ?{n}", n - 1));
     }
+    if let Some(t) = w.end {
+        args.push(Value::Integer(t.unix_nanos() / NAME_BUCKET_NS));
+        args.push(Value::Integer(t.unix_nanos()));
+        let n = args.len();
+        sql.push_str(&format!(" AND hour <= ?{} AND first_ns <= ?{n}", n - 1));
+    }
+}
+
+fn services_sync(conn: &Connection, w: &TimeWindow, limit: usize) -> Result<Vec<String>> {
+    let mut sql = String::from("SELECT DISTINCT service FROM span_names WHERE 1 = 1");
+    let mut args = Vec::new();
+    window_filters(w, &mut sql, &mut args);
+    sql.push_str(&format!(" ORDER BY service LIMIT {limit}"));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let out = stmt
+        .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(out)
+}
+
+fn operations_sync(
+    conn: &Connection,
+    service: &str,
+    w: &TimeWindow,
+    limit: usize,
+) -> Result<Vec<Operation>> {
+    let mut sql =
+        String::from("SELECT DISTINCT operation, kind FROM span_names WHERE service = ?1");
+    let mut args = vec![Value::Text(service.to_string())];
+    window_filters(w, &mut sql, &mut args);
+    // Storage codes follow the kinds' declaration order, which is `Operation`'s order too.
+    sql.push_str(&format!(" ORDER BY operation, kind LIMIT {limit}"));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let kind = SpanKind::from_code(r.get(1)?).ok_or_else(|| Error::Corrupt("kind".into()))?;
+        out.push(Operation {
+            name: r.get(0)?,
+            span_kind: kind,
+        });
+    }
+    out.sort();
     Ok(out)
 }
 
@@ -650,8 +925,31 @@ impl TraceReader for EmbeddedStore {
             .await?)
     }
 
-    async fn search(&self, query: &TraceQuery) -> datatracing_store::Result<Vec<TraceSummary>> {
+    async fn search(&self, query: &TraceQuery) -> datatracing_store::Result<SearchPage> {
         let q = query.clone();
         Ok(self.with_reader(move |c| search_sync(c, &q)).await?)
+    }
+
+    async fn services(
+        &self,
+        window: &TimeWindow,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<String>> {
+        let w = *window;
+        Ok(self
+            .with_reader(move |c| services_sync(c, &w, limit))
+            .await?)
+    }
+
+    async fn operations(
+        &self,
+        service: &str,
+        window: &TimeWindow,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<Operation>> {
+        let (w, service) = (*window, service.to_string());
+        Ok(self
+            .with_reader(move |c| operations_sync(c, &service, &w, limit))
+            .await?)
     }
 }

@@ -299,3 +299,185 @@ async fn a_busy_database_is_transient() {
         .await
         .unwrap();
 }
+
+/// Builds a data directory as a version-1 binary left it (no `span_names`, no `store_meta`).
+fn write_v1_database(dir: &std::path::Path, spans: &[datatracing_core::Span]) {
+    let conn = rusqlite::Connection::open(dir.join("traces.db")).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE spans (
+             id INTEGER PRIMARY KEY, trace_id BLOB NOT NULL, span_id BLOB NOT NULL, parent_id BLOB,
+             service TEXT NOT NULL, operation TEXT NOT NULL, kind INTEGER NOT NULL,
+             start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL,
+             status INTEGER NOT NULL, status_message TEXT, attributes TEXT, events TEXT, links TEXT);
+         CREATE UNIQUE INDEX spans_by_trace ON spans(trace_id, span_id);
+         CREATE INDEX spans_by_start ON spans(start_ns);
+         CREATE INDEX spans_by_service ON spans(service, start_ns);
+         CREATE INDEX spans_by_service_op ON spans(service, operation, start_ns);
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    for s in spans {
+        conn.execute(
+            "INSERT INTO spans (trace_id, span_id, service, operation, kind, start_ns, end_ns, duration_ns, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+            rusqlite::params![
+                s.trace_id.as_bytes().as_slice(),
+                s.span_id.as_bytes().as_slice(),
+                s.service,
+                s.operation,
+                s.kind.code(),
+                s.start_time.unix_nanos(),
+                s.end_time.unix_nanos(),
+                s.duration_nanos()
+            ],
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_directory_is_migrated_and_its_names_indexed() {
+    use datatracing_core::{Operation, SpanKind, TimeWindow};
+    let dir = tempfile::tempdir().unwrap();
+    let t = fresh_trace_id();
+    let now = Timestamp::now();
+    let mut a = simple_span(t, 1, None, "legacy", now, 5);
+    a.kind = SpanKind::Ingest;
+    let b = simple_span(t, 2, Some(1), "legacy", now, 5);
+    write_v1_database(dir.path(), &[a, b]);
+
+    // A standalone query process cannot read it until a collector upgraded it.
+    let err = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadOnly)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(err.to_string().contains("older"), "{err}");
+
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    let all = TimeWindow::default();
+    assert_eq!(
+        store.services(&all, 100).await.unwrap(),
+        vec!["legacy".to_string()]
+    );
+    assert_eq!(
+        store.operations("legacy", &all, 100).await.unwrap(),
+        vec![
+            Operation {
+                name: "op-1".into(),
+                span_kind: SpanKind::Ingest
+            },
+            Operation {
+                name: "op-2".into(),
+                span_kind: SpanKind::Transform
+            },
+        ]
+    );
+    // New writes continue after the old rows and page as usual.
+    store
+        .write(vec![simple_span(fresh_trace_id(), 1, None, "legacy", now, 5)].into())
+        .await
+        .unwrap();
+    let page = store
+        .search(&datatracing_core::TraceQuery {
+            service: Some("legacy".into()),
+            ..datatracing_core::TraceQuery::with_limit(1)
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.traces.len(), 1);
+    assert!(page.next_cursor.is_some());
+    store.close().await.unwrap();
+    // Once migrated, a read-only process opens it.
+    EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadOnly)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_row_ids_are_never_reused_so_cursors_stay_exact() {
+    use datatracing_core::{TimeWindow, TraceQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    let now = Timestamp::now();
+    let day = 86_400_000_000_000i64;
+    let q = |limit| TraceQuery {
+        service: Some("svc".into()),
+        ..TraceQuery::with_limit(limit)
+    };
+    // Two recent traces, then a late-arriving old one: the newest row is the old span.
+    let (r1, r2, old) = (fresh_trace_id(), fresh_trace_id(), fresh_trace_id());
+    store
+        .write(
+            vec![
+                simple_span(r1, 1, None, "svc", now, 5),
+                simple_span(r2, 1, None, "svc", now.saturating_add_nanos(-1), 5),
+            ]
+            .into(),
+        )
+        .await
+        .unwrap();
+    store
+        .write(
+            vec![simple_span(
+                old,
+                1,
+                None,
+                "gone",
+                now.saturating_add_nanos(-10 * day),
+                5,
+            )]
+            .into(),
+        )
+        .await
+        .unwrap();
+    let first = store.search(&q(1)).await.unwrap();
+    assert_eq!(first.traces[0].trace_id, r1);
+    let cursor = first.next_cursor.unwrap();
+    // Retention removes the highest row id; a new span must not take it over, or it
+    // would fall inside the first page's snapshot.
+    assert_eq!(
+        store
+            .purge_older_than(now.saturating_add_nanos(-day))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        store
+            .services(&TimeWindow::default(), 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s != "gone"),
+        "retention also clears the name index"
+    );
+    store
+        .write(
+            vec![simple_span(
+                fresh_trace_id(),
+                1,
+                None,
+                "svc",
+                now.saturating_add_nanos(-2),
+                5,
+            )]
+            .into(),
+        )
+        .await
+        .unwrap();
+    let second = store
+        .search(&TraceQuery {
+            cursor: Some(cursor),
+            ..q(10)
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = second.traces.iter().map(|s| s.trace_id).collect();
+    assert_eq!(ids, vec![r2], "only what the first page's snapshot held");
+    assert!(second.next_cursor.is_none());
+}

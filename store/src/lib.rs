@@ -17,7 +17,7 @@ mod error;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datatracing_core::{Span, TraceId, TraceQuery, TraceSummary};
+use datatracing_core::{Operation, SearchPage, Span, TimeWindow, TraceId, TraceQuery};
 
 pub use error::{Error, Result};
 
@@ -53,7 +53,24 @@ pub trait TraceReader: Health {
     /// All stored spans of a trace, ordered by start time then span id; `None` if unknown.
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Vec<Span>>>;
 
-    /// Trace summaries matching a validated query, with the semantics documented on
-    /// [`TraceQuery`].
-    async fn search(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>>;
+    /// One page of trace summaries matching a validated query, with the semantics
+    /// documented on [`TraceQuery`]: at most `limit` traces, and a cursor for the next page
+    /// unless this is the last one. Continuing from a cursor reads the snapshot the cursor
+    /// pins, so spans stored after the first page never duplicate or displace traces.
+    async fn search(&self, query: &TraceQuery) -> Result<SearchPage>;
+
+    /// Services with spans in the window, sorted, at most `limit`. Served from an index of
+    /// names kept at one-hour resolution, not from the spans: a service is listed when the
+    /// first and last span it had within some hour bracket a point of the window.
+    async fn services(&self, window: &TimeWindow, limit: usize) -> Result<Vec<String>>;
+
+    /// The operations of a service with spans in the window, each with its span kind,
+    /// sorted by name then kind, at most `limit`; same index and resolution as
+    /// [`TraceReader::services`].
+    async fn operations(
+        &self,
+        service: &str,
+        window: &TimeWindow,
+        limit: usize,
+    ) -> Result<Vec<Operation>>;
 }

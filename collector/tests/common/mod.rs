@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use async_trait::async_trait;
 use axum::Router;
 use datatracing_collector::{Collector, CollectorConfig};
-use datatracing_core::{Span, TraceId, TraceQuery, TraceSummary};
+use datatracing_core::{Operation, SearchPage, Span, TimeWindow, TraceId, TraceQuery};
 use datatracing_http::{HttpMetrics, Readiness};
 use datatracing_store::{Health, TraceReader, TraceWriter};
 use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
@@ -69,8 +69,23 @@ impl TraceReader for FaultyStore {
     async fn get_trace(&self, id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         self.inner.get_trace(id).await
     }
-    async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<Vec<TraceSummary>> {
+    async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {
         self.inner.search(q).await
+    }
+    async fn services(
+        &self,
+        w: &TimeWindow,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<String>> {
+        self.inner.services(w, limit).await
+    }
+    async fn operations(
+        &self,
+        service: &str,
+        w: &TimeWindow,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<Operation>> {
+        self.inner.operations(service, w, limit).await
     }
 }
 

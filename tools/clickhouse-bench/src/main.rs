@@ -341,17 +341,14 @@ async fn main() -> anyhow::Result<()> {
                 start: Some(ranges[i].0),
                 end: Some(ranges[i].1),
                 attributes: if *with_dataset {
-                    vec![AttributeFilter {
-                        key: "dataset".into(),
-                        value: Some(datasets[i].clone()),
-                    }]
+                    vec![AttributeFilter::eq("dataset", datasets[i].clone())]
                 } else {
                     Vec::new()
                 },
                 ..template.clone()
             };
             let store = store.clone();
-            async move { Ok(store.search(&query).await?.len()) }
+            async move { Ok(store.search(&query).await?.traces.len()) }
         })
         .await?;
         println!(
