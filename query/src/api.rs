@@ -1,18 +1,34 @@
-//! The query HTTP API.
+//! The query HTTP API: trace DAGs, search (query string and JSON body, both paged with
+//! cursors), and the services / operations listings.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
-use axum::routing::get;
-use datatracing_core::{AttributeFilter, TraceDag, TraceId, TraceQuery, parse_duration_ns};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::routing::{get, post};
+use datatracing_core::{
+    AttributeFilter, DurationScope, MAX_NAMES, SearchCursor, SearchPage, SpanKind, TimeWindow,
+    TraceDag, TraceId, TraceQuery, parse_duration_ns,
+};
 use datatracing_http::ApiError;
 use datatracing_store::TraceReader;
+use serde::Deserialize;
+
+/// Largest JSON search body accepted (16 filters with long regexes fit many times over).
+const MAX_SEARCH_BODY: usize = 64 * 1024;
 
 pub(crate) fn routes(store: Arc<dyn TraceReader>) -> Router {
     Router::new()
         .route("/api/v1/traces", get(search))
+        .route(
+            "/api/v1/traces/search",
+            post(search_body).layer(DefaultBodyLimit::max(MAX_SEARCH_BODY)),
+        )
         .route("/api/v1/traces/{trace_id}", get(get_trace))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/services/{service}/operations", get(operations))
         .with_state(store)
 }
 
@@ -39,51 +55,90 @@ async fn get_trace(
 pub(crate) struct SearchParams {
     service: Option<String>,
     operation: Option<String>,
+    kind: Option<String>,
     status: Option<String>,
     start: Option<String>,
     end: Option<String>,
     min_duration: Option<String>,
     max_duration: Option<String>,
+    duration_scope: Option<String>,
     limit: Option<String>,
+    cursor: Option<String>,
+    /// Query-string filters (`key=value` or `key`).
     attribute: Vec<String>,
+    /// Filters from a JSON body, already typed.
+    typed: Vec<AttributeFilter>,
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.is_empty())
 }
 
+/// Splits a raw query string into pairs, refusing parameters not in `known` and repeated
+/// ones (`repeatable` may repeat).
+fn query_pairs(
+    raw: &str,
+    known: &[&str],
+    repeatable: &[&str],
+) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
+        .map_err(|e| ApiError::invalid_argument(format!("malformed query string: {e}")))?;
+    let mut seen = std::collections::HashSet::new();
+    for (k, _) in &pairs {
+        if !known.contains(&k.as_str()) {
+            return Err(ApiError::invalid_argument(format!(
+                "unknown parameter {:?}; expected {}",
+                k.chars().take(64).collect::<String>(),
+                known.join(", ")
+            )));
+        }
+        if !repeatable.contains(&k.as_str()) && !seen.insert(k.clone()) {
+            return Err(ApiError::invalid_argument(format!(
+                "parameter {k} given twice"
+            )));
+        }
+    }
+    Ok(pairs)
+}
+
 impl SearchParams {
+    const KNOWN: &'static [&'static str] = &[
+        "service",
+        "operation",
+        "kind",
+        "status",
+        "start",
+        "end",
+        "min_duration",
+        "max_duration",
+        "duration_scope",
+        "limit",
+        "cursor",
+        "attribute",
+    ];
+
     /// Reads a raw query string; unknown or repeated single-valued parameters are errors.
     pub(crate) fn from_query_string(raw: &str) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
-            .map_err(|e| ApiError::invalid_argument(format!("malformed query string: {e}")))?;
         let mut p = SearchParams::default();
-        for (k, v) in pairs {
+        for (k, v) in query_pairs(raw, Self::KNOWN, &["attribute"])? {
             let slot = match k.as_str() {
                 "service" => &mut p.service,
                 "operation" => &mut p.operation,
+                "kind" => &mut p.kind,
                 "status" => &mut p.status,
                 "start" => &mut p.start,
                 "end" => &mut p.end,
                 "min_duration" => &mut p.min_duration,
                 "max_duration" => &mut p.max_duration,
+                "duration_scope" => &mut p.duration_scope,
                 "limit" => &mut p.limit,
-                "attribute" => {
+                "cursor" => &mut p.cursor,
+                _ => {
                     p.attribute.push(v);
                     continue;
                 }
-                other => {
-                    return Err(ApiError::invalid_argument(format!(
-                        "unknown parameter {other:?}; expected service, operation, status, start, end, \
-                         min_duration, max_duration, limit or attribute"
-                    )));
-                }
             };
-            if slot.replace(v).is_some() {
-                return Err(ApiError::invalid_argument(format!(
-                    "parameter {k} given twice"
-                )));
-            }
+            *slot = Some(v);
         }
         Ok(p)
     }
@@ -104,18 +159,28 @@ impl SearchParams {
         };
         let limit = match non_empty(self.limit) {
             None => TraceQuery::DEFAULT_LIMIT,
-            Some(s) => s
-                .parse::<usize>()
-                .map_err(|_| bad("limit", &format!("{s:?} is not a positive integer")))?,
+            Some(s) => s.parse::<usize>().map_err(|_| {
+                bad(
+                    "limit",
+                    &format!(
+                        "{:?} is not a positive integer",
+                        s.chars().take(32).collect::<String>()
+                    ),
+                )
+            })?,
         };
-        let attributes = self
+        let mut attributes = self
             .attribute
             .iter()
             .map(|a| AttributeFilter::parse(a).map_err(|e| bad("attribute", &e)))
             .collect::<Result<Vec<_>, _>>()?;
+        attributes.extend(self.typed);
         let q = TraceQuery {
             service: non_empty(self.service),
             operation: non_empty(self.operation),
+            kind: non_empty(self.kind)
+                .map(|s| s.parse::<SpanKind>().map_err(|e| bad("kind", &e)))
+                .transpose()?,
             status: non_empty(self.status)
                 .map(|s| s.parse().map_err(|e| bad("status", &e)))
                 .transpose()?,
@@ -123,13 +188,98 @@ impl SearchParams {
             end: time("end", self.end)?,
             min_duration_nanos: dur("min_duration", self.min_duration)?,
             max_duration_nanos: dur("max_duration", self.max_duration)?,
+            duration_scope: non_empty(self.duration_scope)
+                .map(|s| {
+                    s.parse::<DurationScope>()
+                        .map_err(|e| bad("duration_scope", &e))
+                })
+                .transpose()?
+                .unwrap_or_default(),
             attributes,
             limit,
-            ..TraceQuery::default()
+            cursor: non_empty(self.cursor)
+                .map(|s| SearchCursor::decode(&s).map_err(|e| bad("cursor", &e)))
+                .transpose()?,
         };
         q.validate()?;
         Ok(q)
     }
+}
+
+/// The JSON search body of `POST /api/v1/traces/search`: the query-string parameters as
+/// fields, and typed attribute filters whose keys may hold any character.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    service: Option<String>,
+    operation: Option<String>,
+    kind: Option<String>,
+    status: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    min_duration: Option<String>,
+    max_duration: Option<String>,
+    duration_scope: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    #[serde(default)]
+    attributes: Vec<AttributeBody>,
+}
+
+/// `{"key": "...", "op": "=", "value": 42}`; `value` is absent for `exists`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttributeBody {
+    key: String,
+    op: String,
+    value: Option<serde_json::Value>,
+}
+
+impl SearchBody {
+    fn into_params(self) -> Result<SearchParams, ApiError> {
+        if self.attributes.len() > TraceQuery::MAX_ATTRIBUTE_FILTERS {
+            return Err(ApiError::invalid_argument(format!(
+                "at most {} attribute filters are allowed",
+                TraceQuery::MAX_ATTRIBUTE_FILTERS
+            )));
+        }
+        let typed = self
+            .attributes
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                AttributeFilter::from_parts(a.key, &a.op, a.value.as_ref())
+                    .map_err(|e| ApiError::invalid_argument(format!("attributes[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SearchParams {
+            service: self.service,
+            operation: self.operation,
+            kind: self.kind,
+            status: self.status,
+            start: self.start,
+            end: self.end,
+            min_duration: self.min_duration,
+            max_duration: self.max_duration,
+            duration_scope: self.duration_scope,
+            limit: self.limit.map(|l| l.to_string()),
+            cursor: self.cursor,
+            attribute: Vec::new(),
+            typed,
+        })
+    }
+}
+
+fn page_body(query: &TraceQuery, page: SearchPage) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "traces": page.traces,
+        "limit": query.limit,
+        "duration_scope": query.duration_scope.as_str(),
+    });
+    if let Some(c) = page.next_cursor {
+        body["next_cursor"] = serde_json::Value::String(c.encode());
+    }
+    body
 }
 
 #[tracing::instrument(skip_all)]
@@ -139,9 +289,89 @@ async fn search(
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let query = SearchParams::from_query_string(raw.as_deref().unwrap_or(""))?.into_query()?;
     let page = store.search(&query).await?;
+    Ok(axum::Json(page_body(&query, page)))
+}
+
+#[tracing::instrument(skip_all)]
+async fn search_body(
+    State(store): State<Arc<dyn TraceReader>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let body = body?;
+    let parsed: SearchBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_argument(format!("invalid search body: {e}")))?;
+    let query = parsed.into_params()?.into_query()?;
+    let page = store.search(&query).await?;
+    Ok(axum::Json(page_body(&query, page)))
+}
+
+/// `start`, `end` and `limit` of the listings.
+fn listing_params(raw: Option<&str>) -> Result<(TimeWindow, usize), ApiError> {
+    let mut window = TimeWindow::default();
+    let mut limit = MAX_NAMES;
+    for (k, v) in query_pairs(raw.unwrap_or(""), &["start", "end", "limit"], &[])? {
+        if v.is_empty() {
+            continue;
+        }
+        let bad =
+            |e: &dyn std::fmt::Display| ApiError::invalid_argument(format!("parameter {k}: {e}"));
+        match k.as_str() {
+            "start" => {
+                window.start =
+                    Some(datatracing_core::Timestamp::parse_rfc3339(&v).map_err(|e| bad(&e))?)
+            }
+            "end" => {
+                window.end =
+                    Some(datatracing_core::Timestamp::parse_rfc3339(&v).map_err(|e| bad(&e))?)
+            }
+            _ => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=MAX_NAMES).contains(l))
+                    .ok_or_else(|| bad(&format!("must be an integer from 1 to {MAX_NAMES}")))?
+            }
+        }
+    }
+    window.validate()?;
+    Ok((window, limit))
+}
+
+#[tracing::instrument(skip_all)]
+async fn services(
+    State(store): State<Arc<dyn TraceReader>>,
+    RawQuery(raw): RawQuery,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let (window, limit) = listing_params(raw.as_deref())?;
+    // One more than asked tells whether the list was cut.
+    let mut services = store.services(&window, limit + 1).await?;
+    let truncated = services.len() > limit;
+    services.truncate(limit);
     Ok(axum::Json(serde_json::json!({
-        "traces": page.traces,
-        "limit": query.limit,
+        "services": services,
+        "truncated": truncated,
+    })))
+}
+
+#[tracing::instrument(skip_all, fields(service = %service))]
+async fn operations(
+    State(store): State<Arc<dyn TraceReader>>,
+    Path(service): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if service.is_empty() || service.len() > 1024 {
+        return Err(ApiError::invalid_argument(
+            "service must have 1 to 1024 bytes",
+        ));
+    }
+    let (window, limit) = listing_params(raw.as_deref())?;
+    let mut operations = store.operations(&service, &window, limit + 1).await?;
+    let truncated = operations.len() > limit;
+    operations.truncate(limit);
+    Ok(axum::Json(serde_json::json!({
+        "service": service,
+        "operations": operations,
+        "truncated": truncated,
     })))
 }
 

@@ -196,3 +196,320 @@ async fn ops_endpoints() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");
 }
+
+async fn post(router: &Router, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri(uri)
+                .header("content-type", "application/json")
+                .body(body.into())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn ids(body: &Value) -> Vec<String> {
+    body["traces"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no traces in {body}"))
+        .iter()
+        .map(|t| t["trace_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn services_and_operations_listings() {
+    let (_d, store, router) = setup().await;
+    let t = fresh_trace_id();
+    let now = Timestamp::now();
+    let mut a = simple_span(t, 1, None, "orders-etl", now, 10);
+    a.kind = SpanKind::Ingest;
+    a.operation = "load orders".into();
+    let mut b = simple_span(t, 2, Some(1), "orders-etl", now, 10);
+    b.kind = SpanKind::Join;
+    b.operation = "join/customers".into();
+    let c = simple_span(
+        t,
+        3,
+        Some(2),
+        "billing",
+        now.saturating_add_nanos(-48 * 3_600_000_000_000),
+        10,
+    );
+    store.write(vec![a, b, c].into()).await.unwrap();
+
+    let (status, body) = get(&router, "/api/v1/services").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["services"],
+        serde_json::json!(["billing", "orders-etl"])
+    );
+    assert_eq!(body["truncated"], false);
+    let (_, body) = get(&router, "/api/v1/services?limit=1").await;
+    assert_eq!(body["services"], serde_json::json!(["billing"]));
+    assert_eq!(body["truncated"], true);
+    let start = now.saturating_add_nanos(-3_600_000_000_000).to_rfc3339();
+    let (status, body) = get(
+        &router,
+        &format!("/api/v1/services?start={}", start.replace('+', "%2B")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["services"], serde_json::json!(["orders-etl"]));
+
+    let (status, body) = get(&router, "/api/v1/services/orders-etl/operations").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["service"], "orders-etl");
+    assert_eq!(
+        body["operations"],
+        serde_json::json!([
+            {"name": "join/customers", "span_kind": "JOIN"},
+            {"name": "load orders", "span_kind": "INGEST"},
+        ])
+    );
+    let (_, body) = get(&router, "/api/v1/services/nobody/operations").await;
+    assert_eq!(body["operations"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn invalid_listing_parameters_get_400() {
+    let (_d, _store, router) = setup().await;
+    for uri in [
+        "/api/v1/services?start=yesterday",
+        "/api/v1/services?end=2026-13-01T00:00:00Z",
+        "/api/v1/services?start=2026-11-28T10:00:00Z&end=2026-11-28T09:00:00Z",
+        "/api/v1/services?limit=0",
+        "/api/v1/services?limit=abc",
+        "/api/v1/services?limit=10001",
+        "/api/v1/services?lmit=5",
+        "/api/v1/services?limit=1&limit=2",
+        "/api/v1/services/x/operations?start=nope",
+        "/api/v1/services/x/operations?service=x",
+        "/api/v1/services?%zz",
+    ] {
+        let (status, body) = get(&router, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_argument", "{uri}");
+    }
+    let (status, body) = get(
+        &router,
+        &format!("/api/v1/services/{}/operations", "s".repeat(1100)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn json_search_with_typed_filters_scope_and_cursors() {
+    let (_d, store, router) = setup().await;
+    let svc = format!("svc-{}", fresh_trace_id());
+    let t0 = Timestamp::now().saturating_add_nanos(-60_000_000_000);
+    let mut spans = Vec::new();
+    let mut traces = Vec::new();
+    for i in 0..5i64 {
+        let t = fresh_trace_id();
+        traces.push(t.to_string());
+        let mut s = simple_span(t, 1, None, &svc, t0.saturating_add_nanos(i * 1_000), 1_000);
+        s.kind = if i % 2 == 0 {
+            SpanKind::Ingest
+        } else {
+            SpanKind::Join
+        };
+        s.attributes = Attributes::from([
+            (
+                "rows".to_string(),
+                datatracing_core::AttributeValue::Int(i * 100),
+            ),
+            (
+                "a=b&c".to_string(),
+                datatracing_core::AttributeValue::from(format!("v{i}")),
+            ),
+        ]);
+        spans.push(s);
+    }
+    // A second, late span makes the first trace last 5 s as a whole.
+    spans.push(simple_span(
+        fresh_trace_id_of(&traces[0]),
+        2,
+        Some(1),
+        &svc,
+        t0.saturating_add_nanos(5_000_000_000),
+        1_000,
+    ));
+    store.write(spans.into()).await.unwrap();
+    traces.reverse(); // newest first
+
+    let (status, body) = post(
+        &router,
+        "/api/v1/traces/search",
+        serde_json::json!({
+            "service": svc,
+            "kind": "ingest",
+            "attributes": [
+                {"key": "rows", "op": ">=", "value": 100},
+                {"key": "a=b&c", "op": "regex", "value": "^v[0-9]$"},
+            ],
+        })
+        .to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        ids(&body),
+        vec![traces[0].clone(), traces[2].clone()],
+        "i = 4, 2"
+    );
+    assert_eq!(body["duration_scope"], "span");
+    assert!(body.get("next_cursor").is_none(), "{body}");
+
+    let (_, body) = post(
+        &router,
+        "/api/v1/traces/search",
+        serde_json::json!({"service": svc, "attributes": [{"key": "a=b&c", "op": "=", "value": "v3"}]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(ids(&body), vec![traces[1].clone()], "a key with = and &");
+
+    let (_, body) = post(
+        &router,
+        "/api/v1/traces/search",
+        serde_json::json!({"service": svc, "min_duration": "2s", "duration_scope": "trace"})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(ids(&body), vec![traces[4].clone()]);
+    assert_eq!(body["duration_scope"], "trace");
+
+    // Pages of two through the body, then the same through the query string.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut req = serde_json::json!({"service": svc, "limit": 2});
+        if let Some(c) = &cursor {
+            req["cursor"] = Value::String(c.clone());
+        }
+        let (status, body) = post(&router, "/api/v1/traces/search", req.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        seen.extend(ids(&body));
+        match body.get("next_cursor") {
+            Some(c) => cursor = Some(c.as_str().unwrap().to_string()),
+            None => break,
+        }
+        assert!(seen.len() <= 5, "{seen:?}");
+    }
+    let mut expected = traces.clone();
+    // The 5 s span makes trace 0 the newest by its latest span.
+    expected.rotate_right(1);
+    assert_eq!(seen, expected);
+
+    let (_, first) = get(&router, &format!("/api/v1/traces?service={svc}&limit=3")).await;
+    let c = first["next_cursor"].as_str().unwrap().to_string();
+    let (status, second) = get(
+        &router,
+        &format!("/api/v1/traces?service={svc}&limit=3&cursor={c}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(ids(&second), expected[3..].to_vec());
+    assert!(second.get("next_cursor").is_none());
+    // A cursor is bound to its filters.
+    let (status, body) = get(
+        &router,
+        &format!("/api/v1/traces?service={svc}&kind=JOIN&cursor={c}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("different search")
+    );
+}
+
+fn fresh_trace_id_of(hex: &str) -> datatracing_core::TraceId {
+    hex.parse().unwrap()
+}
+
+#[tokio::test]
+async fn invalid_json_searches_get_400_in_the_envelope() {
+    let (_d, _store, router) = setup().await;
+    let many = |n: usize, op: &str, v: Value| {
+        let f: Vec<Value> = (0..n)
+            .map(|i| serde_json::json!({"key": format!("k{i}"), "op": op, "value": v}))
+            .collect();
+        serde_json::json!({ "attributes": f }).to_string()
+    };
+    for (body, needle) in [
+        ("not json".to_string(), "invalid search body"),
+        ("{\"servce\": \"x\"}".to_string(), "unknown field"),
+        ("{\"limit\": \"ten\"}".to_string(), "invalid search body"),
+        ("{\"limit\": 0}".to_string(), "limit"),
+        ("{\"limit\": 5000}".to_string(), "limit"),
+        ("{\"kind\": \"DANCE\"}".to_string(), "kind"),
+        ("{\"status\": \"meh\"}".to_string(), "status"),
+        ("{\"duration_scope\": \"forever\"}".to_string(), "duration_scope"),
+        ("{\"min_duration\": \"5\"}".to_string(), "min_duration"),
+        ("{\"start\": \"2026-11-28T10:00:00Z\", \"end\": \"2026-11-28T09:00:00Z\"}".to_string(), "end"),
+        ("{\"cursor\": \"abc\"}".to_string(), "cursor"),
+        (
+            serde_json::json!({"attributes": [{"key": "rows", "op": ">", "value": "5"}]}).to_string(),
+            "JSON number",
+        ),
+        (
+            serde_json::json!({"attributes": [{"key": "p", "op": "regex", "value": "(a"}]}).to_string(),
+            "invalid regex",
+        ),
+        (
+            serde_json::json!({"attributes": [{"key": "p", "op": "regex", "value": "a{1000}{1000}"}]}).to_string(),
+            "invalid regex",
+        ),
+        (
+            serde_json::json!({"attributes": [{"key": "p", "op": "like", "value": "x"}]}).to_string(),
+            "unknown operator",
+        ),
+        (
+            serde_json::json!({"attributes": [{"key": "p", "op": "exists", "value": "x"}]}).to_string(),
+            "no value",
+        ),
+        (
+            serde_json::json!({"attributes": [{"key": "", "op": "exists"}]}).to_string(),
+            "key",
+        ),
+        (
+            serde_json::json!({"attributes": [{"key": "p", "op": "=", "valu": "x"}]}).to_string(),
+            "unknown field",
+        ),
+        (many(17, "exists", Value::Null).replace(",\"value\":null", ""), "at most 16"),
+        (many(5, "regex", Value::String("a".into())), "at most 4 regex"),
+    ] {
+        let (status, resp) = post(&router, "/api/v1/traces/search", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {resp}");
+        assert_eq!(resp["error"]["code"], "invalid_argument", "{body}");
+        let msg = resp["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{body}: {msg:?} should mention {needle}");
+    }
+    let huge = serde_json::json!({"service": "x".repeat(70_000)}).to_string();
+    let (status, resp) = post(&router, "/api/v1/traces/search", huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{resp}");
+    assert_eq!(resp["error"]["code"], "payload_too_large");
+    let (status, resp) = get(&router, "/api/v1/traces?kind=DANCE").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    let (status, resp) = get(&router, "/api/v1/traces?duration_scope=all").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    let (status, resp) = get(&router, "/api/v1/traces?cursor=00").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+}
