@@ -485,7 +485,7 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
     {
         // Ids are assigned here, above every id ever used (also purged ones), so a row id
         // is an insertion sequence that search cursors can pin.
-        let mut next_id: i64 = tx.query_row(
+        let first_id: i64 = tx.query_row(
             "SELECT max(coalesce((SELECT max(id) FROM spans), 0),
                         coalesce((SELECT value FROM store_meta WHERE key = 'max_span_id'), 0)) + 1",
             [],
@@ -507,9 +507,9 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
         )?;
         let mut names: std::collections::HashMap<(&str, &str, u8, i64), (i64, i64)> =
             std::collections::HashMap::new();
-        for span in batches.flatten() {
+        for (span, id) in batches.flatten().zip(first_id..) {
             stmt.execute(params![
-                next_id,
+                id,
                 span.trace_id.as_bytes().as_slice(),
                 span.span_id.as_bytes().as_slice(),
                 span.parent_id.as_ref().map(|p| p.as_bytes().as_slice()),
@@ -525,7 +525,6 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
                 json_or_null(&span.events, Vec::is_empty)?,
                 json_or_null(&span.links, Vec::is_empty)?,
             ])?;
-            next_id += 1;
             let start = span.start_time.unix_nanos();
             let e = names
                 .entry((
