@@ -100,6 +100,21 @@ pub struct TraceDag {
     pub unresolved_links: Vec<UnresolvedLink>,
     /// How many duplicate copies of a span were dropped (same span id stored twice).
     pub duplicate_spans: usize,
+    /// The chain of spans that determined when the trace ended, each waited for by the next;
+    /// the last one ends the trace. See [`critical_path`] for the rule (fan-in aware).
+    pub critical_path: Vec<SpanId>,
+    /// Each span's own time: its duration minus the time its children (by parent id) cover
+    /// within it. In span order.
+    pub self_times: Vec<SelfTime>,
+}
+
+/// Time a span spent outside its children.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SelfTime {
+    /// The span.
+    pub span_id: SpanId,
+    /// Nanoseconds of its duration not covered by any child.
+    pub self_nanos: i64,
 }
 
 impl TraceDag {
@@ -181,6 +196,8 @@ impl TraceDag {
             );
         }
         let summary = summary.build(trace_id)?;
+        let critical_path = critical_path(&spans, &index, &edges);
+        let self_times = self_times(&spans, &index);
         Some(TraceDag {
             trace_id,
             summary,
@@ -192,8 +209,111 @@ impl TraceDag {
             cross_trace_links,
             unresolved_links,
             duplicate_spans,
+            critical_path,
+            self_times,
         })
     }
+}
+
+/// The critical path: start at the span that ends last (ties: the earliest start, then the
+/// smallest id, so an enclosing span wins over its last child) and repeatedly step to the
+/// predecessor that ended last, the one the current span waited for longest. A span's
+/// predecessors are: a parent that ended before it started (a sequential upstream step);
+/// a span linked into it within the trace that ended before it ended (an input; with several
+/// inputs, a fan-in, the latest wins); and a child that ended before it ended (nested work).
+/// An enclosing parent is not a predecessor. Each span is visited once, so cycles end.
+fn critical_path(spans: &[Span], index: &HashMap<SpanId, usize>, edges: &[DagEdge]) -> Vec<SpanId> {
+    let Some(last) = (0..spans.len()).max_by(|&a, &b| {
+        let (x, y) = (&spans[a], &spans[b]);
+        (
+            x.end_time,
+            std::cmp::Reverse(x.start_time),
+            std::cmp::Reverse(x.span_id),
+        )
+            .cmp(&(
+                y.end_time,
+                std::cmp::Reverse(y.start_time),
+                std::cmp::Reverse(y.span_id),
+            ))
+    }) else {
+        return Vec::new();
+    };
+    let mut preds: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+    for e in edges {
+        let (Some(&from), Some(&to)) = (index.get(&e.from), index.get(&e.to)) else {
+            continue;
+        };
+        let (f, t) = (&spans[from], &spans[to]);
+        match e.edge_type {
+            EdgeType::ParentChild => {
+                if f.end_time <= t.start_time {
+                    preds[to].push(from);
+                }
+                if t.end_time <= f.end_time {
+                    preds[from].push(to);
+                }
+            }
+            _ => {
+                if f.end_time <= t.end_time {
+                    preds[to].push(from);
+                }
+            }
+        }
+    }
+    let mut visited = vec![false; spans.len()];
+    let mut path = Vec::new();
+    let mut cur = Some(last);
+    while let Some(i) = cur {
+        visited[i] = true;
+        path.push(spans[i].span_id);
+        cur = preds[i]
+            .iter()
+            .copied()
+            .filter(|&p| !visited[p])
+            .max_by(|&a, &b| {
+                let (x, y) = (&spans[a], &spans[b]);
+                (x.end_time, x.start_time, std::cmp::Reverse(x.span_id)).cmp(&(
+                    y.end_time,
+                    y.start_time,
+                    std::cmp::Reverse(y.span_id),
+                ))
+            });
+    }
+    path.reverse();
+    path
+}
+
+/// Each span's duration minus the union of its children's intervals, clipped to the span.
+fn self_times(spans: &[Span], index: &HashMap<SpanId, usize>) -> Vec<SelfTime> {
+    let mut children: Vec<Vec<(i64, i64)>> = vec![Vec::new(); spans.len()];
+    for s in spans {
+        if let Some(&p) = s.parent_id.as_ref().and_then(|p| index.get(p))
+            && spans[p].span_id != s.span_id
+        {
+            children[p].push((s.start_time.unix_nanos(), s.end_time.unix_nanos()));
+        }
+    }
+    spans
+        .iter()
+        .zip(children)
+        .map(|(s, mut kids)| {
+            let (start, end) = (s.start_time.unix_nanos(), s.end_time.unix_nanos());
+            kids.sort_unstable();
+            let mut covered = 0i64;
+            let mut reach = start;
+            for (a, b) in kids {
+                let (a, b) = (a.max(reach), b.min(end));
+                if b > a {
+                    covered = covered.saturating_add(b - a);
+                    reach = b;
+                }
+            }
+            SelfTime {
+                span_id: s.span_id,
+                self_nanos: end.saturating_sub(start).saturating_sub(covered).max(0),
+            }
+        })
+        .collect()
 }
 
 /// Finds spans that lie on a parent cycle, in span order. Each span is visited a bounded
@@ -350,6 +470,76 @@ mod tests {
         assert!(dag.roots.is_empty());
         assert_eq!(dag.duplicate_spans, 1);
         assert_eq!(dag.spans.len(), 5);
+    }
+
+    fn timed(id: u8, parent: Option<u8>, start: i64, end: i64) -> Span {
+        let mut s = span(id, parent, start);
+        s.end_time = Timestamp::from_unix_nanos(end);
+        s
+    }
+
+    #[test]
+    fn critical_path_follows_the_last_input_of_a_fan_in() {
+        for (a_end, b_end, expect) in [(100, 105, sid(3)), (110, 105, sid(2))] {
+            let a = timed(2, None, 0, a_end);
+            let b = timed(3, None, 5, b_end);
+            // The join's parent is ingest a (sequential) and it links both inputs.
+            let mut join = timed(4, Some(2), 200, 300);
+            join.links = vec![
+                link(1, 2, LinkType::DataDependency),
+                link(1, 3, LinkType::DataDependency),
+            ];
+            let publish = timed(5, Some(4), 400, 500);
+            let dag = TraceDag::build(tid(1), vec![a, b, join, publish]).unwrap();
+            assert_eq!(
+                dag.critical_path,
+                vec![expect, sid(4), sid(5)],
+                "a ends {a_end}"
+            );
+            // Sequential children lie outside their parent: all time is self time.
+            assert!(dag.self_times.iter().all(|t| t.self_nanos > 0));
+            assert_eq!(dag.self_times[2].self_nanos, 100);
+        }
+    }
+
+    #[test]
+    fn critical_path_and_self_time_of_nested_spans() {
+        let root = timed(1, None, 0, 100);
+        let a = timed(2, Some(1), 0, 40);
+        let b = timed(3, Some(1), 40, 95);
+        let b1 = timed(4, Some(3), 50, 90);
+        // Overlaps its sibling: the overlap is not counted twice.
+        let b2 = timed(5, Some(3), 60, 92);
+        let dag = TraceDag::build(tid(1), vec![root, a, b, b1, b2]).unwrap();
+        assert_eq!(
+            dag.critical_path,
+            vec![sid(5), sid(3), sid(1)],
+            "root waited for b (ends last of its children), b for b2"
+        );
+        let selfs: Vec<i64> = dag.self_times.iter().map(|t| t.self_nanos).collect();
+        // root: 100 - (0..95) = 5; a: 40; b: 55 - (50..92) = 13; b1: 40; b2: 32.
+        assert_eq!(selfs, vec![5, 40, 13, 40, 32]);
+
+        // A child that outlives its parent is clipped, and the parent is not its predecessor.
+        let dag = TraceDag::build(
+            tid(1),
+            vec![timed(1, None, 0, 100), timed(2, Some(1), 50, 150)],
+        )
+        .unwrap();
+        assert_eq!(dag.self_times[0].self_nanos, 50);
+        assert_eq!(dag.critical_path, vec![sid(2)]);
+    }
+
+    #[test]
+    fn critical_path_terminates_on_cycles() {
+        let spans = vec![
+            timed(2, Some(4), 1, 2),
+            timed(3, Some(2), 2, 3),
+            timed(4, Some(3), 3, 4),
+        ];
+        let dag = TraceDag::build(tid(1), spans).unwrap();
+        assert!(!dag.critical_path.is_empty() && dag.critical_path.len() <= 3);
+        assert_eq!(dag.critical_path.last(), Some(&sid(4)));
     }
 
     #[test]

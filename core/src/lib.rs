@@ -18,7 +18,7 @@ mod validate;
 pub mod policy;
 pub mod schema;
 
-pub use dag::{CrossTraceLink, DagEdge, EdgeType, TraceDag, UnresolvedLink};
+pub use dag::{CrossTraceLink, DagEdge, EdgeType, SelfTime, TraceDag, UnresolvedLink};
 pub use duration::{ConfigDuration, exponential_backoff, format_duration_ns, parse_duration_ns};
 pub use error::{Error, Result};
 pub use ids::{SpanId, TraceId};

@@ -19,34 +19,55 @@ use serde::Deserialize;
 /// Largest JSON search body accepted (16 filters with long regexes fit many times over).
 const MAX_SEARCH_BODY: usize = 64 * 1024;
 
-pub(crate) fn routes(store: Arc<dyn TraceReader>) -> Router {
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) store: Arc<dyn TraceReader>,
+    /// `query.max_trace_spans`.
+    pub(crate) max_trace_spans: usize,
+}
+
+pub(crate) fn routes(api: Api) -> Router {
+    let store = Arc::clone(&api.store);
+    let trace = Router::new()
+        .route("/api/v1/traces/{trace_id}", get(get_trace))
+        .with_state(api);
     Router::new()
         .route("/api/v1/traces", get(search))
         .route(
             "/api/v1/traces/search",
             post(search_body).layer(DefaultBodyLimit::max(MAX_SEARCH_BODY)),
         )
-        .route("/api/v1/traces/{trace_id}", get(get_trace))
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{service}/operations", get(operations))
         .with_state(store)
+        .merge(trace)
 }
 
+/// The DAG of a trace, read with the `max_trace_spans` cap. The body always says whether it
+/// was cut (`truncated`), and when it was, the cap (`max_spans`): the DAG then holds the
+/// first spans by start time, and its summary, critical path and self times describe those.
 #[tracing::instrument(skip_all, fields(trace_id = %raw_id))]
 async fn get_trace(
-    State(store): State<Arc<dyn TraceReader>>,
+    State(api): State<Api>,
     Path(raw_id): Path<String>,
-) -> Result<axum::Json<TraceDag>, ApiError> {
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let trace_id: TraceId = raw_id
         .parse()
         .map_err(|e| ApiError::invalid_argument(format!("malformed trace id: {e}")))?;
-    let spans = store
-        .get_trace(trace_id)
+    let capped = api
+        .store
+        .get_trace_capped(trace_id, api.max_trace_spans)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("trace {trace_id} not found")))?;
-    let dag = TraceDag::build(trace_id, spans)
+    let dag = TraceDag::build(trace_id, capped.spans)
         .ok_or_else(|| ApiError::not_found(format!("trace {trace_id} not found")))?;
-    Ok(axum::Json(dag))
+    let mut body = serde_json::to_value(&dag).map_err(|e| ApiError::internal(&e))?;
+    body["truncated"] = serde_json::Value::Bool(capped.truncated);
+    if capped.truncated {
+        body["max_spans"] = serde_json::Value::from(api.max_trace_spans);
+    }
+    Ok(axum::Json(body))
 }
 
 /// Raw search parameters; every value is parsed with its own precise error.

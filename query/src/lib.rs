@@ -1,9 +1,14 @@
 //! The query service: trace DAGs and trace search over a [`TraceReader`].
 //!
 //! - `GET /api/v1/traces/{trace_id}`: the reconstructed DAG (spans, typed edges, roots,
-//!   orphans, cycles, cross-trace links) and a summary.
-//! - `GET /api/v1/traces?service=&operation=&status=&start=&end=&min_duration=&max_duration=&limit=`:
-//!   trace summaries, newest first (semantics on [`datatracing_core::TraceQuery`]).
+//!   orphans, cycles, cross-trace links, critical path, self times) and a summary, cut at
+//!   `query.max_trace_spans` spans with `truncated: true`.
+//! - `GET /api/v1/traces?service=&operation=&kind=&status=&start=&end=&min_duration=&max_duration=&duration_scope=&limit=&cursor=`
+//!   and `POST /api/v1/traces/search` (the same as a JSON body, with typed attribute
+//!   filters): one page of trace summaries, newest first (semantics on
+//!   [`datatracing_core::TraceQuery`]), with `next_cursor` unless it is the last page.
+//! - `GET /api/v1/services`, `GET /api/v1/services/{service}/operations`: names from the
+//!   stores' name index, over an optional `start`/`end` window.
 
 mod api;
 
@@ -75,7 +80,11 @@ impl QueryService {
     /// All routes with the common layers, for serving or for `oneshot` tests.
     pub fn router(&self, readiness: Readiness, registry: Arc<Registry>) -> Router {
         finish_router(
-            api::routes(Arc::clone(&self.store)).merge(ops_routes(readiness, registry)),
+            api::routes(api::Api {
+                store: Arc::clone(&self.store),
+                max_trace_spans: self.config.max_trace_spans,
+            })
+            .merge(ops_routes(readiness, registry)),
             "query",
             self.config.request_timeout.get(),
             self.http_metrics.clone(),

@@ -19,6 +19,10 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 async fn setup() -> (tempfile::TempDir, Arc<EmbeddedStore>, Router) {
+    setup_with(QueryConfig::default()).await
+}
+
+async fn setup_with(config: QueryConfig) -> (tempfile::TempDir, Arc<EmbeddedStore>, Router) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         EmbeddedStore::open(
@@ -33,7 +37,7 @@ async fn setup() -> (tempfile::TempDir, Arc<EmbeddedStore>, Router) {
     );
     let mut registry = Registry::default();
     let http = HttpMetrics::register(&mut registry);
-    let svc = QueryService::new(QueryConfig::default(), store.clone(), http).unwrap();
+    let svc = QueryService::new(config, store.clone(), http).unwrap();
     let readiness = Readiness::new(store.clone());
     readiness.set_ready(true);
     let router = svc.router(readiness, Arc::new(registry));
@@ -512,4 +516,74 @@ async fn invalid_json_searches_get_400_in_the_envelope() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
     let (status, resp) = get(&router, "/api/v1/traces?cursor=00").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+}
+
+#[tokio::test]
+async fn trace_response_has_critical_path_self_times_and_a_truncation_marker() {
+    let (_d, store, router) = setup_with(QueryConfig {
+        max_trace_spans: 3,
+        ..QueryConfig::default()
+    })
+    .await;
+    let t = fresh_trace_id();
+    let t0 = Timestamp::now();
+    // Two inputs (b is slower), a join waiting for both, a publish after it.
+    let a = simple_span(t, 1, None, "ingest-a", t0, 100);
+    let b = simple_span(t, 2, None, "ingest-b", t0.saturating_add_nanos(5), 200);
+    let mut join = simple_span(t, 3, Some(1), "join", t0.saturating_add_nanos(300), 100);
+    join.links = [1, 2]
+        .into_iter()
+        .map(|n| Link {
+            trace_id: t,
+            span_id: span_id(n),
+            link_type: LinkType::DataDependency,
+            attributes: Attributes::new(),
+        })
+        .collect();
+    store.write(vec![a, b, join].into()).await.unwrap();
+
+    let (status, dag) = get(&router, &format!("/api/v1/traces/{t}")).await;
+    assert_eq!(status, StatusCode::OK, "{dag}");
+    assert_eq!(dag["truncated"], false);
+    assert!(dag.get("max_spans").is_none());
+    assert_eq!(
+        dag["critical_path"],
+        serde_json::json!([span_id(2).to_string(), span_id(3).to_string()]),
+        "the slower input, then the join"
+    );
+    assert_eq!(dag["self_times"][1]["self_nanos"], 200);
+
+    let publish = simple_span(t, 4, Some(3), "publish", t0.saturating_add_nanos(500), 10);
+    store.write(vec![publish].into()).await.unwrap();
+    let (status, dag) = get(&router, &format!("/api/v1/traces/{t}")).await;
+    assert_eq!(status, StatusCode::OK, "{dag}");
+    assert_eq!(dag["truncated"], true);
+    assert_eq!(dag["max_spans"], 3);
+    assert_eq!(dag["spans"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        dag["spans"][2]["service"], "join",
+        "the first spans by start time"
+    );
+}
+
+#[tokio::test]
+async fn a_zero_trace_span_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+            .await
+            .unwrap(),
+    );
+    let mut registry = Registry::default();
+    let http = HttpMetrics::register(&mut registry);
+    let err = QueryService::new(
+        QueryConfig {
+            max_trace_spans: 0,
+            ..QueryConfig::default()
+        },
+        store,
+        http,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("max_trace_spans"), "{err}");
 }

@@ -12,7 +12,7 @@ use datatracing_core::{
     AttributeOp, NumericOp, Operation, SearchCursor, SearchPage, Span, SpanKind, TimeWindow,
     Timestamp, TraceId, TraceQuery, TraceSummary,
 };
-use datatracing_store::{Health, TraceReader};
+use datatracing_store::{CappedTrace, Health, TraceReader};
 
 use crate::admin::{ClickHouseAdmin, timed};
 use crate::error::{Error, Result};
@@ -110,41 +110,18 @@ impl Health for ClickHouseReader {
 #[async_trait]
 impl TraceReader for ClickHouseReader {
     async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
-        let i = &self.inner;
-        // The scalar subqueries read trace_bounds (ordered by trace id) and become constants
-        // before the main query is planned, so it reads only the partitions in the bounds.
-        let sql = format!(
-            "SELECT ?fields FROM {spans} \
-             WHERE trace_id = unhex(?) \
-               AND start_time >= (SELECT min(start_min) FROM {bounds} WHERE trace_id = unhex(?)) \
-               AND start_time <= (SELECT max(start_max) FROM {bounds} WHERE trace_id = unhex(?)) \
-             ORDER BY start_time, span_id LIMIT 1 BY span_id",
-            spans = i.spans_table,
-            bounds = i.bounds_table
-        );
-        let hex = trace_id.to_string();
-        let rows: Vec<SpanRow> = timed(
-            i.query_timeout,
-            "get trace",
-            i.admin
-                .client()
-                .query(&sql)
-                .bind(&hex)
-                .bind(&hex)
-                .bind(&hex)
-                .fetch_all::<SpanRow>(),
-        )
-        .await
-        .map_err(|e| self.query_error(e))?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let spans = rows
-            .into_iter()
-            .map(Span::try_from)
-            .collect::<Result<Vec<_>>>()
-            .map_err(|e| self.query_error(e))?;
-        Ok(Some(spans))
+        self.read_trace(trace_id, None).await
+    }
+
+    async fn get_trace_capped(
+        &self,
+        trace_id: TraceId,
+        max_spans: usize,
+    ) -> datatracing_store::Result<Option<CappedTrace>> {
+        let spans = self
+            .read_trace(trace_id, Some(max_spans.saturating_add(1)))
+            .await?;
+        Ok(spans.and_then(|s| CappedTrace::from_overfetch(s, max_spans)))
     }
 
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {
@@ -388,6 +365,51 @@ impl TraceReader for ClickHouseReader {
 }
 
 impl ClickHouseReader {
+    /// The spans of a trace, the first `limit` by start time then span id when given.
+    async fn read_trace(
+        &self,
+        trace_id: TraceId,
+        limit: Option<usize>,
+    ) -> datatracing_store::Result<Option<Vec<Span>>> {
+        let i = &self.inner;
+
+        // The scalar subqueries read trace_bounds (ordered by trace id) and become constants
+        // before the main query is planned, so it reads only the partitions in the bounds.
+        let sql = format!(
+            "SELECT ?fields FROM {spans} \
+             WHERE trace_id = unhex(?) \
+               AND start_time >= (SELECT min(start_min) FROM {bounds} WHERE trace_id = unhex(?)) \
+               AND start_time <= (SELECT max(start_max) FROM {bounds} WHERE trace_id = unhex(?)) \
+             ORDER BY start_time, span_id LIMIT 1 BY span_id{limit}",
+            spans = i.spans_table,
+            bounds = i.bounds_table,
+            limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default(),
+        );
+        let hex = trace_id.to_string();
+        let rows: Vec<SpanRow> = timed(
+            i.query_timeout,
+            "get trace",
+            i.admin
+                .client()
+                .query(&sql)
+                .bind(&hex)
+                .bind(&hex)
+                .bind(&hex)
+                .fetch_all::<SpanRow>(),
+        )
+        .await
+        .map_err(|e| self.query_error(e))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let spans = rows
+            .into_iter()
+            .map(Span::try_from)
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| self.query_error(e))?;
+        Ok(Some(spans))
+    }
+
     /// The conditions one index row (one span) must satisfy, appended to `out`.
     fn span_filters(&self, q: &TraceQuery, out: &mut Sql) {
         let i = &self.inner;

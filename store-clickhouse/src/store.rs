@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use datatracing_config::ClickHouseConfig;
 use datatracing_core::{Operation, SearchPage, Span, TimeWindow, TraceId, TraceQuery};
-use datatracing_store::{Health, TraceReader, TraceWriter};
+use datatracing_store::{CappedTrace, Health, TraceReader, TraceWriter};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::ClickHouseAdmin;
@@ -148,6 +148,14 @@ impl TraceWriter for ClickHouseStore {
 impl TraceReader for ClickHouseStore {
     async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         self.reader.get_trace(trace_id).await
+    }
+
+    async fn get_trace_capped(
+        &self,
+        trace_id: TraceId,
+        max_spans: usize,
+    ) -> datatracing_store::Result<Option<CappedTrace>> {
+        self.reader.get_trace_capped(trace_id, max_spans).await
     }
 
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {

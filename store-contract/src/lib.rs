@@ -94,7 +94,8 @@ macro_rules! trace_store_contract {
             services_and_operations_over_a_window,
             search_by_kind_and_typed_attributes,
             duration_scope_span_or_trace,
-            cursor_pages_are_complete_and_stable_under_concurrent_inserts
+            cursor_pages_are_complete_and_stable_under_concurrent_inserts,
+            capped_trace_reads_are_bounded_and_marked
         );
     };
     (@tests $make:path; $($name:ident),+) => {
@@ -1180,6 +1181,61 @@ pub async fn cursor_pages_are_complete_and_stable_under_concurrent_inserts(
     assert_eq!(
         pages, 6,
         "24 traces in pages of 4, and no empty seventh page"
+    );
+}
+
+/// A capped read returns the first spans by start time then span id, says whether more
+/// exist, and counts a rewritten span once.
+pub async fn capped_trace_reads_are_bounded_and_marked(store: StoreUnderTest<'_>) {
+    let t = fresh_trace_id();
+    let svc = unique("capped");
+    let t0 = base_time();
+    // Two spans per start time, so the span id breaks ties at the cut.
+    let spans: Vec<Span> = (0..30u64)
+        .map(|i| {
+            simple_span(
+                t,
+                i,
+                (i > 0).then_some(0),
+                &svc,
+                t0.saturating_add_nanos((i / 2) as i64),
+                10,
+            )
+        })
+        .collect();
+    store.write(spans.clone().into()).await.expect("write");
+    store
+        .write(spans[..5].to_vec().into())
+        .await
+        .expect("rewrite");
+    let expected = sorted(spans);
+    let capped = |max: usize| async move {
+        store
+            .reader
+            .get_trace_capped(t, max)
+            .await
+            .expect("capped read")
+            .expect("trace exists")
+    };
+    let c = capped(11).await;
+    assert!(c.truncated);
+    assert_eq!(
+        c.spans,
+        expected[..11].to_vec(),
+        "the first 11 by (start, span id)"
+    );
+    let c = capped(30).await;
+    assert!(!c.truncated, "exactly the cap is not truncated");
+    assert_eq!(c.spans, expected);
+    assert!(!capped(1000).await.truncated);
+    assert!(capped(1).await.truncated);
+    assert!(
+        store
+            .reader
+            .get_trace_capped(fresh_trace_id(), 10)
+            .await
+            .expect("read")
+            .is_none()
     );
 }
 

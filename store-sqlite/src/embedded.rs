@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use datatracing_store::{Health, TraceReader, TraceWriter};
+use datatracing_store::{CappedTrace, Health, TraceReader, TraceWriter};
 
 use crate::{Error, Result};
 
@@ -643,11 +643,16 @@ fn decode_span(row: &rusqlite::Row<'_>) -> Result<Span> {
     })
 }
 
-fn get_trace_sync(conn: &Connection, trace_id: TraceId) -> Result<Option<Vec<Span>>> {
+fn get_trace_sync(
+    conn: &Connection,
+    trace_id: TraceId,
+    limit: Option<usize>,
+) -> Result<Option<Vec<Span>>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id = ?1 ORDER BY start_ns, span_id"
+        "SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id = ?1 ORDER BY start_ns, span_id LIMIT ?2"
     ))?;
-    let mut rows = stmt.query([trace_id.as_bytes().as_slice()])?;
+    let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let mut rows = stmt.query(params![trace_id.as_bytes().as_slice(), limit])?;
     let mut spans = Vec::new();
     while let Some(row) = rows.next()? {
         spans.push(decode_span(row)?);
@@ -920,8 +925,19 @@ impl TraceWriter for EmbeddedStore {
 impl TraceReader for EmbeddedStore {
     async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         Ok(self
-            .with_reader(move |c| get_trace_sync(c, trace_id))
+            .with_reader(move |c| get_trace_sync(c, trace_id, None))
             .await?)
+    }
+
+    async fn get_trace_capped(
+        &self,
+        trace_id: TraceId,
+        max_spans: usize,
+    ) -> datatracing_store::Result<Option<CappedTrace>> {
+        let spans = self
+            .with_reader(move |c| get_trace_sync(c, trace_id, Some(max_spans.saturating_add(1))))
+            .await?;
+        Ok(spans.and_then(|s| CappedTrace::from_overfetch(s, max_spans)))
     }
 
     async fn search(&self, query: &TraceQuery) -> datatracing_store::Result<SearchPage> {

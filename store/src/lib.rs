@@ -21,6 +21,27 @@ use datatracing_core::{Operation, SearchPage, Span, TimeWindow, TraceId, TraceQu
 
 pub use error::{Error, Result};
 
+/// A trace read with a span limit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CappedTrace {
+    /// The first spans, by start time then span id.
+    pub spans: Vec<Span>,
+    /// Whether the trace has spans beyond these.
+    pub truncated: bool,
+}
+
+impl CappedTrace {
+    /// Cuts spans read with a limit of `max_spans + 1` down to `max_spans`.
+    pub fn from_overfetch(mut spans: Vec<Span>, max_spans: usize) -> Option<Self> {
+        if spans.is_empty() {
+            return None;
+        }
+        let truncated = spans.len() > max_spans;
+        spans.truncate(max_spans);
+        Some(Self { spans, truncated })
+    }
+}
+
 /// What every storage handle answers, whichever side it serves.
 #[async_trait]
 pub trait Health: Send + Sync + std::fmt::Debug + 'static {
@@ -52,6 +73,15 @@ pub trait TraceWriter: Health {
 pub trait TraceReader: Health {
     /// All stored spans of a trace, ordered by start time then span id; `None` if unknown.
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Vec<Span>>>;
+
+    /// At most `max_spans` distinct spans of a trace, the first by start time then span id,
+    /// and whether the trace has more; `None` if unknown. Reads no more than one span past
+    /// the limit, so a huge trace costs bounded memory.
+    async fn get_trace_capped(
+        &self,
+        trace_id: TraceId,
+        max_spans: usize,
+    ) -> Result<Option<CappedTrace>>;
 
     /// One page of trace summaries matching a validated query, with the semantics
     /// documented on [`TraceQuery`]: at most `limit` traces, and a cursor for the next page

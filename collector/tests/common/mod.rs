@@ -10,7 +10,7 @@ use axum::Router;
 use datatracing_collector::{Collector, CollectorConfig};
 use datatracing_core::{Operation, SearchPage, Span, TimeWindow, TraceId, TraceQuery};
 use datatracing_http::{HttpMetrics, Readiness};
-use datatracing_store::{Health, TraceReader, TraceWriter};
+use datatracing_store::{CappedTrace, Health, TraceReader, TraceWriter};
 use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
@@ -68,6 +68,13 @@ impl FaultyStore {
 impl TraceReader for FaultyStore {
     async fn get_trace(&self, id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         self.inner.get_trace(id).await
+    }
+    async fn get_trace_capped(
+        &self,
+        id: TraceId,
+        max: usize,
+    ) -> datatracing_store::Result<Option<CappedTrace>> {
+        self.inner.get_trace_capped(id, max).await
     }
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {
         self.inner.search(q).await
