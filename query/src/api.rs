@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::routing::{get, post};
 use datatracing_core::{
@@ -47,11 +47,12 @@ pub(crate) fn routes(api: Api) -> Router {
 /// The DAG of a trace, read with the `max_trace_spans` cap. The body always says whether it
 /// was cut (`truncated`), and when it was, the cap (`max_spans`): the DAG then holds the
 /// first spans by start time, and its summary, critical path and self times describe those.
-#[tracing::instrument(skip_all, fields(trace_id = %raw_id))]
+#[tracing::instrument(skip_all)]
 async fn get_trace(
     State(api): State<Api>,
-    Path(raw_id): Path<String>,
+    raw_id: Result<Path<String>, PathRejection>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Path(raw_id) = raw_id.map_err(path_error)?;
     let trace_id: TraceId = raw_id
         .parse()
         .map_err(|e| ApiError::invalid_argument(format!("malformed trace id: {e}")))?;
@@ -68,6 +69,11 @@ async fn get_trace(
         body["max_spans"] = serde_json::Value::from(api.max_trace_spans);
     }
     Ok(axum::Json(body))
+}
+
+/// A path segment that is not valid percent-encoded UTF-8, in the envelope.
+fn path_error(r: PathRejection) -> ApiError {
+    ApiError::invalid_argument(format!("malformed path: {}", r.body_text()))
 }
 
 /// Raw search parameters; every value is parsed with its own precise error.
@@ -374,12 +380,13 @@ async fn services(
     })))
 }
 
-#[tracing::instrument(skip_all, fields(service = %service))]
+#[tracing::instrument(skip_all)]
 async fn operations(
     State(store): State<Arc<dyn TraceReader>>,
-    Path(service): Path<String>,
+    service: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Path(service) = service.map_err(path_error)?;
     if service.is_empty() || service.len() > 1024 {
         return Err(ApiError::invalid_argument(
             "service must have 1 to 1024 bytes",

@@ -307,12 +307,15 @@ async fn invalid_listing_parameters_get_400() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
         assert_eq!(body["error"]["code"], "invalid_argument", "{uri}");
     }
-    let (status, body) = get(
-        &router,
-        &format!("/api/v1/services/{}/operations", "s".repeat(1100)),
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    for uri in [
+        format!("/api/v1/services/{}/operations", "s".repeat(1100)),
+        "/api/v1/services/%FF/operations".to_string(),
+        "/api/v1/traces/%FF".to_string(),
+    ] {
+        let (status, body) = get(&router, &uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_argument", "{uri}");
+    }
 }
 
 #[tokio::test]

@@ -1151,7 +1151,7 @@ pub async fn cursor_pages_are_complete_and_stable_under_concurrent_inserts(
             // From the second page on, read while a write is in flight: whichever finishes
             // first, the page reads the first page's snapshot.
             let (page, written) =
-                tokio_join(store.search_page(&q), store.write(insert(late).into())).await;
+                join_both(store.search_page(&q), store.write(insert(late).into())).await;
             written.expect("concurrent write");
             late += 3;
             page
@@ -1240,7 +1240,7 @@ pub async fn capped_trace_reads_are_bounded_and_marked(store: StoreUnderTest<'_>
 }
 
 /// Polls two futures together (a tiny `join`, to keep dependencies lean).
-async fn tokio_join<A: std::future::Future, B: std::future::Future>(
+async fn join_both<A: std::future::Future, B: std::future::Future>(
     a: A,
     b: B,
 ) -> (A::Output, B::Output) {
