@@ -127,26 +127,17 @@ impl TraceReader for ClickHouseReader {
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {
         let i = &self.inner;
         // The snapshot is the server's clock: index rows carry the server time of their
-        // insert (`ingested_at`), so later pages ignore spans inserted after the first.
-        let snapshot = match &q.cursor {
-            Some(c) => c.snapshot,
-            None => timed(
-                i.query_timeout,
-                "search snapshot",
-                i.admin
-                    .client()
-                    .query("SELECT toUnixTimestamp64Nano(now64(9))")
-                    .fetch_one::<i64>(),
-            )
-            .await
-            .map_err(|e| self.query_error(e))?,
-        };
-        // Step 1 reads only the narrow index table, ordered for exactly these filters.
+        // insert (`ingested_at`). The first page bounds them by `now64(9)`, one value for the
+        // whole query, and returns it (`snap`) for the cursor; later pages reuse it, so they
+        // ignore spans inserted after the first page was read.
         let mut filters = Sql::default();
-        filters.push(
-            " AND ingested_at <= fromUnixTimestamp64Nano(toInt64(?))",
-            [Bindable::I64(snapshot)],
-        );
+        match &q.cursor {
+            Some(c) => filters.push(
+                " AND ingested_at <= fromUnixTimestamp64Nano(toInt64(?))",
+                [Bindable::I64(c.snapshot)],
+            ),
+            None => filters.push(" AND ingested_at <= now64(9)", []),
+        }
         self.span_filters(q, &mut filters);
         if let Some((min, max)) = q.trace_duration_bounds() {
             // Whole-trace duration, from the spans table (ordered by trace id) for the
@@ -196,7 +187,7 @@ impl TraceReader for ClickHouseReader {
         let window = (fetch * 50).min(100_000);
         let fast = format!(
             "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
-                    toUInt64(sum(count()) OVER ()) AS scanned \
+                    toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
              FROM (SELECT trace_id, start_time FROM {index} WHERE 1{sql} \
                    ORDER BY start_time DESC, trace_id ASC LIMIT {window}) \
              GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
@@ -204,7 +195,8 @@ impl TraceReader for ClickHouseReader {
             sql = window_rows.sql,
         );
         let exact = format!(
-            "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, toUInt64(0) AS scanned \
+            "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, toUInt64(0) AS scanned, \
+                    toUnixTimestamp64Nano(now64(9)) AS snap \
              FROM {index} WHERE 1{sql} GROUP BY trace_id{having} ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
             index = i.index_table,
             sql = filters.sql,
@@ -228,6 +220,9 @@ impl TraceReader for ClickHouseReader {
             binds.extend(having_binds);
             matches = run(exact, binds).await.map_err(|e| self.query_error(e))?;
         }
+        let snapshot = q
+            .cursor
+            .map_or_else(|| matches.first().map_or(0, |m| m.snap), |c| c.snapshot);
         let next_cursor = (matches.len() > limit).then(|| {
             let last = &matches[limit - 1];
             SearchCursor {

@@ -109,6 +109,8 @@ pub(crate) struct MatchRow {
     pub latest: i64,
     /// Rows the fast path read (0 for the exact path).
     pub scanned: u64,
+    /// The query's `now64(9)` (Unix nanoseconds): the snapshot its `ingested_at` bound used.
+    pub snap: i64,
 }
 
 /// Second search step: a summary computed in ClickHouse.
