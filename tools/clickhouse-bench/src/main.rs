@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use datatracing_core::{
-    AttributeFilter, AttributeValue, Attributes, Link, LinkType, Span, SpanId, SpanKind, Status,
-    StatusCode, Timestamp, TraceId, TraceQuery,
+    AttributeFilter, AttributeValue, Attributes, Link, LinkType, MAX_NAMES, Span, SpanId, SpanKind,
+    Status, StatusCode, TimeWindow, Timestamp, TraceId, TraceQuery,
 };
 use datatracing_store::{TraceReader, TraceWriter};
 use datatracing_store_clickhouse::{ClickHouseConfig, ClickHouseMetrics, ClickHouseStore};
@@ -356,6 +356,60 @@ async fn main() -> anyhow::Result<()> {
             hits as f64 / q as f64
         );
     }
+
+    // The second page of a search, through the first page's cursor (its snapshot included).
+    let page_query = |i: usize| TraceQuery {
+        start: Some(ranges[i].0),
+        end: Some(ranges[i].1),
+        ..base(Some("spark-etl"), None)
+    };
+    let mut cursors = Vec::with_capacity(q);
+    for i in 0..q {
+        cursors.push(store.search(&page_query(i)).await?.next_cursor);
+    }
+    let (p50, p99, hits) = measure(q, |i| {
+        let query = TraceQuery {
+            cursor: cursors[i],
+            ..page_query(i)
+        };
+        let store = store.clone();
+        async move { Ok(store.search(&query).await?.traces.len()) }
+    })
+    .await?;
+    println!(
+        "| search: service, 1h range, second page by cursor | {p50:.1} ms | {p99:.1} ms | {:.1} traces avg |",
+        hits as f64 / q as f64
+    );
+    let windows: Vec<TimeWindow> = ranges
+        .iter()
+        .map(|(s, e)| TimeWindow {
+            start: Some(*s),
+            end: Some(*e),
+        })
+        .collect();
+    let (p50, p99, hits) = measure(q, |i| {
+        let (store, w) = (store.clone(), windows[i]);
+        async move { Ok(store.services(&w, MAX_NAMES).await?.len()) }
+    })
+    .await?;
+    println!(
+        "| services, 1h window | {p50:.1} ms | {p99:.1} ms | {:.1} services avg |",
+        hits as f64 / q as f64
+    );
+    let (p50, p99, hits) = measure(q, |i| {
+        let (store, w) = (store.clone(), windows[i]);
+        async move {
+            Ok(store
+                .operations("quality-checks", &w, MAX_NAMES)
+                .await?
+                .len())
+        }
+    })
+    .await?;
+    println!(
+        "| operations of a service, 1h window | {p50:.1} ms | {p99:.1} ms | {:.1} operations avg |",
+        hits as f64 / q as f64
+    );
 
     let sample = ids[0];
     let db = &a.database;
