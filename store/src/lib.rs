@@ -95,7 +95,8 @@ pub trait TraceReader: Health {
     async fn services(&self, window: &TimeWindow, limit: usize) -> Result<Vec<String>>;
 
     /// The operations of a service with spans in the window, each with its span kind,
-    /// sorted by name then kind, at most `limit`; same index and resolution as
+    /// sorted by name then kind (in `SpanKind` declaration order), at most `limit`; same
+    /// index and resolution as
     /// [`TraceReader::services`].
     async fn operations(
         &self,
