@@ -400,7 +400,12 @@ async fn a_version_1_directory_is_migrated_and_its_names_indexed() {
 async fn purged_row_ids_are_never_reused_so_cursors_stay_exact() {
     use datatracing_core::{TimeWindow, TraceQuery};
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+    // No background retention: this test purges itself, at a chosen moment.
+    let config = EmbeddedConfig {
+        retention: ConfigDuration::from_secs(0),
+        ..EmbeddedConfig::new(dir.path())
+    };
+    let store = EmbeddedStore::open(config, OpenMode::ReadWrite)
         .await
         .unwrap();
     let now = Timestamp::now();
