@@ -1,6 +1,6 @@
 //! The operator when things around it are wrong, on a real API server: failures back off
 //! on schedule (status writes do not re-trigger reconciles) and a recovery is picked up
-//! within the backoff.
+//! within the backoff; events with distinct messages stay distinct.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::{Cluster, Operator, forward, free_port, wait_for};
 use datatracing_operator::crd::TracingPipeline;
 use datatracing_testkit::clickhouse::{ChdbOptions, ClickHouse, unique_database};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 const OPERATOR_NS: &str = "datatracing-system";
@@ -59,6 +60,24 @@ async fn condition(
         return None;
     }
     s.conditions.into_iter().find(|c| c.type_ == type_)
+}
+
+/// Notes of the events about `name` with `reason`, oldest first.
+async fn event_notes(admin: &kube::Client, name: &str, reason: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    let mut found: Vec<Event> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                && e.reason.as_deref() == Some(reason)
+        })
+        .collect();
+    found.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    found.into_iter().filter_map(|e| e.note).collect()
 }
 
 const RETENTION_ERRORS: &str = "datatracing_operator_retention_errors_total";
@@ -138,5 +157,55 @@ async fn failures_back_off_on_schedule_and_recovery_is_prompt() {
         "recovery noticed after {:?}",
         back.elapsed()
     );
+    op.stop().await.unwrap();
+}
+
+/// Defect 6 of issue 15: kube's event recorder folds events with the same reason into one
+/// series that keeps the first message, so `describe` showed a configuration hash from
+/// minutes ago.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distinct_event_messages_stay_visible() {
+    let cluster = Cluster::start().await;
+    cluster.namespace(OPERATOR_NS).await;
+    cluster.namespace(NS).await;
+    let token = cluster.operator_token(OPERATOR_NS, &[]).await;
+    let op = Operator::start(&cluster, &token, "op-e", OPERATOR_NS);
+    let pipelines: Api<TracingPipeline> = Api::namespaced(cluster.admin.clone(), NS);
+    let clickhouse = format!("http://127.0.0.1:{}", free_port());
+    let mut hashes = Vec::new();
+    for user in ["first", "second", "third"] {
+        apply(
+            &pipelines,
+            pipeline(
+                "lake",
+                json!({"url": clickhouse, "database": "lake", "user": user}),
+            ),
+        )
+        .await;
+        let hash = wait_for("configuration generated", WAIT, || async {
+            let p = pipelines.get("lake").await.ok()?;
+            let s = p.status?;
+            (s.observed_generation == p.metadata.generation)
+                .then_some(s.config_hash)
+                .flatten()
+        })
+        .await;
+        hashes.push(hash);
+    }
+    // The second and third configurations each roll the pods, with their own message.
+    for hash in &hashes[1..] {
+        wait_for(
+            &format!("a ConfigurationChanged event names {hash}"),
+            WAIT,
+            || async {
+                event_notes(&cluster.admin, "lake", "ConfigurationChanged")
+                    .await
+                    .iter()
+                    .any(|n| n.contains(hash.as_str()))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
     op.stop().await.unwrap();
 }

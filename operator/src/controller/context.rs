@@ -1,14 +1,17 @@
-//! What the reconcilers share: the API client, the settings, metrics, the event recorder and
-//! per-object failure counts for exponential backoff; plus the small helpers every
-//! reconciler uses (object keys, server-side apply of an object, message truncation).
+//! What the reconcilers share: the API client, the settings, metrics, the events they
+//! publish and per-object failure counts for exponential backoff; plus the small helpers
+//! every reconciler uses (object keys, server-side apply of an object, message truncation).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use datatracing_config::OperatorConfig;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -19,6 +22,32 @@ use crate::metrics::Metrics;
 /// Objects whose consecutive failures are counted for backoff, at most.
 const MAX_TRACKED_FAILURES: usize = 10_000;
 
+/// Recently published events remembered for series, at most.
+const MAX_TRACKED_EVENTS: usize = 10_000;
+
+/// A repeat of an event within this window counts in the first one's series (what
+/// `kubectl describe` shows as `(x3 over 2m)`); later, it is a new event.
+const EVENT_SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+
+/// What makes two events the same: the object (by UID), type, reason and message. The
+/// message is part of it: kube's recorder leaves it out and folds distinct messages into
+/// one series that keeps the first (a configuration hash from minutes ago).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EventKey {
+    object: String,
+    warning: bool,
+    reason: EventReason,
+    note: String,
+}
+
+/// A published event: its name, series count and when it was last seen.
+#[derive(Clone, Debug)]
+struct Published {
+    name: String,
+    count: i32,
+    last: Timestamp,
+}
+
 /// Shared state of the reconcilers.
 pub struct Context {
     /// API client.
@@ -27,8 +56,8 @@ pub struct Context {
     pub config: OperatorConfig,
     /// Metrics.
     pub metrics: Metrics,
-    recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
+    published: Mutex<HashMap<EventKey, Published>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -40,16 +69,12 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// A context for `client`.
     pub fn new(client: Client, config: OperatorConfig, metrics: Metrics) -> Self {
-        let reporter = Reporter {
-            controller: config.field_manager.clone(),
-            instance: Some(config.lease_identity().1),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
             client,
             config,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            published: Mutex::new(HashMap::new()),
         }
     }
 
@@ -87,7 +112,9 @@ impl Context {
         kube::runtime::controller::Action::requeue(self.config.resync_interval.get())
     }
 
-    /// Publishes an event about `obj`; a failure is logged, never fatal.
+    /// Publishes an event about `obj`; a failure is logged, never fatal. The same message
+    /// again within [`EVENT_SERIES_WINDOW`] counts in the first event's series; a different
+    /// message is a new event.
     pub(crate) async fn event<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
@@ -95,15 +122,89 @@ impl Context {
         reason: EventReason,
         note: String,
     ) {
-        let ev = Event {
-            type_,
-            reason: reason.as_str().into(),
-            note: Some(truncate(note, 1024)),
-            action: "Reconcile".into(),
-            secondary: None,
+        let note = truncate(note, 1024);
+        let regarding = obj.object_ref(&());
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let key = EventKey {
+            object: regarding.uid.clone().unwrap_or_default(),
+            warning: type_ == EventType::Warning,
+            reason,
+            note: note.clone(),
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, %reason, "could not publish an event");
+        let now = Timestamp::now();
+        let window = k8s_openapi::jiff::SignedDuration::try_from(EVENT_SERIES_WINDOW)
+            .unwrap_or(k8s_openapi::jiff::SignedDuration::ZERO);
+        let repeat = {
+            let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            published.retain(|_, p| p.last.saturating_add(window).is_ok_and(|t| t > now));
+            published.get(&key).cloned()
+        };
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let result = match repeat {
+            Some(p) => {
+                let series = json!({"series": {
+                    "count": p.count + 1,
+                    "lastObservedTime": MicroTime(now),
+                }});
+                events
+                    .patch(&p.name, &PatchParams::default(), &Patch::Merge(&series))
+                    .await
+                    .map(|_| (p.name, p.count + 1))
+            }
+            None => {
+                let (controller, instance) = (
+                    self.config.field_manager.clone(),
+                    self.config.lease_identity().1,
+                );
+                let ev = Event {
+                    metadata: ObjectMeta {
+                        name: Some(format!(
+                            "{}.{:x}",
+                            regarding.name.clone().unwrap_or_else(|| controller.clone()),
+                            now.as_nanosecond()
+                        )),
+                        namespace: Some(namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    event_time: Some(MicroTime(now)),
+                    type_: Some(if key.warning { "Warning" } else { "Normal" }.into()),
+                    reason: Some(reason.as_str().into()),
+                    action: Some("Reconcile".into()),
+                    note: Some(note),
+                    regarding: Some(regarding),
+                    reporting_controller: Some(controller),
+                    reporting_instance: Some(instance),
+                    ..Event::default()
+                };
+                events
+                    .create(&PostParams::default(), &ev)
+                    .await
+                    .map(|e| (e.name_any(), 1))
+            }
+        };
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok((name, count)) => {
+                if published.len() >= MAX_TRACKED_EVENTS && !published.contains_key(&key) {
+                    published.clear();
+                }
+                published.insert(
+                    key,
+                    Published {
+                        name,
+                        count,
+                        last: now,
+                    },
+                );
+            }
+            Err(e) => {
+                // Perhaps the event expired: the next one starts afresh.
+                published.remove(&key);
+                tracing::warn!(error = %e, %reason, "could not publish an event");
+            }
         }
     }
 }
