@@ -247,8 +247,8 @@ pub struct TracingPipelineStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `ConfigurationGenerated`, `CollectorAvailable`, `QueryAvailable`,
-    /// `RetentionApplied`.
+    /// `Ready`, `ConfigurationGenerated`, `ResourcesApplied`, `CollectorAvailable`,
+    /// `QueryAvailable`, `RetentionApplied`.
     #[serde(default)]
     #[schemars(schema_with = "crate::schema::conditions_schema")]
     pub conditions: Vec<Condition>,

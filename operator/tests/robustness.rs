@@ -1,6 +1,7 @@
 //! The operator when things around it are wrong, on a real API server: failures back off
 //! on schedule (status writes do not re-trigger reconciles) and a recovery is picked up
-//! within the backoff; events with distinct messages stay distinct.
+//! within the backoff; events with distinct messages stay distinct; objects the pipeline
+//! does not own are left alone, and every apply error is reported.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 use common::{Cluster, Operator, forward, free_port, wait_for};
 use datatracing_operator::crd::TracingPipeline;
 use datatracing_testkit::clickhouse::{ChdbOptions, ClickHouse, unique_database};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -207,5 +210,153 @@ async fn distinct_event_messages_stay_visible() {
         )
         .await;
     }
+    op.stop().await.unwrap();
+}
+
+/// Defect 4 of issue 15: a user's ConfigMap named `<pipeline>-config` gained our key and a
+/// controller ownerReference (garbage collection would delete it with the pipeline), and a
+/// user's Deployment with our name failed the reconcile with nothing in status or events.
+/// Now neither is touched; the pipeline says `NameConflict` until the name is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_the_pipeline_does_not_own_are_refused_not_adopted() {
+    let cluster = Cluster::start().await;
+    cluster.namespace(OPERATOR_NS).await;
+    cluster.namespace(NS).await;
+    let token = cluster.operator_token(OPERATOR_NS, &[]).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(cluster.admin.clone(), NS);
+    let deployments: Api<Deployment> = Api::namespaced(cluster.admin.clone(), NS);
+    apply(
+        &configmaps,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "lake-config"}, "data": {"owner": "team"}}),
+    )
+    .await;
+    let labels = json!({"app": "theirs"});
+    apply(
+        &deployments,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "dock-collector"},
+               "spec": {"selector": {"matchLabels": labels}, "template": {
+                   "metadata": {"labels": labels},
+                   "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}}}}),
+    )
+    .await;
+    let op = Operator::start(&cluster, &token, "op-n", OPERATOR_NS);
+    let pipelines: Api<TracingPipeline> = Api::namespaced(cluster.admin.clone(), NS);
+    let clickhouse = format!("http://127.0.0.1:{}", free_port());
+    for (name, foreign) in [
+        ("lake", "ConfigMap team-r/lake-config"),
+        ("dock", "Deployment team-r/dock-collector"),
+    ] {
+        apply(
+            &pipelines,
+            pipeline(name, json!({"url": clickhouse, "database": name})),
+        )
+        .await;
+        let c = wait_for(&format!("{name}: ResourcesApplied False"), WAIT, || async {
+            condition(&pipelines, name, "ResourcesApplied")
+                .await
+                .filter(|c| c.status == "False")
+        })
+        .await;
+        assert_eq!(c.reason, "NameConflict", "{name}: {}", c.message);
+        assert!(c.message.contains(foreign), "{name}: {}", c.message);
+        let ready = condition(&pipelines, name, "Ready").await.unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "NameConflict")
+        );
+        wait_for(&format!("{name}: a NameConflict event"), WAIT, || async {
+            event_notes(&cluster.admin, name, "NameConflict")
+                .await
+                .iter()
+                .any(|n| n.contains(foreign))
+                .then_some(())
+        })
+        .await;
+    }
+    // Both stay as their owners wrote them, and nothing else was applied for `lake`.
+    let cm = configmaps.get("lake-config").await.unwrap();
+    assert_eq!(cm.metadata.owner_references, None);
+    assert_eq!(
+        cm.data.unwrap().into_keys().collect::<Vec<_>>(),
+        vec!["owner".to_string()]
+    );
+    let d = deployments.get("dock-collector").await.unwrap();
+    assert_eq!(d.metadata.owner_references, None);
+    let image = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("example.invalid/app:1"));
+    assert!(
+        deployments
+            .get_opt("lake-collector")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Once the name is free, the pipeline creates its own (retried with backoff).
+    configmaps
+        .delete("lake-config", &Default::default())
+        .await
+        .unwrap();
+    wait_for("lake: ResourcesApplied True", WAIT, || async {
+        condition(&pipelines, "lake", "ResourcesApplied")
+            .await
+            .filter(|c| c.status == "True")
+    })
+    .await;
+    let cm = configmaps.get("lake-config").await.unwrap();
+    let owner = pipelines.get("lake").await.unwrap().metadata.uid;
+    assert_eq!(cm.metadata.owner_references.unwrap()[0].uid, owner.unwrap());
+    op.stop().await.unwrap();
+}
+
+/// Defect 4 of issue 15: every apply error appears in status and events. Requests above
+/// limits pass the CRD but the API server refuses the Deployment; the reconcile failed with
+/// nothing but a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apply_errors_appear_in_status_and_events() {
+    let cluster = Cluster::start().await;
+    cluster.namespace(OPERATOR_NS).await;
+    cluster.namespace(NS).await;
+    let token = cluster.operator_token(OPERATOR_NS, &[]).await;
+    let op = Operator::start(&cluster, &token, "op-a", OPERATOR_NS);
+    let pipelines: Api<TracingPipeline> = Api::namespaced(cluster.admin.clone(), NS);
+    let storage = json!({"url": format!("http://127.0.0.1:{}", free_port()), "database": "heavy"});
+    let mut body = pipeline("heavy", storage.clone());
+    body["spec"]["collector"] =
+        json!({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}});
+    apply(&pipelines, body).await;
+    let c = wait_for("ResourcesApplied False", WAIT, || async {
+        condition(&pipelines, "heavy", "ResourcesApplied")
+            .await
+            .filter(|c| c.status == "False")
+    })
+    .await;
+    assert_eq!(c.reason, "ApplyFailed", "{}", c.message);
+    assert!(
+        c.message.contains("Deployment team-r/heavy-collector")
+            && c.message.contains("less than or equal to cpu limit"),
+        "names the object and carries the API server's reason: {}",
+        c.message
+    );
+    wait_for("an ApplyFailed event", WAIT, || async {
+        event_notes(&cluster.admin, "heavy", "ApplyFailed")
+            .await
+            .iter()
+            .any(|n| n.contains("heavy-collector"))
+            .then_some(())
+    })
+    .await;
+    // Fixed spec: applied.
+    apply(&pipelines, pipeline("heavy", storage)).await;
+    wait_for("ResourcesApplied True", WAIT, || async {
+        condition(&pipelines, "heavy", "ResourcesApplied")
+            .await
+            .filter(|c| c.status == "True")
+    })
+    .await;
     op.stop().await.unwrap();
 }

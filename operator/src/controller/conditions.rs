@@ -52,6 +52,8 @@ string_enum! {
         Ready => "Ready",
         /// TracingPipeline: the ConfigMap holds a valid configuration.
         ConfigurationGenerated => "ConfigurationGenerated",
+        /// TracingPipeline: every child object is written, and all are this pipeline's own.
+        ResourcesApplied => "ResourcesApplied",
         /// TracingPipeline: the collector Deployment has its replicas available.
         CollectorAvailable => "CollectorAvailable",
         /// TracingPipeline: the query Deployment has its replicas available.
@@ -66,8 +68,9 @@ string_enum! {
 impl ConditionType {
     /// TracingPipeline conditions that must be True for `Ready`, in the order `Ready`
     /// reports the first one that is not.
-    pub const READY_REQUIRES: [ConditionType; 4] = [
+    pub const READY_REQUIRES: [ConditionType; 5] = [
         ConditionType::ConfigurationGenerated,
+        ConditionType::ResourcesApplied,
         ConditionType::CollectorAvailable,
         ConditionType::QueryAvailable,
         ConditionType::RetentionApplied,
@@ -85,6 +88,10 @@ string_enum! {
         InvalidConfiguration => "InvalidConfiguration",
         /// The referenced password Secret or key does not exist.
         SecretNotFound => "SecretNotFound",
+        /// An object with a child's name exists and is not this pipeline's; nothing applied.
+        NameConflict => "NameConflict",
+        /// The API server refused a child object.
+        ApplyFailed => "ApplyFailed",
         /// Fewer available replicas than desired.
         ReplicasUnavailable => "ReplicasUnavailable",
         /// All desired replicas are available.
@@ -123,6 +130,8 @@ string_enum! {
         InvalidConfiguration => "InvalidConfiguration",
         /// Writing a child object failed.
         ApplyFailed => "ApplyFailed",
+        /// An object with a child's name exists and is not this pipeline's.
+        NameConflict => "NameConflict",
         /// Dropping the ClickHouse database of a deleted pipeline failed.
         DeleteStorageFailed => "DeleteStorageFailed",
         /// Retention could not be applied: ClickHouse did not answer.
@@ -304,7 +313,11 @@ mod tests {
                 "runbooks/operator.md does not explain condition reason {r}"
             );
         }
-        for e in [EventReason::ApplyFailed, EventReason::DeleteStorageFailed] {
+        for e in [
+            EventReason::ApplyFailed,
+            EventReason::NameConflict,
+            EventReason::DeleteStorageFailed,
+        ] {
             assert!(
                 runbook.contains(&format!("`{e}`")),
                 "runbooks/operator.md does not mention event {e}"

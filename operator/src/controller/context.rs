@@ -242,18 +242,6 @@ where
         .await?)
 }
 
-/// [`apply`] in namespace `ns`.
-pub(crate) async fn apply_in<K>(client: &Client, ns: &str, obj: &K, manager: &str) -> Result<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    apply(&Api::namespaced(client.clone(), ns), obj, manager).await
-}
-
 /// Server-side applies `status` (a serialized status with every list present, empty or not)
 /// to the status subresource of `obj`, as the operator's field manager.
 ///

@@ -1,6 +1,7 @@
 //! The two reconcilers and their wiring into kube-runtime controllers.
 //!
 //! - [`pipeline`]: TracingPipeline: sampling, children, retention, conditions, finalizer.
+//! - [`children`]: a pipeline's child objects: names taken by others are refused, the rest applied.
 //! - [`policy`]: SamplingPolicy: validation, and which pipelines use it.
 //! - [`conditions`]: typed condition types and reasons, and how conditions are set.
 //! - [`context`]: what the reconcilers share (client, settings, metrics, events, backoff).
@@ -12,6 +13,7 @@
 //! own status writes do not, or every failed attempt would retry at once and the backoff
 //! would never hold.
 
+mod children;
 pub mod conditions;
 mod context;
 mod pipeline;

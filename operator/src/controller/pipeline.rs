@@ -8,17 +8,17 @@ use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, ListParams};
 use kube::core::SelectorExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use serde_json::json;
 
+use super::children::{self, ChildrenError};
 use super::conditions::{self, ConditionType, EventReason, Reason, set_condition};
-use super::context::{Context, apply, apply_in, apply_status, key, status_json};
+use super::context::{Context, apply_status, key, status_json};
 use super::selection::policy_selector;
 use super::storage;
 use crate::crd::{DeletionPolicy, SamplingPolicy, TracingPipeline, TracingPipelineStatus};
@@ -151,14 +151,6 @@ fn availability(d: &Deployment, what: &str) -> (bool, Reason, String) {
     }
 }
 
-fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
-    meta.owner_references
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .any(|o| o.uid == uid)
-}
-
 /// Writes the pipeline's status (server-side apply: see [`apply_status`]).
 async fn write_status(
     ctx: &Context,
@@ -204,8 +196,61 @@ async fn undeployable(
     Ok(ctx.resync())
 }
 
+/// Reports children that could not be written (a name taken by an object this pipeline
+/// does not own, or an apply the API server refused) in `ResourcesApplied` and `Ready` and
+/// in a Warning event, then fails the reconcile so it is retried with backoff (a freed
+/// name or a fixed admission problem triggers nothing the operator watches). What was
+/// deployed before, and what the status says about it, stays.
+async fn children_failed(
+    ctx: &Context,
+    p: &TracingPipeline,
+    previous: &TracingPipelineStatus,
+    mut status: TracingPipelineStatus,
+    failure: ChildrenError,
+) -> Result<Action> {
+    let (reason, event, msg, err) = match failure {
+        ChildrenError::NameConflict(msg) => (
+            Reason::NameConflict,
+            EventReason::NameConflict,
+            msg.clone(),
+            Error::Conflict(msg),
+        ),
+        ChildrenError::Failed(what, e) => (
+            Reason::ApplyFailed,
+            EventReason::ApplyFailed,
+            format!("{what}: {e}"),
+            e,
+        ),
+    };
+    let known = conditions::already(
+        &previous.conditions,
+        ConditionType::ResourcesApplied,
+        false,
+        reason,
+        &msg,
+    );
+    if !known {
+        ctx.event(p, EventType::Warning, event, msg.clone()).await;
+    }
+    let generation = status.observed_generation;
+    status.config_hash = previous.config_hash.clone();
+    status.sampling_hash = previous.sampling_hash.clone();
+    status.sampling_policies = previous.sampling_policies.clone();
+    for t in [ConditionType::ResourcesApplied, ConditionType::Ready] {
+        set_condition(
+            &mut status.conditions,
+            t,
+            false,
+            reason,
+            msg.clone(),
+            generation,
+        );
+    }
+    write_status(ctx, p, &status).await?;
+    Err(err)
+}
+
 async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action> {
-    let name = p.name_any();
     let ns = p.namespace().unwrap_or_default();
     let generation = p.metadata.generation;
     let previous = p.status.clone().unwrap_or_default();
@@ -277,43 +322,30 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
         ),
     }
 
-    // 2. Children, all under one field manager.
-    let fm = &ctx.config.field_manager;
-    let c = ctx.client.clone();
-    apply_in(&c, &ns, &desired.service_account, fm).await?;
-    apply_in(&c, &ns, &desired.config_map, fm).await?;
-    let collector = apply_in(&c, &ns, &desired.collector, fm).await?;
-    apply_in(&c, &ns, &desired.collector_service, fm).await?;
-    let query = apply_in(&c, &ns, &desired.query, fm).await?;
-    apply_in(&c, &ns, &desired.query_service, fm).await?;
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), &ns);
-    let names = Names::of(&name);
+    // 2. Children, all under one field manager; none whose name belongs to someone else.
     let uid = p.uid().unwrap_or_default();
-    let existing_pdb = pdbs.get_opt(&names.collector).await?;
-    match (&desired.pdb, existing_pdb) {
-        (Some(_), Some(e)) if !owned_by(&e.metadata, &uid) => {
-            let msg = format!(
-                "PodDisruptionBudget {ns}/{} exists and is not managed by this pipeline; it is left alone",
-                names.collector
+    let applied = match children::apply_all(
+        &ctx.client,
+        &ns,
+        &uid,
+        &desired,
+        &ctx.config.field_manager,
+    )
+    .await
+    {
+        Ok(a) => {
+            cond(
+                &mut status,
+                ConditionType::ResourcesApplied,
+                true,
+                Reason::Reconciled,
+                format!("children of configuration {} applied", desired.config_hash),
             );
-            ctx.event(
-                &*p,
-                EventType::Warning,
-                EventReason::ApplyFailed,
-                msg.clone(),
-            )
-            .await;
-            return Err(Error::Conflict(msg));
+            a
         }
-        (Some(pdb), _) => {
-            apply(&pdbs, pdb, fm).await?;
-        }
-        (None, Some(e)) if owned_by(&e.metadata, &uid) => {
-            pdbs.delete(&names.collector, &DeleteParams::default())
-                .await?;
-        }
-        (None, _) => {}
-    }
+        Err(e) => return children_failed(ctx, &p, &previous, status, e).await,
+    };
+    let (collector, query) = (applied.collector, applied.query);
     if previous
         .config_hash
         .as_deref()

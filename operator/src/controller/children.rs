@@ -1,0 +1,165 @@
+//! A pipeline's child objects (ServiceAccount, ConfigMap, Deployments, Services,
+//! PodDisruptionBudget): refusing names that belong to someone else, and writing them all.
+//!
+//! Server-side apply with `force` would take over any object that happens to have a
+//! child's name: a user's ConfigMap gains our key and our controller reference (so garbage
+//! collection deletes it with the pipeline). So every name is checked first, and if any is
+//! taken by an object this pipeline does not own, nothing is written.
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ObjectMeta};
+use kube::{Client, Resource};
+
+use super::context::apply;
+use crate::error::Error;
+use crate::render::Desired;
+
+/// Why the children were not (all) written.
+#[derive(Debug)]
+pub(super) enum ChildrenError {
+    /// Objects with children's names exist and are not this pipeline's; the message names
+    /// them. Nothing was written.
+    NameConflict(String),
+    /// The API server refused a child (or could not be reached); the message names it.
+    Failed(String, Error),
+}
+
+/// The Deployments as the API server returned them (their status says what is available).
+#[derive(Debug)]
+pub(super) struct Applied {
+    /// The collector Deployment.
+    pub collector: Deployment,
+    /// The query Deployment.
+    pub query: Deployment,
+}
+
+/// Whether `meta` names the pipeline with `uid` among its owners.
+pub(super) fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.uid == uid)
+}
+
+/// `Kind namespace/name`, as messages name an object.
+fn describe<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> String {
+    format!("{} {ns}/{name}", K::kind(&()))
+}
+
+/// `Some(description)` when an object of kind `K` named `name` exists and is not owned by
+/// the pipeline with `uid`.
+async fn foreign<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Option<String>, ChildrenError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.get_metadata_opt(name).await {
+        Ok(Some(o)) if !owned_by(&o.metadata, uid) => Ok(Some(describe::<K>(ns, name))),
+        Ok(_) => Ok(None),
+        Err(e) => Err(ChildrenError::Failed(
+            format!("could not read {}", describe::<K>(ns, name)),
+            e.into(),
+        )),
+    }
+}
+
+/// Applies `obj` as `manager`, naming it in the error.
+async fn write<K>(client: &Client, ns: &str, obj: &K, manager: &str) -> Result<K, ChildrenError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    apply(&Api::namespaced(client.clone(), ns), obj, manager)
+        .await
+        .map_err(|e| {
+            ChildrenError::Failed(format!("could not apply {}", describe::<K>(ns, &name)), e)
+        })
+}
+
+/// Writes every child of the pipeline with `uid` in `ns`, unless a name is taken by an
+/// object it does not own. A PodDisruptionBudget the spec no longer asks for is deleted if
+/// it is the pipeline's own.
+pub(super) async fn apply_all(
+    client: &Client,
+    ns: &str,
+    uid: &str,
+    desired: &Desired,
+    manager: &str,
+) -> Result<Applied, ChildrenError> {
+    let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
+    let pdb_name = name(&desired.collector.metadata);
+    let checks = [
+        foreign::<ServiceAccount>(client, ns, &name(&desired.service_account.metadata), uid)
+            .await?,
+        foreign::<ConfigMap>(client, ns, &name(&desired.config_map.metadata), uid).await?,
+        foreign::<Deployment>(client, ns, &name(&desired.collector.metadata), uid).await?,
+        foreign::<Service>(client, ns, &name(&desired.collector_service.metadata), uid).await?,
+        foreign::<Deployment>(client, ns, &name(&desired.query.metadata), uid).await?,
+        foreign::<Service>(client, ns, &name(&desired.query_service.metadata), uid).await?,
+        // Checked even when the spec asks for none: one that is not ours is never deleted,
+        // but it is reported only when ours would replace it.
+        match &desired.pdb {
+            Some(pdb) => {
+                foreign::<PodDisruptionBudget>(client, ns, &name(&pdb.metadata), uid).await?
+            }
+            None => None,
+        },
+    ];
+    let taken: Vec<String> = checks.into_iter().flatten().collect();
+    if !taken.is_empty() {
+        return Err(ChildrenError::NameConflict(format!(
+            "{} already exist{} and {} not managed by this pipeline; nothing was applied. \
+             Delete or rename {}, or rename the pipeline",
+            taken.join(", "),
+            if taken.len() == 1 { "s" } else { "" },
+            if taken.len() == 1 { "is" } else { "are" },
+            if taken.len() == 1 { "it" } else { "them" },
+        )));
+    }
+    write(client, ns, &desired.service_account, manager).await?;
+    write(client, ns, &desired.config_map, manager).await?;
+    let collector = write(client, ns, &desired.collector, manager).await?;
+    write(client, ns, &desired.collector_service, manager).await?;
+    let query = write(client, ns, &desired.query, manager).await?;
+    write(client, ns, &desired.query_service, manager).await?;
+    match &desired.pdb {
+        Some(pdb) => {
+            write(client, ns, pdb, manager).await?;
+        }
+        None => {
+            let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+            let failed = |e: kube::Error| {
+                ChildrenError::Failed(
+                    format!(
+                        "could not remove {}",
+                        describe::<PodDisruptionBudget>(ns, &pdb_name)
+                    ),
+                    e.into(),
+                )
+            };
+            let existing = pdbs.get_metadata_opt(&pdb_name).await.map_err(failed)?;
+            if existing.is_some_and(|e| owned_by(&e.metadata, uid)) {
+                pdbs.delete(&pdb_name, &DeleteParams::default())
+                    .await
+                    .map_err(failed)?;
+            }
+        }
+    }
+    Ok(Applied { collector, query })
+}
