@@ -74,8 +74,8 @@ impl Names {
 pub struct Desired {
     /// The configuration (and sampling policy) ConfigMap.
     pub config_map: ConfigMap,
-    /// Hash of the configuration file: the collector pods' restart trigger (and
-    /// `status.configHash`).
+    /// Hash of the configuration file (retention left out: see [`config_file`]): the
+    /// collector pods' restart trigger (and `status.configHash`).
     pub config_hash: String,
     /// Hash of the sections the query server reads (log, storage, query): its pods' restart
     /// trigger, so collector-only changes leave them alone.
@@ -156,25 +156,52 @@ pub fn pod_config(p: &TracingPipeline, sampling: bool) -> Config {
     }
 }
 
-/// Renders the configuration file and checks it the way the binary will. Returns the file and
-/// the hash of the sections the query server reads.
-pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<(String, String)> {
+/// The rendered configuration file and the hashes that restart pods when they change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// The file as it goes into the ConfigMap.
+    pub text: String,
+    /// The collector pods' restart trigger (and `status.configHash`).
+    pub hash: String,
+    /// The query pods' restart trigger: the sections the query server reads.
+    pub query_hash: String,
+}
+
+/// Renders the configuration file and checks it the way the binary will.
+///
+/// Neither hash covers `storage.clickhouse.initial_retention_days`: retention belongs to the
+/// operator, which sets TTLs on existing tables itself; the pods read the value only when
+/// they create a table, so a retention change must not roll them (a pod started later reads
+/// the current value from the file).
+pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<ConfigFile> {
     let config = pod_config(p, sampling);
     config
         .validate()
         .map_err(|e| Error::InvalidConfiguration(e.to_string()))?;
-    let body = serde_yaml::to_string(&config).map_err(|e| Error::Render(e.to_string()))?;
-    // The binary interpolates `${VAR}` and reads `$$` as `$`: a `$` in a spec value (a URL,
-    // a user name) must reach the pod as written.
-    let body = body.replace('$', "$$");
-    let query_view = serde_yaml::to_string(&(&config.log, &config.storage, &config.query))
-        .map_err(|e| Error::Render(e.to_string()))?;
-    let text = format!(
-        "# Rendered by the DataTracing operator from TracingPipeline {}/{}; edits are overwritten.\n{body}",
-        p.namespace().unwrap_or_default(),
-        p.name_any()
-    );
-    Ok((text, hash(&query_view)))
+    let render = |config: &Config| -> Result<(String, String)> {
+        let body = serde_yaml::to_string(config).map_err(|e| Error::Render(e.to_string()))?;
+        // The binary interpolates `${VAR}` and reads `$$` as `$`: a `$` in a spec value (a
+        // URL, a user name) must reach the pod as written.
+        let body = body.replace('$', "$$");
+        let query_view = serde_yaml::to_string(&(&config.log, &config.storage, &config.query))
+            .map_err(|e| Error::Render(e.to_string()))?;
+        let text = format!(
+            "# Rendered by the DataTracing operator from TracingPipeline {}/{}; edits are overwritten.\n{body}",
+            p.namespace().unwrap_or_default(),
+            p.name_any()
+        );
+        Ok((text, query_view))
+    };
+    let (text, _) = render(&config)?;
+    let mut rolling = config;
+    rolling.storage.clickhouse.initial_retention_days =
+        ClickHouseConfig::default().initial_retention_days;
+    let (rolling_text, query_view) = render(&rolling)?;
+    Ok(ConfigFile {
+        text,
+        hash: hash(&rolling_text),
+        query_hash: hash(&query_view),
+    })
 }
 
 /// A short stable content hash.
@@ -231,8 +258,11 @@ fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
 /// `sampling_yaml` its text as it goes into the ConfigMap.
 pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) -> Result<Desired> {
     let names = Names::of(&p.name_any());
-    let (config, query_config_hash) = config_file(p, sampling_yaml.is_some())?;
-    let config_hash = hash(&config);
+    let ConfigFile {
+        text: config,
+        hash: config_hash,
+        query_hash: query_config_hash,
+    } = config_file(p, sampling_yaml.is_some())?;
 
     let mut data = BTreeMap::from([(CONFIG_KEY.to_string(), config)]);
     let mut cm_meta = meta(p, &names.config, None)?;
@@ -521,6 +551,26 @@ mod tests {
             "collector settings restart pods"
         );
         assert_ne!(a.collector.spec, c.collector.spec);
+    }
+
+    #[test]
+    fn retention_changes_move_no_restart_hash() {
+        let p = pipeline();
+        let a = desired(&p, "img", Some(&sampling())).unwrap();
+        let mut q = p.clone();
+        q.spec.storage.retention_days = p.spec.storage.retention_days + 5;
+        let b = desired(&q, "img", Some(&sampling())).unwrap();
+        assert_eq!(
+            (&a.config_hash, &a.query_config_hash),
+            (&b.config_hash, &b.query_config_hash)
+        );
+        assert_eq!(a.collector.spec, b.collector.spec);
+        assert_eq!(a.query.spec, b.query.spec);
+        let days = format!("initial_retention_days: {}", q.spec.storage.retention_days);
+        assert!(
+            b.config_map.data.as_ref().unwrap()[CONFIG_KEY].contains(&days),
+            "the file carries the current retention for tables created later"
+        );
     }
 
     #[test]

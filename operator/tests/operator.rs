@@ -410,7 +410,12 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
         "query pods do not restart for collector settings"
     );
 
-    // A retention change runs the ALTER.
+    // A retention change runs the ALTER and rolls no pods (defect 8 of issue 15: the
+    // rendered file's `initial_retention_days` moved both restart hashes).
+    let before = (
+        template_hash(&admin, "orders-collector").await,
+        template_hash(&admin, "orders-query").await,
+    );
     pipelines
         .patch(
             "orders",
@@ -425,6 +430,18 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
     .await;
     let ttl = spans_engine(&ch, &db).await;
     assert!(ttl.contains("toIntervalDay(30)"), "{ttl}");
+    assert_eq!(
+        (
+            template_hash(&admin, "orders-collector").await,
+            template_hash(&admin, "orders-query").await,
+        ),
+        before,
+        "a retention change does not roll collector or query pods"
+    );
+    assert!(
+        config_map(&admin).await[CONFIG_KEY].contains("initial_retention_days: 30"),
+        "new pods create tables with the new retention"
+    );
 
     // Events tell the story.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), NS);
