@@ -265,6 +265,11 @@ pub struct TracingPipelineStatus {
     /// Hash of the configuration whose change restarts the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// The active sampling configuration (`sampling.yaml`), last generated from valid
+    /// policies: what the operator deploys again while a selected policy is invalid, even
+    /// if the ConfigMap was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_configuration: Option<String>,
 }
 
 /// A set of sampling rules, selected by TracingPipelines through labels.

@@ -372,6 +372,26 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
         sampling_good,
         "last good policy kept"
     );
+    // Defect 7 of issue 15: with the ConfigMap lost while the policy is invalid, it was never
+    // recreated (new pods could not start). It comes back with the last good sampling.
+    let cms = Api::<ConfigMap>::namespaced(admin.clone(), NS);
+    let lost = cms.get("orders-config").await.unwrap().metadata.uid;
+    cms.delete("orders-config", &DeleteParams::default())
+        .await
+        .unwrap();
+    let recreated = wait_for("ConfigMap recreated", WAIT, || async {
+        cms.get_opt("orders-config")
+            .await
+            .unwrap()
+            .filter(|cm| cm.metadata.uid != lost)
+    })
+    .await;
+    let data = recreated.data.unwrap();
+    assert_eq!(
+        data[SAMPLING_KEY], sampling_good,
+        "last good policy restored"
+    );
+    assert!(data.contains_key(CONFIG_KEY));
     apply_json(
         &policies,
         policy("keep-failures", 100, errors_rules("^publish-")),

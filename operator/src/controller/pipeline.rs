@@ -43,8 +43,9 @@ struct Sampling {
     problem: Option<String>,
 }
 
-/// The sampling configuration for `p`. With an invalid selected policy the last good YAML
-/// from the existing ConfigMap is kept.
+/// The sampling configuration for `p`. With an invalid selected policy the last good YAML is
+/// kept: the one in the status, or (status from an operator that did not keep it there)
+/// the one in the existing ConfigMap.
 async fn sampling(
     p: &TracingPipeline,
     ctx: &Context,
@@ -72,11 +73,15 @@ async fn sampling(
             problem: None,
         }),
         Err(invalid) => {
-            let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-            let last_good = cms
-                .get_opt(&Names::of(&p.name_any()).config)
-                .await?
-                .and_then(|cm| cm.data?.get(SAMPLING_KEY).cloned());
+            let last_good = match &previous.sampling_configuration {
+                Some(yaml) => Some(yaml.clone()),
+                None => {
+                    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+                    cms.get_opt(&Names::of(&p.name_any()).config)
+                        .await?
+                        .and_then(|cm| cm.data?.get(SAMPLING_KEY).cloned())
+                }
+            };
             Ok(Sampling {
                 yaml: last_good,
                 hash: previous.sampling_hash.clone(),
@@ -176,6 +181,9 @@ async fn undeployable(
     warn_on_change(ctx, p, previous, problem, &msg).await;
     let generation = status.observed_generation;
     status.config_hash = previous.config_hash.clone();
+    status.sampling_hash = previous.sampling_hash.clone();
+    status.sampling_policies = previous.sampling_policies.clone();
+    status.sampling_configuration = previous.sampling_configuration.clone();
     set_condition(
         &mut status.conditions,
         ConditionType::ConfigurationGenerated,
@@ -236,6 +244,7 @@ async fn children_failed(
     status.config_hash = previous.config_hash.clone();
     status.sampling_hash = previous.sampling_hash.clone();
     status.sampling_policies = previous.sampling_policies.clone();
+    status.sampling_configuration = previous.sampling_configuration.clone();
     for t in [ConditionType::ResourcesApplied, ConditionType::Ready] {
         set_condition(
             &mut status.conditions,
@@ -268,14 +277,13 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
     let sampling = match sampling(&p, ctx, &previous).await {
         Ok(s) => s,
         Err(Error::InvalidConfiguration(msg)) => {
-            status.sampling_hash = previous.sampling_hash.clone();
-            status.sampling_policies = previous.sampling_policies.clone();
             return undeployable(ctx, &p, &previous, status, INVALID_CONFIGURATION, msg).await;
         }
         Err(e) => return Err(e),
     };
     status.sampling_hash = sampling.hash.clone();
     status.sampling_policies = sampling.sources.clone();
+    status.sampling_configuration = sampling.yaml.clone();
     let rendered = match (&sampling.problem, &sampling.yaml) {
         (Some(problem), None) => Err((
             INVALID_SAMPLING_POLICY,
