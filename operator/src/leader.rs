@@ -6,7 +6,7 @@
 //! writes use the lease's `resourceVersion`, so of two replicas racing for an expired lease
 //! exactly one wins. A leader that cannot renew within the renew deadline stops its work and
 //! reports the loss (the process exits and is restarted as a follower); on shutdown it
-//! releases the lease so a follower takes over without waiting for expiry.
+//! releases the lease (deletes it) so a follower takes over without waiting for expiry.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -133,25 +133,30 @@ impl LeaderElector {
         }
     }
 
-    /// Gives the lease up if this replica holds it (best effort).
+    /// Gives the lease up if this replica holds it (best effort) by deleting it: a follower
+    /// finds none at its next attempt and creates it, and after the last replica stops (an
+    /// uninstall) none is left behind. The delete is conditional on the version read, so a
+    /// lease another replica took meanwhile stays.
     pub async fn release(&mut self) {
-        let Ok(Some(mut l)) = self.api.get_opt(&self.name).await else {
+        let Ok(Some(l)) = self.api.get_opt(&self.name).await else {
             return;
         };
-        let Some(spec) = l.spec.as_mut() else { return };
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+        let holder = l.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
+        if holder != Some(self.identity.as_str()) {
             return;
         }
-        spec.holder_identity = None;
-        spec.lease_duration_seconds = Some(1);
-        if let Err(e) = self
-            .api
-            .replace(&self.name, &PostParams::default(), &l)
-            .await
-        {
-            tracing::warn!(error = %e, lease = %self.name, "could not release the leader lease");
-        } else {
-            tracing::info!(lease = %self.name, "released the leader lease");
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: l.metadata.resource_version.clone(),
+                uid: l.metadata.uid.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match self.api.delete(&self.name, &params).await {
+            Ok(_) => tracing::info!(lease = %self.name, "released the leader lease"),
+            Err(e) => {
+                tracing::warn!(error = %e, lease = %self.name, "could not release the leader lease")
+            }
         }
     }
 

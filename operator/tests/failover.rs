@@ -196,5 +196,12 @@ async fn retention_retries_until_clickhouse_answers_and_a_follower_takes_over() 
     )
     .await;
     assert_eq!(n.trim(), "1", "data retained");
+    // The last replica stops (an uninstall): no Lease is left behind.
     follower.stop().await.unwrap();
+    assert_eq!(holder(&admin).await, None);
+    let left = Api::<Lease>::namespaced(admin.clone(), OPERATOR_NS)
+        .get_opt("datatracing-operator")
+        .await
+        .unwrap();
+    assert!(left.is_none(), "{left:?}");
 }

@@ -522,14 +522,12 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
     .await;
     assert_eq!(n.trim(), "0", "database dropped");
 
+    // Released on shutdown by deleting it: an uninstall leaves no Lease behind (defect 9
+    // of issue 15: `helm uninstall` left it).
     op.stop().await.unwrap();
     let lease = Api::<Lease>::namespaced(admin.clone(), OPERATOR_NS)
-        .get("datatracing-operator")
+        .get_opt("datatracing-operator")
         .await
         .unwrap();
-    assert_eq!(
-        lease.spec.unwrap().holder_identity,
-        None,
-        "released on shutdown"
-    );
+    assert!(lease.is_none(), "released on shutdown: {lease:?}");
 }

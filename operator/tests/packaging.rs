@@ -150,3 +150,141 @@ async fn the_api_server_accepts_the_chart_the_manifests_and_the_samples() {
         "{out}"
     );
 }
+
+/// The commands of the ```sh blocks in `runbooks/operator.md`, in order, one block per
+/// entry (continuation lines joined).
+fn runbook_blocks() -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(repo_root().join("runbooks/operator.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    let mut pending = String::new();
+    for line in text.lines() {
+        match (&mut current, line.trim()) {
+            (None, "```sh") => current = Some(Vec::new()),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some(block), l) => match l.strip_suffix('\\') {
+                Some(head) => pending.push_str(head),
+                None => {
+                    pending.push_str(l);
+                    block.push(std::mem::take(&mut pending));
+                }
+            },
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// The runbook block whose commands satisfy `pick`.
+fn block(blocks: &[Vec<String>], what: &str, pick: impl Fn(&[String]) -> bool) -> Vec<String> {
+    blocks
+        .iter()
+        .find(|b| pick(b))
+        .unwrap_or_else(|| panic!("runbooks/operator.md has no block to {what}"))
+        .clone()
+}
+
+/// Runs a runbook command as written (placeholders filled in, `| head` dropped, `logs`
+/// read as `get`: no kubelet runs here) from the repository root, against `kubeconfig`.
+fn run_runbook(command: &str, kubeconfig: &std::path::Path) -> String {
+    let command = command.split(" | ").next().unwrap();
+    let words: Vec<String> = command
+        .replace("<registry>", "example.invalid")
+        .replace("<version>", "test")
+        .split_whitespace()
+        .map(|w| {
+            if w == "logs" {
+                "get".into()
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    let mut cmd = std::process::Command::new(tool(&words[0]));
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(&words[1..])
+        .current_dir(repo_root());
+    run(&mut cmd)
+}
+
+/// Defect 9 of issue 15: the runbook's commands failed as written (a Deployment name the
+/// chart does not produce, the Lease without its namespace), `helm uninstall` left the Lease,
+/// and Helm and kustomize used different Deployment selectors, so one could not replace the
+/// other. This runs the runbook's install, check, switch and uninstall blocks in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runbook_installs_checks_switches_and_uninstalls() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::Api;
+
+    let cluster = Cluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = cluster.kubeconfig(dir.path(), cluster.server.token());
+    let blocks = runbook_blocks();
+    let has = |b: &[String], s: &str| b.iter().any(|c| c.contains(s));
+    let install = block(&blocks, "install", |b| b[0].starts_with("helm install"));
+    let check = block(&blocks, "check", |b| has(b, "get pods,lease"));
+    let to_kustomize = block(&blocks, "switch to kustomize", |b| {
+        has(b, "-k config/default")
+    });
+    let to_helm = block(&blocks, "switch to Helm", |b| {
+        has(b, "meta.helm.sh/release-name")
+    });
+    let uninstall = block(&blocks, "uninstall", |b| has(b, "helm uninstall"));
+
+    for c in &install {
+        run_runbook(c, &kubeconfig);
+    }
+    // A replica leads (in this process, with the Lease where the chart's pods keep it).
+    let op = common::Operator::start(
+        &cluster,
+        cluster.server.token(),
+        "op-runbook",
+        "datatracing-system",
+    );
+    let leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), "datatracing-system");
+    common::wait_for("a leader", std::time::Duration::from_secs(60), || async {
+        leases.get_opt("datatracing-operator").await.ok()?
+    })
+    .await;
+    let out: String = check.iter().map(|c| run_runbook(c, &kubeconfig)).collect();
+    assert!(out.contains("holderIdentity: op-runbook"), "{out}");
+
+    let deployments: Api<Deployment> = Api::namespaced(cluster.admin.clone(), "datatracing-system");
+    let selector = |d: Deployment| d.spec.unwrap().selector;
+    let helm_selector = selector(deployments.get("datatracing-operator").await.unwrap());
+    for c in &to_kustomize {
+        run_runbook(c, &kubeconfig);
+    }
+    assert_eq!(
+        selector(deployments.get("datatracing-operator").await.unwrap()),
+        helm_selector
+    );
+    for c in &to_helm {
+        run_runbook(c, &kubeconfig);
+    }
+    let status = run_runbook(
+        "helm status datatracing-operator --namespace datatracing-system",
+        &kubeconfig,
+    );
+    assert!(status.contains("STATUS: deployed"), "{status}");
+
+    // Uninstall: the pods stop (here: the replica in this process), nothing is left.
+    for c in &uninstall {
+        run_runbook(c, &kubeconfig);
+    }
+    op.stop().await.unwrap();
+    assert!(
+        deployments
+            .get_opt("datatracing-operator")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let lease = leases.get_opt("datatracing-operator").await.unwrap();
+    assert!(
+        lease.is_none(),
+        "the Lease outlives the uninstall: {lease:?}"
+    );
+}
