@@ -24,6 +24,9 @@ pub enum Error {
     /// A child with our name exists and belongs to someone else.
     #[error("{0}")]
     Conflict(String),
+    /// The pipeline's ClickHouse database belongs to another pipeline.
+    #[error("{0}")]
+    StorageConflict(String),
     /// ClickHouse failed.
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] datatracing_store_clickhouse::Error),
@@ -85,6 +88,7 @@ impl Error {
             Error::InvalidSamplingPolicy(_) => "invalid_sampling_policy",
             Error::SecretNotFound(_) => "secret_not_found",
             Error::Conflict(_) => "conflict",
+            Error::StorageConflict(_) => "storage_conflict",
             Error::ClickHouse(_) => "clickhouse",
             Error::Config(_) => "config",
             Error::Serve(_) => "serve",

@@ -7,8 +7,8 @@ use clickhouse::Client;
 use datatracing_config::{ClickHouseConfig, Compression};
 
 use crate::error::{Error, Result};
-use crate::rows::TableRow;
-use crate::schema::Schema;
+use crate::rows::{OwnerRow, TableRow};
+use crate::schema::{OWNER_TABLE, Schema};
 
 /// What `migrate` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +37,18 @@ pub struct RetentionReport {
     pub changed: Vec<String>,
     /// Tables that already had this TTL.
     pub unchanged: Vec<String>,
+}
+
+/// Who owns a database: the operator records the TracingPipeline whose storage it is, so a
+/// second pipeline pointed at the same database is refused instead of changing the first
+/// one's retention or dropping its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageOwner {
+    /// The owner's unique id (the pipeline's UID).
+    pub uid: String,
+    /// The owner's name (`namespace/name`): a pipeline deleted and created again under the
+    /// same name (a GitOps re-apply) gets a new UID and takes its storage back.
+    pub name: String,
 }
 
 /// Connectivity, migrations and retention for one ClickHouse database.
@@ -334,6 +346,101 @@ impl ClickHouseAdmin {
                 })
             })
             .collect())
+    }
+
+    /// The owner recorded in the database; `None` when the database, its owner table or a
+    /// claim is missing.
+    pub async fn owner(&self) -> Result<Option<StorageOwner>> {
+        let t = self.query_timeout;
+        let db = &self.schema.database;
+        let exists: u64 = timed(
+            t,
+            "read owner table",
+            self.root
+                .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+                .bind(db)
+                .bind(OWNER_TABLE)
+                .fetch_one::<u64>(),
+        )
+        .await?;
+        if exists == 0 {
+            return Ok(None);
+        }
+        let row = timed(
+            t,
+            "read owner",
+            self.root
+                .query(&format!(
+                    "SELECT uid, owner FROM {db}.{OWNER_TABLE} ORDER BY claimed_at, uid LIMIT 1"
+                ))
+                .fetch_optional::<OwnerRow>(),
+        )
+        .await?;
+        Ok(row.map(|r| StorageOwner {
+            uid: r.uid,
+            name: r.owner,
+        }))
+    }
+
+    /// Claims the database for `owner` and returns the owner in force: `owner` when nobody
+    /// had claimed it, it already owned it, or the recorded owner has `owner`'s name (the same
+    /// pipeline created again); otherwise the other owner, and nothing changes. Creates the
+    /// database and the owner table if needed. Of two claims racing for an unclaimed
+    /// database, the earlier row wins for both.
+    pub async fn claim(&self, owner: &StorageOwner) -> Result<StorageOwner> {
+        let t = self.query_timeout;
+        for (what, sql) in [
+            ("create database", self.schema.create_database()),
+            ("create owner table", self.schema.create_owner_table()),
+        ] {
+            timed(t, what, self.root.query_raw(&sql).execute()).await?;
+        }
+        match self.owner().await? {
+            Some(current) if current.uid == owner.uid => return Ok(current),
+            Some(current) if current.name != owner.name => return Ok(current),
+            Some(previous) => {
+                tracing::info!(owner = %owner.name, previous = %previous.uid, uid = %owner.uid, "storage claimed again by a re-created owner");
+                timed(
+                    t,
+                    "release owner",
+                    self.root
+                        .query_raw(&self.schema.truncate_owner_table())
+                        .execute(),
+                )
+                .await?;
+            }
+            None => {}
+        }
+        timed(
+            t,
+            "record owner",
+            self.root
+                .query(&format!(
+                    "INSERT INTO {}.{OWNER_TABLE} (uid, owner) VALUES (?, ?)",
+                    self.schema.database
+                ))
+                .bind(&owner.uid)
+                .bind(&owner.name)
+                .execute(),
+        )
+        .await?;
+        Ok(self.owner().await?.unwrap_or_else(|| owner.clone()))
+    }
+
+    /// Removes `uid`'s claim (the owner is gone and leaves the data), so another owner may
+    /// claim the database. Another owner's claim stays. Idempotent.
+    pub async fn release(&self, uid: &str) -> Result<()> {
+        if self.owner().await?.is_some_and(|o| o.uid == uid) {
+            timed(
+                self.query_timeout,
+                "release owner",
+                self.root
+                    .query_raw(&self.schema.truncate_owner_table())
+                    .execute(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Drops the database with all its data. Idempotent. Only the operator calls this, when

@@ -3,7 +3,8 @@
 //!
 //! - [`schema`]: tables, versioned migrations, clustered DDL.
 //! - [`ClickHouseAdmin`]: migrations and retention (`set_retention` / `retention`), for the
-//!   `datatracing migrate` command and the operator.
+//!   `datatracing migrate` command and the operator; the operator's storage ownership
+//!   (`claim` / `owner` / `release`).
 //! - [`ClickHouseStore`]: RowBinary inserts with LZ4, sent as soon as an insert slot is free
 //!   (writes that wait for a slot are merged), retried on the shared `RetryPolicy` under one
 //!   insert deduplication token per insert (a retry never duplicates rows), and reads that
@@ -20,7 +21,7 @@ mod rows;
 pub mod schema;
 mod store;
 
-pub use admin::{ClickHouseAdmin, MigrationReport, RetentionReport, TableRetention};
+pub use admin::{ClickHouseAdmin, MigrationReport, RetentionReport, StorageOwner, TableRetention};
 // The settings are in this crate's API (`ClickHouseStore::open`, `ClickHouseAdmin::new`), so
 // re-exported for callers; they live in `datatracing-config`.
 pub use datatracing_config::{ClickHouseBatchConfig, ClickHouseConfig, Compression};

@@ -126,6 +126,13 @@ pub(crate) struct SummaryRow {
     pub services: Vec<String>,
 }
 
+/// One claim in the owner table.
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub(crate) struct OwnerRow {
+    pub uid: String,
+    pub owner: String,
+}
+
 /// `system.tables` row used to read a table's TTL.
 #[derive(Debug, Row, Deserialize)]
 pub(crate) struct TableRow {

@@ -77,6 +77,9 @@ const NAMES: TtlTable = TtlTable {
     time_column: "hour",
 };
 
+/// The table recording which TracingPipeline owns the database.
+pub const OWNER_TABLE: &str = "datatracing_owner";
+
 impl Schema {
     fn on_cluster(&self) -> String {
         self.cluster
@@ -137,6 +140,36 @@ impl Schema {
     pub fn drop_database(&self) -> String {
         format!(
             "DROP DATABASE IF EXISTS {}{} SYNC",
+            self.database,
+            self.on_cluster()
+        )
+    }
+
+    /// The table naming the database's owner (the TracingPipeline whose storage it is): one
+    /// row per claim, the earliest in force.
+    pub fn create_owner_table(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{OWNER_TABLE}{oc} (\n\
+             \x20   uid String,\n\
+             \x20   owner String,\n\
+             \x20   claimed_at DateTime64(3) DEFAULT now64(3)\n\
+             ) ENGINE = {engine} ORDER BY (claimed_at, uid)",
+            db = self.database,
+            oc = self.on_cluster(),
+            engine = match &self.cluster {
+                None => "MergeTree()".to_string(),
+                Some(_) => format!(
+                    "ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{}/{OWNER_TABLE}', '{{replica}}')",
+                    self.database
+                ),
+            }
+        )
+    }
+
+    /// Empties the owner table (the claim is released or handed over).
+    pub fn truncate_owner_table(&self) -> String {
+        format!(
+            "TRUNCATE TABLE IF EXISTS {}.{OWNER_TABLE}{}",
             self.database,
             self.on_cluster()
         )
@@ -406,6 +439,17 @@ mod tests {
             cluster: Some("prod".into()),
             ..single()
         }
+    }
+
+    #[test]
+    fn the_owner_table_is_replicated_when_clustered() {
+        let owner = clustered().create_owner_table();
+        assert!(
+            owner.starts_with("CREATE TABLE IF NOT EXISTS dt.datatracing_owner ON CLUSTER prod")
+        );
+        assert!(
+            owner.contains("ReplicatedMergeTree('/clickhouse/tables/{shard}/dt/datatracing_owner'")
+        );
     }
 
     #[test]

@@ -106,6 +106,8 @@ string_enum! {
         ClickHouseError => "ClickHouseError",
         /// Retention applied.
         RetentionSet => "RetentionSet",
+        /// The ClickHouse database belongs to another pipeline; left alone.
+        StorageConflict => "StorageConflict",
         /// A condition `Ready` depends on has not been reported yet.
         Progressing => "Progressing",
         /// SamplingPolicy valid.
@@ -142,6 +144,8 @@ string_enum! {
         ClickHouseError => "ClickHouseError",
         /// Retention could not be applied: the password Secret or key is missing.
         SecretNotFound => "SecretNotFound",
+        /// The ClickHouse database belongs to another pipeline.
+        StorageConflict => "StorageConflict",
     }
 }
 

@@ -400,40 +400,44 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
     let retention_current = previous.retention_days == Some(days)
         && previous.observed_generation == generation
         && conditions::is_true(&previous.conditions, ConditionType::RetentionApplied);
+    let outcome = if retention_current {
+        Ok(None)
+    } else {
+        storage::apply_retention(&p, ctx).await.map(Some)
+    };
     let mut retry_after = None;
-    if !retention_current {
-        match storage::apply_retention(&p, ctx).await {
-            Ok(msg) => {
-                ctx.metrics.retention_applied.inc();
-                status.retention_days = Some(days);
-                cond(
-                    &mut status,
-                    ConditionType::RetentionApplied,
-                    true,
-                    Reason::RetentionSet,
-                    msg.clone(),
-                );
-                ctx.event(&*p, EventType::Normal, EventReason::RetentionApplied, msg)
-                    .await;
-            }
-            Err(e) => {
-                ctx.metrics.retention_errors.inc();
-                let (reason, event) = storage::retention_failure(&e);
-                let wait = ctx.backoff(&format!("retention/{}", key(&*p)));
-                // The wait stays out of the message: it changes on every attempt, and so
-                // would the condition and the event.
-                let msg = format!("{e}; retried with backoff");
-                tracing::warn!(pipeline = %key(&*p), error = %e, ?wait, "retention not applied");
-                cond(
-                    &mut status,
-                    ConditionType::RetentionApplied,
-                    false,
-                    reason,
-                    msg.clone(),
-                );
-                ctx.event(&*p, EventType::Warning, event, msg).await;
-                retry_after = Some(wait);
-            }
+    match outcome {
+        Ok(None) => {}
+        Ok(Some(msg)) => {
+            ctx.metrics.retention_applied.inc();
+            status.retention_days = Some(days);
+            cond(
+                &mut status,
+                ConditionType::RetentionApplied,
+                true,
+                Reason::RetentionSet,
+                msg.clone(),
+            );
+            ctx.event(&*p, EventType::Normal, EventReason::RetentionApplied, msg)
+                .await;
+        }
+        Err(e) => {
+            ctx.metrics.retention_errors.inc();
+            let (reason, event) = storage::retention_failure(&e);
+            let wait = ctx.backoff(&format!("retention/{}", key(&*p)));
+            // The wait stays out of the message: it changes on every attempt, and so
+            // would the condition and the event.
+            let msg = format!("{e}; retried with backoff");
+            tracing::warn!(pipeline = %key(&*p), error = %e, ?wait, "retention not applied");
+            cond(
+                &mut status,
+                ConditionType::RetentionApplied,
+                false,
+                reason,
+                msg.clone(),
+            );
+            ctx.event(&*p, EventType::Warning, event, msg).await;
+            retry_after = Some(wait);
         }
     }
     if retry_after.is_none() {
@@ -448,10 +452,25 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
 }
 
 async fn cleanup_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action> {
-    if p.spec.storage.deletion_policy == DeletionPolicy::Delete {
-        let db = &p.spec.storage.database;
-        let admin = storage::clickhouse_admin(&p, ctx).await?;
-        if let Err(e) = admin.drop_database().await {
+    let db = &p.spec.storage.database;
+    let drop = p.spec.storage.deletion_policy == DeletionPolicy::Delete;
+    match storage::on_delete(&p, ctx, drop).await {
+        Ok(Some(owner)) => {
+            // Another pipeline's data: never dropped, and the deletion is not held up.
+            let msg = format!(
+                "ClickHouse database {db} belongs to TracingPipeline {owner}; it was not dropped"
+            );
+            tracing::warn!(pipeline = %key(&*p), database = %db, %owner, "not dropping another pipeline's database");
+            ctx.event(&*p, EventType::Warning, EventReason::StorageConflict, msg)
+                .await;
+        }
+        Ok(None) if drop => {
+            tracing::info!(pipeline = %key(&*p), database = %db, "dropped the ClickHouse database (deletionPolicy: Delete)");
+        }
+        Ok(None) => {
+            tracing::info!(pipeline = %key(&*p), database = %db, "pipeline deleted; ClickHouse data retained and released (deletionPolicy: Retain)");
+        }
+        Err(e) if drop => {
             let msg = format!(
                 "could not drop ClickHouse database {db}: {e}; the pipeline stays until this succeeds (see runbooks/operator.md)"
             );
@@ -462,11 +481,12 @@ async fn cleanup_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Acti
                 msg,
             )
             .await;
-            return Err(e.into());
+            return Err(e);
         }
-        tracing::info!(pipeline = %key(&*p), database = %db, "dropped the ClickHouse database (deletionPolicy: Delete)");
-    } else {
-        tracing::info!(pipeline = %key(&*p), "pipeline deleted; ClickHouse data retained (deletionPolicy: Retain)");
+        Err(e) => {
+            // Retain keeps the data either way; only the claim stays (runbook: releasing it).
+            tracing::warn!(pipeline = %key(&*p), database = %db, error = %e, "pipeline deleted; ClickHouse data retained, but its ownership could not be released");
+        }
     }
     ctx.succeeded(&format!("retention/{}", key(&*p)));
     Ok(Action::await_change())

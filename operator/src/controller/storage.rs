@@ -1,14 +1,20 @@
 //! What the pipeline reconciler does in ClickHouse: read the password the pipeline
-//! references, create the schema and set the retention, and drop the database of a deleted
-//! pipeline; plus which condition reason each failure reports.
+//! references, claim the database for the pipeline, create the schema and set the
+//! retention, and drop or release the database of a deleted pipeline; plus which condition reason each failure
+//! reports.
+//!
+//! Ownership is recorded in the database itself (`datatracing_owner`: the pipeline's UID
+//! and `namespace/name`), where every operator and every pipeline pointed at it sees it: a
+//! second pipeline on the same database is refused rather than allowed to change the first
+//! one's retention or drop its data.
 
-use datatracing_store_clickhouse::{ClickHouseAdmin, Error as ChError};
+use datatracing_store_clickhouse::{ClickHouseAdmin, Error as ChError, StorageOwner};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 
 use super::conditions::{EventReason, Reason};
-use super::context::Context;
+use super::context::{Context, key};
 use crate::crd::TracingPipeline;
 use crate::error::{Error, Result};
 use crate::render;
@@ -75,15 +81,39 @@ pub(super) fn retention_failure(e: &Error) -> (Reason, EventReason) {
             EventReason::ClickHouseAuthFailed,
         ),
         Error::SecretNotFound(_) => (Reason::SecretNotFound, EventReason::SecretNotFound),
+        Error::StorageConflict(_) => (Reason::StorageConflict, EventReason::StorageConflict),
         _ => (Reason::ClickHouseError, EventReason::ClickHouseError),
     }
 }
 
-/// Creates the schema if needed and sets the retention; returns what was done.
+/// The owner `p` records in its database.
+fn owner_of(p: &TracingPipeline) -> StorageOwner {
+    StorageOwner {
+        uid: p.uid().unwrap_or_default(),
+        name: key(p),
+    }
+}
+
+/// The refusal for `p` when `owner` holds its database.
+fn conflict(p: &TracingPipeline, owner: &StorageOwner) -> Error {
+    Error::StorageConflict(format!(
+        "ClickHouse database {} at {} belongs to TracingPipeline {} (uid {}); this pipeline \
+         leaves it alone: give it its own storage.database",
+        p.spec.storage.database, p.spec.storage.url, owner.name, owner.uid
+    ))
+}
+
+/// Claims the database, creates the schema if needed and sets the retention; returns what was done. A database another pipeline owns is
+/// [`Error::StorageConflict`], and nothing in it changes.
 #[tracing::instrument(skip_all, fields(database = %p.spec.storage.database, days = p.spec.storage.retention_days))]
 pub(super) async fn apply_retention(p: &TracingPipeline, ctx: &Context) -> Result<String> {
     let admin = clickhouse_admin(p, ctx).await?;
     admin.ping().await?;
+    let me = owner_of(p);
+    let owner = admin.claim(&me).await?;
+    if owner.uid != me.uid {
+        return Err(conflict(p, &owner));
+    }
     let migration = admin.migrate().await?;
     let report = admin.set_retention(p.spec.storage.retention_days).await?;
     Ok(format!(
@@ -94,4 +124,27 @@ pub(super) async fn apply_retention(p: &TracingPipeline, ctx: &Context) -> Resul
         report.changed.len(),
         report.unchanged.len()
     ))
+}
+
+/// What deleting `p` does in ClickHouse. `Delete`: drops the database if `p` owns it (or no
+/// owner is recorded); `Ok(Some(owner))` when another pipeline owns it and it was left
+/// alone. `Retain`: releases `p`'s claim so a later pipeline may use the data.
+pub(super) async fn on_delete(
+    p: &TracingPipeline,
+    ctx: &Context,
+    drop: bool,
+) -> Result<Option<String>> {
+    let admin = clickhouse_admin(p, ctx).await?;
+    let me = owner_of(p);
+    match admin.owner().await? {
+        Some(o) if o.uid != me.uid => Ok(Some(format!("{} (uid {})", o.name, o.uid))),
+        _ if drop => {
+            admin.drop_database().await?;
+            Ok(None)
+        }
+        _ => {
+            admin.release(&me.uid).await?;
+            Ok(None)
+        }
+    }
 }
