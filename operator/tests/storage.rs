@@ -1,6 +1,7 @@
 //! The operator and ClickHouse storage it does not control alone, on a real API server and
 //! a real ClickHouse engine: a second pipeline pointed at a database another pipeline owns
-//! is refused (its retention and deletion leave the owner's data alone).
+//! is refused (its retention and deletion leave the owner's data alone), and schema or TTLs
+//! changed behind the operator's back are reported and repaired on resync.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -74,6 +75,30 @@ async fn spans_engine(ch: &ClickHouse, db: &str) -> String {
         ),
     )
     .await
+}
+
+/// Pipeline reconciles the operator has run so far.
+async fn reconciles(op: &Operator) -> u64 {
+    let text = op.metrics().await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "datatracing_operator_reconciles_total{controller=\"tracingpipeline\"} ",
+            )?
+            .parse()
+            .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits for two more pipeline reconciles: the later one started after the earlier one's
+/// status write reached the operator's cache, so it checks for drift rather than applying.
+async fn settled(op: &Operator) {
+    let start = reconciles(op).await;
+    wait_for("two more reconciles", WAIT, || async {
+        (reconciles(op).await >= start + 2).then_some(())
+    })
+    .await;
 }
 
 /// Defect 1 of issue 15: a second pipeline (another namespace) with the same ClickHouse
@@ -170,5 +195,80 @@ async fn a_second_pipeline_on_an_owned_database_is_refused() {
     )
     .await;
     assert_eq!(dbs.trim(), "0", "dropped by its owner");
+    op.stop().await.unwrap();
+}
+
+/// Defect 2 of issue 15: a TTL changed or a database dropped outside the operator stayed
+/// `RetentionSet` until the spec changed. Each resync now checks, reports the difference in
+/// `RetentionApplied=False` (reason `StorageDrift`) and an event, and repairs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storage_drift_is_reported_and_repaired_on_resync() {
+    let cluster = Cluster::start().await;
+    let ch = tokio::task::spawn_blocking(ClickHouse::shared)
+        .await
+        .unwrap();
+    cluster.namespace(OPERATOR_NS).await;
+    cluster.namespace("team-d").await;
+    let token = cluster.operator_token(OPERATOR_NS, &[]).await;
+    // A short resync; the repair waits one retry_backoff, long enough to see the report.
+    let op = Operator::start_with(&cluster, &token, "op-d", OPERATOR_NS, |c| {
+        c.resync_interval = datatracing_core::ConfigDuration::from_secs(2);
+        c.retry_backoff = datatracing_core::ConfigDuration::from_secs(3);
+        c.max_retry_backoff = datatracing_core::ConfigDuration::from_secs(5);
+    });
+    let pipelines: Api<TracingPipeline> = Api::namespaced(cluster.admin.clone(), "team-d");
+    let db = unique_database("drift");
+    apply(
+        &pipelines,
+        "lake",
+        json!({"url": ch.url(), "database": db, "user": ch.user(), "retentionDays": 30}),
+    )
+    .await;
+    wait_for("RetentionApplied True", WAIT, || {
+        retention(&pipelines, "lake", "True")
+    })
+    .await;
+
+    // A TTL changed by hand (once the reconciles the pipeline's creation set off are over:
+    // one of them may still apply retention and so repair the change unreported).
+    settled(&op).await;
+    sql(
+        ch,
+        &format!("ALTER TABLE {db}.spans MODIFY TTL toDateTime(start_time) + toIntervalDay(3)"),
+    )
+    .await;
+    let drift = wait_for("drift reported", WAIT, || {
+        retention(&pipelines, "lake", "False")
+    })
+    .await;
+    assert_eq!(drift.reason, "StorageDrift", "{}", drift.message);
+    assert!(
+        drift.message.contains("spans keeps 3 days (spec: 30 days)"),
+        "{}",
+        drift.message
+    );
+    wait_for("repaired", WAIT, || retention(&pipelines, "lake", "True")).await;
+    let ttl = spans_engine(ch, &db).await;
+    assert!(ttl.contains("toIntervalDay(30)"), "{ttl}");
+
+    // The database dropped by hand.
+    settled(&op).await;
+    sql(ch, &format!("DROP DATABASE {db} SYNC")).await;
+    let drift = wait_for("drop reported", WAIT, || {
+        retention(&pipelines, "lake", "False")
+    })
+    .await;
+    assert_eq!(drift.reason, "StorageDrift", "{}", drift.message);
+    assert!(
+        // (or, when the drop overlapped the check, what vanished halfway through)
+        drift.message.contains("none of the trace tables") || drift.message.contains("disappeared"),
+        "{}",
+        drift.message
+    );
+    wait_for("recreated", WAIT, || retention(&pipelines, "lake", "True")).await;
+    let ttl = spans_engine(ch, &db).await;
+    assert!(ttl.contains("toIntervalDay(30)"), "{ttl}");
+    let notes = event_notes(&cluster.admin, "team-d", "lake", "StorageDrift").await;
+    assert!(notes.len() >= 2, "each drift has its event: {notes:?}");
     op.stop().await.unwrap();
 }

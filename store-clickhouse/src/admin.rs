@@ -443,6 +443,23 @@ impl ClickHouseAdmin {
         Ok(())
     }
 
+    /// Creates tables of the current schema that are missing although their migration is
+    /// recorded (dropped by hand): every migration statement is `IF NOT EXISTS`, so running
+    /// them all again only fills the gaps. Run after [`migrate`](Self::migrate).
+    pub async fn recreate_missing(&self) -> Result<()> {
+        for m in self.schema.migrations() {
+            for stmt in &m.statements {
+                timed(
+                    self.query_timeout,
+                    "recreate",
+                    self.root.query_raw(stmt).execute(),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops the database with all its data. Idempotent. Only the operator calls this, when
     /// a pipeline with `deletionPolicy: Delete` is deleted.
     pub async fn drop_database(&self) -> Result<()> {

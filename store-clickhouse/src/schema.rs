@@ -442,7 +442,15 @@ mod tests {
     }
 
     #[test]
-    fn the_owner_table_is_replicated_when_clustered() {
+    fn every_migration_statement_can_run_again() {
+        // `ClickHouseAdmin::recreate_missing` re-runs them to restore dropped tables.
+        for schema in [single(), clustered()] {
+            for m in schema.migrations() {
+                for s in &m.statements {
+                    assert!(s.contains(" IF NOT EXISTS "), "{s}");
+                }
+            }
+        }
         let owner = clustered().create_owner_table();
         assert!(
             owner.starts_with("CREATE TABLE IF NOT EXISTS dt.datatracing_owner ON CLUSTER prod")

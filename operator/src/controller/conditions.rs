@@ -108,6 +108,9 @@ string_enum! {
         RetentionSet => "RetentionSet",
         /// The ClickHouse database belongs to another pipeline; left alone.
         StorageConflict => "StorageConflict",
+        /// The schema or TTLs in ClickHouse differ from the spec (changed outside the
+        /// operator); being repaired.
+        StorageDrift => "StorageDrift",
         /// A condition `Ready` depends on has not been reported yet.
         Progressing => "Progressing",
         /// SamplingPolicy valid.
@@ -146,6 +149,8 @@ string_enum! {
         SecretNotFound => "SecretNotFound",
         /// The ClickHouse database belongs to another pipeline.
         StorageConflict => "StorageConflict",
+        /// The schema or TTLs in ClickHouse differ from the spec; being repaired.
+        StorageDrift => "StorageDrift",
     }
 }
 

@@ -395,20 +395,22 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
     let (ok, reason, msg) = availability(&query, "query");
     cond(&mut status, ConditionType::QueryAvailable, ok, reason, msg);
 
-    // 3. Retention, when it is not known to be in place for this generation.
+    // 3. Retention: applied when it is not known to be in place for this generation;
+    //    otherwise checked for drift (dropped tables, TTLs changed by hand), which is
+    //    reported and then repaired by the next reconcile.
     let days = p.spec.storage.retention_days;
     let retention_current = previous.retention_days == Some(days)
         && previous.observed_generation == generation
         && conditions::is_true(&previous.conditions, ConditionType::RetentionApplied);
     let outcome = if retention_current {
-        Ok(None)
+        storage::drift(&p, ctx).await.map(|d| d.map(Err))
     } else {
-        storage::apply_retention(&p, ctx).await.map(Some)
+        storage::apply_retention(&p, ctx).await.map(|m| Some(Ok(m)))
     };
     let mut retry_after = None;
     match outcome {
         Ok(None) => {}
-        Ok(Some(msg)) => {
+        Ok(Some(Ok(msg))) => {
             ctx.metrics.retention_applied.inc();
             status.retention_days = Some(days);
             cond(
@@ -420,6 +422,20 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
             );
             ctx.event(&*p, EventType::Normal, EventReason::RetentionApplied, msg)
                 .await;
+        }
+        Ok(Some(Err(drift))) => {
+            let msg = format!("{drift}; repairing");
+            tracing::warn!(pipeline = %key(&*p), %drift, "ClickHouse differs from the spec");
+            cond(
+                &mut status,
+                ConditionType::RetentionApplied,
+                false,
+                Reason::StorageDrift,
+                msg.clone(),
+            );
+            ctx.event(&*p, EventType::Warning, EventReason::StorageDrift, msg)
+                .await;
+            retry_after = Some(ctx.config.retry_backoff.get());
         }
         Err(e) => {
             ctx.metrics.retention_errors.inc();

@@ -1,6 +1,7 @@
 //! What the pipeline reconciler does in ClickHouse: read the password the pipeline
 //! references, claim the database for the pipeline, create the schema and set the
-//! retention, and drop or release the database of a deleted pipeline; plus which condition reason each failure
+//! retention, find drift (tables dropped or TTLs changed outside the operator), and drop or
+//! release the database of a deleted pipeline; plus which condition reason each failure
 //! reports.
 //!
 //! Ownership is recorded in the database itself (`datatracing_owner`: the pipeline's UID
@@ -103,7 +104,8 @@ fn conflict(p: &TracingPipeline, owner: &StorageOwner) -> Error {
     ))
 }
 
-/// Claims the database, creates the schema if needed and sets the retention; returns what was done. A database another pipeline owns is
+/// Claims the database, creates the schema (and any table dropped since) and sets the
+/// retention; returns what was done. A database another pipeline owns is
 /// [`Error::StorageConflict`], and nothing in it changes.
 #[tracing::instrument(skip_all, fields(database = %p.spec.storage.database, days = p.spec.storage.retention_days))]
 pub(super) async fn apply_retention(p: &TracingPipeline, ctx: &Context) -> Result<String> {
@@ -115,6 +117,7 @@ pub(super) async fn apply_retention(p: &TracingPipeline, ctx: &Context) -> Resul
         return Err(conflict(p, &owner));
     }
     let migration = admin.migrate().await?;
+    admin.recreate_missing().await?;
     let report = admin.set_retention(p.spec.storage.retention_days).await?;
     Ok(format!(
         "retention {} days on database {} (schema v{}; {} tables changed, {} already set)",
@@ -124,6 +127,70 @@ pub(super) async fn apply_retention(p: &TracingPipeline, ctx: &Context) -> Resul
         report.changed.len(),
         report.unchanged.len()
     ))
+}
+
+/// How ClickHouse differs from what `p` wants, changing nothing (except recording `p` as
+/// the owner of a database from before ownership was recorded): `Ok(None)` when the tables
+/// exist with the spec's TTL. A database another pipeline owns is
+/// [`Error::StorageConflict`].
+#[tracing::instrument(skip_all, fields(database = %p.spec.storage.database))]
+pub(super) async fn drift(p: &TracingPipeline, ctx: &Context) -> Result<Option<String>> {
+    let admin = clickhouse_admin(p, ctx).await?;
+    admin.ping().await?;
+    let me = owner_of(p);
+    let db = &p.spec.storage.database;
+    // A database or table dropped while this check runs shows as an unknown-database or
+    // unknown-table error halfway through: that is drift too.
+    let vanished = |e: ChError| match e {
+        ChError::Server {
+            code: Some(60 | 81),
+            ..
+        } => Ok(format!(
+            "database {db} or one of its tables disappeared: {e}"
+        )),
+        other => Err(Error::from(other)),
+    };
+    let owner = match admin.owner().await {
+        Ok(o) => o,
+        Err(e) => return vanished(e).map(Some),
+    };
+    if let Some(o) = &owner
+        && o.uid != me.uid
+        && o.name != me.name
+    {
+        return Err(conflict(p, o));
+    }
+    let want = p.spec.storage.retention_days;
+    let present = match admin.retention().await {
+        Ok(p) => p,
+        Err(e) => return vanished(e).map(Some),
+    };
+    let differences: Vec<String> = if present.is_empty() {
+        vec![format!("database {db} has none of the trace tables")]
+    } else {
+        admin
+            .schema()
+            .ttl_tables()
+            .iter()
+            .map(|t| admin.schema().storage_table(t.name))
+            .filter_map(|table| match present.iter().find(|r| r.table == table) {
+                None => Some(format!("table {db}.{table} is missing")),
+                Some(r) if r.days != Some(want) => Some(format!(
+                    "table {db}.{table} keeps {} (spec: {want} days)",
+                    r.days
+                        .map_or_else(|| "data forever".to_string(), |d| format!("{d} days"))
+                )),
+                Some(_) => None,
+            })
+            .collect()
+    };
+    if differences.is_empty() && owner.as_ref().is_none_or(|o| o.uid != me.uid) {
+        let o = admin.claim(&me).await?;
+        if o.uid != me.uid {
+            return Err(conflict(p, &o));
+        }
+    }
+    Ok((!differences.is_empty()).then(|| differences.join("; ")))
 }
 
 /// What deleting `p` does in ClickHouse. `Delete`: drops the database if `p` owns it (or no
