@@ -112,8 +112,8 @@ pub(super) async fn apply_all(
         foreign::<Service>(client, ns, &name(&desired.collector_service.metadata), uid).await?,
         foreign::<Deployment>(client, ns, &name(&desired.query.metadata), uid).await?,
         foreign::<Service>(client, ns, &name(&desired.query_service.metadata), uid).await?,
-        // Checked even when the spec asks for none: one that is not ours is never deleted,
-        // but it is reported only when ours would replace it.
+        // Only when the spec asks for one: a budget that is not ours is a conflict only if
+        // ours would replace it (without one in the spec, only our own is deleted, below).
         match &desired.pdb {
             Some(pdb) => {
                 foreign::<PodDisruptionBudget>(client, ns, &name(&pdb.metadata), uid).await?
