@@ -1,0 +1,147 @@
+//! The README's tour works as written on any day: every `curl` block of "A 60-second tour"
+//! is run by bash against the real binary (default retention), and its output is compared
+//! with what the README shows after it (`# {...}` lines), so the README cannot drift from
+//! what a user sees.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use datatracing_e2e::{Server, binary, workspace_root};
+use serde_json::Value;
+
+/// A shell block of the tour: its script, and the JSON the README says it prints (if any).
+struct Block {
+    script: String,
+    expected: Option<Value>,
+}
+
+/// The `sh` blocks between the tour's heading and the next section that call `curl`.
+fn tour_blocks(readme: &str) -> Vec<Block> {
+    let start = readme
+        .find("## A 60-second tour")
+        .expect("README has the tour");
+    let rest = &readme[start + 3..];
+    let tour = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+    let mut blocks = Vec::new();
+    let mut lines = tour.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "```sh" {
+            continue;
+        }
+        let (mut script, mut comment) = (Vec::new(), Vec::new());
+        for line in lines.by_ref() {
+            if line.trim() == "```" {
+                break;
+            }
+            match line.strip_prefix('#') {
+                Some(c) => comment.push(c.trim()),
+                None => script.push(line),
+            }
+        }
+        let script = script.join("\n");
+        if !script.contains("curl") {
+            continue;
+        }
+        let expected = (!comment.is_empty()).then(|| {
+            serde_json::from_str(&comment.join(" "))
+                .unwrap_or_else(|e| panic!("the README's output after {script:?} is not JSON: {e}"))
+        });
+        blocks.push(Block { script, expected });
+    }
+    blocks
+}
+
+#[test]
+fn the_readme_tour_works_today_as_written() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let blocks = tour_blocks(&readme);
+    assert!(
+        blocks.len() >= 5,
+        "expected the tour's curl blocks, found {}",
+        blocks.len()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new(binary());
+    c.args([
+        "all-in-one",
+        "--ingest-addr",
+        "127.0.0.1:0",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--query-addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path())
+    // The default retention (168 h), as a user runs it: dated spans would be purged.
+    .env_remove("DATATRACING_CONFIG")
+    .env_remove("DATATRACING_RETENTION");
+    let server = Server::spawn(c, true, true);
+
+    let mut outputs = Vec::new();
+    for block in &blocks {
+        let script = block
+            .script
+            .replace("localhost:4318", &server.ingest().to_string())
+            .replace("localhost:16686", &server.query().to_string());
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .output()
+            .expect("run bash");
+        assert!(
+            out.status.success(),
+            "{script}\nfailed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{script}\nprinted no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        match &block.expected {
+            Some(expected) => assert_eq!(&body, expected, "{script}"),
+            None => assert!(body.get("error").is_none(), "{script}\nanswered {body}"),
+        }
+        outputs.push(body);
+    }
+
+    // What the prose around the blocks promises: the fan-in trace with its two
+    // DATA_DEPENDENCY edges, the downstream trace's cross-trace link, and the failing
+    // join found by the search.
+    let trace = outputs
+        .iter()
+        .find(|o| o["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+        .expect("the tour fetches the fan-in trace");
+    assert_eq!(trace["spans"].as_array().unwrap().len(), 3, "{trace}");
+    let data_deps = trace["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "DATA_DEPENDENCY")
+        .count();
+    assert_eq!(data_deps, 2, "{trace}");
+    let downstream = outputs
+        .iter()
+        .find(|o| o["trace_id"] == "5bf92f3577b34da6a3ce929d0e0e4736")
+        .expect("the tour fetches the downstream trace");
+    assert!(
+        downstream["cross_trace_links"]
+            .to_string()
+            .contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{downstream}"
+    );
+    let search = outputs
+        .iter()
+        .find(|o| o.get("traces").is_some())
+        .expect("the tour searches");
+    assert!(
+        search["traces"]
+            .to_string()
+            .contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "the search for failing joins finds the tour's trace: {search}"
+    );
+}
