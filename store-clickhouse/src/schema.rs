@@ -447,7 +447,12 @@ mod tests {
         for schema in [single(), clustered()] {
             for m in schema.migrations() {
                 for s in &m.statements {
-                    assert!(s.contains(" IF NOT EXISTS "), "{s}");
+                    // Creating is guarded, dropping the view migration 2 replaced is too, and
+                    // the backfill of the names index only widens min/max bounds again.
+                    let idempotent = s.contains(" IF NOT EXISTS ")
+                        || s.starts_with("DROP TABLE IF EXISTS ")
+                        || s.starts_with(&format!("INSERT INTO {}.span_names", schema.database));
+                    assert!(idempotent, "{s}");
                 }
             }
         }
