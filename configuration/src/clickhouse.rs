@@ -140,6 +140,14 @@ impl std::fmt::Debug for ClickHouseConfig {
     }
 }
 
+/// Whether a URL's authority (between `scheme://` and the path) has a `user[:password]@`
+/// part. Without a scheme, the text before the first `/` is taken as the authority.
+fn url_has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
 fn valid_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -152,6 +160,7 @@ impl ClickHouseConfig {
     /// identifiers.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.validate_url_credentials()?;
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return bad(format!(
                 "storage.clickhouse.url must be an http(s) URL, got {:?}",
@@ -185,6 +194,22 @@ impl ClickHouseConfig {
         }
         if self.query_timeout.get().is_zero() || self.insert_timeout.get().is_zero() {
             return bad("storage.clickhouse timeouts must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Refuses a URL with `user:password@`, without echoing it: a password in the URL would
+    /// otherwise end up in print-config output, errors and logs. Checked for every backend
+    /// (the section is printed even when ClickHouse is not used) and before anything that
+    /// prints the URL.
+    pub fn validate_url_credentials(&self) -> Result<()> {
+        if url_has_userinfo(&self.url) {
+            return Err(ConfigError::Invalid(
+                "storage.clickhouse.url must not carry credentials (user:password@host): \
+                 set storage.clickhouse.user, and the password with storage.clickhouse.password_file \
+                 (a mounted Secret) or the DATATRACING_CLICKHOUSE_PASSWORD variable"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -225,6 +250,31 @@ mod tests {
             ..ClickHouseConfig::default()
         };
         assert!(bad_db.validate().is_err());
+        for url in [
+            "http://default:hunter2@clickhouse:8123",
+            "https://user@clickhouse",
+            "ftp://u:hunter2@host/x",
+            "u:hunter2@host:8123",
+        ] {
+            let c = ClickHouseConfig {
+                url: url.into(),
+                ..ClickHouseConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("must not carry credentials"), "{url}: {e}");
+            assert!(e.contains("password_file"), "{e}");
+            assert!(
+                !e.contains("hunter2"),
+                "the error repeats the password: {e}"
+            );
+        }
+        for url in [
+            "http://clickhouse:8123",
+            "https://clickhouse:8443/?x=a@b",
+            "http://h/path@x",
+        ] {
+            assert!(!url_has_userinfo(url), "{url}");
+        }
         let c = ClickHouseConfig {
             password: "hunter2".into(),
             ..ClickHouseConfig::default()

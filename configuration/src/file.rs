@@ -109,6 +109,8 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err(ConfigError::invalid("log.level must not be empty"));
         }
+        // Whatever the backend: print-config would show the section anyway.
+        self.storage.clickhouse.validate_url_credentials()?;
         match self.storage.backend {
             Backend::Embedded => self.storage.embedded.validate()?,
             Backend::Clickhouse => self.storage.clickhouse.validate()?,

@@ -369,6 +369,40 @@ async fn standalone_collector_and_query_share_a_data_dir() {
     assert_eq!(r.status(), 404);
 }
 
+/// Issue 13: a password in the ClickHouse URL was printed verbatim by print-config and in
+/// start-up errors. Now the URL is refused, for any backend, without being repeated.
+#[test]
+fn a_password_in_the_clickhouse_url_is_refused_and_never_printed() {
+    for (subcommand, storage) in [
+        ("print-config", "embedded"),
+        ("print-config", "clickhouse"),
+        ("collector", "clickhouse"),
+    ] {
+        let out = Command::new(datatracing_e2e::binary())
+            .args([subcommand, "--storage", storage])
+            .env(
+                "DATATRACING_CLICKHOUSE_URL",
+                "http://default:hunter2@127.0.0.1:9",
+            )
+            .env_remove("DATATRACING_CONFIG")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!out.status.success(), "{subcommand} {storage}: {stdout}");
+        assert!(
+            stderr.contains("must not carry credentials") && stderr.contains("password_file"),
+            "{subcommand} {storage}: {stderr}"
+        );
+        assert!(
+            !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+            "{subcommand} {storage} printed the password: {stdout}{stderr}"
+        );
+    }
+}
+
 #[test]
 fn print_config_applies_env_and_flags_and_bad_config_fails_loudly() {
     let out = Command::new(datatracing_e2e::binary())

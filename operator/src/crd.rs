@@ -169,6 +169,7 @@ pub enum DeletionPolicy {
 pub struct StorageSpec {
     /// HTTP URL of the ClickHouse server, e.g. `http://clickhouse.db:8123`.
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("storage.url must be an http:// or https:// URL").reason(Reason::FieldValueInvalid))]
+    #[x_kube(validation = Rule::new("!self.matches('^https?://[^/?#]*@')").message("storage.url must not carry credentials (user:password@host): set storage.user and storage.passwordSecretRef").reason(Reason::FieldValueInvalid))]
     #[schemars(length(min = 8, max = 2048))]
     pub url: String,
     /// Database holding the trace tables. Immutable: moving data is a new pipeline.

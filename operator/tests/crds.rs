@@ -62,6 +62,22 @@ async fn crds_install_and_the_api_server_enforces_their_rules() {
         "{e}"
     );
 
+    // Credentials in the URL are refused, and the API server's answer does not repeat them.
+    let e = create_err(
+        &pipelines,
+        &cluster.admin,
+        pipeline(
+            "url-with-password",
+            json!({"storage": {"url": "http://default:hunter2@clickhouse:8123"}}),
+        ),
+    )
+    .await;
+    assert!(e.contains("storage.url must not carry credentials"), "{e}");
+    assert!(
+        !e.contains("hunter2"),
+        "the rejection repeats the password: {e}"
+    );
+
     let e = create_err(
         &pipelines,
         &cluster.admin,
