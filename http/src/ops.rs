@@ -120,12 +120,12 @@ async fn metrics(State(s): State<OpsState>) -> Response {
 pub(crate) struct HttpLabels {
     pub server: &'static str,
     pub route: String,
-    pub method: String,
+    pub method: &'static str,
     pub status: u16,
 }
 
-/// Request counts and latencies per server, route (the matched pattern, never the raw path,
-/// to keep cardinality bounded), method and status.
+/// Request counts and latencies per server, route (the matched pattern, never the raw path),
+/// method (standard methods, else `other`) and status: every label is bounded.
 #[derive(Clone, Debug)]
 pub struct HttpMetrics {
     pub(crate) requests: Family<HttpLabels, Counter>,

@@ -60,7 +60,7 @@ async fn observe(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let started = Instant::now();
     let resp = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
@@ -103,4 +103,23 @@ pub async fn serve(
     }
     tracing::info!(%addr, "server stopped");
     Ok(())
+}
+
+/// The method as a metric label: the standard methods by name, anything else as `other`.
+/// HTTP allows any token as a method; labelling by the raw token let a client grow
+/// `/metrics` and the process's memory without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }

@@ -343,3 +343,41 @@ async fn metrics_count_requests_by_matched_route_and_status() {
     );
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 }
+
+/// Issue 13: labels took the raw method token, so invented methods (and paths) grew
+/// `/metrics` and memory for good. After one round of hostile requests has created the
+/// bounded label sets, more rounds with new methods and paths add nothing.
+#[tokio::test]
+async fn hostile_methods_and_paths_do_not_grow_metrics() {
+    let (app, _, _) = app();
+    let mut sizes = Vec::new();
+    for round in 0..3 {
+        for i in 0..200 {
+            let method = Method::from_bytes(format!("M{round}X{i}").as_bytes()).unwrap();
+            call(&app, method, &format!("/nope/{round}/{i}")).await;
+            call(&app, Method::GET, &format!("/items/{round}{i}")).await;
+        }
+        let text =
+            String::from_utf8(body(call(&app, Method::GET, "/metrics").await).await).unwrap();
+        assert!(
+            text.contains(r#"route="unmatched",method="other""#),
+            "invented methods are counted as other:\n{text}"
+        );
+        // The counters' values change; the set of lines must not.
+        let series = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').map_or(l, |(k, _)| k).to_string())
+            .collect::<std::collections::BTreeSet<_>>();
+        sizes.push(series);
+    }
+    assert_eq!(
+        sizes[1], sizes[2],
+        "new series appeared for new methods or paths"
+    );
+    assert!(
+        sizes[2].len() < 200,
+        "{} series after 1,200 hostile requests",
+        sizes[2].len()
+    );
+}
