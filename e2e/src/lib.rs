@@ -17,9 +17,25 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The workspace root (for fixtures, samples, charts).
+/// The workspace root (for fixtures, samples, charts, and the sources the binary is built
+/// from), found at run time from the `CARGO_MANIFEST_DIR` cargo sets for the running test.
+///
+/// Not the compile-time `env!("CARGO_MANIFEST_DIR")`: a target directory shared by several
+/// checkouts (CI's cached one under the home directory, worktrees) keeps this library
+/// built once, with the path of whichever checkout built it first, so tests would read
+/// that checkout's files and build that checkout's binary.
 pub fn workspace_root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let start = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        start
+            .ancestors()
+            .find(|d| d.join("Cargo.lock").is_file())
+            .unwrap_or_else(|| panic!("no workspace (Cargo.lock) above {}", start.display()))
+            .to_path_buf()
+    })
 }
 
 /// The path of the real `datatracing` binary, built on first use.

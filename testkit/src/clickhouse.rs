@@ -67,8 +67,17 @@ pub fn unique_database(prefix: &str) -> String {
     )
 }
 
+/// The workspace root, from the `CARGO_MANIFEST_DIR` cargo sets for the running test (not
+/// the compile-time one: a target directory shared by several checkouts keeps this crate
+/// built with the path of the checkout that built it first).
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").is_file())
+        .map_or_else(|| start.join(".."), Path::to_path_buf)
 }
 
 fn docker_available() -> bool {
