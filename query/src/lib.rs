@@ -9,8 +9,11 @@
 //!   [`datatracing_core::TraceQuery`]), with `next_cursor` unless it is the last page.
 //! - `GET /api/v1/services`, `GET /api/v1/services/{service}/operations`: names from the
 //!   stores' name index, over an optional `start`/`end` window.
+//! - Jaeger's own read API on Jaeger's paths (`/api/services`, `/api/traces`, ...), so Jaeger
+//!   UI and Grafana's Jaeger data source read from the query port unchanged (`jaeger`).
 
 mod api;
+mod jaeger;
 
 use std::sync::Arc;
 
@@ -84,6 +87,10 @@ impl QueryService {
                 store: Arc::clone(&self.store),
                 max_trace_spans: self.config.max_trace_spans,
             })
+            .merge(jaeger::routes(jaeger::Jaeger {
+                store: Arc::clone(&self.store),
+                max_trace_spans: self.config.max_trace_spans,
+            }))
             .merge(ops_routes(readiness, registry)),
             "query",
             self.config.request_timeout.get(),

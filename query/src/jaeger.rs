@@ -1,0 +1,876 @@
+//! The Jaeger-compatible read API: the classic HTTP endpoints that Jaeger UI and Grafana's
+//! Jaeger data source call, on the paths Jaeger serves them, so those viewers work unchanged
+//! when pointed at the query port.
+//!
+//! - `GET /api/services`, `GET /api/services/{service}/operations`,
+//!   `GET /api/operations?service=&spanKind=`
+//! - `GET /api/traces?service=&operation=&tags=&tag=&minDuration=&maxDuration=&start=&end=&limit=&lookback=`
+//!   and `GET /api/traces?traceID=..&traceID=..`
+//! - `GET /api/traces/{trace_id}`
+//! - `GET /api/dependencies?endTs=&lookback=`
+//!
+//! Every answer is Jaeger's envelope `{data, total, limit, offset, errors}`; errors are
+//! `{data: null, errors: [{code, msg}]}` with the HTTP status in `code`.
+//!
+//! The span mapping is the one Jaeger itself applies to OTLP, applied to the span as our
+//! collector would re-export it: resource attributes (stored as `resource.<key>`) become the
+//! process's tags, the OpenTelemetry kind becomes `span.kind`, the status becomes
+//! `otel.status_code` / `otel.status_description` / `error`, events become logs with an
+//! `event` field, the parent a `CHILD_OF` reference and links `FOLLOWS_FROM` (or `CHILD_OF`)
+//! references. What OTLP cannot carry travels as tags, as it does through OTLP: a pipeline
+//! step kind as `datatracing.span.kind`, TIMEOUT / CANCELLED as `datatracing.status`, and
+//! link types as `datatracing.link.types` (one entry per link, in reference order) whenever
+//! a link is a DATA_DEPENDENCY, which Jaeger has no reference type for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use datatracing_core::{
+    AttributeFilter, AttributeValue, LinkType, MAX_NAMES, Span, SpanKind, StatusCode, TimeWindow,
+    Timestamp, TraceId, TraceQuery,
+};
+use datatracing_http::ApiError;
+use datatracing_store::TraceReader;
+use serde_json::{Value, json};
+
+/// Search limit when the request names none (Jaeger's own default).
+const DEFAULT_SEARCH_LIMIT: usize = 100;
+/// Dependencies look back this far when the request says nothing (Jaeger's default: a day).
+const DEFAULT_DEPENDENCY_LOOKBACK_MS: i64 = 24 * 3600 * 1000;
+/// Most traces a dependencies request reads; the edges describe at most these.
+const MAX_DEPENDENCY_TRACES: usize = 2_000;
+/// Most trace ids one `/api/traces?traceID=` request may name.
+const MAX_TRACE_IDS: usize = 100;
+/// The `datatracing.*` tags that carry what Jaeger's model has no field for.
+const STEP_KIND_TAG: &str = "datatracing.span.kind";
+const STATUS_TAG: &str = "datatracing.status";
+const LINK_TYPES_TAG: &str = "datatracing.link.types";
+const RESOURCE_PREFIX: &str = "resource.";
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct Jaeger {
+    pub(crate) store: Arc<dyn TraceReader>,
+    /// `query.max_trace_spans`: the cap on one trace and on the spans of one search answer.
+    pub(crate) max_trace_spans: usize,
+}
+
+pub(crate) fn routes(state: Jaeger) -> Router {
+    Router::new()
+        .route("/api/services", get(services))
+        .route(
+            "/api/services/{service}/operations",
+            get(service_operations),
+        )
+        .route("/api/operations", get(operations))
+        .route("/api/traces", get(search))
+        .route("/api/traces/{trace_id}", get(get_trace))
+        .route("/api/dependencies", get(dependencies))
+        .with_state(state)
+}
+
+/// An [`ApiError`] answered in Jaeger's error envelope, with the same status code (and
+/// `Retry-After` when the store is unavailable).
+#[derive(Debug)]
+pub(crate) struct JaegerError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for JaegerError {
+    fn from(e: E) -> Self {
+        JaegerError(e.into())
+    }
+}
+
+impl IntoResponse for JaegerError {
+    fn into_response(self) -> Response {
+        let status = self.0.code.http_status();
+        let body = json!({
+            "data": null, "total": 0, "limit": 0, "offset": 0,
+            "errors": [{"code": status.as_u16(), "msg": self.0.message}],
+        });
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(secs) = self.0.retry_after_secs
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+type JResult = Result<axum::Json<Value>, JaegerError>;
+
+fn bad(msg: impl Into<String>) -> JaegerError {
+    JaegerError(ApiError::invalid_argument(msg))
+}
+
+/// Jaeger's success envelope. `total` is the number of items for listings and 0 for traces
+/// and dependencies, as Jaeger answers.
+fn envelope(data: Value, total: usize) -> axum::Json<Value> {
+    axum::Json(json!({
+        "data": data, "total": total, "limit": 0, "offset": 0, "errors": null,
+    }))
+}
+
+/// Query-string pairs. Unknown parameters are ignored and the first of repeated ones wins,
+/// as in Jaeger: viewers send parameters of their own (`lookback`, `prettyPrint`, ...).
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(raw: Option<&str>) -> Result<Self, JaegerError> {
+        serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map(Params)
+            .map_err(|e| bad(format!("malformed query string: {e}")))
+    }
+
+    /// The first non-empty value of `name`.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn parse_int(name: &str, v: &str) -> Result<i64, JaegerError> {
+    v.parse::<i64>().map_err(|_| {
+        bad(format!(
+            "unable to parse param '{name}': {:?} is not an integer",
+            short(v)
+        ))
+    })
+}
+
+/// Microseconds (or milliseconds, `unit_nanos`) since the epoch as a timestamp.
+fn epoch_param(name: &str, v: &str, unit_nanos: i64) -> Result<Timestamp, JaegerError> {
+    let n = parse_int(name, v)?;
+    n.checked_mul(unit_nanos)
+        .map(Timestamp::from_unix_nanos)
+        .ok_or_else(|| {
+            bad(format!(
+                "unable to parse param '{name}': {n} is out of range"
+            ))
+        })
+}
+
+/// A Go duration (`1.5s`, `100ms`, `1m30s`, `250us`, `250µs`, `42ns`, `2h`): what Jaeger's
+/// `minDuration` / `maxDuration` / `lookback` accept. Returns nanoseconds.
+pub(crate) fn parse_go_duration(s: &str) -> Option<i64> {
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() || rest.starts_with('-') {
+        return None;
+    }
+    let mut total: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let number: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * unit;
+    }
+    // Beyond i64 nanoseconds (292 years) is not a duration anyone searches for.
+    (total.is_finite() && total < i64::MAX as f64).then_some(total.round() as i64)
+}
+
+fn duration_param(name: &str, v: Option<&str>) -> Result<Option<i64>, JaegerError> {
+    v.map(|s| {
+        parse_go_duration(s).ok_or_else(|| {
+            bad(format!(
+                "unable to parse param '{name}': invalid duration {:?}",
+                short(s)
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// Jaeger's trace ids: 1 to 32 hex digits, left-padded with zeros.
+fn parse_trace_id(raw: &str) -> Result<TraceId, JaegerError> {
+    if raw.is_empty() || raw.len() > 32 {
+        return Err(bad(format!(
+            "malformed trace id {:?}: expected 1 to 32 hex digits",
+            short(raw)
+        )));
+    }
+    let padded = format!("{raw:0>32}");
+    TraceId::from_hex(&padded).map_err(|e| bad(format!("malformed trace id {:?}: {e}", short(raw))))
+}
+
+fn path_error(r: PathRejection) -> JaegerError {
+    bad(format!("malformed path: {}", r.body_text()))
+}
+
+// ---- listings -----------------------------------------------------------------------------
+
+#[tracing::instrument(skip_all)]
+async fn services(State(j): State<Jaeger>) -> JResult {
+    let services = j.store.services(&TimeWindow::default(), MAX_NAMES).await?;
+    let n = services.len();
+    Ok(envelope(json!(services), n))
+}
+
+fn check_service(service: &str) -> Result<(), JaegerError> {
+    if service.is_empty() || service.len() > 1024 {
+        return Err(bad("service must have 1 to 1024 bytes"));
+    }
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+async fn service_operations(
+    State(j): State<Jaeger>,
+    service: Result<Path<String>, PathRejection>,
+) -> JResult {
+    let Path(service) = service.map_err(path_error)?;
+    check_service(&service)?;
+    let ops = j
+        .store
+        .operations(&service, &TimeWindow::default(), MAX_NAMES)
+        .await?;
+    // One name per operation, whatever kinds its spans have (the store sorts by name).
+    let mut names: Vec<String> = ops.into_iter().map(|o| o.name).collect();
+    names.dedup();
+    let n = names.len();
+    Ok(envelope(json!(names), n))
+}
+
+/// The OpenTelemetry kind a span has in Jaeger: pipeline step kinds are INTERNAL there (the
+/// step travels in the `datatracing.span.kind` tag).
+fn jaeger_kind(kind: SpanKind) -> &'static str {
+    match kind {
+        SpanKind::Server => "server",
+        SpanKind::Client => "client",
+        SpanKind::Producer => "producer",
+        SpanKind::Consumer => "consumer",
+        _ => "internal",
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn operations(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
+    let p = Params::parse(raw.as_deref())?;
+    let service = p
+        .get("service")
+        .ok_or_else(|| bad("parameter 'service' is required"))?;
+    check_service(service)?;
+    let kind = p.get("spanKind").map(str::to_ascii_lowercase);
+    if let Some(k) = &kind
+        && !["server", "client", "producer", "consumer", "internal"].contains(&k.as_str())
+    {
+        return Err(bad(format!(
+            "unable to parse param 'spanKind': {:?} is not one of server, client, producer, consumer, internal",
+            short(k)
+        )));
+    }
+    let ops = j
+        .store
+        .operations(service, &TimeWindow::default(), MAX_NAMES)
+        .await?;
+    let mut seen = std::collections::BTreeSet::new();
+    let data: Vec<Value> = ops
+        .into_iter()
+        .map(|o| (o.name, jaeger_kind(o.span_kind)))
+        .filter(|(_, k)| kind.as_deref().is_none_or(|want| want == *k))
+        .filter(|(name, k)| seen.insert((name.clone(), *k)))
+        .map(|(name, k)| json!({"name": name, "spanKind": k}))
+        .collect();
+    let n = data.len();
+    Ok(envelope(Value::Array(data), n))
+}
+
+// ---- traces -------------------------------------------------------------------------------
+
+#[tracing::instrument(skip_all)]
+async fn get_trace(
+    State(j): State<Jaeger>,
+    raw_id: Result<Path<String>, PathRejection>,
+) -> JResult {
+    let Path(raw_id) = raw_id.map_err(path_error)?;
+    let id = parse_trace_id(&raw_id)?;
+    match read_trace(&j, id, j.max_trace_spans).await? {
+        Some(t) => Ok(envelope(json!([t]), 0)),
+        None => Err(JaegerError(ApiError::not_found("trace not found"))),
+    }
+}
+
+/// A trace in Jaeger's JSON, read with a span cap (a cut trace says so in its warnings).
+async fn read_trace(j: &Jaeger, id: TraceId, cap: usize) -> Result<Option<Value>, JaegerError> {
+    let Some(capped) = j.store.get_trace_capped(id, cap).await? else {
+        return Ok(None);
+    };
+    let mut t = trace_json(id, &capped.spans);
+    if capped.truncated {
+        t["warnings"] = json!([format!(
+            "trace truncated to its first {cap} spans (query.max_trace_spans)"
+        )]);
+    }
+    Ok(Some(t))
+}
+
+/// The search filters of `/api/traces` as our query.
+fn search_query(p: &Params) -> Result<TraceQuery, JaegerError> {
+    let service = p
+        .get("service")
+        .ok_or_else(|| bad("parameter 'service' is required"))?;
+    let end = p
+        .get("end")
+        .map(|v| epoch_param("end", v, 1_000))
+        .transpose()?;
+    let start = match p.get("start") {
+        Some(v) => Some(epoch_param("start", v, 1_000)?),
+        // Without a start, `lookback` (a Go duration, or Jaeger UI's `custom`) bounds the
+        // window back from `end` (or now); without either the window is open.
+        None => match p.get("lookback").filter(|l| *l != "custom") {
+            Some(l) => {
+                let d = duration_param("lookback", Some(l))?.unwrap_or(0);
+                Some(end.unwrap_or_else(Timestamp::now).saturating_add_nanos(-d))
+            }
+            None => None,
+        },
+    };
+    let limit = match p.get("limit") {
+        None => DEFAULT_SEARCH_LIMIT,
+        Some(v) => {
+            let n = parse_int("limit", v)?;
+            // Jaeger reads 0 or less as "no preference"; above our maximum is our maximum.
+            if n <= 0 {
+                DEFAULT_SEARCH_LIMIT
+            } else {
+                usize::try_from(n).map_or(TraceQuery::MAX_LIMIT, |n| n.min(TraceQuery::MAX_LIMIT))
+            }
+        }
+    };
+    let min = duration_param("minDuration", p.get("minDuration"))?;
+    let max = duration_param("maxDuration", p.get("maxDuration"))?;
+    if let (Some(min), Some(max)) = (min, max)
+        && max < min
+    {
+        return Err(bad("'maxDuration' should be greater than 'minDuration'"));
+    }
+    let mut q = TraceQuery {
+        service: Some(service.to_string()),
+        operation: p.get("operation").map(str::to_string),
+        start,
+        end,
+        min_duration_nanos: min,
+        max_duration_nanos: max,
+        limit,
+        ..TraceQuery::default()
+    };
+    for (k, v) in tags(p)? {
+        apply_tag(&mut q, k, v)?;
+    }
+    q.validate()?;
+    Ok(q)
+}
+
+/// Tag filters: `tag=key:value` (repeatable) and `tags=`, a JSON object of strings or, as
+/// Grafana's search form writes them, logfmt (`key=value key2="a b"`).
+fn tags(p: &Params) -> Result<BTreeMap<String, String>, JaegerError> {
+    let mut out = BTreeMap::new();
+    for t in p.all("tag") {
+        let (k, v) = t.split_once(':').ok_or_else(|| {
+            bad(format!(
+                "malformed 'tag' parameter, expecting key:value, received: {}",
+                short(t)
+            ))
+        })?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    for t in p.all("tags") {
+        if t.trim_start().starts_with('{') {
+            let map: BTreeMap<String, String> = serde_json::from_str(t).map_err(|e| {
+                bad(format!(
+                    "malformed 'tags' parameter, cannot unmarshal JSON: {e}"
+                ))
+            })?;
+            out.extend(map);
+        } else {
+            out.extend(
+                parse_logfmt(t).map_err(|e| bad(format!("malformed 'tags' parameter: {e}")))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// logfmt pairs: `key=value`, values optionally double-quoted with `\"` and `\\` escapes;
+/// a bare `key` means `key=true`, as logfmt defines.
+pub(crate) fn parse_logfmt(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            if c == '"' {
+                return Err(format!("unexpected quote in key after {:?}", short(&key)));
+            }
+            key.push(c);
+            chars.next();
+        }
+        if chars.peek() != Some(&'=') {
+            out.push((key, "true".to_string()));
+            continue;
+        }
+        chars.next();
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err(format!("unterminated quoted value of {:?}", short(&key))),
+                    Some('"') => break,
+                    Some('\\') => match chars.next() {
+                        Some(c) => value.push(c),
+                        None => {
+                            return Err(format!("unterminated quoted value of {:?}", short(&key)));
+                        }
+                    },
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        if key.is_empty() {
+            return Err("a pair has an empty key".into());
+        }
+        out.push((key, value));
+    }
+}
+
+/// One tag filter. The tags Jaeger derives from span fields filter those fields (`error`,
+/// `otel.status_code`, `span.kind`, `datatracing.span.kind`, `datatracing.status`); any
+/// other key is a span attribute compared as text. Process tags are the `resource.<key>`
+/// attributes: filter them under that name.
+fn apply_tag(q: &mut TraceQuery, key: String, value: String) -> Result<(), JaegerError> {
+    let invalid = |what: &str| bad(format!("tag {key}: {:?} is not {what}", short(&value)));
+    match key.as_str() {
+        "error" => {
+            match value.as_str() {
+                "true" => q.status = Some(StatusCode::Error),
+                // Not an error: nothing our one-status filter can say; Jaeger matches spans
+                // that carry `error=false` explicitly, which OTLP spans never do.
+                "false" => q.attributes.push(AttributeFilter::eq(key, value)),
+                _ => return Err(invalid("true or false")),
+            }
+        }
+        "otel.status_code" | STATUS_TAG => {
+            q.status = Some(
+                value
+                    .parse::<StatusCode>()
+                    .map_err(|_| invalid("a status code"))?,
+            );
+        }
+        "span.kind" => {
+            q.kind = Some(match value.to_ascii_lowercase().as_str() {
+                "server" => SpanKind::Server,
+                "client" => SpanKind::Client,
+                "producer" => SpanKind::Producer,
+                "consumer" => SpanKind::Consumer,
+                "internal" => SpanKind::Internal,
+                _ => return Err(invalid("server, client, producer, consumer or internal")),
+            });
+        }
+        STEP_KIND_TAG => {
+            q.kind = Some(value.parse().map_err(|_| invalid("a step kind"))?);
+        }
+        _ => q.attributes.push(AttributeFilter::eq(key, value)),
+    }
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+async fn search(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
+    let p = Params::parse(raw.as_deref())?;
+    let ids: Vec<&str> = p.all("traceID").collect();
+    if !ids.is_empty() {
+        return traces_by_id(&j, &ids).await;
+    }
+    let q = search_query(&p)?;
+    let page = j.store.search(&q).await?;
+    // One answer holds at most `max_trace_spans` spans, like one trace: later traces are
+    // left out once the budget is spent (the cut trace says so in its warnings).
+    let mut budget = j.max_trace_spans;
+    let mut data = Vec::with_capacity(page.traces.len());
+    for s in page.traces {
+        if budget == 0 {
+            tracing::info!(
+                max_spans = j.max_trace_spans,
+                "jaeger search answer cut at the span budget"
+            );
+            break;
+        }
+        if let Some(t) = read_trace(&j, s.trace_id, budget).await? {
+            budget = budget.saturating_sub(t["spans"].as_array().map_or(0, Vec::len));
+            data.push(t);
+        }
+    }
+    Ok(envelope(Value::Array(data), 0))
+}
+
+/// `/api/traces?traceID=a&traceID=b`: the traces found, in the order asked; unknown ids are
+/// left out (404 only when none is found).
+async fn traces_by_id(j: &Jaeger, raw: &[&str]) -> JResult {
+    if raw.len() > MAX_TRACE_IDS {
+        return Err(bad(format!(
+            "at most {MAX_TRACE_IDS} traceID parameters are allowed"
+        )));
+    }
+    let ids = raw
+        .iter()
+        .map(|r| parse_trace_id(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut budget = j.max_trace_spans;
+    let mut data = Vec::new();
+    for id in ids {
+        if budget == 0 {
+            break;
+        }
+        if let Some(t) = read_trace(j, id, budget).await? {
+            budget = budget.saturating_sub(t["spans"].as_array().map_or(0, Vec::len));
+            data.push(t);
+        }
+    }
+    if data.is_empty() {
+        return Err(JaegerError(ApiError::not_found("trace not found")));
+    }
+    Ok(envelope(Value::Array(data), 0))
+}
+
+// ---- dependencies -------------------------------------------------------------------------
+
+#[tracing::instrument(skip_all)]
+async fn dependencies(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
+    let p = Params::parse(raw.as_deref())?;
+    let end = match p.get("endTs") {
+        Some(v) => epoch_param("endTs", v, 1_000_000)?,
+        None => Timestamp::now(),
+    };
+    let lookback_ms = match p.get("lookback") {
+        Some(v) => parse_int("lookback", v)?,
+        None => DEFAULT_DEPENDENCY_LOOKBACK_MS,
+    };
+    if lookback_ms < 0 {
+        return Err(bad(
+            "unable to parse param 'lookback': must not be negative",
+        ));
+    }
+    let start = end.saturating_add_nanos(-lookback_ms.saturating_mul(1_000_000));
+    // The traces with a span in the window, newest first, page by page up to the bound.
+    let mut query = TraceQuery {
+        start: Some(start),
+        end: Some(end),
+        limit: TraceQuery::MAX_LIMIT,
+        ..TraceQuery::default()
+    };
+    let mut ids = Vec::new();
+    loop {
+        let page = j.store.search(&query).await?;
+        ids.extend(page.traces.iter().map(|t| t.trace_id));
+        match page.next_cursor {
+            Some(c) if ids.len() < MAX_DEPENDENCY_TRACES => query.cursor = Some(c),
+            _ => break,
+        }
+    }
+    ids.truncate(MAX_DEPENDENCY_TRACES);
+    let mut spans = Vec::new();
+    for id in ids {
+        if let Some(t) = j.store.get_trace_capped(id, j.max_trace_spans).await? {
+            spans.extend(t.spans);
+        }
+    }
+    let data: Vec<Value> = dependency_edges(&spans)
+        .into_iter()
+        .map(|((parent, child), n)| json!({"parent": parent, "child": child, "callCount": n}))
+        .collect();
+    Ok(envelope(Value::Array(data), 0))
+}
+
+/// Service-to-service call counts: one per span whose parent, or whose linked span, is a
+/// span in `spans` (the linked span is the upstream side). Same-service pairs count, as in
+/// Jaeger.
+pub(crate) fn dependency_edges(spans: &[Span]) -> BTreeMap<(String, String), u64> {
+    let service_of: HashMap<(TraceId, datatracing_core::SpanId), &str> = spans
+        .iter()
+        .map(|s| ((s.trace_id, s.span_id), s.service.as_str()))
+        .collect();
+    let mut edges: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for s in spans {
+        let upstream = s
+            .parent_id
+            .map(|p| (s.trace_id, p))
+            .into_iter()
+            .chain(s.links.iter().map(|l| (l.trace_id, l.span_id)));
+        for key in upstream {
+            if let Some(parent) = service_of.get(&key) {
+                *edges
+                    .entry(((*parent).to_string(), s.service.clone()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    edges
+}
+
+// ---- span JSON ----------------------------------------------------------------------------
+
+/// Go's text form of a float in JSON: integral values without a fraction (`3`, not `3.0`).
+fn go_float(f: f64) -> String {
+    if f.fract() == 0.0 && f.abs() < 1e21 {
+        format!("{}", f as i128)
+    } else {
+        f.to_string()
+    }
+}
+
+/// A tag `{key, type, value}`. Arrays are their JSON text (Jaeger's model has no arrays).
+fn tag(key: &str, v: &AttributeValue) -> Value {
+    let (ty, value) = match v {
+        AttributeValue::String(s) => ("string", json!(s)),
+        AttributeValue::Int(i) => ("int64", json!(i)),
+        AttributeValue::Float(f) => ("float64", json!(f)),
+        AttributeValue::Bool(b) => ("bool", json!(b)),
+        AttributeValue::StringArray(a) => ("string", json!(json!(a).to_string())),
+        AttributeValue::IntArray(a) => ("string", json!(json!(a).to_string())),
+        AttributeValue::BoolArray(a) => ("string", json!(json!(a).to_string())),
+        AttributeValue::FloatArray(a) => (
+            "string",
+            json!(format!(
+                "[{}]",
+                a.iter().map(|f| go_float(*f)).collect::<Vec<_>>().join(",")
+            )),
+        ),
+    };
+    json!({"key": key, "type": ty, "value": value})
+}
+
+fn str_tag(key: &str, v: &str) -> Value {
+    json!({"key": key, "type": "string", "value": v})
+}
+
+fn micros(t: Timestamp) -> i64 {
+    t.unix_nanos().div_euclid(1_000)
+}
+
+/// The process of a span: its service and its resource attributes, prefix removed.
+fn process(s: &Span) -> Value {
+    let tags: Vec<Value> = s
+        .attributes
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(RESOURCE_PREFIX).map(|k| tag(k, v)))
+        .collect();
+    json!({"serviceName": s.service, "tags": tags})
+}
+
+fn span_tags(s: &Span) -> Vec<Value> {
+    let mut tags: Vec<Value> = s
+        .attributes
+        .iter()
+        .filter(|(k, _)| !k.starts_with(RESOURCE_PREFIX))
+        .map(|(k, v)| tag(k, v))
+        .collect();
+    tags.push(str_tag("span.kind", jaeger_kind(s.kind)));
+    if !matches!(
+        s.kind,
+        SpanKind::Internal
+            | SpanKind::Server
+            | SpanKind::Client
+            | SpanKind::Producer
+            | SpanKind::Consumer
+    ) {
+        tags.push(str_tag(STEP_KIND_TAG, s.kind.as_str()));
+    }
+    match s.status.code {
+        StatusCode::Unset => {}
+        StatusCode::Ok => tags.push(str_tag("otel.status_code", "OK")),
+        code => {
+            tags.push(json!({"key": "error", "type": "bool", "value": true}));
+            tags.push(str_tag("otel.status_code", "ERROR"));
+            if code != StatusCode::Error {
+                tags.push(str_tag(STATUS_TAG, code.as_str()));
+            }
+        }
+    }
+    if let Some(m) = &s.status.message {
+        tags.push(str_tag("otel.status_description", m));
+    }
+    if s.links
+        .iter()
+        .any(|l| l.link_type == LinkType::DataDependency)
+    {
+        let types: Vec<&str> = s.links.iter().map(|l| l.link_type.as_str()).collect();
+        tags.push(str_tag(LINK_TYPES_TAG, &json!(types).to_string()));
+    }
+    // By key, as Jaeger lists them (the attributes were sorted; the derived tags were not).
+    tags.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
+    tags
+}
+
+fn references(s: &Span) -> Vec<Value> {
+    let parent = s.parent_id.map(
+        |p| json!({"refType": "CHILD_OF", "traceID": s.trace_id.to_hex(), "spanID": p.to_hex()}),
+    );
+    parent
+        .into_iter()
+        .chain(s.links.iter().map(|l| {
+            let ty = match l.link_type {
+                LinkType::ChildOf => "CHILD_OF",
+                LinkType::FollowsFrom | LinkType::DataDependency => "FOLLOWS_FROM",
+            };
+            json!({"refType": ty, "traceID": l.trace_id.to_hex(), "spanID": l.span_id.to_hex()})
+        }))
+        .collect()
+}
+
+/// A trace in Jaeger's JSON: spans in our order (start time, then span id), each pointing
+/// at a process (`p1`, `p2`, ... in order of first use) that holds its service and resource
+/// attributes.
+pub(crate) fn trace_json(trace_id: TraceId, spans: &[Span]) -> Value {
+    let mut processes: Vec<Value> = Vec::new();
+    let mut json_spans = Vec::with_capacity(spans.len());
+    for s in spans {
+        let p = process(s);
+        let idx = match processes.iter().position(|q| *q == p) {
+            Some(i) => i,
+            None => {
+                processes.push(p);
+                processes.len() - 1
+            }
+        };
+        let logs: Vec<Value> = s
+            .events
+            .iter()
+            .map(|e| {
+                let fields: Vec<Value> = std::iter::once(str_tag("event", &e.name))
+                    .chain(e.attributes.iter().map(|(k, v)| tag(k, v)))
+                    .collect();
+                json!({"timestamp": micros(e.time), "fields": fields})
+            })
+            .collect();
+        json_spans.push(json!({
+            "traceID": s.trace_id.to_hex(),
+            "spanID": s.span_id.to_hex(),
+            "operationName": s.operation,
+            "references": references(s),
+            "startTime": micros(s.start_time),
+            "duration": s.duration_nanos() / 1_000,
+            "tags": span_tags(s),
+            "logs": logs,
+            "processID": format!("p{}", idx + 1),
+            "warnings": null,
+        }));
+    }
+    let processes: serde_json::Map<String, Value> = processes
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (format!("p{}", i + 1), p))
+        .collect();
+    json!({
+        "traceID": trace_id.to_hex(),
+        "spans": json_spans,
+        "processes": processes,
+        "warnings": null,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("1.5s"), Some(1_500_000_000));
+        assert_eq!(parse_go_duration("1m30s"), Some(90_000_000_000));
+        assert_eq!(parse_go_duration("250us"), Some(250_000));
+        assert_eq!(parse_go_duration("250µs"), Some(250_000));
+        assert_eq!(parse_go_duration("42ns"), Some(42));
+        assert_eq!(parse_go_duration("0"), Some(0));
+        for bad in ["", "10", "-1s", "1x", "s", "1.2.3s", "9999999999h"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn logfmt() {
+        assert_eq!(
+            parse_logfmt(r#"a=1 b="x y" c d="q\"e""#).unwrap(),
+            vec![
+                ("a".to_string(), "1".to_string()),
+                ("b".into(), "x y".into()),
+                ("c".into(), "true".into()),
+                ("d".into(), "q\"e".into()),
+            ]
+        );
+        assert!(parse_logfmt(r#"a="open"#).is_err());
+        assert!(parse_logfmt("=v").is_err());
+    }
+
+    #[test]
+    fn trace_ids_pad_like_jaeger() {
+        assert_eq!(
+            parse_trace_id("1234").unwrap().to_hex(),
+            "00000000000000000000000000001234"
+        );
+        assert!(parse_trace_id("zz").is_err());
+        assert!(parse_trace_id(&"1".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn floats_print_like_go() {
+        assert_eq!(go_float(3.0), "3");
+        assert_eq!(go_float(2.5), "2.5");
+        assert_eq!(go_float(-1.0), "-1");
+    }
+}
