@@ -343,8 +343,8 @@ async fn read_trace(j: &Jaeger, id: TraceId, cap: usize) -> Result<Option<Value>
     Ok(Some(t))
 }
 
-/// The search filters of `/api/traces` as our query.
-fn search_query(p: &Params) -> Result<TraceQuery, JaegerError> {
+/// The search filters of `/api/traces` as our queries (their union is the answer).
+fn search_queries(p: &Params) -> Result<Vec<TraceQuery>, JaegerError> {
     let service = p
         .get("service")
         .ok_or_else(|| bad("parameter 'service' is required"))?;
@@ -393,11 +393,37 @@ fn search_query(p: &Params) -> Result<TraceQuery, JaegerError> {
         limit,
         ..TraceQuery::default()
     };
+    let mut alt = Alternatives {
+        statuses: None,
+        kinds: None,
+    };
     for (k, v) in tags(p)? {
-        apply_tag(&mut q, k, v)?;
+        apply_tag(&mut q, &mut alt, k, v)?;
+    }
+    if alt.kinds.is_some() && q.kind.is_some() {
+        return Err(bad(format!(
+            "span.kind and {STEP_KIND_TAG} cannot both be given"
+        )));
     }
     q.validate()?;
-    Ok(q)
+    let mut out = Vec::new();
+    for status in alt
+        .statuses
+        .map_or(vec![None], |v| v.into_iter().map(Some).collect())
+    {
+        for kind in alt
+            .kinds
+            .clone()
+            .map_or(vec![q.kind], |v| v.into_iter().map(Some).collect())
+        {
+            out.push(TraceQuery {
+                status,
+                kind,
+                ..q.clone()
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Tag filters: `tag=key:value` (repeatable) and `tags=`, a JSON object of strings or, as
@@ -490,36 +516,64 @@ pub(crate) fn parse_logfmt(s: &str) -> Result<Vec<(String, String)>, String> {
     }
 }
 
+/// A search is the union of one or more store queries: Jaeger's `error=true` and
+/// `span.kind=internal` each stand for several of our status codes or kinds.
+struct Alternatives {
+    statuses: Option<Vec<StatusCode>>,
+    kinds: Option<Vec<SpanKind>>,
+}
+
+/// The statuses Jaeger shows as `error=true` / `otel.status_code=ERROR`.
+const ERROR_STATUSES: &[StatusCode] = &[
+    StatusCode::Error,
+    StatusCode::Timeout,
+    StatusCode::Cancelled,
+];
+
 /// One tag filter. The tags Jaeger derives from span fields filter those fields (`error`,
 /// `otel.status_code`, `span.kind`, `datatracing.span.kind`, `datatracing.status`); any
 /// other key is a span attribute compared as text. Process tags are the `resource.<key>`
 /// attributes: filter them under that name.
-fn apply_tag(q: &mut TraceQuery, key: String, value: String) -> Result<(), JaegerError> {
+fn apply_tag(
+    q: &mut TraceQuery,
+    alt: &mut Alternatives,
+    key: String,
+    value: String,
+) -> Result<(), JaegerError> {
     let invalid = |what: &str| bad(format!("tag {key}: {:?} is not {what}", short(&value)));
     match key.as_str() {
-        "error" => {
-            match value.as_str() {
-                "true" => q.status = Some(StatusCode::Error),
-                // Not an error: nothing our one-status filter can say; Jaeger matches spans
-                // that carry `error=false` explicitly, which OTLP spans never do.
-                "false" => q.attributes.push(AttributeFilter::eq(key, value)),
-                _ => return Err(invalid("true or false")),
-            }
+        "error" => match value.as_str() {
+            "true" => alt.statuses = Some(ERROR_STATUSES.to_vec()),
+            // OTLP spans never carry `error=false`; a span attribute of that name might.
+            "false" => q.attributes.push(AttributeFilter::eq(key, value)),
+            _ => return Err(invalid("true or false")),
+        },
+        "otel.status_code" => {
+            alt.statuses = Some(match value.to_ascii_uppercase().as_str() {
+                "OK" => vec![StatusCode::Ok],
+                "ERROR" => ERROR_STATUSES.to_vec(),
+                _ => return Err(invalid("OK or ERROR")),
+            });
         }
-        "otel.status_code" | STATUS_TAG => {
-            q.status = Some(
+        STATUS_TAG => {
+            alt.statuses = Some(vec![
                 value
                     .parse::<StatusCode>()
                     .map_err(|_| invalid("a status code"))?,
-            );
+            ]);
         }
         "span.kind" => {
-            q.kind = Some(match value.to_ascii_lowercase().as_str() {
-                "server" => SpanKind::Server,
-                "client" => SpanKind::Client,
-                "producer" => SpanKind::Producer,
-                "consumer" => SpanKind::Consumer,
-                "internal" => SpanKind::Internal,
+            alt.kinds = Some(match value.to_ascii_lowercase().as_str() {
+                "server" => vec![SpanKind::Server],
+                "client" => vec![SpanKind::Client],
+                "producer" => vec![SpanKind::Producer],
+                "consumer" => vec![SpanKind::Consumer],
+                // Pipeline step kinds are INTERNAL spans in Jaeger's view.
+                "internal" => SpanKind::ALL
+                    .iter()
+                    .copied()
+                    .filter(|k| jaeger_kind(*k) == "internal")
+                    .collect(),
                 _ => return Err(invalid("server, client, producer, consumer or internal")),
             });
         }
@@ -538,13 +592,28 @@ async fn search(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
     if !ids.is_empty() {
         return traces_by_id(&j, &ids).await;
     }
-    let q = search_query(&p)?;
-    let page = j.store.search(&q).await?;
+    let queries = search_queries(&p)?;
+    let limit = queries.first().map_or(DEFAULT_SEARCH_LIMIT, |q| q.limit);
+    // The union of the alternatives, newest first, at most `limit`.
+    let mut found: Vec<datatracing_core::TraceSummary> = Vec::new();
+    for q in &queries {
+        for t in j.store.search(q).await?.traces {
+            if !found.iter().any(|f| f.trace_id == t.trace_id) {
+                found.push(t);
+            }
+        }
+    }
+    found.sort_by(|a, b| {
+        b.start_time
+            .cmp(&a.start_time)
+            .then(a.trace_id.cmp(&b.trace_id))
+    });
+    found.truncate(limit);
     // One answer holds at most `max_trace_spans` spans, like one trace: later traces are
     // left out once the budget is spent (the cut trace says so in its warnings).
     let mut budget = j.max_trace_spans;
-    let mut data = Vec::with_capacity(page.traces.len());
-    for s in page.traces {
+    let mut data = Vec::with_capacity(found.len());
+    for s in found {
         if budget == 0 {
             tracing::info!(
                 max_spans = j.max_trace_spans,
@@ -560,8 +629,9 @@ async fn search(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
     Ok(envelope(Value::Array(data), 0))
 }
 
-/// `/api/traces?traceID=a&traceID=b`: the traces found, in the order asked; unknown ids are
-/// left out (404 only when none is found).
+/// `/api/traces?traceID=a&traceID=b`: the traces found, in the order asked. Each unknown id
+/// is an entry in `errors` beside the data, with status 200 even when none is found, as
+/// Jaeger answers.
 async fn traces_by_id(j: &Jaeger, raw: &[&str]) -> JResult {
     if raw.len() > MAX_TRACE_IDS {
         return Err(bad(format!(
@@ -570,23 +640,40 @@ async fn traces_by_id(j: &Jaeger, raw: &[&str]) -> JResult {
     }
     let ids = raw
         .iter()
-        .map(|r| parse_trace_id(r))
+        .map(|r| {
+            parse_trace_id(r)
+                .map_err(|e| bad(format!("cannot parse traceID param: {}", e.0.message)))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut budget = j.max_trace_spans;
     let mut data = Vec::new();
+    let mut missing = Vec::new();
     for id in ids {
         if budget == 0 {
             break;
         }
-        if let Some(t) = read_trace(j, id, budget).await? {
-            budget = budget.saturating_sub(t["spans"].as_array().map_or(0, Vec::len));
-            data.push(t);
+        match read_trace(j, id, budget).await? {
+            Some(t) => {
+                budget = budget.saturating_sub(t["spans"].as_array().map_or(0, Vec::len));
+                data.push(t);
+            }
+            None => missing.push(json!({"msg": "trace not found", "traceID": jaeger_id_text(id)})),
         }
     }
-    if data.is_empty() {
-        return Err(JaegerError(ApiError::not_found("trace not found")));
+    let mut body = envelope(Value::Array(data), 0);
+    if !missing.is_empty() {
+        body.0["errors"] = Value::Array(missing);
     }
-    Ok(envelope(Value::Array(data), 0))
+    Ok(body)
+}
+
+/// Jaeger's text for a trace id in messages: 16 hex digits when the high half is zero.
+fn jaeger_id_text(id: TraceId) -> String {
+    let hex = id.to_hex();
+    match hex.strip_prefix("0000000000000000") {
+        Some(low) => low.to_string(),
+        None => hex,
+    }
 }
 
 // ---- dependencies -------------------------------------------------------------------------
