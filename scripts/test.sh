@@ -49,6 +49,15 @@ if ! k8s_dir="$(./tools/k8s-envtest/build.sh 2>/tmp/datatracing-k8s-build.log)";
 fi
 export DATATRACING_K8S_DIR="$k8s_dir"
 
+# Jaeger v2 for the Jaeger differential test (e2e/tests/jaeger_compat.rs), built from the Go
+# module proxy once at the version bench/versions.env pins, cached with the benchmark peers.
+if ! jaeger_bin="$(./tools/jaeger/build.sh 2>/tmp/datatracing-jaeger-build.log)"; then
+  cat /tmp/datatracing-jaeger-build.log >&2
+  echo "error: building Jaeger v2 failed (log above)" >&2
+  exit 1
+fi
+export DATATRACING_JAEGER="$jaeger_bin"
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
