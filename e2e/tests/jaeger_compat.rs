@@ -31,6 +31,14 @@
 //!   process tags under `resource.<key>`).
 //! - Search without a start: Jaeger defaults to its lookback window, we to an open window;
 //!   the corpus is recent, so both find it all.
+//! - `error=true`: Jaeger v1.76's memory store does not match it against ERROR spans (see
+//!   the check below), so ours is checked against the corpus instead.
+//! - api_v3: key-value-list attributes come back as their JSON text (that is how they are
+//!   stored; the comparison renders Jaeger's the same way); every link carries
+//!   `datatracing.link.type` (checked against the corpus, then removed on both sides with
+//!   `opentracing.ref_type`); a search without `query.num_traces` is a 500 on Jaeger and
+//!   20 traces on ours (the test always sends it); `query.attributes` is ignored by Jaeger
+//!   and applied by us (not compared; query/tests/jaeger_api.rs covers it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -608,6 +616,171 @@ fn compare_traces(
     j.len()
 }
 
+// ---- api_v3 (OTLP/JSON) -------------------------------------------------------------------
+
+/// An OTLP/JSON AnyValue in one canonical form: numbers as f64 text, 64-bit ints from their
+/// string form, and key-value lists as their JSON text (we store them as that text).
+fn any_canon(v: &Value) -> Value {
+    if let Some(s) = v.get("stringValue") {
+        return json!(["string", s]);
+    }
+    if let Some(i) = v.get("intValue") {
+        let n: i64 = match i {
+            Value::String(s) => s.parse().unwrap(),
+            other => other.as_i64().unwrap(),
+        };
+        return json!(["int", n]);
+    }
+    if let Some(d) = v.get("doubleValue") {
+        return json!(["double", format!("{}", d.as_f64().unwrap())]);
+    }
+    if let Some(b) = v.get("boolValue") {
+        return json!(["bool", b]);
+    }
+    if let Some(a) = v.get("arrayValue") {
+        let values: Vec<Value> = a["values"]
+            .as_array()
+            .map(|vs| vs.iter().map(any_canon).collect())
+            .unwrap_or_default();
+        return json!(["array", values]);
+    }
+    if let Some(kv) = v.get("kvlistValue") {
+        // Intended difference: key-value lists are stored as their JSON text.
+        let map: serde_json::Map<String, Value> = kv["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["key"].as_str().unwrap().to_string(),
+                    plain_json(&e["value"]),
+                )
+            })
+            .collect();
+        return json!(["string", Value::Object(map).to_string()]);
+    }
+    panic!("unexpected AnyValue {v}");
+}
+
+fn plain_json(v: &Value) -> Value {
+    match any_canon(v) {
+        Value::Array(pair) if pair[0] == "int" || pair[0] == "bool" || pair[0] == "string" => {
+            pair[1].clone()
+        }
+        Value::Array(pair) if pair[0] == "double" => {
+            json!(pair[1].as_str().unwrap().parse::<f64>().unwrap())
+        }
+        other => other,
+    }
+}
+
+/// Attributes as a sorted map, without `skip` keys.
+fn attrs_canon(v: &Value, skip: &[&str]) -> BTreeMap<String, Value> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|kv| !skip.contains(&kv["key"].as_str().unwrap()))
+                .map(|kv| {
+                    (
+                        kv["key"].as_str().unwrap().to_string(),
+                        any_canon(&kv["value"]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The spans of an OTLP/JSON `TracesData`, by span id, each with its resource and scope.
+/// `link_types` (ours) checks `datatracing.link.type` against the corpus; Jaeger keeps
+/// whatever link attributes came in, so the link type attributes are then removed on both.
+fn otlp_spans(
+    data: &Value,
+    link_types: Option<&BTreeMap<String, Vec<&str>>>,
+) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for rs in data["resourceSpans"].as_array().unwrap() {
+        let resource = attrs_canon(&rs["resource"]["attributes"], &[]);
+        for ss in rs["scopeSpans"].as_array().unwrap() {
+            for sp in ss["spans"].as_array().unwrap() {
+                let id = sp["spanId"].as_str().unwrap().to_string();
+                let links: Vec<Value> = sp["links"]
+                    .as_array()
+                    .map(|ls| {
+                        ls.iter()
+                            .enumerate()
+                            .map(|(i, l)| {
+                                if let Some(want) = link_types {
+                                    let got = attrs_canon(&l["attributes"], &[])
+                                        ["datatracing.link.type"]
+                                        .clone();
+                                    let want = want[&id][i].to_ascii_lowercase();
+                                    assert_eq!(got, json!(["string", want]), "span {id} link {i}");
+                                }
+                                json!({
+                                    "traceId": l["traceId"], "spanId": l["spanId"],
+                                    "attributes": attrs_canon(&l["attributes"], &["datatracing.link.type", "opentracing.ref_type"]),
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let events: Vec<Value> = sp["events"]
+                    .as_array()
+                    .map(|es| {
+                        es.iter()
+                            .map(|e| json!({"time": e["timeUnixNano"], "name": e["name"], "attributes": attrs_canon(&e["attributes"], &[])}))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.insert(
+                    id,
+                    json!({
+                        "resource": resource,
+                        "scope": {"name": ss["scope"]["name"], "version": ss["scope"]["version"]},
+                        "traceId": sp["traceId"],
+                        "parentSpanId": sp["parentSpanId"],
+                        "name": sp["name"],
+                        "kind": sp["kind"].as_i64().unwrap_or(0),
+                        "start": sp["startTimeUnixNano"],
+                        "end": sp["endTimeUnixNano"],
+                        "attributes": attrs_canon(&sp["attributes"], &[]),
+                        "events": events,
+                        "links": links,
+                        "status": {
+                            "code": sp["status"]["code"].as_i64().unwrap_or(0),
+                            "message": sp["status"]["message"].as_str().unwrap_or(""),
+                        },
+                    }),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn compare_otlp(
+    what: &str,
+    jaeger: &Value,
+    ours: &Value,
+    link_types: &BTreeMap<String, Vec<&str>>,
+) -> usize {
+    let j = otlp_spans(jaeger, None);
+    let o = otlp_spans(ours, Some(link_types));
+    assert_eq!(
+        j.keys().collect::<Vec<_>>(),
+        o.keys().collect::<Vec<_>>(),
+        "{what}: the same spans"
+    );
+    for (id, js) in &j {
+        assert_eq!(
+            js, &o[id],
+            "{what}: span {id} differs (left: Jaeger, right: ours)"
+        );
+    }
+    j.len()
+}
+
 // ---- the test -----------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -842,6 +1015,105 @@ async fn jaeger_api_matches_jaeger_v2() {
         want,
         "dependencies: Jaeger's edges plus link edges"
     );
+
+    // api_v3: services, operations, traces by id and searches as OTLP/JSON.
+    let v3 = |path: String| {
+        let both = &both;
+        async move {
+            let ((js, jb), (os, ob)) = both.get(&path).await;
+            assert_eq!(js, os, "{path}: status (jaeger {jb}, ours {ob})");
+            (js, jb, ob)
+        }
+    };
+    let (_, j, o) = v3("/api/v3/services".into()).await;
+    assert_eq!(sorted_set(&j["services"]), sorted_set(&o["services"]));
+    let (_, j, o) = v3("/api/v3/operations".into()).await;
+    assert_eq!(j, o, "v3 operations without a service");
+    for svc in &services {
+        for kind in [
+            "",
+            "&span_kind=server",
+            "&span_kind=internal",
+            "&span_kind=producer",
+        ] {
+            let (_, j, o) = v3(format!("/api/v3/operations?service={svc}{kind}")).await;
+            assert_eq!(
+                sorted_set(&j["operations"]),
+                sorted_set(&o["operations"]),
+                "v3 operations of {svc}{kind}"
+            );
+        }
+    }
+    let mut v3_spans = 0;
+    for t in &trace_ids {
+        let (status, j, o) = v3(format!("/api/v3/traces/{t}")).await;
+        assert_eq!(status, 200, "{o}");
+        v3_spans += compare_otlp(
+            &format!("v3 trace {t}"),
+            &j["result"],
+            &o["result"],
+            &link_types,
+        );
+    }
+    assert_eq!(v3_spans, spans.len());
+    let rfc = |nanos: i64| datatracing_core::Timestamp::from_unix_nanos(nanos).to_rfc3339();
+    let (tmin, tmax) = (
+        rfc(base - 60_000_000_000),
+        rfc(now_nanos() + 60_000_000_000),
+    );
+    let window =
+        format!("query.start_time_min={tmin}&query.start_time_max={tmax}&query.num_traces=1000");
+    let mut v3_found = 0;
+    for svc in &services {
+        for extra in [
+            String::new(),
+            "&query.duration_min=300ms".to_string(),
+            "&query.duration_min=100ms&query.duration_max=500ms".to_string(),
+            format!("&query.operation_name={}", urlencode(first_op)),
+        ] {
+            let path = format!("/api/v3/traces?{window}&query.service_name={svc}{extra}");
+            let (status, j, o) = v3(path.clone()).await;
+            if status == 200 {
+                v3_found += compare_otlp(&path, &j["result"], &o["result"], &link_types);
+            } else {
+                assert_eq!(status, 404, "{path}: {j}");
+                assert_eq!(o["error"]["httpCode"], 404, "{path}: {o}");
+            }
+        }
+    }
+    assert!(
+        v3_found >= spans.len(),
+        "v3 searches found the corpus ({v3_found} spans)"
+    );
+    // A narrower window.
+    let path = format!(
+        "/api/v3/traces?query.start_time_min={}&query.start_time_max={}&query.num_traces=1000",
+        rfc(window_start * 1000),
+        rfc(window_end * 1000)
+    );
+    let (status, j, o) = v3(path.clone()).await;
+    assert_eq!(status, 200, "{path}: {j}");
+    assert!(compare_otlp(&path, &j["result"], &o["result"], &link_types) > 0);
+    // Errors in the gateway's shape.
+    for path in [
+        "/api/v3/traces/zzz".to_string(),
+        "/api/v3/traces/0123456789abcdef0123456789abcdef".to_string(),
+        format!("/api/v3/traces/{}?start_time=yesterday", some[0]),
+        "/api/v3/traces".to_string(),
+        format!("/api/v3/traces?query.start_time_min=x&query.start_time_max={tmax}"),
+        format!("/api/v3/traces?{window}&query.duration_min=x"),
+        format!(
+            "/api/v3/traces?query.start_time_min={tmin}&query.start_time_max={tmax}&query.num_traces=x"
+        ),
+        format!("/api/v3/traces?{window}&query.service_name=no-such-service"),
+    ] {
+        let (status, j, o) = v3(path.clone()).await;
+        assert!(status >= 400, "{path}: {j}");
+        for body in [&j, &o] {
+            assert_eq!(body["error"]["httpCode"], json!(status), "{path}: {body}");
+            assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+        }
+    }
 
     // Errors: the same status and Jaeger's error envelope.
     let unknown = "0123456789abcdef0123456789abcdef";

@@ -8,6 +8,8 @@
 //!   and `GET /api/traces?traceID=..&traceID=..`
 //! - `GET /api/traces/{trace_id}`
 //! - `GET /api/dependencies?endTs=&lookback=`
+//! - api_v3 (`/api/v3/services`, `/api/v3/operations`, `/api/v3/traces/{trace_id}`,
+//!   `/api/v3/traces?query.*`) answering OTLP/JSON: the `v3` module.
 //!
 //! Every answer is Jaeger's envelope `{data, total, limit, offset, errors}`; errors are
 //! `{data: null, errors: [{code, msg}]}` with the HTTP status in `code`.
@@ -37,6 +39,8 @@ use datatracing_core::{
 use datatracing_http::ApiError;
 use datatracing_store::TraceReader;
 use serde_json::{Value, json};
+
+mod v3;
 
 /// Search limit when the request names none (Jaeger's own default).
 const DEFAULT_SEARCH_LIMIT: usize = 100;
@@ -71,6 +75,7 @@ pub(crate) fn routes(state: Jaeger) -> Router {
         .route("/api/traces", get(search))
         .route("/api/traces/{trace_id}", get(get_trace))
         .route("/api/dependencies", get(dependencies))
+        .merge(v3::routes())
         .with_state(state)
 }
 
@@ -383,7 +388,7 @@ fn search_queries(p: &Params) -> Result<Vec<TraceQuery>, JaegerError> {
     {
         return Err(bad("'maxDuration' should be greater than 'minDuration'"));
     }
-    let mut q = TraceQuery {
+    let q = TraceQuery {
         service: Some(service.to_string()),
         operation: p.get("operation").map(str::to_string),
         start,
@@ -393,11 +398,19 @@ fn search_queries(p: &Params) -> Result<Vec<TraceQuery>, JaegerError> {
         limit,
         ..TraceQuery::default()
     };
+    with_tags(q, tags(p)?)
+}
+
+/// A query with Jaeger tag filters applied, as the alternatives whose union answers it.
+fn with_tags(
+    mut q: TraceQuery,
+    tags: BTreeMap<String, String>,
+) -> Result<Vec<TraceQuery>, JaegerError> {
     let mut alt = Alternatives {
         statuses: None,
         kinds: None,
     };
-    for (k, v) in tags(p)? {
+    for (k, v) in tags {
         apply_tag(&mut q, &mut alt, k, v)?;
     }
     if alt.kinds.is_some() && q.kind.is_some() {
@@ -585,18 +598,14 @@ fn apply_tag(
     Ok(())
 }
 
-#[tracing::instrument(skip_all)]
-async fn search(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
-    let p = Params::parse(raw.as_deref())?;
-    let ids: Vec<&str> = p.all("traceID").collect();
-    if !ids.is_empty() {
-        return traces_by_id(&j, &ids).await;
-    }
-    let queries = search_queries(&p)?;
+/// The union of the alternatives' results, newest first, at most the queries' `limit`.
+async fn find(
+    j: &Jaeger,
+    queries: &[TraceQuery],
+) -> Result<Vec<datatracing_core::TraceSummary>, JaegerError> {
     let limit = queries.first().map_or(DEFAULT_SEARCH_LIMIT, |q| q.limit);
-    // The union of the alternatives, newest first, at most `limit`.
     let mut found: Vec<datatracing_core::TraceSummary> = Vec::new();
-    for q in &queries {
+    for q in queries {
         for t in j.store.search(q).await?.traces {
             if !found.iter().any(|f| f.trace_id == t.trace_id) {
                 found.push(t);
@@ -609,6 +618,17 @@ async fn search(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
             .then(a.trace_id.cmp(&b.trace_id))
     });
     found.truncate(limit);
+    Ok(found)
+}
+
+#[tracing::instrument(skip_all)]
+async fn search(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
+    let p = Params::parse(raw.as_deref())?;
+    let ids: Vec<&str> = p.all("traceID").collect();
+    if !ids.is_empty() {
+        return traces_by_id(&j, &ids).await;
+    }
+    let found = find(&j, &search_queries(&p)?).await?;
     // One answer holds at most `max_trace_spans` spans, like one trace: later traces are
     // left out once the budget is spent (the cut trace says so in its warnings).
     let mut budget = j.max_trace_spans;
