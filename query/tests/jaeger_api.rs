@@ -542,3 +542,277 @@ async fn store_failures_are_jaeger_errors_with_the_right_status() {
         }
     }
 }
+
+fn otlp_attr<'a>(attrs: &'a Value, key: &str) -> Option<&'a Value> {
+    attrs
+        .as_array()?
+        .iter()
+        .find(|kv| kv["key"] == key)
+        .map(|kv| &kv["value"])
+}
+
+#[tokio::test]
+async fn api_v3_gives_back_otlp_with_pipeline_semantics() {
+    let config = QueryConfig {
+        max_trace_spans: 3,
+        ..QueryConfig::default()
+    };
+    let (_d, store, router) = setup(config).await;
+    let t = fresh_trace_id();
+    let t0 = Timestamp::now().saturating_add_nanos(-60_000_000_000);
+    let mut root = simple_span(t, 1, None, "spark-etl", t0, 5_000_000);
+    root.kind = SpanKind::Aggregate;
+    root.status = Status::with_message(SpanStatus::Timeout, "late");
+    root.attributes = Attributes::from([
+        ("rows".to_string(), AttributeValue::Int(7)),
+        (
+            "resource.host.name".to_string(),
+            AttributeValue::from("node-1"),
+        ),
+        ("otel.scope.name".to_string(), AttributeValue::from("sdk")),
+    ]);
+    root.links = vec![Link {
+        trace_id: t,
+        span_id: span_id(2),
+        link_type: LinkType::DataDependency,
+        attributes: Attributes::from([("edge".to_string(), AttributeValue::from("orders"))]),
+    }];
+    let mut child = simple_span(t, 2, Some(1), "spark-etl", t0.saturating_add_nanos(10), 100);
+    child.attributes = Attributes::from([
+        (
+            "resource.host.name".to_string(),
+            AttributeValue::from("node-1"),
+        ),
+        ("otel.scope.name".to_string(), AttributeValue::from("sdk")),
+    ]);
+    store.write(vec![root, child].into()).await.unwrap();
+
+    let (status, body, _) = get(&router, &format!("/api/v3/traces/{t}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rs = &body["result"]["resourceSpans"][0];
+    assert_eq!(
+        otlp_attr(&rs["resource"]["attributes"], "service.name").unwrap(),
+        &json!({"stringValue": "spark-etl"})
+    );
+    assert_eq!(
+        otlp_attr(&rs["resource"]["attributes"], "host.name").unwrap(),
+        &json!({"stringValue": "node-1"})
+    );
+    let scoped = &rs["scopeSpans"][0];
+    assert_eq!(scoped["scope"], json!({"name": "sdk"}));
+    let root = &scoped["spans"][0];
+    assert_eq!(root["spanId"], span_id(1).to_hex());
+    assert_eq!(root["kind"], 1, "a step kind is an INTERNAL span");
+    assert_eq!(root["status"], json!({"code": 2, "message": "late"}));
+    assert_eq!(root["startTimeUnixNano"], t0.unix_nanos().to_string());
+    let attrs = &root["attributes"];
+    assert_eq!(otlp_attr(attrs, "rows").unwrap(), &json!({"intValue": "7"}));
+    assert_eq!(
+        otlp_attr(attrs, "datatracing.span.kind").unwrap(),
+        &json!({"stringValue": "AGGREGATE"})
+    );
+    assert_eq!(
+        otlp_attr(attrs, "datatracing.status").unwrap(),
+        &json!({"stringValue": "TIMEOUT"})
+    );
+    assert!(otlp_attr(attrs, "resource.host.name").is_none());
+    assert!(otlp_attr(attrs, "otel.scope.name").is_none());
+    let link = &root["links"][0];
+    assert_eq!(
+        otlp_attr(&link["attributes"], "datatracing.link.type").unwrap(),
+        &json!({"stringValue": "data_dependency"})
+    );
+    assert_eq!(
+        otlp_attr(&link["attributes"], "edge").unwrap(),
+        &json!({"stringValue": "orders"})
+    );
+    // One resource, one scope: both spans in the same group.
+    assert_eq!(body["result"]["resourceSpans"].as_array().unwrap().len(), 1);
+    assert_eq!(scoped["spans"][1]["parentSpanId"], span_id(1).to_hex());
+
+    // Searches: attributes are applied (Jaeger v1.76 ignores them), num_traces defaults.
+    let w = format!(
+        "query.start_time_min={}&query.start_time_max={}",
+        t0.saturating_add_nanos(-1_000).to_rfc3339(),
+        Timestamp::now().to_rfc3339()
+    );
+    let (status, body, _) = get(
+        &router,
+        &format!("/api/v3/traces?{w}&query.service_name=spark-etl&query.attributes=%7B%22rows%22%3A%227%22%7D"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["result"]["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"],
+        t.to_hex()
+    );
+    let (status, body, _) = get(
+        &router,
+        &format!("/api/v3/traces?{w}&query.service_name=spark-etl&query.attributes=%7B%22rows%22%3A%228%22%7D"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["message"], "No traces found");
+
+    // Listings.
+    let (_, body, _) = get(&router, "/api/v3/services").await;
+    assert_eq!(body, json!({"services": ["spark-etl"]}));
+    let (_, body, _) = get(
+        &router,
+        "/api/v3/operations?service=spark-etl&span_kind=internal",
+    )
+    .await;
+    // The AGGREGATE step and the INTERNAL child are both INTERNAL to Jaeger.
+    assert_eq!(
+        body,
+        json!({"operations": [
+            {"name": "op-1", "spanKind": "internal"},
+            {"name": "op-2", "spanKind": "internal"},
+        ]})
+    );
+    let (_, body, _) = get(
+        &router,
+        "/api/v3/operations?service=spark-etl&span_kind=server",
+    )
+    .await;
+    assert_eq!(body, json!({"operations": []}));
+}
+
+#[tokio::test]
+async fn api_v3_cut_traces_say_so_in_a_header() {
+    let config = QueryConfig {
+        max_trace_spans: 3,
+        ..QueryConfig::default()
+    };
+    let (_d, store, router) = setup(config).await;
+    let t = fresh_trace_id();
+    let t0 = Timestamp::now().saturating_add_nanos(-60_000_000_000);
+    let spans: Vec<Span> = (0..5)
+        .map(|i| simple_span(t, i, None, "wide", t0.saturating_add_nanos(i as i64), 10))
+        .collect();
+    store.write(spans.into()).await.unwrap();
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri(format!("/api/v3/traces/{t}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-datatracing-truncated"], "true");
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        body["result"]["resourceSpans"][0]["scopeSpans"][0]["spans"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn api_v3_errors_are_in_the_gateway_shape() {
+    let (_d, _store, router) = setup(QueryConfig::default()).await;
+    let now = Timestamp::now().to_rfc3339();
+    let w = format!("query.start_time_min={now}&query.start_time_max={now}");
+    for (uri, want, needle) in [
+        (
+            "/api/v3/traces/zzz".to_string(),
+            StatusCode::BAD_REQUEST,
+            "trace_id",
+        ),
+        (
+            "/api/v3/traces/%FF".to_string(),
+            StatusCode::BAD_REQUEST,
+            "trace_id",
+        ),
+        (
+            format!("/api/v3/traces/{}", fresh_trace_id()),
+            StatusCode::NOT_FOUND,
+            "No traces found",
+        ),
+        (
+            format!("/api/v3/traces/{}?end_time=x", fresh_trace_id()),
+            StatusCode::BAD_REQUEST,
+            "end_time",
+        ),
+        (
+            "/api/v3/traces".to_string(),
+            StatusCode::BAD_REQUEST,
+            "required",
+        ),
+        (
+            format!("/api/v3/traces?query.start_time_min=x&query.start_time_max={now}"),
+            StatusCode::BAD_REQUEST,
+            "query.start_time_min",
+        ),
+        (
+            format!("/api/v3/traces?{w}&query.num_traces=0"),
+            StatusCode::BAD_REQUEST,
+            "query.num_traces",
+        ),
+        (
+            format!("/api/v3/traces?{w}&query.search_depth=x"),
+            StatusCode::BAD_REQUEST,
+            "query.search_depth",
+        ),
+        (
+            format!("/api/v3/traces?{w}&query.duration_max=soon"),
+            StatusCode::BAD_REQUEST,
+            "query.duration_max",
+        ),
+        (
+            format!("/api/v3/traces?{w}&query.attributes=%5B1%5D"),
+            StatusCode::BAD_REQUEST,
+            "query.attributes",
+        ),
+        (
+            format!("/api/v3/traces?{w}&query.attributes=%7B%22error%22%3A%22perhaps%22%7D"),
+            StatusCode::BAD_REQUEST,
+            "error",
+        ),
+        (
+            format!("/api/v3/traces?{w}&query.service_name=nothing"),
+            StatusCode::NOT_FOUND,
+            "No traces found",
+        ),
+        (
+            format!("/api/v3/operations?service={}", "s".repeat(1025)),
+            StatusCode::BAD_REQUEST,
+            "service",
+        ),
+    ] {
+        let (status, body, _) = get(&router, &uri).await;
+        assert_eq!(status, want, "{uri}: {body}");
+        assert_eq!(body["error"]["httpCode"], want.as_u16(), "{uri}: {body}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(needle),
+            "{uri}: {msg:?} should mention {needle}"
+        );
+    }
+    // Store failures.
+    let router = router_over(
+        Arc::new(Failing(datatracing_store::Error::Unavailable(
+            "busy".into(),
+        ))),
+        QueryConfig::default(),
+    );
+    for uri in [
+        "/api/v3/services".to_string(),
+        "/api/v3/operations?service=a".to_string(),
+        format!("/api/v3/traces/{}", fresh_trace_id()),
+        format!("/api/v3/traces?{w}"),
+    ] {
+        let (status, body, retry) = get(&router, &uri).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+        assert_eq!(body["error"]["httpCode"], 503, "{uri}: {body}");
+        assert!(retry.is_some(), "{uri}: Retry-After");
+    }
+}
