@@ -48,6 +48,9 @@ const DEFAULT_SEARCH_LIMIT: usize = 100;
 const DEFAULT_DEPENDENCY_LOOKBACK_MS: i64 = 24 * 3600 * 1000;
 /// Most traces a dependencies request reads; the edges describe at most these.
 const MAX_DEPENDENCY_TRACES: usize = 2_000;
+/// A dependencies request reads at most this many times `query.max_trace_spans` spans in
+/// all (newest traces first): 200,000 with the default.
+const DEPENDENCY_SPAN_FACTOR: usize = 4;
 /// Most trace ids one `/api/traces?traceID=` request may name.
 const MAX_TRACE_IDS: usize = 100;
 /// The `datatracing.*` tags that carry what Jaeger's model has no field for.
@@ -732,43 +735,83 @@ async fn dependencies(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResu
         }
     }
     ids.truncate(MAX_DEPENDENCY_TRACES);
-    let mut spans = Vec::new();
+    // Only the call structure is kept of each trace, and a bounded number of spans is read
+    // in all, so the request costs bounded memory whatever the window holds.
+    let mut graph = CallGraph::default();
+    let max_spans = j.max_trace_spans.saturating_mul(DEPENDENCY_SPAN_FACTOR);
+    let mut budget = max_spans;
     for id in ids {
-        if let Some(t) = j.store.get_trace_capped(id, j.max_trace_spans).await? {
-            spans.extend(t.spans);
+        if budget == 0 {
+            tracing::info!(max_spans, "jaeger dependencies cut at the span budget");
+            break;
+        }
+        if let Some(t) = j
+            .store
+            .get_trace_capped(id, budget.min(j.max_trace_spans))
+            .await?
+        {
+            budget = budget.saturating_sub(t.spans.len());
+            graph.add(&t.spans);
         }
     }
-    let data: Vec<Value> = dependency_edges(&spans)
+    let data: Vec<Value> = graph
+        .edges()
         .into_iter()
         .map(|((parent, child), n)| json!({"parent": parent, "child": child, "callCount": n}))
         .collect();
     Ok(envelope(Value::Array(data), 0))
 }
 
-/// Service-to-service call counts: one per span whose parent, or whose linked span, is a
-/// span in `spans` (the linked span is the upstream side). Same-service pairs count, as in
-/// Jaeger.
-pub(crate) fn dependency_edges(spans: &[Span]) -> BTreeMap<(String, String), u64> {
-    let service_of: HashMap<(TraceId, datatracing_core::SpanId), &str> = spans
-        .iter()
-        .map(|s| ((s.trace_id, s.span_id), s.service.as_str()))
-        .collect();
-    let mut edges: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for s in spans {
-        let upstream = s
-            .parent_id
-            .map(|p| (s.trace_id, p))
-            .into_iter()
-            .chain(s.links.iter().map(|l| (l.trace_id, l.span_id)));
-        for key in upstream {
-            if let Some(parent) = service_of.get(&key) {
-                *edges
-                    .entry(((*parent).to_string(), s.service.clone()))
-                    .or_default() += 1;
+/// The call structure of spans: who each span is, its service, and what it calls upstream
+/// (its parent and its links), without attributes or events.
+#[derive(Default)]
+struct CallGraph {
+    /// Service names, each once, and their indexes.
+    services: Vec<String>,
+    index: HashMap<String, usize>,
+    /// Span to index into `services`.
+    service_of: HashMap<(TraceId, datatracing_core::SpanId), usize>,
+    /// (upstream span, index of the calling span's service).
+    calls: Vec<((TraceId, datatracing_core::SpanId), usize)>,
+}
+
+impl CallGraph {
+    fn service_index(&mut self, name: &str) -> usize {
+        if let Some(i) = self.index.get(name) {
+            return *i;
+        }
+        self.services.push(name.to_string());
+        self.index.insert(name.to_string(), self.services.len() - 1);
+        self.services.len() - 1
+    }
+
+    fn add(&mut self, spans: &[Span]) {
+        for s in spans {
+            let svc = self.service_index(&s.service);
+            self.service_of.insert((s.trace_id, s.span_id), svc);
+            if let Some(p) = s.parent_id {
+                self.calls.push(((s.trace_id, p), svc));
+            }
+            for l in &s.links {
+                self.calls.push(((l.trace_id, l.span_id), svc));
             }
         }
     }
-    edges
+
+    /// Service-to-service call counts: one per span whose parent, or whose linked span, is
+    /// known (the linked span is the upstream side). Same-service pairs count, as in Jaeger.
+    fn edges(&self) -> BTreeMap<(String, String), u64> {
+        let mut edges: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        for (upstream, svc) in &self.calls {
+            if let Some(parent) = self.service_of.get(upstream) {
+                *edges.entry((*parent, *svc)).or_default() += 1;
+            }
+        }
+        edges
+            .into_iter()
+            .map(|((p, c), n)| ((self.services[p].clone(), self.services[c].clone()), n))
+            .collect()
+    }
 }
 
 // ---- span JSON ----------------------------------------------------------------------------

@@ -350,6 +350,39 @@ async fn large_traces_are_cut_with_a_warning_and_searches_keep_to_the_span_budge
     );
 }
 
+#[tokio::test]
+async fn dependencies_read_a_bounded_number_of_spans() {
+    let config = QueryConfig {
+        max_trace_spans: 5,
+        ..QueryConfig::default()
+    };
+    let (_d, store, router) = setup(config).await;
+    let t0 = Timestamp::now().saturating_add_nanos(-60_000_000_000);
+    // Eight traces of a root and four children: 32 calls, 40 spans; the budget is 4 x 5.
+    for n in 0..8 {
+        let t = fresh_trace_id();
+        let start = t0.saturating_add_nanos(n * 1_000_000);
+        let spans: Vec<Span> = (0..5)
+            .map(|i| {
+                let (parent, svc) = if i == 0 {
+                    (None, "up")
+                } else {
+                    (Some(0), "down")
+                };
+                simple_span(t, i, parent, svc, start.saturating_add_nanos(i as i64), 10)
+            })
+            .collect();
+        store.write(spans.into()).await.unwrap();
+    }
+    let (status, deps, _) = get(&router, "/api/dependencies").await;
+    assert_eq!(status, StatusCode::OK, "{deps}");
+    assert_eq!(
+        deps["data"],
+        json!([{"parent": "up", "child": "down", "callCount": 16}]),
+        "the four newest traces, 20 spans"
+    );
+}
+
 /// Asserts Jaeger's error envelope with `status`.
 fn assert_error(uri: &str, status: StatusCode, want: StatusCode, body: &Value) {
     assert_eq!(status, want, "{uri}: {body}");
