@@ -690,7 +690,8 @@ async fn traces_by_id(j: &Jaeger, raw: &[&str]) -> JResult {
     Ok(body)
 }
 
-/// Jaeger's text for a trace id in messages: 16 hex digits when the high half is zero.
+/// Jaeger's text for a trace id: 16 hex digits when the high half is zero (a 64-bit id),
+/// else 32. Viewers pass it back as is; [`parse_trace_id`] pads it again.
 fn jaeger_id_text(id: TraceId) -> String {
     let hex = id.to_hex();
     match hex.strip_prefix("0000000000000000") {
@@ -910,7 +911,7 @@ fn span_tags(s: &Span) -> Vec<Value> {
 
 fn references(s: &Span) -> Vec<Value> {
     let parent = s.parent_id.map(
-        |p| json!({"refType": "CHILD_OF", "traceID": s.trace_id.to_hex(), "spanID": p.to_hex()}),
+        |p| json!({"refType": "CHILD_OF", "traceID": jaeger_id_text(s.trace_id), "spanID": p.to_hex()}),
     );
     parent
         .into_iter()
@@ -919,7 +920,7 @@ fn references(s: &Span) -> Vec<Value> {
                 LinkType::ChildOf => "CHILD_OF",
                 LinkType::FollowsFrom | LinkType::DataDependency => "FOLLOWS_FROM",
             };
-            json!({"refType": ty, "traceID": l.trace_id.to_hex(), "spanID": l.span_id.to_hex()})
+            json!({"refType": ty, "traceID": jaeger_id_text(l.trace_id), "spanID": l.span_id.to_hex()})
         }))
         .collect()
 }
@@ -950,7 +951,7 @@ pub(crate) fn trace_json(trace_id: TraceId, spans: &[Span]) -> Value {
             })
             .collect();
         json_spans.push(json!({
-            "traceID": s.trace_id.to_hex(),
+            "traceID": jaeger_id_text(s.trace_id),
             "spanID": s.span_id.to_hex(),
             "operationName": s.operation,
             "references": references(s),
@@ -968,7 +969,7 @@ pub(crate) fn trace_json(trace_id: TraceId, spans: &[Span]) -> Value {
         .map(|(i, p)| (format!("p{}", i + 1), p))
         .collect();
     json!({
-        "traceID": trace_id.to_hex(),
+        "traceID": jaeger_id_text(trace_id),
         "spans": json_spans,
         "processes": processes,
         "warnings": null,
@@ -1014,6 +1015,12 @@ mod tests {
             "00000000000000000000000000001234"
         );
         assert!(parse_trace_id("zz").is_err());
+        // 64-bit ids are written in 16 digits, as Jaeger does, and read back padded.
+        let short = parse_trace_id("abc").unwrap();
+        assert_eq!(jaeger_id_text(short), "0000000000000abc");
+        assert_eq!(parse_trace_id(&jaeger_id_text(short)).unwrap(), short);
+        let long = parse_trace_id("1000000000000000abc").unwrap();
+        assert_eq!(jaeger_id_text(long), "00000000000001000000000000000abc");
         assert!(parse_trace_id(&"1".repeat(33)).is_err());
     }
 
