@@ -52,21 +52,34 @@ use serde_json::{Value, json};
 
 // ---- the Jaeger process ---------------------------------------------------------------------
 
+/// Jaeger v2: `DATATRACING_JAEGER`, else where `tools/jaeger/build.sh` caches the version
+/// `bench/versions.env` pins. Missing, the test fails and names the command that builds it.
 fn jaeger_binary() -> PathBuf {
-    let build = "tools/jaeger/build.sh";
+    let build = format!("{}/tools/jaeger/build.sh", workspace_root().display());
     let path = std::env::var_os("DATATRACING_JAEGER")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            panic!(
-                "DATATRACING_JAEGER is not set: build Jaeger v2 and name it with \
-                 `export DATATRACING_JAEGER=$({build})` (scripts/test.sh does this)"
-            )
+            let versions =
+                std::fs::read_to_string(workspace_root().join("bench/versions.env")).unwrap();
+            let version = versions
+                .lines()
+                .find_map(|l| l.strip_prefix("JAEGER_VERSION="))
+                .expect("JAEGER_VERSION in bench/versions.env")
+                .trim()
+                .to_string();
+            let cache = std::env::var_os("DATATRACING_BENCH_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                        .join(".cache/datatracing/bench")
+                });
+            cache.join(format!("jaeger-{version}")).join("jaeger")
         });
     assert!(
         path.is_file(),
-        "DATATRACING_JAEGER={} does not exist: build it with `{}/{build}`",
-        path.display(),
-        workspace_root().display()
+        "Jaeger v2 is not at {}: build it with `export DATATRACING_JAEGER=$({build})` \
+         (scripts/test.sh does this)",
+        path.display()
     );
     path
 }
