@@ -27,5 +27,5 @@ pub use error::{ConfigError, Result};
 pub use file::{Backend, Config, LogConfig, LogFormat, StorageConfig};
 pub use interpolate::interpolate;
 pub use operator::{LeaderElectionConfig, OperatorConfig};
-pub use query::QueryConfig;
+pub use query::{LineageConfig, QueryConfig};
 pub use sampling::{SamplingConfig, ShutdownRule};

@@ -21,6 +21,60 @@ pub struct QueryConfig {
     /// Most spans `GET /api/v1/traces/{id}` reads and returns; a larger trace comes back
     /// cut to its first spans by start time, marked `truncated`.
     pub max_trace_spans: usize,
+    /// Bounds of `GET /api/v1/traces/{id}/lineage`.
+    pub lineage: LineageConfig,
+}
+
+/// Bounds of lineage queries (`query.lineage`): how far and how wide a walk across linked
+/// traces may go. A graph cut by either bound is marked `truncated`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LineageConfig {
+    /// Link hops walked when the request gives no `depth`.
+    pub default_depth: usize,
+    /// Largest `depth` a request may ask for.
+    pub max_depth: usize,
+    /// Most traces in one lineage graph, the root included.
+    pub max_nodes: usize,
+}
+
+impl Default for LineageConfig {
+    fn default() -> Self {
+        Self {
+            default_depth: 3,
+            max_depth: 10,
+            max_nodes: 1000,
+        }
+    }
+}
+
+impl LineageConfig {
+    /// Largest `max_depth` accepted.
+    pub const MAX_DEPTH_LIMIT: usize = 100;
+    /// Largest `max_nodes` accepted (each level reads the links of up to this many traces).
+    pub const MAX_NODES_LIMIT: usize = 100_000;
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_depth == 0 || self.max_depth > Self::MAX_DEPTH_LIMIT {
+            return Err(ConfigError::invalid(format!(
+                "query.lineage.max_depth must be between 1 and {}",
+                Self::MAX_DEPTH_LIMIT
+            )));
+        }
+        if self.default_depth == 0 || self.default_depth > self.max_depth {
+            return Err(ConfigError::invalid(
+                "query.lineage.default_depth must be between 1 and query.lineage.max_depth",
+            ));
+        }
+        if self.max_nodes == 0 || self.max_nodes > Self::MAX_NODES_LIMIT {
+            return Err(ConfigError::invalid(format!(
+                "query.lineage.max_nodes must be between 1 and {}",
+                Self::MAX_NODES_LIMIT
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for QueryConfig {
@@ -30,6 +84,7 @@ impl Default for QueryConfig {
             request_timeout: ConfigDuration::from_secs(30),
             drain_timeout: ConfigDuration::from_secs(10),
             max_trace_spans: Self::DEFAULT_MAX_TRACE_SPANS,
+            lineage: LineageConfig::default(),
         }
     }
 }
@@ -48,6 +103,7 @@ impl QueryConfig {
                 Self::MAX_TRACE_SPANS_LIMIT
             )));
         }
+        self.lineage.validate()?;
         if self.request_timeout.get().is_zero() {
             return Err(ConfigError::invalid(
                 "query.request_timeout must be positive",
@@ -60,6 +116,40 @@ impl QueryConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lineage_bounds_are_checked() {
+        for (bad, needle) in [
+            (
+                LineageConfig {
+                    max_depth: 0,
+                    ..LineageConfig::default()
+                },
+                "max_depth",
+            ),
+            (
+                LineageConfig {
+                    default_depth: 11,
+                    ..LineageConfig::default()
+                },
+                "default_depth",
+            ),
+            (
+                LineageConfig {
+                    max_nodes: 0,
+                    ..LineageConfig::default()
+                },
+                "max_nodes",
+            ),
+        ] {
+            let c = QueryConfig {
+                lineage: bad,
+                ..QueryConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
 
     #[test]
     fn max_trace_spans_is_bounded() {

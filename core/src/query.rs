@@ -2,7 +2,10 @@
 //!
 //! Search semantics (every backend implements exactly these): a trace matches when at least
 //! one of its spans satisfies every given span filter at once: `service`, `operation`,
-//! `kind`, `status`, span start time within `[start, end]`, every attribute filter, and, with
+//! `kind`, `status`, span start time within `[start, end]`, every attribute filter, the link
+//! filters (`linked_trace`: the span links to a span of that trace; `linked_service`: the span
+//! links to a stored span of that service in another trace; links within one trace do not
+//! count), and, with
 //! [`DurationScope::Span`], span duration within `[min_duration, max_duration]`. With
 //! [`DurationScope::Trace`] the duration bounds apply to the whole trace instead (earliest
 //! span start to latest span end, the `duration_nanos` of its [`TraceSummary`]). Results are
@@ -82,6 +85,10 @@ pub struct TraceQuery {
     pub duration_scope: DurationScope,
     /// Span attribute conditions, all of which the same span must satisfy.
     pub attributes: Vec<AttributeFilter>,
+    /// The span has a link to a span of this other trace (any link type).
+    pub linked_trace: Option<TraceId>,
+    /// The span has a link to a stored span of another trace whose service is this.
+    pub linked_service: Option<String>,
     /// Maximum number of traces returned.
     pub limit: usize,
     /// Continue after this cursor (from the previous page's `next_cursor`).
@@ -559,6 +566,15 @@ impl TraceQuery {
                 }
             }
         }
+        // Only when given, so cursors of queries without link filters keep their fingerprint.
+        if let Some(t) = self.linked_trace {
+            put("linked_trace");
+            put(&t.to_string());
+        }
+        if let Some(s) = &self.linked_service {
+            put("linked_service");
+            put(s);
+        }
         h
     }
 
@@ -630,7 +646,11 @@ impl TraceQuery {
         for f in &self.attributes {
             f.validate()?;
         }
-        for (name, v) in [("service", &self.service), ("operation", &self.operation)] {
+        for (name, v) in [
+            ("service", &self.service),
+            ("operation", &self.operation),
+            ("linked_service", &self.linked_service),
+        ] {
             if v.as_deref().is_some_and(|s| s.is_empty()) {
                 return Err(Error::Query(format!("{name} must not be empty when given")));
             }

@@ -1,5 +1,5 @@
-//! The query HTTP API: trace DAGs, search (query string and JSON body, both paged with
-//! cursors), and the services / operations listings.
+//! The query HTTP API: trace DAGs, lineage across linked traces, search (query string and
+//! JSON body, both paged with cursors), and the services / operations listings.
 
 use std::sync::Arc;
 
@@ -12,8 +12,9 @@ use datatracing_core::{
     AttributeFilter, DurationScope, MAX_NAMES, SearchCursor, SearchPage, SpanKind, TimeWindow,
     TraceDag, TraceId, TraceQuery, parse_duration_ns,
 };
+use datatracing_config::LineageConfig;
 use datatracing_http::ApiError;
-use datatracing_store::TraceReader;
+use datatracing_store::{Direction, LineageLimits, TraceReader};
 use serde::Deserialize;
 
 /// Largest JSON search body accepted (16 filters with long regexes fit many times over).
@@ -25,12 +26,15 @@ pub(crate) struct Api {
     pub(crate) store: Arc<dyn TraceReader>,
     /// `query.max_trace_spans`.
     pub(crate) max_trace_spans: usize,
+    /// `query.lineage`.
+    pub(crate) lineage: LineageConfig,
 }
 
 pub(crate) fn routes(api: Api) -> Router {
     let store = Arc::clone(&api.store);
     let trace = Router::new()
         .route("/api/v1/traces/{trace_id}", get(get_trace))
+        .route("/api/v1/traces/{trace_id}/lineage", get(get_lineage))
         .with_state(api);
     Router::new()
         .route("/api/v1/traces", get(search))
@@ -71,6 +75,56 @@ async fn get_trace(
     Ok(axum::Json(body))
 }
 
+/// The traces linked to a trace through `FOLLOWS_FROM` and `DATA_DEPENDENCY` links:
+/// `direction` (`upstream`, `downstream`, `both`; default `both`) and `depth` (link hops,
+/// 1 to `query.lineage.max_depth`, default `query.lineage.default_depth`). At most
+/// `query.lineage.max_nodes` traces; `truncated` says when a bound cut the graph. An unknown
+/// root trace is a 404; links to traces that are not stored give nodes with `stored: false`.
+#[tracing::instrument(skip_all)]
+async fn get_lineage(
+    State(api): State<Api>,
+    raw_id: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Path(raw_id) = raw_id.map_err(path_error)?;
+    let trace_id: TraceId = raw_id
+        .parse()
+        .map_err(|e| ApiError::invalid_argument(format!("malformed trace id: {e}")))?;
+    let mut direction = Direction::Both;
+    let mut depth = api.lineage.default_depth;
+    for (k, v) in query_pairs(raw.as_deref().unwrap_or(""), &["direction", "depth"], &[])? {
+        if v.is_empty() {
+            continue;
+        }
+        if k == "direction" {
+            direction = v
+                .parse()
+                .map_err(|e| ApiError::invalid_argument(format!("parameter direction: {e}")))?;
+        } else {
+            let max = api.lineage.max_depth;
+            depth = v
+                .parse::<usize>()
+                .ok()
+                .filter(|d| (1..=max).contains(d))
+                .ok_or_else(|| {
+                    ApiError::invalid_argument(format!(
+                        "parameter depth: must be an integer from 1 to {max} (query.lineage.max_depth)"
+                    ))
+                })?;
+        }
+    }
+    let limits = LineageLimits {
+        max_depth: depth,
+        max_nodes: api.lineage.max_nodes,
+    };
+    let graph = datatracing_store::lineage(api.store.as_ref(), trace_id, direction, limits)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("trace {trace_id} not found")))?;
+    let mut body = serde_json::to_value(&graph).map_err(|e| ApiError::internal(&e))?;
+    body["max_nodes"] = serde_json::Value::from(api.lineage.max_nodes);
+    Ok(axum::Json(body))
+}
+
 /// A path segment that is not valid percent-encoded UTF-8, in the envelope.
 fn path_error(r: PathRejection) -> ApiError {
     ApiError::invalid_argument(format!("malformed path: {}", r.body_text()))
@@ -91,6 +145,8 @@ pub(crate) struct SearchParams {
     duration_scope: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+    linked_trace: Option<String>,
+    linked_service: Option<String>,
     /// Query-string filters (`key=value` or `key`).
     attribute: Vec<String>,
     /// Filters from a JSON body, already typed.
@@ -142,6 +198,8 @@ impl SearchParams {
         "limit",
         "cursor",
         "attribute",
+        "linked_trace",
+        "linked_service",
     ];
 
     /// Reads a raw query string; unknown or repeated single-valued parameters are errors.
@@ -160,6 +218,8 @@ impl SearchParams {
                 "duration_scope" => &mut p.duration_scope,
                 "limit" => &mut p.limit,
                 "cursor" => &mut p.cursor,
+                "linked_trace" => &mut p.linked_trace,
+                "linked_service" => &mut p.linked_service,
                 _ => {
                     p.attribute.push(v);
                     continue;
@@ -223,6 +283,10 @@ impl SearchParams {
                 .transpose()?
                 .unwrap_or_default(),
             attributes,
+            linked_trace: non_empty(self.linked_trace)
+                .map(|s| s.parse::<TraceId>().map_err(|e| bad("linked_trace", &e)))
+                .transpose()?,
+            linked_service: non_empty(self.linked_service),
             limit,
             cursor: non_empty(self.cursor)
                 .map(|s| SearchCursor::decode(&s).map_err(|e| bad("cursor", &e)))
@@ -249,6 +313,8 @@ struct SearchBody {
     duration_scope: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    linked_trace: Option<String>,
+    linked_service: Option<String>,
     #[serde(default)]
     attributes: Vec<AttributeBody>,
 }
@@ -291,6 +357,8 @@ impl SearchBody {
             duration_scope: self.duration_scope,
             limit: self.limit.map(|l| l.to_string()),
             cursor: self.cursor,
+            linked_trace: self.linked_trace,
+            linked_service: self.linked_service,
             attribute: Vec::new(),
             typed,
         })

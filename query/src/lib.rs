@@ -3,10 +3,13 @@
 //! - `GET /api/v1/traces/{trace_id}`: the reconstructed DAG (spans, typed edges, roots,
 //!   orphans, cycles, cross-trace links, critical path, self times) and a summary, cut at
 //!   `query.max_trace_spans` spans with `truncated: true`.
-//! - `GET /api/v1/traces?service=&operation=&kind=&status=&start=&end=&min_duration=&max_duration=&duration_scope=&limit=&cursor=`
+//! - `GET /api/v1/traces?service=&operation=&kind=&status=&start=&end=&min_duration=&max_duration=&duration_scope=&linked_trace=&linked_service=&limit=&cursor=`
 //!   and `POST /api/v1/traces/search` (the same as a JSON body, with typed attribute
 //!   filters): one page of trace summaries, newest first (semantics on
 //!   [`datatracing_core::TraceQuery`]), with `next_cursor` unless it is the last page.
+//! - `GET /api/v1/traces/{trace_id}/lineage?direction=&depth=`: the graph of traces linked
+//!   to it through `FOLLOWS_FROM` / `DATA_DEPENDENCY` links, upstream, downstream or both,
+//!   bounded by `query.lineage` (depth, node count) and marked `truncated` when cut.
 //! - `GET /api/v1/services`, `GET /api/v1/services/{service}/operations`: names from the
 //!   stores' name index, over an optional `start`/`end` window.
 //! - Jaeger's own read API on Jaeger's paths (`/api/services`, `/api/traces`, ...), so Jaeger
@@ -86,6 +89,7 @@ impl QueryService {
             api::routes(api::Api {
                 store: Arc::clone(&self.store),
                 max_trace_spans: self.config.max_trace_spans,
+                lineage: self.config.lineage.clone(),
             })
             .merge(jaeger::routes(jaeger::Jaeger {
                 store: Arc::clone(&self.store),

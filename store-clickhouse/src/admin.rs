@@ -263,6 +263,7 @@ impl ClickHouseAdmin {
             "span_index",
             "trace_bounds",
             "span_names",
+            "span_links",
         ]
         .map(String::from)
         .to_vec();

@@ -9,15 +9,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datatracing_config::ClickHouseConfig;
 use datatracing_core::{
-    AttributeOp, NumericOp, Operation, SearchCursor, SearchPage, Span, SpanKind, TimeWindow,
-    Timestamp, TraceId, TraceQuery, TraceSummary,
+    AttributeOp, Link, LinkType, NumericOp, Operation, SearchCursor, SearchPage, Span, SpanId,
+    SpanKind, TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
 };
-use datatracing_store::{CappedTrace, Health, TraceReader};
+use datatracing_store::{CappedTrace, CrossLink, Health, TraceReader, cross_links};
 
 use crate::admin::{ClickHouseAdmin, timed};
 use crate::error::{Error, Result};
 use crate::metrics::{ClickHouseMetrics, ReasonLabel};
-use crate::rows::{MatchRow, SpanRow, SummaryRow};
+use crate::rows::{LinkRow, MatchRow, SpanLinksRow, SpanRow, SummaryRow};
+
+/// Most trace ids in one `IN (...)` list.
+const IN_CHUNK: usize = 1000;
 
 struct Inner {
     admin: ClickHouseAdmin,
@@ -29,6 +32,7 @@ struct Inner {
     attrs_table: Option<String>,
     bounds_table: String,
     names_table: String,
+    links_table: String,
 }
 
 /// The ClickHouse-backed [`TraceReader`]. Cheap to clone.
@@ -72,6 +76,7 @@ impl ClickHouseReader {
                 .then(|| schema.table("span_attributes")),
             bounds_table: schema.table("trace_bounds"),
             names_table: schema.table("span_names"),
+            links_table: schema.table("span_links"),
             admin,
             metrics,
             query_timeout,
@@ -240,49 +245,12 @@ impl TraceReader for ClickHouseReader {
             .iter()
             .map(|m| TraceId::from_bytes(m.trace_id))
             .collect();
-        let list = hex_list(&ids);
-        let root_key = "tuple(parent_id != unhex('0000000000000000'), start_time, span_id)";
-        let summary_sql = format!(
-            "SELECT trace_id, \
-                    toString(argMin(service, {root_key})) AS root_service, \
-                    toString(argMin(operation, {root_key})) AS root_operation, \
-                    toUnixTimestamp64Nano(min(start_time)) AS start_ns, \
-                    toUnixTimestamp64Nano(max(end_time)) - toUnixTimestamp64Nano(min(start_time)) AS duration_ns, \
-                    uniqExact(span_id) AS span_count, \
-                    uniqExactIf(span_id, status IN ('ERROR', 'TIMEOUT')) AS error_count, \
-                    arraySort(groupUniqArray(toString(service))) AS services \
-             FROM {spans} \
-             WHERE trace_id IN ({list}) \
-               AND start_time >= (SELECT min(start_min) FROM {bounds} WHERE trace_id IN ({list})) \
-               AND start_time <= (SELECT max(start_max) FROM {bounds} WHERE trace_id IN ({list})) \
-             GROUP BY trace_id",
-            spans = i.spans_table,
-            bounds = i.bounds_table,
-        );
-        let rows: Vec<SummaryRow> = timed(
-            i.query_timeout,
-            "search summaries",
-            i.admin
-                .client()
-                .query(&summary_sql)
-                .fetch_all::<SummaryRow>(),
-        )
-        .await
-        .map_err(|e| self.query_error(e))?;
+        let mut rows = self.summary_rows(&ids).await?;
         // Keep the order of the first step.
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(r) = rows.iter().find(|r| r.trace_id == *id.as_bytes()) {
-                out.push(TraceSummary {
-                    trace_id: id,
-                    root_service: r.root_service.clone(),
-                    root_operation: r.root_operation.clone(),
-                    start_time: Timestamp::from_unix_nanos(r.start_ns),
-                    duration_nanos: r.duration_ns.max(0),
-                    span_count: r.span_count,
-                    error_count: r.error_count,
-                    services: r.services.clone(),
-                });
+            if let Some(pos) = rows.iter().position(|r| r.trace_id == id) {
+                out.push(rows.swap_remove(pos));
             }
         }
         Ok(SearchPage {
@@ -357,9 +325,163 @@ impl TraceReader for ClickHouseReader {
         out.truncate(limit);
         Ok(out)
     }
+
+    async fn summaries(&self, traces: &[TraceId]) -> datatracing_store::Result<Vec<TraceSummary>> {
+        let mut out = Vec::with_capacity(traces.len());
+        for chunk in traces.chunks(IN_CHUNK) {
+            out.extend(self.summary_rows(chunk).await?);
+        }
+        Ok(out)
+    }
+
+    async fn links_from(
+        &self,
+        traces: &[TraceId],
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<CrossLink>> {
+        let i = &self.inner;
+        let mut out = std::collections::BTreeSet::new();
+        for chunk in traces.chunks(IN_CHUNK) {
+            if out.len() >= limit {
+                break;
+            }
+            let list = hex_list(chunk);
+            // `spans` is ordered by trace id and the bounds prune partitions; only spans with
+            // at least one link out of their trace are read, so `limit` rows hold at least
+            // `limit` links.
+            let sql = format!(
+                "SELECT trace_id, span_id, links_json FROM {spans} \
+                 WHERE trace_id IN ({list}) \
+                   AND start_time >= (SELECT min(start_min) FROM {bounds} WHERE trace_id IN ({list})) \
+                   AND start_time <= (SELECT max(start_max) FROM {bounds} WHERE trace_id IN ({list})) \
+                   AND links_json != '' \
+                   AND arrayExists(l -> unhex(JSONExtractString(l, 'trace_id')) != trace_id, \
+                                   JSONExtractArrayRaw(links_json)) \
+                 LIMIT 1 BY trace_id, span_id LIMIT {n}",
+                spans = i.spans_table,
+                bounds = i.bounds_table,
+                n = limit - out.len(),
+            );
+            let rows = timed(
+                i.query_timeout,
+                "links from",
+                i.admin.client().query(&sql).fetch_all::<SpanLinksRow>(),
+            )
+            .await
+            .map_err(|e| self.query_error(e))?;
+            for r in rows {
+                let links: Vec<Link> = serde_json::from_str(&r.links_json).map_err(|e| {
+                    self.query_error(Error::Client(format!("corrupt links in a stored span: {e}")))
+                })?;
+                out.extend(cross_links(
+                    TraceId::from_bytes(r.trace_id),
+                    SpanId::from_bytes(r.span_id),
+                    &links,
+                ));
+            }
+        }
+        Ok(out.into_iter().take(limit).collect())
+    }
+
+    async fn links_to(
+        &self,
+        traces: &[TraceId],
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<CrossLink>> {
+        let i = &self.inner;
+        let mut out = std::collections::BTreeSet::new();
+        for chunk in traces.chunks(IN_CHUNK) {
+            if out.len() >= limit {
+                break;
+            }
+            // A key range per trace: span_links is ordered by the linked trace. A span
+            // indexed twice (a retried insert, the migration's backfill) is read once.
+            let sql = format!(
+                "SELECT source_trace_id, source_span_id, target_trace_id, target_span_id, \
+                        toString(link_type) AS link_type \
+                 FROM {links} WHERE target_trace_id IN ({list}) \
+                 LIMIT 1 BY source_trace_id, source_span_id, target_trace_id, target_span_id, link_type \
+                 LIMIT {n}",
+                links = i.links_table,
+                list = hex_list(chunk),
+                n = limit - out.len(),
+            );
+            let rows = timed(
+                i.query_timeout,
+                "links to",
+                i.admin.client().query(&sql).fetch_all::<LinkRow>(),
+            )
+            .await
+            .map_err(|e| self.query_error(e))?;
+            for r in rows {
+                let link_type = r.link_type.parse::<LinkType>().map_err(|e| {
+                    self.query_error(Error::Client(format!("corrupt link type in span_links: {e}")))
+                })?;
+                out.insert(CrossLink {
+                    from_trace: TraceId::from_bytes(r.source_trace_id),
+                    from_span: SpanId::from_bytes(r.source_span_id),
+                    to_trace: TraceId::from_bytes(r.target_trace_id),
+                    to_span: SpanId::from_bytes(r.target_span_id),
+                    link_type,
+                });
+            }
+        }
+        Ok(out.into_iter().take(limit).collect())
+    }
 }
 
 impl ClickHouseReader {
+    /// Summaries of those of `ids` with stored spans (at most `IN_CHUNK` ids), computed in
+    /// ClickHouse from the spans, pruned to the partitions `trace_bounds` names.
+    async fn summary_rows(&self, ids: &[TraceId]) -> datatracing_store::Result<Vec<TraceSummary>> {
+        let i = &self.inner;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = hex_list(ids);
+        let root_key = "tuple(parent_id != unhex('0000000000000000'), start_time, span_id)";
+        let summary_sql = format!(
+            "SELECT trace_id, \
+                    toString(argMin(service, {root_key})) AS root_service, \
+                    toString(argMin(operation, {root_key})) AS root_operation, \
+                    toUnixTimestamp64Nano(min(start_time)) AS start_ns, \
+                    toUnixTimestamp64Nano(max(end_time)) - toUnixTimestamp64Nano(min(start_time)) AS duration_ns, \
+                    uniqExact(span_id) AS span_count, \
+                    uniqExactIf(span_id, status IN ('ERROR', 'TIMEOUT')) AS error_count, \
+                    arraySort(groupUniqArray(toString(service))) AS services \
+             FROM {spans} \
+             WHERE trace_id IN ({list}) \
+               AND start_time >= (SELECT min(start_min) FROM {bounds} WHERE trace_id IN ({list})) \
+               AND start_time <= (SELECT max(start_max) FROM {bounds} WHERE trace_id IN ({list})) \
+             GROUP BY trace_id",
+            spans = i.spans_table,
+            bounds = i.bounds_table,
+        );
+        let rows: Vec<SummaryRow> = timed(
+            i.query_timeout,
+            "summaries",
+            i.admin
+                .client()
+                .query(&summary_sql)
+                .fetch_all::<SummaryRow>(),
+        )
+        .await
+        .map_err(|e| self.query_error(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TraceSummary {
+                trace_id: TraceId::from_bytes(r.trace_id),
+                root_service: r.root_service,
+                root_operation: r.root_operation,
+                start_time: Timestamp::from_unix_nanos(r.start_ns),
+                duration_nanos: r.duration_ns.max(0),
+                span_count: r.span_count,
+                error_count: r.error_count,
+                services: r.services,
+            })
+            .collect())
+    }
+
     /// The spans of a trace, the first `limit` by start time then span id when given.
     async fn read_trace(
         &self,
@@ -421,6 +543,39 @@ impl ClickHouseReader {
             out.push(" AND status = ?", [Bindable::Str(st.as_str().to_string())]);
         }
         push_time_bounds(&mut out.sql, &mut out.binds, q);
+        if let Some(t) = q.linked_trace {
+            // A key range of span_links, which is ordered by the linked trace.
+            out.push(
+                &format!(
+                    " AND (trace_id, span_id) IN (SELECT source_trace_id, source_span_id FROM {} \
+                     WHERE target_trace_id = unhex(?))",
+                    i.links_table
+                ),
+                [Bindable::Str(t.to_string())],
+            );
+        }
+        if let Some(svc) = &q.linked_service {
+            // The linked span must be in the page's snapshot too, as the matching span is.
+            let mut sub = Sql::default();
+            match &q.cursor {
+                Some(c) => sub.push(
+                    " AND ingested_at <= fromUnixTimestamp64Nano(toInt64(?))",
+                    [Bindable::I64(c.snapshot)],
+                ),
+                None => sub.push(" AND ingested_at <= now64(9)", []),
+            }
+            out.push(
+                &format!(
+                    " AND (trace_id, span_id) IN (SELECT source_trace_id, source_span_id FROM {links} \
+                     WHERE (target_trace_id, target_span_id) IN \
+                     (SELECT trace_id, span_id FROM {index} WHERE service = ?{snap}))",
+                    links = i.links_table,
+                    index = i.index_table,
+                    snap = sub.sql,
+                ),
+                std::iter::once(Bindable::Str(svc.clone())).chain(sub.binds),
+            );
+        }
         let (min, max) = q.span_duration_bounds();
         if let Some(d) = min {
             out.push(" AND duration_ns >= ?", [Bindable::I64(d)]);

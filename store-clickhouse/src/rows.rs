@@ -126,6 +126,24 @@ pub(crate) struct SummaryRow {
     pub services: Vec<String>,
 }
 
+/// One `span_links` row: a link from a span to a span of another trace.
+#[derive(Debug, Row, Deserialize)]
+pub(crate) struct LinkRow {
+    pub source_trace_id: [u8; 16],
+    pub source_span_id: [u8; 8],
+    pub target_trace_id: [u8; 16],
+    pub target_span_id: [u8; 8],
+    pub link_type: String,
+}
+
+/// A span's links as stored in `spans`, for upstream lineage.
+#[derive(Debug, Row, Deserialize)]
+pub(crate) struct SpanLinksRow {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub links_json: String,
+}
+
 /// One claim in the owner table.
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
 pub(crate) struct OwnerRow {

@@ -18,6 +18,13 @@
 //! `span_index_mv`: it is created before the old one is dropped, so no insert misses the
 //! index (a few may be indexed twice, which searches tolerate).
 //!
+//! Version 3 adds `span_links`, the reverse-link index: one row per link from a span to a
+//! span of another trace (target trace and span, source trace and span, link type, the
+//! source span's start for partitions and TTL), ordered by the linked trace, fed by
+//! `span_links_mv` from the spans' `links_json` and filled once from `spans`. Downstream
+//! lineage and the `linked_trace` / `linked_service` filters read it. The view exists before
+//! the backfill runs, so spans inserted meanwhile may be indexed twice; reads deduplicate.
+//!
 //! Clustered (`cluster` set): the same tables as `*_local` Replicated tables on every node,
 //! Distributed tables with the plain names in front (sharded by trace id so a trace lives on
 //! one shard), and every statement `ON CLUSTER`.
@@ -76,6 +83,10 @@ const NAMES: TtlTable = TtlTable {
     name: "span_names",
     time_column: "hour",
 };
+const LINKS: TtlTable = TtlTable {
+    name: "span_links",
+    time_column: "start_time",
+};
 
 /// The table recording which TracingPipeline owns the database.
 pub const OWNER_TABLE: &str = "datatracing_owner";
@@ -104,7 +115,7 @@ impl Schema {
 
     /// Tables whose TTL carries the retention.
     pub fn ttl_tables(&self) -> Vec<TtlTable> {
-        let mut t = vec![SPANS, INDEX, BOUNDS, NAMES];
+        let mut t = vec![SPANS, INDEX, BOUNDS, NAMES, LINKS];
         if self.attribute_index {
             t.push(ATTRS);
         }
@@ -208,7 +219,72 @@ impl Schema {
                 name: "span_names (services and operations), span kind and ingested_at in span_index",
                 statements: self.v2(),
             },
+            Migration {
+                version: 3,
+                name: "span_links (reverse-link index for lineage and link filters)",
+                statements: self.v3(),
+            },
         ]
+    }
+
+    fn v3(&self) -> Vec<String> {
+        let db = &self.database;
+        let oc = self.on_cluster();
+        let spans = self.storage_table("spans");
+        let links = self.storage_table("span_links");
+        let dedup = if self.cluster.is_none() {
+            ", non_replicated_deduplication_window = 1000"
+        } else {
+            ""
+        };
+        // Ids in links_json are validated hex; the length checks keep a malformed row from
+        // failing the spans insert the view runs in.
+        let select = |from: &str| {
+            format!(
+                "SELECT toFixedString(unhex(JSONExtractString(l, 'trace_id')), 16) AS target_trace_id,\n\
+                 \x20      toFixedString(unhex(JSONExtractString(l, 'span_id')), 8) AS target_span_id,\n\
+                 \x20      trace_id AS source_trace_id, span_id AS source_span_id,\n\
+                 \x20      JSONExtractString(l, 'type') AS link_type, start_time\n\
+                 FROM {from} ARRAY JOIN JSONExtractArrayRaw(links_json) AS l\n\
+                 WHERE links_json != '' AND length(JSONExtractString(l, 'trace_id')) = 32\n\
+                 \x20 AND length(JSONExtractString(l, 'span_id')) = 16\n\
+                 \x20 AND unhex(JSONExtractString(l, 'trace_id')) != trace_id"
+            )
+        };
+        let mut out = vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{links}{oc} (\n\
+                 \x20   target_trace_id FixedString(16) CODEC(ZSTD(1)),\n\
+                 \x20   target_span_id  FixedString(8) CODEC(ZSTD(1)),\n\
+                 \x20   source_trace_id FixedString(16) CODEC(ZSTD(1)),\n\
+                 \x20   source_span_id  FixedString(8) CODEC(ZSTD(1)),\n\
+                 \x20   link_type       LowCardinality(String) CODEC(ZSTD(1)),\n\
+                 \x20   start_time      DateTime64(9) CODEC(Delta(8), ZSTD(1))\n\
+                 ) ENGINE = {engine}\n\
+                 PARTITION BY toDate(start_time)\n\
+                 ORDER BY (target_trace_id, source_trace_id, source_span_id)\n\
+                 TTL {ttl}\n\
+                 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1{dedup}",
+                engine = self.engine("MergeTree", "span_links"),
+                ttl = Self::ttl_expression(LINKS, self.retention_days),
+            ),
+            format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_links_mv{oc} TO {db}.{links} AS\n{}",
+                select(&format!("{db}.{spans}"))
+            ),
+        ];
+        if let Some(cluster) = &self.cluster {
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {db}.span_links{oc} AS {db}.{links}\n\
+                 ENGINE = Distributed({cluster}, {db}, {links}, cityHash64(target_trace_id))"
+            ));
+        }
+        out.push(format!(
+            "INSERT INTO {} (target_trace_id, target_span_id, source_trace_id, source_span_id, link_type, start_time)\n{}",
+            self.table("span_links"),
+            select(&self.table("spans"))
+        ));
+        out
     }
 
     fn v2(&self) -> Vec<String> {
@@ -474,13 +550,17 @@ mod tests {
         let s = &lean.migrations()[0].statements;
         assert_eq!(s.len(), 5);
         assert!(!s.iter().any(|x| x.contains("span_attributes")));
-        assert_eq!(lean.ttl_tables().len(), 4);
+        assert_eq!(lean.ttl_tables().len(), 5);
     }
 
     #[test]
     fn single_node_ddl() {
         let m = single().migrations();
-        assert_eq!(m.len(), 2);
+        assert_eq!(m.len(), 3);
+        let v3 = &m[2].statements;
+        assert!(v3[0].contains("ORDER BY (target_trace_id, source_trace_id, source_span_id)"));
+        assert!(v3[1].contains("TO dt.span_links AS") && v3[1].contains("FROM dt.spans ARRAY JOIN"));
+        assert!(v3[2].starts_with("INSERT INTO dt.span_links "), "backfill");
         let v2 = &m[1].statements;
         assert!(v2[0].contains("ORDER BY (service, operation, kind, hour)"));
         assert!(v2[1].contains("TO dt.span_names AS") && v2[1].contains("toStartOfHour"));

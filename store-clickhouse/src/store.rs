@@ -6,8 +6,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use datatracing_config::ClickHouseConfig;
-use datatracing_core::{Operation, SearchPage, Span, TimeWindow, TraceId, TraceQuery};
-use datatracing_store::{CappedTrace, Health, TraceReader, TraceWriter};
+use datatracing_core::{
+    Operation, SearchPage, Span, TimeWindow, TraceId, TraceQuery, TraceSummary,
+};
+use datatracing_store::{CappedTrace, CrossLink, Health, TraceReader, TraceWriter};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::ClickHouseAdmin;
@@ -177,5 +179,24 @@ impl TraceReader for ClickHouseStore {
         limit: usize,
     ) -> datatracing_store::Result<Vec<Operation>> {
         self.reader.operations(service, window, limit).await
+    }
+    async fn summaries(&self, traces: &[TraceId]) -> datatracing_store::Result<Vec<TraceSummary>> {
+        self.reader.summaries(traces).await
+    }
+
+    async fn links_from(
+        &self,
+        traces: &[TraceId],
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<CrossLink>> {
+        self.reader.links_from(traces, limit).await
+    }
+
+    async fn links_to(
+        &self,
+        traces: &[TraceId],
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<CrossLink>> {
+        self.reader.links_to(traces, limit).await
     }
 }

@@ -20,7 +20,9 @@ use datatracing_core::{
     SearchPage, Span, SpanId, SpanKind, Status, StatusCode, TimeWindow, Timestamp, TraceDag,
     TraceId, TraceQuery, TraceSummary,
 };
-use datatracing_store::{Result, TraceReader, TraceWriter};
+use datatracing_store::{
+    CrossLink, Direction, Lineage, LineageLimits, Result, TraceReader, TraceWriter,
+};
 
 /// What a backend's test harness hands to each contract check.
 pub trait Fixture: Send + Sync {
@@ -95,7 +97,10 @@ macro_rules! trace_store_contract {
             search_by_kind_and_typed_attributes,
             duration_scope_span_or_trace,
             cursor_pages_are_complete_and_stable_under_concurrent_inserts,
-            capped_trace_reads_are_bounded_and_marked
+            capped_trace_reads_are_bounded_and_marked,
+            lineage_walks_both_ways_through_cycles_and_dangling_links,
+            lineage_depth_and_node_caps_mark_truncation,
+            search_by_link_target_pages_with_cursors
         );
     };
     (@tests $make:path; $($name:ident),+) => {
@@ -1294,4 +1299,373 @@ async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output
     })
     .await;
     out.into_iter().flatten().collect()
+}
+
+/// A link from a span to a span of another trace.
+fn link_to(trace_id: TraceId, id: u64, link_type: LinkType) -> Link {
+    Link {
+        trace_id,
+        span_id: span_id(id),
+        link_type,
+        attributes: Attributes::new(),
+    }
+}
+
+fn edge(from: TraceId, from_span: u64, to: TraceId, to_span: u64, t: LinkType) -> CrossLink {
+    CrossLink {
+        from_trace: from,
+        from_span: span_id(from_span),
+        to_trace: to,
+        to_span: span_id(to_span),
+        link_type: t,
+    }
+}
+
+async fn walk(
+    store: &StoreUnderTest<'_>,
+    root: TraceId,
+    direction: Direction,
+    max_depth: usize,
+    max_nodes: usize,
+) -> Lineage {
+    datatracing_store::lineage(
+        store.reader,
+        root,
+        direction,
+        LineageLimits {
+            max_depth,
+            max_nodes,
+        },
+    )
+    .await
+    .expect("lineage")
+    .expect("the root is stored")
+}
+
+fn node_depths(l: &Lineage) -> Vec<(TraceId, usize, bool)> {
+    l.nodes.iter().map(|n| (n.trace_id, n.depth, n.stored)).collect()
+}
+
+/// Four traces: B follows from A, C depends on B and on a trace that is not stored (X),
+/// A follows from C (a cycle across traces), D has A as an extra parent (CHILD_OF, not
+/// lineage), and A links within itself (not lineage either).
+struct LineageFixture {
+    a: TraceId,
+    b: TraceId,
+    c: TraceId,
+    d: TraceId,
+    x: TraceId,
+}
+
+async fn write_lineage_fixture(store: &StoreUnderTest<'_>) -> LineageFixture {
+    let f = LineageFixture {
+        a: fresh_trace_id(),
+        b: fresh_trace_id(),
+        c: fresh_trace_id(),
+        d: fresh_trace_id(),
+        x: fresh_trace_id(),
+    };
+    let svc = unique("lineage");
+    let t0 = base_time();
+    let mut a1 = simple_span(f.a, 1, None, &svc, t0, 10);
+    a1.links = vec![link_to(f.c, 1, LinkType::FollowsFrom)];
+    let mut a2 = simple_span(f.a, 2, Some(1), &svc, t0, 5);
+    a2.links = vec![link_to(f.a, 1, LinkType::FollowsFrom)];
+    let mut b1 = simple_span(f.b, 1, None, &svc, t0.saturating_add_nanos(100), 10);
+    b1.links = vec![link_to(f.a, 1, LinkType::FollowsFrom)];
+    let mut c1 = simple_span(f.c, 1, None, &svc, t0.saturating_add_nanos(200), 10);
+    c1.links = vec![
+        link_to(f.b, 1, LinkType::DataDependency),
+        link_to(f.x, 7, LinkType::DataDependency),
+    ];
+    let mut d1 = simple_span(f.d, 1, None, &svc, t0.saturating_add_nanos(300), 10);
+    d1.links = vec![link_to(f.a, 1, LinkType::ChildOf)];
+    // Separate batches: the reverse index must join links across writes.
+    store.write(vec![a1, a2].into()).await.expect("write a");
+    store.write(vec![b1].into()).await.expect("write b");
+    store.write(vec![c1, d1].into()).await.expect("write c, d");
+    f
+}
+
+/// Upstream follows declared links, downstream the reverse index; the edge closing a cycle
+/// is reported once and the walk ends; a dangling target is a node that is not stored;
+/// CHILD_OF and same-trace links are not lineage; an unknown root is `None`.
+pub async fn lineage_walks_both_ways_through_cycles_and_dangling_links(store: StoreUnderTest<'_>) {
+    use LinkType::{DataDependency as Dd, FollowsFrom as Ff};
+    let f = write_lineage_fixture(&store).await;
+
+    let raw = store
+        .reader
+        .links_to(&[f.a], 100)
+        .await
+        .expect("links_to");
+    assert_eq!(
+        raw.len(),
+        2,
+        "the reverse index holds B's FOLLOWS_FROM and D's CHILD_OF, not A's own link: {raw:?}"
+    );
+    let from_c = store.reader.links_from(&[f.c], 100).await.expect("links_from");
+    assert_eq!(
+        from_c,
+        {
+            let mut v = vec![edge(f.c, 1, f.b, 1, Dd), edge(f.c, 1, f.x, 7, Dd)];
+            v.sort();
+            v
+        }
+    );
+
+    let down = walk(&store, f.a, Direction::Downstream, 5, 100).await;
+    assert_eq!(
+        node_depths(&down),
+        vec![(f.a, 0, true), (f.b, 1, true), (f.c, 2, true)],
+        "D's CHILD_OF link is not lineage"
+    );
+    let mut want = vec![
+        edge(f.b, 1, f.a, 1, Ff),
+        edge(f.c, 1, f.b, 1, Dd),
+        edge(f.a, 1, f.c, 1, Ff),
+    ];
+    want.sort();
+    assert_eq!(down.edges, want, "the cycle's closing edge is reported once");
+    assert!(!down.truncated, "the cycle ended the walk, no bound did");
+    assert_eq!(down.nodes[0].summary.as_ref().map(|s| s.span_count), Some(2));
+
+    let up = walk(&store, f.a, Direction::Upstream, 5, 100).await;
+    let mut nodes = node_depths(&up);
+    nodes.sort_by_key(|n| (n.1, n.0));
+    let mut want_nodes = vec![(f.a, 0, true), (f.c, 1, true), (f.b, 2, true), (f.x, 2, false)];
+    want_nodes.sort_by_key(|n| (n.1, n.0));
+    assert_eq!(nodes, want_nodes, "X is dangling: linked, not stored");
+    assert!(up.nodes.iter().all(|n| n.stored == n.summary.is_some()));
+    let mut want = vec![
+        edge(f.a, 1, f.c, 1, Ff),
+        edge(f.c, 1, f.b, 1, Dd),
+        edge(f.c, 1, f.x, 7, Dd),
+        edge(f.b, 1, f.a, 1, Ff),
+    ];
+    want.sort();
+    assert_eq!(up.edges, want);
+    assert!(!up.truncated);
+
+    // Both ways from B: A upstream, C downstream, each one hop away.
+    let both = walk(&store, f.b, Direction::Both, 1, 100).await;
+    let mut nodes = node_depths(&both);
+    nodes.sort();
+    let mut want_nodes = vec![(f.b, 0, true), (f.a, 1, true), (f.c, 1, true)];
+    want_nodes.sort();
+    assert_eq!(nodes, want_nodes);
+    assert!(
+        both.edges.contains(&edge(f.a, 1, f.c, 1, Ff)),
+        "an edge between two nodes of the graph found at the depth bound is kept: {:?}",
+        both.edges
+    );
+
+    let none = datatracing_store::lineage(
+        store.reader,
+        fresh_trace_id(),
+        Direction::Both,
+        LineageLimits {
+            max_depth: 3,
+            max_nodes: 10,
+        },
+    )
+    .await
+    .expect("lineage of an unknown trace");
+    assert!(none.is_none(), "an unknown root is not an empty graph");
+    let _ = f.d;
+}
+
+/// A depth or node bound that leaves links unexplored says so; one that cuts nothing does not.
+pub async fn lineage_depth_and_node_caps_mark_truncation(store: StoreUnderTest<'_>) {
+    let f = write_lineage_fixture(&store).await;
+    let shallow = walk(&store, f.a, Direction::Downstream, 1, 100).await;
+    assert_eq!(node_depths(&shallow), vec![(f.a, 0, true), (f.b, 1, true)]);
+    assert_eq!(
+        shallow.edges,
+        vec![edge(f.b, 1, f.a, 1, LinkType::FollowsFrom)],
+        "no edge to a trace beyond the bound"
+    );
+    assert!(shallow.truncated, "C is one hop beyond the depth bound");
+
+    let exact = walk(&store, f.a, Direction::Downstream, 2, 100).await;
+    assert_eq!(exact.nodes.len(), 3);
+    assert!(
+        !exact.truncated,
+        "at depth 2 the only link past the bound returns to A, already in the graph"
+    );
+
+    let narrow = walk(&store, f.a, Direction::Upstream, 5, 2).await;
+    assert_eq!(node_depths(&narrow), vec![(f.a, 0, true), (f.c, 1, true)]);
+    assert!(narrow.truncated, "B and X did not fit in two nodes");
+    assert!(
+        narrow
+            .edges
+            .iter()
+            .all(|e| [f.a, f.c].contains(&e.from_trace) && [f.a, f.c].contains(&e.to_trace)),
+        "edges stay within the graph: {:?}",
+        narrow.edges
+    );
+    let single = walk(&store, f.d, Direction::Both, 3, 100).await;
+    assert_eq!(node_depths(&single), vec![(f.d, 0, true)], "CHILD_OF only");
+    assert!(!single.truncated);
+}
+
+/// `linked_trace` / `linked_service` select traces with a span linking to that trace / to a
+/// stored span of that service in another trace; they combine with the other filters on
+/// the same span, and page with cursors without duplicates or gaps.
+pub async fn search_by_link_target_pages_with_cursors(store: StoreUnderTest<'_>) {
+    let producer_svc = unique("producer");
+    let consumer_svc = unique("consumer");
+    let other_svc = unique("side");
+    let t0 = base_time();
+    let target = fresh_trace_id();
+    let other = fresh_trace_id();
+    let dangling = fresh_trace_id();
+    let mut spans = vec![
+        simple_span(target, 1, None, &producer_svc, t0, 10),
+        simple_span(other, 1, None, &other_svc, t0, 10),
+    ];
+    // Seven consumers of the target, newest last; the first two link from an ERROR span.
+    let mut consumers = Vec::new();
+    for i in 0..7i64 {
+        let t = fresh_trace_id();
+        consumers.push(t);
+        let at = t0.saturating_add_nanos(1_000_000 * (i + 1));
+        let mut s = simple_span(t, 1, None, &consumer_svc, at, 10);
+        s.links = vec![link_to(target, 1, LinkType::DataDependency)];
+        if i < 2 {
+            s.status = Status::new(StatusCode::Error);
+        }
+        spans.push(s);
+    }
+    // Links to the other trace, to a trace not stored, and within its own trace only.
+    let to_other = fresh_trace_id();
+    let mut s = simple_span(to_other, 1, None, &consumer_svc, t0.saturating_add_nanos(50), 10);
+    s.links = vec![link_to(other, 1, LinkType::FollowsFrom)];
+    spans.push(s);
+    let to_dangling = fresh_trace_id();
+    let mut s = simple_span(to_dangling, 1, None, &consumer_svc, t0.saturating_add_nanos(60), 10);
+    s.links = vec![link_to(dangling, 1, LinkType::FollowsFrom)];
+    spans.push(s);
+    let self_linked = fresh_trace_id();
+    let mut s = simple_span(self_linked, 2, None, &producer_svc, t0.saturating_add_nanos(70), 10);
+    s.links = vec![link_to(self_linked, 1, LinkType::FollowsFrom)];
+    spans.push(s);
+    spans.push(simple_span(self_linked, 1, None, &producer_svc, t0, 10));
+    // The link and the ERROR status on different spans: no single span matches both.
+    let split = fresh_trace_id();
+    let mut s = simple_span(split, 1, None, &consumer_svc, t0.saturating_add_nanos(80), 10);
+    s.links = vec![link_to(target, 1, LinkType::FollowsFrom)];
+    let mut e = simple_span(split, 2, Some(1), &consumer_svc, t0.saturating_add_nanos(90), 10);
+    e.status = Status::new(StatusCode::Error);
+    spans.extend([s, e]);
+    store.write(spans.into()).await.expect("write");
+
+    let ids = |v: Vec<TraceSummary>| v.into_iter().map(|s| s.trace_id).collect::<Vec<_>>();
+    let newest_first = |v: &[TraceId]| v.iter().rev().copied().collect::<Vec<_>>();
+    let mut all_target = consumers.clone();
+    all_target.insert(0, split);
+    let by_trace = TraceQuery {
+        linked_trace: Some(target),
+        ..TraceQuery::with_limit(3)
+    };
+    // Page through with concurrent inserts of new consumers between pages.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    for page_no in 0.. {
+        assert!(page_no < 10, "paging must end");
+        let page = store
+            .search_page(&TraceQuery {
+                cursor,
+                ..by_trace.clone()
+            })
+            .await
+            .expect("page");
+        let mut late = simple_span(
+            fresh_trace_id(),
+            1,
+            None,
+            &consumer_svc,
+            // Older than every consumer, so the windowed query below excludes it too.
+            t0.saturating_add_nanos(-10_000_000 - page_no),
+            10,
+        );
+        late.links = vec![link_to(target, 1, LinkType::FollowsFrom)];
+        store.write(vec![late].into()).await.expect("late write");
+        seen.extend(page.traces.iter().map(|s| s.trace_id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        newest_first(&all_target),
+        "every trace linking to the target, newest first, once, none inserted after page one"
+    );
+
+    let by_service = TraceQuery {
+        linked_service: Some(producer_svc.clone()),
+        start: Some(t0.saturating_add_nanos(-1)),
+        end: Some(t0.saturating_add_nanos(100_000_000)),
+        ..TraceQuery::with_limit(100)
+    };
+    assert_eq!(
+        ids(store.search(&by_service).await.expect("by service")),
+        newest_first(&all_target),
+        "a link within the trace does not count, so self_linked is not listed"
+    );
+    assert_eq!(
+        ids(store
+            .search(&TraceQuery {
+                linked_service: Some(other_svc.clone()),
+                ..TraceQuery::with_limit(10)
+            })
+            .await
+            .expect("other service")),
+        vec![to_other]
+    );
+    assert_eq!(
+        ids(store
+            .search(&TraceQuery {
+                linked_trace: Some(dangling),
+                ..TraceQuery::with_limit(10)
+            })
+            .await
+            .expect("dangling target")),
+        vec![to_dangling],
+        "a link to a trace that is not stored still matches linked_trace"
+    );
+    assert_eq!(
+        ids(store
+            .search(&TraceQuery {
+                status: Some(StatusCode::Error),
+                ..by_trace.clone()
+            })
+            .await
+            .expect("combined")),
+        newest_first(&consumers[..2]),
+        "the link and the status must be on one span: split is not listed"
+    );
+    assert!(
+        store
+            .search(&TraceQuery {
+                linked_trace: Some(target),
+                service: Some(producer_svc.clone()),
+                ..TraceQuery::with_limit(10)
+            })
+            .await
+            .expect("no match")
+            .is_empty()
+    );
+    assert!(
+        store
+            .search(&TraceQuery {
+                linked_service: Some(unique("nobody")),
+                ..TraceQuery::with_limit(10)
+            })
+            .await
+            .expect("unknown service")
+            .is_empty()
+    );
 }

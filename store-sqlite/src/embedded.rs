@@ -11,6 +11,11 @@
 //! services and operations reads a few index rows instead of the spans. Span row ids only
 //! grow (never reused, even after retention: `store_meta` remembers the highest one purged),
 //! which lets a search cursor pin "the rows that existed" as a row id.
+//!
+//! `span_links` (schema version 3) is the reverse-link index: one row per link from a span to
+//! a span of another trace, keyed by the linked trace, written with the span and deleted with
+//! it. Downstream lineage ("which traces link to this one") and the `linked_trace` /
+//! `linked_service` search filters read it instead of every span's links.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,12 +33,12 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use datatracing_store::{CappedTrace, Health, TraceReader, TraceWriter};
+use datatracing_store::{CappedTrace, CrossLink, Health, TraceReader, TraceWriter, cross_links};
 
 use crate::{Error, Result};
 
 const DB_FILE: &str = "traces.db";
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// Width of a `span_names` bucket: services and operations are indexed per hour.
 const NAME_BUCKET_NS: i64 = 3_600_000_000_000;
 /// Spans committed in one group-commit transaction at most; bounds the writer's latency.
@@ -350,7 +355,8 @@ fn check_version(conn: &Connection) -> Result<i64> {
 }
 
 /// Versioned, idempotent schema set-up. Version 1 is the first layout; version 2 adds the
-/// `span_names` index (filled from the stored spans once) and `store_meta`.
+/// `span_names` index (filled from the stored spans once) and `store_meta`; version 3 adds
+/// the `span_links` reverse-link index (filled from the stored spans' links once).
 fn migrate(conn: &Connection) -> Result<()> {
     let version = check_version(conn)?;
     if version >= SCHEMA_VERSION {
@@ -386,7 +392,8 @@ fn migrate(conn: &Connection) -> Result<()> {
              COMMIT;",
         )?;
     }
-    conn.execute_batch(&format!(
+    if version < 2 {
+        conn.execute_batch(&format!(
         "BEGIN;
          CREATE TABLE IF NOT EXISTS span_names (
              service   TEXT    NOT NULL,
@@ -407,7 +414,72 @@ fn migrate(conn: &Connection) -> Result<()> {
              FROM spans GROUP BY service, operation, kind, start_ns / {NAME_BUCKET_NS};
          PRAGMA user_version = 2;
          COMMIT;"
-    ))?;
+        ))?;
+    }
+    if version < 3 {
+        migrate_span_links(conn)?;
+    }
+    Ok(())
+}
+
+/// Schema version 3: the `span_links` table and its indexes, filled from the links of the
+/// spans already stored, in one transaction.
+fn migrate_span_links(conn: &Connection) -> Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS span_links (
+             source_row   INTEGER NOT NULL,
+             source_trace BLOB    NOT NULL,
+             source_span  BLOB    NOT NULL,
+             target_trace BLOB    NOT NULL,
+             target_span  BLOB    NOT NULL,
+             link_type    INTEGER NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS span_links_by_target ON span_links(target_trace);
+         CREATE INDEX IF NOT EXISTS span_links_by_source ON span_links(source_row);
+         DELETE FROM span_links;",
+    )?;
+    {
+        let mut read = tx.prepare("SELECT id, trace_id, span_id, links FROM spans WHERE links IS NOT NULL")?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let trace_id = TraceId::from_slice(r.get_ref(1)?.as_blob()?)
+                .map_err(|_| Error::Corrupt("trace_id".into()))?;
+            let span_id = SpanId::from_slice(r.get_ref(2)?.as_blob()?)
+                .map_err(|_| Error::Corrupt("span_id".into()))?;
+            let links: Vec<Link> = serde_json::from_str(r.get_ref(3)?.as_str()?)
+                .map_err(|e| Error::Corrupt(format!("links of a stored span: {e}")))?;
+            insert_links(&tx, id, trace_id, span_id, &links)?;
+        }
+    }
+    tx.execute_batch("PRAGMA user_version = 3;")?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Indexes a span's links to other traces under its row id.
+fn insert_links(
+    conn: &Connection,
+    row: i64,
+    trace_id: TraceId,
+    span_id: SpanId,
+    links: &[Link],
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO span_links (source_row, source_trace, source_span, target_trace, target_span, link_type)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for l in cross_links(trace_id, span_id, links) {
+        stmt.execute(params![
+            row,
+            l.from_trace.as_bytes().as_slice(),
+            l.from_span.as_bytes().as_slice(),
+            l.to_trace.as_bytes().as_slice(),
+            l.to_span.as_bytes().as_slice(),
+            l.link_type.code(),
+        ])?;
+    }
     Ok(())
 }
 
@@ -503,12 +575,14 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
                  start_ns = excluded.start_ns, end_ns = excluded.end_ns,
                  duration_ns = excluded.duration_ns, status = excluded.status,
                  status_message = excluded.status_message, attributes = excluded.attributes,
-                 events = excluded.events, links = excluded.links",
+                 events = excluded.events, links = excluded.links
+             RETURNING id",
         )?;
+        let mut unlink = tx.prepare_cached("DELETE FROM span_links WHERE source_row = ?1")?;
         let mut names: std::collections::HashMap<(&str, &str, u8, i64), (i64, i64)> =
             std::collections::HashMap::new();
         for (span, id) in batches.flatten().zip(first_id..) {
-            stmt.execute(params![
+            let row: i64 = stmt.query_row(params![
                 id,
                 span.trace_id.as_bytes().as_slice(),
                 span.span_id.as_bytes().as_slice(),
@@ -524,7 +598,12 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
                 json_or_null(&span.attributes, Attributes::is_empty)?,
                 json_or_null(&span.events, Vec::is_empty)?,
                 json_or_null(&span.links, Vec::is_empty)?,
-            ])?;
+            ], |r| r.get(0))?;
+            if row != id {
+                // A rewrite kept its old row: its old links go, the new ones are indexed.
+                unlink.execute([row])?;
+            }
+            insert_links(&tx, row, span.trace_id, span.span_id, &span.links)?;
             let start = span.start_time.unix_nanos();
             let e = names
                 .entry((
@@ -570,10 +649,20 @@ fn purge_chunk(conn: &mut Connection, cutoff: Timestamp) -> Result<usize> {
          ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
         [],
     )?;
-    let n = tx.execute(
-        "DELETE FROM spans WHERE id IN (SELECT id FROM spans WHERE start_ns < ?1 ORDER BY start_ns LIMIT ?2)",
-        params![cutoff.unix_nanos(), PURGE_CHUNK as i64],
-    )?;
+    let deleted: Vec<i64> = tx
+        .prepare(
+            "DELETE FROM spans WHERE id IN (SELECT id FROM spans WHERE start_ns < ?1 ORDER BY start_ns LIMIT ?2) RETURNING id",
+        )?
+        .query_map(params![cutoff.unix_nanos(), PURGE_CHUNK as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let n = deleted.len();
+    {
+        // The links the purged spans declared leave the reverse index with them.
+        let mut unlink = tx.prepare_cached("DELETE FROM span_links WHERE source_row = ?1")?;
+        for id in &deleted {
+            unlink.execute([id])?;
+        }
+    }
     tx.execute(
         "DELETE FROM span_names WHERE last_ns < ?1",
         [cutoff.unix_nanos()],
@@ -706,6 +795,24 @@ fn span_filters(q: &TraceQuery, snapshot: i64) -> (String, Vec<Value>) {
             n - 1
         ));
     }
+    if let Some(t) = q.linked_trace {
+        args.push(Value::Blob(t.as_bytes().to_vec()));
+        sql.push_str(&format!(
+            " AND id IN (SELECT source_row FROM span_links WHERE target_trace = ?{})",
+            args.len()
+        ));
+    }
+    if let Some(svc) = &q.linked_service {
+        // The linked span must be in the snapshot too (`?1`), or a later page could see a
+        // link the first one did not.
+        args.push(Value::Text(svc.clone()));
+        sql.push_str(&format!(
+            " AND id IN (SELECT l.source_row FROM span_links l JOIN spans t \
+             ON t.trace_id = l.target_trace AND t.span_id = l.target_span \
+             WHERE t.id <= ?1 AND t.service = ?{})",
+            args.len()
+        ));
+    }
     (sql, args)
 }
 
@@ -817,6 +924,85 @@ fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<SearchPage> {
         traces: page.into_iter().map(|(s, _)| s).collect(),
         next_cursor,
     })
+}
+
+/// Most trace ids bound in one `IN (...)` list.
+const IN_CHUNK: usize = 500;
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+fn blob_args(ids: &[TraceId]) -> Vec<Value> {
+    ids.iter()
+        .map(|t| Value::Blob(t.as_bytes().to_vec()))
+        .collect()
+}
+
+fn summaries_sync(conn: &Connection, ids: &[TraceId]) -> Result<Vec<TraceSummary>> {
+    let tx = conn.unchecked_transaction()?;
+    let mut out = Vec::with_capacity(ids.len());
+    // Each is an index range on (trace_id, span_id); one read transaction for all.
+    for id in ids {
+        if let Some(s) = trace_summary(&tx, *id)? {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+fn decode_link(r: &rusqlite::Row<'_>) -> Result<CrossLink> {
+    let corrupt = |what: &str| Error::Corrupt(format!("bad {what} in span_links"));
+    let trace =
+        |i: usize| -> Result<TraceId> { TraceId::from_slice(r.get_ref(i)?.as_blob()?).map_err(|_| corrupt("trace id")) };
+    let span =
+        |i: usize| -> Result<SpanId> { SpanId::from_slice(r.get_ref(i)?.as_blob()?).map_err(|_| corrupt("span id")) };
+    Ok(CrossLink {
+        from_trace: trace(0)?,
+        from_span: span(1)?,
+        to_trace: trace(2)?,
+        to_span: span(3)?,
+        link_type: datatracing_core::LinkType::from_code(r.get(4)?)
+            .ok_or_else(|| corrupt("link type"))?,
+    })
+}
+
+/// Links out of (`from`) or into (`!from`) the traces, in chunks of `IN_CHUNK` ids.
+fn links_sync(
+    conn: &Connection,
+    ids: &[TraceId],
+    limit: usize,
+    from: bool,
+) -> Result<Vec<CrossLink>> {
+    let tx = conn.unchecked_transaction()?;
+    let mut out = std::collections::BTreeSet::new();
+    for chunk in ids.chunks(IN_CHUNK) {
+        let sql = if from {
+            // Through the spans' (trace_id, span_id) index to their rows' links.
+            format!(
+                "SELECT DISTINCT l.source_trace, l.source_span, l.target_trace, l.target_span, l.link_type \
+                 FROM spans s JOIN span_links l ON l.source_row = s.id WHERE s.trace_id IN ({}) LIMIT {}",
+                placeholders(chunk.len()),
+                limit.saturating_sub(out.len())
+            )
+        } else {
+            format!(
+                "SELECT DISTINCT source_trace, source_span, target_trace, target_span, link_type \
+                 FROM span_links WHERE target_trace IN ({}) LIMIT {}",
+                placeholders(chunk.len()),
+                limit.saturating_sub(out.len())
+            )
+        };
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(blob_args(chunk)))?;
+        while let Some(r) = rows.next()? {
+            out.insert(decode_link(r)?);
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out.into_iter().take(limit).collect())
 }
 
 /// `WHERE` conditions selecting `span_names` rows that overlap a window.
@@ -965,6 +1151,33 @@ impl TraceReader for EmbeddedStore {
         let (w, service) = (*window, service.to_string());
         Ok(self
             .with_reader(move |c| operations_sync(c, &service, &w, limit))
+            .await?)
+    }
+
+    async fn summaries(&self, traces: &[TraceId]) -> datatracing_store::Result<Vec<TraceSummary>> {
+        let ids = traces.to_vec();
+        Ok(self.with_reader(move |c| summaries_sync(c, &ids)).await?)
+    }
+
+    async fn links_from(
+        &self,
+        traces: &[TraceId],
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<CrossLink>> {
+        let ids = traces.to_vec();
+        Ok(self
+            .with_reader(move |c| links_sync(c, &ids, limit, true))
+            .await?)
+    }
+
+    async fn links_to(
+        &self,
+        traces: &[TraceId],
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<CrossLink>> {
+        let ids = traces.to_vec();
+        Ok(self
+            .with_reader(move |c| links_sync(c, &ids, limit, false))
             .await?)
     }
 }

@@ -13,13 +13,36 @@
 //! (`datatracing-store-contract`, a dev-dependency only).
 
 mod error;
+pub mod lineage;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datatracing_core::{Operation, SearchPage, Span, TimeWindow, TraceId, TraceQuery};
+use datatracing_core::{
+    Link, Operation, SearchPage, Span, SpanId, TimeWindow, TraceId, TraceQuery, TraceSummary,
+};
 
 pub use error::{Error, Result};
+pub use lineage::{CrossLink, Direction, Lineage, LineageLimits, LineageNode, lineage};
+
+/// The links of one span that point into other traces (links within its own trace are
+/// edges of its DAG, not lineage), as the stores index them.
+pub fn cross_links<'a>(
+    trace_id: TraceId,
+    span_id: SpanId,
+    links: &'a [Link],
+) -> impl Iterator<Item = CrossLink> + 'a {
+    links
+        .iter()
+        .filter(move |l| l.trace_id != trace_id)
+        .map(move |l| CrossLink {
+            from_trace: trace_id,
+            from_span: span_id,
+            to_trace: l.trace_id,
+            to_span: l.span_id,
+            link_type: l.link_type,
+        })
+}
 
 /// A trace read with a span limit.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,4 +127,17 @@ pub trait TraceReader: Health {
         window: &TimeWindow,
         limit: usize,
     ) -> Result<Vec<Operation>>;
+
+    /// Summaries of those of `traces` that have stored spans, in any order (one batched
+    /// read, not one per trace where the backend can avoid it).
+    async fn summaries(&self, traces: &[TraceId]) -> Result<Vec<TraceSummary>>;
+
+    /// The links to other traces that spans of `traces` declare (see [`cross_links`]), each
+    /// stored link once, at most `limit` (which ones when there are more is unspecified).
+    async fn links_from(&self, traces: &[TraceId], limit: usize) -> Result<Vec<CrossLink>>;
+
+    /// The links from spans of other traces to spans of `traces`, read from the backend's
+    /// reverse-link index (kept on write, purged with the spans that declared them), each
+    /// stored link once, at most `limit`.
+    async fn links_to(&self, traces: &[TraceId], limit: usize) -> Result<Vec<CrossLink>>;
 }

@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use async_trait::async_trait;
 use axum::Router;
 use datatracing_collector::{Collector, CollectorConfig};
-use datatracing_core::{Operation, SearchPage, Span, TimeWindow, TraceId, TraceQuery};
+use datatracing_core::{
+    Operation, SearchPage, Span, TimeWindow, TraceId, TraceQuery, TraceSummary,
+};
 use datatracing_http::{HttpMetrics, Readiness};
-use datatracing_store::{CappedTrace, Health, TraceReader, TraceWriter};
+use datatracing_store::{CappedTrace, CrossLink, Health, TraceReader, TraceWriter};
 use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
@@ -93,6 +95,25 @@ impl TraceReader for FaultyStore {
         limit: usize,
     ) -> datatracing_store::Result<Vec<Operation>> {
         self.inner.operations(service, w, limit).await
+    }
+    async fn summaries(&self, traces: &[TraceId]) -> datatracing_store::Result<Vec<TraceSummary>> {
+        self.inner.summaries(traces).await
+    }
+
+    async fn links_from(
+        &self,
+        traces: &[TraceId],
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<CrossLink>> {
+        self.inner.links_from(traces, limit).await
+    }
+
+    async fn links_to(
+        &self,
+        traces: &[TraceId],
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<CrossLink>> {
+        self.inner.links_to(traces, limit).await
     }
 }
 

@@ -1,0 +1,266 @@
+//! Lineage across traces: the graph of traces connected through `FOLLOWS_FROM` and
+//! `DATA_DEPENDENCY` links, walked breadth first from one trace over any [`TraceReader`].
+//!
+//! Upstream follows the links a trace's spans declare (to the traces it consumed or
+//! continued); downstream follows them backwards, through the backends' reverse-link index
+//! (the traces whose spans link to it). Each level costs one batched lookup of links and one
+//! of summaries, whatever its width, and the walk stops at a depth and a node count: when
+//! either bound leaves links unexplored the result says `truncated`. Visited traces are never
+//! expanded twice, so cycles end the walk instead of looping; the edge that closes a cycle is
+//! still reported. A link to a trace that is not stored (dangling) gives a node without a
+//! summary.
+
+use std::collections::{HashMap, HashSet};
+
+use datatracing_core::{LinkType, SpanId, TraceId, TraceSummary};
+use serde::Serialize;
+
+use crate::{Result, TraceReader};
+
+/// One link from a span of one trace to a span of another, as the stores index it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct CrossLink {
+    /// The trace of the span that declared the link (the consumer, downstream side).
+    pub from_trace: TraceId,
+    /// The span that declared the link.
+    pub from_span: SpanId,
+    /// The linked trace (the producer, upstream side).
+    pub to_trace: TraceId,
+    /// The linked span.
+    pub to_span: SpanId,
+    /// How the spans relate.
+    #[serde(rename = "type")]
+    pub link_type: LinkType,
+}
+
+impl CrossLink {
+    /// Whether the link carries lineage (`FOLLOWS_FROM`, `DATA_DEPENDENCY`); `CHILD_OF`
+    /// links are extra parents, not lineage.
+    pub fn is_lineage(&self) -> bool {
+        matches!(
+            self.link_type,
+            LinkType::FollowsFrom | LinkType::DataDependency
+        )
+    }
+}
+
+/// Which way to walk from the root trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// To the traces the root links to, and theirs, and so on.
+    Upstream,
+    /// To the traces that link to the root, and to them, and so on.
+    Downstream,
+    /// Both walks from the root (not the whole connected component: a sibling that shares
+    /// an upstream trace with the root is not included).
+    Both,
+}
+
+impl Direction {
+    /// The name used in requests and responses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Upstream => "upstream",
+            Direction::Downstream => "downstream",
+            Direction::Both => "both",
+        }
+    }
+}
+
+impl std::str::FromStr for Direction {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "upstream" => Ok(Direction::Upstream),
+            "downstream" => Ok(Direction::Downstream),
+            "both" => Ok(Direction::Both),
+            other => Err(format!(
+                "direction must be upstream, downstream or both, got {:?}",
+                other.chars().take(32).collect::<String>()
+            )),
+        }
+    }
+}
+
+/// The bounds of one lineage walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineageLimits {
+    /// Most link hops from the root.
+    pub max_depth: usize,
+    /// Most traces in the graph, the root included.
+    pub max_nodes: usize,
+}
+
+/// A trace in a lineage graph.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LineageNode {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// Link hops from the root (0 for the root), the fewest over both walks.
+    pub depth: usize,
+    /// Whether any span of the trace is stored; `false` for a dangling link target.
+    pub stored: bool,
+    /// The trace's summary when stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<TraceSummary>,
+}
+
+/// The traces around a root and the links between them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lineage {
+    /// The trace the walk started from.
+    pub root: TraceId,
+    /// The direction walked.
+    pub direction: Direction,
+    /// The depth bound used.
+    pub depth: usize,
+    /// Traces, by depth then trace id; the root first.
+    pub nodes: Vec<LineageNode>,
+    /// Lineage links between traces of `nodes`, sorted, each once.
+    pub edges: Vec<CrossLink>,
+    /// Whether the depth bound, the node bound or the per-level link bound left links
+    /// unexplored: there is more lineage than this graph shows.
+    pub truncated: bool,
+}
+
+/// Most links one level of the walk reads; more leaves the graph `truncated`.
+pub const MAX_LINKS_PER_LEVEL: usize = 10_000;
+
+/// Walks the lineage of `root`. `None` when the root trace is not stored.
+pub async fn lineage(
+    reader: &dyn TraceReader,
+    root: TraceId,
+    direction: Direction,
+    limits: LineageLimits,
+) -> Result<Option<Lineage>> {
+    let Some(root_summary) = reader.summaries(&[root]).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    let mut walk = Walk {
+        reader,
+        limits,
+        depth_of: HashMap::from([(root, 0)]),
+        summaries: HashMap::from([(root, root_summary)]),
+        edges: HashSet::new(),
+        truncated: false,
+    };
+    if matches!(direction, Direction::Upstream | Direction::Both) {
+        walk.run(root, true).await?;
+    }
+    if matches!(direction, Direction::Downstream | Direction::Both) {
+        walk.run(root, false).await?;
+    }
+    let mut nodes: Vec<LineageNode> = walk
+        .depth_of
+        .iter()
+        .map(|(id, depth)| LineageNode {
+            trace_id: *id,
+            depth: *depth,
+            stored: walk.summaries.contains_key(id),
+            summary: walk.summaries.get(id).cloned(),
+        })
+        .collect();
+    nodes.sort_by_key(|n| (n.depth, n.trace_id));
+    let mut edges: Vec<CrossLink> = walk.edges.into_iter().collect();
+    edges.sort();
+    Ok(Some(Lineage {
+        root,
+        direction,
+        depth: limits.max_depth,
+        nodes,
+        edges,
+        truncated: walk.truncated,
+    }))
+}
+
+struct Walk<'a> {
+    reader: &'a dyn TraceReader,
+    limits: LineageLimits,
+    /// Every node of the graph with its depth.
+    depth_of: HashMap<TraceId, usize>,
+    summaries: HashMap<TraceId, TraceSummary>,
+    edges: HashSet<CrossLink>,
+    truncated: bool,
+}
+
+impl Walk<'_> {
+    /// One breadth-first walk from `root`, upstream or downstream. Its own `visited` set
+    /// lets the second walk of `both` pass through nodes the first one found.
+    async fn run(&mut self, root: TraceId, upstream: bool) -> Result<()> {
+        let mut visited = HashSet::from([root]);
+        let mut frontier = vec![root];
+        let mut level = 0;
+        while !frontier.is_empty() {
+            // One level past the depth bound is read only to learn whether the bound cut
+            // something, and to report edges among nodes already in the graph.
+            let beyond = level == self.limits.max_depth;
+            let links = if upstream {
+                self.reader
+                    .links_from(&frontier, MAX_LINKS_PER_LEVEL + 1)
+                    .await?
+            } else {
+                self.reader
+                    .links_to(&frontier, MAX_LINKS_PER_LEVEL + 1)
+                    .await?
+            };
+            if links.len() > MAX_LINKS_PER_LEVEL {
+                self.truncated = true;
+            }
+            let mut next = Vec::new();
+            for link in links.into_iter().take(MAX_LINKS_PER_LEVEL) {
+                if !link.is_lineage() || link.from_trace == link.to_trace {
+                    continue;
+                }
+                let other = if upstream {
+                    link.to_trace
+                } else {
+                    link.from_trace
+                };
+                if !visited.contains(&other) {
+                    let known = self.depth_of.contains_key(&other);
+                    if !known && (beyond || self.depth_of.len() >= self.limits.max_nodes) {
+                        self.truncated = true;
+                        continue;
+                    }
+                    if !beyond {
+                        visited.insert(other);
+                        let d = self.depth_of.entry(other).or_insert(level + 1);
+                        *d = (*d).min(level + 1);
+                        next.push(other);
+                    }
+                }
+                self.edges.insert(link);
+            }
+            if beyond {
+                break;
+            }
+            let unknown: Vec<TraceId> = next
+                .iter()
+                .copied()
+                .filter(|t| !self.summaries.contains_key(t))
+                .collect();
+            if !unknown.is_empty() {
+                for s in self.reader.summaries(&unknown).await? {
+                    self.summaries.insert(s.trace_id, s);
+                }
+            }
+            frontier = next;
+            level += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directions_parse() {
+        for d in [Direction::Upstream, Direction::Downstream, Direction::Both] {
+            assert_eq!(d.as_str().parse::<Direction>(), Ok(d));
+        }
+        assert!("sideways".parse::<Direction>().unwrap_err().contains("upstream"));
+    }
+}
