@@ -66,10 +66,10 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
         again.applied.is_empty(),
         "second migrate applies nothing: {again:?}"
     );
-    assert_eq!(again.version, 2);
+    assert_eq!(again.version, 3);
 
     let initial = admin.retention().await.unwrap();
-    assert_eq!(initial.len(), 4);
+    assert_eq!(initial.len(), 5);
     assert!(initial.iter().all(|t| t.days == Some(7)), "{initial:?}");
 
     let report = admin.set_retention(30).await.unwrap();
@@ -79,13 +79,14 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
             "spans".to_string(),
             "span_index".to_string(),
             "trace_bounds".to_string(),
-            "span_names".to_string()
+            "span_names".to_string(),
+            "span_links".to_string()
         ]
     );
     assert!(report.unchanged.is_empty());
     let report = admin.set_retention(30).await.unwrap();
     assert!(report.changed.is_empty(), "idempotent: {report:?}");
-    assert_eq!(report.unchanged.len(), 4);
+    assert_eq!(report.unchanged.len(), 5);
     assert!(
         admin
             .retention()
@@ -96,7 +97,13 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
     );
 
     let client = clickhouse_client(&store);
-    for table in ["spans", "span_index", "trace_bounds", "span_names"] {
+    for table in [
+        "spans",
+        "span_index",
+        "trace_bounds",
+        "span_names",
+        "span_links",
+    ] {
         let ddl: String = client
             .query(&format!("SHOW CREATE TABLE {db}.{table}"))
             .fetch_one::<String>()
@@ -411,12 +418,19 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
     a.kind = SpanKind::Ingest;
     let b = simple_span(t, 2, Some(1), "legacy", now.saturating_add_nanos(1), 5);
     let t2 = fresh_trace_id();
-    let c = simple_span(t2, 1, None, "legacy", now.saturating_add_nanos(2), 5);
-    old_writer.write(vec![a, b, c].into()).await.unwrap();
+    let mut c = simple_span(t2, 1, None, "legacy", now.saturating_add_nanos(2), 5);
+    // A link stored before the reverse-link index existed: migration 3 indexes it.
+    c.links = vec![datatracing_core::Link {
+        trace_id: t,
+        span_id: b.span_id,
+        link_type: datatracing_core::LinkType::DataDependency,
+        attributes: Default::default(),
+    }];
+    old_writer.write(vec![a, b.clone(), c].into()).await.unwrap();
     old_writer.close().await.unwrap();
 
     let report = admin.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![2]);
+    assert_eq!(report.applied, vec![2, 3]);
     let reader = ClickHouseReader::open(config, ClickHouseMetrics::unregistered())
         .await
         .unwrap();
@@ -460,6 +474,21 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
         "old index rows are in every snapshot"
     );
     assert!(second.next_cursor.is_none());
+    let backfilled = reader.links_to(&[t], 10).await.unwrap();
+    assert_eq!(backfilled.len(), 1, "{backfilled:?}");
+    assert_eq!(
+        (backfilled[0].from_trace, backfilled[0].to_span),
+        (t2, b.span_id)
+    );
+    let found = reader
+        .search(&TraceQuery {
+            linked_trace: Some(t),
+            ..TraceQuery::with_limit(10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.traces.len(), 1);
+    assert_eq!(found.traces[0].trace_id, t2);
 }
 
 /// Whether a database exists, asked without one (a reader must not have created it).
