@@ -2,7 +2,7 @@
 //! retention, read-only mode, and the query timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use datatracing_core::{ConfigDuration, Timestamp};
+use datatracing_core::{ConfigDuration, LinkType, Timestamp};
 use datatracing_store::{TraceReader, TraceWriter};
 use datatracing_store_contract::{Fixture, fresh_trace_id, simple_span};
 use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, Error, OpenMode};
@@ -319,8 +319,8 @@ fn write_v1_database(dir: &std::path::Path, spans: &[datatracing_core::Span]) {
     .unwrap();
     for s in spans {
         conn.execute(
-            "INSERT INTO spans (trace_id, span_id, service, operation, kind, start_ns, end_ns, duration_ns, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+            "INSERT INTO spans (trace_id, span_id, service, operation, kind, start_ns, end_ns, duration_ns, status, links)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
             rusqlite::params![
                 s.trace_id.as_bytes().as_slice(),
                 s.span_id.as_bytes().as_slice(),
@@ -329,7 +329,8 @@ fn write_v1_database(dir: &std::path::Path, spans: &[datatracing_core::Span]) {
                 s.kind.code(),
                 s.start_time.unix_nanos(),
                 s.end_time.unix_nanos(),
-                s.duration_nanos()
+                s.duration_nanos(),
+                (!s.links.is_empty()).then(|| serde_json::to_string(&s.links).unwrap()),
             ],
         )
         .unwrap();
@@ -344,7 +345,10 @@ async fn a_version_1_directory_is_migrated_and_its_names_indexed() {
     let now = Timestamp::now();
     let mut a = simple_span(t, 1, None, "legacy", now, 5);
     a.kind = SpanKind::Ingest;
-    let b = simple_span(t, 2, Some(1), "legacy", now, 5);
+    let mut b = simple_span(t, 2, Some(1), "legacy", now, 5);
+    // A link stored before the reverse-link index existed: schema 3 indexes it.
+    let upstream = fresh_trace_id();
+    b.links = vec![link(upstream, 9, LinkType::DataDependency)];
     write_v1_database(dir.path(), &[a, b]);
 
     // A standalone query process cannot read it until a collector upgraded it.
@@ -362,6 +366,9 @@ async fn a_version_1_directory_is_migrated_and_its_names_indexed() {
         store.services(&all, 100).await.unwrap(),
         vec!["legacy".to_string()]
     );
+    let backfilled = store.links_to(&[upstream], 10).await.unwrap();
+    assert_eq!(backfilled.len(), 1, "{backfilled:?}");
+    assert_eq!(backfilled[0].from_trace, t);
     assert_eq!(
         store.operations("legacy", &all, 100).await.unwrap(),
         vec![
@@ -485,4 +492,76 @@ async fn purged_row_ids_are_never_reused_so_cursors_stay_exact() {
     let ids: Vec<_> = second.traces.iter().map(|s| s.trace_id).collect();
     assert_eq!(ids, vec![r2], "only what the first page's snapshot held");
     assert!(second.next_cursor.is_none());
+}
+
+fn link(trace_id: datatracing_core::TraceId, span: u64, link_type: LinkType) -> datatracing_core::Link {
+    datatracing_core::Link {
+        trace_id,
+        span_id: datatracing_store_contract::span_id(span),
+        link_type,
+        attributes: Default::default(),
+    }
+}
+
+fn span_links_rows(dir: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("traces.db")).unwrap();
+    conn.query_row("SELECT count(*) FROM span_links", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The reverse-link index follows the spans: a rewritten span's links replace its old ones,
+/// and retention deletes the links of the spans it purges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reverse_link_index_follows_rewrites_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig {
+        retention: ConfigDuration::from_secs(0),
+        ..EmbeddedConfig::new(dir.path())
+    };
+    let store = EmbeddedStore::open(config, OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    let (target, other) = (fresh_trace_id(), fresh_trace_id());
+    let (old, new) = (fresh_trace_id(), fresh_trace_id());
+    let now = Timestamp::now();
+    let day = 86_400_000_000_000i64;
+    let mut o = simple_span(old, 1, None, "svc", now.saturating_add_nanos(-10 * day), 5);
+    o.links = vec![link(target, 1, LinkType::FollowsFrom)];
+    let mut n = simple_span(new, 1, None, "svc", now, 5);
+    n.links = vec![
+        link(target, 1, LinkType::FollowsFrom),
+        link(new, 2, LinkType::FollowsFrom),
+    ];
+    store.write(vec![o, n.clone()].into()).await.unwrap();
+    assert_eq!(store.links_to(&[target], 10).await.unwrap().len(), 2);
+    assert_eq!(span_links_rows(dir.path()), 2, "a link within the trace is not indexed");
+
+    // A retry of the same span indexes nothing twice; a corrected span moves its link.
+    store.write(vec![n.clone()].into()).await.unwrap();
+    assert_eq!(span_links_rows(dir.path()), 2);
+    n.links = vec![link(other, 1, LinkType::DataDependency)];
+    store.write(vec![n].into()).await.unwrap();
+    let to_target = store.links_to(&[target], 10).await.unwrap();
+    assert_eq!(to_target.len(), 1);
+    assert_eq!(to_target[0].from_trace, old);
+    assert_eq!(store.links_to(&[other], 10).await.unwrap()[0].from_trace, new);
+
+    let purged = store
+        .purge_older_than(now.saturating_add_nanos(-day))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert!(store.links_to(&[target], 10).await.unwrap().is_empty());
+    assert_eq!(span_links_rows(dir.path()), 1, "only the kept span's link remains");
+    assert!(
+        store
+            .search(&datatracing_core::TraceQuery {
+                linked_trace: Some(target),
+                ..datatracing_core::TraceQuery::with_limit(10)
+            })
+            .await
+            .unwrap()
+            .traces
+            .is_empty()
+    );
 }
