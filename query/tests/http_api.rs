@@ -590,3 +590,197 @@ async fn a_zero_trace_span_limit_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("max_trace_spans"), "{err}");
 }
+
+fn follows(trace_id: datatracing_core::TraceId, span: u64) -> Link {
+    Link {
+        trace_id,
+        span_id: span_id(span),
+        link_type: LinkType::FollowsFrom,
+        attributes: Attributes::new(),
+    }
+}
+
+/// A chain producer <- consumer <- report (each follows from the previous one) and a link
+/// from the producer to a trace that is not stored.
+async fn write_chain(
+    store: &EmbeddedStore,
+) -> (
+    datatracing_core::TraceId,
+    datatracing_core::TraceId,
+    datatracing_core::TraceId,
+    datatracing_core::TraceId,
+) {
+    let (producer, consumer, report, gone) = (
+        fresh_trace_id(),
+        fresh_trace_id(),
+        fresh_trace_id(),
+        fresh_trace_id(),
+    );
+    let t0 = Timestamp::now();
+    let mut p = simple_span(producer, 1, None, "ingest", t0, 100);
+    p.links = vec![follows(gone, 1)];
+    let mut c = simple_span(consumer, 1, None, "transform", t0.saturating_add_nanos(200), 100);
+    c.links = vec![follows(producer, 1)];
+    let mut r = simple_span(report, 1, None, "report", t0.saturating_add_nanos(400), 100);
+    r.links = vec![follows(consumer, 1)];
+    store.write(vec![p, c, r].into()).await.unwrap();
+    (producer, consumer, report, gone)
+}
+
+#[tokio::test]
+async fn lineage_endpoint_walks_links_with_bounds_and_markers() {
+    let mut config = QueryConfig::default();
+    config.lineage.max_nodes = 3;
+    config.lineage.default_depth = 1;
+    config.lineage.max_depth = 4;
+    let (_d, store, router) = setup_with(config).await;
+    let (producer, consumer, report, gone) = write_chain(&store).await;
+
+    let (status, body) = get(
+        &router,
+        &format!("/api/v1/traces/{producer}/lineage?direction=downstream&depth=4"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["root"], producer.to_string());
+    assert_eq!(body["direction"], "downstream");
+    assert_eq!(body["depth"], 4);
+    assert_eq!(body["truncated"], false, "{body}");
+    assert_eq!(body["max_nodes"], 3);
+    let nodes: Vec<(String, u64)> = body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["trace_id"].as_str().unwrap().to_string(),
+                n["depth"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        vec![
+            (producer.to_string(), 0),
+            (consumer.to_string(), 1),
+            (report.to_string(), 2)
+        ]
+    );
+    assert_eq!(body["nodes"][1]["summary"]["root_service"], "transform");
+    let edges = body["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), 2, "{body}");
+    assert!(edges.iter().any(|e| e["from_trace"] == consumer.to_string()
+        && e["to_trace"] == producer.to_string()
+        && e["type"] == "FOLLOWS_FROM"
+        && e["to_span"] == span_id(1).to_string()));
+
+    // The default depth (1) and direction (both): the consumer's neighbours only, cut.
+    let (status, body) = get(&router, &format!("/api/v1/traces/{consumer}/lineage")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["direction"], "both");
+    assert_eq!(body["depth"], 1);
+    assert_eq!(body["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(body["truncated"], true, "the producer's dangling link is past depth 1");
+
+    // Upstream from the report reaches the dangling trace only past the node cap (3).
+    let (_, body) = get(
+        &router,
+        &format!("/api/v1/traces/{report}/lineage?direction=upstream&depth=4"),
+    )
+    .await;
+    assert_eq!(body["nodes"].as_array().unwrap().len(), 3, "{body}");
+    assert_eq!(body["truncated"], true, "{body}");
+    assert!(!body.to_string().contains(&gone.to_string()));
+    // From the producer upstream, the dangling trace is a node without a summary.
+    let (_, body) = get(
+        &router,
+        &format!("/api/v1/traces/{producer}/lineage?direction=upstream"),
+    )
+    .await;
+    assert_eq!(body["nodes"][1]["trace_id"], gone.to_string(), "{body}");
+    assert_eq!(body["nodes"][1]["stored"], false);
+    assert!(body["nodes"][1].get("summary").is_none());
+}
+
+#[tokio::test]
+async fn lineage_errors_are_in_the_envelope() {
+    let (_d, store, router) = setup().await;
+    let (producer, _, _, gone) = write_chain(&store).await;
+    let (status, body) = get(&router, &format!("/api/v1/traces/{gone}/lineage")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    for (query, needle) in [
+        ("direction=sideways", "direction"),
+        ("direction=Upstream", "direction"),
+        ("depth=0", "depth"),
+        ("depth=-1", "depth"),
+        ("depth=11", "max_depth"),
+        ("depth=two", "depth"),
+        ("depth=99999999999999999999999", "depth"),
+        ("deep=2", "unknown parameter"),
+        ("depth=1&depth=2", "twice"),
+    ] {
+        let (status, body) = get(
+            &router,
+            &format!("/api/v1/traces/{producer}/lineage?{query}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_argument", "{query}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{query}: {message}");
+    }
+    let (status, body) = get(&router, "/api/v1/traces/xyz/lineage").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_argument");
+}
+
+#[tokio::test]
+async fn link_filters_in_the_query_string_and_the_body() {
+    let (_d, store, router) = setup().await;
+    let (producer, consumer, report, _) = write_chain(&store).await;
+    let (status, body) = get(&router, &format!("/api/v1/traces?linked_trace={producer}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ids(&body), vec![consumer.to_string()]);
+    let (_, body) = get(&router, "/api/v1/traces?linked_service=transform").await;
+    assert_eq!(ids(&body), vec![report.to_string()]);
+    let (_, body) = get(
+        &router,
+        &format!("/api/v1/traces?linked_trace={producer}&service=report"),
+    )
+    .await;
+    assert!(ids(&body).is_empty(), "filters combine on one span");
+    let (status, body) = post(
+        &router,
+        "/api/v1/traces/search",
+        serde_json::json!({"linked_service": "ingest", "limit": 5}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ids(&body), vec![consumer.to_string()]);
+    let (status, body) = post(
+        &router,
+        "/api/v1/traces/search",
+        serde_json::json!({"linked_trace": consumer.to_string()}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ids(&body), vec![report.to_string()]);
+
+    let (status, body) = get(&router, "/api/v1/traces?linked_trace=nothex").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("linked_trace"),
+        "{body}"
+    );
+    let (status, _) = post(
+        &router,
+        "/api/v1/traces/search",
+        serde_json::json!({"linked_trace": 5}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
