@@ -8,11 +8,11 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::routing::{get, post};
+use datatracing_config::LineageConfig;
 use datatracing_core::{
     AttributeFilter, DurationScope, MAX_NAMES, SearchCursor, SearchPage, SpanKind, TimeWindow,
     TraceDag, TraceId, TraceQuery, parse_duration_ns,
 };
-use datatracing_config::LineageConfig;
 use datatracing_http::ApiError;
 use datatracing_store::{Direction, LineageLimits, TraceReader};
 use serde::Deserialize;

@@ -619,7 +619,14 @@ async fn write_chain(
     let t0 = Timestamp::now();
     let mut p = simple_span(producer, 1, None, "ingest", t0, 100);
     p.links = vec![follows(gone, 1)];
-    let mut c = simple_span(consumer, 1, None, "transform", t0.saturating_add_nanos(200), 100);
+    let mut c = simple_span(
+        consumer,
+        1,
+        None,
+        "transform",
+        t0.saturating_add_nanos(200),
+        100,
+    );
     c.links = vec![follows(producer, 1)];
     let mut r = simple_span(report, 1, None, "report", t0.saturating_add_nanos(400), 100);
     r.links = vec![follows(consumer, 1)];
@@ -680,7 +687,10 @@ async fn lineage_endpoint_walks_links_with_bounds_and_markers() {
     assert_eq!(body["direction"], "both");
     assert_eq!(body["depth"], 1);
     assert_eq!(body["nodes"].as_array().unwrap().len(), 3);
-    assert_eq!(body["truncated"], true, "the producer's dangling link is past depth 1");
+    assert_eq!(
+        body["truncated"], true,
+        "the producer's dangling link is past depth 1"
+    );
 
     // Upstream from the report reaches the dangling trace only past the node cap (3).
     let (_, body) = get(

@@ -371,7 +371,9 @@ impl TraceReader for ClickHouseReader {
             .map_err(|e| self.query_error(e))?;
             for r in rows {
                 let links: Vec<Link> = serde_json::from_str(&r.links_json).map_err(|e| {
-                    self.query_error(Error::Client(format!("corrupt links in a stored span: {e}")))
+                    self.query_error(Error::Client(format!(
+                        "corrupt links in a stored span: {e}"
+                    )))
                 })?;
                 out.extend(cross_links(
                     TraceId::from_bytes(r.trace_id),
@@ -415,7 +417,9 @@ impl TraceReader for ClickHouseReader {
             .map_err(|e| self.query_error(e))?;
             for r in rows {
                 let link_type = r.link_type.parse::<LinkType>().map_err(|e| {
-                    self.query_error(Error::Client(format!("corrupt link type in span_links: {e}")))
+                    self.query_error(Error::Client(format!(
+                        "corrupt link type in span_links: {e}"
+                    )))
                 })?;
                 out.insert(CrossLink {
                     from_trace: TraceId::from_bytes(r.source_trace_id),

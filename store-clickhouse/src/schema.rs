@@ -559,7 +559,9 @@ mod tests {
         assert_eq!(m.len(), 3);
         let v3 = &m[2].statements;
         assert!(v3[0].contains("ORDER BY (target_trace_id, source_trace_id, source_span_id)"));
-        assert!(v3[1].contains("TO dt.span_links AS") && v3[1].contains("FROM dt.spans ARRAY JOIN"));
+        assert!(
+            v3[1].contains("TO dt.span_links AS") && v3[1].contains("FROM dt.spans ARRAY JOIN")
+        );
         assert!(v3[2].starts_with("INSERT INTO dt.span_links "), "backfill");
         let v2 = &m[1].statements;
         assert!(v2[0].contains("ORDER BY (service, operation, kind, hour)"));

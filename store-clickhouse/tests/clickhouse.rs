@@ -426,7 +426,10 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
         link_type: datatracing_core::LinkType::DataDependency,
         attributes: Default::default(),
     }];
-    old_writer.write(vec![a, b.clone(), c].into()).await.unwrap();
+    old_writer
+        .write(vec![a, b.clone(), c].into())
+        .await
+        .unwrap();
     old_writer.close().await.unwrap();
 
     let report = admin.migrate().await.unwrap();

@@ -1343,7 +1343,10 @@ async fn walk(
 }
 
 fn node_depths(l: &Lineage) -> Vec<(TraceId, usize, bool)> {
-    l.nodes.iter().map(|n| (n.trace_id, n.depth, n.stored)).collect()
+    l.nodes
+        .iter()
+        .map(|n| (n.trace_id, n.depth, n.stored))
+        .collect()
 }
 
 /// Four traces: B follows from A, C depends on B and on a trace that is not stored (X),
@@ -1394,25 +1397,22 @@ pub async fn lineage_walks_both_ways_through_cycles_and_dangling_links(store: St
     use LinkType::{DataDependency as Dd, FollowsFrom as Ff};
     let f = write_lineage_fixture(&store).await;
 
-    let raw = store
-        .reader
-        .links_to(&[f.a], 100)
-        .await
-        .expect("links_to");
+    let raw = store.reader.links_to(&[f.a], 100).await.expect("links_to");
     assert_eq!(
         raw.len(),
         2,
         "the reverse index holds B's FOLLOWS_FROM and D's CHILD_OF, not A's own link: {raw:?}"
     );
-    let from_c = store.reader.links_from(&[f.c], 100).await.expect("links_from");
-    assert_eq!(
-        from_c,
-        {
-            let mut v = vec![edge(f.c, 1, f.b, 1, Dd), edge(f.c, 1, f.x, 7, Dd)];
-            v.sort();
-            v
-        }
-    );
+    let from_c = store
+        .reader
+        .links_from(&[f.c], 100)
+        .await
+        .expect("links_from");
+    assert_eq!(from_c, {
+        let mut v = vec![edge(f.c, 1, f.b, 1, Dd), edge(f.c, 1, f.x, 7, Dd)];
+        v.sort();
+        v
+    });
 
     let down = walk(&store, f.a, Direction::Downstream, 5, 100).await;
     assert_eq!(
@@ -1426,14 +1426,25 @@ pub async fn lineage_walks_both_ways_through_cycles_and_dangling_links(store: St
         edge(f.a, 1, f.c, 1, Ff),
     ];
     want.sort();
-    assert_eq!(down.edges, want, "the cycle's closing edge is reported once");
+    assert_eq!(
+        down.edges, want,
+        "the cycle's closing edge is reported once"
+    );
     assert!(!down.truncated, "the cycle ended the walk, no bound did");
-    assert_eq!(down.nodes[0].summary.as_ref().map(|s| s.span_count), Some(2));
+    assert_eq!(
+        down.nodes[0].summary.as_ref().map(|s| s.span_count),
+        Some(2)
+    );
 
     let up = walk(&store, f.a, Direction::Upstream, 5, 100).await;
     let mut nodes = node_depths(&up);
     nodes.sort_by_key(|n| (n.1, n.0));
-    let mut want_nodes = vec![(f.a, 0, true), (f.c, 1, true), (f.b, 2, true), (f.x, 2, false)];
+    let mut want_nodes = vec![
+        (f.a, 0, true),
+        (f.c, 1, true),
+        (f.b, 2, true),
+        (f.x, 2, false),
+    ];
     want_nodes.sort_by_key(|n| (n.1, n.0));
     assert_eq!(nodes, want_nodes, "X is dangling: linked, not stored");
     assert!(up.nodes.iter().all(|n| n.stored == n.summary.is_some()));
@@ -1540,23 +1551,58 @@ pub async fn search_by_link_target_pages_with_cursors(store: StoreUnderTest<'_>)
     }
     // Links to the other trace, to a trace not stored, and within its own trace only.
     let to_other = fresh_trace_id();
-    let mut s = simple_span(to_other, 1, None, &consumer_svc, t0.saturating_add_nanos(50), 10);
+    let mut s = simple_span(
+        to_other,
+        1,
+        None,
+        &consumer_svc,
+        t0.saturating_add_nanos(50),
+        10,
+    );
     s.links = vec![link_to(other, 1, LinkType::FollowsFrom)];
     spans.push(s);
     let to_dangling = fresh_trace_id();
-    let mut s = simple_span(to_dangling, 1, None, &consumer_svc, t0.saturating_add_nanos(60), 10);
+    let mut s = simple_span(
+        to_dangling,
+        1,
+        None,
+        &consumer_svc,
+        t0.saturating_add_nanos(60),
+        10,
+    );
     s.links = vec![link_to(dangling, 1, LinkType::FollowsFrom)];
     spans.push(s);
     let self_linked = fresh_trace_id();
-    let mut s = simple_span(self_linked, 2, None, &producer_svc, t0.saturating_add_nanos(70), 10);
+    let mut s = simple_span(
+        self_linked,
+        2,
+        None,
+        &producer_svc,
+        t0.saturating_add_nanos(70),
+        10,
+    );
     s.links = vec![link_to(self_linked, 1, LinkType::FollowsFrom)];
     spans.push(s);
     spans.push(simple_span(self_linked, 1, None, &producer_svc, t0, 10));
     // The link and the ERROR status on different spans: no single span matches both.
     let split = fresh_trace_id();
-    let mut s = simple_span(split, 1, None, &consumer_svc, t0.saturating_add_nanos(80), 10);
+    let mut s = simple_span(
+        split,
+        1,
+        None,
+        &consumer_svc,
+        t0.saturating_add_nanos(80),
+        10,
+    );
     s.links = vec![link_to(target, 1, LinkType::FollowsFrom)];
-    let mut e = simple_span(split, 2, Some(1), &consumer_svc, t0.saturating_add_nanos(90), 10);
+    let mut e = simple_span(
+        split,
+        2,
+        Some(1),
+        &consumer_svc,
+        t0.saturating_add_nanos(90),
+        10,
+    );
     e.status = Status::new(StatusCode::Error);
     spans.extend([s, e]);
     store.write(spans.into()).await.expect("write");

@@ -440,7 +440,8 @@ fn migrate_span_links(conn: &Connection) -> Result<()> {
          DELETE FROM span_links;",
     )?;
     {
-        let mut read = tx.prepare("SELECT id, trace_id, span_id, links FROM spans WHERE links IS NOT NULL")?;
+        let mut read =
+            tx.prepare("SELECT id, trace_id, span_id, links FROM spans WHERE links IS NOT NULL")?;
         let mut rows = read.query([])?;
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
@@ -582,23 +583,26 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
         let mut names: std::collections::HashMap<(&str, &str, u8, i64), (i64, i64)> =
             std::collections::HashMap::new();
         for (span, id) in batches.flatten().zip(first_id..) {
-            let row: i64 = stmt.query_row(params![
-                id,
-                span.trace_id.as_bytes().as_slice(),
-                span.span_id.as_bytes().as_slice(),
-                span.parent_id.as_ref().map(|p| p.as_bytes().as_slice()),
-                span.service,
-                span.operation,
-                span.kind.code(),
-                span.start_time.unix_nanos(),
-                span.end_time.unix_nanos(),
-                span.duration_nanos(),
-                span.status.code.code(),
-                span.status.message,
-                json_or_null(&span.attributes, Attributes::is_empty)?,
-                json_or_null(&span.events, Vec::is_empty)?,
-                json_or_null(&span.links, Vec::is_empty)?,
-            ], |r| r.get(0))?;
+            let row: i64 = stmt.query_row(
+                params![
+                    id,
+                    span.trace_id.as_bytes().as_slice(),
+                    span.span_id.as_bytes().as_slice(),
+                    span.parent_id.as_ref().map(|p| p.as_bytes().as_slice()),
+                    span.service,
+                    span.operation,
+                    span.kind.code(),
+                    span.start_time.unix_nanos(),
+                    span.end_time.unix_nanos(),
+                    span.duration_nanos(),
+                    span.status.code.code(),
+                    span.status.message,
+                    json_or_null(&span.attributes, Attributes::is_empty)?,
+                    json_or_null(&span.events, Vec::is_empty)?,
+                    json_or_null(&span.links, Vec::is_empty)?,
+                ],
+                |r| r.get(0),
+            )?;
             if row != id {
                 // A rewrite kept its old row: its old links go, the new ones are indexed.
                 unlink.execute([row])?;
@@ -953,10 +957,12 @@ fn summaries_sync(conn: &Connection, ids: &[TraceId]) -> Result<Vec<TraceSummary
 
 fn decode_link(r: &rusqlite::Row<'_>) -> Result<CrossLink> {
     let corrupt = |what: &str| Error::Corrupt(format!("bad {what} in span_links"));
-    let trace =
-        |i: usize| -> Result<TraceId> { TraceId::from_slice(r.get_ref(i)?.as_blob()?).map_err(|_| corrupt("trace id")) };
-    let span =
-        |i: usize| -> Result<SpanId> { SpanId::from_slice(r.get_ref(i)?.as_blob()?).map_err(|_| corrupt("span id")) };
+    let trace = |i: usize| -> Result<TraceId> {
+        TraceId::from_slice(r.get_ref(i)?.as_blob()?).map_err(|_| corrupt("trace id"))
+    };
+    let span = |i: usize| -> Result<SpanId> {
+        SpanId::from_slice(r.get_ref(i)?.as_blob()?).map_err(|_| corrupt("span id"))
+    };
     Ok(CrossLink {
         from_trace: trace(0)?,
         from_span: span(1)?,

@@ -494,7 +494,11 @@ async fn purged_row_ids_are_never_reused_so_cursors_stay_exact() {
     assert!(second.next_cursor.is_none());
 }
 
-fn link(trace_id: datatracing_core::TraceId, span: u64, link_type: LinkType) -> datatracing_core::Link {
+fn link(
+    trace_id: datatracing_core::TraceId,
+    span: u64,
+    link_type: LinkType,
+) -> datatracing_core::Link {
     datatracing_core::Link {
         trace_id,
         span_id: datatracing_store_contract::span_id(span),
@@ -534,7 +538,11 @@ async fn the_reverse_link_index_follows_rewrites_and_retention() {
     ];
     store.write(vec![o, n.clone()].into()).await.unwrap();
     assert_eq!(store.links_to(&[target], 10).await.unwrap().len(), 2);
-    assert_eq!(span_links_rows(dir.path()), 2, "a link within the trace is not indexed");
+    assert_eq!(
+        span_links_rows(dir.path()),
+        2,
+        "a link within the trace is not indexed"
+    );
 
     // A retry of the same span indexes nothing twice; a corrected span moves its link.
     store.write(vec![n.clone()].into()).await.unwrap();
@@ -544,7 +552,10 @@ async fn the_reverse_link_index_follows_rewrites_and_retention() {
     let to_target = store.links_to(&[target], 10).await.unwrap();
     assert_eq!(to_target.len(), 1);
     assert_eq!(to_target[0].from_trace, old);
-    assert_eq!(store.links_to(&[other], 10).await.unwrap()[0].from_trace, new);
+    assert_eq!(
+        store.links_to(&[other], 10).await.unwrap()[0].from_trace,
+        new
+    );
 
     let purged = store
         .purge_older_than(now.saturating_add_nanos(-day))
@@ -552,7 +563,11 @@ async fn the_reverse_link_index_follows_rewrites_and_retention() {
         .unwrap();
     assert_eq!(purged, 1);
     assert!(store.links_to(&[target], 10).await.unwrap().is_empty());
-    assert_eq!(span_links_rows(dir.path()), 1, "only the kept span's link remains");
+    assert_eq!(
+        span_links_rows(dir.path()),
+        1,
+        "only the kept span's link remains"
+    );
     assert!(
         store
             .search(&datatracing_core::TraceQuery {

@@ -261,6 +261,11 @@ mod tests {
         for d in [Direction::Upstream, Direction::Downstream, Direction::Both] {
             assert_eq!(d.as_str().parse::<Direction>(), Ok(d));
         }
-        assert!("sideways".parse::<Direction>().unwrap_err().contains("upstream"));
+        assert!(
+            "sideways"
+                .parse::<Direction>()
+                .unwrap_err()
+                .contains("upstream")
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! `datatracing-clickhouse-bench`: load validation of the ClickHouse store.
 //!
 //! Generates pipeline traces (services, step kinds, 10 attributes per span, DATA_DEPENDENCY
-//! fan-in), writes them through `ClickHouseStore` (the production write path: batching,
+//! fan-in, and lineage across traces: each trace's root follows from the previous trace's
+//! last span, every fourth also depends on the trace three before), writes them through `ClickHouseStore` (the production write path: batching,
 //! RowBinary, LZ4, dedup tokens), then measures get-trace and search latencies through the
 //! store, storage per span from `system.parts`, and prints `EXPLAIN indexes = 1` for the two
 //! query shapes. See docs/clickhouse.md for the command and figures.
@@ -16,7 +17,7 @@ use datatracing_core::{
     AttributeFilter, AttributeValue, Attributes, Link, LinkType, MAX_NAMES, Span, SpanId, SpanKind,
     Status, StatusCode, TimeWindow, Timestamp, TraceId, TraceQuery,
 };
-use datatracing_store::{TraceReader, TraceWriter};
+use datatracing_store::{Direction, LineageLimits, TraceReader, TraceWriter, lineage};
 use datatracing_store_clickhouse::{ClickHouseConfig, ClickHouseMetrics, ClickHouseStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -146,6 +147,25 @@ fn make_trace(seed: u64, i: usize, n: usize, now: i64, traces: usize) -> Vec<Spa
                         attributes: Attributes::new(),
                     },
                 ]
+            } else if k == 0 && i > 0 {
+                // Lineage across traces: a chain, with a second upstream every fourth trace.
+                let last =
+                    |j: usize| SpanId::from_bytes((((j as u64) << 8) | n as u64).to_be_bytes());
+                let mut v = vec![Link {
+                    trace_id: trace_id(seed, i - 1),
+                    span_id: last(i - 1),
+                    link_type: LinkType::FollowsFrom,
+                    attributes: Attributes::new(),
+                }];
+                if i % 4 == 0 && i >= 3 {
+                    v.push(Link {
+                        trace_id: trace_id(seed, i - 3),
+                        span_id: last(i - 3),
+                        link_type: LinkType::DataDependency,
+                        attributes: Attributes::new(),
+                    });
+                }
+                v
             } else {
                 Vec::new()
             };
@@ -267,6 +287,19 @@ async fn main() -> anyhow::Result<()> {
         "| compression ratio | {:.1}x |",
         uncompressed as f64 / compressed.max(1) as f64
     );
+
+    for table in ["span_index", "span_links"] {
+        let (compressed, rows): (u64, u64) = raw
+            .query("SELECT sum(data_compressed_bytes), sum(rows) FROM system.parts WHERE database = ? AND table = ? AND active")
+            .bind(&a.database)
+            .bind(table)
+            .fetch_one()
+            .await?;
+        println!(
+            "| {table}: rows, compressed bytes, per million spans | {rows}, {compressed}, {:.0} |",
+            compressed as f64 * 1e6 / total.max(1) as f64
+        );
+    }
 
     let mut r = StdRng::seed_from_u64(a.seed ^ 0xABCD);
     let q = a.queries;
@@ -408,6 +441,40 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!(
         "| operations of a service, 1h window | {p50:.1} ms | {p99:.1} ms | {:.1} operations avg |",
+        hits as f64 / q as f64
+    );
+
+    for direction in [Direction::Upstream, Direction::Downstream, Direction::Both] {
+        let (p50, p99, hits) = measure(q, |i| {
+            let (store, id) = (store.clone(), ids[i]);
+            async move {
+                let limits = LineageLimits {
+                    max_depth: 3,
+                    max_nodes: 1000,
+                };
+                Ok(lineage(&store, id, direction, limits)
+                    .await?
+                    .map_or(0, |l| l.nodes.len()))
+            }
+        })
+        .await?;
+        println!(
+            "| lineage depth 3, {} | {p50:.1} ms | {p99:.1} ms | {:.1} traces avg |",
+            direction.as_str(),
+            hits as f64 / q as f64
+        );
+    }
+    let (p50, p99, hits) = measure(q, |i| {
+        let query = TraceQuery {
+            linked_trace: Some(ids[i]),
+            ..TraceQuery::with_limit(20)
+        };
+        let store = store.clone();
+        async move { Ok(store.search(&query).await?.traces.len()) }
+    })
+    .await?;
+    println!(
+        "| search: linked_trace=X (no time range) | {p50:.1} ms | {p99:.1} ms | {:.1} traces avg |",
         hits as f64 / q as f64
     );
 
