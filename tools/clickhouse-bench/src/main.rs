@@ -157,7 +157,7 @@ fn make_trace(seed: u64, i: usize, n: usize, now: i64, traces: usize) -> Vec<Spa
                     link_type: LinkType::FollowsFrom,
                     attributes: Attributes::new(),
                 }];
-                if i % 4 == 0 && i >= 3 {
+                if i.is_multiple_of(4) && i >= 3 {
                     v.push(Link {
                         trace_id: trace_id(seed, i - 3),
                         span_id: last(i - 3),
