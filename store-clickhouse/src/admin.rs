@@ -447,7 +447,8 @@ impl ClickHouseAdmin {
     /// Creates tables of the current schema that are missing although their migration is
     /// recorded (dropped by hand): every migration statement can run again (creates are
     /// `IF NOT EXISTS`, migration 2 drops the view it replaced with `IF EXISTS`, and its
-    /// backfill of the names index only widens min/max bounds, at the cost of one scan of
+    /// backfill of the names index only widens min/max bounds, migration 3's backfill of
+    /// the link index skips spans already indexed, each at the cost of one scan of
     /// `spans`), so running them all again only fills the gaps. Run after
     /// [`migrate`](Self::migrate).
     pub async fn recreate_missing(&self) -> Result<()> {

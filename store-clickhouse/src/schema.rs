@@ -24,6 +24,7 @@
 //! `span_links_mv` from the spans' `links_json` and filled once from `spans`. Downstream
 //! lineage and the `linked_trace` / `linked_service` filters read it. The view exists before
 //! the backfill runs, so spans inserted meanwhile may be indexed twice; reads deduplicate.
+//! The backfill skips spans whose links are indexed already, so it can run again.
 //!
 //! Clustered (`cluster` set): the same tables as `*_local` Replicated tables on every node,
 //! Distributed tables with the plain names in front (sharded by trace id so a trace lives on
@@ -279,10 +280,13 @@ impl Schema {
                  ENGINE = Distributed({cluster}, {db}, {links}, cityHash64(target_trace_id))"
             ));
         }
+        // Spans whose links are indexed already are skipped (a span's links are inserted
+        // together), so running it again (drift repair) adds nothing twice.
         out.push(format!(
-            "INSERT INTO {} (target_trace_id, target_span_id, source_trace_id, source_span_id, link_type, start_time)\n{}",
-            self.table("span_links"),
-            select(&self.table("spans"))
+            "INSERT INTO {links_t} (target_trace_id, target_span_id, source_trace_id, source_span_id, link_type, start_time)\n{}\n\
+             \x20 AND (trace_id, span_id) NOT IN (SELECT source_trace_id, source_span_id FROM {links_t})",
+            select(&self.table("spans")),
+            links_t = self.table("span_links"),
         ));
         out
     }
@@ -527,7 +531,9 @@ mod tests {
                     // the backfill of the names index only widens min/max bounds again.
                     let idempotent = s.contains(" IF NOT EXISTS ")
                         || s.starts_with("DROP TABLE IF EXISTS ")
-                        || s.starts_with(&format!("INSERT INTO {}.span_names", schema.database));
+                        || s.starts_with(&format!("INSERT INTO {}.span_names", schema.database))
+                        || (s.starts_with(&format!("INSERT INTO {}.span_links", schema.database))
+                            && s.contains(" NOT IN (SELECT source_trace_id, source_span_id"));
                     assert!(idempotent, "{s}");
                 }
             }

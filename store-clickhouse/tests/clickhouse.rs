@@ -492,6 +492,14 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
         .unwrap();
     assert_eq!(found.traces.len(), 1);
     assert_eq!(found.traces[0].trace_id, t2);
+    // Drift repair runs every migration statement again: the backfill adds nothing twice.
+    admin.recreate_missing().await.unwrap();
+    let rows: u64 = client
+        .query(&format!("SELECT count() FROM {db}.span_links"))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "one link, indexed once");
 }
 
 /// Whether a database exists, asked without one (a reader must not have created it).
