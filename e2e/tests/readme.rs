@@ -177,4 +177,29 @@ fn the_readme_tour_works_today_as_written() {
             .contains("4bf92f3577b34da6a3ce929d0e0e4736"),
         "the search for failing joins finds the tour's trace: {search}"
     );
+    let lineage = outputs
+        .iter()
+        .find(|o| o["root"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+        .expect("the tour asks for the fan-in trace's lineage");
+    let nodes: Vec<(&str, u64)> = lineage["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["trace_id"].as_str().unwrap(),
+                n["depth"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        vec![
+            ("4bf92f3577b34da6a3ce929d0e0e4736", 0),
+            ("5bf92f3577b34da6a3ce929d0e0e4736", 1)
+        ],
+        "the downstream trace is one hop downstream: {lineage}"
+    );
+    assert_eq!(lineage["edges"][0]["type"], "FOLLOWS_FROM", "{lineage}");
+    assert_eq!(lineage["truncated"], false, "{lineage}");
 }
