@@ -42,21 +42,33 @@ fi
 need go "install Go 1.24 or newer (Debian's golang package is too old)"
 need openssl "apt-get install openssl"
 need curl "apt-get install curl"
-if ! k8s_dir="$(./tools/k8s-envtest/build.sh 2>/tmp/datatracing-k8s-build.log)"; then
-  cat /tmp/datatracing-k8s-build.log >&2
-  echo "error: building the test Kubernetes API server failed (log above)" >&2
-  exit 1
-fi
-export DATATRACING_K8S_DIR="$k8s_dir"
-
-# Jaeger v2 for the Jaeger differential test (e2e/tests/jaeger_compat.rs), built from the Go
-# module proxy once at the version bench/versions.env pins, cached with the benchmark peers.
-if ! jaeger_bin="$(./tools/jaeger/build.sh 2>/tmp/datatracing-jaeger-build.log)"; then
-  cat /tmp/datatracing-jaeger-build.log >&2
-  echo "error: building Jaeger v2 failed (log above)" >&2
-  exit 1
-fi
-export DATATRACING_JAEGER="$jaeger_bin"
+# Both Go builds (minutes each on a cold machine, nothing once cached) run in the
+# background while the Rust code is formatted, linted and compiled, and are awaited before
+# the first test runs: on a cold CI machine this overlaps the two longest phases.
+go_logs="$(mktemp -d)"
+(
+  ./tools/k8s-envtest/build.sh >"$go_logs/k8s.out" 2>"$go_logs/k8s.log" || exit 1
+  ./tools/jaeger/build.sh >"$go_logs/jaeger.out" 2>"$go_logs/jaeger.log" || exit 2
+) &
+go_builds=$!
+await_go_builds() {
+  local rc=0
+  wait "$go_builds" || rc=$?
+  case "$rc" in
+    0) ;;
+    1) cat "$go_logs/k8s.log" >&2
+       echo "error: building the test Kubernetes API server failed (log above; rerun: tools/k8s-envtest/build.sh)" >&2
+       exit 1 ;;
+    *) cat "$go_logs/jaeger.log" >&2
+       echo "error: building Jaeger v2 failed (log above; rerun: tools/jaeger/build.sh)" >&2
+       exit 1 ;;
+  esac
+  # The operator tests' control plane, and Jaeger v2 for the differential test
+  # (e2e/tests/jaeger_compat.rs), at the version bench/versions.env pins.
+  DATATRACING_K8S_DIR="$(cat "$go_logs/k8s.out")"
+  DATATRACING_JAEGER="$(cat "$go_logs/jaeger.out")"
+  export DATATRACING_K8S_DIR DATATRACING_JAEGER
+}
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -65,7 +77,13 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+trap 'rm -rf "$log" "$go_logs"' EXIT
+
+step "cargo test: compile every test"
+cargo test --workspace --all-targets --locked --no-run
+
+step "waiting for the Go-built test binaries"
+await_go_builds
 
 step "cargo test: doc tests"
 cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
