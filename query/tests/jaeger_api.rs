@@ -540,6 +540,26 @@ impl TraceReader for Failing {
     ) -> datatracing_store::Result<Vec<Operation>> {
         Err(self.0.clone())
     }
+    async fn summaries(
+        &self,
+        _: &[TraceId],
+    ) -> datatracing_store::Result<Vec<datatracing_core::TraceSummary>> {
+        Err(self.0.clone())
+    }
+    async fn links_from(
+        &self,
+        _: &[TraceId],
+        _: usize,
+    ) -> datatracing_store::Result<Vec<datatracing_store::CrossLink>> {
+        Err(self.0.clone())
+    }
+    async fn links_to(
+        &self,
+        _: &[TraceId],
+        _: usize,
+    ) -> datatracing_store::Result<Vec<datatracing_store::CrossLink>> {
+        Err(self.0.clone())
+    }
 }
 
 #[tokio::test]
