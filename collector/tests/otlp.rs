@@ -190,8 +190,26 @@ async fn protobuf_json_and_gzip_round_trip_into_the_store() {
         4
     );
 
+    // A body of two gzip members (concatenated protobuf messages merge): both are read.
+    // Only the first was, and the second member's spans were dropped with a 200.
+    let mut two = gzip(&to_otlp(&spans(8, 2)).encode_to_vec());
+    two.extend(gzip(&to_otlp(&spans(9, 3)).encode_to_vec()));
+    let (status, _, _) = post(&h.router, "application/x-protobuf", Some("gzip"), two).await;
+    assert_eq!(status, StatusCode::OK);
+    for (trace, n) in [(8u8, 2usize), (9, 3)] {
+        assert_eq!(
+            h.store
+                .get_trace(TraceId::from_bytes([trace; 16]))
+                .await
+                .unwrap()
+                .map(|s| s.len()),
+            Some(n),
+            "trace {trace} of the two-member body"
+        );
+    }
+
     let m = metrics(&h.router).await;
-    for (p, n) in [("otlp_http_protobuf", 7), ("otlp_http_json", 2)] {
+    for (p, n) in [("otlp_http_protobuf", 12), ("otlp_http_json", 2)] {
         assert!(
             m.contains(&format!(
                 "datatracing_collector_spans_accepted_total{{protocol=\"{p}\"}} {n}"
@@ -323,6 +341,11 @@ async fn undecodable_and_unsupported_requests() {
     assert_eq!(headers[header::CONTENT_TYPE], "application/json");
     let st: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(st["code"], 3);
+    // Trailing bytes after the gzip member: refused, not ignored.
+    let mut trailing = gzip(&to_otlp(&spans(5, 1)).encode_to_vec());
+    trailing.extend_from_slice(b"garbage after the member");
+    let (status, _, _) = post(&h.router, "application/x-protobuf", Some("gzip"), trailing).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     // Corrupt gzip.
     let (status, _, _) = post(
         &h.router,

@@ -78,10 +78,13 @@ fn status_response(enc: Encoding, code: ErrorCode, message: String) -> Response 
     resp
 }
 
-/// Inflates gzip with a hard cap on the output, so a small bomb cannot take memory.
+/// Inflates gzip with a hard cap on the output, so a small bomb cannot take memory. Every
+/// member of a multi-member body is inflated (the cap counts them together): a single-member
+/// decoder dropped everything after the first member and still answered 200. Bytes after the
+/// last member that are not another member are an error, not ignored.
 fn gunzip_bounded(body: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max));
-    flate2::read::GzDecoder::new(body)
+    flate2::read::MultiGzDecoder::new(body)
         .take(max as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| GunzipError::Corrupt(e.to_string()))?;
@@ -245,6 +248,35 @@ mod tests {
         );
         assert!(matches!(
             gunzip_bounded(b"not gzip", 1024),
+            Err(GunzipError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn every_gzip_member_is_inflated_within_one_bound() {
+        let member = |data: &[u8]| {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(data).unwrap();
+            enc.finish().unwrap()
+        };
+        let mut two = member(b"first,");
+        two.extend(member(b"second"));
+        assert_eq!(
+            gunzip_bounded(&two, 1024).ok().as_deref(),
+            Some(&b"first,second"[..])
+        );
+        // The cap is for all members together.
+        let mut big = member(&[0; 600]);
+        big.extend(member(&[0; 600]));
+        assert!(matches!(
+            gunzip_bounded(&big, 1000),
+            Err(GunzipError::TooLarge)
+        ));
+        // Trailing bytes that are not a member.
+        let mut trailing = member(b"data");
+        trailing.extend_from_slice(b"garbage");
+        assert!(matches!(
+            gunzip_bounded(&trailing, 1024),
             Err(GunzipError::Corrupt(_))
         ));
     }
