@@ -1,7 +1,7 @@
 //! What every protocol does with spans once it has decoded them: truncate, validate, count,
 //! queue, and wait for the write. Protocol modules only decode and encode.
 
-use datatracing_core::{FieldError, Limits, Span};
+use datatracing_core::{FieldError, Limits, Span, Timestamp};
 
 use crate::metrics::{CollectorMetrics, ProtocolLabels};
 use crate::queue::{EnqueueError, SpanQueue};
@@ -128,7 +128,9 @@ impl Ingest {
                 })
                 .inc_by(cut as u64);
         }
-        span.validate(&self.limits)
+        let mut errs = span.validate(&self.limits);
+        errs.extend(span.check_not_in_future(Timestamp::now(), &self.limits));
+        errs
     }
 
     /// Counts a request's spans, queues the valid ones and waits until they are written.

@@ -556,3 +556,44 @@ async fn a_slow_body_times_out_instead_of_holding_the_server() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// Issue 13: spans dated years ahead were accepted, and time-based retention never removes
+/// them. A start more than `limits.max_future_skew` (1 h) after the collector's clock is a
+/// field error; ordinary clock skew is not.
+#[tokio::test]
+async fn spans_from_the_far_future_are_rejected_with_a_field_error() {
+    let h = harness(CollectorConfig::default()).await;
+    let at = |minutes: i64| {
+        datatracing_core::Timestamp::now()
+            .saturating_add_nanos(minutes * 60 * 1_000_000_000)
+            .to_rfc3339()
+    };
+    let mut skewed = span_json(T1, "b7ad6b7169203331");
+    skewed["start_time"] = json!(at(10));
+    skewed["end_time"] = json!(at(11));
+    let mut future = span_json(T1, "b7ad6b7169203332");
+    future["start_time"] = json!(at(120));
+    future["end_time"] = json!(at(121));
+    let mut far = span_json(T1, "b7ad6b7169203333");
+    far["start_time"] = json!("2261-01-01T00:00:00Z");
+    far["end_time"] = json!("2261-01-01T00:00:01Z");
+    let (status, resp, _) = post(&h.router, &json!({"spans": [skewed, future, far]})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    assert_eq!(resp["accepted"], 1, "{resp}");
+    assert_eq!(resp["rejected"], 2, "{resp}");
+    for (e, index) in resp["errors"].as_array().unwrap().iter().zip([1, 2]) {
+        assert_eq!(e["index"], index, "{resp}");
+        assert_eq!(e["field"], "start_time", "{resp}");
+        assert!(
+            e["message"].as_str().unwrap().contains("max_future_skew"),
+            "{resp}"
+        );
+    }
+    let stored = h
+        .store
+        .get_trace(T1.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+}

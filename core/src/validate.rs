@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::span::{Attributes, Span};
+use crate::{ConfigDuration, Timestamp};
 
 /// Size limits for incoming spans. Every field has a safe default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -30,6 +31,9 @@ pub struct Limits {
     pub max_events: usize,
     /// Maximum links on a span.
     pub max_links: usize,
+    /// How far in the future a span may start (clock skew between hosts). Later starts are
+    /// rejected: time-based retention would never remove them.
+    pub max_future_skew: ConfigDuration,
 }
 
 impl Default for Limits {
@@ -42,6 +46,7 @@ impl Default for Limits {
             max_array_len: 1024,
             max_events: 256,
             max_links: 128,
+            max_future_skew: ConfigDuration::from_secs(3600),
         }
     }
 }
@@ -85,6 +90,9 @@ impl Limits {
             if v == 0 {
                 return Err(format!("limits.{name} must be greater than 0"));
             }
+        }
+        if self.max_future_skew.get().is_zero() {
+            return Err("limits.max_future_skew must be greater than 0".into());
         }
         Ok(())
     }
@@ -146,6 +154,25 @@ impl Span {
             n += usize::from(truncate_str(m, limits.max_value_len));
         }
         n
+    }
+
+    /// The problem with this span's start when it is more than `limits.max_future_skew`
+    /// after `now` (the receiver's clock), if any. Separate from [`Span::validate`] because
+    /// it needs a clock, which this crate does not read.
+    pub fn check_not_in_future(&self, now: Timestamp, limits: &Limits) -> Option<FieldError> {
+        let skew = i64::try_from(limits.max_future_skew.get().as_nanos()).unwrap_or(i64::MAX);
+        (self.start_time > now.saturating_add_nanos(skew)).then(|| {
+            FieldError::new(
+                "start_time",
+                format!(
+                    "{} is more than {} after the collector's clock ({}); \
+                     check the sender's clock (limits.max_future_skew)",
+                    self.start_time,
+                    crate::format_duration_ns(skew),
+                    now
+                ),
+            )
+        })
     }
 
     /// Validates this span; returns every problem found (empty when valid).
@@ -315,6 +342,19 @@ mod tests {
     #[test]
     fn valid_span_passes() {
         assert!(span().validate(&Limits::default()).is_empty());
+        let limits = Limits::default();
+        let now = span().start_time;
+        assert!(span().check_not_in_future(now, &limits).is_none());
+        let mut late = span();
+        late.start_time = now.saturating_add_nanos(3_600_000_000_000);
+        assert!(
+            late.check_not_in_future(now, &limits).is_none(),
+            "exactly the skew is allowed"
+        );
+        late.start_time = now.saturating_add_nanos(3_600_000_000_001);
+        let e = late.check_not_in_future(now, &limits).unwrap();
+        assert_eq!(e.field, "start_time");
+        assert!(e.message.contains("max_future_skew"), "{e}");
     }
 
     #[test]
