@@ -39,7 +39,7 @@ fi
 
 # A real Kubernetes control plane (etcd + kube-apiserver) for the operator tests, built from
 # the Go module proxy once and cached in ~/.cache/datatracing/k8s.
-need go "install Go 1.24 or newer (Debian's golang package is too old)"
+need go "install Go 1.24.6 or newer (Debian's golang package is too old)"
 need openssl "apt-get install openssl"
 need curl "apt-get install curl"
 # Both Go builds (minutes each on a cold machine, nothing once cached) run in the
