@@ -118,7 +118,13 @@ pub(crate) struct Ingest {
 
 impl Ingest {
     /// Truncates over-long values (counted), then validates; returns the problems, if any.
-    pub(crate) fn prepare(&self, protocol: Protocol, span: &mut Span) -> Vec<FieldError> {
+    /// `now` is read once per request by the caller, not once per span.
+    pub(crate) fn prepare(
+        &self,
+        protocol: Protocol,
+        now: Timestamp,
+        span: &mut Span,
+    ) -> Vec<FieldError> {
         let cut = span.truncate_to(&self.limits);
         if cut > 0 {
             self.metrics
@@ -129,7 +135,7 @@ impl Ingest {
                 .inc_by(cut as u64);
         }
         let mut errs = span.validate(&self.limits);
-        errs.extend(span.check_not_in_future(Timestamp::now(), &self.limits));
+        errs.extend(span.check_not_in_future(now, &self.limits));
         errs
     }
 

@@ -121,11 +121,12 @@ pub(crate) fn parse_batch(
             });
         }
     };
+    let now = datatracing_core::Timestamp::now();
     for (index, raw) in batch.spans.iter().enumerate() {
         let mut de = serde_json::Deserializer::from_str(raw.get());
         match serde_path_to_error::deserialize::<_, Span>(&mut de) {
             Ok(mut span) => {
-                let errors = ingest.prepare(Protocol::NativeJson, &mut span);
+                let errors = ingest.prepare(Protocol::NativeJson, now, &mut span);
                 if errors.is_empty() {
                     out.valid.push(span);
                 } else {

@@ -42,8 +42,9 @@ pub(crate) async fn export(
         .map(|r| format!("span {}: {}", r.index, r.reason));
     let mut n_rejected = unmapped.len();
     let mut valid = Vec::with_capacity(spans.len());
+    let now = datatracing_core::Timestamp::now();
     for mut span in spans {
-        let errors = ingest.prepare(protocol, &mut span);
+        let errors = ingest.prepare(protocol, now, &mut span);
         if errors.is_empty() {
             valid.push(span);
         } else {
