@@ -33,8 +33,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use datatracing_core::{
-    AttributeFilter, AttributeValue, LinkType, MAX_NAMES, Span, SpanKind, StatusCode, TimeWindow,
-    Timestamp, TraceId, TraceQuery,
+    AttributeFilter, AttributeValue, LinkType, MAX_NAMES, Operation, Span, SpanKind, StatusCode,
+    TimeWindow, Timestamp, TraceId, TraceQuery,
 };
 use datatracing_http::ApiError;
 use datatracing_store::TraceReader;
@@ -310,16 +310,21 @@ async fn operations(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult
         .store
         .operations(service, &TimeWindow::default(), MAX_NAMES)
         .await?;
-    let mut seen = std::collections::BTreeSet::new();
-    let data: Vec<Value> = ops
-        .into_iter()
-        .map(|o| (o.name, jaeger_kind(o.span_kind)))
-        .filter(|(_, k)| kind.as_deref().is_none_or(|want| want == *k))
-        .filter(|(name, k)| seen.insert((name.clone(), *k)))
-        .map(|(name, k)| json!({"name": name, "spanKind": k}))
-        .collect();
+    let data = operation_list(ops, kind.as_deref());
     let n = data.len();
     Ok(envelope(Value::Array(data), n))
+}
+
+/// Operations as both Jaeger APIs list them: `{name, spanKind}` with Jaeger's kind names,
+/// only `kind` when given, each pair once (several step kinds map to one Jaeger kind).
+pub(crate) fn operation_list(ops: Vec<Operation>, kind: Option<&str>) -> Vec<Value> {
+    let mut seen = std::collections::BTreeSet::new();
+    ops.into_iter()
+        .map(|o| (o.name, jaeger_kind(o.span_kind)))
+        .filter(|(_, k)| kind.is_none_or(|want| want == *k))
+        .filter(|(name, k)| seen.insert((name.clone(), *k)))
+        .map(|(name, k)| json!({"name": name, "spanKind": k}))
+        .collect()
 }
 
 // ---- traces -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use super::{
     Jaeger, JaegerError, Params, RESOURCE_PREFIX, STATUS_TAG, STEP_KIND_TAG, check_service, find,
-    jaeger_kind, parse_go_duration, parse_trace_id, short, with_tags,
+    parse_go_duration, parse_trace_id, short, with_tags,
 };
 
 /// Traces a v3 search returns when `query.num_traces` is absent (Jaeger refuses that).
@@ -112,14 +112,7 @@ async fn operations(
         .store
         .operations(service, &TimeWindow::default(), MAX_NAMES)
         .await?;
-    let mut seen = std::collections::BTreeSet::new();
-    let operations: Vec<Value> = ops
-        .into_iter()
-        .map(|o| (o.name, jaeger_kind(o.span_kind)))
-        .filter(|(_, k)| kind.as_deref().is_none_or(|want| want == *k))
-        .filter(|(name, k)| seen.insert((name.clone(), *k)))
-        .map(|(name, k)| json!({"name": name, "spanKind": k}))
-        .collect();
+    let operations = super::operation_list(ops, kind.as_deref());
     Ok(axum::Json(json!({ "operations": operations })))
 }
 
