@@ -159,7 +159,7 @@ fn non_empty(v: Option<String>) -> Option<String> {
 
 /// Splits a raw query string into pairs, refusing parameters not in `known` and repeated
 /// ones (`repeatable` may repeat).
-fn query_pairs(
+pub(crate) fn query_pairs(
     raw: &str,
     known: &[&str],
     repeatable: &[&str],

@@ -24,7 +24,7 @@
 //! link types as `datatracing.link.types` (one entry per link, in reference order) whenever
 //! a link is a DATA_DEPENDENCY, which Jaeger has no reference type for.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -40,17 +40,14 @@ use datatracing_http::ApiError;
 use datatracing_store::TraceReader;
 use serde_json::{Value, json};
 
+use crate::dependencies;
+
 mod v3;
 
 /// Search limit when the request names none (Jaeger's own default).
 const DEFAULT_SEARCH_LIMIT: usize = 100;
 /// Dependencies look back this far when the request says nothing (Jaeger's default: a day).
 const DEFAULT_DEPENDENCY_LOOKBACK_MS: i64 = 24 * 3600 * 1000;
-/// Most traces a dependencies request reads; the edges describe at most these.
-const MAX_DEPENDENCY_TRACES: usize = 2_000;
-/// A dependencies request reads at most this many times `query.max_trace_spans` spans in
-/// all (newest traces first): 200,000 with the default.
-const DEPENDENCY_SPAN_FACTOR: usize = 4;
 /// Most trace ids one `/api/traces?traceID=` request may name.
 const MAX_TRACE_IDS: usize = 100;
 /// The `datatracing.*` tags that carry what Jaeger's model has no field for.
@@ -724,100 +721,17 @@ async fn dependencies(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResu
         ));
     }
     let start = end.saturating_add_nanos(-lookback_ms.saturating_mul(1_000_000));
-    // The traces with a span in the window, newest first, page by page up to the bound.
-    let mut query = TraceQuery {
+    let window = TimeWindow {
         start: Some(start),
         end: Some(end),
-        limit: TraceQuery::MAX_LIMIT,
-        ..TraceQuery::default()
     };
-    let mut ids = Vec::new();
-    loop {
-        let page = j.store.search(&query).await?;
-        ids.extend(page.traces.iter().map(|t| t.trace_id));
-        match page.next_cursor {
-            Some(c) if ids.len() < MAX_DEPENDENCY_TRACES => query.cursor = Some(c),
-            _ => break,
-        }
-    }
-    ids.truncate(MAX_DEPENDENCY_TRACES);
-    // Only the call structure is kept of each trace, and a bounded number of spans is read
-    // in all, so the request costs bounded memory whatever the window holds.
-    let mut graph = CallGraph::default();
-    let max_spans = j.max_trace_spans.saturating_mul(DEPENDENCY_SPAN_FACTOR);
-    let mut budget = max_spans;
-    for id in ids {
-        if budget == 0 {
-            tracing::info!(max_spans, "jaeger dependencies cut at the span budget");
-            break;
-        }
-        if let Some(t) = j
-            .store
-            .get_trace_capped(id, budget.min(j.max_trace_spans))
-            .await?
-        {
-            budget = budget.saturating_sub(t.spans.len());
-            graph.add(&t.spans);
-        }
-    }
-    let data: Vec<Value> = graph
-        .edges()
+    let deps = dependencies::compute(j.store.as_ref(), window, j.max_trace_spans).await?;
+    let data: Vec<Value> = deps
+        .edges
         .into_iter()
-        .map(|((parent, child), n)| json!({"parent": parent, "child": child, "callCount": n}))
+        .map(|e| json!({"parent": e.parent, "child": e.child, "callCount": e.call_count}))
         .collect();
     Ok(envelope(Value::Array(data), 0))
-}
-
-/// The call structure of spans: who each span is, its service, and what it calls upstream
-/// (its parent and its links), without attributes or events.
-#[derive(Default)]
-struct CallGraph {
-    /// Service names, each once, and their indexes.
-    services: Vec<String>,
-    index: HashMap<String, usize>,
-    /// Span to index into `services`.
-    service_of: HashMap<(TraceId, datatracing_core::SpanId), usize>,
-    /// (upstream span, index of the calling span's service).
-    calls: Vec<((TraceId, datatracing_core::SpanId), usize)>,
-}
-
-impl CallGraph {
-    fn service_index(&mut self, name: &str) -> usize {
-        if let Some(i) = self.index.get(name) {
-            return *i;
-        }
-        self.services.push(name.to_string());
-        self.index.insert(name.to_string(), self.services.len() - 1);
-        self.services.len() - 1
-    }
-
-    fn add(&mut self, spans: &[Span]) {
-        for s in spans {
-            let svc = self.service_index(&s.service);
-            self.service_of.insert((s.trace_id, s.span_id), svc);
-            if let Some(p) = s.parent_id {
-                self.calls.push(((s.trace_id, p), svc));
-            }
-            for l in &s.links {
-                self.calls.push(((l.trace_id, l.span_id), svc));
-            }
-        }
-    }
-
-    /// Service-to-service call counts: one per span whose parent, or whose linked span, is
-    /// known (the linked span is the upstream side). Same-service pairs count, as in Jaeger.
-    fn edges(&self) -> BTreeMap<(String, String), u64> {
-        let mut edges: BTreeMap<(usize, usize), u64> = BTreeMap::new();
-        for (upstream, svc) in &self.calls {
-            if let Some(parent) = self.service_of.get(upstream) {
-                *edges.entry((*parent, *svc)).or_default() += 1;
-            }
-        }
-        edges
-            .into_iter()
-            .map(|((p, c), n)| ((self.services[p].clone(), self.services[c].clone()), n))
-            .collect()
-    }
 }
 
 // ---- span JSON ----------------------------------------------------------------------------

@@ -12,10 +12,13 @@
 //!   bounded by `query.lineage` (depth, node count) and marked `truncated` when cut.
 //! - `GET /api/v1/services`, `GET /api/v1/services/{service}/operations`: names from the
 //!   stores' name index, over an optional `start`/`end` window.
+//! - `GET /api/v1/dependencies?start=&end=`: the pipeline map, service-to-service edges with
+//!   call and error counts, computed with bounded work (`dependencies`).
 //! - Jaeger's own read API on Jaeger's paths (`/api/services`, `/api/traces`, ...), so Jaeger
 //!   UI and Grafana's Jaeger data source read from the query port unchanged (`jaeger`).
 
 mod api;
+mod dependencies;
 mod jaeger;
 
 use std::sync::Arc;
@@ -91,6 +94,10 @@ impl QueryService {
                 max_trace_spans: self.config.max_trace_spans,
                 lineage: self.config.lineage.clone(),
             })
+            .merge(dependencies::routes(dependencies::DependenciesApi {
+                store: Arc::clone(&self.store),
+                max_trace_spans: self.config.max_trace_spans,
+            }))
             .merge(jaeger::routes(jaeger::Jaeger {
                 store: Arc::clone(&self.store),
                 max_trace_spans: self.config.max_trace_spans,

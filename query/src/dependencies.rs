@@ -1,0 +1,312 @@
+//! Service-to-service dependencies over a time window: who calls whom, how often, and how
+//! often the called side failed. One computation serves two answers: the v1 pipeline map
+//! (`GET /api/v1/dependencies?start=&end=`, this module's route) and Jaeger's
+//! `/api/dependencies` (the `jaeger` module), which keeps only the call counts.
+//!
+//! An edge `upstream -> downstream` is counted once per span whose parent, or whose linked
+//! span (any link type, in any trace read), is known: the parent or linked span's service is
+//! the upstream side. The work is bounded: at most [`MAX_TRACES`] traces (newest first) and
+//! [`SPAN_FACTOR`] times `query.max_trace_spans` spans in all are read, and the answer says
+//! when a bound cut it (`truncated`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::routing::get;
+use datatracing_core::{
+    LinkType, Span, SpanId, StatusCode, TimeWindow, Timestamp, TraceId, TraceQuery,
+};
+use datatracing_http::ApiError;
+use datatracing_store::TraceReader;
+use serde::Serialize;
+
+/// Most traces one computation reads; the edges describe at most these.
+pub(crate) const MAX_TRACES: usize = 2_000;
+/// One computation reads at most this many times `query.max_trace_spans` spans in all
+/// (newest traces first): 200,000 with the default.
+pub(crate) const SPAN_FACTOR: usize = 4;
+/// The v1 window when `start` is not given: this long before `end` (a day, as Jaeger).
+const DEFAULT_LOOKBACK_NANOS: i64 = 24 * 3600 * 1_000_000_000;
+
+/// How an edge's calls relate the two spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relation {
+    /// A parent/child pair, or a link typed CHILD_OF.
+    ChildOf,
+    /// A FOLLOWS_FROM link.
+    FollowsFrom,
+    /// A DATA_DEPENDENCY link.
+    DataDependency,
+}
+
+impl From<LinkType> for Relation {
+    fn from(t: LinkType) -> Self {
+        match t {
+            LinkType::ChildOf => Relation::ChildOf,
+            LinkType::FollowsFrom => Relation::FollowsFrom,
+            LinkType::DataDependency => Relation::DataDependency,
+        }
+    }
+}
+
+/// One service-to-service edge.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub(crate) struct Edge {
+    /// The upstream service (the parent or linked span's).
+    pub(crate) parent: String,
+    /// The downstream service (the child or linking span's).
+    pub(crate) child: String,
+    /// Calls in all (the sum of the three relation counts).
+    pub(crate) call_count: u64,
+    /// Calls whose downstream span ended in ERROR or TIMEOUT.
+    pub(crate) error_count: u64,
+    /// `error_count / call_count`.
+    pub(crate) error_rate: f64,
+    /// Calls through parent/child (and CHILD_OF links).
+    pub(crate) child_of: u64,
+    /// Calls through FOLLOWS_FROM links.
+    pub(crate) follows_from: u64,
+    /// Calls through DATA_DEPENDENCY links.
+    pub(crate) data_dependency: u64,
+}
+
+/// One service's own figures over the traces read.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct ServiceNode {
+    /// The service name.
+    pub(crate) service: String,
+    /// Its spans.
+    pub(crate) span_count: u64,
+    /// Its spans that ended in ERROR or TIMEOUT.
+    pub(crate) error_count: u64,
+}
+
+/// The computed dependencies and how much was read to get them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct Dependencies {
+    /// Services seen, by name.
+    pub(crate) services: Vec<ServiceNode>,
+    /// Edges, by (parent, child).
+    pub(crate) edges: Vec<Edge>,
+    /// Traces read.
+    pub(crate) traces_read: usize,
+    /// Spans read.
+    pub(crate) spans_read: usize,
+    /// Whether a bound (trace count, span budget, per-trace cap) left spans unread.
+    pub(crate) truncated: bool,
+}
+
+/// Whether a status counts as a failed call.
+fn failed(code: StatusCode) -> bool {
+    matches!(code, StatusCode::Error | StatusCode::Timeout)
+}
+
+/// Reads the traces with a span in `window` (newest first, within the bounds) and computes
+/// their dependencies.
+pub(crate) async fn compute(
+    store: &dyn TraceReader,
+    window: TimeWindow,
+    max_trace_spans: usize,
+) -> Result<Dependencies, ApiError> {
+    let mut query = TraceQuery {
+        start: window.start,
+        end: window.end,
+        limit: TraceQuery::MAX_LIMIT,
+        ..TraceQuery::default()
+    };
+    let mut ids = Vec::new();
+    let mut truncated = false;
+    loop {
+        let page = store.search(&query).await?;
+        ids.extend(page.traces.iter().map(|t| t.trace_id));
+        match page.next_cursor {
+            Some(c) if ids.len() < MAX_TRACES => query.cursor = Some(c),
+            Some(_) => {
+                truncated = true;
+                break;
+            }
+            None => break,
+        }
+    }
+    if ids.len() > MAX_TRACES {
+        ids.truncate(MAX_TRACES);
+        truncated = true;
+    }
+    // Only the call structure is kept of each trace, and a bounded number of spans is read
+    // in all, so a request costs bounded memory whatever the window holds.
+    let mut graph = CallGraph::default();
+    let max_spans = max_trace_spans.saturating_mul(SPAN_FACTOR);
+    let mut budget = max_spans;
+    let mut traces_read = 0;
+    for id in ids {
+        if budget == 0 {
+            tracing::info!(max_spans, "dependencies cut at the span budget");
+            truncated = true;
+            break;
+        }
+        if let Some(t) = store
+            .get_trace_capped(id, budget.min(max_trace_spans))
+            .await?
+        {
+            traces_read += 1;
+            truncated |= t.truncated;
+            budget = budget.saturating_sub(t.spans.len());
+            graph.add(&t.spans);
+        }
+    }
+    Ok(Dependencies {
+        services: graph.services(),
+        edges: graph.edges(),
+        traces_read,
+        spans_read: max_spans - budget,
+        truncated,
+    })
+}
+
+/// The call structure of spans: each span's service and outcome, and what it calls
+/// upstream (its parent and its links), without attributes or events.
+#[derive(Default)]
+struct CallGraph {
+    /// Service names, each once, with their span and error counts.
+    services: Vec<(String, u64, u64)>,
+    index: HashMap<String, usize>,
+    /// Span to index into `services`.
+    service_of: HashMap<(TraceId, SpanId), usize>,
+    /// (upstream span, the calling span's service index, how, whether the call failed).
+    calls: Vec<((TraceId, SpanId), usize, Relation, bool)>,
+}
+
+impl CallGraph {
+    fn service_index(&mut self, name: &str) -> usize {
+        if let Some(i) = self.index.get(name) {
+            return *i;
+        }
+        self.services.push((name.to_string(), 0, 0));
+        self.index.insert(name.to_string(), self.services.len() - 1);
+        self.services.len() - 1
+    }
+
+    fn add(&mut self, spans: &[Span]) {
+        for s in spans {
+            let svc = self.service_index(&s.service);
+            let failed = failed(s.status.code);
+            self.services[svc].1 += 1;
+            self.services[svc].2 += u64::from(failed);
+            self.service_of.insert((s.trace_id, s.span_id), svc);
+            if let Some(p) = s.parent_id {
+                self.calls
+                    .push(((s.trace_id, p), svc, Relation::ChildOf, failed));
+            }
+            for l in &s.links {
+                self.calls
+                    .push(((l.trace_id, l.span_id), svc, l.link_type.into(), failed));
+            }
+        }
+    }
+
+    fn services(&self) -> Vec<ServiceNode> {
+        let mut out: Vec<ServiceNode> = self
+            .services
+            .iter()
+            .map(|(name, spans, errors)| ServiceNode {
+                service: name.clone(),
+                span_count: *spans,
+                error_count: *errors,
+            })
+            .collect();
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        out
+    }
+
+    /// The edges, by (parent, child). Same-service pairs count, as in Jaeger.
+    fn edges(&self) -> Vec<Edge> {
+        let mut edges: BTreeMap<(&str, &str), Edge> = BTreeMap::new();
+        for (upstream, svc, relation, failed) in &self.calls {
+            let Some(parent) = self.service_of.get(upstream) else {
+                continue;
+            };
+            let (p, c) = (&self.services[*parent].0, &self.services[*svc].0);
+            let e = edges.entry((p, c)).or_insert_with(|| Edge {
+                parent: p.clone(),
+                child: c.clone(),
+                ..Edge::default()
+            });
+            e.call_count += 1;
+            e.error_count += u64::from(*failed);
+            match relation {
+                Relation::ChildOf => e.child_of += 1,
+                Relation::FollowsFrom => e.follows_from += 1,
+                Relation::DataDependency => e.data_dependency += 1,
+            }
+        }
+        edges
+            .into_values()
+            .map(|mut e| {
+                e.error_rate = e.error_count as f64 / e.call_count as f64;
+                e
+            })
+            .collect()
+    }
+}
+
+/// State of the v1 route.
+#[derive(Clone)]
+pub(crate) struct DependenciesApi {
+    pub(crate) store: Arc<dyn TraceReader>,
+    /// `query.max_trace_spans`.
+    pub(crate) max_trace_spans: usize,
+}
+
+pub(crate) fn routes(state: DependenciesApi) -> Router {
+    Router::new()
+        .route("/api/v1/dependencies", get(get_dependencies))
+        .with_state(state)
+}
+
+/// `start` and `end` (RFC 3339, both optional): `end` defaults to now and `start` to a day
+/// before `end`. Unknown or repeated parameters and an inverted window are 400s.
+fn window_params(raw: Option<&str>) -> Result<(Timestamp, Timestamp), ApiError> {
+    let (mut start, mut end) = (None, None);
+    for (k, v) in crate::api::query_pairs(raw.unwrap_or(""), &["start", "end"], &[])? {
+        if v.is_empty() {
+            continue;
+        }
+        let t = Timestamp::parse_rfc3339(&v)
+            .map_err(|e| ApiError::invalid_argument(format!("parameter {k}: {e}")))?;
+        if k == "start" {
+            start = Some(t);
+        } else {
+            end = Some(t);
+        }
+    }
+    let end = end.unwrap_or_else(Timestamp::now);
+    let start = start.unwrap_or_else(|| end.saturating_add_nanos(-DEFAULT_LOOKBACK_NANOS));
+    TimeWindow {
+        start: Some(start),
+        end: Some(end),
+    }
+    .validate()?;
+    Ok((start, end))
+}
+
+/// The pipeline map: services with their span and error counts, and the edges between them
+/// with call counts, error counts and rates, split by relation, over `[start, end]`.
+#[tracing::instrument(skip_all)]
+async fn get_dependencies(
+    State(api): State<DependenciesApi>,
+    RawQuery(raw): RawQuery,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let (start, end) = window_params(raw.as_deref())?;
+    let window = TimeWindow {
+        start: Some(start),
+        end: Some(end),
+    };
+    let deps = compute(api.store.as_ref(), window, api.max_trace_spans).await?;
+    let mut body = serde_json::to_value(&deps).map_err(|e| ApiError::internal(&e))?;
+    body["start"] = serde_json::Value::String(start.to_rfc3339());
+    body["end"] = serde_json::Value::String(end.to_rfc3339());
+    body["max_traces"] = serde_json::Value::from(MAX_TRACES);
+    Ok(axum::Json(body))
+}
