@@ -14,6 +14,7 @@
 //!   stores' name index, over an optional `start`/`end` window.
 //! - `GET /api/v1/dependencies?start=&end=`: the pipeline map, service-to-service edges with
 //!   call and error counts, computed with bounded work (`dependencies`).
+//! - The DAG explorer web UI at `/` and `/ui/...` (`datatracing-ui`), reading the v1 API.
 //! - Jaeger's own read API on Jaeger's paths (`/api/services`, `/api/traces`, ...), so Jaeger
 //!   UI and Grafana's Jaeger data source read from the query port unchanged (`jaeger`).
 
@@ -102,7 +103,8 @@ impl QueryService {
                 store: Arc::clone(&self.store),
                 max_trace_spans: self.config.max_trace_spans,
             }))
-            .merge(ops_routes(readiness, registry)),
+            .merge(ops_routes(readiness, registry))
+            .merge(datatracing_ui::routes()),
             "query",
             self.config.request_timeout.get(),
             self.http_metrics.clone(),
