@@ -58,8 +58,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "datatracing-config",
             "datatracing-store",
             "datatracing-http",
+            "datatracing-ui",
         ],
     ),
+    // The web UI's embedded assets and the router serving them; it reads the query API over
+    // HTTP from the browser, so it links nothing of ours.
+    ("datatracing-ui", &[]),
     // The operator renders the pods' configuration as a typed `datatracing_config::Config`
     // and applies retention through the ClickHouse crate; it never opens a store and never
     // links the collector or the query server.

@@ -51,10 +51,10 @@ export async function renderLineage(main, id, params) {
     return { from: p.from, to: p.to, cls: dd ? 'e-DATA_DEPENDENCY' : 'e-FOLLOWS_FROM', marker: dd ? 'arrow-data' : 'arrow-follows', label, title: label };
   });
   const view = drawGraph({ nodes, edges, ranksep: 110, ariaLabel: `Lineage of ${lin.nodes.length} traces`, onSelect: (tid) => location.assign(traceHref(tid)) });
-  body.replaceChildren(
+  body.replaceChildren(...[
     el('p', { class: 'muted', text: `${lin.nodes.length} trace(s), ${lin.edges.length} link(s), ${lin.direction}, depth ${lin.depth}. Arrows point downstream. Select a trace to open it.` }),
     lin.truncated ? messageBox(`There is more lineage than shown (bounded at depth ${lin.depth} and ${lin.max_nodes} traces).`, 'warn') : null,
-    view.element);
+    view.element].filter(Boolean));
   view.fit();
   main.dataset.ready = 'lineage';
 }

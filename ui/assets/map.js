@@ -46,14 +46,14 @@ export async function renderMap(main, params) {
     main.dataset.ready = 'map';
     return;
   }
-  const W = 200;
-  const H = 50;
+  const W = 170;
+  const H = 46;
   const nodes = deps.services.map((s) => ({
     id: s.service, width: W, height: H, cls: `service-node${s.error_count ? ' failed' : ''}`,
     label: `${s.service}: ${s.span_count} spans, ${s.error_count} failed`,
     draw(g) {
       g.append(svg('rect', { class: 'box', width: W, height: H, rx: 6 }),
-        svg('text', { x: 10, y: 20, class: 'n-op', text: clip(s.service, 28) }),
+        svg('text', { x: 10, y: 20, class: 'n-op', text: clip(s.service, 24) }),
         svg('text', { x: 10, y: 38, class: 'n-dur', text: `${s.span_count} spans · ${s.error_count} failed` }));
     },
   }));
@@ -65,19 +65,19 @@ export async function renderMap(main, params) {
       title: `${e.parent} → ${e.child}: ${e.call_count} calls (${e.child_of} parent/child, ${e.follows_from} FOLLOWS_FROM, ${e.data_dependency} DATA_DEPENDENCY), ${e.error_count} failed`,
     };
   });
-  const view = drawGraph({ nodes, edges, ranksep: 140, nodesep: 30, ariaLabel: `Pipeline map of ${deps.services.length} services` });
+  const view = drawGraph({ nodes, edges, ranksep: 110, nodesep: 24, ariaLabel: `Pipeline map of ${deps.services.length} services` });
   const rows = deps.edges.map((e) => el('tr', { class: e.error_count ? 'failed' : '' },
     el('td', { text: e.parent }), el('td', { text: e.child }), el('td', { class: 'num', text: String(e.call_count) }),
     el('td', { class: 'num', text: String(e.child_of) }), el('td', { class: 'num', text: String(e.follows_from) }),
     el('td', { class: 'num', text: String(e.data_dependency) }), el('td', { class: 'num', text: String(e.error_count) }),
     el('td', { class: `num${e.error_count ? ' bad' : ''}`, text: pct(e.error_rate) })));
-  body.replaceChildren(
+  body.replaceChildren(...[
     el('p', { class: 'muted', text: `${deps.services.length} services, ${deps.edges.length} edges from ${deps.traces_read} traces (${deps.spans_read} spans).` }),
     deps.truncated ? messageBox(`Computed from part of the window only (at most ${deps.max_traces} traces, newest first).`, 'warn') : null,
     view.element,
     el('table', { class: 'results', id: 'edge-table' }, el('caption', { text: 'Edges' }),
       el('thead', {}, el('tr', {}, ['From', 'To', 'Calls', 'Parent/child', 'FOLLOWS_FROM', 'DATA_DEPENDENCY', 'Failed', 'Error rate'].map((h) => el('th', { scope: 'col', text: h })))),
-      el('tbody', {}, rows)));
+      el('tbody', {}, rows))].filter(Boolean));
   view.fit();
   main.dataset.ready = 'map';
 }

@@ -209,9 +209,9 @@ function drawSpanDag(ctx, onSelect) {
           svg('text', { x: 12, y: 50, class: 'n-dur', text: `${fmtDuration(dur)}${self !== undefined ? ` · self ${fmtDuration(self)}` : ''}` }),
           svg('title', { text: `${s.service}: ${s.operation}\n${s.kind} · ${code}${statusMessage(s) ? `: ${statusMessage(s)}` : ''}` }));
         if (isFailure(code)) {
-          g.append(svg('text', { x: W - 8, y: 18, class: 'n-badge', 'text-anchor': 'end', text: code === 'TIMEOUT' ? '⏱ TIMEOUT' : '✕ ERROR' }));
+          g.append(svg('text', { x: W - 8, y: 50, class: 'n-badge', 'text-anchor': 'end', text: code === 'TIMEOUT' ? '⏱ TIMEOUT' : '✕ ERROR' }));
         } else if (code === 'CANCELLED') {
-          g.append(svg('text', { x: W - 8, y: 18, class: 'n-badge cancelled', 'text-anchor': 'end', text: 'CANCELLED' }));
+          g.append(svg('text', { x: W - 8, y: 50, class: 'n-badge cancelled', 'text-anchor': 'end', text: 'CANCELLED' }));
         }
       },
     };
