@@ -70,6 +70,40 @@ await_go_builds() {
   export DATATRACING_K8S_DIR DATATRACING_JAEGER
 }
 
+# A real browser for the UI tests (e2e/tests/ui.rs): Debian's chromium, driven by
+# Playwright (playwright-core from npm at the version e2e/browser/package-lock.json pins; it
+# never downloads a browser of its own). Installed in the background, like the Go builds,
+# and awaited before the first test runs.
+need node "install Node.js 20+ with npm (Debian: apt-get install nodejs npm)"
+need npm "install npm (Debian: apt-get install npm)"
+export DATATRACING_CHROMIUM="${DATATRACING_CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$DATATRACING_CHROMIUM" ] && { [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; }; then
+  echo "error: the UI browser tests need chromium at $DATATRACING_CHROMIUM: run 'sudo apt-get update && sudo apt-get install -y chromium' (or set DATATRACING_CHROMIUM)" >&2
+  exit 1
+fi
+browser_log="$(mktemp)"
+(
+  set -e
+  if [ ! -x "$DATATRACING_CHROMIUM" ]; then
+    echo "installing chromium with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  fi
+  want="$(sha256sum e2e/browser/package-lock.json | cut -d' ' -f1)"
+  if [ "$want" != "$(cat e2e/browser/node_modules/.lock.sha256 2>/dev/null || true)" ]; then
+    npm ci --prefix e2e/browser --no-audit --no-fund --cache "$HOME/.npm"
+    echo "$want" > e2e/browser/node_modules/.lock.sha256
+  fi
+) >"$browser_log" 2>&1 &
+browser_setup=$!
+await_browser() {
+  if ! wait "$browser_setup"; then
+    cat "$browser_log" >&2
+    echo "error: installing the UI test browser failed (log above)" >&2
+    exit 1
+  fi
+}
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -77,13 +111,14 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log="$(mktemp)"
-trap 'rm -rf "$log" "$go_logs"' EXIT
+trap 'rm -rf "$log" "$go_logs" "$browser_log"' EXIT
 
 step "cargo test: compile every test"
 cargo test --workspace --all-targets --locked --no-run
 
-step "waiting for the Go-built test binaries"
+step "waiting for the Go-built test binaries and the UI test browser"
 await_go_builds
+await_browser
 
 step "cargo test: doc tests"
 cargo test --workspace --doc --locked 2>&1 | tee -a "$log"

@@ -106,7 +106,7 @@ fn failing_join(t0: Timestamp) -> Vec<Value> {
     );
     let mut join = s(
         4,
-        Some(2),
+        Some(1),
         "spark-etl",
         "join orders+customers",
         "JOIN",
@@ -242,6 +242,8 @@ async fn load(server: &Server) -> Loaded {
             "large": LARGE,
             "start": t0.saturating_add_nanos(-3600 * 1_000_000_000).to_rfc3339(),
             "end": Timestamp::now().to_rfc3339(),
+            // Before the 2,000-span trace: the README's pipeline map shows the fixtures.
+            "before_large": t0.saturating_add_nanos(12 * 60 * 1_000_000_000).to_rfc3339(),
         }),
     }
 }
