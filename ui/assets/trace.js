@@ -114,10 +114,10 @@ export async function renderTrace(main, id, params) {
 
   main.replaceChildren(
     header(dag, ctx),
+    acrossTraces(dag),
     el('div', { class: 'trace-body' },
       el('div', { class: 'views' }, tabs, dagPanel, timelinePanel),
-      detail),
-    acrossTraces(dag));
+      detail));
   show(state.view);
   drawDag(dag.spans.length > COLLAPSE_ABOVE ? 'service' : 'spans');
   const want = params.get('span');
