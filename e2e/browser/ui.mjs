@@ -181,6 +181,14 @@ await scenario('follows_from_opens_downstream', async (page) => {
   await page.waitForSelector('main[data-ready="trace"]');
   check((await page.textContent('h1')).includes('transform-job'), 'not the downstream trace');
   await page.waitForSelector(`#upstream a.trace-link[href="/ui/trace/${c.chain[0]}"]`);
+  // The upstream span is also in the DAG, as a node of the other trace on a FOLLOWS_FROM
+  // edge; selecting it opens that trace.
+  const ext = `#dag-panel .node.external[data-id^="ext:${c.chain[0]}:"]`;
+  await page.waitForSelector(ext);
+  const ff = await page.$$eval('#dag-panel path.edge[data-type="FOLLOWS_FROM"]', (p) => p.map((e) => e.dataset.from));
+  check(ff.length === 1 && ff[0].startsWith(`ext:${c.chain[0]}:`), `FOLLOWS_FROM edges in the DAG: ${ff}`);
+  await Promise.all([page.waitForURL(new RegExp(`/ui/trace/${c.chain[0]}\\?span=`)), page.click(ext)]);
+  await page.waitForSelector('main[data-ready="trace"]');
   // Lineage to depth 2 from the first trace reaches the third.
   await open(page, `/ui/lineage/${c.chain[0]}?direction=downstream&depth=2`, 'lineage');
   const nodes = await page.$$eval('#lineage .node', (n) => n.map((x) => x.dataset.id).sort());

@@ -225,7 +225,38 @@ function drawSpanDag(ctx, onSelect) {
       title: `${EDGE_TITLES[e.type] || e.type}: ${ctx.byId.get(e.from).operation} → ${ctx.byId.get(e.to).operation}`,
     };
   });
-  return drawGraph({ nodes, edges, onSelect, ariaLabel: `DAG of ${dag.spans.length} spans` });
+  // Spans of other traces this trace links to (a job continuing another job's trace, or
+  // reading its output): one small node each, upstream of the linking span; selecting one
+  // opens that trace.
+  const external = new Map();
+  for (const l of dag.cross_trace_links || []) {
+    if (!ctx.byId.has(l.span_id)) continue;
+    const id = `ext:${l.target_trace_id}:${l.target_span_id}`;
+    external.set(id, l);
+    edges.push({
+      from: id, to: l.span_id, type: l.type, cls: `e-${l.type} cross`, marker: EDGE_MARKERS[l.type] || 'arrow',
+      title: `${EDGE_TITLES[l.type] || l.type} from trace ${l.target_trace_id}`,
+    });
+  }
+  const EW = 180;
+  const EH = 42;
+  for (const [id, l] of external) {
+    nodes.push({
+      id, width: EW, height: EH, cls: 'external',
+      label: `Span ${l.target_span_id} of trace ${l.target_trace_id} (${l.type} link); opens that trace`,
+      draw(g) {
+        g.append(svg('rect', { class: 'box', width: EW, height: EH, rx: 6 }),
+          svg('text', { x: 10, y: 17, class: 'n-svc', text: `↗ other trace · ${l.type.toLowerCase()}` }),
+          svg('text', { x: 10, y: 33, class: 'n-dur mono', text: `…${l.target_trace_id.slice(-12)} / ${l.target_span_id.slice(-6)}` }));
+      },
+    });
+  }
+  const open = (id) => {
+    const l = external.get(id);
+    if (l) location.assign(traceHref(l.target_trace_id, `?span=${encodeURIComponent(l.target_span_id)}`));
+    else onSelect(id);
+  };
+  return drawGraph({ nodes, edges, onSelect: open, ariaLabel: `DAG of ${dag.spans.length} spans` });
 }
 
 /** The DAG folded into one node per service or per step kind, with edge counts. */
