@@ -82,6 +82,12 @@ async function scenario(name, fn) {
 // scatter plot; the URL holds the query.
 await scenario('search_finds_failing_join', async (page) => {
   await open(page, '/', 'search');
+  // The operation list follows the chosen service.
+  await page.waitForSelector('#f-service option[value="spark-etl"]', { state: 'attached' });
+  await page.selectOption('#f-service', 'spark-etl');
+  await page.waitForSelector('#f-operation option[value="join orders+customers"]', { state: 'attached' });
+  await page.selectOption('#f-service', '');
+  await page.selectOption('#f-window', '6h');
   await page.selectOption('#f-kind', 'JOIN');
   await page.selectOption('#f-status', 'ERROR');
   await page.fill('input[name="attr"]', 'dataset=orders');
@@ -89,7 +95,8 @@ await scenario('search_finds_failing_join', async (page) => {
   await page.waitForSelector('main[data-ready="search"]');
   const url = new URL(page.url());
   check(url.searchParams.get('kind') === 'JOIN' && url.searchParams.get('status') === 'ERROR'
-    && url.searchParams.get('attr') === 'dataset=orders', `the URL does not hold the query: ${page.url()}`);
+    && url.searchParams.get('attr') === 'dataset=orders' && url.searchParams.get('lookback') === '6h',
+  `the URL does not hold the query: ${page.url()}`);
   const rows = await page.$$eval('#result-table tbody tr', (trs) => trs.map((t) => t.dataset.traceId));
   check(rows.includes(c.failing_join), `the failing join ${c.failing_join} is not among ${JSON.stringify(rows)}`);
   check(!rows.includes(c.fan_in), 'the healthy fan-in join matched status=ERROR');
@@ -232,6 +239,7 @@ await scenario('large_trace_renders', async (page) => {
   await page.waitForFunction(() => document.querySelectorAll('#dag-panel .node.span').length === 2000, null, { timeout: 120_000 });
   figures.large_all_spans_ms = Date.now() - t0;
   figures.large_all_spans_in_page_ms = Number(await page.getAttribute('.graph-host', 'data-render-ms'));
+  figures.large_all_spans_layout_ms = Number(await page.getAttribute('.graph-host', 'data-layout-ms'));
   const rows = await page.$$eval('.tl-row', (r) => r.length);
   check(rows === 2000, `${rows} timeline rows`);
   // Pan and zoom still answer: zoom in with the button, the transform changes.

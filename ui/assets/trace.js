@@ -100,6 +100,7 @@ export async function renderTrace(main, id, params) {
     dagView.current.fit();
     graphHost.dataset.mode = mode;
     graphHost.dataset.renderMs = String(Math.round(performance.now() - t0));
+    graphHost.dataset.layoutMs = String(Math.round(dagView.current.layoutMs));
     if (state.selected && mode === 'spans') select(state.selected, 'timeline');
   };
   modeSelect.addEventListener('change', () => drawDag(modeSelect.value));
