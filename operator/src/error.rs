@@ -21,6 +21,10 @@ pub enum Error {
     /// The referenced password Secret or key is missing.
     #[error("{0}")]
     SecretNotFound(String),
+    /// RBAC does not let the operator read the referenced Secret (it has no cluster-wide
+    /// Secret access; the namespace must grant it).
+    #[error("{0}")]
+    SecretForbidden(String),
     /// A child with our name exists and belongs to someone else.
     #[error("{0}")]
     Conflict(String),
@@ -87,6 +91,7 @@ impl Error {
             Error::InvalidConfiguration(_) => "invalid_configuration",
             Error::InvalidSamplingPolicy(_) => "invalid_sampling_policy",
             Error::SecretNotFound(_) => "secret_not_found",
+            Error::SecretForbidden(_) => "secret_forbidden",
             Error::Conflict(_) => "conflict",
             Error::StorageConflict(_) => "storage_conflict",
             Error::ClickHouse(_) => "clickhouse",

@@ -152,7 +152,9 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
     .unwrap();
     cluster.namespace(OPERATOR_NS).await;
     cluster.namespace(NS).await;
-    let token = cluster.operator_token(OPERATOR_NS, &[]).await;
+    let token = cluster
+        .operator_token(OPERATOR_NS, &["secretAccess.namespaces={team-a}"])
+        .await;
     let op = Operator::start(&cluster, &token, "op-1", OPERATOR_NS);
     let admin = cluster.admin.clone();
 

@@ -53,6 +53,23 @@ fn chart_and_kustomize_grant_the_same_rules() {
         rules_of(&chart, "Role", "leader-election"),
         rules_of(&leader, "Role", "leader-election")
     );
+    // Defect 10 of issue 15: no cluster-wide Secret access; the secret reader is a separate
+    // ClusterRole, bound per namespace.
+    let main = rules_of(&config, "ClusterRole", "datatracing-operator");
+    assert!(!main.to_string().contains("secrets"), "{main}");
+    let reader = docs(
+        &std::fs::read_to_string(repo_root().join("config/rbac/secret_reader_role.yaml")).unwrap(),
+    );
+    assert_eq!(
+        rules_of(&chart, "ClusterRole", "secret-reader"),
+        rules_of(&reader, "ClusterRole", "secret-reader")
+    );
+    assert!(
+        !chart
+            .iter()
+            .any(|d| d["kind"] == "ClusterRoleBinding" && d["roleRef"]["name"].as_str().unwrap_or_default().ends_with("secret-reader")),
+        "the secret reader is never bound cluster-wide"
+    );
     // Namespace-scoped install: a Role in the watched namespace, no cluster-wide grant.
     let scoped = docs(&helm_template(
         "datatracing-system",
@@ -61,7 +78,11 @@ fn chart_and_kustomize_grant_the_same_rules() {
     assert!(!scoped.iter().any(|d| d["kind"] == "ClusterRole"));
     let role = scoped
         .iter()
-        .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == "team-a")
+        .find(|d| {
+            d["kind"] == "Role"
+                && d["metadata"]["namespace"] == "team-a"
+                && d["metadata"]["name"] == "dt-datatracing-operator"
+        })
         .unwrap();
     assert_eq!(
         role["rules"],

@@ -88,6 +88,9 @@ string_enum! {
         InvalidConfiguration => "InvalidConfiguration",
         /// The referenced password Secret or key does not exist.
         SecretNotFound => "SecretNotFound",
+        /// The operator may not read the referenced Secret (the namespace has not granted
+        /// it: runbooks/operator.md, "Secret access").
+        SecretForbidden => "SecretForbidden",
         /// An object with a child's name exists and is not this pipeline's; nothing applied.
         NameConflict => "NameConflict",
         /// The API server refused a child object.
@@ -147,6 +150,8 @@ string_enum! {
         ClickHouseError => "ClickHouseError",
         /// Retention could not be applied: the password Secret or key is missing.
         SecretNotFound => "SecretNotFound",
+        /// Retention could not be applied: the operator may not read the password Secret.
+        SecretForbidden => "SecretForbidden",
         /// The ClickHouse database belongs to another pipeline.
         StorageConflict => "StorageConflict",
         /// The schema or TTLs in ClickHouse differ from the spec; being repaired.

@@ -8,8 +8,11 @@
 //! - [`selection`]: which policies a pipeline selects.
 //! - [`storage`]: the pipeline's ClickHouse (password, retention, dropping the database).
 //!
-//! SamplingPolicy and Secret changes requeue the pipelines they affect; errors back off
-//! exponentially per object. Only changes a reconcile acts on trigger one: the operator's
+//! SamplingPolicy changes requeue the pipelines they affect; errors back off exponentially
+//! per object. Secrets are not watched: that would need list and watch on every Secret in
+//! the cluster, and the operator reads only the one Secret a pipeline references, by name,
+//! on each reconcile (a missing or rotated password is picked up by the retry backoff or the
+//! resync). Only changes a reconcile acts on trigger one: the operator's
 //! own status writes do not, or every failed attempt would retry at once and the backoff
 //! would never hold.
 
@@ -25,8 +28,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::api::{Api, PartialObjectMeta};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -150,7 +153,6 @@ pub async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> 
     .predicate_filter(pipeline_trigger, Default::default());
     let pipelines = Controller::for_stream(trigger, store.clone());
     let policy_store = store.clone();
-    let secret_store = store.clone();
     let pipelines = pipelines
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
@@ -171,19 +173,6 @@ pub async fn run_controllers(ctx: Arc<Context>, shutdown: CancellationToken) -> 
                         || p.status
                             .as_ref()
                             .is_some_and(|s| s.sampling_policies.contains(&name))
-                })
-            },
-        )
-        .watches(
-            api::<PartialObjectMeta<Secret>>(&client, ns),
-            watcher::Config::default(),
-            move |secret: PartialObjectMeta<Secret>| {
-                refs_in(&secret_store, &secret, |p| {
-                    p.spec
-                        .storage
-                        .password_secret_ref
-                        .as_ref()
-                        .is_some_and(|r| r.name == secret.name_any())
                 })
             },
         )

@@ -21,6 +21,10 @@ use crate::error::{Error, Result};
 use crate::render;
 
 /// Reads the password the pipeline references. `Ok(None)`: no password configured.
+///
+/// One `get` by name: the operator has no cluster-wide Secret access and lists or watches
+/// no Secrets; each namespace grants it `get` (on named Secrets, if it likes), and a
+/// namespace that has not is reported with the grant it needs (runbooks/operator.md).
 async fn password(p: &TracingPipeline, ctx: &Context) -> Result<Option<String>> {
     let Some(r) = &p.spec.storage.password_secret_ref else {
         return Ok(None);
@@ -28,10 +32,19 @@ async fn password(p: &TracingPipeline, ctx: &Context) -> Result<Option<String>> 
     let ns = p.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let missing = |what: String| Error::SecretNotFound(what);
-    let secret = secrets
-        .get_opt(&r.name)
-        .await?
-        .ok_or_else(|| missing(format!("Secret {ns}/{} does not exist", r.name)))?;
+    let secret = match secrets.get_opt(&r.name).await {
+        Ok(s) => s,
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            return Err(Error::SecretForbidden(format!(
+                "the operator may not read Secret {ns}/{}: grant it with a RoleBinding in {ns} \
+                 to the operator's secret-reader ClusterRole, or list {ns} in the chart's \
+                 secretAccess.namespaces (runbooks/operator.md, Secret access)",
+                r.name
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let secret = secret.ok_or_else(|| missing(format!("Secret {ns}/{} does not exist", r.name)))?;
     let bytes = secret
         .data
         .as_ref()
@@ -82,6 +95,7 @@ pub(super) fn retention_failure(e: &Error) -> (Reason, EventReason) {
             EventReason::ClickHouseAuthFailed,
         ),
         Error::SecretNotFound(_) => (Reason::SecretNotFound, EventReason::SecretNotFound),
+        Error::SecretForbidden(_) => (Reason::SecretForbidden, EventReason::SecretForbidden),
         Error::StorageConflict(_) => (Reason::StorageConflict, EventReason::StorageConflict),
         _ => (Reason::ClickHouseError, EventReason::ClickHouseError),
     }
