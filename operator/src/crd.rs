@@ -53,6 +53,25 @@ pub struct TracingPipelineSpec {
     /// Tail sampling.
     #[serde(default)]
     pub sampling: SamplingSpec,
+    /// `Managed` (default): the operator reconciles the pipeline. `Unmanaged`: it pauses,
+    /// leaving the children and ClickHouse as they are (hand edits during an incident are
+    /// not reverted) and saying so in the `Managed` condition; deleting the pipeline still
+    /// honours `storage.deletionPolicy`.
+    #[serde(default)]
+    pub management_state: ManagementState,
+}
+
+/// Whether the operator reconciles a pipeline.
+#[derive(
+    schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
+#[schemars(transform = datatracing_core::schema::string_enum)]
+pub enum ManagementState {
+    /// Reconciled (the default).
+    #[default]
+    Managed,
+    /// Left alone until set back to `Managed`.
+    Unmanaged,
 }
 
 /// Collector settings.
@@ -249,7 +268,7 @@ pub struct TracingPipelineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `ConfigurationGenerated`, `ResourcesApplied`, `CollectorAvailable`,
-    /// `QueryAvailable`, `RetentionApplied`.
+    /// `QueryAvailable`, `RetentionApplied`, `Managed`.
     #[serde(default)]
     #[schemars(schema_with = "crate::schema::conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -60,6 +60,9 @@ string_enum! {
         QueryAvailable => "QueryAvailable",
         /// TracingPipeline: ClickHouse has the requested retention.
         RetentionApplied => "RetentionApplied",
+        /// TracingPipeline: the operator reconciles it (`spec.managementState: Managed`);
+        /// False while it is paused.
+        Managed => "Managed",
         /// SamplingPolicy: the rules are valid.
         Accepted => "Accepted",
     }
@@ -114,6 +117,8 @@ string_enum! {
         /// The schema or TTLs in ClickHouse differ from the spec (changed outside the
         /// operator); being repaired.
         StorageDrift => "StorageDrift",
+        /// `spec.managementState: Unmanaged`: reconciliation is paused.
+        Unmanaged => "Unmanaged",
         /// A condition `Ready` depends on has not been reported yet.
         Progressing => "Progressing",
         /// SamplingPolicy valid.
@@ -156,6 +161,10 @@ string_enum! {
         StorageConflict => "StorageConflict",
         /// The schema or TTLs in ClickHouse differ from the spec; being repaired.
         StorageDrift => "StorageDrift",
+        /// `spec.managementState` became `Unmanaged`: reconciliation paused.
+        ReconciliationPaused => "ReconciliationPaused",
+        /// `spec.managementState` became `Managed` again: reconciliation resumed.
+        ReconciliationResumed => "ReconciliationResumed",
     }
 }
 

@@ -21,7 +21,9 @@ use super::conditions::{self, ConditionType, EventReason, Reason, set_condition}
 use super::context::{Context, apply_status, key, status_json};
 use super::selection::policy_selector;
 use super::storage;
-use crate::crd::{DeletionPolicy, SamplingPolicy, TracingPipeline, TracingPipelineStatus};
+use crate::crd::{
+    DeletionPolicy, ManagementState, SamplingPolicy, TracingPipeline, TracingPipelineStatus,
+};
 use crate::error::{Error, Result};
 use crate::metrics::ControllerLabel;
 use crate::policy;
@@ -259,10 +261,59 @@ async fn children_failed(
     Err(err)
 }
 
+/// `spec.managementState: Unmanaged`: nothing is written but the status, which keeps what
+/// it said about the children (and `observedGeneration`, the last generation reconciled)
+/// and says, in `Managed`, that reconciliation is paused. A change to the spec, including
+/// setting it back to `Managed`, triggers the next reconcile; nothing periodic is needed.
+async fn paused(
+    ctx: &Context,
+    p: &TracingPipeline,
+    mut status: TracingPipelineStatus,
+) -> Result<Action> {
+    let was_paused = conditions::find(&status.conditions, ConditionType::Managed)
+        .is_some_and(|c| c.status != "True");
+    if !was_paused {
+        ctx.event(
+            p,
+            EventType::Normal,
+            EventReason::ReconciliationPaused,
+            "spec.managementState is Unmanaged: children and ClickHouse are left as they are"
+                .into(),
+        )
+        .await;
+    }
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Managed,
+        false,
+        Reason::Unmanaged,
+        "reconciliation paused (spec.managementState: Unmanaged); changes to the children \
+         and ClickHouse are not reverted until it is Managed again",
+        p.metadata.generation,
+    );
+    write_status(ctx, p, &status).await?;
+    ctx.succeeded(&format!("retention/{}", key(p)));
+    Ok(Action::await_change())
+}
+
 async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action> {
     let ns = p.namespace().unwrap_or_default();
     let generation = p.metadata.generation;
     let previous = p.status.clone().unwrap_or_default();
+    if p.spec.management_state == ManagementState::Unmanaged {
+        return paused(ctx, &p, previous).await;
+    }
+    if conditions::find(&previous.conditions, ConditionType::Managed)
+        .is_some_and(|c| c.status != "True")
+    {
+        ctx.event(
+            &*p,
+            EventType::Normal,
+            EventReason::ReconciliationResumed,
+            "spec.managementState is Managed again: reconciling".into(),
+        )
+        .await;
+    }
     let mut status = TracingPipelineStatus {
         observed_generation: generation,
         conditions: previous.conditions.clone(),
@@ -272,6 +323,13 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
     let cond = |s: &mut TracingPipelineStatus, t, ok, reason, msg: String| {
         set_condition(&mut s.conditions, t, ok, reason, msg, generation);
     };
+    cond(
+        &mut status,
+        ConditionType::Managed,
+        true,
+        Reason::Reconciled,
+        "the operator reconciles this pipeline (spec.managementState: Managed)".into(),
+    );
 
     // 1. Sampling and configuration. When nothing can be deployed, say why and stop.
     let sampling = match sampling(&p, ctx, &previous).await {
