@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 use datatracing_config::QueueConfig;
 use datatracing_core::Limits;
 use datatracing_core::policy::{Action, Rule, Verdict};
-use k8s_openapi::api::core::v1::{ResourceRequirements, SecretKeySelector};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, Probe, ResourceRequirements,
+    SecretKeySelector, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -79,6 +82,9 @@ pub enum ManagementState {
 #[x_kube(validation = Rule::new(
     "!has(self.podDisruptionBudget) || self.podDisruptionBudget.minAvailable < self.replicas"
 ).message("collector.podDisruptionBudget.minAvailable must be below collector.replicas, or the budget blocks every voluntary eviction").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new(
+    "(has(self.terminationGracePeriodSeconds) ? self.terminationGracePeriodSeconds : 30) > (has(self.preStopDelaySeconds) ? self.preStopDelaySeconds : 5)"
+).message("terminationGracePeriodSeconds (default 30) must exceed preStopDelaySeconds (default 5), or the pod is killed before it drains").reason(Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
 pub struct CollectorSpec {
     /// Pods.
@@ -109,6 +115,9 @@ pub struct CollectorSpec {
     /// manage yourself is never merged with ours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_disruption_budget: Option<DisruptionBudget>,
+    /// Scheduling and pod settings.
+    #[serde(flatten)]
+    pub pod: PodOptions,
 }
 
 fn default_collector_replicas() -> i32 {
@@ -126,6 +135,7 @@ impl Default for CollectorSpec {
             limits: None,
             queue: None,
             pod_disruption_budget: None,
+            pod: PodOptions::default(),
         }
     }
 }
@@ -141,6 +151,9 @@ pub struct DisruptionBudget {
 
 /// Query settings.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new(
+    "(has(self.terminationGracePeriodSeconds) ? self.terminationGracePeriodSeconds : 30) > (has(self.preStopDelaySeconds) ? self.preStopDelaySeconds : 5)"
+).message("terminationGracePeriodSeconds (default 30) must exceed preStopDelaySeconds (default 5), or the pod is killed before it drains").reason(Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
 pub struct QuerySpec {
     /// Pods.
@@ -153,6 +166,9 @@ pub struct QuerySpec {
     /// Container resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scheduling and pod settings.
+    #[serde(flatten)]
+    pub pod: PodOptions,
 }
 
 fn default_query_replicas() -> i32 {
@@ -165,8 +181,91 @@ impl Default for QuerySpec {
             replicas: default_query_replicas(),
             image: None,
             resources: None,
+            pod: PodOptions::default(),
         }
     }
+}
+
+/// Scheduling and pod settings of the collector or query Deployment, as the Kubernetes
+/// types (what OpenTelemetry Operator users look for). Names the operator uses itself
+/// (the selector labels, its environment prefix, its volumes and mount directory) are
+/// refused by the API server.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOptions {
+    /// Node labels the pods must run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Node and pod (anti-)affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the pods spread. Absent: across nodes (`kubernetes.io/hostname`, `maxSkew: 1`,
+    /// `whenUnsatisfiable: ScheduleAnyway`); `[]`: no spread constraint. A constraint
+    /// without `labelSelector` selects this Deployment's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Extra environment variables. `DATATRACING_*` is the operator's: the rendered
+    /// configuration would no longer be what runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('DATATRACING_'))").message("env names starting with DATATRACING_ are reserved: they would override the configuration the operator renders").reason(Reason::FieldValueForbidden))]
+    pub env: Option<Vec<EnvVar>>,
+    /// Extra environment from ConfigMaps or Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(e, !has(e.prefix) || !e.prefix.startsWith('DATATRACING_'))").message("envFrom prefixes starting with DATATRACING_ are reserved").reason(Reason::FieldValueForbidden))]
+    pub env_from: Option<Vec<EnvFromSource>>,
+    /// Extra volumes; `config` and `clickhouse-password` are the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(v, v.name != 'config' && v.name != 'clickhouse-password')").message("volume names config and clickhouse-password are reserved").reason(Reason::FieldValueForbidden))]
+    pub volumes: Option<Vec<Volume>>,
+    /// Extra mounts in the container; `/etc/datatracing` is the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(m, m.mountPath != '/etc/datatracing' && !m.mountPath.startsWith('/etc/datatracing/'))").message("mount paths under /etc/datatracing are reserved").reason(Reason::FieldValueForbidden))]
+    pub volume_mounts: Option<Vec<VolumeMount>>,
+    /// Extra pod annotations; `datatracing.io/` keys are the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('datatracing.io/'))").message("pod annotations under datatracing.io/ are reserved").reason(Reason::FieldValueForbidden))]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// Extra pod labels; `app.kubernetes.io/` keys are the operator's (the selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('app.kubernetes.io/'))").message("pod labels under app.kubernetes.io/ are reserved: the Deployment selects its pods with them").reason(Reason::FieldValueForbidden))]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+    /// Secrets for pulling the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// An existing ServiceAccount for the pods (workload identity, image pull rights).
+    /// Absent: the pipeline's own, `<pipeline>-datatracing`, without API rights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+    /// The startup probe. Absent: `/healthz` every 2 s, up to 60 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    /// Seconds a terminating pod keeps serving before it is sent SIGTERM (a preStop
+    /// sleep), so Services and load balancers stop sending to it first. Default 5; 0: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 120))]
+    pub pre_stop_delay_seconds: Option<i32>,
+    /// Seconds between SIGTERM and SIGKILL. Default 30; must exceed the preStop delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub termination_grace_period_seconds: Option<i64>,
 }
 
 /// What happens to the ClickHouse data when the pipeline is deleted.

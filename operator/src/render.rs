@@ -22,7 +22,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::crd::TracingPipeline;
+use crate::crd::{PodOptions, TracingPipeline};
 use crate::error::{Error, Result};
 
 /// Where the ConfigMap is mounted in the pods.
@@ -43,6 +43,10 @@ pub const OTLP_GRPC_PORT: i32 = 4317;
 pub const OTLP_HTTP_PORT: i32 = 4318;
 /// Query API port.
 pub const QUERY_PORT: i32 = 16686;
+/// Seconds a terminating pod keeps serving before SIGTERM, unless the spec says otherwise.
+pub const DEFAULT_PRE_STOP_DELAY_SECONDS: i32 = 5;
+/// Seconds between SIGTERM and SIGKILL, unless the spec says otherwise.
+pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
 
 /// Names of a pipeline's children.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,6 +254,10 @@ fn meta(p: &TracingPipeline, name: &str, component: Option<&str>) -> Result<Obje
     })
 }
 
+fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| Error::Render(e.to_string()))
+}
+
 fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
     serde_json::from_value(v).map_err(|e| Error::Render(e.to_string()))
 }
@@ -289,7 +297,9 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
                resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
                ports: serde_json::Value,
                probe_port: i32,
-               restart_hash: &str| {
+               restart_hash: &str,
+               opts: &PodOptions|
+     -> Result<serde_json::Value> {
         let mut volumes = vec![json!({"name": "config", "configMap": {"name": names.config}})];
         let mut mounts = vec![json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true})];
         if let Some(v) = &secret_volume {
@@ -298,35 +308,101 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
                 json!({"name": "clickhouse-password", "mountPath": SECRET_DIR, "readOnly": true}),
             );
         }
-        json!({
-            "metadata": {
-                "labels": selector(p, component),
-                "annotations": {CONFIG_HASH_ANNOTATION: restart_hash},
-            },
-            "spec": {
-                "serviceAccountName": names.service_account,
-                "automountServiceAccountToken": false,
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
-                                    "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
-                "terminationGracePeriodSeconds": 30,
-                "containers": [{
-                    "name": component,
-                    "image": image,
-                    "args": [component, "--config", format!("{CONFIG_DIR}/{CONFIG_KEY}")],
-                    "ports": ports,
-                    "resources": resources,
-                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": probe_port},
-                                       "periodSeconds": 5, "failureThreshold": 3},
-                    "livenessProbe": {"httpGet": {"path": "/healthz", "port": probe_port},
-                                      "periodSeconds": 10, "failureThreshold": 6},
-                    "securityContext": {"allowPrivilegeEscalation": false,
-                                        "readOnlyRootFilesystem": true,
-                                        "capabilities": {"drop": ["ALL"]}},
-                    "volumeMounts": mounts,
-                }],
-                "volumes": volumes,
+        for v in opts.volumes.iter().flatten() {
+            volumes.push(to_json(v)?);
+        }
+        for m in opts.volume_mounts.iter().flatten() {
+            mounts.push(to_json(m)?);
+        }
+        // The operator's labels and annotation win (CEL refuses the reserved keys anyway).
+        let mut pod_labels = opts.pod_labels.clone().unwrap_or_default();
+        pod_labels.extend(selector(p, component));
+        let mut annotations = opts.pod_annotations.clone().unwrap_or_default();
+        annotations.insert(CONFIG_HASH_ANNOTATION.into(), restart_hash.into());
+        let spread = match &opts.topology_spread_constraints {
+            None => json!([{
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector(p, component)},
+            }]),
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for c in list {
+                    let mut v = to_json(c)?;
+                    if c.label_selector.is_none() {
+                        v["labelSelector"] = json!({"matchLabels": selector(p, component)});
+                    }
+                    out.push(v);
+                }
+                serde_json::Value::Array(out)
             }
-        })
+        };
+        let pre_stop = opts
+            .pre_stop_delay_seconds
+            .unwrap_or(DEFAULT_PRE_STOP_DELAY_SECONDS);
+        let startup = match &opts.startup_probe {
+            Some(probe) => to_json(probe)?,
+            None => json!({"httpGet": {"path": "/healthz", "port": probe_port},
+                           "periodSeconds": 2, "failureThreshold": 30}),
+        };
+        let mut container = json!({
+            "name": component,
+            "image": image,
+            "args": [component, "--config", format!("{CONFIG_DIR}/{CONFIG_KEY}")],
+            "ports": ports,
+            "resources": resources,
+            "startupProbe": startup,
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": probe_port},
+                               "periodSeconds": 5, "failureThreshold": 3},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": probe_port},
+                              "periodSeconds": 10, "failureThreshold": 6},
+            "securityContext": {"allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": mounts,
+        });
+        if pre_stop > 0 {
+            // A sleep, not a command: the image has no shell.
+            container["lifecycle"] = json!({"preStop": {"sleep": {"seconds": pre_stop}}});
+        }
+        if let Some(env) = &opts.env {
+            container["env"] = to_json(env)?;
+        }
+        if let Some(env_from) = &opts.env_from {
+            container["envFrom"] = to_json(env_from)?;
+        }
+        let mut spec = json!({
+            "serviceAccountName": opts.service_account_name.as_deref().unwrap_or(&names.service_account),
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                                "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "terminationGracePeriodSeconds": opts
+                .termination_grace_period_seconds
+                .unwrap_or(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS),
+            "topologySpreadConstraints": spread,
+            "containers": [container],
+            "volumes": volumes,
+        });
+        if let Some(v) = &opts.node_selector {
+            spec["nodeSelector"] = to_json(v)?;
+        }
+        if let Some(v) = &opts.tolerations {
+            spec["tolerations"] = to_json(v)?;
+        }
+        if let Some(v) = &opts.affinity {
+            spec["affinity"] = to_json(v)?;
+        }
+        if let Some(v) = &opts.priority_class_name {
+            spec["priorityClassName"] = json!(v);
+        }
+        if let Some(v) = &opts.image_pull_secrets {
+            spec["imagePullSecrets"] = to_json(v)?;
+        }
+        Ok(json!({
+            "metadata": {"labels": pod_labels, "annotations": annotations},
+            "spec": spec,
+        }))
     };
     let deployment = |name: &str,
                       component: &str,
@@ -359,7 +435,8 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             ]),
             OTLP_HTTP_PORT,
             &config_hash,
-        ),
+            &c.pod,
+        )?,
     )?;
     let q = &p.spec.query;
     let query = deployment(
@@ -373,7 +450,8 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             json!([{"name": "http", "containerPort": QUERY_PORT, "protocol": "TCP"}]),
             QUERY_PORT,
             &query_config_hash,
-        ),
+            &q.pod,
+        )?,
     )?;
     let service = |name: &str, component: &str, ports: serde_json::Value| -> Result<Service> {
         typed(json!({
@@ -623,6 +701,100 @@ mod tests {
             assert_eq!(loaded.storage.backend, Backend::Clickhouse);
             assert_eq!(loaded.collector.sampling.enabled, sampling.is_some());
         }
+    }
+
+    #[test]
+    fn pod_options_reach_the_pod_and_defaults_spread_and_drain() {
+        let mut p = pipeline();
+        let d = desired(&p, "img", None).unwrap();
+        let pod = d.collector.spec.unwrap().template.spec.unwrap();
+        let spread = pod.topology_spread_constraints.unwrap();
+        assert_eq!(spread.len(), 1);
+        assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+        assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+        assert_eq!(
+            spread[0].label_selector.as_ref().unwrap().match_labels,
+            Some(selector(&p, "collector"))
+        );
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.lifecycle
+                .as_ref()
+                .unwrap()
+                .pre_stop
+                .as_ref()
+                .unwrap()
+                .sleep
+                .as_ref()
+                .unwrap()
+                .seconds,
+            i64::from(DEFAULT_PRE_STOP_DELAY_SECONDS)
+        );
+        assert!(c.startup_probe.as_ref().unwrap().http_get.is_some());
+        assert_eq!(pod.service_account_name.as_deref(), Some("orders-datatracing"));
+
+        let opts: PodOptions = serde_json::from_value(json!({
+            "nodeSelector": {"pool": "tracing"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "tracing", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+            "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}],
+            "priorityClassName": "tracing-high",
+            "env": [{"name": "RUST_BACKTRACE", "value": "1"}],
+            "envFrom": [{"configMapRef": {"name": "proxy"}}],
+            "volumes": [{"name": "ca", "configMap": {"name": "ca-bundle"}}],
+            "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/extra"}],
+            "podAnnotations": {"example.com/team": "data"},
+            "podLabels": {"team": "data"},
+            "imagePullSecrets": [{"name": "pull"}],
+            "serviceAccountName": "tracing-wi",
+            "startupProbe": {"tcpSocket": {"port": 4318}, "failureThreshold": 5},
+            "preStopDelaySeconds": 0,
+            "terminationGracePeriodSeconds": 60
+        }))
+        .unwrap();
+        p.spec.query.pod = opts;
+        let d = desired(&p, "img", None).unwrap();
+        let t = d.query.spec.unwrap().template;
+        let meta = t.metadata.unwrap();
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["team"], "data");
+        assert_eq!(labels["app.kubernetes.io/component"], "query");
+        let annotations = meta.annotations.unwrap();
+        assert_eq!(annotations["example.com/team"], "data");
+        assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+        let pod = t.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["pool"], "tracing");
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        assert!(pod.affinity.unwrap().node_affinity.is_some());
+        let spread = pod.topology_spread_constraints.unwrap();
+        assert_eq!(spread[0].max_skew, 2);
+        assert_eq!(
+            spread[0].label_selector.as_ref().unwrap().match_labels,
+            Some(selector(&p, "query")),
+            "a constraint without selector selects the Deployment's pods"
+        );
+        assert_eq!(pod.priority_class_name.as_deref(), Some("tracing-high"));
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "pull");
+        assert_eq!(pod.service_account_name.as_deref(), Some("tracing-wi"));
+        assert_eq!(pod.termination_grace_period_seconds, Some(60));
+        let volumes: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(volumes, ["config", "clickhouse-password", "ca"]);
+        let c = &pod.containers[0];
+        assert_eq!(c.env.as_ref().unwrap()[0].name, "RUST_BACKTRACE");
+        assert!(c.env_from.as_ref().unwrap()[0].config_map_ref.is_some());
+        let mounts: Vec<&str> = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, [CONFIG_DIR, SECRET_DIR, "/etc/ssl/extra"]);
+        assert!(c.startup_probe.as_ref().unwrap().tcp_socket.is_some());
+        assert!(c.lifecycle.is_none(), "preStopDelaySeconds: 0 means no hook");
+        // The collector keeps its defaults: the options are per Deployment.
+        let collector = d.collector.spec.unwrap().template.spec.unwrap();
+        assert!(collector.node_selector.is_none());
     }
 
     #[test]

@@ -1,0 +1,149 @@
+//! Pod customisation of collector and query on a real API server (issue 15): the CRD with
+//! its CEL rules is accepted, the options reach the Deployments the API server stores, and
+//! reserved names are refused at admission. No ClickHouse: retention stays unapplied, which
+//! does not stop the children being written.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, Operator, free_port, wait_for};
+use datatracing_operator::crd::TracingPipeline;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+const OPERATOR_NS: &str = "datatracing-system";
+const NS: &str = "team-p";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn pipeline(name: &str, collector: Value, clickhouse: &str) -> Value {
+    json!({
+        "apiVersion": "datatracing.io/v1alpha1", "kind": "TracingPipeline",
+        "metadata": {"name": name},
+        "spec": {"collector": collector,
+                 "storage": {"url": clickhouse, "database": name}}
+    })
+}
+
+async fn apply(api: &Api<TracingPipeline>, body: &Value) -> Result<TracingPipeline, kube::Error> {
+    let name = body["metadata"]["name"].as_str().unwrap();
+    api.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(body))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pod_options_reach_the_deployment_and_reserved_names_are_refused() {
+    let cluster = Cluster::start().await;
+    cluster.namespace(OPERATOR_NS).await;
+    cluster.namespace(NS).await;
+    let token = cluster.operator_token(OPERATOR_NS, &[]).await;
+    let op = Operator::start(&cluster, &token, "op-p", OPERATOR_NS);
+    let admin = cluster.admin.clone();
+    let pipelines: Api<TracingPipeline> = Api::namespaced(admin.clone(), NS);
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NS);
+    let clickhouse = format!("http://127.0.0.1:{}", free_port());
+
+    let options = json!({
+        "replicas": 2,
+        "nodeSelector": {"pool": "tracing"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "tracing", "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "podAffinityTerm": {"topologyKey": "topology.kubernetes.io/zone",
+             "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "orders"}}}}]}},
+        "priorityClassName": "tracing-high",
+        "env": [{"name": "RUST_BACKTRACE", "value": "1"}],
+        "envFrom": [{"secretRef": {"name": "proxy-settings"}}],
+        "volumes": [{"name": "ca", "configMap": {"name": "ca-bundle"}}],
+        "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/extra", "readOnly": true}],
+        "podAnnotations": {"example.com/team": "data"},
+        "podLabels": {"team": "data"},
+        "imagePullSecrets": [{"name": "pull"}],
+        "serviceAccountName": "tracing-wi",
+        "preStopDelaySeconds": 10,
+        "terminationGracePeriodSeconds": 45
+    });
+    apply(&pipelines, &pipeline("orders", options, &clickhouse))
+        .await
+        .unwrap();
+    let d = wait_for("collector Deployment", WAIT, || async {
+        deployments.get_opt("orders-collector").await.ok()?
+    })
+    .await;
+    let t = d.spec.unwrap().template;
+    let meta = t.metadata.unwrap();
+    assert_eq!(meta.labels.unwrap()["team"], "data");
+    assert_eq!(meta.annotations.unwrap()["example.com/team"], "data");
+    let pod = t.spec.unwrap();
+    assert_eq!(pod.node_selector.unwrap()["pool"], "tracing");
+    assert_eq!(pod.tolerations.unwrap()[0].value.as_deref(), Some("tracing"));
+    assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
+    let spread = pod.topology_spread_constraints.unwrap();
+    assert_eq!(
+        (spread[0].topology_key.as_str(), spread[0].when_unsatisfiable.as_str()),
+        ("kubernetes.io/hostname", "ScheduleAnyway"),
+        "default spread"
+    );
+    assert_eq!(pod.priority_class_name.as_deref(), Some("tracing-high"));
+    assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "pull");
+    assert_eq!(pod.service_account_name.as_deref(), Some("tracing-wi"));
+    assert_eq!(pod.termination_grace_period_seconds, Some(45));
+    assert!(pod.volumes.unwrap().iter().any(|v| v.name == "ca"));
+    let c = &pod.containers[0];
+    assert_eq!(c.env.as_ref().unwrap()[0].name, "RUST_BACKTRACE");
+    assert!(c.env_from.as_ref().unwrap()[0].secret_ref.is_some());
+    assert!(
+        c.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == "/etc/ssl/extra")
+    );
+    assert!(c.startup_probe.is_some());
+    let pre_stop = c.lifecycle.clone().unwrap().pre_stop.unwrap();
+    assert_eq!(pre_stop.sleep.unwrap().seconds, 10);
+    // The query Deployment keeps its defaults.
+    let q = wait_for("query Deployment", WAIT, || async {
+        deployments.get_opt("orders-query").await.ok()?
+    })
+    .await;
+    assert!(q.spec.unwrap().template.spec.unwrap().node_selector.is_none());
+
+    // Reserved names and a grace period shorter than the drain are refused by CEL.
+    for (bad, expect) in [
+        (
+            json!({"env": [{"name": "DATATRACING_STORAGE__BACKEND", "value": "sqlite"}]}),
+            "reserved",
+        ),
+        (
+            json!({"podLabels": {"app.kubernetes.io/instance": "other"}}),
+            "reserved",
+        ),
+        (
+            json!({"volumeMounts": [{"name": "x", "mountPath": "/etc/datatracing/config"}]}),
+            "reserved",
+        ),
+        (
+            json!({"volumes": [{"name": "config", "emptyDir": {}}]}),
+            "reserved",
+        ),
+        (
+            json!({"podAnnotations": {"datatracing.io/config-hash": "x"}}),
+            "reserved",
+        ),
+        (
+            json!({"terminationGracePeriodSeconds": 3}),
+            "must exceed preStopDelaySeconds",
+        ),
+    ] {
+        let e = apply(&pipelines, &pipeline("refused", bad.clone(), &clickhouse))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, kube::Error::Api(s) if s.code == 422 && s.message.contains(expect)),
+            "{bad}: {e}"
+        );
+    }
+    op.stop().await.unwrap();
+}
