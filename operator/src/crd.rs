@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +81,7 @@ pub enum ManagementState {
 /// Collector settings.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[x_kube(validation = Rule::new(
-    "!has(self.podDisruptionBudget) || self.podDisruptionBudget.minAvailable < self.replicas"
+    "!has(self.podDisruptionBudget) || !has(self.podDisruptionBudget.minAvailable) || type(self.podDisruptionBudget.minAvailable) == string || self.podDisruptionBudget.minAvailable < self.replicas"
 ).message("collector.podDisruptionBudget.minAvailable must be below collector.replicas, or the budget blocks every voluntary eviction").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new(
     "(has(self.terminationGracePeriodSeconds) ? self.terminationGracePeriodSeconds : 30) > (has(self.preStopDelaySeconds) ? self.preStopDelaySeconds : 5)"
@@ -111,8 +112,8 @@ pub struct CollectorSpec {
     /// The in-memory queue and what happens when it is full (the collector's `queue` section).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueConfig>,
-    /// A PodDisruptionBudget for the collectors; absent means none is created (so one you
-    /// manage yourself is never merged with ours).
+    /// The collectors' PodDisruptionBudget. Absent: `maxUnavailable: 1`; `enabled: false`
+    /// for none (when you manage your own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_disruption_budget: Option<DisruptionBudget>,
     /// Scheduling and pod settings.
@@ -140,13 +141,37 @@ impl Default for CollectorSpec {
     }
 }
 
-/// A PodDisruptionBudget.
+/// A PodDisruptionBudget: at most one of `minAvailable` and `maxUnavailable`, each an
+/// integer or a percentage (`"50%"`); neither means `maxUnavailable: 1`.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("!(has(self.minAvailable) && has(self.maxUnavailable))").message("podDisruptionBudget takes minAvailable or maxUnavailable, not both").reason(Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
 pub struct DisruptionBudget {
-    /// Collector pods that must stay available during voluntary disruptions.
-    #[schemars(range(min = 0))]
-    pub min_available: i32,
+    /// Create the budget (default true); false when you manage your own.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Pods that must stay available during voluntary disruptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 0 : self.matches('^[0-9]{1,3}%$')").message("minAvailable must be a non-negative integer or a percentage such as 50%").reason(Reason::FieldValueInvalid))]
+    pub min_available: Option<IntOrString>,
+    /// Pods that may be unavailable at once during voluntary disruptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^[0-9]{1,3}%$')").message("maxUnavailable must be a positive integer or a percentage such as 25%").reason(Reason::FieldValueInvalid))]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for DisruptionBudget {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_available: None,
+            max_unavailable: None,
+        }
+    }
 }
 
 /// Query settings.
@@ -166,6 +191,10 @@ pub struct QuerySpec {
     /// Container resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// The query pods' PodDisruptionBudget. Absent: `maxUnavailable: 1`; `enabled: false`
+    /// for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<DisruptionBudget>,
     /// Scheduling and pod settings.
     #[serde(flatten)]
     pub pod: PodOptions,
@@ -181,6 +210,7 @@ impl Default for QuerySpec {
             replicas: default_query_replicas(),
             image: None,
             resources: None,
+            pod_disruption_budget: None,
             pod: PodOptions::default(),
         }
     }

@@ -94,8 +94,10 @@ pub struct Desired {
     pub query_service: Service,
     /// The pods' ServiceAccount.
     pub service_account: ServiceAccount,
-    /// Collector PodDisruptionBudget, when the spec asks for one.
+    /// Collector PodDisruptionBudget, unless the spec turns it off.
     pub pdb: Option<PodDisruptionBudget>,
+    /// Query PodDisruptionBudget, unless the spec turns it off.
+    pub query_pdb: Option<PodDisruptionBudget>,
 }
 
 /// The ClickHouse settings a pipeline's pods (and the operator's retention calls) use.
@@ -478,18 +480,33 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         "metadata": meta(p, &names.service_account, None)?,
         "automountServiceAccountToken": false,
     }))?;
-    let pdb = c
-        .pod_disruption_budget
-        .as_ref()
-        .map(|b| {
-            typed(json!({
-                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                "metadata": meta(p, &names.collector, Some("collector"))?,
-                "spec": {"minAvailable": b.min_available,
-                         "selector": {"matchLabels": selector(p, "collector")}}
-            }))
-        })
-        .transpose()?;
+    let budget = |name: &str,
+                  component: &str,
+                  spec: Option<&crate::crd::DisruptionBudget>|
+     -> Result<Option<PodDisruptionBudget>> {
+        let b = spec.cloned().unwrap_or_default();
+        if !b.enabled {
+            return Ok(None);
+        }
+        let mut pdb_spec = json!({"selector": {"matchLabels": selector(p, component)}});
+        match (&b.min_available, &b.max_unavailable) {
+            (Some(min), _) => pdb_spec["minAvailable"] = to_json(min)?,
+            (None, Some(max)) => pdb_spec["maxUnavailable"] = to_json(max)?,
+            (None, None) => pdb_spec["maxUnavailable"] = json!(1),
+        }
+        typed(json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": meta(p, name, Some(component))?,
+            "spec": pdb_spec,
+        }))
+        .map(Some)
+    };
+    let pdb = budget(
+        &names.collector,
+        "collector",
+        c.pod_disruption_budget.as_ref(),
+    )?;
+    let query_pdb = budget(&names.query, "query", q.pod_disruption_budget.as_ref())?;
     Ok(Desired {
         config_map,
         config_hash,
@@ -500,6 +517,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         query_service,
         service_account,
         pdb,
+        query_pdb,
     })
 }
 
@@ -654,10 +672,15 @@ mod tests {
     #[test]
     fn without_selector_or_budget_or_secret_those_parts_are_absent() {
         let mut p = pipeline();
-        p.spec.collector.pod_disruption_budget = None;
+        let off = crate::crd::DisruptionBudget {
+            enabled: false,
+            ..Default::default()
+        };
+        p.spec.collector.pod_disruption_budget = Some(off.clone());
+        p.spec.query.pod_disruption_budget = Some(off);
         p.spec.storage.password_secret_ref = None;
         let d = desired(&p, "img", None).unwrap();
-        assert!(d.pdb.is_none());
+        assert!(d.pdb.is_none() && d.query_pdb.is_none());
         assert!(
             !d.config_map
                 .data
@@ -795,6 +818,30 @@ mod tests {
         // The collector keeps its defaults: the options are per Deployment.
         let collector = d.collector.spec.unwrap().template.spec.unwrap();
         assert!(collector.node_selector.is_none());
+    }
+
+    #[test]
+    fn budgets_default_to_one_unavailable_and_take_percentages() {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let mut p = pipeline();
+        p.spec.collector.pod_disruption_budget = None;
+        let d = desired(&p, "img", None).unwrap();
+        for (pdb, component) in [(&d.pdb, "collector"), (&d.query_pdb, "query")] {
+            let spec = pdb.as_ref().unwrap().spec.clone().unwrap();
+            assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+            assert_eq!(spec.min_available, None);
+            assert_eq!(
+                spec.selector.unwrap().match_labels,
+                Some(selector(&p, component))
+            );
+        }
+        p.spec.query.pod_disruption_budget = Some(crate::crd::DisruptionBudget {
+            max_unavailable: Some(IntOrString::String("25%".into())),
+            ..Default::default()
+        });
+        let d = desired(&p, "img", None).unwrap();
+        let spec = d.query_pdb.unwrap().spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::String("25%".into())));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Pod customisation of collector and query on a real API server (issue 15): the CRD with
-//! its CEL rules is accepted, the options reach the Deployments the API server stores, and
-//! reserved names are refused at admission. No ClickHouse: retention stays unapplied, which
+//! Pod customisation and disruption budgets of collector and query on a real API server
+//! (issue 15): the CRD with its CEL rules is accepted, the options reach the Deployments the
+//! API server stores, budgets exist by default, and reserved names are refused at admission. No ClickHouse: retention stays unapplied, which
 //! does not stop the children being written.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,6 +11,8 @@ use std::time::Duration;
 use common::{Cluster, Operator, free_port, wait_for};
 use datatracing_operator::crd::TracingPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -110,6 +112,28 @@ async fn pod_options_reach_the_deployment_and_reserved_names_are_refused() {
     .await;
     assert!(q.spec.unwrap().template.spec.unwrap().node_selector.is_none());
 
+    // Disruption budgets by default (maxUnavailable 1), for both Deployments.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(admin.clone(), NS);
+    for name in ["orders-collector", "orders-query"] {
+        let pdb = wait_for(&format!("PodDisruptionBudget {name}"), WAIT, || async {
+            pdbs.get_opt(name).await.ok()?
+        })
+        .await;
+        let spec = pdb.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)), "{name}");
+        assert_eq!(spec.min_available, None);
+    }
+    // A percentage is taken; `enabled: false` removes ours.
+    let mut spec = pipeline("orders", json!({"replicas": 2, "podDisruptionBudget": {"enabled": false}}), &clickhouse);
+    spec["spec"]["query"] = json!({"podDisruptionBudget": {"maxUnavailable": "50%"}});
+    apply(&pipelines, &spec).await.unwrap();
+    wait_for("query budget 50%, collector budget gone", WAIT, || async {
+        let q = pdbs.get_opt("orders-query").await.ok()??.spec?;
+        let gone = pdbs.get_opt("orders-collector").await.ok()?.is_none();
+        (gone && q.max_unavailable == Some(IntOrString::String("50%".into()))).then_some(())
+    })
+    .await;
+
     // Reserved names and a grace period shorter than the drain are refused by CEL.
     for (bad, expect) in [
         (
@@ -135,6 +159,18 @@ async fn pod_options_reach_the_deployment_and_reserved_names_are_refused() {
         (
             json!({"terminationGracePeriodSeconds": 3}),
             "must exceed preStopDelaySeconds",
+        ),
+        (
+            json!({"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}),
+            "not both",
+        ),
+        (
+            json!({"podDisruptionBudget": {"maxUnavailable": "half"}}),
+            "percentage",
+        ),
+        (
+            json!({"replicas": 2, "podDisruptionBudget": {"minAvailable": 2}}),
+            "minAvailable must be below collector.replicas",
         ),
     ] {
         let e = apply(&pipelines, &pipeline("refused", bad.clone(), &clickhouse))

@@ -93,8 +93,8 @@ where
 }
 
 /// Writes every child of the pipeline with `uid` in `ns`, unless a name is taken by an
-/// object it does not own. A PodDisruptionBudget the spec no longer asks for is deleted if
-/// it is the pipeline's own.
+/// object it does not own. A PodDisruptionBudget the spec turned off is deleted if it is
+/// the pipeline's own.
 pub(super) async fn apply_all(
     client: &Client,
     ns: &str,
@@ -103,7 +103,10 @@ pub(super) async fn apply_all(
     manager: &str,
 ) -> Result<Applied, ChildrenError> {
     let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
-    let pdb_name = name(&desired.collector.metadata);
+    let budgets = [
+        (name(&desired.collector.metadata), desired.pdb.as_ref()),
+        (name(&desired.query.metadata), desired.query_pdb.as_ref()),
+    ];
     let checks = [
         foreign::<ServiceAccount>(client, ns, &name(&desired.service_account.metadata), uid)
             .await?,
@@ -112,16 +115,15 @@ pub(super) async fn apply_all(
         foreign::<Service>(client, ns, &name(&desired.collector_service.metadata), uid).await?,
         foreign::<Deployment>(client, ns, &name(&desired.query.metadata), uid).await?,
         foreign::<Service>(client, ns, &name(&desired.query_service.metadata), uid).await?,
-        // Only when the spec asks for one: a budget that is not ours is a conflict only if
-        // ours would replace it (without one in the spec, only our own is deleted, below).
-        match &desired.pdb {
-            Some(pdb) => {
-                foreign::<PodDisruptionBudget>(client, ns, &name(&pdb.metadata), uid).await?
-            }
-            None => None,
-        },
     ];
-    let taken: Vec<String> = checks.into_iter().flatten().collect();
+    let mut taken: Vec<String> = checks.into_iter().flatten().collect();
+    // Budgets only when the spec asks for them: a budget that is not ours is a conflict only
+    // if ours would replace it (with the budget turned off, only our own is deleted, below).
+    for (pdb_name, pdb) in &budgets {
+        if pdb.is_some() {
+            taken.extend(foreign::<PodDisruptionBudget>(client, ns, pdb_name, uid).await?);
+        }
+    }
     if !taken.is_empty() {
         return Err(ChildrenError::NameConflict(format!(
             "{} already exist{} and {} not managed by this pipeline; nothing was applied. \
@@ -138,26 +140,28 @@ pub(super) async fn apply_all(
     write(client, ns, &desired.collector_service, manager).await?;
     let query = write(client, ns, &desired.query, manager).await?;
     write(client, ns, &desired.query_service, manager).await?;
-    match &desired.pdb {
-        Some(pdb) => {
-            write(client, ns, pdb, manager).await?;
-        }
-        None => {
-            let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-            let failed = |e: kube::Error| {
-                ChildrenError::Failed(
-                    format!(
-                        "could not remove {}",
-                        describe::<PodDisruptionBudget>(ns, &pdb_name)
-                    ),
-                    e.into(),
-                )
-            };
-            let existing = pdbs.get_metadata_opt(&pdb_name).await.map_err(failed)?;
-            if existing.is_some_and(|e| owned_by(&e.metadata, uid)) {
-                pdbs.delete(&pdb_name, &DeleteParams::default())
-                    .await
-                    .map_err(failed)?;
+    for (pdb_name, pdb) in &budgets {
+        match pdb {
+            Some(pdb) => {
+                write(client, ns, *pdb, manager).await?;
+            }
+            None => {
+                let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+                let failed = |e: kube::Error| {
+                    ChildrenError::Failed(
+                        format!(
+                            "could not remove {}",
+                            describe::<PodDisruptionBudget>(ns, pdb_name)
+                        ),
+                        e.into(),
+                    )
+                };
+                let existing = pdbs.get_metadata_opt(pdb_name).await.map_err(failed)?;
+                if existing.is_some_and(|e| owned_by(&e.metadata, uid)) {
+                    pdbs.delete(pdb_name, &DeleteParams::default())
+                        .await
+                        .map_err(failed)?;
+                }
             }
         }
     }
