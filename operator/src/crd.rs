@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use datatracing_config::QueueConfig;
 use datatracing_core::Limits;
 use datatracing_core::policy::{Action, Rule, Verdict};
+use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscalerBehavior, MetricSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, EnvFromSource, EnvVar, LocalObjectReference, Probe, ResourceRequirements,
     SecretKeySelector, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
@@ -41,7 +42,12 @@ pub const GROUP: &str = "datatracing.io";
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name": "Retention", "type": "integer", "description": "Retention in days applied to ClickHouse", "jsonPath": ".status.retentionDays"}"#,
-    printcolumn = r#"{"name": "Collectors", "type": "integer", "jsonPath": ".spec.collector.replicas"}"#,
+    printcolumn = r#"{"name": "Collectors", "type": "integer", "jsonPath": ".status.collectorReplicas"}"#,
+    scale(
+        spec_replicas_path = ".spec.collector.replicas",
+        status_replicas_path = ".status.collectorReplicas",
+        label_selector_path = ".status.collectorSelector"
+    ),
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -112,6 +118,11 @@ pub struct CollectorSpec {
     /// The in-memory queue and what happens when it is full (the collector's `queue` section).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueConfig>,
+    /// A HorizontalPodAutoscaler (autoscaling/v2) for the collector Deployment. While it is
+    /// set the autoscaler owns the replica count: the operator stops setting the
+    /// Deployment's replicas, and `replicas` applies only once it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
     /// The collectors' PodDisruptionBudget. Absent: `maxUnavailable: 1`; `enabled: false`
     /// for none (when you manage your own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,10 +146,45 @@ impl Default for CollectorSpec {
             max_spans_per_request: None,
             limits: None,
             queue: None,
+            autoscaling: None,
             pod_disruption_budget: None,
             pod: PodOptions::default(),
         }
     }
+}
+
+/// Horizontal autoscaling of the collectors.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas").reason(Reason::FieldValueInvalid))]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Fewest collector pods.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    /// Most collector pods.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation (percent of requests) to aim for; the default metric when
+    /// neither this, memory nor `metrics` is set is 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+    /// Average memory utilisation (percent of requests) to aim for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_memory_utilization_percentage: Option<i32>,
+    /// Further metrics, as the HorizontalPodAutoscaler takes them (custom or external ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub metrics: Option<Vec<MetricSpec>>,
+    /// Scale-up and scale-down behaviour (stabilisation windows, rate policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+}
+
+fn default_min_replicas() -> i32 {
+    2
 }
 
 /// A PodDisruptionBudget: at most one of `minAvailable` and `maxUnavailable`, each an
@@ -411,6 +457,13 @@ pub struct TracingPipelineStatus {
     /// SamplingPolicies in the active configuration, in evaluation order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sampling_policies: Vec<String>,
+    /// Collector pods that exist (the Deployment's `status.replicas`; the scale
+    /// subresource's replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_replicas: Option<i32>,
+    /// The collector pods' label selector (the scale subresource's, for autoscalers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_selector: Option<String>,
     /// Hash of the configuration whose change restarts the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,

@@ -15,6 +15,7 @@ use datatracing_config::{
 };
 use datatracing_core::policy::SamplingPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -98,6 +99,9 @@ pub struct Desired {
     pub pdb: Option<PodDisruptionBudget>,
     /// Query PodDisruptionBudget, unless the spec turns it off.
     pub query_pdb: Option<PodDisruptionBudget>,
+    /// Collector HorizontalPodAutoscaler, when the spec asks for one (the collector
+    /// Deployment then has no replicas of ours).
+    pub hpa: Option<HorizontalPodAutoscaler>,
 }
 
 /// The ClickHouse settings a pipeline's pods (and the operator's retention calls) use.
@@ -235,7 +239,8 @@ pub fn labels(p: &TracingPipeline, component: Option<&str>) -> BTreeMap<String, 
     l
 }
 
-fn selector(p: &TracingPipeline, component: &str) -> BTreeMap<String, String> {
+/// The labels that select one Deployment's pods.
+pub fn selector(p: &TracingPipeline, component: &str) -> BTreeMap<String, String> {
     let mut l = labels(p, Some(component));
     l.remove("app.kubernetes.io/managed-by");
     l
@@ -408,25 +413,29 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
     };
     let deployment = |name: &str,
                       component: &str,
-                      replicas: i32,
+                      replicas: Option<i32>,
                       template: serde_json::Value|
      -> Result<Deployment> {
+        let mut spec = json!({
+            "selector": {"matchLabels": selector(p, component)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": template,
+        });
+        // Without replicas of ours, an autoscaler's count stands.
+        if let Some(r) = replicas {
+            spec["replicas"] = json!(r);
+        }
         typed(json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": meta(p, name, Some(component))?,
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": selector(p, component)},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                "template": template,
-            }
+            "spec": spec,
         }))
     };
     let c = &p.spec.collector;
     let collector = deployment(
         &names.collector,
         "collector",
-        c.replicas,
+        c.autoscaling.is_none().then_some(c.replicas),
         pod(
             "collector",
             c.image.as_deref().unwrap_or(image),
@@ -444,7 +453,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
     let query = deployment(
         &names.query,
         "query",
-        q.replicas,
+        Some(q.replicas),
         pod(
             "query",
             q.image.as_deref().unwrap_or(image),
@@ -507,6 +516,43 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         c.pod_disruption_budget.as_ref(),
     )?;
     let query_pdb = budget(&names.query, "query", q.pod_disruption_budget.as_ref())?;
+    let hpa = c
+        .autoscaling
+        .as_ref()
+        .map(|a| {
+            let resource = |name: &str, percent: i32| {
+                json!({"type": "Resource", "resource": {"name": name,
+                       "target": {"type": "Utilization", "averageUtilization": percent}}})
+            };
+            let mut metrics = Vec::new();
+            if let Some(cpu) = a.target_cpu_utilization_percentage {
+                metrics.push(resource("cpu", cpu));
+            }
+            if let Some(memory) = a.target_memory_utilization_percentage {
+                metrics.push(resource("memory", memory));
+            }
+            for m in a.metrics.iter().flatten() {
+                metrics.push(to_json(m)?);
+            }
+            if metrics.is_empty() {
+                metrics.push(resource("cpu", 80));
+            }
+            let mut spec = json!({
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": names.collector},
+                "minReplicas": a.min_replicas,
+                "maxReplicas": a.max_replicas,
+                "metrics": metrics,
+            });
+            if let Some(b) = &a.behavior {
+                spec["behavior"] = to_json(b)?;
+            }
+            typed(json!({
+                "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": meta(p, &names.collector, Some("collector"))?,
+                "spec": spec,
+            }))
+        })
+        .transpose()?;
     Ok(Desired {
         config_map,
         config_hash,
@@ -518,6 +564,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         service_account,
         pdb,
         query_pdb,
+        hpa,
     })
 }
 
@@ -842,6 +889,32 @@ mod tests {
         let d = desired(&p, "img", None).unwrap();
         let spec = d.query_pdb.unwrap().spec.unwrap();
         assert_eq!(spec.max_unavailable, Some(IntOrString::String("25%".into())));
+    }
+
+    #[test]
+    fn autoscaling_renders_an_hpa_and_leaves_replicas_to_it() {
+        let mut p = pipeline();
+        let d = desired(&p, "img", None).unwrap();
+        assert!(d.hpa.is_none());
+        assert_eq!(d.collector.spec.unwrap().replicas, Some(3));
+        p.spec.collector.autoscaling = Some(
+            serde_json::from_value(json!({"maxReplicas": 10, "targetMemoryUtilizationPercentage": 70,
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}}}))
+            .unwrap(),
+        );
+        let d = desired(&p, "img", None).unwrap();
+        assert_eq!(d.collector.spec.unwrap().replicas, None, "the HPA's count stands");
+        assert_eq!(d.query.spec.unwrap().replicas, Some(2), "query keeps its own");
+        let hpa = d.hpa.unwrap().spec.unwrap();
+        assert_eq!(hpa.scale_target_ref.name, "orders-collector");
+        assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 10));
+        let metrics = hpa.metrics.unwrap();
+        assert_eq!(metrics.len(), 1, "memory only: no default CPU metric");
+        assert_eq!(metrics[0].resource.as_ref().unwrap().name, "memory");
+        assert_eq!(
+            hpa.behavior.unwrap().scale_down.unwrap().stabilization_window_seconds,
+            Some(600)
+        );
     }
 
     #[test]

@@ -8,9 +8,10 @@
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ObjectMeta};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Client, Resource};
 
 use super::context::apply;
@@ -119,6 +120,17 @@ pub(super) async fn apply_all(
     let mut taken: Vec<String> = checks.into_iter().flatten().collect();
     // Budgets only when the spec asks for them: a budget that is not ours is a conflict only
     // if ours would replace it (with the budget turned off, only our own is deleted, below).
+    if desired.hpa.is_some() {
+        taken.extend(
+            foreign::<HorizontalPodAutoscaler>(
+                client,
+                ns,
+                &name(&desired.collector.metadata),
+                uid,
+            )
+            .await?,
+        );
+    }
     for (pdb_name, pdb) in &budgets {
         if pdb.is_some() {
             taken.extend(foreign::<PodDisruptionBudget>(client, ns, pdb_name, uid).await?);
@@ -136,6 +148,14 @@ pub(super) async fn apply_all(
     }
     write(client, ns, &desired.service_account, manager).await?;
     write(client, ns, &desired.config_map, manager).await?;
+    if desired
+        .collector
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.replicas.is_none())
+    {
+        hand_over_replicas(client, ns, &name(&desired.collector.metadata), manager).await?;
+    }
     let collector = write(client, ns, &desired.collector, manager).await?;
     write(client, ns, &desired.collector_service, manager).await?;
     let query = write(client, ns, &desired.query, manager).await?;
@@ -145,25 +165,91 @@ pub(super) async fn apply_all(
             Some(pdb) => {
                 write(client, ns, *pdb, manager).await?;
             }
-            None => {
-                let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-                let failed = |e: kube::Error| {
-                    ChildrenError::Failed(
-                        format!(
-                            "could not remove {}",
-                            describe::<PodDisruptionBudget>(ns, pdb_name)
-                        ),
-                        e.into(),
-                    )
-                };
-                let existing = pdbs.get_metadata_opt(pdb_name).await.map_err(failed)?;
-                if existing.is_some_and(|e| owned_by(&e.metadata, uid)) {
-                    pdbs.delete(pdb_name, &DeleteParams::default())
-                        .await
-                        .map_err(failed)?;
-                }
-            }
+            None => remove_own::<PodDisruptionBudget>(client, ns, pdb_name, uid).await?,
         }
     }
+    let hpa_name = name(&desired.collector.metadata);
+    match &desired.hpa {
+        Some(hpa) => {
+            write(client, ns, hpa, manager).await?;
+        }
+        None => remove_own::<HorizontalPodAutoscaler>(client, ns, &hpa_name, uid).await?,
+    }
     Ok(Applied { collector, query })
+}
+
+/// Deletes the object of kind `K` named `name` if it is the pipeline's own (one the spec no
+/// longer asks for); leaves anyone else's alone.
+async fn remove_own<K>(client: &Client, ns: &str, name: &str, uid: &str) -> Result<(), ChildrenError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let failed = |e: kube::Error| {
+        ChildrenError::Failed(format!("could not remove {}", describe::<K>(ns, name)), e.into())
+    };
+    let existing = api.get_metadata_opt(name).await.map_err(failed)?;
+    if existing.is_some_and(|e| owned_by(&e.metadata, uid)) {
+        api.delete(name, &DeleteParams::default())
+            .await
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Before the collector Deployment is applied without replicas (an autoscaler owns them):
+/// if the operator's field manager still owns `spec.replicas`, the current count is applied
+/// under a second manager first. Otherwise dropping the field would remove it, and the
+/// Deployment would fall back to one replica until the autoscaler acts.
+async fn hand_over_replicas(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    manager: &str,
+) -> Result<(), ChildrenError> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let failed = |e: kube::Error| {
+        ChildrenError::Failed(
+            format!(
+                "could not hand the replicas of {} to the autoscaler",
+                describe::<Deployment>(ns, name)
+            ),
+            e.into(),
+        )
+    };
+    let Some(live) = api.get_opt(name).await.map_err(failed)? else {
+        return Ok(());
+    };
+    let ours = live
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(manager))
+        .any(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+        });
+    let Some(replicas) = live.spec.and_then(|s| s.replicas) else {
+        return Ok(());
+    };
+    if ours {
+        let body = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas},
+        });
+        api.patch(
+            name,
+            &PatchParams::apply(&format!("{manager}-replicas")).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(failed)?;
+    }
+    Ok(())
 }

@@ -318,6 +318,8 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
         observed_generation: generation,
         conditions: previous.conditions.clone(),
         retention_days: previous.retention_days,
+        collector_replicas: previous.collector_replicas,
+        collector_selector: previous.collector_selector.clone(),
         ..TracingPipelineStatus::default()
     };
     let cond = |s: &mut TracingPipelineStatus, t, ok, reason, msg: String| {
@@ -412,6 +414,21 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
         Err(e) => return children_failed(ctx, &p, &previous, status, e).await,
     };
     let (collector, query) = (applied.collector, applied.query);
+    // The scale subresource reads these: `kubectl scale` and autoscalers see the pods.
+    status.collector_replicas = Some(
+        collector
+            .status
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0),
+    );
+    status.collector_selector = Some(
+        render::selector(&p, "collector")
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
     if previous
         .config_hash
         .as_deref()
