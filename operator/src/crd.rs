@@ -63,12 +63,56 @@ pub struct TracingPipelineSpec {
     /// Tail sampling.
     #[serde(default)]
     pub sampling: SamplingSpec,
+    /// How Prometheus finds the collectors' and query servers' metrics.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
     /// `Managed` (default): the operator reconciles the pipeline. `Unmanaged`: it pauses,
     /// leaving the children and ClickHouse as they are (hand edits during an incident are
     /// not reverted) and saying so in the `Managed` condition; deleting the pipeline still
     /// honours `storage.deletionPolicy`.
     #[serde(default)]
     pub management_state: ManagementState,
+}
+
+/// How Prometheus finds the pods' `/metrics` (served on the collector's OTLP/HTTP port and
+/// the query port; each Service also has a `metrics` port).
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// `prometheus.io/scrape`, `port` and `path` annotations on the pods (default true).
+    #[serde(default = "default_true")]
+    pub prometheus_annotations: bool,
+    /// A ServiceMonitor (Prometheus Operator) for both Services, rendered only when the
+    /// cluster serves `monitoring.coreos.com/v1` ServiceMonitors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_monitor: Option<ServiceMonitorSpec>,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        Self {
+            prometheus_annotations: true,
+            service_monitor: None,
+        }
+    }
+}
+
+/// The ServiceMonitor.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitorSpec {
+    /// Render it (when the CRD exists).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Scrape interval, e.g. `30s`; absent: Prometheus' default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(ms|s|m|h)$')").message("serviceMonitor.interval must be a duration such as 30s").reason(Reason::FieldValueInvalid))]
+    #[schemars(length(max = 16))]
+    pub interval: Option<String>,
+    /// Labels on the ServiceMonitor (what your Prometheus' `serviceMonitorSelector` picks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// Whether the operator reconciles a pipeline.

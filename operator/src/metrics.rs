@@ -23,7 +23,18 @@ pub struct ErrorLabel {
     pub reason: &'static str,
 }
 
-/// Reconcile counts, errors and durations; leadership; retention calls.
+/// One condition of one TracingPipeline.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabel {
+    /// The pipeline's namespace.
+    pub namespace: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The condition type (`Ready`, `RetentionApplied`, ...).
+    pub condition: &'static str,
+}
+
+/// Reconcile counts, errors and durations; leadership; retention calls; pipeline conditions.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     /// `datatracing_operator_reconciles_total{controller}`
@@ -38,6 +49,9 @@ pub struct Metrics {
     pub retention_applied: Counter,
     /// `datatracing_operator_retention_errors_total`
     pub retention_errors: Counter,
+    /// `datatracing_operator_pipeline_condition{namespace,pipeline,condition}`: 1 while the
+    /// condition is True, 0 otherwise; gone when the pipeline is.
+    pub pipeline_condition: Family<ConditionLabel, Gauge>,
 }
 
 impl Metrics {
@@ -52,6 +66,7 @@ impl Metrics {
             leader: Gauge::default(),
             retention_applied: Counter::default(),
             retention_errors: Counter::default(),
+            pipeline_condition: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("datatracing_operator");
         r.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -80,6 +95,11 @@ impl Metrics {
             "retention_errors",
             "Failed ClickHouse retention applications",
             m.retention_errors.clone(),
+        );
+        r.register(
+            "pipeline_condition",
+            "1 while the TracingPipeline condition is True (as this leader last wrote it), else 0",
+            m.pipeline_condition.clone(),
         );
         m
     }

@@ -44,6 +44,10 @@ pub const OTLP_GRPC_PORT: i32 = 4317;
 pub const OTLP_HTTP_PORT: i32 = 4318;
 /// Query API port.
 pub const QUERY_PORT: i32 = 16686;
+/// The Services' `metrics` port (to the pods' HTTP port, where `/metrics` is served).
+pub const METRICS_SERVICE_PORT: i32 = 9464;
+/// The ServiceMonitor API (Prometheus Operator).
+pub const SERVICE_MONITOR_API_VERSION: &str = "monitoring.coreos.com/v1";
 /// Seconds a terminating pod keeps serving before SIGTERM, unless the spec says otherwise.
 pub const DEFAULT_PRE_STOP_DELAY_SECONDS: i32 = 5;
 /// Seconds between SIGTERM and SIGKILL, unless the spec says otherwise.
@@ -60,6 +64,8 @@ pub struct Names {
     pub query: String,
     /// The pods' ServiceAccount.
     pub service_account: String,
+    /// The ServiceMonitor (both Services).
+    pub monitor: String,
 }
 
 impl Names {
@@ -70,6 +76,7 @@ impl Names {
             collector: format!("{pipeline}-collector"),
             query: format!("{pipeline}-query"),
             service_account: format!("{pipeline}-datatracing"),
+            monitor: pipeline.to_string(),
         }
     }
 }
@@ -77,6 +84,8 @@ impl Names {
 /// Everything the operator applies for one pipeline.
 #[derive(Clone, Debug)]
 pub struct Desired {
+    /// The children's names.
+    pub names: Names,
     /// The configuration (and sampling policy) ConfigMap.
     pub config_map: ConfigMap,
     /// Hash of the configuration file (retention left out: see [`config_file`]): the
@@ -99,6 +108,9 @@ pub struct Desired {
     pub pdb: Option<PodDisruptionBudget>,
     /// Query PodDisruptionBudget, unless the spec turns it off.
     pub query_pdb: Option<PodDisruptionBudget>,
+    /// The ServiceMonitor for both Services, when the spec asks for one (applied only when
+    /// the cluster serves the kind).
+    pub service_monitor: Option<kube::api::DynamicObject>,
     /// Collector HorizontalPodAutoscaler, when the spec asks for one (the collector
     /// Deployment then has no replicas of ours).
     pub hpa: Option<HorizontalPodAutoscaler>,
@@ -324,7 +336,16 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         // The operator's labels and annotation win (CEL refuses the reserved keys anyway).
         let mut pod_labels = opts.pod_labels.clone().unwrap_or_default();
         pod_labels.extend(selector(p, component));
-        let mut annotations = opts.pod_annotations.clone().unwrap_or_default();
+        // Prometheus annotations yield to the user's; the restart hash yields to nobody.
+        let mut annotations = BTreeMap::new();
+        if p.spec.monitoring.prometheus_annotations {
+            annotations.extend([
+                ("prometheus.io/scrape".to_string(), "true".to_string()),
+                ("prometheus.io/port".to_string(), probe_port.to_string()),
+                ("prometheus.io/path".to_string(), "/metrics".to_string()),
+            ]);
+        }
+        annotations.extend(opts.pod_annotations.clone().unwrap_or_default());
         annotations.insert(CONFIG_HASH_ANNOTATION.into(), restart_hash.into());
         let spread = match &opts.topology_spread_constraints {
             None => json!([{
@@ -477,13 +498,47 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         json!([
             {"name": "otlp-grpc", "port": OTLP_GRPC_PORT, "targetPort": "otlp-grpc", "protocol": "TCP", "appProtocol": "grpc"},
             {"name": "otlp-http", "port": OTLP_HTTP_PORT, "targetPort": "otlp-http", "protocol": "TCP", "appProtocol": "http"},
+            {"name": "metrics", "port": METRICS_SERVICE_PORT, "targetPort": "otlp-http", "protocol": "TCP", "appProtocol": "http"},
         ]),
     )?;
     let query_service = service(
         &names.query,
         "query",
-        json!([{"name": "http", "port": QUERY_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}]),
+        json!([
+            {"name": "http", "port": QUERY_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+            {"name": "metrics", "port": METRICS_SERVICE_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+        ]),
     )?;
+    let service_monitor = p
+        .spec
+        .monitoring
+        .service_monitor
+        .as_ref()
+        .filter(|m| m.enabled)
+        .map(|m| {
+            let mut metadata = meta(p, &names.monitor, None)?;
+            if let Some(extra) = &m.labels {
+                let mut l = extra.clone();
+                l.extend(metadata.labels.take().unwrap_or_default());
+                metadata.labels = Some(l);
+            }
+            let mut endpoint = json!({"port": "metrics", "path": "/metrics", "scheme": "http"});
+            if let Some(i) = &m.interval {
+                endpoint["interval"] = json!(i);
+            }
+            let mut selector_labels = labels(p, None);
+            selector_labels.remove("app.kubernetes.io/name");
+            typed::<kube::api::DynamicObject>(json!({
+                "apiVersion": SERVICE_MONITOR_API_VERSION, "kind": "ServiceMonitor",
+                "metadata": metadata,
+                "spec": {
+                    "selector": {"matchLabels": selector_labels},
+                    "namespaceSelector": {"matchNames": [p.namespace()]},
+                    "endpoints": [endpoint],
+                }
+            }))
+        })
+        .transpose()?;
     let service_account = typed(json!({
         "apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": meta(p, &names.service_account, None)?,
@@ -554,6 +609,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         })
         .transpose()?;
     Ok(Desired {
+        names,
         config_map,
         config_hash,
         query_config_hash,
@@ -564,6 +620,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         service_account,
         pdb,
         query_pdb,
+        service_monitor,
         hpa,
     })
 }
@@ -914,6 +971,43 @@ mod tests {
         assert_eq!(
             hpa.behavior.unwrap().scale_down.unwrap().stabilization_window_seconds,
             Some(600)
+        );
+    }
+
+    #[test]
+    fn metrics_are_findable_by_annotations_ports_and_a_service_monitor() {
+        let mut p = pipeline();
+        let d = desired(&p, "img", None).unwrap();
+        assert!(d.service_monitor.is_none());
+        for (svc, port) in [
+            (&d.collector_service, "otlp-http"),
+            (&d.query_service, "http"),
+        ] {
+            let ports = svc.spec.clone().unwrap().ports.unwrap();
+            let m = ports.iter().find(|p| p.name.as_deref() == Some("metrics")).unwrap();
+            assert_eq!(m.port, METRICS_SERVICE_PORT);
+            assert_eq!(
+                m.target_port,
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(port.into()))
+            );
+        }
+        let a = d.collector.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(a["prometheus.io/scrape"], "true");
+        assert_eq!(a["prometheus.io/port"], OTLP_HTTP_PORT.to_string());
+        p.spec.monitoring = serde_json::from_value(json!({
+            "prometheusAnnotations": false,
+            "serviceMonitor": {"enabled": true, "interval": "15s", "labels": {"release": "prom"}}
+        }))
+        .unwrap();
+        let d = desired(&p, "img", None).unwrap();
+        let a = d.query.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+        assert!(!a.contains_key("prometheus.io/scrape"));
+        let sm = d.service_monitor.unwrap();
+        assert_eq!(sm.metadata.labels.unwrap()["release"], "prom");
+        assert_eq!(sm.data["spec"]["endpoints"][0]["interval"], "15s");
+        assert_eq!(
+            sm.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],
+            "orders"
         );
     }
 

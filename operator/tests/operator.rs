@@ -270,7 +270,7 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
         .iter()
         .map(|p| p.port)
         .collect();
-    assert_eq!(ports, [4317, 4318]);
+    assert_eq!(ports, [4317, 4318, 9464], "OTLP gRPC, OTLP HTTP, metrics");
     let qsvc = Api::<Service>::namespaced(admin.clone(), NS)
         .get("orders-query")
         .await

@@ -11,12 +11,15 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch,
+    PatchParams,
+};
 use kube::{Client, Resource};
 
 use super::context::apply;
 use crate::error::Error;
-use crate::render::Desired;
+use crate::render::{Desired, SERVICE_MONITOR_API_VERSION};
 
 /// Why the children were not (all) written.
 #[derive(Debug)]
@@ -35,6 +38,8 @@ pub(super) struct Applied {
     pub collector: Deployment,
     /// The query Deployment.
     pub query: Deployment,
+    /// What was asked for and left out (a ServiceMonitor without its CRD), for the status.
+    pub skipped: Option<String>,
 }
 
 /// Whether `meta` names the pipeline with `uid` among its owners.
@@ -175,7 +180,12 @@ pub(super) async fn apply_all(
         }
         None => remove_own::<HorizontalPodAutoscaler>(client, ns, &hpa_name, uid).await?,
     }
-    Ok(Applied { collector, query })
+    let skipped = service_monitor(client, ns, uid, desired, manager).await?;
+    Ok(Applied {
+        collector,
+        query,
+        skipped,
+    })
 }
 
 /// Deletes the object of kind `K` named `name` if it is the pipeline's own (one the spec no
@@ -252,4 +262,73 @@ async fn hand_over_replicas(
         .map_err(failed)?;
     }
     Ok(())
+}
+
+/// The ServiceMonitor API in `ns`, or `None` when the cluster does not serve the kind (no
+/// Prometheus Operator CRD): asked on every reconcile, so installing the CRD later needs no
+/// operator restart.
+async fn service_monitors(
+    client: &Client,
+    ns: &str,
+) -> Result<Option<Api<DynamicObject>>, ChildrenError> {
+    match client
+        .list_api_group_resources(SERVICE_MONITOR_API_VERSION)
+        .await
+    {
+        Ok(list) if list.resources.iter().any(|r| r.name == "servicemonitors") => {
+            let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
+            let ar = ApiResource::from_gvk_with_plural(&gvk, "servicemonitors");
+            Ok(Some(Api::namespaced_with(client.clone(), ns, &ar)))
+        }
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(ChildrenError::Failed(
+            format!("could not discover {SERVICE_MONITOR_API_VERSION}"),
+            e.into(),
+        )),
+    }
+}
+
+/// Applies the ServiceMonitor the spec asks for, or removes ours when it no longer does.
+/// `Some(note)` when one was asked for and the cluster has no ServiceMonitor CRD.
+async fn service_monitor(
+    client: &Client,
+    ns: &str,
+    uid: &str,
+    desired: &Desired,
+    manager: &str,
+) -> Result<Option<String>, ChildrenError> {
+    let Some(api) = service_monitors(client, ns).await? else {
+        return Ok(desired.service_monitor.as_ref().map(|_| {
+            format!(
+                "ServiceMonitor not created: the cluster does not serve {SERVICE_MONITOR_API_VERSION} ServiceMonitors (install the Prometheus Operator CRDs)"
+            )
+        }));
+    };
+    let sm_name = &desired.names.monitor;
+    match &desired.service_monitor {
+        Some(sm) => {
+            api.patch(
+                sm_name,
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(sm),
+            )
+            .await
+            .map_err(|e| {
+                ChildrenError::Failed(format!("could not apply ServiceMonitor {ns}/{sm_name}"), e.into())
+            })?;
+        }
+        None => {
+            let failed = |e: kube::Error| {
+                ChildrenError::Failed(format!("could not remove ServiceMonitor {ns}/{sm_name}"), e.into())
+            };
+            let existing = api.get_metadata_opt(sm_name).await.map_err(failed)?;
+            if existing.is_some_and(|e| owned_by(&e.metadata, uid)) {
+                api.delete(sm_name, &DeleteParams::default())
+                    .await
+                    .map_err(failed)?;
+            }
+        }
+    }
+    Ok(None)
 }

@@ -25,7 +25,7 @@ use crate::crd::{
     DeletionPolicy, ManagementState, SamplingPolicy, TracingPipeline, TracingPipelineStatus,
 };
 use crate::error::{Error, Result};
-use crate::metrics::ControllerLabel;
+use crate::metrics::{ConditionLabel, ControllerLabel};
 use crate::policy;
 use crate::render::{self, Names, SAMPLING_KEY};
 
@@ -166,7 +166,24 @@ async fn write_status(
 ) -> Result<()> {
     let mut v = status_json(status)?;
     v["samplingPolicies"] = json!(status.sampling_policies);
-    apply_status(ctx, p, v).await
+    apply_status(ctx, p, v).await?;
+    for c in &status.conditions {
+        if let Some(t) = ConditionType::parse(&c.type_) {
+            ctx.metrics
+                .pipeline_condition
+                .get_or_create(&condition_label(p, t))
+                .set(i64::from(c.status == "True"));
+        }
+    }
+    Ok(())
+}
+
+fn condition_label(p: &TracingPipeline, t: ConditionType) -> ConditionLabel {
+    ConditionLabel {
+        namespace: p.namespace().unwrap_or_default(),
+        pipeline: p.name_any(),
+        condition: t.as_str(),
+    }
 }
 
 /// Reports a pipeline for which nothing can be deployed: its children stay as they are, and
@@ -407,7 +424,13 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
                 ConditionType::ResourcesApplied,
                 true,
                 Reason::Reconciled,
-                format!("children of configuration {} applied", desired.config_hash),
+                match &a.skipped {
+                    None => format!("children of configuration {} applied", desired.config_hash),
+                    Some(note) => format!(
+                        "children of configuration {} applied; {note}",
+                        desired.config_hash
+                    ),
+                },
             );
             a
         }
@@ -580,6 +603,11 @@ async fn cleanup_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Acti
         }
     }
     ctx.succeeded(&format!("retention/{}", key(&*p)));
+    for t in ConditionType::ALL {
+        ctx.metrics
+            .pipeline_condition
+            .remove(&condition_label(&p, *t));
+    }
     Ok(Action::await_change())
 }
 
