@@ -508,6 +508,10 @@ pub struct TracingPipelineStatus {
     /// The collector pods' label selector (the scale subresource's, for autoscalers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collector_selector: Option<String>,
+    /// Version of the password Secret the pods were rolled for (a hash of its UID and
+    /// resourceVersion, never of its content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_version: Option<String>,
     /// Hash of the configuration whose change restarts the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,

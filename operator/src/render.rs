@@ -36,6 +36,9 @@ pub const SAMPLING_KEY: &str = "sampling.yaml";
 pub const SECRET_DIR: &str = "/etc/datatracing/secret";
 /// Pod template annotation carrying the configuration hash.
 pub const CONFIG_HASH_ANNOTATION: &str = "datatracing.io/config-hash";
+/// Pod template annotation carrying the password Secret's version: a rotated password
+/// rolls the pods (they read the file once, at start).
+pub const SECRET_VERSION_ANNOTATION: &str = "datatracing.io/secret-version";
 /// ConfigMap annotation carrying the sampling policy hash.
 pub const SAMPLING_HASH_ANNOTATION: &str = "datatracing.io/sampling-hash";
 /// Collector OTLP/gRPC port.
@@ -625,6 +628,25 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
     })
 }
 
+/// Marks both Deployments' pod templates with the password Secret's `version`, so a
+/// rotated password rolls them. The version is a hash of the Secret's UID and
+/// resourceVersion rather than of the password: a pod template is readable by many more
+/// people than the Secret, and a short hash of a weak password can be brute-forced. (Any
+/// write to the Secret rolls the pods; Secrets rarely change otherwise.)
+pub fn set_secret_version(d: &mut Desired, version: &str) {
+    for deployment in [&mut d.collector, &mut d.query] {
+        if let Some(meta) = deployment
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.metadata.as_mut())
+        {
+            meta.annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(SECRET_VERSION_ANNOTATION.into(), version.into());
+        }
+    }
+}
+
 /// The sampling policy as it is written to the ConfigMap (the format the collector reads).
 pub fn sampling_yaml(policy: &SamplingPolicy, sources: &[String]) -> Result<String> {
     let body = serde_yaml::to_string(policy).map_err(|e| Error::Render(e.to_string()))?;
@@ -1009,6 +1031,29 @@ mod tests {
             sm.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],
             "orders"
         );
+    }
+
+    #[test]
+    fn the_secret_version_marks_both_pod_templates_only() {
+        let p = pipeline();
+        let mut d = desired(&p, "img", None).unwrap();
+        let before = d.collector.spec.clone();
+        set_secret_version(&mut d, "v1");
+        for dep in [&d.collector, &d.query] {
+            let t = dep.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+            assert_eq!(t.annotations.unwrap()[SECRET_VERSION_ANNOTATION], "v1");
+        }
+        let mut after = d.collector.spec.clone().unwrap();
+        after
+            .template
+            .metadata
+            .as_mut()
+            .unwrap()
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(SECRET_VERSION_ANNOTATION);
+        assert_eq!(Some(after), before, "nothing else changes");
     }
 
     #[test]

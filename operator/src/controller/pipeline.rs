@@ -336,6 +336,7 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
         conditions: previous.conditions.clone(),
         retention_days: previous.retention_days,
         collector_replicas: previous.collector_replicas,
+        password_secret_version: previous.password_secret_version.clone(),
         collector_selector: previous.collector_selector.clone(),
         ..TracingPipelineStatus::default()
     };
@@ -371,12 +372,25 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
             other => Ok(other?),
         },
     };
-    let desired = match rendered {
+    let mut desired = match rendered {
         Ok(d) => d,
         Err((problem, msg)) => {
             return undeployable(ctx, &p, &previous, status, problem, msg).await;
         }
     };
+    // A rotated password rolls the pods. No Secret is watched (see the module docs of
+    // `controller`): the change is seen on the next reconcile (retry or resync). When the
+    // Secret cannot be read now, the pods keep the version they were rolled for.
+    status.password_secret_version = match storage::secret_version(&p, ctx).await {
+        Some(v) => Some(v),
+        None if p.spec.storage.password_secret_ref.is_some() => {
+            previous.password_secret_version.clone()
+        }
+        None => None,
+    };
+    if let Some(v) = &status.password_secret_version {
+        render::set_secret_version(&mut desired, v);
+    }
     status.config_hash = Some(desired.config_hash.clone());
     match &sampling.problem {
         Some(problem) => {

@@ -68,6 +68,20 @@ async fn password(p: &TracingPipeline, ctx: &Context) -> Result<Option<String>> 
         })
 }
 
+/// The version of the password Secret the pipeline references (see
+/// [`render::set_secret_version`]); `None` when there is none, or it cannot be read now
+/// (missing, not granted: reported by the retention step).
+pub(super) async fn secret_version(p: &TracingPipeline, ctx: &Context) -> Option<String> {
+    let r = p.spec.storage.password_secret_ref.as_ref()?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &p.namespace()?);
+    let meta = secrets.get_metadata_opt(&r.name).await.ok()??.metadata;
+    Some(render::hash(&format!(
+        "{}/{}",
+        meta.uid.unwrap_or_default(),
+        meta.resource_version.unwrap_or_default()
+    )))
+}
+
 /// An admin client for the pipeline's ClickHouse: one attempt per call, the operator's
 /// timeout (the reconciler retries with its own backoff).
 pub(super) async fn clickhouse_admin(
