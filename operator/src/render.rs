@@ -880,7 +880,10 @@ mod tests {
             i64::from(DEFAULT_PRE_STOP_DELAY_SECONDS)
         );
         assert!(c.startup_probe.as_ref().unwrap().http_get.is_some());
-        assert_eq!(pod.service_account_name.as_deref(), Some("orders-datatracing"));
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("orders-datatracing")
+        );
 
         let opts: PodOptions = serde_json::from_value(json!({
             "nodeSelector": {"pool": "tracing"},
@@ -913,7 +916,10 @@ mod tests {
         assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
         let pod = t.spec.unwrap();
         assert_eq!(pod.node_selector.unwrap()["pool"], "tracing");
-        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        assert_eq!(
+            pod.tolerations.unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
         assert!(pod.affinity.unwrap().node_affinity.is_some());
         let spread = pod.topology_spread_constraints.unwrap();
         assert_eq!(spread[0].max_skew, 2);
@@ -940,7 +946,10 @@ mod tests {
             .collect();
         assert_eq!(mounts, [CONFIG_DIR, SECRET_DIR, "/etc/ssl/extra"]);
         assert!(c.startup_probe.as_ref().unwrap().tcp_socket.is_some());
-        assert!(c.lifecycle.is_none(), "preStopDelaySeconds: 0 means no hook");
+        assert!(
+            c.lifecycle.is_none(),
+            "preStopDelaySeconds: 0 means no hook"
+        );
         // The collector keeps its defaults: the options are per Deployment.
         let collector = d.collector.spec.unwrap().template.spec.unwrap();
         assert!(collector.node_selector.is_none());
@@ -967,7 +976,10 @@ mod tests {
         });
         let d = desired(&p, "img", None).unwrap();
         let spec = d.query_pdb.unwrap().spec.unwrap();
-        assert_eq!(spec.max_unavailable, Some(IntOrString::String("25%".into())));
+        assert_eq!(
+            spec.max_unavailable,
+            Some(IntOrString::String("25%".into()))
+        );
     }
 
     #[test]
@@ -977,13 +989,23 @@ mod tests {
         assert!(d.hpa.is_none());
         assert_eq!(d.collector.spec.unwrap().replicas, Some(3));
         p.spec.collector.autoscaling = Some(
-            serde_json::from_value(json!({"maxReplicas": 10, "targetMemoryUtilizationPercentage": 70,
-                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}}}))
+            serde_json::from_value(
+                json!({"maxReplicas": 10, "targetMemoryUtilizationPercentage": 70,
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}}}),
+            )
             .unwrap(),
         );
         let d = desired(&p, "img", None).unwrap();
-        assert_eq!(d.collector.spec.unwrap().replicas, None, "the HPA's count stands");
-        assert_eq!(d.query.spec.unwrap().replicas, Some(2), "query keeps its own");
+        assert_eq!(
+            d.collector.spec.unwrap().replicas,
+            None,
+            "the HPA's count stands"
+        );
+        assert_eq!(
+            d.query.spec.unwrap().replicas,
+            Some(2),
+            "query keeps its own"
+        );
         let hpa = d.hpa.unwrap().spec.unwrap();
         assert_eq!(hpa.scale_target_ref.name, "orders-collector");
         assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 10));
@@ -991,7 +1013,11 @@ mod tests {
         assert_eq!(metrics.len(), 1, "memory only: no default CPU metric");
         assert_eq!(metrics[0].resource.as_ref().unwrap().name, "memory");
         assert_eq!(
-            hpa.behavior.unwrap().scale_down.unwrap().stabilization_window_seconds,
+            hpa.behavior
+                .unwrap()
+                .scale_down
+                .unwrap()
+                .stabilization_window_seconds,
             Some(600)
         );
     }
@@ -1006,14 +1032,27 @@ mod tests {
             (&d.query_service, "http"),
         ] {
             let ports = svc.spec.clone().unwrap().ports.unwrap();
-            let m = ports.iter().find(|p| p.name.as_deref() == Some("metrics")).unwrap();
+            let m = ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some("metrics"))
+                .unwrap();
             assert_eq!(m.port, METRICS_SERVICE_PORT);
             assert_eq!(
                 m.target_port,
-                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(port.into()))
+                Some(
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(port.into())
+                )
             );
         }
-        let a = d.collector.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+        let a = d
+            .collector
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
         assert_eq!(a["prometheus.io/scrape"], "true");
         assert_eq!(a["prometheus.io/port"], OTLP_HTTP_PORT.to_string());
         p.spec.monitoring = serde_json::from_value(json!({
@@ -1022,7 +1061,15 @@ mod tests {
         }))
         .unwrap();
         let d = desired(&p, "img", None).unwrap();
-        let a = d.query.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+        let a = d
+            .query
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
         assert!(!a.contains_key("prometheus.io/scrape"));
         let sm = d.service_monitor.unwrap();
         assert_eq!(sm.metadata.labels.unwrap()["release"], "prom");
@@ -1040,7 +1087,14 @@ mod tests {
         let before = d.collector.spec.clone();
         set_secret_version(&mut d, "v1");
         for dep in [&d.collector, &d.query] {
-            let t = dep.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+            let t = dep
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .clone()
+                .unwrap();
             assert_eq!(t.annotations.unwrap()[SECRET_VERSION_ANNOTATION], "v1");
         }
         let mut after = d.collector.spec.clone().unwrap();

@@ -70,7 +70,10 @@ async fn unmanaged_pauses_reconciliation_and_managed_reverts_hand_edits() {
 
     apply(&pipelines, pipeline("Managed", 2, &clickhouse)).await;
     let c = wait_for("Managed=True", WAIT, || managed(&pipelines)).await;
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Reconciled"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "Reconciled")
+    );
     wait_for("collector with 2 replicas", WAIT, || async {
         (collector_replicas(&deployments).await? == 2).then_some(())
     })
@@ -105,7 +108,13 @@ async fn unmanaged_pauses_reconciliation_and_managed_reverts_hand_edits() {
     .await;
     assert_eq!(c.reason, "Unmanaged");
     assert_eq!(collector_replicas(&deployments).await, Some(5));
-    assert!(config_maps.get_opt("orders-config").await.unwrap().is_none());
+    assert!(
+        config_maps
+            .get_opt("orders-config")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let st = pipelines.get("orders").await.unwrap();
     assert_ne!(
         st.status.unwrap().observed_generation,

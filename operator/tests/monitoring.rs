@@ -15,8 +15,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
-    PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
 
@@ -77,7 +76,14 @@ async fn metrics_ports_annotations_service_monitor_when_served_and_condition_gau
     assert!(msg.contains("ServiceMonitor not created"), "{msg}");
     let services: Api<Service> = Api::namespaced(admin.clone(), NS);
     for (name, target) in [("orders-collector", "otlp-http"), ("orders-query", "http")] {
-        let ports = services.get(name).await.unwrap().spec.unwrap().ports.unwrap();
+        let ports = services
+            .get(name)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .ports
+            .unwrap();
         let metrics = ports
             .iter()
             .find(|p| p.name.as_deref() == Some("metrics"))
@@ -91,7 +97,14 @@ async fn metrics_ports_annotations_service_monitor_when_served_and_condition_gau
         .get("orders-collector")
         .await
         .unwrap();
-    let annotations = d.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+    let annotations = d
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap();
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], "4318");
 
@@ -118,7 +131,10 @@ async fn metrics_ports_annotations_service_monitor_when_served_and_condition_gau
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
     crds.create(&PostParams::default(), &crd).await.unwrap();
     wait_for("ServiceMonitor CRD served", WAIT, || async {
-        let c = crds.get("servicemonitors.monitoring.coreos.com").await.ok()?;
+        let c = crds
+            .get("servicemonitors.monitoring.coreos.com")
+            .await
+            .ok()?;
         c.status?
             .conditions?
             .iter()
@@ -167,7 +183,12 @@ async fn metrics_ports_annotations_service_monitor_when_served_and_condition_gau
     // Turned off: ours is removed.
     apply(&pipelines, pipeline(json!({"enabled": false}), &clickhouse)).await;
     wait_for("ServiceMonitor removed", WAIT, || async {
-        monitors.get_opt("orders").await.ok()?.is_none().then_some(())
+        monitors
+            .get_opt("orders")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await;
 

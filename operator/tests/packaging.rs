@@ -65,22 +65,22 @@ fn chart_and_kustomize_grant_the_same_rules() {
         rules_of(&reader, "ClusterRole", "secret-reader")
     );
     assert!(
-        !chart
-            .iter()
-            .any(|d| d["kind"] == "ClusterRoleBinding" && d["roleRef"]["name"].as_str().unwrap_or_default().ends_with("secret-reader")),
+        !chart.iter().any(|d| d["kind"] == "ClusterRoleBinding"
+            && d["roleRef"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("secret-reader")),
         "the secret reader is never bound cluster-wide"
     );
     // One disruption budget for the operator's pods in both installs.
-    let kustomize_pdb = docs(
-        &std::fs::read_to_string(repo_root().join("config/manager/pdb.yaml")).unwrap(),
-    );
+    let kustomize_pdb =
+        docs(&std::fs::read_to_string(repo_root().join("config/manager/pdb.yaml")).unwrap());
     let chart_pdb = chart
         .iter()
         .find(|d| d["kind"] == "PodDisruptionBudget")
         .expect("the chart renders a PodDisruptionBudget");
-    let manager = docs(
-        &std::fs::read_to_string(repo_root().join("config/manager/manager.yaml")).unwrap(),
-    );
+    let manager =
+        docs(&std::fs::read_to_string(repo_root().join("config/manager/manager.yaml")).unwrap());
     let chart_deployment = chart.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let kustomize_deployment = manager.iter().find(|d| d["kind"] == "Deployment").unwrap();
     assert_eq!(chart_pdb["spec"]["maxUnavailable"], 1);
@@ -88,7 +88,10 @@ fn chart_and_kustomize_grant_the_same_rules() {
         chart_pdb["spec"]["maxUnavailable"],
         kustomize_pdb[0]["spec"]["maxUnavailable"]
     );
-    assert_eq!(chart_pdb["spec"]["selector"], chart_deployment["spec"]["selector"]);
+    assert_eq!(
+        chart_pdb["spec"]["selector"],
+        chart_deployment["spec"]["selector"]
+    );
     assert_eq!(
         kustomize_pdb[0]["spec"]["selector"],
         kustomize_deployment["spec"]["selector"]

@@ -31,8 +31,12 @@ fn pipeline(name: &str, collector: Value, clickhouse: &str) -> Value {
 
 async fn apply(api: &Api<TracingPipeline>, body: &Value) -> Result<TracingPipeline, kube::Error> {
     let name = body["metadata"]["name"].as_str().unwrap();
-    api.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(body))
-        .await
+    api.patch(
+        name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(body),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -79,11 +83,17 @@ async fn pod_options_reach_the_deployment_and_reserved_names_are_refused() {
     assert_eq!(meta.annotations.unwrap()["example.com/team"], "data");
     let pod = t.spec.unwrap();
     assert_eq!(pod.node_selector.unwrap()["pool"], "tracing");
-    assert_eq!(pod.tolerations.unwrap()[0].value.as_deref(), Some("tracing"));
+    assert_eq!(
+        pod.tolerations.unwrap()[0].value.as_deref(),
+        Some("tracing")
+    );
     assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
     let spread = pod.topology_spread_constraints.unwrap();
     assert_eq!(
-        (spread[0].topology_key.as_str(), spread[0].when_unsatisfiable.as_str()),
+        (
+            spread[0].topology_key.as_str(),
+            spread[0].when_unsatisfiable.as_str()
+        ),
         ("kubernetes.io/hostname", "ScheduleAnyway"),
         "default spread"
     );
@@ -110,7 +120,15 @@ async fn pod_options_reach_the_deployment_and_reserved_names_are_refused() {
         deployments.get_opt("orders-query").await.ok()?
     })
     .await;
-    assert!(q.spec.unwrap().template.spec.unwrap().node_selector.is_none());
+    assert!(
+        q.spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .node_selector
+            .is_none()
+    );
 
     // Disruption budgets by default (maxUnavailable 1), for both Deployments.
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(admin.clone(), NS);
@@ -124,7 +142,11 @@ async fn pod_options_reach_the_deployment_and_reserved_names_are_refused() {
         assert_eq!(spec.min_available, None);
     }
     // A percentage is taken; `enabled: false` removes ours.
-    let mut spec = pipeline("orders", json!({"replicas": 2, "podDisruptionBudget": {"enabled": false}}), &clickhouse);
+    let mut spec = pipeline(
+        "orders",
+        json!({"replicas": 2, "podDisruptionBudget": {"enabled": false}}),
+        &clickhouse,
+    );
     spec["spec"]["query"] = json!({"podDisruptionBudget": {"maxUnavailable": "50%"}});
     apply(&pipelines, &spec).await.unwrap();
     wait_for("query budget 50%, collector budget gone", WAIT, || async {

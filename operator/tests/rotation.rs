@@ -52,7 +52,10 @@ async fn a_rotated_password_rolls_collector_and_query() {
         "stringData": {"password": "first"}
     }))
     .unwrap();
-    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     let pipelines: Api<TracingPipeline> = Api::namespaced(admin.clone(), NS);
     let p: TracingPipeline = serde_json::from_value(json!({
         "apiVersion": "datatracing.io/v1alpha1", "kind": "TracingPipeline",
@@ -73,10 +76,7 @@ async fn a_rotated_password_rolls_collector_and_query() {
     })
     .await;
     assert_eq!(v1, q1);
-    assert!(
-        !v1.contains("first"),
-        "a version, not the password: {v1}"
-    );
+    assert!(!v1.contains("first"), "a version, not the password: {v1}");
 
     // Rotate: both templates move to a new version; the configuration hashes stay.
     secrets
@@ -91,16 +91,23 @@ async fn a_rotated_password_rolls_collector_and_query() {
         ("orders-collector", &collector_hash),
         ("orders-query", &query_hash),
     ] {
-        let (v2, h2) = wait_for(&format!("{name} rolled for the new password"), WAIT, || async {
-            versions(&deployments, name).await.filter(|(v, _)| *v != v1)
-        })
+        let (v2, h2) = wait_for(
+            &format!("{name} rolled for the new password"),
+            WAIT,
+            || async { versions(&deployments, name).await.filter(|(v, _)| *v != v1) },
+        )
         .await;
         assert_ne!(v2, v1);
         assert_eq!(&h2, hash, "{name}: only the secret version changed");
     }
     // The status follows (written after the children, at the end of the reconcile).
     wait_for("status.passwordSecretVersion", WAIT, || async {
-        let v = pipelines.get("orders").await.ok()?.status?.password_secret_version?;
+        let v = pipelines
+            .get("orders")
+            .await
+            .ok()?
+            .status?
+            .password_secret_version?;
         (v != v1).then_some(())
     })
     .await;

@@ -73,7 +73,12 @@ async fn the_scale_subresource_and_an_autoscaler_own_the_collector_replicas() {
         )
         .await
         .unwrap();
-    wait_replicas(&deployments, 4, "4 collectors through the scale subresource").await;
+    wait_replicas(
+        &deployments,
+        4,
+        "4 collectors through the scale subresource",
+    )
+    .await;
     let p = pipelines.get("orders").await.unwrap();
     assert_eq!(p.spec.collector.replicas, 4);
     let scale = wait_for("scale selector", WAIT, || async {
@@ -127,10 +132,21 @@ async fn the_scale_subresource_and_an_autoscaler_own_the_collector_replicas() {
         .unwrap();
     apply(&pipelines, autoscaled(7)).await;
     wait_for("HPA max 7", WAIT, || async {
-        (hpas.get_opt("orders-collector").await.ok()??.spec?.max_replicas == 7).then_some(())
+        (hpas
+            .get_opt("orders-collector")
+            .await
+            .ok()??
+            .spec?
+            .max_replicas
+            == 7)
+            .then_some(())
     })
     .await;
-    assert_eq!(replicas(&deployments).await, Some(5), "the operator does not fight the HPA");
+    assert_eq!(
+        replicas(&deployments).await,
+        Some(5),
+        "the operator does not fight the HPA"
+    );
 
     // Autoscaling removed: our HPA goes, the spec's count is back.
     apply(&pipelines, pipeline(json!({"replicas": 3}), &clickhouse)).await;

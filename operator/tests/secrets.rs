@@ -34,14 +34,18 @@ fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> bool {
 
 /// `(reason, message)` of the pipeline's `RetentionApplied` once it has one.
 async fn retention(api: &Api<TracingPipeline>, name: &str, reason: &str) -> String {
-    wait_for(&format!("{name}: RetentionApplied {reason}"), WAIT, || async {
-        let st = api.get(name).await.ok()?.status?;
-        let c = st
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "RetentionApplied")?;
-        (c.reason == reason).then(|| c.message.clone())
-    })
+    wait_for(
+        &format!("{name}: RetentionApplied {reason}"),
+        WAIT,
+        || async {
+            let st = api.get(name).await.ok()?.status?;
+            let c = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "RetentionApplied")?;
+            (c.reason == reason).then(|| c.message.clone())
+        },
+    )
     .await
 }
 

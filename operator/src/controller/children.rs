@@ -12,8 +12,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch,
-    PatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams,
 };
 use kube::{Client, Resource};
 
@@ -127,13 +126,8 @@ pub(super) async fn apply_all(
     // if ours would replace it (with the budget turned off, only our own is deleted, below).
     if desired.hpa.is_some() {
         taken.extend(
-            foreign::<HorizontalPodAutoscaler>(
-                client,
-                ns,
-                &name(&desired.collector.metadata),
-                uid,
-            )
-            .await?,
+            foreign::<HorizontalPodAutoscaler>(client, ns, &name(&desired.collector.metadata), uid)
+                .await?,
         );
     }
     for (pdb_name, pdb) in &budgets {
@@ -190,7 +184,12 @@ pub(super) async fn apply_all(
 
 /// Deletes the object of kind `K` named `name` if it is the pipeline's own (one the spec no
 /// longer asks for); leaves anyone else's alone.
-async fn remove_own<K>(client: &Client, ns: &str, name: &str, uid: &str) -> Result<(), ChildrenError>
+async fn remove_own<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    uid: &str,
+) -> Result<(), ChildrenError>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
@@ -199,7 +198,10 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let failed = |e: kube::Error| {
-        ChildrenError::Failed(format!("could not remove {}", describe::<K>(ns, name)), e.into())
+        ChildrenError::Failed(
+            format!("could not remove {}", describe::<K>(ns, name)),
+            e.into(),
+        )
     };
     let existing = api.get_metadata_opt(name).await.map_err(failed)?;
     if existing.is_some_and(|e| owned_by(&e.metadata, uid)) {
@@ -315,12 +317,18 @@ async fn service_monitor(
             )
             .await
             .map_err(|e| {
-                ChildrenError::Failed(format!("could not apply ServiceMonitor {ns}/{sm_name}"), e.into())
+                ChildrenError::Failed(
+                    format!("could not apply ServiceMonitor {ns}/{sm_name}"),
+                    e.into(),
+                )
             })?;
         }
         None => {
             let failed = |e: kube::Error| {
-                ChildrenError::Failed(format!("could not remove ServiceMonitor {ns}/{sm_name}"), e.into())
+                ChildrenError::Failed(
+                    format!("could not remove ServiceMonitor {ns}/{sm_name}"),
+                    e.into(),
+                )
             };
             let existing = api.get_metadata_opt(sm_name).await.map_err(failed)?;
             if existing.is_some_and(|e| owned_by(&e.metadata, uid)) {
