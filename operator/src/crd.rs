@@ -433,6 +433,27 @@ pub struct StorageSpec {
     /// `Retain` (default) keeps the database when the pipeline is deleted; `Delete` drops it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// The collector pods' own credentials (they need only `INSERT`). Absent: `user` and
+    /// `passwordSecretRef`. When set, collectors do not migrate the schema at start (the
+    /// operator creates it, with `user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_credentials: Option<Credentials>,
+    /// The query pods' own credentials (they need only `SELECT`). Absent: `user` and
+    /// `passwordSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_credentials: Option<Credentials>,
+}
+
+/// A ClickHouse user and its password Secret (in the pipeline's namespace).
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    /// User name.
+    #[schemars(length(min = 1, max = 256))]
+    pub user: String,
+    /// The password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeySelector>,
 }
 
 fn default_database() -> String {

@@ -28,8 +28,12 @@ use crate::error::{Error, Result};
 
 /// Where the ConfigMap is mounted in the pods.
 pub const CONFIG_DIR: &str = "/etc/datatracing/config";
-/// The configuration file's key in the ConfigMap.
+/// The configuration file's key in the ConfigMap (the query pods' too, unless they have
+/// credentials of their own).
 pub const CONFIG_KEY: &str = "datatracing.yaml";
+/// The query pods' configuration file when collectors and query use different ClickHouse
+/// credentials.
+pub const QUERY_CONFIG_KEY: &str = "query.yaml";
 /// The sampling policy's key in the ConfigMap.
 pub const SAMPLING_KEY: &str = "sampling.yaml";
 /// Where the password Secret is mounted.
@@ -136,6 +140,44 @@ pub fn clickhouse_config(p: &TracingPipeline) -> ClickHouseConfig {
     }
 }
 
+/// Whether collectors or query have ClickHouse credentials of their own (then each gets
+/// its own file).
+pub fn separate_credentials(p: &TracingPipeline) -> bool {
+    let s = &p.spec.storage;
+    s.collector_credentials.is_some() || s.query_credentials.is_some()
+}
+
+/// The user and password Secret the collector (`collector: true`) or query pods use.
+pub fn role_credentials(
+    p: &TracingPipeline,
+    collector: bool,
+) -> (&str, Option<&k8s_openapi::api::core::v1::SecretKeySelector>) {
+    let s = &p.spec.storage;
+    let own = if collector {
+        s.collector_credentials.as_ref()
+    } else {
+        s.query_credentials.as_ref()
+    };
+    match own {
+        Some(c) => (c.user.as_str(), c.password_secret_ref.as_ref()),
+        None => (s.user.as_str(), s.password_secret_ref.as_ref()),
+    }
+}
+
+/// The ClickHouse settings of the collector (`collector: true`) or query pods: the
+/// operator's, with the role's credentials. Collectors with credentials of their own do not
+/// migrate: an INSERT-only user could not, and the operator owns the schema.
+pub fn pod_clickhouse_config(p: &TracingPipeline, collector: bool) -> ClickHouseConfig {
+    let (user, secret) = role_credentials(p, collector);
+    let mut c = clickhouse_config(p);
+    c.user = user.to_string();
+    c.password_file = secret.map(|_| format!("{SECRET_DIR}/password").into());
+    if collector && p.spec.storage.collector_credentials.is_some() {
+        c.migrate_on_start = false;
+    }
+    c
+}
+
 /// The collector settings rendered from the spec.
 pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig {
     let c = &p.spec.collector;
@@ -161,9 +203,15 @@ pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig 
     cfg
 }
 
-/// The whole configuration a pipeline's pods run: the binary's own [`Config`], so the
-/// rendered file cannot drift from what the binary parses.
+/// The whole configuration a pipeline's collector pods (and query pods, unless they have
+/// credentials of their own) run: the binary's own [`Config`], so the rendered file cannot
+/// drift from what the binary parses.
 pub fn pod_config(p: &TracingPipeline, sampling: bool) -> Config {
+    role_config(p, sampling, true)
+}
+
+/// [`pod_config`] with the ClickHouse credentials of the collector or query pods.
+fn role_config(p: &TracingPipeline, sampling: bool, collector: bool) -> Config {
     Config {
         log: LogConfig {
             format: LogFormat::Json,
@@ -171,7 +219,7 @@ pub fn pod_config(p: &TracingPipeline, sampling: bool) -> Config {
         },
         storage: StorageConfig {
             backend: Backend::Clickhouse,
-            clickhouse: clickhouse_config(p),
+            clickhouse: pod_clickhouse_config(p, collector),
             ..StorageConfig::default()
         },
         collector: collector_config(p, sampling),
@@ -190,6 +238,8 @@ pub struct ConfigFile {
     pub hash: String,
     /// The query pods' restart trigger: the sections the query server reads.
     pub query_hash: String,
+    /// The query pods' own file ([`QUERY_CONFIG_KEY`]), when their credentials differ.
+    pub query_text: Option<String>,
 }
 
 /// Renders the configuration file and checks it the way the binary will.
@@ -218,14 +268,23 @@ pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<ConfigFile> {
         Ok((text, query_view))
     };
     let (text, _) = render(&config)?;
-    let mut rolling = config;
-    rolling.storage.clickhouse.initial_retention_days =
-        ClickHouseConfig::default().initial_retention_days;
-    let (rolling_text, query_view) = render(&rolling)?;
+    let rolling = |mut c: Config| {
+        c.storage.clickhouse.initial_retention_days =
+            ClickHouseConfig::default().initial_retention_days;
+        c
+    };
+    let (rolling_text, mut query_view) = render(&rolling(config))?;
+    let mut query_text = None;
+    if separate_credentials(p) {
+        let query = role_config(p, sampling, false);
+        query_text = Some(render(&query)?.0);
+        query_view = render(&rolling(query))?.1;
+    }
     Ok(ConfigFile {
         text,
         hash: hash(&rolling_text),
         query_hash: hash(&query_view),
+        query_text,
     })
 }
 
@@ -292,9 +351,18 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         text: config,
         hash: config_hash,
         query_hash: query_config_hash,
+        query_text,
     } = config_file(p, sampling_yaml.is_some())?;
 
+    let query_key = if query_text.is_some() {
+        QUERY_CONFIG_KEY
+    } else {
+        CONFIG_KEY
+    };
     let mut data = BTreeMap::from([(CONFIG_KEY.to_string(), config)]);
+    if let Some(q) = query_text {
+        data.insert(QUERY_CONFIG_KEY.to_string(), q);
+    }
     let mut cm_meta = meta(p, &names.config, None)?;
     if let Some(s) = sampling_yaml {
         data.insert(SAMPLING_KEY.to_string(), s.to_string());
@@ -309,11 +377,14 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         ..ConfigMap::default()
     };
 
-    let secret_volume = p.spec.storage.password_secret_ref.as_ref().map(|s| {
-        json!({"name": "clickhouse-password", "secret": {
-            "secretName": s.name, "defaultMode": 0o440,
-            "items": [{"key": s.key, "path": "password"}]}})
-    });
+    // Each Deployment mounts its role's password Secret at the same path.
+    let secret_volume = |collector: bool| {
+        role_credentials(p, collector).1.map(|s| {
+            json!({"name": "clickhouse-password", "secret": {
+                "secretName": s.name, "defaultMode": 0o440,
+                "items": [{"key": s.key, "path": "password"}]}})
+        })
+    };
     let pod = |component: &str,
                image: &str,
                resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
@@ -324,8 +395,13 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
      -> Result<serde_json::Value> {
         let mut volumes = vec![json!({"name": "config", "configMap": {"name": names.config}})];
         let mut mounts = vec![json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true})];
-        if let Some(v) = &secret_volume {
-            volumes.push(v.clone());
+        let config_key = if component == "query" {
+            query_key
+        } else {
+            CONFIG_KEY
+        };
+        if let Some(v) = secret_volume(component == "collector") {
+            volumes.push(v);
             mounts.push(
                 json!({"name": "clickhouse-password", "mountPath": SECRET_DIR, "readOnly": true}),
             );
@@ -380,7 +456,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         let mut container = json!({
             "name": component,
             "image": image,
-            "args": [component, "--config", format!("{CONFIG_DIR}/{CONFIG_KEY}")],
+            "args": [component, "--config", format!("{CONFIG_DIR}/{config_key}")],
             "ports": ports,
             "resources": resources,
             "startupProbe": startup,
@@ -1108,6 +1184,69 @@ mod tests {
             .unwrap()
             .remove(SECRET_VERSION_ANNOTATION);
         assert_eq!(Some(after), before, "nothing else changes");
+    }
+
+    #[test]
+    fn each_role_runs_with_its_own_credentials() {
+        let mut p = pipeline();
+        let shared = desired(&p, "img", None).unwrap();
+        assert!(
+            !shared
+                .config_map
+                .data
+                .as_ref()
+                .unwrap()
+                .contains_key(QUERY_CONFIG_KEY)
+        );
+        p.spec.storage.collector_credentials = Some(
+            serde_json::from_value(json!({"user": "ingest",
+                "passwordSecretRef": {"name": "ingest-pw", "key": "password"}}))
+            .unwrap(),
+        );
+        p.spec.storage.query_credentials =
+            Some(serde_json::from_value(json!({"user": "reader"})).unwrap());
+        let d = desired(&p, "img", None).unwrap();
+        let data = d.config_map.data.as_ref().unwrap();
+        let load = |key: &str| {
+            let c = Config::from_yaml(&data[key], &std::collections::HashMap::new()).unwrap();
+            c.validate().unwrap();
+            c.storage.clickhouse
+        };
+        let collector = load(CONFIG_KEY);
+        assert_eq!(collector.user, "ingest");
+        assert!(!collector.migrate_on_start, "the operator owns the schema");
+        assert!(collector.password_file.is_some());
+        let query = load(QUERY_CONFIG_KEY);
+        assert_eq!(query.user, "reader");
+        assert!(query.password_file.is_none());
+        assert_eq!(
+            clickhouse_config(&p).user,
+            p.spec.storage.user,
+            "DDL as storage.user"
+        );
+        let secret_of = |dep: &Deployment| {
+            let pod = dep.spec.clone().unwrap().template.spec.unwrap();
+            let args = pod.containers[0].args.clone().unwrap();
+            let secret = pod
+                .volumes
+                .unwrap()
+                .into_iter()
+                .find_map(|v| v.secret)
+                .and_then(|s| s.secret_name);
+            (args[2].clone(), secret)
+        };
+        assert_eq!(
+            secret_of(&d.collector),
+            (
+                format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+                Some("ingest-pw".into())
+            )
+        );
+        assert_eq!(
+            secret_of(&d.query),
+            (format!("{CONFIG_DIR}/{QUERY_CONFIG_KEY}"), None)
+        );
+        assert_ne!(shared.query_config_hash, d.query_config_hash);
     }
 
     #[test]

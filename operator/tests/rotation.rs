@@ -1,7 +1,8 @@
-//! Secret rotation on a real API server (issue 15): the collector and query pod templates
-//! carry the password Secret's version, so rewriting the Secret rolls both Deployments
-//! (the pods read the password file at start) and changes nothing else in them. No
-//! ClickHouse: the failing retention step retries, and each retry reconciles.
+//! ClickHouse credentials on a real API server (issue 15): the collector and query pod
+//! templates carry the password Secrets' version, so rewriting a Secret rolls both
+//! Deployments (the pods read the password file at start) and changes nothing else in them;
+//! collectors and query can have credentials of their own. No ClickHouse: the failing
+//! retention step retries, and each retry reconciles.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,9 +11,11 @@ use std::time::Duration;
 
 use common::{Cluster, Operator, free_port, wait_for};
 use datatracing_operator::crd::TracingPipeline;
-use datatracing_operator::render::{CONFIG_HASH_ANNOTATION, SECRET_VERSION_ANNOTATION};
+use datatracing_operator::render::{
+    CONFIG_HASH_ANNOTATION, CONFIG_KEY, QUERY_CONFIG_KEY, SECRET_VERSION_ANNOTATION,
+};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -109,6 +112,113 @@ async fn a_rotated_password_rolls_collector_and_query() {
             .status?
             .password_secret_version?;
         (v != v1).then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
+}
+
+/// `(--config file, mounted password Secret)` of a Deployment's container.
+async fn config_and_secret(api: &Api<Deployment>, name: &str) -> Option<(String, String)> {
+    let pod = api.get_opt(name).await.ok()??.spec?.template.spec?;
+    let file = pod.containers[0].args.clone()?.get(2)?.clone();
+    let secret = pod
+        .volumes?
+        .into_iter()
+        .find_map(|v| v.secret)?
+        .secret_name?;
+    Some((file, secret))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collectors_and_query_use_credentials_of_their_own() {
+    let cluster = Cluster::start().await;
+    cluster.namespace(OPERATOR_NS).await;
+    cluster.namespace(NS).await;
+    let token = cluster
+        .operator_token(OPERATOR_NS, &["secretAccess.namespaces={team-r2}"])
+        .await;
+    let op = Operator::start(&cluster, &token, "op-roles", OPERATOR_NS);
+    let admin = cluster.admin.clone();
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    for name in ["ddl-pw", "ingest-pw", "reader-pw"] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name}, "stringData": {"password": name}
+        }))
+        .unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let pipelines: Api<TracingPipeline> = Api::namespaced(admin.clone(), NS);
+    let p: TracingPipeline = serde_json::from_value(json!({
+        "apiVersion": "datatracing.io/v1alpha1", "kind": "TracingPipeline",
+        "metadata": {"name": "orders"},
+        "spec": {"storage": {"url": format!("http://127.0.0.1:{}", free_port()),
+                             "user": "ddl",
+                             "passwordSecretRef": {"name": "ddl-pw", "key": "password"},
+                             "collectorCredentials": {"user": "ingest",
+                                 "passwordSecretRef": {"name": "ingest-pw", "key": "password"}},
+                             "queryCredentials": {"user": "reader",
+                                 "passwordSecretRef": {"name": "reader-pw", "key": "password"}}}}
+    }))
+    .unwrap();
+    pipelines.create(&PostParams::default(), &p).await.unwrap();
+
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NS);
+    let collector = wait_for("collector", WAIT, || {
+        config_and_secret(&deployments, "orders-collector")
+    })
+    .await;
+    assert_eq!(
+        collector,
+        (
+            format!("/etc/datatracing/config/{CONFIG_KEY}"),
+            "ingest-pw".into()
+        )
+    );
+    let query = wait_for("query", WAIT, || {
+        config_and_secret(&deployments, "orders-query")
+    })
+    .await;
+    assert_eq!(
+        query,
+        (
+            format!("/etc/datatracing/config/{QUERY_CONFIG_KEY}"),
+            "reader-pw".into()
+        )
+    );
+    let data = Api::<ConfigMap>::namespaced(admin.clone(), NS)
+        .get("orders-config")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert!(
+        data[CONFIG_KEY].contains("user: ingest"),
+        "{}",
+        data[CONFIG_KEY]
+    );
+    assert!(data[CONFIG_KEY].contains("migrate_on_start: false"));
+    assert!(data[QUERY_CONFIG_KEY].contains("user: reader"));
+
+    // Rotating a role's Secret rolls the pods too.
+    let (v1, _) = wait_for("secret version", WAIT, || {
+        versions(&deployments, "orders-collector")
+    })
+    .await;
+    secrets
+        .patch(
+            "ingest-pw",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "rotated"}})),
+        )
+        .await
+        .unwrap();
+    wait_for("collector rolled for the ingest password", WAIT, || async {
+        versions(&deployments, "orders-collector")
+            .await
+            .filter(|(v, _)| *v != v1)
     })
     .await;
     op.stop().await.unwrap();

@@ -383,10 +383,17 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
     // Secret cannot be read now, the pods keep the version they were rolled for.
     status.password_secret_version = match storage::secret_version(&p, ctx).await {
         Some(v) => Some(v),
-        None if p.spec.storage.password_secret_ref.is_some() => {
-            previous.password_secret_version.clone()
-        }
-        None => None,
+        // Unreadable now: keep what the pods were rolled for (None if nothing is referenced).
+        None => previous.password_secret_version.clone().filter(|_| {
+            let s = &p.spec.storage;
+            s.password_secret_ref.is_some()
+                || s.collector_credentials
+                    .as_ref()
+                    .is_some_and(|c| c.password_secret_ref.is_some())
+                || s.query_credentials
+                    .as_ref()
+                    .is_some_and(|c| c.password_secret_ref.is_some())
+        }),
     };
     if let Some(v) = &status.password_secret_version {
         render::set_secret_version(&mut desired, v);

@@ -68,18 +68,40 @@ async fn password(p: &TracingPipeline, ctx: &Context) -> Result<Option<String>> 
         })
 }
 
-/// The version of the password Secret the pipeline references (see
-/// [`render::set_secret_version`]); `None` when there is none, or it cannot be read now
-/// (missing, not granted: reported by the retention step).
+/// The version of the password Secrets the pipeline references (the operator's and the
+/// roles' own; see [`render::set_secret_version`]); `None` when there are none, or one cannot
+/// be read now (missing, not granted: the retention step reports the operator's).
 pub(super) async fn secret_version(p: &TracingPipeline, ctx: &Context) -> Option<String> {
-    let r = p.spec.storage.password_secret_ref.as_ref()?;
+    let s = &p.spec.storage;
+    let mut names: Vec<&str> = [
+        s.password_secret_ref.as_ref(),
+        s.collector_credentials
+            .as_ref()
+            .and_then(|c| c.password_secret_ref.as_ref()),
+        s.query_credentials
+            .as_ref()
+            .and_then(|c| c.password_secret_ref.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|r| r.name.as_str())
+    .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return None;
+    }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &p.namespace()?);
-    let meta = secrets.get_metadata_opt(&r.name).await.ok()??.metadata;
-    Some(render::hash(&format!(
-        "{}/{}",
-        meta.uid.unwrap_or_default(),
-        meta.resource_version.unwrap_or_default()
-    )))
+    let mut versions = Vec::with_capacity(names.len());
+    for name in names {
+        let meta = secrets.get_metadata_opt(name).await.ok()??.metadata;
+        versions.push(format!(
+            "{}/{}",
+            meta.uid.unwrap_or_default(),
+            meta.resource_version.unwrap_or_default()
+        ));
+    }
+    Some(render::hash(&versions.join(",")))
 }
 
 /// An admin client for the pipeline's ClickHouse: one attempt per call, the operator's
