@@ -115,6 +115,9 @@ pub struct Desired {
     pub pdb: Option<PodDisruptionBudget>,
     /// Query PodDisruptionBudget, unless the spec turns it off.
     pub query_pdb: Option<PodDisruptionBudget>,
+    /// Whether the collector's and the query's budget are the default (the spec has no
+    /// `podDisruptionBudget`): one of the user's with that name then wins over ours.
+    pub pdb_defaulted: [bool; 2],
     /// The ServiceMonitor for both Services, when the spec asks for one (applied only when
     /// the cluster serves the kind).
     pub service_monitor: Option<kube::api::DynamicObject>,
@@ -699,6 +702,10 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         service_account,
         pdb,
         query_pdb,
+        pdb_defaulted: [
+            c.pod_disruption_budget.is_none(),
+            q.pod_disruption_budget.is_none(),
+        ],
         service_monitor,
         hpa,
     })

@@ -70,6 +70,14 @@ async fn pod_options_reach_the_deployment_and_reserved_names_are_refused() {
         "preStopDelaySeconds": 10,
         "terminationGracePeriodSeconds": 45
     });
+    // A budget of the user's under the query budget's name: the default one yields to it.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(admin.clone(), NS);
+    let theirs: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "orders-query"},
+        "spec": {"minAvailable": 0, "selector": {"matchLabels": {"team": "data"}}}
+    }))
+    .unwrap();
+    pdbs.create(&Default::default(), &theirs).await.unwrap();
     apply(&pipelines, &pipeline("orders", options, &clickhouse))
         .await
         .unwrap();
@@ -130,17 +138,34 @@ async fn pod_options_reach_the_deployment_and_reserved_names_are_refused() {
             .is_none()
     );
 
-    // Disruption budgets by default (maxUnavailable 1), for both Deployments.
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(admin.clone(), NS);
-    for name in ["orders-collector", "orders-query"] {
-        let pdb = wait_for(&format!("PodDisruptionBudget {name}"), WAIT, || async {
-            pdbs.get_opt(name).await.ok()?
-        })
-        .await;
-        let spec = pdb.spec.unwrap();
-        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)), "{name}");
-        assert_eq!(spec.min_available, None);
-    }
+    // A disruption budget by default (maxUnavailable 1); the user's query budget stays
+    // theirs, and the status says ours was not created.
+    let pdb = wait_for("PodDisruptionBudget orders-collector", WAIT, || async {
+        pdbs.get_opt("orders-collector").await.ok()?
+    })
+    .await;
+    let spec = pdb.spec.unwrap();
+    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(spec.min_available, None);
+    let msg = wait_for("ResourcesApplied with a note", WAIT, || async {
+        let st = pipelines.get("orders").await.ok()?.status?;
+        let c = st
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "ResourcesApplied")?;
+        (c.status == "True").then_some(c.message)
+    })
+    .await;
+    assert!(
+        msg.contains("default budget not created: PodDisruptionBudget team-p/orders-query"),
+        "{msg}"
+    );
+    let user = pdbs.get("orders-query").await.unwrap();
+    assert!(user.metadata.owner_references.is_none(), "still the user's");
+    assert_eq!(user.spec.unwrap().min_available, Some(IntOrString::Int(0)));
+    pdbs.delete("orders-query", &Default::default())
+        .await
+        .unwrap();
     // A percentage is taken; `enabled: false` removes ours.
     let mut spec = pipeline(
         "orders",

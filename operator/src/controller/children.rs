@@ -108,10 +108,11 @@ pub(super) async fn apply_all(
     manager: &str,
 ) -> Result<Applied, ChildrenError> {
     let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
-    let budgets = [
+    let mut budgets = [
         (name(&desired.collector.metadata), desired.pdb.as_ref()),
         (name(&desired.query.metadata), desired.query_pdb.as_ref()),
     ];
+    let mut skipped = Vec::new();
     let checks = [
         foreign::<ServiceAccount>(client, ns, &name(&desired.service_account.metadata), uid)
             .await?,
@@ -122,17 +123,28 @@ pub(super) async fn apply_all(
         foreign::<Service>(client, ns, &name(&desired.query_service.metadata), uid).await?,
     ];
     let mut taken: Vec<String> = checks.into_iter().flatten().collect();
-    // Budgets only when the spec asks for them: a budget that is not ours is a conflict only
-    // if ours would replace it (with the budget turned off, only our own is deleted, below).
     if desired.hpa.is_some() {
         taken.extend(
             foreign::<HorizontalPodAutoscaler>(client, ns, &name(&desired.collector.metadata), uid)
                 .await?,
         );
     }
-    for (pdb_name, pdb) in &budgets {
-        if pdb.is_some() {
-            taken.extend(foreign::<PodDisruptionBudget>(client, ns, pdb_name, uid).await?);
+    // A budget that is not ours is a conflict only if ours would replace it: with the
+    // budget turned off only our own is deleted (below), and a default budget yields to
+    // one the user manages under that name (as before budgets were on by default).
+    for ((pdb_name, pdb), defaulted) in budgets.iter_mut().zip(desired.pdb_defaulted) {
+        if pdb.is_none() {
+            continue;
+        }
+        if let Some(other) = foreign::<PodDisruptionBudget>(client, ns, pdb_name, uid).await? {
+            if defaulted {
+                skipped.push(format!(
+                    "default budget not created: {other} exists and is not this pipeline's"
+                ));
+                *pdb = None;
+            } else {
+                taken.push(other);
+            }
         }
     }
     if !taken.is_empty() {
@@ -164,6 +176,7 @@ pub(super) async fn apply_all(
             Some(pdb) => {
                 write(client, ns, *pdb, manager).await?;
             }
+            // Turned off, or a user's stands under that name (never deleted: not ours).
             None => remove_own::<PodDisruptionBudget>(client, ns, pdb_name, uid).await?,
         }
     }
@@ -174,11 +187,11 @@ pub(super) async fn apply_all(
         }
         None => remove_own::<HorizontalPodAutoscaler>(client, ns, &hpa_name, uid).await?,
     }
-    let skipped = service_monitor(client, ns, uid, desired, manager).await?;
+    skipped.extend(service_monitor(client, ns, uid, desired, manager).await?);
     Ok(Applied {
         collector,
         query,
-        skipped,
+        skipped: (!skipped.is_empty()).then(|| skipped.join("; ")),
     })
 }
 
