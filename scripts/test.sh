@@ -42,6 +42,7 @@ fi
 need go "install Go 1.24.6 or newer (Debian's golang package is too old)"
 need openssl "apt-get install openssl"
 need curl "apt-get install curl"
+need jq "apt-get install jq"  # runbooks/disaster-recovery.md, run by its tests
 # Both Go builds (minutes each on a cold machine, nothing once cached) run in the
 # background while the Rust code is formatted, linted and compiled, and are awaited before
 # the first test runs: on a cold CI machine this overlaps the two longest phases.

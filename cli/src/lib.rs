@@ -85,6 +85,21 @@ pub enum Command {
     Policy(PolicyCommand),
     /// The Kubernetes operator: reconciles TracingPipeline and SamplingPolicy resources.
     Operator(Box<OperatorArgs>),
+    /// Copy the embedded store into a new file, online (the server may keep running).
+    Backup {
+        /// The backup file to create (never overwritten).
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
+    /// Make a backup the embedded store of the data directory (the server must be stopped).
+    Restore {
+        /// A file `datatracing backup` wrote.
+        #[arg(long, short = 'i')]
+        input: PathBuf,
+        /// Replace a store already in the data directory.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 /// `datatracing operator` flags (each also a `DATATRACING_OPERATOR_*` variable). Each one
@@ -397,6 +412,44 @@ pub async fn migrate(config: &Config) -> anyhow::Result<MigrationReport> {
     Ok(admin.migrate().await?)
 }
 
+/// `datatracing backup` and `datatracing restore`: the embedded store's disaster recovery
+/// (runbooks/disaster-recovery.md). Returns the line to print.
+pub fn backup_or_restore(command: &Command, config: &Config) -> anyhow::Result<Option<String>> {
+    let data_dir = &config.storage.embedded.data_dir;
+    let not_embedded = || {
+        anyhow::anyhow!(
+            "backup and restore copy the embedded store; for ClickHouse use its BACKUP and \
+             RESTORE statements (runbooks/disaster-recovery.md)"
+        )
+    };
+    let report = match command {
+        Command::Backup { output } => {
+            anyhow::ensure!(config.storage.backend == Backend::Embedded, not_embedded());
+            datatracing_store_sqlite::backup(data_dir, output)
+                .with_context(|| format!("backing up the store in {}", data_dir.display()))?
+        }
+        Command::Restore { input, replace } => {
+            anyhow::ensure!(config.storage.backend == Backend::Embedded, not_embedded());
+            datatracing_store_sqlite::restore(input, data_dir, *replace).with_context(|| {
+                format!("restoring {} into {}", input.display(), data_dir.display())
+            })?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(format!(
+        "{} {}: {} spans, {} bytes, schema version {}",
+        if matches!(command, Command::Backup { .. }) {
+            "wrote"
+        } else {
+            "restored"
+        },
+        report.path.display(),
+        report.spans,
+        report.bytes,
+        report.schema_version
+    )))
+}
+
 /// Runs a server command until `shutdown` fires, then drains and returns.
 pub async fn run(
     command: &Command,
@@ -413,7 +466,11 @@ pub async fn run(
             let client = args.client().await?;
             return Ok(datatracing_operator::run(config.operator, client, shutdown).await?);
         }
-        Command::PrintConfig | Command::Migrate | Command::Policy(_) => return Ok(()),
+        Command::PrintConfig
+        | Command::Migrate
+        | Command::Policy(_)
+        | Command::Backup { .. }
+        | Command::Restore { .. } => return Ok(()),
     };
     let mut registry = Registry::default();
     let stores = open_stores(&config, write, read, &mut registry).await?;

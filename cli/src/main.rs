@@ -31,6 +31,13 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(line) = datatracing_cli::backup_or_restore(&cli.command, &config)? {
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     init_logging(&config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

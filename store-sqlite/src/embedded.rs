@@ -37,8 +37,14 @@ use datatracing_store::{CappedTrace, CrossLink, Health, TraceReader, TraceWriter
 
 use crate::{Error, Result};
 
-const DB_FILE: &str = "traces.db";
-const SCHEMA_VERSION: i64 = 3;
+pub(crate) const DB_FILE: &str = "traces.db";
+/// Locked (advisory, whole file) by the one process that opens the store read-write, so a
+/// second collector or a restore on the same directory is refused instead of interleaving.
+pub(crate) const LOCK_FILE: &str = "store.lock";
+pub(crate) const SCHEMA_VERSION: i64 = 3;
+/// How long opening waits for the lock: a store closed in this process a moment ago may
+/// still be releasing it on its writer thread.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// Width of a `span_names` bucket: services and operations are indexed per hour.
 const NAME_BUCKET_NS: i64 = 3_600_000_000_000;
 /// Spans committed in one group-commit transaction at most; bounds the writer's latency.
@@ -108,11 +114,15 @@ impl EmbeddedStore {
                 .map_err(|e| Error::Task(format!("open: {e}")))??;
 
         let (tx, thread) = match writer_conn {
-            Some(conn) => {
+            Some((conn, lock)) => {
                 let (tx, rx) = mpsc::channel(256);
                 let thread = std::thread::Builder::new()
                     .name("dt-store-writer".into())
-                    .spawn(move || writer_loop(conn, rx))?;
+                    .spawn(move || {
+                        writer_loop(conn, rx);
+                        // Released when the last write is done, not before.
+                        drop(lock);
+                    })?;
                 (Some(tx), Some(thread))
             }
             None => (None, None),
@@ -204,18 +214,21 @@ impl EmbeddedStore {
     }
 }
 
+type Writer = (Connection, std::fs::File);
+
 fn open_connections(
     cfg: &EmbeddedConfig,
     mode: OpenMode,
-) -> Result<(Option<Connection>, Vec<Connection>)> {
+) -> Result<(Option<Writer>, Vec<Connection>)> {
     let path = cfg.data_dir.join(DB_FILE);
     let writer = match mode {
         OpenMode::ReadWrite => {
             std::fs::create_dir_all(&cfg.data_dir)?;
+            let lock = lock_with_wait(&cfg.data_dir)?;
             let conn = Connection::open(&path)?;
             configure(&conn, cfg)?;
             migrate(&conn)?;
-            Some(conn)
+            Some((conn, lock))
         }
         OpenMode::ReadOnly => {
             if !path.exists() {
@@ -248,6 +261,18 @@ fn open_connections(
         readers.push(conn);
     }
     Ok((writer, readers))
+}
+
+fn lock_with_wait(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match crate::backup::lock_data_dir(data_dir) {
+            Err(Error::InUse(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn configure(conn: &Connection, cfg: &EmbeddedConfig) -> Result<()> {

@@ -35,6 +35,12 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("invalid storage configuration: {0}")]
     Config(String),
+    /// Another process has the data directory open for writing.
+    #[error(
+        "the data directory {} is in use by a running collector or all-in-one (stop it first)",
+        .0.display()
+    )]
+    InUse(std::path::PathBuf),
 }
 
 impl From<datatracing_config::ConfigError> for Error {
@@ -89,7 +95,8 @@ impl Error {
             | Error::Corrupt(_)
             | Error::Closed
             | Error::ReadOnly
-            | Error::Config(_) => false,
+            | Error::Config(_)
+            | Error::InUse(_) => false,
         }
     }
 }
@@ -104,6 +111,7 @@ impl From<Error> for datatracing_store::Error {
             Error::Closed => E::Closed,
             Error::ReadOnly => E::ReadOnly,
             Error::Config(m) => E::Config(m),
+            Error::InUse(_) => E::Config(e.to_string()),
             Error::Decode(_) | Error::Corrupt(_) => E::Corrupt(e.to_string()),
             Error::Sqlite(ref s)
                 if matches!(

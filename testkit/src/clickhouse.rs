@@ -30,6 +30,7 @@ enum Kind {
     Chdb {
         python: PathBuf,
         path: PathBuf,
+        backups_path: Option<PathBuf>,
         _dir: Option<tempfile::TempDir>,
     },
 }
@@ -101,6 +102,8 @@ pub struct ChdbOptions {
     pub user: Option<String>,
     /// Password (default empty).
     pub password: Option<String>,
+    /// A directory `BACKUP ... TO File(...)` / `RESTORE ... FROM File(...)` may use.
+    pub backups_path: Option<PathBuf>,
 }
 
 impl ClickHouse {
@@ -190,6 +193,7 @@ impl ClickHouse {
             kind: Kind::Chdb {
                 python,
                 path,
+                backups_path: opts.backups_path,
                 _dir: dir,
             },
             child: Mutex::new(None),
@@ -201,7 +205,13 @@ impl ClickHouse {
     }
 
     fn spawn_chdb(&self) -> u16 {
-        let Kind::Chdb { python, path, .. } = &self.kind else {
+        let Kind::Chdb {
+            python,
+            path,
+            backups_path,
+            ..
+        } = &self.kind
+        else {
             panic!("only a chdb-backed server can be (re)started by the harness");
         };
         let script = repo_root().join("tools/chdb-http/server.py");
@@ -217,6 +227,11 @@ impl ClickHouse {
                 "--password",
                 &self.password,
             ])
+            .args(
+                backups_path
+                    .iter()
+                    .flat_map(|p| [std::ffi::OsStr::new("--backups-path"), p.as_os_str()]),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -18,6 +18,8 @@ What it does, and only that:
   `X-ClickHouse-Exception-Code` header, and the `Code: N. DB::Exception: ...` text.
 - `GET /ping` answers `Ok.`.
 - Fault injection for tests, under `/__admin/`: `delay?ms=N` delays every later query.
+- `--backups-path DIR` lets `BACKUP ... TO File('DIR/...')` and `RESTORE ... FROM File(...)`
+  write and read there (ClickHouse's `backups.allowed_path`, in a generated config file).
 
 Prints `listening on HOST:PORT` on stdout once ready. Exits when its parent process dies.
 """
@@ -61,7 +63,16 @@ STATUS_BY_CODE = {
 
 
 class Engine:
-    def __init__(self, path, user, password):
+    def __init__(self, path, user, password, backups_path=None):
+        if backups_path:
+            os.makedirs(backups_path, exist_ok=True)
+            config = os.path.join(backups_path, "chdb-backups.xml")
+            with open(config, "w") as f:
+                f.write(
+                    "<clickhouse><backups><allowed_path>%s/</allowed_path></backups></clickhouse>\n"
+                    % os.path.abspath(backups_path).rstrip("/")
+                )
+            path = "%s?config-file=%s" % (path, config)
         self.conn = chdb.connect(path)
         self.lock = threading.Lock()
         self.user = user
@@ -260,8 +271,9 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--user", default="default")
     ap.add_argument("--password", default="")
+    ap.add_argument("--backups-path", help="directory BACKUP/RESTORE may use with File(...)")
     args = ap.parse_args()
-    Handler.engine = Engine(args.path, args.user, args.password)
+    Handler.engine = Engine(args.path, args.user, args.password, args.backups_path)
     server = Server((args.host, args.port), Handler)
     threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
     print("listening on %s:%d" % server.server_address[:2], flush=True)
