@@ -23,7 +23,7 @@ trap 'rm -rf "$work"' EXIT
 # built as a tool of a scratch module (the replace is not needed for the build).
 (cd "$work" && go mod init datatracing.test/jaeger >/dev/null 2>&1 &&
   go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" >&2 &&
-  go build -o "$work/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger >&2)
+  go build -trimpath -ldflags "-s -w" -o "$work/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger >&2)
 mkdir -p "$(dirname "$out")"
 install -m 0755 "$work/jaeger" "$out"
 echo "$out"
