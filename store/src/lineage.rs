@@ -3,8 +3,9 @@
 //!
 //! Upstream follows the links a trace's spans declare (to the traces it consumed or
 //! continued); downstream follows them backwards, through the backends' reverse-link index
-//! (the traces whose spans link to it). Each level costs one batched lookup of links and one
-//! of summaries, whatever its width, and the walk stops at a depth and a node count: when
+//! (the traces whose spans link to it). Each level costs one batched lookup of links,
+//! whatever its width, and the summaries of all nodes are read once at the end; the walk
+//! stops at a depth and a node count: when
 //! either bound leaves links unexplored the result says `truncated`. Visited traces are never
 //! expanded twice, so cycles end the walk instead of looping; the edge that closes a cycle is
 //! still reported. A link to a trace that is not stored (dangling) gives a node without a
@@ -151,6 +152,20 @@ pub async fn lineage(
     if matches!(direction, Direction::Downstream | Direction::Both) {
         walk.run(root, false).await?;
     }
+    // The summaries of every node found, in one batched read after the walk rather than one
+    // per level: a depth-3 walk is then 1 + (depth + 1) link reads + 1 round trips per
+    // direction, which is what a remote store's latency is paid for.
+    let found: Vec<TraceId> = walk
+        .depth_of
+        .keys()
+        .copied()
+        .filter(|t| !walk.summaries.contains_key(t))
+        .collect();
+    if !found.is_empty() {
+        for s in reader.summaries(&found).await? {
+            walk.summaries.insert(s.trace_id, s);
+        }
+    }
     let mut nodes: Vec<LineageNode> = walk
         .depth_of
         .iter()
@@ -234,16 +249,6 @@ impl Walk<'_> {
             }
             if beyond {
                 break;
-            }
-            let unknown: Vec<TraceId> = next
-                .iter()
-                .copied()
-                .filter(|t| !self.summaries.contains_key(t))
-                .collect();
-            if !unknown.is_empty() {
-                for s in self.reader.summaries(&unknown).await? {
-                    self.summaries.insert(s.trace_id, s);
-                }
             }
             frontier = next;
             level += 1;

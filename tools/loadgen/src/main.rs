@@ -57,6 +57,9 @@ struct Args {
     /// Target rate in spans per second (0: as fast as the server takes them).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// With `--spans 0`: the hours before now searched for stored traces to query.
+    #[arg(long, default_value_t = 8)]
+    discover_hours: i64,
     /// Random seed (traces are reproducible).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -100,8 +103,9 @@ fn rfc3339(nanos: i64) -> String {
         .unwrap_or_default()
 }
 
-/// One pipeline trace: a root ingest, then steps; every fifth trace has a fan-in join.
-fn trace(rng: &mut StdRng, n: usize, base_ns: i64) -> (String, Vec<Value>) {
+/// One pipeline trace: a root ingest, then steps with a two-input fan-in join every fifth
+/// span. `upstream` are the links of the root span to earlier traces (lineage).
+fn trace(rng: &mut StdRng, n: usize, base_ns: i64, upstream: Vec<Value>) -> (String, Vec<Value>) {
     let trace_id = hex(rng, 16);
     let ids: Vec<String> = (0..n).map(|_| hex(rng, 8)).collect();
     let mut spans = Vec::with_capacity(n);
@@ -131,6 +135,8 @@ fn trace(rng: &mut StdRng, n: usize, base_ns: i64) -> (String, Vec<Value>) {
         });
         if i > 0 {
             s["parent_id"] = json!(ids[(i - 1) / 2]);
+        } else if !upstream.is_empty() {
+            s["links"] = json!(upstream);
         }
         if i >= 3 && i % 5 == 3 {
             s["links"] = json!([
@@ -331,10 +337,29 @@ async fn main() -> anyhow::Result<()> {
         let mut pending: Vec<Value> = Vec::with_capacity(args.batch);
         let mut total_bytes = 0usize;
         let traces = args.spans.div_ceil(args.spans_per_trace);
+        // Lineage across traces, as a chain of batch jobs: each trace's root follows from
+        // the previous trace's last span, and every fourth also reads the output of the
+        // trace three before (a DATA_DEPENDENCY), so lineage walks have depth and fan-in.
+        let mut last_spans: Vec<(String, String)> = Vec::with_capacity(traces);
         for i in 0..traces {
             let base = start_base + (i as i64) * 3_000_000;
-            let (id, spans) = trace(&mut rng, args.spans_per_trace, base);
-            trace_ids.push(id);
+            let mut upstream = Vec::new();
+            if let Some((t, s)) = i.checked_sub(1).and_then(|j| last_spans.get(j)) {
+                upstream.push(json!({"trace_id": t, "span_id": s, "type": "FOLLOWS_FROM"}));
+            }
+            if i % 4 == 0
+                && let Some((t, s)) = i.checked_sub(3).and_then(|j| last_spans.get(j))
+            {
+                upstream.push(json!({"trace_id": t, "span_id": s, "type": "DATA_DEPENDENCY"}));
+            }
+            let (id, spans) = trace(&mut rng, args.spans_per_trace, base, upstream);
+            let last = spans
+                .last()
+                .and_then(|s| s["span_id"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            last_spans.push((id.clone(), last));
+            trace_ids.push((id, base));
             for s in spans {
                 pending.push(s);
                 if pending.len() == args.batch {
@@ -461,46 +486,235 @@ async fn main() -> anyhow::Result<()> {
 
     if args.queries > 0 {
         if trace_ids.is_empty() {
-            bail!(
-                "--spans 0 needs stored traces from a previous run with the same --seed; not supported yet"
+            trace_ids = discover(&client, &args.query, now_ns, args.discover_hours).await?;
+            println!(
+                "discovered {} stored traces over the last {} h",
+                trace_ids.len(),
+                args.discover_hours
             );
         }
-        let pick: Vec<String> = (0..args.queries)
-            .map(|_| {
-                let id = &trace_ids[rng.random_range(0..trace_ids.len())];
-                format!("{}/api/v1/traces/{id}", args.query)
-            })
-            .collect();
-        let (p50, p99) = timed_gets(&client, &pick).await?;
-        println!("\n## Queries ({} requests each, sequential)", args.queries);
-        println!("| query | p50 | p99 |\n|---|---|---|");
-        println!("| get-trace (random id) | {p50:.2} ms | {p99:.2} ms |");
-        let searches: &[(&str, &str)] = &[
-            ("search service", "service=spark-etl&limit=20"),
-            (
-                "search service+operation",
-                "service=spark-etl&operation=join-step-4&limit=20",
-            ),
-            (
-                "search service+min_duration",
-                "service=warehouse-loader&min_duration=1500ms&limit=20",
-            ),
-            (
-                "search service+status=ERROR",
-                "service=quality-checks&status=ERROR&limit=20",
-            ),
-            ("search time range only", "limit=20"),
-        ];
-        for (name, q) in searches {
-            let urls: Vec<String> = (0..args.queries.min(500))
-                .map(|_| {
-                    let end = rfc3339(now_ns - rng.random_range(0..3_000_000_000_000i64));
-                    format!("{}/api/v1/traces?{q}&end={end}", args.query)
-                })
-                .collect();
-            let (p50, p99) = timed_gets(&client, &urls).await?;
-            println!("| {name} (+ random end) | {p50:.2} ms | {p99:.2} ms |");
+        queries(&client, &args, &trace_ids, &mut rng).await?;
+    }
+    Ok(())
+}
+
+/// Parses a v1 timestamp (RFC 3339) to Unix nanoseconds.
+fn parse_ns(v: &Value) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    i64::try_from(t.unix_timestamp_nanos()).ok()
+}
+
+/// Stored traces (id, start) for a query-only run: one search page at each of 40 random
+/// points of the window, so the sample spreads over the data rather than its newest end.
+async fn discover(
+    client: &reqwest::Client,
+    query: &str,
+    now_ns: i64,
+    hours: i64,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let window = hours.max(1) * 3_600_000_000_000;
+    let mut found = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let end = now_ns - rng.random_range(0..window);
+        let url = format!(
+            "{query}/api/v1/traces?limit=100&start={}&end={}",
+            rfc3339(now_ns - window),
+            rfc3339(end)
+        );
+        let page: Value = client
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for t in page["traces"].as_array().into_iter().flatten() {
+            if let (Some(id), Some(start)) = (t["trace_id"].as_str(), parse_ns(&t["start_time"])) {
+                found.insert(id.to_owned(), start);
+            }
         }
     }
+    if found.is_empty() {
+        bail!("no stored traces in the last {hours} h at {query}: ingest first (--spans N)");
+    }
+    Ok(found.into_iter().collect())
+}
+
+/// GETs `url` and returns its JSON body, failing on any non-success status.
+async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<(Duration, Value)> {
+    let started = Instant::now();
+    let r = client.get(url).send().await?;
+    let status = r.status();
+    let body = r.bytes().await?;
+    let took = started.elapsed();
+    if !status.is_success() {
+        bail!(
+            "{url} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok((took, serde_json::from_slice(&body)?))
+}
+
+fn row(name: &str, lat: &mut [Duration], extra: &str) -> (f64, f64) {
+    lat.sort();
+    let (p50, p99) = (percentile(lat, 0.5), percentile(lat, 0.99));
+    println!("| {name} | {p50:.2} ms | {p99:.2} ms | {extra} |");
+    (p50, p99)
+}
+
+/// Issue 10's query set over HTTP, sequential: get-trace, the v1 searches (first page and
+/// the page after through `next_cursor`), services and operations, lineage at depth 3, and
+/// Jaeger's `/api/traces` against the same v1 search on the same windows.
+async fn queries(
+    client: &reqwest::Client,
+    args: &Args,
+    traces: &[(String, i64)],
+    rng: &mut StdRng,
+) -> anyhow::Result<()> {
+    let q = &args.query;
+    let n = args.queries;
+    let pick = |rng: &mut StdRng| traces[rng.random_range(0..traces.len())].clone();
+    // A one-hour window around a stored trace's start, so every search has data in range.
+    let window = |start: i64| (start - 1_800_000_000_000, start + 1_800_000_000_000);
+    println!("\n## Queries ({n} requests each, sequential, over HTTP)");
+    println!("| query | p50 | p99 | results |\n|---|---|---|---|");
+
+    let urls: Vec<String> = (0..n)
+        .map(|_| format!("{q}/api/v1/traces/{}", pick(rng).0))
+        .collect();
+    let (p50, p99) = timed_gets(client, &urls).await?;
+    println!("| get-trace (random id) | {p50:.2} ms | {p99:.2} ms | 1 trace |");
+
+    let searches: &[(&str, &str)] = &[
+        ("search service", "service=spark-etl"),
+        (
+            "search service+operation",
+            "service=spark-etl&operation=join-step-4",
+        ),
+        (
+            "search service+min_duration",
+            "service=warehouse-loader&min_duration=1500ms",
+        ),
+        (
+            "search service+status=ERROR",
+            "service=quality-checks&status=ERROR",
+        ),
+        ("search time window only", ""),
+    ];
+    for (name, filter) in searches {
+        let (mut first, mut second, mut hits) = (Vec::new(), Vec::new(), 0usize);
+        for _ in 0..n {
+            let (s, e) = window(pick(rng).1);
+            let url = format!(
+                "{q}/api/v1/traces?{filter}&limit=20&start={}&end={}",
+                rfc3339(s),
+                rfc3339(e)
+            );
+            let (took, page) = get_json(client, &url).await?;
+            first.push(took);
+            hits += page["traces"].as_array().map_or(0, Vec::len);
+            if let Some(cursor) = page["next_cursor"].as_str() {
+                let (took, page) = get_json(client, &format!("{url}&cursor={cursor}")).await?;
+                second.push(took);
+                hits += page["traces"].as_array().map_or(0, Vec::len);
+            }
+        }
+        let avg = format!(
+            "{:.1} traces/request",
+            hits as f64 / (first.len() + second.len()) as f64
+        );
+        row(&format!("{name}, 1 h, page 1"), &mut first, &avg);
+        let pages = format!("{} pages", second.len());
+        row(
+            &format!("{name}, 1 h, page 2 (cursor)"),
+            &mut second,
+            &pages,
+        );
+    }
+
+    let (mut services, mut operations, mut names) = (Vec::new(), Vec::new(), 0usize);
+    for _ in 0..n {
+        let (s, e) = window(pick(rng).1);
+        let range = format!("start={}&end={}", rfc3339(s), rfc3339(e));
+        let (took, body) = get_json(client, &format!("{q}/api/v1/services?{range}")).await?;
+        services.push(took);
+        names += body["services"].as_array().map_or(0, Vec::len);
+        let (took, _) = get_json(
+            client,
+            &format!("{q}/api/v1/services/quality-checks/operations?{range}"),
+        )
+        .await?;
+        operations.push(took);
+    }
+    row(
+        "services, 1 h window",
+        &mut services,
+        &format!("{:.1} services", names as f64 / n as f64),
+    );
+    row("operations of a service, 1 h window", &mut operations, "");
+
+    for direction in ["upstream", "downstream", "both"] {
+        let (mut lat, mut nodes) = (Vec::new(), 0usize);
+        for _ in 0..n {
+            let url = format!(
+                "{q}/api/v1/traces/{}/lineage?direction={direction}&depth=3",
+                pick(rng).0
+            );
+            let (took, body) = get_json(client, &url).await?;
+            lat.push(took);
+            nodes += body["nodes"].as_array().map_or(0, Vec::len);
+        }
+        row(
+            &format!("lineage depth 3, {direction}"),
+            &mut lat,
+            &format!("{:.1} traces", nodes as f64 / n as f64),
+        );
+    }
+
+    // The same search through both APIs, alternating so drift in the machine's load hits both.
+    let (mut ours, mut jaeger, mut ours_hits, mut jaeger_hits) = (Vec::new(), Vec::new(), 0, 0);
+    for _ in 0..n {
+        let (s, e) = window(pick(rng).1);
+        let (took, page) = get_json(
+            client,
+            &format!(
+                "{q}/api/v1/traces?service=spark-etl&limit=20&start={}&end={}",
+                rfc3339(s),
+                rfc3339(e)
+            ),
+        )
+        .await?;
+        ours.push(took);
+        ours_hits += page["traces"].as_array().map_or(0, Vec::len);
+        let (took, body) = get_json(
+            client,
+            &format!(
+                "{q}/api/traces?service=spark-etl&limit=20&start={}&end={}",
+                s / 1000,
+                e / 1000
+            ),
+        )
+        .await?;
+        jaeger.push(took);
+        jaeger_hits += body["data"].as_array().map_or(0, Vec::len);
+    }
+    let (_, ours_p99) = row(
+        "v1 search service (paired)",
+        &mut ours,
+        &format!("{:.1} traces", ours_hits as f64 / n as f64),
+    );
+    let (_, jaeger_p99) = row(
+        "Jaeger /api/traces service (paired)",
+        &mut jaeger,
+        &format!("{:.1} traces (with spans)", jaeger_hits as f64 / n as f64),
+    );
+    println!(
+        "\nJaeger /api/traces p99 / v1 search p99: {:.2}x (target at most 1.2x)",
+        jaeger_p99 / ours_p99.max(1e-9)
+    );
     Ok(())
 }
