@@ -893,8 +893,11 @@ fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<SearchPage> {
     }
     sql.push_str(" ORDER BY start_ns DESC, trace_id ASC");
     let (check_filters, mut check_args) = span_filters(q, snapshot);
+    // Pinned to the trace index: left to itself SQLite picked `spans_by_service` with the
+    // window's start as the range and read every span of the service in the window for each
+    // trace on the page (a second page took ~0.5 s at 1M spans instead of ~1 ms).
     let check_sql = format!(
-        "SELECT max(start_ns) FROM spans WHERE {check_filters} AND trace_id = ?{} AND start_ns >= ?{}",
+        "SELECT max(start_ns) FROM spans INDEXED BY spans_by_trace WHERE {check_filters} AND trace_id = ?{} AND start_ns >= ?{}",
         check_args.len() + 1,
         check_args.len() + 2
     );

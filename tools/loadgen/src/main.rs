@@ -593,7 +593,7 @@ async fn queries(
         ("search service", "service=spark-etl"),
         (
             "search service+operation",
-            "service=spark-etl&operation=join-step-4",
+            "service=quality-checks&operation=join-step-4",
         ),
         (
             "search service+min_duration",
