@@ -384,8 +384,11 @@ async fn the_runbook_restores_pipelines_and_every_trace_after_losing_everything(
             .arg(repo_root().join("crds")),
     );
     let op = Operator::start(&cluster, &token, "op-dr-3", OPERATOR_NS);
+    let readyz = format!("http://{}/readyz", op.ops);
     wait_for("operator ready after reinstall", WAIT, || async {
-        (op.readyz().await == 200).then_some(())
+        // Connection refused until its listener is up.
+        let r = reqwest::get(&readyz).await.ok()?;
+        (r.status() == 200).then_some(())
     })
     .await;
     wait_for("pipeline reconciled after reinstall", WAIT, || {
