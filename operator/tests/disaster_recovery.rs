@@ -23,6 +23,7 @@ use datatracing_store_contract::{fresh_trace_id, simple_span};
 use datatracing_testkit::clickhouse::{ChdbOptions, ClickHouse, unique_database};
 use datatracing_testkit::kubernetes::tool;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -252,6 +253,20 @@ async fn the_runbook_restores_pipelines_and_every_trace_after_losing_everything(
     let token = cluster.operator_token(OPERATOR_NS, &[]).await;
     let op = Operator::start(&cluster, &token, "op-dr", OPERATOR_NS);
     let pipelines: Api<TracingPipeline> = Api::namespaced(cluster.admin.clone(), NS);
+    // The namespace lets the operator read its Secrets (operator.md, Secret access).
+    let bindings: Api<RoleBinding> = Api::namespaced(cluster.admin.clone(), NS);
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "datatracing-operator-secrets"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "dt-datatracing-operator-secret-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "dt-datatracing-operator",
+                      "namespace": OPERATOR_NS}]
+    }))
+    .unwrap();
+    bindings
+        .create(&kube::api::PostParams::default(), &binding)
+        .await
+        .unwrap();
 
     apply_resources(&cluster, &ch, &db).await;
     wait_for("pipeline reconciled", WAIT, || ready(&pipelines)).await;
@@ -272,6 +287,14 @@ async fn the_runbook_restores_pipelines_and_every_trace_after_losing_everything(
         (
             "BACKUP_DIR",
             work.path().join("export").display().to_string(),
+        ),
+        (
+            "SECRET_READER_ROLE",
+            "dt-datatracing-operator-secret-reader".to_string(),
+        ),
+        (
+            "OPERATOR_SA",
+            format!("{OPERATOR_NS}:dt-datatracing-operator"),
         ),
     ];
     let out = run_block("back up the trace database", &vars, &kubeconfig);
@@ -305,6 +328,10 @@ async fn the_runbook_restores_pipelines_and_every_trace_after_losing_everything(
         .unwrap();
     Api::<Secret>::namespaced(cluster.admin.clone(), NS)
         .delete("clickhouse-credentials", &DeleteParams::default())
+        .await
+        .unwrap();
+    bindings
+        .delete("datatracing-operator-secrets", &DeleteParams::default())
         .await
         .unwrap();
     op.stop().await.unwrap();
