@@ -346,20 +346,18 @@ impl TraceReader for ClickHouseReader {
                 break;
             }
             let list = hex_list(chunk);
+            let bounds = self.time_bounds(chunk).await?;
             // `spans` is ordered by trace id and the bounds prune partitions; only spans with
             // at least one link out of their trace are read, so `limit` rows hold at least
             // `limit` links.
             let sql = format!(
                 "SELECT trace_id, span_id, links_json FROM {spans} \
-                 WHERE trace_id IN ({list}) \
-                   AND start_time >= (SELECT min(start_min) FROM {bounds} WHERE trace_id IN ({list})) \
-                   AND start_time <= (SELECT max(start_max) FROM {bounds} WHERE trace_id IN ({list})) \
+                 WHERE trace_id IN ({list}){bounds} \
                    AND links_json != '' \
                    AND arrayExists(l -> unhex(JSONExtractString(l, 'trace_id')) != trace_id, \
                                    JSONExtractArrayRaw(links_json)) \
                  LIMIT 1 BY trace_id, span_id LIMIT {n}",
                 spans = i.spans_table,
-                bounds = i.bounds_table,
                 n = limit - out.len(),
             );
             let rows = timed(
@@ -435,6 +433,37 @@ impl TraceReader for ClickHouseReader {
 }
 
 impl ClickHouseReader {
+    /// `AND start_time` bounds covering every span of `ids` (at most `IN_CHUNK`), from
+    /// `trace_bounds`, so a read of `spans` touches only the partitions they name. Empty
+    /// when one of the traces has no bounds row (it does not exist, or retention dropped its
+    /// row before its last spans): the read is then a key lookup in every partition, slower
+    /// but complete, since a trace is readable whenever any of its spans is stored.
+    async fn time_bounds(&self, ids: &[TraceId]) -> datatracing_store::Result<String> {
+        let i = &self.inner;
+        let sql = format!(
+            "SELECT uniqExact(trace_id), toUnixTimestamp64Nano(min(start_min)), \
+                    toUnixTimestamp64Nano(max(start_max)) \
+             FROM {bounds} WHERE trace_id IN ({list})",
+            bounds = i.bounds_table,
+            list = hex_list(ids),
+        );
+        let (found, min, max) = timed(
+            i.query_timeout,
+            "trace bounds",
+            i.admin.client().query(&sql).fetch_one::<(u64, i64, i64)>(),
+        )
+        .await
+        .map_err(|e| self.query_error(e))?;
+        if found < ids.len() as u64 {
+            return Ok(String::new());
+        }
+        // Literal integers, not placeholders: the callers' queries bind nothing else here.
+        Ok(format!(
+            " AND start_time >= fromUnixTimestamp64Nano(toInt64({min})) \
+             AND start_time <= fromUnixTimestamp64Nano(toInt64({max}))"
+        ))
+    }
+
     /// Summaries of those of `ids` with stored spans (at most `IN_CHUNK` ids), computed in
     /// ClickHouse from the spans, pruned to the partitions `trace_bounds` names.
     async fn summary_rows(&self, ids: &[TraceId]) -> datatracing_store::Result<Vec<TraceSummary>> {
@@ -454,12 +483,10 @@ impl ClickHouseReader {
                     uniqExactIf(span_id, status IN ('ERROR', 'TIMEOUT')) AS error_count, \
                     arraySort(groupUniqArray(toString(service))) AS services \
              FROM {spans} \
-             WHERE trace_id IN ({list}) \
-               AND start_time >= (SELECT min(start_min) FROM {bounds} WHERE trace_id IN ({list})) \
-               AND start_time <= (SELECT max(start_max) FROM {bounds} WHERE trace_id IN ({list})) \
+             WHERE trace_id IN ({list}){bounds} \
              GROUP BY trace_id",
             spans = i.spans_table,
-            bounds = i.bounds_table,
+            bounds = self.time_bounds(ids).await?,
         );
         let rows: Vec<SummaryRow> = timed(
             i.query_timeout,
@@ -494,16 +521,13 @@ impl ClickHouseReader {
     ) -> datatracing_store::Result<Option<Vec<Span>>> {
         let i = &self.inner;
 
-        // The scalar subqueries read trace_bounds (ordered by trace id) and become constants
-        // before the main query is planned, so it reads only the partitions in the bounds.
+        // trace_bounds (ordered by trace id) names the partitions to read.
         let sql = format!(
             "SELECT ?fields FROM {spans} \
-             WHERE trace_id = unhex(?) \
-               AND start_time >= (SELECT min(start_min) FROM {bounds} WHERE trace_id = unhex(?)) \
-               AND start_time <= (SELECT max(start_max) FROM {bounds} WHERE trace_id = unhex(?)) \
+             WHERE trace_id = unhex(?){bounds} \
              ORDER BY start_time, span_id LIMIT 1 BY span_id{limit}",
             spans = i.spans_table,
-            bounds = i.bounds_table,
+            bounds = self.time_bounds(&[trace_id]).await?,
             limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default(),
         );
         let hex = trace_id.to_string();
@@ -513,8 +537,6 @@ impl ClickHouseReader {
             i.admin
                 .client()
                 .query(&sql)
-                .bind(&hex)
-                .bind(&hex)
                 .bind(&hex)
                 .fetch_all::<SpanRow>(),
         )

@@ -26,6 +26,14 @@
 //! the backfill runs, so spans inserted meanwhile may be indexed twice; reads deduplicate.
 //! The backfill skips spans whose links are indexed already, so it can run again.
 //!
+//! Version 4 makes a `trace_bounds` row cover one day of one trace: `trace_bounds_v2_mv`
+//! groups each insert by (trace id, day of start). Before, one row covered a whole insert,
+//! so a batch holding a span older than the retention put the row for its recent spans
+//! into that span's expired partition; retention dropped the row while the recent spans
+//! stayed, and reads pruned by the bounds found nothing. Now a day's row lives and expires
+//! with that day's spans. The backfill splits the rows stored before that span several
+//! days. Reads still fall back to an unpruned key lookup when a trace has no bounds row.
+//!
 //! Clustered (`cluster` set): the same tables as `*_local` Replicated tables on every node,
 //! Distributed tables with the plain names in front (sharded by trace id so a trace lives on
 //! one shard), and every statement `ON CLUSTER`.
@@ -225,6 +233,39 @@ impl Schema {
                 name: "span_links (reverse-link index for lineage and link filters)",
                 statements: self.v3(),
             },
+            Migration {
+                version: 4,
+                name: "trace_bounds rows per trace and day (a trace stays readable when retention drops part of it)",
+                statements: self.v4(),
+            },
+        ]
+    }
+
+    fn v4(&self) -> Vec<String> {
+        let db = &self.database;
+        let oc = self.on_cluster();
+        let spans = self.storage_table("spans");
+        let bounds = self.storage_table("trace_bounds");
+        vec![
+            // Created before the old view is dropped, so no insert misses the bounds (a few
+            // get rows from both, which min/max absorb).
+            format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.trace_bounds_v2_mv{oc} TO {db}.{bounds} AS\n\
+                 SELECT trace_id, min(start_time) AS start_min, max(start_time) AS start_max\n\
+                 FROM {db}.{spans} GROUP BY trace_id, toDate(start_time)"
+            ),
+            format!("DROP TABLE IF EXISTS {db}.trace_bounds_mv{oc}"),
+            // Rows written by the old view that span days get one row per day, each in its
+            // day's partition. Only those traces' spans are read (a key range each); min/max
+            // make a repeated run harmless.
+            format!(
+                "INSERT INTO {bounds_t} (trace_id, start_min, start_max)\n\
+                 SELECT trace_id, min(start_time), max(start_time) FROM {spans_t}\n\
+                 WHERE trace_id IN (SELECT trace_id FROM {bounds_t} WHERE toDate(start_min) != toDate(start_max))\n\
+                 GROUP BY trace_id, toDate(start_time)",
+                bounds_t = self.table("trace_bounds"),
+                spans_t = self.table("spans"),
+            ),
         ]
     }
 
@@ -533,7 +574,10 @@ mod tests {
                         || s.starts_with("DROP TABLE IF EXISTS ")
                         || s.starts_with(&format!("INSERT INTO {}.span_names", schema.database))
                         || (s.starts_with(&format!("INSERT INTO {}.span_links", schema.database))
-                            && s.contains(" NOT IN (SELECT source_trace_id, source_span_id"));
+                            && s.contains(" NOT IN (SELECT source_trace_id, source_span_id"))
+                        || (s
+                            .starts_with(&format!("INSERT INTO {}.trace_bounds", schema.database))
+                            && s.contains("min(start_time), max(start_time)"));
                     assert!(idempotent, "{s}");
                 }
             }
@@ -562,7 +606,19 @@ mod tests {
     #[test]
     fn single_node_ddl() {
         let m = single().migrations();
-        assert_eq!(m.len(), 3);
+        assert_eq!(m.len(), 4);
+        let v4 = &m[3].statements;
+        assert!(
+            v4[0].contains("TO dt.trace_bounds AS")
+                && v4[0].ends_with("GROUP BY trace_id, toDate(start_time)"),
+            "one bounds row per trace and day: {}",
+            v4[0]
+        );
+        assert_eq!(v4[1], "DROP TABLE IF EXISTS dt.trace_bounds_mv");
+        assert!(
+            v4[2].starts_with("INSERT INTO dt.trace_bounds "),
+            "backfill"
+        );
         let v3 = &m[2].statements;
         assert!(v3[0].contains("ORDER BY (target_trace_id, source_trace_id, source_span_id)"));
         assert!(
@@ -632,6 +688,14 @@ mod tests {
         assert_eq!(
             c.create_database(),
             "CREATE DATABASE IF NOT EXISTS dt ON CLUSTER prod"
+        );
+        let v4 = &c.migrations()[3].statements;
+        assert!(
+            v4[0].contains("trace_bounds_v2_mv ON CLUSTER prod TO dt.trace_bounds_local")
+                && v4[0].contains("FROM dt.spans_local")
+        );
+        assert!(
+            v4[2].contains("INSERT INTO dt.trace_bounds ") && v4[2].contains("FROM dt.spans\n")
         );
         let v2 = &c.migrations()[1].statements;
         assert!(

@@ -66,7 +66,7 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
         again.applied.is_empty(),
         "second migrate applies nothing: {again:?}"
     );
-    assert_eq!(again.version, 3);
+    assert_eq!(again.version, 4);
 
     let initial = admin.retention().await.unwrap();
     assert_eq!(initial.len(), 5);
@@ -426,14 +426,28 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
         link_type: datatracing_core::LinkType::DataDependency,
         attributes: Default::default(),
     }];
+    // One batch with a span two days old: the version-1 view writes one bounds row for
+    // both days, in the old day's partition; migration 4 gives the recent day its own row.
+    let t3 = fresh_trace_id();
+    let two_days_ago = Timestamp::from_unix_nanos(now.unix_nanos() - 2 * 86_400 * 1_000_000_000);
+    let d_old = simple_span(t3, 1, None, "legacy", two_days_ago, 5);
+    let d_new = simple_span(t3, 2, Some(1), "legacy", now, 5);
     old_writer
-        .write(vec![a, b.clone(), c].into())
+        .write(vec![a, b.clone(), c, d_old, d_new].into())
         .await
         .unwrap();
     old_writer.close().await.unwrap();
+    let bounds_today = format!(
+        "SELECT count() FROM {db}.trace_bounds WHERE trace_id = unhex('{t3}') \
+         AND toDate(start_min) = toDate(start_max) AND toDate(start_max) = toDate(now64(9))"
+    );
+    let today: u64 = client.query(&bounds_today).fetch_one().await.unwrap();
+    assert_eq!(today, 0, "version 1: one row spanning both days");
 
     let report = admin.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![2, 3]);
+    assert_eq!(report.applied, vec![2, 3, 4]);
+    let today: u64 = client.query(&bounds_today).fetch_one().await.unwrap();
+    assert_eq!(today, 1, "migration 4 splits the row by day");
     let reader = ClickHouseReader::open(config, ClickHouseMetrics::unregistered())
         .await
         .unwrap();
@@ -468,7 +482,7 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
     let second = reader
         .search(&TraceQuery {
             cursor: first.next_cursor,
-            ..q
+            ..q.clone()
         })
         .await
         .unwrap();
@@ -476,7 +490,16 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
         second.traces[0].trace_id, t,
         "old index rows are in every snapshot"
     );
-    assert!(second.next_cursor.is_none());
+    let third = reader
+        .search(&TraceQuery {
+            cursor: second.next_cursor,
+            ..q
+        })
+        .await
+        .unwrap();
+    assert_eq!(third.traces[0].trace_id, t3);
+    assert_eq!(third.traces[0].span_count, 2);
+    assert!(third.next_cursor.is_none());
     let backfilled = reader.links_to(&[t], 10).await.unwrap();
     assert_eq!(backfilled.len(), 1, "{backfilled:?}");
     assert_eq!(
@@ -647,4 +670,148 @@ async fn writes_waiting_for_an_insert_slot_are_merged_into_one_insert() {
         text.contains("datatracing_clickhouse_inserts_in_flight 0"),
         "{text}"
     );
+}
+
+/// Issue 10: a batch holding one span older than the retention wrote a `trace_bounds` row
+/// into the expired partition of that span; retention dropped the row while the batch's
+/// recent spans stayed, and reads (pruned by the bounds) found nothing: 404. A second,
+/// recent-only batch of the same trace then bounded reads to its own spans alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_stays_readable_when_retention_drops_one_of_its_spans() {
+    use datatracing_core::TraceQuery;
+    let config = config_for(ClickHouse::shared());
+    let db = config.database.clone();
+    let store = ClickHouseStore::open(config, ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    let now = Timestamp::now();
+    let expired = Timestamp::from_unix_nanos(now.unix_nanos() - 10 * 86_400 * 1_000_000_000);
+    // Trace `a`: one batch, one span 10 days old (retention is 7 days), three recent.
+    let a = fresh_trace_id();
+    let mut first = vec![simple_span(a, 1, None, "retained", expired, 1_000)];
+    first.extend((2..5).map(|i| {
+        simple_span(
+            a,
+            i,
+            Some(1),
+            "retained",
+            now.saturating_add_nanos(i as i64),
+            1_000,
+        )
+    }));
+    store
+        .insert_with_token(&first, "old-and-new")
+        .await
+        .unwrap();
+    // Trace `b`: the same first batch, then a second batch of recent spans only.
+    let b = fresh_trace_id();
+    let first_b: Vec<Span> = first
+        .iter()
+        .map(|s| Span {
+            trace_id: b,
+            ..s.clone()
+        })
+        .collect();
+    store.insert_with_token(&first_b, "b-first").await.unwrap();
+    let later = now.saturating_add_nanos(1_000_000_000);
+    let second_b: Vec<Span> = (5..7)
+        .map(|i| {
+            simple_span(
+                b,
+                i,
+                Some(1),
+                "retained",
+                later.saturating_add_nanos(i as i64),
+                1,
+            )
+        })
+        .collect();
+    store
+        .insert_with_token(&second_b, "b-second")
+        .await
+        .unwrap();
+
+    // Retention runs: every part whose rows are all past their TTL goes.
+    let client = clickhouse_client(&store);
+    for table in ["spans", "span_index", "trace_bounds"] {
+        client
+            .query(&format!("ALTER TABLE {db}.{table} MATERIALIZE TTL"))
+            .with_setting("mutations_sync", "2")
+            .execute()
+            .await
+            .unwrap();
+        client
+            .query(&format!("OPTIMIZE TABLE {db}.{table} FINAL"))
+            .execute()
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        count(
+            &store,
+            &format!("SELECT count() FROM {db}.spans WHERE start_time < now64(9) - INTERVAL 8 DAY")
+        )
+        .await,
+        0,
+        "retention removed the expired spans (else this test proves nothing)"
+    );
+
+    let got_a = store
+        .get_trace(a)
+        .await
+        .unwrap()
+        .expect("trace a is readable: 3 of its spans are stored");
+    assert_eq!(got_a, first[1..].to_vec());
+    let got_b = store
+        .get_trace(b)
+        .await
+        .unwrap()
+        .expect("trace b is readable");
+    let mut want_b = first_b[1..].to_vec();
+    want_b.extend(second_b);
+    assert_eq!(
+        got_b, want_b,
+        "every stored span of b, not only the second batch's"
+    );
+    let capped = store.get_trace_capped(b, 100).await.unwrap().unwrap();
+    assert_eq!(capped.spans.len(), 5);
+    let summaries = store.summaries(&[a, b]).await.unwrap();
+    let counts: Vec<(datatracing_core::TraceId, u64)> = summaries
+        .iter()
+        .map(|s| (s.trace_id, s.span_count))
+        .collect();
+    assert!(
+        counts.contains(&(a, 3)) && counts.contains(&(b, 5)),
+        "{counts:?}"
+    );
+    let found = store
+        .search(&TraceQuery {
+            service: Some("retained".into()),
+            limit: 10,
+            ..TraceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.traces.len(), 2, "{found:?}");
+
+    // A trace without any bounds row (lost by hand here) is read by key from every
+    // partition instead of not at all.
+    client
+        .query(&format!(
+            "ALTER TABLE {db}.trace_bounds DELETE WHERE trace_id = unhex('{a}')"
+        ))
+        .with_setting("mutations_sync", "2")
+        .execute()
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &store,
+            &format!("SELECT count() FROM {db}.trace_bounds WHERE trace_id = unhex('{a}')")
+        )
+        .await,
+        0
+    );
+    assert_eq!(store.get_trace(a).await.unwrap(), Some(first[1..].to_vec()));
+    assert_eq!(store.summaries(&[a, b]).await.unwrap().len(), 2);
 }
