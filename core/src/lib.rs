@@ -24,7 +24,7 @@ pub use error::{Error, Result};
 pub use ids::{SpanId, TraceId};
 pub use query::{
     AttributeFilter, AttributeMatcher, AttributeOp, DurationScope, MAX_NAMES, NumericOp, Operation,
-    SearchCursor, SearchPage, SummaryBuilder, TimeWindow, TraceQuery, TraceSummary,
+    SearchCursor, SearchPage, SpanCursor, SummaryBuilder, TimeWindow, TraceQuery, TraceSummary,
 };
 pub use retry::RetryPolicy;
 pub use span::{

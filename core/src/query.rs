@@ -456,6 +456,68 @@ impl SearchCursor {
     }
 }
 
+/// An opaque position in the spans of one trace, ordered by start time then span id: the
+/// last span of a page. Bound to its trace, so a cursor of another trace is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanCursor {
+    /// The trace being paged.
+    pub trace_id: TraceId,
+    /// Start time (Unix nanoseconds) of the last span returned.
+    pub start_nanos: i64,
+    /// Span id of the last span returned.
+    pub span_id: SpanId,
+}
+
+const SPAN_CURSOR_VERSION: u8 = 1;
+const SPAN_CURSOR_BYTES: usize = 1 + 16 + 8 + 8;
+
+impl SpanCursor {
+    /// The position just after `span`.
+    pub fn after(span: &crate::Span) -> Self {
+        Self {
+            trace_id: span.trace_id,
+            start_nanos: span.start_time.unix_nanos(),
+            span_id: span.span_id,
+        }
+    }
+
+    /// The cursor as URL-safe text.
+    pub fn encode(&self) -> String {
+        let mut b = Vec::with_capacity(SPAN_CURSOR_BYTES);
+        b.push(SPAN_CURSOR_VERSION);
+        b.extend_from_slice(self.trace_id.as_bytes());
+        b.extend_from_slice(&self.start_nanos.to_be_bytes());
+        b.extend_from_slice(self.span_id.as_bytes());
+        hex::encode(b)
+    }
+
+    /// Parses [`Self::encode`]'s text.
+    pub fn decode(s: &str) -> Result<Self> {
+        let bad = || Error::Query("cursor is malformed (pass next_cursor back unchanged)".into());
+        if s.len() != SPAN_CURSOR_BYTES * 2 {
+            return Err(bad());
+        }
+        let b = hex::decode(s).map_err(|_| bad())?;
+        if b[0] != SPAN_CURSOR_VERSION {
+            return Err(bad());
+        }
+        let mut trace = [0u8; 16];
+        trace.copy_from_slice(&b[1..17]);
+        let mut span = [0u8; 8];
+        span.copy_from_slice(&b[25..33]);
+        Ok(Self {
+            trace_id: TraceId::from_bytes(trace),
+            start_nanos: i64::from_be_bytes(b[17..25].try_into().map_err(|_| bad())?),
+            span_id: SpanId::from_bytes(span),
+        })
+    }
+
+    /// Whether `span` comes after this position.
+    pub fn is_before(&self, span: &crate::Span) -> bool {
+        (span.start_time.unix_nanos(), span.span_id) > (self.start_nanos, self.span_id)
+    }
+}
+
 /// One page of search results.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SearchPage {
@@ -885,6 +947,17 @@ mod tests {
             fingerprint: q.fingerprint(),
         };
         assert_eq!(SearchCursor::decode(&c.encode()).unwrap(), c);
+        let sc = SpanCursor {
+            trace_id: TraceId::from_bytes([7; 16]),
+            start_nanos: -5,
+            span_id: SpanId::from_bytes([3; 8]),
+        };
+        assert_eq!(SpanCursor::decode(&sc.encode()).unwrap(), sc);
+        assert!(
+            SpanCursor::decode(&c.encode()).is_err(),
+            "a search cursor is not a span cursor"
+        );
+        assert!(SpanCursor::decode("zz").is_err());
         for bad in [
             "",
             "zz",

@@ -10,8 +10,8 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::routing::{get, post};
 use datatracing_config::LineageConfig;
 use datatracing_core::{
-    AttributeFilter, DurationScope, MAX_NAMES, SearchCursor, SearchPage, SpanKind, TimeWindow,
-    TraceDag, TraceId, TraceQuery, parse_duration_ns,
+    AttributeFilter, DurationScope, MAX_NAMES, SearchCursor, SearchPage, SpanCursor, SpanKind,
+    TimeWindow, TraceDag, TraceId, TraceQuery, parse_duration_ns,
 };
 use datatracing_http::ApiError;
 use datatracing_store::{Direction, LineageLimits, TraceReader};
@@ -35,6 +35,7 @@ pub(crate) fn routes(api: Api) -> Router {
     let trace = Router::new()
         .route("/api/v1/traces/{trace_id}", get(get_trace))
         .route("/api/v1/traces/{trace_id}/lineage", get(get_lineage))
+        .route("/api/v1/traces/{trace_id}/spans", get(get_trace_spans))
         .with_state(api);
     Router::new()
         .route("/api/v1/traces", get(search))
@@ -65,12 +66,90 @@ async fn get_trace(
         .get_trace_capped(trace_id, api.max_trace_spans)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("trace {trace_id} not found")))?;
+    // Where the spans past the cut start: after the last one in this body.
+    let more = capped
+        .truncated
+        .then(|| capped.spans.last().map(SpanCursor::after))
+        .flatten();
     let dag = TraceDag::build(trace_id, capped.spans)
         .ok_or_else(|| ApiError::not_found(format!("trace {trace_id} not found")))?;
     let mut body = serde_json::to_value(&dag).map_err(|e| ApiError::internal(&e))?;
     body["truncated"] = serde_json::Value::Bool(capped.truncated);
     if capped.truncated {
         body["max_spans"] = serde_json::Value::from(api.max_trace_spans);
+    }
+    if let Some(c) = more {
+        body["next_spans"] = serde_json::Value::String(format!(
+            "/api/v1/traces/{trace_id}/spans?cursor={}",
+            c.encode()
+        ));
+    }
+    Ok(axum::Json(body))
+}
+
+/// Spans per page of `/api/v1/traces/{id}/spans` unless `limit` says otherwise.
+const DEFAULT_SPAN_PAGE: usize = 1000;
+
+/// A trace's spans one page at a time, by start time then span id, so a trace cut at
+/// `query.max_trace_spans` can be read whole: `limit` (1 to `query.max_trace_spans`, default
+/// the smaller of 1000 and that) and `cursor` (the `next_cursor` of the previous page, or
+/// the cursor in a truncated trace's `next_spans`). `next_cursor` is absent on the last page.
+/// An unknown trace is a 404; a cursor of another trace a 400.
+#[tracing::instrument(skip_all)]
+async fn get_trace_spans(
+    State(api): State<Api>,
+    raw_id: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Path(raw_id) = raw_id.map_err(path_error)?;
+    let trace_id: TraceId = raw_id
+        .parse()
+        .map_err(|e| ApiError::invalid_argument(format!("malformed trace id: {e}")))?;
+    let max = api.max_trace_spans;
+    let mut limit = DEFAULT_SPAN_PAGE.min(max);
+    let mut after = None;
+    for (k, v) in query_pairs(raw.as_deref().unwrap_or(""), &["cursor", "limit"], &[])? {
+        if v.is_empty() {
+            continue;
+        }
+        if k == "limit" {
+            limit = v
+                .parse::<usize>()
+                .ok()
+                .filter(|l| (1..=max).contains(l))
+                .ok_or_else(|| {
+                    ApiError::invalid_argument(format!(
+                        "parameter limit: must be an integer from 1 to {max} (query.max_trace_spans)"
+                    ))
+                })?;
+        } else {
+            let c = SpanCursor::decode(&v)
+                .map_err(|e| ApiError::invalid_argument(format!("parameter cursor: {e}")))?;
+            if c.trace_id != trace_id {
+                return Err(ApiError::invalid_argument(
+                    "parameter cursor: it belongs to another trace",
+                ));
+            }
+            after = Some(c);
+        }
+    }
+    // One more than asked tells whether another page follows.
+    let mut spans = api
+        .store
+        .trace_spans(trace_id, after, limit.saturating_add(1))
+        .await?;
+    if spans.is_empty() && after.is_none() {
+        return Err(ApiError::not_found(format!("trace {trace_id} not found")));
+    }
+    let more = spans.len() > limit;
+    spans.truncate(limit);
+    let mut body = serde_json::json!({
+        "trace_id": trace_id,
+        "spans": &spans,
+        "limit": limit,
+    });
+    if more && let Some(last) = spans.last() {
+        body["next_cursor"] = serde_json::Value::String(SpanCursor::after(last).encode());
     }
     Ok(axum::Json(body))
 }

@@ -2,7 +2,10 @@
 //!
 //! - `GET /api/v1/traces/{trace_id}`: the reconstructed DAG (spans, typed edges, roots,
 //!   orphans, cycles, cross-trace links, critical path, self times) and a summary, cut at
-//!   `query.max_trace_spans` spans with `truncated: true`.
+//!   `query.max_trace_spans` spans with `truncated: true` and `next_spans`, the link to the
+//!   rest.
+//! - `GET /api/v1/traces/{trace_id}/spans?cursor=&limit=`: a trace's spans one page at a
+//!   time (start time, then span id), with `next_cursor` unless it is the last page.
 //! - `GET /api/v1/traces?service=&operation=&kind=&status=&start=&end=&min_duration=&max_duration=&duration_scope=&linked_trace=&linked_service=&limit=&cursor=`
 //!   and `POST /api/v1/traces/search` (the same as a JSON body, with typed attribute
 //!   filters): one page of trace summaries, newest first (semantics on

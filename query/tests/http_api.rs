@@ -567,6 +567,103 @@ async fn trace_response_has_critical_path_self_times_and_a_truncation_marker() {
         dag["spans"][2]["service"], "join",
         "the first spans by start time"
     );
+
+    // The marker links to the rest: here the one span past the cut.
+    let next = dag["next_spans"]
+        .as_str()
+        .expect("a truncated trace links to its other spans");
+    assert!(
+        next.starts_with(&format!("/api/v1/traces/{t}/spans?cursor=")),
+        "{next}"
+    );
+    let (status, rest) = get(&router, next).await;
+    assert_eq!(status, StatusCode::OK, "{rest}");
+    assert_eq!(rest["spans"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["spans"][0]["service"], "publish");
+    assert!(rest.get("next_cursor").is_none(), "the last page: {rest}");
+
+    // Paged from the start, one span a page: every span once, in order.
+    let mut services = Vec::new();
+    let mut uri = format!("/api/v1/traces/{t}/spans?limit=1");
+    for _ in 0..10 {
+        let (status, page) = get(&router, &uri).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["limit"], 1);
+        services.extend(
+            page["spans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["service"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => uri = format!("/api/v1/traces/{t}/spans?limit=1&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        services,
+        ["ingest-a", "ingest-b", "join", "publish"]
+            .map(Value::from)
+            .to_vec()
+    );
+    let (status, all) = get(&router, &format!("/api/v1/traces/{t}/spans")).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(
+        all["limit"], 3,
+        "the default page is at most query.max_trace_spans"
+    );
+    assert!(all["next_cursor"].is_string());
+
+    let other = fresh_trace_id();
+    let cursor = next.rsplit('=').next().unwrap();
+    for (uri, status, needle) in [
+        (
+            format!("/api/v1/traces/{other}/spans"),
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            "/api/v1/traces/xyz/spans".to_string(),
+            StatusCode::BAD_REQUEST,
+            "trace id",
+        ),
+        (
+            format!("/api/v1/traces/{t}/spans?limit=0"),
+            StatusCode::BAD_REQUEST,
+            "limit",
+        ),
+        (
+            format!("/api/v1/traces/{t}/spans?limit=4"),
+            StatusCode::BAD_REQUEST,
+            "max_trace_spans",
+        ),
+        (
+            format!("/api/v1/traces/{t}/spans?cursor=00"),
+            StatusCode::BAD_REQUEST,
+            "cursor",
+        ),
+        (
+            format!("/api/v1/traces/{other}/spans?cursor={cursor}"),
+            StatusCode::BAD_REQUEST,
+            "another trace",
+        ),
+        (
+            format!("/api/v1/traces/{t}/spans?page=2"),
+            StatusCode::BAD_REQUEST,
+            "unknown parameter",
+        ),
+    ] {
+        let (got, body) = get(&router, &uri).await;
+        assert_eq!(got, status, "{uri}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(needle),
+            "{uri}: {body}"
+        );
+    }
 }
 
 #[tokio::test]

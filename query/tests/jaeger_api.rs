@@ -526,6 +526,14 @@ impl TraceReader for Failing {
     ) -> datatracing_store::Result<Option<CappedTrace>> {
         Err(self.0.clone())
     }
+    async fn trace_spans(
+        &self,
+        _: TraceId,
+        _: Option<datatracing_core::SpanCursor>,
+        _: usize,
+    ) -> datatracing_store::Result<Vec<Span>> {
+        Err(self.0.clone())
+    }
     async fn search(&self, _: &TraceQuery) -> datatracing_store::Result<SearchPage> {
         Err(self.0.clone())
     }

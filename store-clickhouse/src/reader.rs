@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datatracing_config::ClickHouseConfig;
 use datatracing_core::{
-    AttributeOp, Link, LinkType, NumericOp, Operation, SearchCursor, SearchPage, Span, SpanId,
-    SpanKind, TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
+    AttributeOp, Link, LinkType, NumericOp, Operation, SearchCursor, SearchPage, Span, SpanCursor,
+    SpanId, SpanKind, TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
 };
 use datatracing_store::{CappedTrace, CrossLink, Health, TraceReader, cross_links};
 
@@ -127,6 +127,21 @@ impl TraceReader for ClickHouseReader {
             .read_trace(trace_id, Some(max_spans.saturating_add(1)))
             .await?;
         Ok(spans.and_then(|s| CappedTrace::from_overfetch(s, max_spans)))
+    }
+
+    async fn trace_spans(
+        &self,
+        trace_id: TraceId,
+        after: Option<SpanCursor>,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<Span>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .read_trace_page(trace_id, after, limit)
+            .await?
+            .unwrap_or_default())
     }
 
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {
@@ -519,16 +534,39 @@ impl ClickHouseReader {
         trace_id: TraceId,
         limit: Option<usize>,
     ) -> datatracing_store::Result<Option<Vec<Span>>> {
-        let i = &self.inner;
+        self.read_trace_page(trace_id, None, limit.unwrap_or(0))
+            .await
+    }
 
+    /// The spans of a trace after `after` by start time then span id, at most `limit`
+    /// (0: all); `None` when there are none.
+    async fn read_trace_page(
+        &self,
+        trace_id: TraceId,
+        after: Option<SpanCursor>,
+        limit: usize,
+    ) -> datatracing_store::Result<Option<Vec<Span>>> {
+        let i = &self.inner;
+        // A span stored twice (a retried insert) is one span: `LIMIT 1 BY span_id` keeps
+        // the first copy in the sort order.
+        let after_sql = after.map_or_else(String::new, |c| {
+            format!(
+                " AND (start_time, span_id) > (fromUnixTimestamp64Nano(toInt64({})), unhex('{}'))",
+                c.start_nanos, c.span_id
+            )
+        });
         // trace_bounds (ordered by trace id) names the partitions to read.
         let sql = format!(
             "SELECT ?fields FROM {spans} \
-             WHERE trace_id = unhex(?){bounds} \
+             WHERE trace_id = unhex(?){bounds}{after_sql} \
              ORDER BY start_time, span_id LIMIT 1 BY span_id{limit}",
             spans = i.spans_table,
             bounds = self.time_bounds(&[trace_id]).await?,
-            limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default(),
+            limit = if limit > 0 {
+                format!(" LIMIT {limit}")
+            } else {
+                String::new()
+            },
         );
         let hex = trace_id.to_string();
         let rows: Vec<SpanRow> = timed(

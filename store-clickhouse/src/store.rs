@@ -160,6 +160,15 @@ impl TraceReader for ClickHouseStore {
         self.reader.get_trace_capped(trace_id, max_spans).await
     }
 
+    async fn trace_spans(
+        &self,
+        trace_id: TraceId,
+        after: Option<datatracing_core::SpanCursor>,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<Span>> {
+        self.reader.trace_spans(trace_id, after, limit).await
+    }
+
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {
         self.reader.search(q).await
     }

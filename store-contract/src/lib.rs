@@ -98,6 +98,7 @@ macro_rules! trace_store_contract {
             duration_scope_span_or_trace,
             cursor_pages_are_complete_and_stable_under_concurrent_inserts,
             capped_trace_reads_are_bounded_and_marked,
+            a_truncated_trace_is_paged_completely,
             lineage_walks_both_ways_through_cycles_and_dangling_links,
             lineage_depth_and_node_caps_mark_truncation,
             search_by_link_target_pages_with_cursors
@@ -1241,6 +1242,106 @@ pub async fn capped_trace_reads_are_bounded_and_marked(store: StoreUnderTest<'_>
             .await
             .expect("read")
             .is_none()
+    );
+}
+
+/// A trace larger than any page is read whole through span pages: every span exactly
+/// once, in (start, span id) order, whatever the page size, ties on start time included;
+/// a span rewritten in between is not read twice; the page after the last span is empty.
+pub async fn a_truncated_trace_is_paged_completely(store: StoreUnderTest<'_>) {
+    let t = fresh_trace_id();
+    let svc = unique("paged");
+    let t0 = base_time();
+    // Three spans per start time, so page boundaries fall inside ties.
+    let spans: Vec<Span> = (0..250u64)
+        .map(|i| {
+            simple_span(
+                t,
+                i,
+                (i > 0).then_some(0),
+                &svc,
+                t0.saturating_add_nanos((i / 3) as i64),
+                10,
+            )
+        })
+        .collect();
+    // Written in two batches out of order.
+    store
+        .write(spans[100..].to_vec().into())
+        .await
+        .expect("write");
+    store
+        .write(spans[..100].to_vec().into())
+        .await
+        .expect("write");
+    let expected = sorted(spans.clone());
+    let capped = store
+        .reader
+        .get_trace_capped(t, 40)
+        .await
+        .expect("capped")
+        .expect("exists");
+    assert!(capped.truncated);
+    for page_size in [1usize, 7, 40, 249, 250, 1000] {
+        let mut got: Vec<Span> = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = store
+                .reader
+                .trace_spans(t, after, page_size)
+                .await
+                .expect("page");
+            assert!(page.len() <= page_size, "a page holds at most the limit");
+            pages += 1;
+            assert!(pages <= 251, "paging terminates");
+            let Some(last) = page.last() else { break };
+            after = Some(datatracing_core::SpanCursor::after(last));
+            if pages == 2 {
+                // A rewrite of spans already read does not bring them back.
+                store
+                    .write(spans[..3].to_vec().into())
+                    .await
+                    .expect("rewrite");
+            }
+            got.extend(page);
+        }
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "page size {page_size}: no gap, no duplicate"
+        );
+        assert_eq!(
+            got, expected,
+            "page size {page_size}: the order of get_trace"
+        );
+    }
+    // Continuing the capped read from its last span gives the rest.
+    let rest = store
+        .reader
+        .trace_spans(
+            t,
+            capped.spans.last().map(datatracing_core::SpanCursor::after),
+            1000,
+        )
+        .await
+        .expect("rest");
+    assert_eq!(rest, expected[40..].to_vec());
+    assert!(
+        store
+            .reader
+            .trace_spans(fresh_trace_id(), None, 10)
+            .await
+            .expect("unknown")
+            .is_empty()
+    );
+    assert!(
+        store
+            .reader
+            .trace_spans(t, None, 0)
+            .await
+            .expect("zero")
+            .is_empty()
     );
 }
 

@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use datatracing_config::{EmbeddedConfig, Synchronous};
 use datatracing_core::{
     AttributeFilter, AttributeMatcher, AttributeOp, Attributes, Event, Link, Operation,
-    SearchCursor, SearchPage, Span, SpanId, SpanKind, Status, StatusCode, SummaryBuilder,
-    TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
+    SearchCursor, SearchPage, Span, SpanCursor, SpanId, SpanKind, Status, StatusCode,
+    SummaryBuilder, TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -778,6 +778,35 @@ fn get_trace_sync(
     Ok((!spans.is_empty()).then_some(spans))
 }
 
+fn trace_spans_sync(
+    conn: &Connection,
+    trace_id: TraceId,
+    after: Option<SpanCursor>,
+    limit: usize,
+) -> Result<Vec<Span>> {
+    // Row values compare (start, span id) as one key; span ids are 8-byte blobs, which
+    // compare as bytes, like `SpanId`.
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id = ?1 AND (start_ns, span_id) > (?2, ?3) \
+         ORDER BY start_ns, span_id LIMIT ?4"
+    ))?;
+    let (start, span) = after.map_or((i64::MIN, [0u8; 8]), |c| {
+        (c.start_nanos, *c.span_id.as_bytes())
+    });
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(params![
+        trace_id.as_bytes().as_slice(),
+        start,
+        span.as_slice(),
+        limit
+    ])?;
+    let mut spans = Vec::new();
+    while let Some(row) = rows.next()? {
+        spans.push(decode_span(row)?);
+    }
+    Ok(spans)
+}
+
 /// The WHERE clause (after `WHERE`) of a search's span filters, with its arguments:
 /// everything a single span must satisfy, plus the snapshot bound.
 fn span_filters(q: &TraceQuery, snapshot: i64) -> (String, Vec<Value>) {
@@ -1158,6 +1187,17 @@ impl TraceReader for EmbeddedStore {
             .with_reader(move |c| get_trace_sync(c, trace_id, Some(max_spans.saturating_add(1))))
             .await?;
         Ok(spans.and_then(|s| CappedTrace::from_overfetch(s, max_spans)))
+    }
+
+    async fn trace_spans(
+        &self,
+        trace_id: TraceId,
+        after: Option<SpanCursor>,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<Span>> {
+        Ok(self
+            .with_reader(move |c| trace_spans_sync(c, trace_id, after, limit))
+            .await?)
     }
 
     async fn search(&self, query: &TraceQuery) -> datatracing_store::Result<SearchPage> {

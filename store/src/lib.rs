@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datatracing_core::{
-    Link, Operation, SearchPage, Span, SpanId, TimeWindow, TraceId, TraceQuery, TraceSummary,
+    Link, Operation, SearchPage, Span, SpanCursor, SpanId, TimeWindow, TraceId, TraceQuery,
+    TraceSummary,
 };
 
 pub use error::{Error, Result};
@@ -105,6 +106,19 @@ pub trait TraceReader: Health {
         trace_id: TraceId,
         max_spans: usize,
     ) -> Result<Option<CappedTrace>>;
+
+    /// One page of a trace's distinct spans in the order of [`TraceReader::get_trace`]
+    /// (start time, then span id): at most `limit`, the first ones after `after` (the last
+    /// span of the previous page; `None` for the first page). Empty when the trace is unknown
+    /// or nothing follows. Reads at most `limit` spans, so any trace can be read whole in
+    /// bounded pieces; a span stored between pages shows up on a later page only if it sorts
+    /// after the cursor.
+    async fn trace_spans(
+        &self,
+        trace_id: TraceId,
+        after: Option<SpanCursor>,
+        limit: usize,
+    ) -> Result<Vec<Span>>;
 
     /// One page of trace summaries matching a validated query, with the semantics
     /// documented on [`TraceQuery`]: at most `limit` traces, and a cursor for the next page

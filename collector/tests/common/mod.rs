@@ -78,6 +78,14 @@ impl TraceReader for FaultyStore {
     ) -> datatracing_store::Result<Option<CappedTrace>> {
         self.inner.get_trace_capped(id, max).await
     }
+    async fn trace_spans(
+        &self,
+        id: TraceId,
+        after: Option<datatracing_core::SpanCursor>,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<Span>> {
+        self.inner.trace_spans(id, after, limit).await
+    }
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {
         self.inner.search(q).await
     }
