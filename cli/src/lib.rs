@@ -43,6 +43,9 @@ pub struct Cli {
     /// Query listen address (default 0.0.0.0:16686).
     #[arg(long, global = true, env = "DATATRACING_QUERY_ADDR")]
     pub query_addr: Option<SocketAddr>,
+    /// Most expensive query reads at once (`query.max_concurrent_reads`, default 8).
+    #[arg(long, global = true, env = "DATATRACING_QUERY_MAX_CONCURRENT_READS")]
+    pub max_concurrent_reads: Option<usize>,
     /// Delete spans older than this, e.g. 72h (0 keeps everything; default 168h).
     #[arg(long, global = true, env = "DATATRACING_RETENTION")]
     pub retention: Option<ConfigDuration>,
@@ -247,6 +250,9 @@ impl Cli {
         }
         if let Some(a) = self.query_addr {
             c.query.listen = a;
+        }
+        if let Some(n) = self.max_concurrent_reads {
+            c.query.max_concurrent_reads = n;
         }
         if let Some(r) = self.retention {
             c.storage.embedded.retention = r;
@@ -485,11 +491,10 @@ pub async fn run(
         None => None,
     };
     let query = match &stores.reader {
-        Some(reader) => Some(QueryService::new(
-            config.query.clone(),
-            Arc::clone(reader),
-            http_metrics,
-        )?),
+        Some(reader) => Some(
+            QueryService::new(config.query.clone(), Arc::clone(reader), http_metrics)?
+                .with_metrics(datatracing_query::QueryMetrics::register(&mut registry)),
+        ),
         None => None,
     };
     let registry = Arc::new(registry);

@@ -23,6 +23,13 @@ pub struct QueryConfig {
     pub max_trace_spans: usize,
     /// Bounds of `GET /api/v1/traces/{id}/lineage`.
     pub lineage: LineageConfig,
+    /// Most expensive reads (trace fetches, span pages, searches, lineage, and Jaeger's
+    /// trace and search endpoints) running at once; listings, probes and metrics are not
+    /// counted. Bounds the memory and store load a burst of large reads can take.
+    pub max_concurrent_reads: usize,
+    /// Most expensive reads waiting for a slot; one more is answered at once with 429
+    /// (`resource_exhausted`, `Retry-After`). A wait is bounded by `request_timeout`.
+    pub max_queued_reads: usize,
 }
 
 /// Bounds of lineage queries (`query.lineage`): how far and how wide a walk across linked
@@ -85,6 +92,8 @@ impl Default for QueryConfig {
             drain_timeout: ConfigDuration::from_secs(10),
             max_trace_spans: Self::DEFAULT_MAX_TRACE_SPANS,
             lineage: LineageConfig::default(),
+            max_concurrent_reads: Self::DEFAULT_MAX_CONCURRENT_READS,
+            max_queued_reads: Self::DEFAULT_MAX_QUEUED_READS,
         }
     }
 }
@@ -95,8 +104,28 @@ impl QueryConfig {
     /// Largest `max_trace_spans` accepted (a response of that many spans is already large).
     pub const MAX_TRACE_SPANS_LIMIT: usize = 1_000_000;
 
+    /// Default of `max_concurrent_reads`: a fixed number, not one per core, since the
+    /// store (often a separate ClickHouse) does most of the work.
+    pub const DEFAULT_MAX_CONCURRENT_READS: usize = 8;
+    /// Default of `max_queued_reads`.
+    pub const DEFAULT_MAX_QUEUED_READS: usize = 32;
+    /// Largest `max_concurrent_reads` and `max_queued_reads` accepted.
+    pub const MAX_READS_LIMIT: usize = 4096;
+
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
+        if self.max_concurrent_reads == 0 || self.max_concurrent_reads > Self::MAX_READS_LIMIT {
+            return Err(ConfigError::invalid(format!(
+                "query.max_concurrent_reads must be between 1 and {}",
+                Self::MAX_READS_LIMIT
+            )));
+        }
+        if self.max_queued_reads > Self::MAX_READS_LIMIT {
+            return Err(ConfigError::invalid(format!(
+                "query.max_queued_reads must be at most {}",
+                Self::MAX_READS_LIMIT
+            )));
+        }
         if self.max_trace_spans == 0 || self.max_trace_spans > Self::MAX_TRACE_SPANS_LIMIT {
             return Err(ConfigError::invalid(format!(
                 "query.max_trace_spans must be between 1 and {}",
@@ -167,5 +196,40 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn read_concurrency_is_bounded() {
+        for (c, needle) in [
+            (
+                QueryConfig {
+                    max_concurrent_reads: 0,
+                    ..QueryConfig::default()
+                },
+                "max_concurrent_reads",
+            ),
+            (
+                QueryConfig {
+                    max_concurrent_reads: QueryConfig::MAX_READS_LIMIT + 1,
+                    ..QueryConfig::default()
+                },
+                "max_concurrent_reads",
+            ),
+            (
+                QueryConfig {
+                    max_queued_reads: QueryConfig::MAX_READS_LIMIT + 1,
+                    ..QueryConfig::default()
+                },
+                "max_queued_reads",
+            ),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        let no_queue = QueryConfig {
+            max_queued_reads: 0,
+            ..QueryConfig::default()
+        };
+        assert!(no_queue.validate().is_ok(), "no waiting at all is allowed");
     }
 }

@@ -79,6 +79,16 @@ pub(crate) fn routes(state: Jaeger) -> Router {
         .with_state(state)
 }
 
+/// `e` in Jaeger's error envelope, for answers made outside a handler (the read cap).
+pub(crate) fn error_response(e: ApiError) -> Response {
+    JaegerError(e).into_response()
+}
+
+/// `e` in the api_v3 gateway's error shape, for answers made outside a handler.
+pub(crate) fn v3_error_response(e: ApiError) -> Response {
+    v3::error_response(e)
+}
+
 /// An [`ApiError`] answered in Jaeger's error envelope, with the same status code (and
 /// `Retry-After` when the store is unavailable).
 #[derive(Debug)]

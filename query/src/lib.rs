@@ -18,12 +18,16 @@
 //! - `GET /api/v1/dependencies?start=&end=`: the pipeline map, service-to-service edges with
 //!   call and error counts, computed with bounded work (`dependencies`).
 //! - The DAG explorer web UI at `/` and `/ui/...` (`datatracing-ui`), reading the v1 API.
+//! - Expensive reads (trace, spans, search, lineage, dependencies, Jaeger traces and
+//!   dependencies) are capped by
+//!   `query.max_concurrent_reads` with a bounded queue; beyond it a 429 (`limits`).
 //! - Jaeger's own read API on Jaeger's paths (`/api/services`, `/api/traces`, ...), so Jaeger
 //!   UI and Grafana's Jaeger data source read from the query port unchanged (`jaeger`).
 
 mod api;
 mod dependencies;
 mod jaeger;
+mod limits;
 
 use std::sync::Arc;
 
@@ -37,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 // In this crate's API (`QueryService::new`), so re-exported for callers; it lives in
 // `datatracing-config`.
 pub use datatracing_config::QueryConfig;
+pub use limits::QueryMetrics;
 
 /// The query service's error type.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,7 @@ pub struct QueryService {
     config: QueryConfig,
     store: Arc<dyn TraceReader>,
     http_metrics: HttpMetrics,
+    metrics: QueryMetrics,
 }
 
 impl QueryService {
@@ -82,7 +88,15 @@ impl QueryService {
             config,
             store,
             http_metrics,
+            metrics: QueryMetrics::unregistered(),
         })
+    }
+
+    /// Reports the read cap through `metrics` (registered by the caller) instead of
+    /// unregistered ones.
+    pub fn with_metrics(mut self, metrics: QueryMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The configuration in force.
@@ -106,6 +120,16 @@ impl QueryService {
                 store: Arc::clone(&self.store),
                 max_trace_spans: self.config.max_trace_spans,
             }))
+            // Expensive reads only (the layer picks them by path); the probes and the UI's
+            // static files merged below stay outside it.
+            .layer(axum::middleware::from_fn_with_state(
+                limits::ReadLimiter::new(
+                    self.config.max_concurrent_reads,
+                    self.config.max_queued_reads,
+                    self.metrics.clone(),
+                ),
+                limits::limit_reads,
+            ))
             .merge(ops_routes(readiness, registry))
             .merge(datatracing_ui::routes()),
             "query",

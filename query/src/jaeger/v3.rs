@@ -76,6 +76,11 @@ impl IntoResponse for V3Error {
     }
 }
 
+/// `e` in this API's error shape.
+pub(super) fn error_response(e: ApiError) -> Response {
+    V3Error(e).into_response()
+}
+
 fn malformed(param: &str, e: impl std::fmt::Display) -> V3Error {
     V3Error(ApiError::invalid_argument(format!(
         "malformed parameter {param}: {e}"
