@@ -466,11 +466,31 @@ async fn search(
     Ok(axum::Json(page_body(&query, page)))
 }
 
+/// Whether a `Content-Type` names JSON (`application/json` or a `+json` type, any
+/// parameters).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+}
+
 #[tracing::instrument(skip_all)]
 async fn search_body(
     State(store): State<Arc<dyn TraceReader>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if !is_json(&headers) {
+        return Err(ApiError::new(
+            datatracing_http::ErrorCode::UnsupportedMediaType,
+            "the search body must be JSON (Content-Type: application/json)",
+        ));
+    }
     let body = body?;
     let parsed: SearchBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid_argument(format!("invalid search body: {e}")))?;

@@ -891,3 +891,214 @@ async fn link_filters_in_the_query_string_and_the_body() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// Asserts the one error envelope: `{"error": {"code", "message", "details": [...]}}`.
+fn assert_envelope(uri: &str, body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "{uri}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{uri}: {body}"
+    );
+    assert!(body["error"]["details"].is_array(), "{uri}: {body}");
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        1,
+        "{uri}: only `error`: {body}"
+    );
+}
+
+/// Every v1 handler's error paths, each in the envelope with its status.
+#[tokio::test]
+async fn every_v1_error_path_is_in_the_envelope() {
+    let (_d, store, router) = setup().await;
+    let t = fresh_trace_id();
+    store
+        .write(vec![simple_span(t, 1, None, "errs", Timestamp::now(), 10)].into())
+        .await
+        .unwrap();
+    let unknown = fresh_trace_id();
+    let gets = [
+        // Malformed ids.
+        (
+            "/api/v1/traces/nothex".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            "/api/v1/traces/nothex/lineage".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            "/api/v1/traces/nothex/spans".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            "/api/v1/traces/%FF".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        // Unknown traces.
+        (
+            format!("/api/v1/traces/{unknown}"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("/api/v1/traces/{unknown}/lineage"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("/api/v1/traces/{unknown}/spans"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        // Bad parameters.
+        (
+            format!("/api/v1/traces/{t}/lineage?depth=0"),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            format!("/api/v1/traces/{t}/lineage?direction=sideways"),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            format!("/api/v1/traces/{t}/spans?limit=x"),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            "/api/v1/traces?limit=0".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            "/api/v1/traces?bogus=1".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            "/api/v1/services?limit=0".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            "/api/v1/services?start=yesterday".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            "/api/v1/services/errs/operations?end=x".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        // No such route.
+        (
+            "/api/v1/nothing".to_string(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ];
+    for (uri, status, code) in gets {
+        let (got, body) = get(&router, &uri).await;
+        assert_eq!(got, status, "{uri}: {body}");
+        assert_envelope(&uri, &body, code);
+    }
+
+    // The JSON search body: malformed, oversized, not JSON by content type.
+    let send = |content_type: Option<&'static str>, body: String| {
+        let router = router.clone();
+        async move {
+            let mut req = Request::builder()
+                .method("POST")
+                .uri("/api/v1/traces/search");
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
+            }
+            let resp = router
+                .oneshot(req.body(Body::from(body)).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    for (ct, body, status, code) in [
+        (
+            Some("application/json"),
+            "{".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Some("application/json"),
+            serde_json::json!({"service": "x".repeat(70_000)}).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            Some("text/plain"),
+            "{}".to_string(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            Some("application/x-www-form-urlencoded"),
+            "service=x".to_string(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            None,
+            "{}".to_string(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+    ] {
+        let (got, resp) = send(ct, body).await;
+        assert_eq!(got, status, "{ct:?}: {resp}");
+        assert_envelope("/api/v1/traces/search", &resp, code);
+    }
+    for ct in [
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        "application/vnd.api+json",
+    ] {
+        let (got, resp) = send(Some(ct), "{}".to_string()).await;
+        assert_eq!(got, StatusCode::OK, "{ct}: {resp}");
+    }
+
+    // A method a route does not have.
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("DELETE")
+                .uri(format!("/api/v1/traces/{t}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert_envelope(
+        "DELETE trace",
+        &serde_json::from_slice(&bytes).unwrap(),
+        "method_not_allowed",
+    );
+}
