@@ -2,7 +2,9 @@
 //! store: what the differential test against Jaeger (e2e/tests/jaeger_compat.rs) cannot
 //! show because Jaeger has no such thing (step kinds, DATA_DEPENDENCY, TIMEOUT and
 //! CANCELLED, link edges in dependencies, truncation), and every error path in Jaeger's
-//! envelope, including a failing store.
+//! envelope, including a failing store. The mapping checks also run over ClickHouse (a
+//! real engine, a writer and a separately opened reader), since the two stores answer the
+//! reads the Jaeger API makes with different SQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -18,8 +20,12 @@ use datatracing_core::{
 use datatracing_http::{HttpMetrics, Readiness};
 use datatracing_query::{QueryConfig, QueryService};
 use datatracing_store::{CappedTrace, Health, TraceReader, TraceWriter};
+use datatracing_store_clickhouse::{
+    ClickHouseConfig, ClickHouseMetrics, ClickHouseReader, ClickHouseStore,
+};
 use datatracing_store_contract::{fresh_trace_id, simple_span, span_id};
 use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
+use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -48,6 +54,28 @@ async fn setup(config: QueryConfig) -> (tempfile::TempDir, Arc<EmbeddedStore>, R
     );
     let router = router_over(store.clone(), config);
     (dir, store, router)
+}
+
+/// A ClickHouse store (a database of its own on the shared test engine, see
+/// `datatracing_testkit::clickhouse`) and the query router over a separately opened reader,
+/// as a query process reads it.
+async fn setup_clickhouse(config: QueryConfig) -> (ClickHouseReader, ClickHouseStore, Router) {
+    let server = ClickHouse::shared();
+    let ch = ClickHouseConfig {
+        url: server.url().to_string(),
+        user: server.user().to_string(),
+        password: server.password().to_string(),
+        database: unique_database("jaeger"),
+        ..ClickHouseConfig::default()
+    };
+    let store = ClickHouseStore::open(ch.clone(), ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    let reader = ClickHouseReader::open(ch, ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    let router = router_over(Arc::new(reader.clone()), config);
+    (reader, store, router)
 }
 
 async fn get(router: &Router, uri: &str) -> (StatusCode, Value, Option<String>) {
@@ -89,7 +117,20 @@ fn span_by_id(trace: &Value, id: u64) -> &Value {
 
 #[tokio::test]
 async fn pipeline_semantics_survive_the_jaeger_mapping() {
-    let (_d, store, router) = setup(QueryConfig::default()).await;
+    let config = QueryConfig::default();
+    let (_d, store, router) = setup(config).await;
+    check_pipeline_semantics(store.as_ref(), &router).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_semantics_survive_the_jaeger_mapping_on_clickhouse() {
+    let config = QueryConfig::default();
+    let (_ch, store, router) = setup_clickhouse(config).await;
+    check_pipeline_semantics(&store, &router).await;
+}
+
+async fn check_pipeline_semantics(store: &dyn TraceWriter, router: &Router) {
+    let router = router.clone();
     let upstream = fresh_trace_id();
     let t = fresh_trace_id();
     let t0 = Timestamp::now().saturating_add_nanos(-60_000_000_000);
@@ -290,6 +331,21 @@ async fn large_traces_are_cut_with_a_warning_and_searches_keep_to_the_span_budge
         ..QueryConfig::default()
     };
     let (_d, store, router) = setup(config).await;
+    check_large_traces(store.as_ref(), &router).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_traces_are_cut_with_a_warning_and_searches_keep_to_the_span_budget_on_clickhouse() {
+    let config = QueryConfig {
+        max_trace_spans: 5,
+        ..QueryConfig::default()
+    };
+    let (_ch, store, router) = setup_clickhouse(config).await;
+    check_large_traces(&store, &router).await;
+}
+
+async fn check_large_traces(store: &dyn TraceWriter, router: &Router) {
+    let router = router.clone();
     let t0 = Timestamp::now().saturating_add_nanos(-60_000_000_000);
     let big = fresh_trace_id();
     let spans: Vec<Span> = (0..8)
@@ -619,6 +675,21 @@ async fn api_v3_gives_back_otlp_with_pipeline_semantics() {
         ..QueryConfig::default()
     };
     let (_d, store, router) = setup(config).await;
+    check_api_v3(store.as_ref(), &router).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_v3_gives_back_otlp_with_pipeline_semantics_on_clickhouse() {
+    let config = QueryConfig {
+        max_trace_spans: 3,
+        ..QueryConfig::default()
+    };
+    let (_ch, store, router) = setup_clickhouse(config).await;
+    check_api_v3(&store, &router).await;
+}
+
+async fn check_api_v3(store: &dyn TraceWriter, router: &Router) {
+    let router = router.clone();
     let t = fresh_trace_id();
     let t0 = Timestamp::now().saturating_add_nanos(-60_000_000_000);
     let mut root = simple_span(t, 1, None, "spark-etl", t0, 5_000_000);
