@@ -15,7 +15,9 @@ use crate::query::{SummaryBuilder, TraceSummary};
 use crate::span::{LinkType, Span};
 
 /// The type of a DAG edge.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EdgeType {
     /// From a span's `parent_id` to the span.
@@ -40,7 +42,7 @@ impl From<LinkType> for EdgeType {
 
 /// A typed edge between two spans of the same trace. Edges point downstream: `from` is the
 /// parent or the linked (upstream) span, `to` is the child or the span that declared the link.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DagEdge {
     /// Upstream span.
     pub from: SpanId,
@@ -52,7 +54,7 @@ pub struct DagEdge {
 }
 
 /// A link from a span of this trace to a span of another trace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CrossTraceLink {
     /// The span (in this trace) that declared the link.
     pub span_id: SpanId,
@@ -66,7 +68,7 @@ pub struct CrossTraceLink {
 }
 
 /// A link to a span of this same trace that is not (yet) stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct UnresolvedLink {
     /// The span that declared the link.
     pub span_id: SpanId,
@@ -78,7 +80,7 @@ pub struct UnresolvedLink {
 }
 
 /// A reconstructed trace.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TraceDag {
     /// The trace.
     pub trace_id: TraceId,
@@ -109,7 +111,7 @@ pub struct TraceDag {
 }
 
 /// Time a span spent outside its children.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SelfTime {
     /// The span.
     pub span_id: SpanId,

@@ -549,7 +549,9 @@ impl TimeWindow {
 }
 
 /// An operation of a service, with the kind its spans have.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Operation {
     /// The operation name.
     pub name: String,
@@ -729,7 +731,7 @@ impl TraceQuery {
 }
 
 /// What a search returns per trace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TraceSummary {
     /// The trace.
     pub trace_id: TraceId,

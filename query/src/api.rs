@@ -17,6 +17,11 @@ use datatracing_http::ApiError;
 use datatracing_store::{Direction, LineageLimits, TraceReader};
 use serde::Deserialize;
 
+use crate::openapi::{
+    ErrorEnvelope, LineageResponse, OperationsResponse, SearchResponse, ServicesResponse, SpanPage,
+    TraceResponse,
+};
+
 /// Largest JSON search body accepted (16 filters with long regexes fit many times over).
 const MAX_SEARCH_BODY: usize = 64 * 1024;
 
@@ -53,10 +58,19 @@ pub(crate) fn routes(api: Api) -> Router {
 /// was cut (`truncated`), and when it was, the cap (`max_spans`): the DAG then holds the
 /// first spans by start time, and its summary, critical path and self times describe those.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(get, path = "/api/v1/traces/{trace_id}", tag = "traces",
+    params(("trace_id" = String, Path, description = "The trace id: 32 hex digits")),
+    responses(
+        (status = 200, description = "The trace DAG, cut at query.max_trace_spans spans", body = TraceResponse),
+        (status = 400, description = "Malformed trace id", body = ErrorEnvelope),
+        (status = 404, description = "No span of this trace is stored", body = ErrorEnvelope),
+        (status = 429, description = "Too many expensive reads; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ))]
 async fn get_trace(
     State(api): State<Api>,
     raw_id: Result<Path<String>, PathRejection>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<TraceResponse>, ApiError> {
     let Path(raw_id) = raw_id.map_err(path_error)?;
     let trace_id: TraceId = raw_id
         .parse()
@@ -73,18 +87,12 @@ async fn get_trace(
         .flatten();
     let dag = TraceDag::build(trace_id, capped.spans)
         .ok_or_else(|| ApiError::not_found(format!("trace {trace_id} not found")))?;
-    let mut body = serde_json::to_value(&dag).map_err(|e| ApiError::internal(&e))?;
-    body["truncated"] = serde_json::Value::Bool(capped.truncated);
-    if capped.truncated {
-        body["max_spans"] = serde_json::Value::from(api.max_trace_spans);
-    }
-    if let Some(c) = more {
-        body["next_spans"] = serde_json::Value::String(format!(
-            "/api/v1/traces/{trace_id}/spans?cursor={}",
-            c.encode()
-        ));
-    }
-    Ok(axum::Json(body))
+    Ok(axum::Json(TraceResponse {
+        dag,
+        truncated: capped.truncated,
+        max_spans: capped.truncated.then_some(api.max_trace_spans),
+        next_spans: more.map(|c| format!("/api/v1/traces/{trace_id}/spans?cursor={}", c.encode())),
+    }))
 }
 
 /// Spans per page of `/api/v1/traces/{id}/spans` unless `limit` says otherwise.
@@ -96,11 +104,24 @@ const DEFAULT_SPAN_PAGE: usize = 1000;
 /// the cursor in a truncated trace's `next_spans`). `next_cursor` is absent on the last page.
 /// An unknown trace is a 404; a cursor of another trace a 400.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(get, path = "/api/v1/traces/{trace_id}/spans", tag = "traces",
+    params(
+        ("trace_id" = String, Path, description = "The trace id: 32 hex digits"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page, or the cursor in a truncated trace's next_spans"),
+        ("limit" = Option<usize>, Query, description = "Spans per page, 1 to query.max_trace_spans (default the smaller of 1000 and that)"),
+    ),
+    responses(
+        (status = 200, description = "One page of spans by start time, then span id", body = SpanPage),
+        (status = 400, description = "Malformed id, cursor or limit, or a cursor of another trace", body = ErrorEnvelope),
+        (status = 404, description = "No span of this trace is stored", body = ErrorEnvelope),
+        (status = 429, description = "Too many expensive reads; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ))]
 async fn get_trace_spans(
     State(api): State<Api>,
     raw_id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<SpanPage>, ApiError> {
     let Path(raw_id) = raw_id.map_err(path_error)?;
     let trace_id: TraceId = raw_id
         .parse()
@@ -143,15 +164,16 @@ async fn get_trace_spans(
     }
     let more = spans.len() > limit;
     spans.truncate(limit);
-    let mut body = serde_json::json!({
-        "trace_id": trace_id,
-        "spans": &spans,
-        "limit": limit,
-    });
-    if more && let Some(last) = spans.last() {
-        body["next_cursor"] = serde_json::Value::String(SpanCursor::after(last).encode());
-    }
-    Ok(axum::Json(body))
+    let next_cursor = spans
+        .last()
+        .filter(|_| more)
+        .map(|last| SpanCursor::after(last).encode());
+    Ok(axum::Json(SpanPage {
+        trace_id,
+        spans,
+        limit,
+        next_cursor,
+    }))
 }
 
 /// The traces linked to a trace through `FOLLOWS_FROM` and `DATA_DEPENDENCY` links:
@@ -160,11 +182,24 @@ async fn get_trace_spans(
 /// `query.lineage.max_nodes` traces; `truncated` says when a bound cut the graph. An unknown
 /// root trace is a 404; links to traces that are not stored give nodes with `stored: false`.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(get, path = "/api/v1/traces/{trace_id}/lineage", tag = "traces",
+    params(
+        ("trace_id" = String, Path, description = "The root trace id: 32 hex digits"),
+        ("direction" = Option<String>, Query, description = "upstream, downstream or both (default)"),
+        ("depth" = Option<usize>, Query, description = "Link hops, 1 to query.lineage.max_depth (default query.lineage.default_depth)"),
+    ),
+    responses(
+        (status = 200, description = "The lineage graph", body = LineageResponse),
+        (status = 400, description = "Malformed id, direction or depth", body = ErrorEnvelope),
+        (status = 404, description = "The root trace is not stored", body = ErrorEnvelope),
+        (status = 429, description = "Too many expensive reads; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ))]
 async fn get_lineage(
     State(api): State<Api>,
     raw_id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<LineageResponse>, ApiError> {
     let Path(raw_id) = raw_id.map_err(path_error)?;
     let trace_id: TraceId = raw_id
         .parse()
@@ -199,9 +234,10 @@ async fn get_lineage(
     let graph = datatracing_store::lineage(api.store.as_ref(), trace_id, direction, limits)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("trace {trace_id} not found")))?;
-    let mut body = serde_json::to_value(&graph).map_err(|e| ApiError::internal(&e))?;
-    body["max_nodes"] = serde_json::Value::from(api.lineage.max_nodes);
-    Ok(axum::Json(body))
+    Ok(axum::Json(LineageResponse {
+        lineage: graph,
+        max_nodes: api.lineage.max_nodes,
+    }))
 }
 
 /// A path segment that is not valid percent-encoded UTF-8, in the envelope.
@@ -378,9 +414,9 @@ impl SearchParams {
 
 /// The JSON search body of `POST /api/v1/traces/search`: the query-string parameters as
 /// fields, and typed attribute filters whose keys may hold any character.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SearchBody {
+pub(crate) struct SearchBody {
     service: Option<String>,
     operation: Option<String>,
     kind: Option<String>,
@@ -399,9 +435,9 @@ struct SearchBody {
 }
 
 /// `{"key": "...", "op": "=", "value": 42}`; `value` is absent for `exists`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AttributeBody {
+pub(crate) struct AttributeBody {
     key: String,
     op: String,
     value: Option<serde_json::Value>,
@@ -444,23 +480,43 @@ impl SearchBody {
     }
 }
 
-fn page_body(query: &TraceQuery, page: SearchPage) -> serde_json::Value {
-    let mut body = serde_json::json!({
-        "traces": page.traces,
-        "limit": query.limit,
-        "duration_scope": query.duration_scope.as_str(),
-    });
-    if let Some(c) = page.next_cursor {
-        body["next_cursor"] = serde_json::Value::String(c.encode());
+fn page_body(query: &TraceQuery, page: SearchPage) -> SearchResponse {
+    SearchResponse {
+        traces: page.traces,
+        limit: query.limit,
+        duration_scope: query.duration_scope.as_str().to_string(),
+        next_cursor: page.next_cursor.map(|c| c.encode()),
     }
-    body
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(get, path = "/api/v1/traces", tag = "search",
+    params(
+        ("service" = Option<String>, Query, description = "Spans of this service"),
+        ("operation" = Option<String>, Query, description = "Spans of this operation"),
+        ("kind" = Option<String>, Query, description = "Span (step) kind, e.g. TRANSFORM"),
+        ("status" = Option<String>, Query, description = "Span status, e.g. ERROR"),
+        ("start" = Option<String>, Query, description = "RFC 3339; spans starting at or after"),
+        ("end" = Option<String>, Query, description = "RFC 3339; spans starting at or before"),
+        ("min_duration" = Option<String>, Query, description = "e.g. 1.5s, 200ms"),
+        ("max_duration" = Option<String>, Query, description = "e.g. 10s"),
+        ("duration_scope" = Option<String>, Query, description = "span (default) or trace"),
+        ("attribute" = Option<Vec<String>>, Query, description = "key=value or key (exists); repeatable"),
+        ("linked_trace" = Option<String>, Query, description = "Traces with a span linking to this trace"),
+        ("linked_service" = Option<String>, Query, description = "Traces with a span linking to a span of this service"),
+        ("limit" = Option<usize>, Query, description = "Traces per page"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "One page of trace summaries, newest first", body = SearchResponse),
+        (status = 400, description = "A bad or unknown parameter", body = ErrorEnvelope),
+        (status = 429, description = "Too many expensive reads; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ))]
 async fn search(
     State(store): State<Arc<dyn TraceReader>>,
     RawQuery(raw): RawQuery,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<SearchResponse>, ApiError> {
     let query = SearchParams::from_query_string(raw.as_deref().unwrap_or(""))?.into_query()?;
     let page = store.search(&query).await?;
     Ok(axum::Json(page_body(&query, page)))
@@ -480,11 +536,21 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(post, path = "/api/v1/traces/search", tag = "search",
+    request_body(content = SearchBody, content_type = "application/json", description = "The query-string parameters as fields, and typed attribute filters"),
+    responses(
+        (status = 200, description = "One page of trace summaries, newest first", body = SearchResponse),
+        (status = 400, description = "Malformed body or a bad field", body = ErrorEnvelope),
+        (status = 413, description = "Body over 64 KiB", body = ErrorEnvelope),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorEnvelope),
+        (status = 429, description = "Too many expensive reads; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ))]
 async fn search_body(
     State(store): State<Arc<dyn TraceReader>>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<SearchResponse>, ApiError> {
     if !is_json(&headers) {
         return Err(ApiError::new(
             datatracing_http::ErrorCode::UnsupportedMediaType,
@@ -532,27 +598,50 @@ fn listing_params(raw: Option<&str>) -> Result<(TimeWindow, usize), ApiError> {
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(get, path = "/api/v1/services", tag = "names",
+    params(
+        ("start" = Option<String>, Query, description = "RFC 3339 window start"),
+        ("end" = Option<String>, Query, description = "RFC 3339 window end"),
+        ("limit" = Option<usize>, Query, description = "Most names returned"),
+    ),
+    responses(
+        (status = 200, description = "Services with spans in the window, sorted", body = ServicesResponse),
+        (status = 400, description = "A bad or unknown parameter", body = ErrorEnvelope),
+        (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ))]
 async fn services(
     State(store): State<Arc<dyn TraceReader>>,
     RawQuery(raw): RawQuery,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<ServicesResponse>, ApiError> {
     let (window, limit) = listing_params(raw.as_deref())?;
     // One more than asked tells whether the list was cut.
     let mut services = store.services(&window, limit + 1).await?;
     let truncated = services.len() > limit;
     services.truncate(limit);
-    Ok(axum::Json(serde_json::json!({
-        "services": services,
-        "truncated": truncated,
-    })))
+    Ok(axum::Json(ServicesResponse {
+        services,
+        truncated,
+    }))
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(get, path = "/api/v1/services/{service}/operations", tag = "names",
+    params(
+        ("service" = String, Path, description = "The service, 1 to 1024 bytes"),
+        ("start" = Option<String>, Query, description = "RFC 3339 window start"),
+        ("end" = Option<String>, Query, description = "RFC 3339 window end"),
+        ("limit" = Option<usize>, Query, description = "Most operations returned"),
+    ),
+    responses(
+        (status = 200, description = "The service's operations with their span kinds", body = OperationsResponse),
+        (status = 400, description = "A bad or unknown parameter", body = ErrorEnvelope),
+        (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ))]
 async fn operations(
     State(store): State<Arc<dyn TraceReader>>,
     service: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<OperationsResponse>, ApiError> {
     let Path(service) = service.map_err(path_error)?;
     if service.is_empty() || service.len() > 1024 {
         return Err(ApiError::invalid_argument(
@@ -563,11 +652,11 @@ async fn operations(
     let mut operations = store.operations(&service, &window, limit + 1).await?;
     let truncated = operations.len() > limit;
     operations.truncate(limit);
-    Ok(axum::Json(serde_json::json!({
-        "service": service,
-        "operations": operations,
-        "truncated": truncated,
-    })))
+    Ok(axum::Json(OperationsResponse {
+        service,
+        operations,
+        truncated,
+    }))
 }
 
 #[cfg(test)]

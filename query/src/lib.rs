@@ -21,6 +21,8 @@
 //! - Expensive reads (trace, spans, search, lineage, dependencies, Jaeger traces and
 //!   dependencies) are capped by
 //!   `query.max_concurrent_reads` with a bounded queue; beyond it a 429 (`limits`).
+//! - `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of the v1 API, generated from
+//!   the code (`openapi`), committed as `docs/openapi.json`.
 //! - Jaeger's own read API on Jaeger's paths (`/api/services`, `/api/traces`, ...), so Jaeger
 //!   UI and Grafana's Jaeger data source read from the query port unchanged (`jaeger`).
 
@@ -28,6 +30,7 @@ mod api;
 mod dependencies;
 mod jaeger;
 mod limits;
+mod openapi;
 
 use std::sync::Arc;
 
@@ -42,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 // `datatracing-config`.
 pub use datatracing_config::QueryConfig;
 pub use limits::QueryMetrics;
+pub use openapi::document as openapi_document;
 
 /// The query service's error type.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,15 @@ impl QueryService {
                 store: Arc::clone(&self.store),
                 max_trace_spans: self.config.max_trace_spans,
             }))
+            .route(
+                "/api/v1/openapi.json",
+                axum::routing::get(|| async {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        openapi::document(),
+                    )
+                }),
+            )
             // Expensive reads only (the layer picks them by path); the probes and the UI's
             // static files merged below stay outside it.
             .layer(axum::middleware::from_fn_with_state(

@@ -19,7 +19,9 @@ use serde::Serialize;
 use crate::{Result, TraceReader};
 
 /// One link from a span of one trace to a span of another, as the stores index it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema,
+)]
 pub struct CrossLink {
     /// The trace of the span that declared the link (the consumer, downstream side).
     pub from_trace: TraceId,
@@ -46,7 +48,7 @@ impl CrossLink {
 }
 
 /// Which way to walk from the root trace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// To the traces the root links to, and theirs, and so on.
@@ -94,7 +96,7 @@ pub struct LineageLimits {
 }
 
 /// A trace in a lineage graph.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct LineageNode {
     /// The trace.
     pub trace_id: TraceId,
@@ -108,7 +110,7 @@ pub struct LineageNode {
 }
 
 /// The traces around a root and the links between them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Lineage {
     /// The trace the walk started from.
     pub root: TraceId,
