@@ -52,7 +52,7 @@ impl From<LinkType> for Relation {
 }
 
 /// One service-to-service edge.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub(crate) struct Edge {
     /// The upstream service (the parent or linked span's).
     pub(crate) parent: String,
@@ -73,7 +73,7 @@ pub(crate) struct Edge {
 }
 
 /// One service's own figures over the traces read.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub(crate) struct ServiceNode {
     /// The service name.
     pub(crate) service: String,
@@ -84,7 +84,7 @@ pub(crate) struct ServiceNode {
 }
 
 /// The computed dependencies and how much was read to get them.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub(crate) struct Dependencies {
     /// Services seen, by name.
     pub(crate) services: Vec<ServiceNode>,
@@ -294,19 +294,31 @@ fn window_params(raw: Option<&str>) -> Result<(Timestamp, Timestamp), ApiError> 
 /// The pipeline map: services with their span and error counts, and the edges between them
 /// with call counts, error counts and rates, split by relation, over `[start, end]`.
 #[tracing::instrument(skip_all)]
-async fn get_dependencies(
+#[utoipa::path(get, path = "/api/v1/dependencies", tag = "dependencies",
+    params(
+        ("start" = Option<String>, Query, description = "RFC 3339 window start (default a day before end)"),
+        ("end" = Option<String>, Query, description = "RFC 3339 window end (default now)"),
+    ),
+    responses(
+        (status = 200, description = "The pipeline map over the window", body = crate::openapi::DependenciesResponse),
+        (status = 400, description = "A bad or unknown parameter, or an inverted window", body = crate::openapi::ErrorEnvelope),
+        (status = 429, description = "Too many expensive reads; see Retry-After", body = crate::openapi::ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The store is unavailable; see Retry-After", body = crate::openapi::ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ))]
+pub(crate) async fn get_dependencies(
     State(api): State<DependenciesApi>,
     RawQuery(raw): RawQuery,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<crate::openapi::DependenciesResponse>, ApiError> {
     let (start, end) = window_params(raw.as_deref())?;
     let window = TimeWindow {
         start: Some(start),
         end: Some(end),
     };
     let deps = compute(api.store.as_ref(), window, api.max_trace_spans).await?;
-    let mut body = serde_json::to_value(&deps).map_err(|e| ApiError::internal(&e))?;
-    body["start"] = serde_json::Value::String(start.to_rfc3339());
-    body["end"] = serde_json::Value::String(end.to_rfc3339());
-    body["max_traces"] = serde_json::Value::from(MAX_TRACES);
-    Ok(axum::Json(body))
+    Ok(axum::Json(crate::openapi::DependenciesResponse {
+        map: deps,
+        start: start.to_rfc3339(),
+        end: end.to_rfc3339(),
+        max_traces: MAX_TRACES,
+    }))
 }

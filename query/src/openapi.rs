@@ -92,6 +92,20 @@ pub(crate) struct LineageResponse {
     pub(crate) max_nodes: usize,
 }
 
+/// `GET /api/v1/dependencies`: the pipeline map and the window it covers.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct DependenciesResponse {
+    /// Services, edges and how much was read.
+    #[serde(flatten)]
+    pub(crate) map: crate::dependencies::Dependencies,
+    /// Window start, RFC 3339.
+    pub(crate) start: String,
+    /// Window end, RFC 3339.
+    pub(crate) end: String,
+    /// Most traces one map reads; more leaves it `truncated`.
+    pub(crate) max_traces: usize,
+}
+
 /// Every error of the v1 API (the shape `datatracing_http::ApiError` answers).
 #[derive(Debug, JsonSchema)]
 #[allow(dead_code)] // A schema only: `ApiError` builds the body.
@@ -164,6 +178,7 @@ schemars_body!(
     ServicesResponse => "ServicesResponse",
     OperationsResponse => "OperationsResponse",
     LineageResponse => "LineageResponse",
+    DependenciesResponse => "DependenciesResponse",
     ErrorEnvelope => "ErrorEnvelope",
     crate::api::SearchBody => "SearchBody",
 );
@@ -172,8 +187,8 @@ schemars_body!(
 #[openapi(
     info(
         title = "DataTracing query API",
-        description = "Trace DAGs, span pages, lineage across linked traces, search and the \
-                       service/operation listings. Every error is the one envelope \
+        description = "Trace DAGs, span pages, lineage across linked traces, search, the \
+                       pipeline map and the service/operation listings. Every error is the one envelope \
                        (ErrorEnvelope); 429 and 503 carry Retry-After.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
@@ -185,6 +200,7 @@ schemars_body!(
         crate::api::search_body,
         crate::api::services,
         crate::api::operations,
+        crate::dependencies::get_dependencies,
         openapi_json,
     )
 )]
@@ -207,6 +223,7 @@ fn with_schemas(mut doc: serde_json::Value) -> serde_json::Value {
     generator.subschema_for::<ServicesResponse>();
     generator.subschema_for::<OperationsResponse>();
     generator.subschema_for::<LineageResponse>();
+    generator.subschema_for::<DependenciesResponse>();
     generator.subschema_for::<ErrorEnvelope>();
     generator.subschema_for::<crate::api::SearchBody>();
     let schemas = generator.take_definitions(true);

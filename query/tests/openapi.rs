@@ -76,6 +76,7 @@ fn every_v1_route_is_described_with_its_errors_and_every_schema_resolves() {
         ("get", "/api/v1/traces/{trace_id}/lineage"),
         ("get", "/api/v1/services"),
         ("get", "/api/v1/services/{service}/operations"),
+        ("get", "/api/v1/dependencies"),
         ("get", "/api/v1/openapi.json"),
     ]
     .into_iter()
@@ -107,7 +108,7 @@ fn every_v1_route_is_described_with_its_errors_and_every_schema_resolves() {
                 }
             }
         }
-        if path.contains("/traces") {
+        if path.contains("/traces") || path.contains("/dependencies") {
             assert!(statuses.contains("429"), "capped read {method} {path}");
         }
         for s in ["429", "503"] {
@@ -204,6 +205,17 @@ fn every_v1_route_is_described_with_its_errors_and_every_schema_resolves() {
         "max_nodes",
     ] {
         assert!(lineage.contains(f), "LineageResponse.{f}: {lineage:?}");
+    }
+    let deps = props("DependenciesResponse");
+    for f in [
+        "services",
+        "edges",
+        "truncated",
+        "start",
+        "end",
+        "max_traces",
+    ] {
+        assert!(deps.contains(f), "DependenciesResponse.{f}: {deps:?}");
     }
     let error = &schemas["ErrorEnvelope"];
     assert_eq!(error["required"], serde_json::json!(["error"]));

@@ -218,6 +218,8 @@ async fn reads_beyond_the_cap_and_queue_are_refused_while_probes_answer() {
         (format!("/api/v1/traces/{t}/lineage"), "ours"),
         (format!("/api/v1/traces/{t}/spans"), "ours"),
         ("/api/v1/traces".to_string(), "ours"),
+        ("/api/v1/dependencies".to_string(), "ours"),
+        ("/api/dependencies".to_string(), "jaeger"),
         (format!("/api/traces/{t}"), "jaeger"),
         ("/api/traces?service=capped".to_string(), "jaeger"),
         (format!("/api/v3/traces/{t}"), "v3"),
