@@ -226,13 +226,33 @@ async fn datatracing_operator_runs_against_an_api_server_and_stops_on_sigterm() 
         "-f",
         root().join("crds").to_str().unwrap(),
     ]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/tracingpipelines.datatracing.io",
-        "crd/samplingpolicies.datatracing.io",
-        "--timeout=60s",
-    ]);
+    // `kubectl wait --for=condition` fails at once ("status.conditions accessor error: <nil>")
+    // instead of waiting when it reads a CRD before the API server wrote any condition, which
+    // a fast machine hits: ask again until the CRDs have conditions (bounded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = std::process::Command::new(tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "crd/tracingpipelines.datatracing.io",
+                "crd/samplingpolicies.datatracing.io",
+                "--timeout=60s",
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("status.conditions accessor error") && Instant::now() < deadline,
+            "kubectl wait for the CRDs: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Settings from the file's `operator:` section, one of them overridden by its variable.
     let config_path = dir.path().join("datatracing.yaml");
     std::fs::write(
