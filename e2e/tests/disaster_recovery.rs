@@ -11,15 +11,10 @@ use serde_json::{Value, json};
 
 /// The ```sh block of the runbook whose first line is `# dr: <step>`.
 fn block(step: &str) -> String {
-    let text =
-        std::fs::read_to_string(workspace_root().join("runbooks/disaster-recovery.md")).unwrap();
-    let marker = format!("# dr: {step}\n");
-    text.split("```sh\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .find(|b| b.starts_with(&marker))
-        .unwrap_or_else(|| panic!("runbooks/disaster-recovery.md has no block `{marker}`"))
-        .to_string()
+    datatracing_testkit::runbook_block(
+        &workspace_root().join("runbooks/disaster-recovery.md"),
+        step,
+    )
 }
 
 /// Runs a runbook block with bash, the built `datatracing` first on the PATH.

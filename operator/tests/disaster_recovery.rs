@@ -36,14 +36,7 @@ const TRACES: usize = 40;
 
 /// The ```sh block of the runbook whose first line is `# dr: <step>`.
 fn block(step: &str) -> String {
-    let text = std::fs::read_to_string(repo_root().join("runbooks/disaster-recovery.md")).unwrap();
-    let marker = format!("# dr: {step}\n");
-    text.split("```sh\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .find(|b| b.starts_with(&marker))
-        .unwrap_or_else(|| panic!("runbooks/disaster-recovery.md has no block `{marker}`"))
-        .to_string()
+    datatracing_testkit::runbook_block(&repo_root().join("runbooks/disaster-recovery.md"), step)
 }
 
 /// Runs a runbook block with bash (`-euo pipefail`), `kubectl` on the PATH and the

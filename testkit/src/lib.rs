@@ -12,3 +12,17 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
+
+/// The ```sh block of a runbook whose first line is `# dr: <step>` (runbooks mark the
+/// blocks their tests run this way), so tests execute the runbook as written.
+pub fn runbook_block(runbook: &std::path::Path, step: &str) -> String {
+    let text =
+        std::fs::read_to_string(runbook).unwrap_or_else(|e| panic!("{}: {e}", runbook.display()));
+    let marker = format!("# dr: {step}\n");
+    text.split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.starts_with(&marker))
+        .unwrap_or_else(|| panic!("{} has no block `{marker}`", runbook.display()))
+        .to_string()
+}
