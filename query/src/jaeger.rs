@@ -37,7 +37,7 @@ use datatracing_core::{
     TimeWindow, Timestamp, TraceId, TraceQuery,
 };
 use datatracing_http::ApiError;
-use datatracing_store::TraceReader;
+use datatracing_store::{CappedTrace, TraceReader};
 use serde_json::{Value, json};
 
 use crate::dependencies;
@@ -351,16 +351,21 @@ async fn get_trace(
 
 /// A trace in Jaeger's JSON, read with a span cap (a cut trace says so in its warnings).
 async fn read_trace(j: &Jaeger, id: TraceId, cap: usize) -> Result<Option<Value>, JaegerError> {
-    let Some(capped) = j.store.get_trace_capped(id, cap).await? else {
-        return Ok(None);
-    };
+    Ok(j.store
+        .get_trace_capped(id, cap)
+        .await?
+        .map(|capped| capped_json(id, &capped)))
+}
+
+fn capped_json(id: TraceId, capped: &CappedTrace) -> Value {
     let mut t = trace_json(id, &capped.spans);
     if capped.truncated {
         t["warnings"] = json!([format!(
-            "trace truncated to its first {cap} spans (query.max_trace_spans)"
+            "trace truncated to its first {} spans (query.max_trace_spans)",
+            capped.spans.len()
         )]);
     }
-    Ok(Some(t))
+    t
 }
 
 /// The search filters of `/api/traces` as our queries (their union is the answer).
@@ -636,6 +641,15 @@ async fn find(
     Ok(found)
 }
 
+/// The ids of [`find`]'s answer. One query (the usual case) needs no summaries: its
+/// page's ids in the store's order (newest matching span first), read without them.
+async fn find_ids(j: &Jaeger, queries: &[TraceQuery]) -> Result<Vec<TraceId>, JaegerError> {
+    match queries {
+        [q] => Ok(j.store.search_ids(q).await?),
+        _ => Ok(find(j, queries).await?.iter().map(|s| s.trace_id).collect()),
+    }
+}
+
 #[tracing::instrument(skip_all)]
 async fn search(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
     let p = Params::parse(raw.as_deref())?;
@@ -643,24 +657,20 @@ async fn search(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
     if !ids.is_empty() {
         return traces_by_id(&j, &ids).await;
     }
-    let found = find(&j, &search_queries(&p)?).await?;
+    let ids = find_ids(&j, &search_queries(&p)?).await?;
     // One answer holds at most `max_trace_spans` spans, like one trace: later traces are
-    // left out once the budget is spent (the cut trace says so in its warnings).
-    let mut budget = j.max_trace_spans;
-    let mut data = Vec::with_capacity(found.len());
-    for s in found {
-        if budget == 0 {
-            tracing::info!(
-                max_spans = j.max_trace_spans,
-                "jaeger search answer cut at the span budget"
-            );
-            break;
-        }
-        if let Some(t) = read_trace(&j, s.trace_id, budget).await? {
-            budget = budget.saturating_sub(t["spans"].as_array().map_or(0, Vec::len));
-            data.push(t);
-        }
+    // left out once the budget is spent (the cut trace says so in its warnings). One
+    // batched read for all of them.
+    let traces = j.store.get_traces_capped(&ids, j.max_trace_spans).await?;
+    if traces.iter().map(|(_, t)| t.spans.len()).sum::<usize>() >= j.max_trace_spans
+        && traces.len() < ids.len()
+    {
+        tracing::info!(
+            max_spans = j.max_trace_spans,
+            "jaeger search answer cut at the span budget"
+        );
     }
+    let data = traces.iter().map(|(id, t)| capped_json(*id, t)).collect();
     Ok(envelope(Value::Array(data), 0))
 }
 
@@ -680,19 +690,31 @@ async fn traces_by_id(j: &Jaeger, raw: &[&str]) -> JResult {
                 .map_err(|e| bad(format!("cannot parse traceID param: {}", e.0.message)))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut found: std::collections::HashMap<TraceId, CappedTrace> = j
+        .store
+        .get_traces_capped(&ids, j.max_trace_spans)
+        .await?
+        .into_iter()
+        .collect();
+    // The answer follows the ids asked: an id absent while budget was left is unknown; once
+    // the budget is spent the rest is left out, as the store's read does. An id asked twice
+    // is answered once.
+    let mut answered = std::collections::HashSet::new();
     let mut budget = j.max_trace_spans;
     let mut data = Vec::new();
     let mut missing = Vec::new();
     for id in ids {
-        if budget == 0 {
-            break;
+        if answered.contains(&id) {
+            continue;
         }
-        match read_trace(j, id, budget).await? {
-            Some(t) => {
-                budget = budget.saturating_sub(t["spans"].as_array().map_or(0, Vec::len));
-                data.push(t);
-            }
-            None => missing.push(json!({"msg": "trace not found", "traceID": jaeger_id_text(id)})),
+        if let Some(t) = found.remove(&id) {
+            budget = budget.saturating_sub(t.spans.len());
+            data.push(capped_json(id, &t));
+            answered.insert(id);
+        } else if budget > 0 {
+            missing.push(json!({"msg": "trace not found", "traceID": jaeger_id_text(id)}));
+        } else {
+            break;
         }
     }
     let mut body = envelope(Value::Array(data), 0);

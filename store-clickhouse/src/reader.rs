@@ -12,7 +12,10 @@ use datatracing_core::{
     AttributeOp, Link, LinkType, NumericOp, Operation, SearchCursor, SearchPage, Span, SpanCursor,
     SpanId, SpanKind, TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
 };
-use datatracing_store::{CappedTrace, CrossLink, Health, TraceReader, cross_links};
+use datatracing_store::{
+    CappedTrace, CrossLink, Health, TraceReader, cross_links, read_traces_one_by_one,
+    traces_in_asked_order,
+};
 
 use crate::admin::{ClickHouseAdmin, timed};
 use crate::error::{Error, Result};
@@ -129,6 +132,47 @@ impl TraceReader for ClickHouseReader {
         Ok(spans.and_then(|s| CappedTrace::from_overfetch(s, max_spans)))
     }
 
+    async fn get_traces_capped(
+        &self,
+        traces: &[TraceId],
+        max_spans: usize,
+    ) -> datatracing_store::Result<Vec<(TraceId, CappedTrace)>> {
+        if traces.is_empty() || max_spans == 0 {
+            return Ok(Vec::new());
+        }
+        if traces.len() > IN_CHUNK {
+            return read_traces_one_by_one(self, traces, max_spans).await;
+        }
+        let i = &self.inner;
+        // One read for all, one span past the budget: when it fits, every trace is whole
+        // and the answer is just the spans grouped; when not, who gets cut depends on the
+        // order asked, which the loop of capped reads applies.
+        let sql = format!(
+            "SELECT ?fields FROM {spans} WHERE trace_id IN ({list}){bounds} \
+             ORDER BY trace_id, start_time, span_id LIMIT 1 BY trace_id, span_id LIMIT {n}",
+            spans = i.spans_table,
+            list = hex_list(traces),
+            bounds = self.time_bounds(traces),
+            n = max_spans.saturating_add(1),
+        );
+        let rows: Vec<SpanRow> = timed(
+            i.query_timeout,
+            "get traces",
+            i.admin.client().query(&sql).fetch_all::<SpanRow>(),
+        )
+        .await
+        .map_err(|e| self.query_error(e))?;
+        if rows.len() > max_spans {
+            return read_traces_one_by_one(self, traces, max_spans).await;
+        }
+        let spans = rows
+            .into_iter()
+            .map(Span::try_from)
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| self.query_error(e))?;
+        Ok(traces_in_asked_order(traces, spans))
+    }
+
     async fn trace_spans(
         &self,
         trace_id: TraceId,
@@ -145,6 +189,208 @@ impl TraceReader for ClickHouseReader {
     }
 
     async fn search(&self, q: &TraceQuery) -> datatracing_store::Result<SearchPage> {
+        let (ids, next_cursor) = self.matching_traces(q).await?;
+        if ids.is_empty() {
+            return Ok(SearchPage::default());
+        }
+        let mut rows = self.summary_rows(&ids).await?;
+        // Keep the order of the first step.
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(pos) = rows.iter().position(|r| r.trace_id == id) {
+                out.push(rows.swap_remove(pos));
+            }
+        }
+        Ok(SearchPage {
+            traces: out,
+            next_cursor,
+        })
+    }
+
+    async fn search_ids(&self, q: &TraceQuery) -> datatracing_store::Result<Vec<TraceId>> {
+        Ok(self.matching_traces(q).await?.0)
+    }
+
+    async fn services(
+        &self,
+        window: &TimeWindow,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<String>> {
+        let i = &self.inner;
+        let mut sql = Sql::default();
+        names_window(window, &mut sql);
+        let text = format!(
+            "SELECT DISTINCT toString(service) AS s FROM {names} WHERE 1{f} ORDER BY s LIMIT {limit}",
+            names = i.names_table,
+            f = sql.sql
+        );
+        let mut query = i.admin.client().query(&text);
+        for b in sql.binds {
+            query = b.bind(query);
+        }
+        timed(i.query_timeout, "services", query.fetch_all::<String>())
+            .await
+            .map_err(|e| self.query_error(e))
+    }
+
+    async fn operations(
+        &self,
+        service: &str,
+        window: &TimeWindow,
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<Operation>> {
+        let i = &self.inner;
+        let mut sql = Sql::default();
+        sql.push(" AND service = ?", [Bindable::Str(service.to_string())]);
+        names_window(window, &mut sql);
+        // Ordered by name here and by (name, kind) below: the first `limit` of the final
+        // order are among the first `limit + kinds` rows by name.
+        let text = format!(
+            "SELECT DISTINCT toString(operation) AS o, toString(kind) AS k FROM {names} WHERE 1{f} \
+             ORDER BY o LIMIT {n}",
+            names = i.names_table,
+            f = sql.sql,
+            n = limit + SpanKind::ALL.len(),
+        );
+        let mut query = i.admin.client().query(&text);
+        for b in sql.binds {
+            query = b.bind(query);
+        }
+        let rows = timed(
+            i.query_timeout,
+            "operations",
+            query.fetch_all::<(String, String)>(),
+        )
+        .await
+        .map_err(|e| self.query_error(e))?;
+        let mut out = rows
+            .into_iter()
+            .map(|(name, kind)| {
+                let span_kind = kind
+                    .parse::<SpanKind>()
+                    .map_err(|e| Error::Client(format!("corrupt kind in span_names: {e}")))?;
+                Ok(Operation { name, span_kind })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| self.query_error(e))?;
+        out.sort();
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn summaries(&self, traces: &[TraceId]) -> datatracing_store::Result<Vec<TraceSummary>> {
+        let mut out = Vec::with_capacity(traces.len());
+        for chunk in traces.chunks(IN_CHUNK) {
+            out.extend(self.summary_rows(chunk).await?);
+        }
+        Ok(out)
+    }
+
+    async fn links_from(
+        &self,
+        traces: &[TraceId],
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<CrossLink>> {
+        let i = &self.inner;
+        let mut out = std::collections::BTreeSet::new();
+        for chunk in traces.chunks(IN_CHUNK) {
+            if out.len() >= limit {
+                break;
+            }
+            let list = hex_list(chunk);
+            let bounds = self.time_bounds(chunk);
+            // `spans` is ordered by trace id and the bounds prune partitions; only spans with
+            // at least one link out of their trace are read, so `limit` rows hold at least
+            // `limit` links.
+            let sql = format!(
+                "SELECT trace_id, span_id, links_json FROM {spans} \
+                 WHERE trace_id IN ({list}){bounds} \
+                   AND links_json != '' \
+                   AND arrayExists(l -> unhex(JSONExtractString(l, 'trace_id')) != trace_id, \
+                                   JSONExtractArrayRaw(links_json)) \
+                 LIMIT 1 BY trace_id, span_id LIMIT {n}",
+                spans = i.spans_table,
+                n = limit - out.len(),
+            );
+            let rows = timed(
+                i.query_timeout,
+                "links from",
+                i.admin.client().query(&sql).fetch_all::<SpanLinksRow>(),
+            )
+            .await
+            .map_err(|e| self.query_error(e))?;
+            for r in rows {
+                let links: Vec<Link> = serde_json::from_str(&r.links_json).map_err(|e| {
+                    self.query_error(Error::Client(format!(
+                        "corrupt links in a stored span: {e}"
+                    )))
+                })?;
+                out.extend(cross_links(
+                    TraceId::from_bytes(r.trace_id),
+                    SpanId::from_bytes(r.span_id),
+                    &links,
+                ));
+            }
+        }
+        Ok(out.into_iter().take(limit).collect())
+    }
+
+    async fn links_to(
+        &self,
+        traces: &[TraceId],
+        limit: usize,
+    ) -> datatracing_store::Result<Vec<CrossLink>> {
+        let i = &self.inner;
+        let mut out = std::collections::BTreeSet::new();
+        for chunk in traces.chunks(IN_CHUNK) {
+            if out.len() >= limit {
+                break;
+            }
+            // A key range per trace: span_links is ordered by the linked trace. A span
+            // indexed twice (a retried insert, the migration's backfill) is read once.
+            let sql = format!(
+                "SELECT source_trace_id, source_span_id, target_trace_id, target_span_id, \
+                        toString(link_type) AS link_type \
+                 FROM {links} WHERE target_trace_id IN ({list}) \
+                 LIMIT 1 BY source_trace_id, source_span_id, target_trace_id, target_span_id, link_type \
+                 LIMIT {n}",
+                links = i.links_table,
+                list = hex_list(chunk),
+                n = limit - out.len(),
+            );
+            let rows = timed(
+                i.query_timeout,
+                "links to",
+                i.admin.client().query(&sql).fetch_all::<LinkRow>(),
+            )
+            .await
+            .map_err(|e| self.query_error(e))?;
+            for r in rows {
+                let link_type = r.link_type.parse::<LinkType>().map_err(|e| {
+                    self.query_error(Error::Client(format!(
+                        "corrupt link type in span_links: {e}"
+                    )))
+                })?;
+                out.insert(CrossLink {
+                    from_trace: TraceId::from_bytes(r.source_trace_id),
+                    from_span: SpanId::from_bytes(r.source_span_id),
+                    to_trace: TraceId::from_bytes(r.target_trace_id),
+                    to_span: SpanId::from_bytes(r.target_span_id),
+                    link_type,
+                });
+            }
+        }
+        Ok(out.into_iter().take(limit).collect())
+    }
+}
+
+impl ClickHouseReader {
+    /// The first step of a search: the ids of one page of matching traces, newest first,
+    /// and the cursor for the next page.
+    async fn matching_traces(
+        &self,
+        q: &TraceQuery,
+    ) -> datatracing_store::Result<(Vec<TraceId>, Option<SearchCursor>)> {
         let i = &self.inner;
         // The snapshot is the server's clock: index rows carry the server time of their
         // insert (`ingested_at`). The first page bounds them by `now64(9)`, one value for the
@@ -253,230 +499,37 @@ impl TraceReader for ClickHouseReader {
             }
         });
         matches.truncate(limit);
-        if matches.is_empty() {
-            return Ok(SearchPage::default());
-        }
-        let ids: Vec<TraceId> = matches
+        let ids = matches
             .iter()
             .map(|m| TraceId::from_bytes(m.trace_id))
             .collect();
-        let mut rows = self.summary_rows(&ids).await?;
-        // Keep the order of the first step.
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(pos) = rows.iter().position(|r| r.trace_id == id) {
-                out.push(rows.swap_remove(pos));
-            }
-        }
-        Ok(SearchPage {
-            traces: out,
-            next_cursor,
-        })
+        Ok((ids, next_cursor))
     }
 
-    async fn services(
-        &self,
-        window: &TimeWindow,
-        limit: usize,
-    ) -> datatracing_store::Result<Vec<String>> {
-        let i = &self.inner;
-        let mut sql = Sql::default();
-        names_window(window, &mut sql);
-        let text = format!(
-            "SELECT DISTINCT toString(service) AS s FROM {names} WHERE 1{f} ORDER BY s LIMIT {limit}",
-            names = i.names_table,
-            f = sql.sql
-        );
-        let mut query = i.admin.client().query(&text);
-        for b in sql.binds {
-            query = b.bind(query);
-        }
-        timed(i.query_timeout, "services", query.fetch_all::<String>())
-            .await
-            .map_err(|e| self.query_error(e))
-    }
-
-    async fn operations(
-        &self,
-        service: &str,
-        window: &TimeWindow,
-        limit: usize,
-    ) -> datatracing_store::Result<Vec<Operation>> {
-        let i = &self.inner;
-        let mut sql = Sql::default();
-        sql.push(" AND service = ?", [Bindable::Str(service.to_string())]);
-        names_window(window, &mut sql);
-        // Ordered by name here and by (name, kind) below: the first `limit` of the final
-        // order are among the first `limit + kinds` rows by name.
-        let text = format!(
-            "SELECT DISTINCT toString(operation) AS o, toString(kind) AS k FROM {names} WHERE 1{f} \
-             ORDER BY o LIMIT {n}",
-            names = i.names_table,
-            f = sql.sql,
-            n = limit + SpanKind::ALL.len(),
-        );
-        let mut query = i.admin.client().query(&text);
-        for b in sql.binds {
-            query = b.bind(query);
-        }
-        let rows = timed(
-            i.query_timeout,
-            "operations",
-            query.fetch_all::<(String, String)>(),
-        )
-        .await
-        .map_err(|e| self.query_error(e))?;
-        let mut out = rows
-            .into_iter()
-            .map(|(name, kind)| {
-                let span_kind = kind
-                    .parse::<SpanKind>()
-                    .map_err(|e| Error::Client(format!("corrupt kind in span_names: {e}")))?;
-                Ok(Operation { name, span_kind })
-            })
-            .collect::<Result<Vec<_>>>()
-            .map_err(|e| self.query_error(e))?;
-        out.sort();
-        out.truncate(limit);
-        Ok(out)
-    }
-
-    async fn summaries(&self, traces: &[TraceId]) -> datatracing_store::Result<Vec<TraceSummary>> {
-        let mut out = Vec::with_capacity(traces.len());
-        for chunk in traces.chunks(IN_CHUNK) {
-            out.extend(self.summary_rows(chunk).await?);
-        }
-        Ok(out)
-    }
-
-    async fn links_from(
-        &self,
-        traces: &[TraceId],
-        limit: usize,
-    ) -> datatracing_store::Result<Vec<CrossLink>> {
-        let i = &self.inner;
-        let mut out = std::collections::BTreeSet::new();
-        for chunk in traces.chunks(IN_CHUNK) {
-            if out.len() >= limit {
-                break;
-            }
-            let list = hex_list(chunk);
-            let bounds = self.time_bounds(chunk).await?;
-            // `spans` is ordered by trace id and the bounds prune partitions; only spans with
-            // at least one link out of their trace are read, so `limit` rows hold at least
-            // `limit` links.
-            let sql = format!(
-                "SELECT trace_id, span_id, links_json FROM {spans} \
-                 WHERE trace_id IN ({list}){bounds} \
-                   AND links_json != '' \
-                   AND arrayExists(l -> unhex(JSONExtractString(l, 'trace_id')) != trace_id, \
-                                   JSONExtractArrayRaw(links_json)) \
-                 LIMIT 1 BY trace_id, span_id LIMIT {n}",
-                spans = i.spans_table,
-                n = limit - out.len(),
-            );
-            let rows = timed(
-                i.query_timeout,
-                "links from",
-                i.admin.client().query(&sql).fetch_all::<SpanLinksRow>(),
-            )
-            .await
-            .map_err(|e| self.query_error(e))?;
-            for r in rows {
-                let links: Vec<Link> = serde_json::from_str(&r.links_json).map_err(|e| {
-                    self.query_error(Error::Client(format!(
-                        "corrupt links in a stored span: {e}"
-                    )))
-                })?;
-                out.extend(cross_links(
-                    TraceId::from_bytes(r.trace_id),
-                    SpanId::from_bytes(r.span_id),
-                    &links,
-                ));
-            }
-        }
-        Ok(out.into_iter().take(limit).collect())
-    }
-
-    async fn links_to(
-        &self,
-        traces: &[TraceId],
-        limit: usize,
-    ) -> datatracing_store::Result<Vec<CrossLink>> {
-        let i = &self.inner;
-        let mut out = std::collections::BTreeSet::new();
-        for chunk in traces.chunks(IN_CHUNK) {
-            if out.len() >= limit {
-                break;
-            }
-            // A key range per trace: span_links is ordered by the linked trace. A span
-            // indexed twice (a retried insert, the migration's backfill) is read once.
-            let sql = format!(
-                "SELECT source_trace_id, source_span_id, target_trace_id, target_span_id, \
-                        toString(link_type) AS link_type \
-                 FROM {links} WHERE target_trace_id IN ({list}) \
-                 LIMIT 1 BY source_trace_id, source_span_id, target_trace_id, target_span_id, link_type \
-                 LIMIT {n}",
-                links = i.links_table,
-                list = hex_list(chunk),
-                n = limit - out.len(),
-            );
-            let rows = timed(
-                i.query_timeout,
-                "links to",
-                i.admin.client().query(&sql).fetch_all::<LinkRow>(),
-            )
-            .await
-            .map_err(|e| self.query_error(e))?;
-            for r in rows {
-                let link_type = r.link_type.parse::<LinkType>().map_err(|e| {
-                    self.query_error(Error::Client(format!(
-                        "corrupt link type in span_links: {e}"
-                    )))
-                })?;
-                out.insert(CrossLink {
-                    from_trace: TraceId::from_bytes(r.source_trace_id),
-                    from_span: SpanId::from_bytes(r.source_span_id),
-                    to_trace: TraceId::from_bytes(r.target_trace_id),
-                    to_span: SpanId::from_bytes(r.target_span_id),
-                    link_type,
-                });
-            }
-        }
-        Ok(out.into_iter().take(limit).collect())
-    }
-}
-
-impl ClickHouseReader {
     /// `AND start_time` bounds covering every span of `ids` (at most `IN_CHUNK`), from
-    /// `trace_bounds`, so a read of `spans` touches only the partitions they name. Empty
-    /// when one of the traces has no bounds row (it does not exist, or retention dropped its
-    /// row before its last spans): the read is then a key lookup in every partition, slower
-    /// but complete, since a trace is readable whenever any of its spans is stored.
-    async fn time_bounds(&self, ids: &[TraceId]) -> datatracing_store::Result<String> {
-        let i = &self.inner;
-        let sql = format!(
-            "SELECT uniqExact(trace_id), toUnixTimestamp64Nano(min(start_min)), \
-                    toUnixTimestamp64Nano(max(start_max)) \
-             FROM {bounds} WHERE trace_id IN ({list})",
-            bounds = i.bounds_table,
-            list = hex_list(ids),
-        );
-        let (found, min, max) = timed(
-            i.query_timeout,
-            "trace bounds",
-            i.admin.client().query(&sql).fetch_one::<(u64, i64, i64)>(),
+    /// `trace_bounds`, so a read of `spans` touches only the partitions they name. The bounds
+    /// are scalar subqueries of the same statement (ClickHouse runs them first and prunes
+    /// partitions with their values), which saves a round trip per read. When one of the
+    /// traces has no bounds row (it does not exist, or retention dropped its row before its
+    /// last spans) they cover every representable time: the read is then a key lookup in
+    /// every partition, slower but complete, since a trace is readable whenever any of its
+    /// spans is stored.
+    fn time_bounds(&self, ids: &[TraceId]) -> String {
+        let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+        let bound = |agg: &str, column: &str, fallback: &str| {
+            format!(
+                "(SELECT if(uniqExact(trace_id) = {distinct}, {agg}({column}), \
+                 toDateTime64('{fallback}', 9, 'UTC')) FROM {bounds} WHERE trace_id IN ({list}))",
+                bounds = self.inner.bounds_table,
+                list = hex_list(ids),
+            )
+        };
+        // DateTime64(9) spans 1900-01-01 to 2262-04-11.
+        format!(
+            " AND start_time >= {} AND start_time <= {}",
+            bound("min", "start_min", "1900-01-01 00:00:00"),
+            bound("max", "start_max", "2262-04-11 23:47:16"),
         )
-        .await
-        .map_err(|e| self.query_error(e))?;
-        if found < ids.len() as u64 {
-            return Ok(String::new());
-        }
-        // Literal integers, not placeholders: the callers' queries bind nothing else here.
-        Ok(format!(
-            " AND start_time >= fromUnixTimestamp64Nano(toInt64({min})) \
-             AND start_time <= fromUnixTimestamp64Nano(toInt64({max}))"
-        ))
     }
 
     /// Summaries of those of `ids` with stored spans (at most `IN_CHUNK` ids), computed in
@@ -501,7 +554,7 @@ impl ClickHouseReader {
              WHERE trace_id IN ({list}){bounds} \
              GROUP BY trace_id",
             spans = i.spans_table,
-            bounds = self.time_bounds(ids).await?,
+            bounds = self.time_bounds(ids),
         );
         let rows: Vec<SummaryRow> = timed(
             i.query_timeout,
@@ -561,7 +614,7 @@ impl ClickHouseReader {
              WHERE trace_id = unhex(?){bounds}{after_sql} \
              ORDER BY start_time, span_id LIMIT 1 BY span_id{limit}",
             spans = i.spans_table,
-            bounds = self.time_bounds(&[trace_id]).await?,
+            bounds = self.time_bounds(&[trace_id]),
             limit = if limit > 0 {
                 format!(" LIMIT {limit}")
             } else {

@@ -98,6 +98,7 @@ macro_rules! trace_store_contract {
             duration_scope_span_or_trace,
             cursor_pages_are_complete_and_stable_under_concurrent_inserts,
             capped_trace_reads_are_bounded_and_marked,
+            several_traces_read_at_once_share_one_budget,
             a_truncated_trace_is_paged_completely,
             lineage_walks_both_ways_through_cycles_and_dangling_links,
             lineage_depth_and_node_caps_mark_truncation,
@@ -1243,6 +1244,85 @@ pub async fn capped_trace_reads_are_bounded_and_marked(store: StoreUnderTest<'_>
             .expect("read")
             .is_none()
     );
+}
+
+/// `get_traces_capped` answers like its definition, a loop of capped reads sharing one
+/// budget: traces in the order asked, unknown and repeated ids dropped, the trace where the
+/// budget ends cut and marked, none after it; rewritten spans count once.
+pub async fn several_traces_read_at_once_share_one_budget(store: StoreUnderTest<'_>) {
+    let svc = unique("batch");
+    let t0 = base_time();
+    let sizes = [5u64, 3, 4];
+    let ids: Vec<TraceId> = sizes.iter().map(|_| fresh_trace_id()).collect();
+    let mut all = Vec::new();
+    for (t, n) in ids.iter().zip(sizes) {
+        all.extend((0..n).map(|i| {
+            simple_span(
+                *t,
+                i,
+                (i > 0).then_some(0),
+                &svc,
+                t0.saturating_add_nanos(i as i64),
+                10,
+            )
+        }));
+    }
+    store.write(all.clone().into()).await.expect("write");
+    store
+        .write(all[..4].to_vec().into())
+        .await
+        .expect("rewrite");
+    let whole = |t: TraceId| sorted(all.iter().filter(|s| s.trace_id == t).cloned().collect());
+    let [a, b, c] = [ids[0], ids[1], ids[2]];
+    let unknown = fresh_trace_id();
+    let read = |asked: Vec<TraceId>, max: usize| async move {
+        let batched = store
+            .reader
+            .get_traces_capped(&asked, max)
+            .await
+            .expect("batched read");
+        let looped = datatracing_store::read_traces_one_by_one(store.reader, &asked, max)
+            .await
+            .expect("looped read");
+        assert_eq!(
+            batched, looped,
+            "{max} spans over {asked:?}: batched = loop"
+        );
+        batched
+    };
+
+    let got = read(vec![b, unknown, a, c, b], 100).await;
+    let order: Vec<TraceId> = got.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        order,
+        vec![b, a, c],
+        "asked order, unknown and repeated dropped"
+    );
+    for (t, capped) in &got {
+        assert!(!capped.truncated);
+        assert_eq!(capped.spans, whole(*t), "every span once, in order");
+    }
+    assert_eq!(
+        read(vec![a, b, c], 12).await.len(),
+        3,
+        "exactly the budget fits"
+    );
+
+    let got = read(vec![a, b, c], 6).await;
+    assert_eq!(got.len(), 2, "nothing after the budget ends: {got:?}");
+    assert!(!got[0].1.truncated);
+    assert_eq!(got[1].0, b);
+    assert!(
+        got[1].1.truncated,
+        "the trace where the budget ends is marked"
+    );
+    assert_eq!(got[1].1.spans, whole(b)[..1].to_vec());
+
+    let got = read(vec![a, b], 5).await;
+    assert_eq!(got.len(), 1, "a spent budget reads no more");
+    assert!(read(vec![unknown], 10).await.is_empty());
+    assert!(read(vec![a], 0).await.is_empty());
+    assert!(read(Vec::new(), 10).await.is_empty());
 }
 
 /// A trace larger than any page is read whole through span pages: every span exactly

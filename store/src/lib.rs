@@ -66,6 +66,57 @@ impl CappedTrace {
     }
 }
 
+/// [`TraceReader::get_traces_capped`] as a loop of capped reads: the definition of its
+/// result, and what a backend falls back to when one batched read would exceed the budget.
+pub async fn read_traces_one_by_one<R: TraceReader + ?Sized>(
+    reader: &R,
+    traces: &[TraceId],
+    max_spans: usize,
+) -> Result<Vec<(TraceId, CappedTrace)>> {
+    let mut budget = max_spans;
+    let mut out = Vec::new();
+    for &id in traces {
+        if budget == 0 {
+            break;
+        }
+        if out.iter().any(|(t, _)| *t == id) {
+            continue;
+        }
+        if let Some(t) = reader.get_trace_capped(id, budget).await? {
+            budget -= t.spans.len();
+            out.push((id, t));
+        }
+    }
+    Ok(out)
+}
+
+/// Splits spans read for several traces in one go (at most `max_spans` of them, grouped by
+/// trace in any order, each trace's spans in [`TraceReader::get_trace`] order) into the
+/// answer of [`TraceReader::get_traces_capped`]: since everything fit the budget, no trace
+/// is cut. A backend calls this only when its batched read returned `max_spans` spans or
+/// fewer.
+pub fn traces_in_asked_order(traces: &[TraceId], spans: Vec<Span>) -> Vec<(TraceId, CappedTrace)> {
+    let mut by_trace: std::collections::HashMap<TraceId, Vec<Span>> =
+        std::collections::HashMap::new();
+    for s in spans {
+        by_trace.entry(s.trace_id).or_default().push(s);
+    }
+    traces
+        .iter()
+        .filter_map(|id| {
+            by_trace.remove(id).map(|spans| {
+                (
+                    *id,
+                    CappedTrace {
+                        spans,
+                        truncated: false,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
 /// What every storage handle answers, whichever side it serves.
 #[async_trait]
 pub trait Health: Send + Sync + std::fmt::Debug + 'static {
@@ -107,6 +158,21 @@ pub trait TraceReader: Health {
         max_spans: usize,
     ) -> Result<Option<CappedTrace>>;
 
+    /// Several whole traces for one answer (Jaeger's search and multi-id lookup), with a
+    /// budget of `max_spans` spans shared by all of them: each of `traces` in the order
+    /// given, read as [`TraceReader::get_trace_capped`] with what is left of the budget, and
+    /// none once the budget is spent. Unknown traces are absent, a trace asked twice is
+    /// answered once. The result equals that
+    /// loop, which is the default; backends override it to read everything in one round
+    /// trip when it fits the budget.
+    async fn get_traces_capped(
+        &self,
+        traces: &[TraceId],
+        max_spans: usize,
+    ) -> Result<Vec<(TraceId, CappedTrace)>> {
+        read_traces_one_by_one(self, traces, max_spans).await
+    }
+
     /// One page of a trace's distinct spans in the order of [`TraceReader::get_trace`]
     /// (start time, then span id): at most `limit`, the first ones after `after` (the last
     /// span of the previous page; `None` for the first page). Empty when the trace is unknown
@@ -125,6 +191,19 @@ pub trait TraceReader: Health {
     /// unless this is the last one. Continuing from a cursor reads the snapshot the cursor
     /// pins, so spans stored after the first page never duplicate or displace traces.
     async fn search(&self, query: &TraceQuery) -> Result<SearchPage>;
+
+    /// The trace ids of the page [`TraceReader::search`] answers, in its order, for callers
+    /// that read the traces themselves (Jaeger's search): backends skip the summaries where
+    /// they cost a read of their own. May name a trace whose spans were purged meanwhile.
+    async fn search_ids(&self, query: &TraceQuery) -> Result<Vec<TraceId>> {
+        Ok(self
+            .search(query)
+            .await?
+            .traces
+            .into_iter()
+            .map(|t| t.trace_id)
+            .collect())
+    }
 
     /// Services with spans in the window, sorted, at most `limit`. Served from an index of
     /// names kept at one-hour resolution, not from the spans: a service is listed when the

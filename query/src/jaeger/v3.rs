@@ -211,20 +211,19 @@ async fn find_traces(
         ..TraceQuery::default()
     };
     let found = find(&j, &with_tags(q, tags)?).await?;
-    // The answer holds at most `max_trace_spans` spans, as the classic search.
-    let mut budget = j.max_trace_spans;
-    let mut spans = Vec::new();
-    let mut truncated = false;
-    for t in found {
-        if budget == 0 {
-            truncated = true;
-            break;
-        }
-        if let Some(c) = j.store.get_trace_capped(t.trace_id, budget).await? {
-            budget = budget.saturating_sub(c.spans.len());
-            truncated |= c.truncated;
-            spans.extend(c.spans);
-        }
+    // The answer holds at most `max_trace_spans` spans, as the classic search: one
+    // batched read, cut where the budget ends.
+    let ids: Vec<datatracing_core::TraceId> = found.iter().map(|t| t.trace_id).collect();
+    let traces = j.store.get_traces_capped(&ids, j.max_trace_spans).await?;
+    let read: usize = traces.iter().map(|(_, t)| t.spans.len()).sum();
+    let last_read = traces
+        .last()
+        .and_then(|(last, _)| ids.iter().position(|id| id == last));
+    let truncated = traces.iter().any(|(_, t)| t.truncated)
+        || (read >= j.max_trace_spans && last_read.is_some_and(|p| p + 1 < ids.len()));
+    let mut spans = Vec::with_capacity(read);
+    for (_, t) in traces {
+        spans.extend(t.spans);
     }
     // Jaeger answers an empty search with 404; viewers expect that.
     if spans.is_empty() {
