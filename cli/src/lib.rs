@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use datatracing_collector::Collector;
 use datatracing_config::{Backend, Config, LogConfig, LogFormat, OperatorConfig};
 use datatracing_core::ConfigDuration;
-use datatracing_http::{HttpMetrics, Readiness};
+use datatracing_http::{Authenticator, HttpMetrics, Readiness};
 use datatracing_query::QueryService;
 use datatracing_store::{Health, TraceReader, TraceWriter};
 use datatracing_store_clickhouse::{
@@ -478,22 +478,30 @@ pub async fn run(
         | Command::Backup { .. }
         | Command::Restore { .. } => return Ok(()),
     };
+    // Tokens are read before anything listens: a missing one fails start-up.
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let auth = Authenticator::load(&config.auth, &env).context("loading auth.tokens")?;
+    auth.spawn_reloader(shutdown.clone());
     let mut registry = Registry::default();
     let stores = open_stores(&config, write, read, &mut registry).await?;
     let http_metrics = HttpMetrics::register(&mut registry);
     let collector = match &stores.writer {
-        Some(writer) => Some(Collector::new(
-            config.collector.clone(),
-            Arc::clone(writer),
-            &mut registry,
-            http_metrics.clone(),
-        )?),
+        Some(writer) => Some(
+            Collector::new(
+                config.collector.clone(),
+                Arc::clone(writer),
+                &mut registry,
+                http_metrics.clone(),
+            )?
+            .with_auth(auth.clone()),
+        ),
         None => None,
     };
     let query = match &stores.reader {
         Some(reader) => Some(
             QueryService::new(config.query.clone(), Arc::clone(reader), http_metrics)?
-                .with_metrics(datatracing_query::QueryMetrics::register(&mut registry)),
+                .with_metrics(datatracing_query::QueryMetrics::register(&mut registry))
+                .with_auth(auth),
         ),
         None => None,
     };

@@ -28,8 +28,9 @@ mod writer;
 use std::sync::Arc;
 
 use axum::Router;
+use datatracing_config::Scope;
 use datatracing_core::RetryPolicy;
-use datatracing_http::{HttpMetrics, Readiness, finish_router, ops_routes, serve};
+use datatracing_http::{Authenticator, HttpMetrics, Readiness, finish_router, ops_routes, serve};
 use datatracing_store::TraceWriter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -73,6 +74,7 @@ pub struct Collector {
     http_metrics: HttpMetrics,
     wal: Option<(wal::Wal, wal::Pos)>,
     sampling: Option<(Arc<tail::PolicyHolder>, tail::SamplingMetrics)>,
+    auth: Authenticator,
 }
 
 impl Collector {
@@ -121,7 +123,15 @@ impl Collector {
             http_metrics,
             wal,
             sampling,
+            auth: Authenticator::disabled(),
         })
+    }
+
+    /// Requires bearer tokens: `ingest` on the ingest routes and OTLP/gRPC, `admin` on the
+    /// sampling admin routes, any token on the ops routes when `auth.protect_ops` is set.
+    pub fn with_auth(mut self, auth: Authenticator) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// The configuration in force.
@@ -195,11 +205,15 @@ impl Collector {
             max_spans: self.config.max_spans_per_request,
         };
         let admin = tail::admin_routes(self.sampling.as_ref().map(|(h, _)| Arc::clone(h)));
-        let api = receive::routes(receive::ReceiveState::new(&self.config, ingest))
-            .merge(otlp)
-            .merge(admin);
+        let ingest_routes =
+            receive::routes(receive::ReceiveState::new(&self.config, ingest)).merge(otlp);
+        let api = self
+            .auth
+            .protect(ingest_routes, Some(Scope::Ingest))
+            .merge(self.auth.protect(admin, Some(Scope::Admin)));
+        let ops = self.auth.ops(ops_routes(readiness, registry));
         let router = finish_router(
-            api.merge(ops_routes(readiness, registry)),
+            api.merge(ops),
             "collector",
             self.config.request_timeout.get(),
             self.http_metrics.clone(),
@@ -233,6 +247,7 @@ impl Collector {
                     l,
                     started.grpc,
                     max,
+                    self.auth.clone(),
                     shutdown.clone(),
                     drain,
                 )))

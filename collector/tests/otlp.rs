@@ -17,7 +17,7 @@ use datatracing_core::{
     AttributeValue, Attributes, Link, LinkType, Span, SpanId, SpanKind, Status,
     StatusCode as SpanStatus, Timestamp, TraceId,
 };
-use datatracing_http::{HttpMetrics, Readiness};
+use datatracing_http::{Authenticator, HttpMetrics, Readiness};
 use datatracing_store::TraceReader;
 use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -489,8 +489,16 @@ async fn throttling_answers_429_and_503_with_retry_after() {
     assert_eq!(RpcStatus::decode(body).unwrap().code, 13, "INTERNAL");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_export_with_a_real_tonic_client() {
+/// A collector on the embedded store serving OTLP/gRPC on a loopback port.
+async fn grpc_collector(
+    auth: Authenticator,
+) -> (
+    tempfile::TempDir,
+    Arc<EmbeddedStore>,
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<datatracing_collector::Result<()>>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
@@ -504,7 +512,9 @@ async fn grpc_export_with_a_real_tonic_client() {
         max_body_bytes: 16 * 1024 * 1024,
         ..CollectorConfig::default()
     };
-    let collector = Collector::new(config, store.clone(), &mut registry, http).unwrap();
+    let collector = Collector::new(config, store.clone(), &mut registry, http)
+        .unwrap()
+        .with_auth(auth);
     let readiness = Readiness::new(store.clone());
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -517,7 +527,12 @@ async fn grpc_export_with_a_real_tonic_client() {
         Arc::new(registry),
         shutdown.clone(),
     ));
+    (dir, store, grpc_addr, shutdown, server)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_with_a_real_tonic_client() {
+    let (dir, store, grpc_addr, shutdown, server) = grpc_collector(Authenticator::disabled()).await;
     let mut client = TraceServiceClient::connect(format!("http://{grpc_addr}"))
         .await
         .unwrap();
@@ -582,6 +597,64 @@ async fn grpc_export_with_a_real_tonic_client() {
     let err = client.export(to_otlp(&spans(14, 2))).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Internal, "{err}");
     assert!(!err.message().contains("trigger"), "{err}");
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// Bearer tokens on OTLP/gRPC with a real tonic client: no or an unknown token is
+/// UNAUTHENTICATED, a token without the `ingest` scope PERMISSION_DENIED, and nothing
+/// refused is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_needs_an_ingest_token() {
+    use datatracing_config::{AuthConfig, Scope, TokenConfig};
+    use tonic::metadata::MetadataValue;
+    let env = std::collections::HashMap::from([
+        ("INGEST".to_string(), "grpc-ingest-token-123".to_string()),
+        ("QUERY".to_string(), "grpc-query-token-4567".to_string()),
+    ]);
+    let entry = |name: &str, scope: Scope| TokenConfig {
+        name: name.to_lowercase(),
+        scopes: vec![scope],
+        file: None,
+        env: Some(name.to_string()),
+    };
+    let auth = Authenticator::load(
+        &AuthConfig {
+            tokens: vec![entry("INGEST", Scope::Ingest), entry("QUERY", Scope::Query)],
+            ..AuthConfig::default()
+        },
+        &env,
+    )
+    .unwrap();
+    let (_dir, store, grpc_addr, shutdown, server) = grpc_collector(auth).await;
+    let client = TraceServiceClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .unwrap();
+    let call = |token: Option<&str>, trace: u8| {
+        let mut client = client.clone();
+        let mut req = tonic::Request::new(to_otlp(&spans(trace, 3)));
+        if let Some(t) = token {
+            let v: MetadataValue<_> = format!("Bearer {t}").parse().unwrap();
+            req.metadata_mut().insert("authorization", v);
+        }
+        async move { client.export(req).await }
+    };
+    let err = call(None, 40).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = call(Some("grpc-ingest-token-124"), 41).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = call(Some("grpc-query-token-4567"), 42).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    call(Some("grpc-ingest-token-123"), 43).await.unwrap();
+    for (trace, stored) in [(40, false), (41, false), (42, false), (43, true)] {
+        let found = store
+            .get_trace(TraceId::from_bytes([trace; 16]))
+            .await
+            .unwrap()
+            .is_some();
+        assert_eq!(found, stored, "trace {trace}");
+    }
 
     shutdown.cancel();
     server.await.unwrap().unwrap();

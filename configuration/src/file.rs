@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::interpolate::interpolate;
 use crate::{
-    ClickHouseConfig, CollectorConfig, ConfigError, EmbeddedConfig, OperatorConfig, QueryConfig,
+    AuthConfig, ClickHouseConfig, CollectorConfig, ConfigError, EmbeddedConfig, OperatorConfig,
+    QueryConfig,
 };
 
 /// Log output.
@@ -80,6 +81,8 @@ pub struct Config {
     pub query: QueryConfig,
     /// The Kubernetes operator (`datatracing operator`).
     pub operator: OperatorConfig,
+    /// Bearer tokens for every listener of the process (off when none is configured).
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -118,6 +121,7 @@ impl Config {
         self.collector.validate()?;
         self.query.validate()?;
         self.operator.validate()?;
+        self.auth.validate()?;
         Ok(())
     }
 }

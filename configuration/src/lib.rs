@@ -10,6 +10,7 @@
 //! Every struct refuses unknown keys and gives every key a default; `validate()` checks
 //! ranges and relations and names the offending key in its message.
 
+mod auth;
 mod clickhouse;
 mod collector;
 mod embedded;
@@ -20,6 +21,7 @@ mod operator;
 mod query;
 mod sampling;
 
+pub use auth::{AuthConfig, MIN_TOKEN_LEN, Scope, TokenConfig};
 pub use clickhouse::{ClickHouseBatchConfig, ClickHouseConfig, Compression};
 pub use collector::{BatchConfig, CollectorConfig, DurableQueueConfig, QueueConfig, QueueMode};
 pub use embedded::{EmbeddedConfig, Synchronous};

@@ -279,3 +279,30 @@ pub async fn metrics(client: &reqwest::Client, addr: SocketAddr) -> String {
         .await
         .unwrap()
 }
+
+/// Sends the small pipeline trace of `tests/python/otel_pipeline.py` with the official
+/// OpenTelemetry Python SDK's OTLP exporter (`protocol`: `http` or `grpc`), with extra
+/// environment for the exporter (such as `OTEL_EXPORTER_OTLP_HEADERS`). Returns the line
+/// the script prints: the export result and the ids sent.
+pub fn python_otel_send(protocol: &str, endpoint: &str, env: &[(&str, &str)]) -> Value {
+    let script = workspace_root().join("e2e/tests/python/otel_pipeline.py");
+    let out = Command::new(datatracing_testkit::python::python(&[
+        "opentelemetry.sdk",
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    ]))
+    .arg(script)
+    .args([protocol, endpoint])
+    .envs(env.iter().copied())
+    .output()
+    .expect("run python");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let mut v: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    v["stderr"] = Value::String(String::from_utf8_lossy(&out.stderr).into_owned());
+    v
+}

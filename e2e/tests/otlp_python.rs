@@ -3,35 +3,12 @@
 //! query API. The SDK comes from the test virtualenv that scripts/test.sh installs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
-
-use datatracing_e2e::{Server, get_json};
+use datatracing_e2e::{Server, get_json, python_otel_send};
 use serde_json::Value;
 
 fn send(protocol: &str, endpoint: &str) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/otel_pipeline.py");
-    let out = Command::new(datatracing_testkit::python::python(&[
-        "opentelemetry.sdk",
-        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-    ]))
-    .arg(script)
-    .args([protocol, endpoint])
-    .output()
-    .expect("run python");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
-    assert_eq!(
-        v["ok"],
-        true,
-        "the exporter reported failure: {v}; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let v = python_otel_send(protocol, endpoint, &[]);
+    assert_eq!(v["ok"], true, "the exporter reported failure: {v}");
     v
 }
 

@@ -19,6 +19,10 @@ pub enum ErrorCode {
     NotFound,
     /// The route exists, the method does not.
     MethodNotAllowed,
+    /// No valid credentials: the bearer token is missing, malformed or unknown.
+    Unauthenticated,
+    /// The token is valid but lacks the scope this route needs.
+    PermissionDenied,
     /// The body exceeds the configured limit.
     PayloadTooLarge,
     /// The content type is not accepted here.
@@ -35,12 +39,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidArgument,
         ErrorCode::InvalidJson,
         ErrorCode::InvalidSpans,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::ResourceExhausted,
@@ -57,6 +63,8 @@ impl ErrorCode {
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
@@ -81,6 +89,8 @@ impl ErrorCode {
             | ErrorCode::UnsupportedMediaType => tonic::Code::InvalidArgument,
             ErrorCode::NotFound => tonic::Code::NotFound,
             ErrorCode::MethodNotAllowed => tonic::Code::Unimplemented,
+            ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Timeout => tonic::Code::DeadlineExceeded,
@@ -113,6 +123,8 @@ mod tests {
                 | ErrorCode::InvalidSpans
                 | ErrorCode::NotFound
                 | ErrorCode::MethodNotAllowed
+                | ErrorCode::Unauthenticated
+                | ErrorCode::PermissionDenied
                 | ErrorCode::PayloadTooLarge
                 | ErrorCode::UnsupportedMediaType
                 | ErrorCode::ResourceExhausted
@@ -156,6 +168,8 @@ mod tests {
                 (ErrorCode::InvalidSpans, 400, G::InvalidArgument),
                 (ErrorCode::NotFound, 404, G::NotFound),
                 (ErrorCode::MethodNotAllowed, 405, G::Unimplemented),
+                (ErrorCode::Unauthenticated, 401, G::Unauthenticated),
+                (ErrorCode::PermissionDenied, 403, G::PermissionDenied),
                 (ErrorCode::PayloadTooLarge, 413, G::InvalidArgument),
                 (ErrorCode::UnsupportedMediaType, 415, G::InvalidArgument),
                 (ErrorCode::ResourceExhausted, 429, G::ResourceExhausted),

@@ -6,13 +6,16 @@
 //! - [`ops_routes`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`finish_router`]: the layers every server gets: envelope fallbacks for unknown routes and
 //!   wrong methods, a request timeout, panic containment and request metrics.
+//! - [`Authenticator`]: bearer tokens with scopes, for every listener.
 //! - [`serve`]: serving with graceful, bounded draining on a cancellation token.
 
+mod auth;
 mod code;
 mod error;
 mod ops;
 mod serve;
 
+pub use auth::{AuthError, Authenticator, Principal};
 pub use code::ErrorCode;
 pub use error::{ApiError, ErrorDetail};
 pub use ops::{HttpMetrics, Readiness, ops_routes};

@@ -35,7 +35,8 @@ mod openapi;
 use std::sync::Arc;
 
 use axum::Router;
-use datatracing_http::{HttpMetrics, Readiness, finish_router, ops_routes, serve};
+use datatracing_config::Scope;
+use datatracing_http::{Authenticator, HttpMetrics, Readiness, finish_router, ops_routes, serve};
 use datatracing_store::TraceReader;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -77,6 +78,7 @@ pub struct QueryService {
     store: Arc<dyn TraceReader>,
     http_metrics: HttpMetrics,
     metrics: QueryMetrics,
+    auth: Authenticator,
 }
 
 impl QueryService {
@@ -93,7 +95,16 @@ impl QueryService {
             store,
             http_metrics,
             metrics: QueryMetrics::unregistered(),
+            auth: Authenticator::disabled(),
         })
+    }
+
+    /// Requires a bearer token with the `query` scope on every API route (v1, Jaeger,
+    /// OpenAPI), and any token on the ops routes when `auth.protect_ops` is set. The UI's
+    /// static files stay open: they hold no data.
+    pub fn with_auth(mut self, auth: Authenticator) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Reports the read cap through `metrics` (registered by the caller) instead of
@@ -110,41 +121,44 @@ impl QueryService {
 
     /// All routes with the common layers, for serving or for `oneshot` tests.
     pub fn router(&self, readiness: Readiness, registry: Arc<Registry>) -> Router {
+        let api = api::routes(api::Api {
+            store: Arc::clone(&self.store),
+            max_trace_spans: self.config.max_trace_spans,
+            lineage: self.config.lineage.clone(),
+        })
+        .merge(dependencies::routes(dependencies::DependenciesApi {
+            store: Arc::clone(&self.store),
+            max_trace_spans: self.config.max_trace_spans,
+        }))
+        .merge(jaeger::routes(jaeger::Jaeger {
+            store: Arc::clone(&self.store),
+            max_trace_spans: self.config.max_trace_spans,
+        }))
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi::document(),
+                )
+            }),
+        )
+        // Expensive reads only (the layer picks them by path); the probes and the UI's
+        // static files merged below stay outside it.
+        .layer(axum::middleware::from_fn_with_state(
+            limits::ReadLimiter::new(
+                self.config.max_concurrent_reads,
+                self.config.max_queued_reads,
+                self.metrics.clone(),
+            ),
+            limits::limit_reads,
+        ));
+        let ops = self.auth.ops(ops_routes(readiness, registry));
         finish_router(
-            api::routes(api::Api {
-                store: Arc::clone(&self.store),
-                max_trace_spans: self.config.max_trace_spans,
-                lineage: self.config.lineage.clone(),
-            })
-            .merge(dependencies::routes(dependencies::DependenciesApi {
-                store: Arc::clone(&self.store),
-                max_trace_spans: self.config.max_trace_spans,
-            }))
-            .merge(jaeger::routes(jaeger::Jaeger {
-                store: Arc::clone(&self.store),
-                max_trace_spans: self.config.max_trace_spans,
-            }))
-            .route(
-                "/api/v1/openapi.json",
-                axum::routing::get(|| async {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        openapi::document(),
-                    )
-                }),
-            )
-            // Expensive reads only (the layer picks them by path); the probes and the UI's
-            // static files merged below stay outside it.
-            .layer(axum::middleware::from_fn_with_state(
-                limits::ReadLimiter::new(
-                    self.config.max_concurrent_reads,
-                    self.config.max_queued_reads,
-                    self.metrics.clone(),
-                ),
-                limits::limit_reads,
-            ))
-            .merge(ops_routes(readiness, registry))
-            .merge(datatracing_ui::routes()),
+            self.auth
+                .protect(api, Some(Scope::Query))
+                .merge(ops)
+                .merge(datatracing_ui::routes()),
             "query",
             self.config.request_timeout.get(),
             self.http_metrics.clone(),

@@ -136,6 +136,8 @@ enum ErrorCodeSchema {
     InvalidSpans,
     NotFound,
     MethodNotAllowed,
+    Unauthenticated,
+    PermissionDenied,
     PayloadTooLarge,
     UnsupportedMediaType,
     ResourceExhausted,
@@ -213,6 +215,33 @@ struct ApiDoc;
 fn openapi_json() {}
 
 /// Adds the schemars schemas of every body (and the types inside them) to `doc`.
+/// Declares the bearer token every route takes when `auth.tokens` is configured (scope
+/// `query`); without tokens the server accepts requests without one, which OpenAPI
+/// expresses with the empty alternative `{}`.
+fn with_bearer_auth(mut doc: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = doc.as_object_mut() {
+        if let Some(c) = o
+            .entry("components")
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+        {
+            c.insert(
+                "securitySchemes".into(),
+                serde_json::json!({"bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token with the `query` scope (auth.tokens); 401 unauthenticated without a valid one, 403 permission_denied without the scope."
+                }}),
+            );
+        }
+        o.insert(
+            "security".into(),
+            serde_json::json!([{"bearerAuth": []}, {}]),
+        );
+    }
+    doc
+}
+
 fn with_schemas(mut doc: serde_json::Value) -> serde_json::Value {
     let mut settings = schemars::generate::SchemaSettings::draft2020_12();
     settings.definitions_path = "/components/schemas".into();
@@ -253,6 +282,7 @@ pub fn document() -> &'static str {
         doc.info.version = env!("CARGO_PKG_VERSION").to_string();
         let value = serde_json::to_value(&doc)
             .map(with_schemas)
+            .map(with_bearer_auth)
             .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
         let mut text = serde_json::to_string_pretty(&value)
             .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));

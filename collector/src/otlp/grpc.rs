@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use datatracing_config::Scope;
+use datatracing_http::Authenticator;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -12,6 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use super::{Outcome, export};
@@ -56,14 +59,26 @@ pub(crate) async fn serve(
     listener: TcpListener,
     export: Export,
     max_message: usize,
+    auth: Authenticator,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Result<(), tonic::transport::Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let service = TraceServiceServer::new(export)
+    let server = TraceServiceServer::new(export)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message);
+    // The interceptor sees the metadata before the message is read and decoded, so an
+    // unauthenticated client cannot make the server decode anything.
+    let service = InterceptedService::new(server, move |req: Request<()>| {
+        let value = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        auth.authorize(value, Some(Scope::Ingest))
+            .map_err(Status::from)?;
+        Ok(req)
+    });
     let server = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(
