@@ -184,15 +184,12 @@ impl Collector {
             wal: self.wal.as_ref().map(|(w, _)| w.clone()),
             logs: Default::default(),
         };
-        let otlp = otlp::http::routes(
-            ingest.clone(),
-            self.config.max_body_bytes,
-            self.config.max_decompressed_bytes,
-            self.config.max_spans_per_request,
-        );
+        // One pool and budget for OTLP over HTTP and gRPC.
+        let pool = otlp::decode::DecodePool::new(&self.config, self.metrics.decode_memory.clone());
+        let otlp = otlp::http::routes(ingest.clone(), pool.clone(), self.config.max_body_bytes);
         let grpc = otlp::grpc::Export {
             ingest: ingest.clone(),
-            max_spans: self.config.max_spans_per_request,
+            pool,
         };
         let admin = tail::admin_routes(self.sampling.as_ref().map(|(h, _)| Arc::clone(h)));
         let api = receive::routes(receive::ReceiveState::new(&self.config, ingest))

@@ -2,6 +2,8 @@
 //! behind a wrapper that can hold writes at a gate or fail them (fault injection only).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod raw_grpc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

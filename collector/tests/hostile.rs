@@ -1,0 +1,230 @@
+//! Hostile load against a served collector, with real clients on loopback: decoding never
+//! holds up the async workers (another listener's `/healthz` keeps answering), and gRPC
+//! answers undecodable and oversized messages with the codes OTLP exporters act on.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::raw_grpc;
+use datatracing_collector::otlp::convert::to_otlp;
+use datatracing_collector::{Collector, CollectorConfig};
+use datatracing_core::{
+    AttributeValue, Span, SpanId, SpanKind, Status, StatusCode, Timestamp, TraceId,
+};
+use datatracing_http::{HttpMetrics, Readiness};
+use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+struct Served {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<datatracing_collector::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(config: CollectorConfig) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+            .await
+            .unwrap(),
+    );
+    let mut registry = Registry::default();
+    let http = HttpMetrics::register(&mut registry);
+    let collector = Collector::new(config, store, &mut registry, http).unwrap();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http, grpc) = (
+        http_listener.local_addr().unwrap(),
+        grpc_listener.local_addr().unwrap(),
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(collector.run(
+        http_listener,
+        Some(grpc_listener),
+        Readiness::flag_only(),
+        Arc::new(registry),
+        shutdown.clone(),
+    ));
+    Served {
+        http,
+        grpc,
+        shutdown,
+        task,
+        _dir: dir,
+    }
+}
+
+impl Served {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A request that is costly to decode and convert (many attributes) but within every
+/// limit; its spans end before they start, so validation refuses them after conversion and
+/// nothing reaches the store.
+fn costly_request(spans: u64) -> Vec<u8> {
+    let now = Timestamp::now().unix_nanos();
+    let spans: Vec<Span> = (0..spans)
+        .map(|i| Span {
+            trace_id: TraceId::from_bytes([3; 16]),
+            span_id: SpanId::from_bytes((i + 1).to_be_bytes()),
+            parent_id: None,
+            service: "svc".into(),
+            operation: format!("step-{i}"),
+            kind: SpanKind::Transform,
+            start_time: Timestamp::from_unix_nanos(now),
+            end_time: Timestamp::from_unix_nanos(now - 1),
+            status: Status::new(StatusCode::Ok),
+            attributes: (0..40)
+                .map(|a| (format!("attr.{a}"), AttributeValue::Int(a)))
+                .collect(),
+            events: vec![],
+            links: vec![],
+        })
+        .collect();
+    to_otlp(&spans).encode_to_vec()
+}
+
+/// Another listener of the same process answers `/healthz` within 100 ms while clients keep
+/// the collector decoding large requests. Before decoding moved to a bounded blocking pool,
+/// the requests ran on the async workers and froze every listener for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_while_large_requests_are_decoded() {
+    let served = serve(CollectorConfig::default()).await;
+    // The query server's stand-in: another listener on the same runtime.
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops_addr = ops.local_addr().unwrap();
+    let ready = Readiness::flag_only();
+    ready.set_ready(true);
+    let ops_stop = CancellationToken::new();
+    let ops_task = tokio::spawn(datatracing_http::serve(
+        ops,
+        datatracing_http::ops_routes(ready, Arc::new(Registry::default())),
+        ops_stop.clone(),
+        Duration::from_secs(1),
+    ));
+
+    let body = costly_request(8_000);
+    let url = format!("http://{}/v1/traces", served.http);
+    let load_until = Instant::now() + Duration::from_secs(4);
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (url, body) = (url.clone(), body.clone());
+        load.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut answered = 0;
+            while Instant::now() < load_until {
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/x-protobuf")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                // 200 with every span rejected, or 429 when the decode budget is taken.
+                assert!(
+                    [200, 429].contains(&resp.status().as_u16()),
+                    "{}",
+                    resp.status()
+                );
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    let probe = reqwest::Client::new();
+    let health = format!("http://{ops_addr}/healthz");
+    let mut worst = Duration::ZERO;
+    let mut probes = 0;
+    // Give the load a moment to start, then probe through it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while Instant::now() < load_until {
+        let started = Instant::now();
+        let resp = probe.get(&health).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        worst = worst.max(started.elapsed());
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut requests = 0;
+    for l in load {
+        requests += l.await.unwrap();
+    }
+    println!("{requests} large requests, {probes} probes, slowest probe {worst:?}");
+    assert!(requests >= 4, "the load ran");
+    assert!(
+        worst < Duration::from_millis(100),
+        "slowest /healthz took {worst:?} under decode load"
+    );
+    ops_stop.cancel();
+    ops_task.await.unwrap().unwrap();
+    served.stop().await;
+}
+
+/// gRPC: a message that is not a request is INVALID_ARGUMENT (it was INTERNAL, which reads
+/// as a server fault); a message over the limits is RESOURCE_EXHAUSTED without RetryInfo,
+/// which exporters do not retry (it was OUT_OF_RANGE, which they retry forever). The limits
+/// are HTTP's: uncompressed up to max_body_bytes, gzip up to max_decompressed_bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_codes_for_undecodable_and_oversized_messages() {
+    let served = serve(CollectorConfig {
+        max_body_bytes: 1 << 20,
+        max_decompressed_bytes: 2 << 20,
+        ..CollectorConfig::default()
+    })
+    .await;
+
+    let err = raw_grpc::export(served.grpc, vec![0xff; 64], false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("undecodable"), "{err:?}");
+
+    // One span whose attribute makes the message 1.5 MiB: over max_body_bytes uncompressed,
+    // within max_decompressed_bytes when sent gzip (the value is truncated, the span kept).
+    let now = Timestamp::now().unix_nanos();
+    let req = to_otlp(&[Span {
+        trace_id: TraceId::from_bytes([4; 16]),
+        span_id: SpanId::from_bytes([1; 8]),
+        parent_id: None,
+        service: "svc".into(),
+        operation: "op".into(),
+        kind: SpanKind::Transform,
+        start_time: Timestamp::from_unix_nanos(now - 1_000),
+        end_time: Timestamp::from_unix_nanos(now),
+        status: Status::new(StatusCode::Ok),
+        attributes: [(
+            "blob".to_string(),
+            AttributeValue::String("n".repeat(3 << 19)),
+        )]
+        .into(),
+        events: vec![],
+        links: vec![],
+    }]);
+    let big = req.encode_to_vec();
+    let err = raw_grpc::export(served.grpc, big.clone(), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.details().is_empty(), "no RetryInfo: {err:?}");
+    let resp = raw_grpc::export(served.grpc, big, true).await.unwrap();
+    assert!(resp.partial_success.is_none(), "{resp:?}");
+
+    // Over tonic's own frame limit (max_decompressed_bytes): RESOURCE_EXHAUSTED too.
+    let err = raw_grpc::export(served.grpc, vec![0; 3 << 20], false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.details().is_empty(), "no RetryInfo: {err:?}");
+    served.stop().await;
+}
