@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use datatracing_core::RetryPolicy;
-use datatracing_http::{HttpMetrics, Readiness, finish_router, ops_routes, serve};
+use datatracing_http::{HttpMetrics, Readiness, finish_router, ops_routes, serve_with};
 use datatracing_store::TraceWriter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -225,18 +225,28 @@ impl Collector {
         let grpc_task = match grpc {
             Some(l) => {
                 tracing::info!(addr = %l.local_addr()?, "collector grpc listening");
-                let max = self.config.max_decompressed_bytes;
                 Some(tokio::spawn(otlp::grpc::serve(
                     l,
                     started.grpc,
-                    max,
+                    otlp::grpc::Limits {
+                        max_decompressed: self.config.max_decompressed_bytes,
+                        request_timeout: self.config.request_timeout.get(),
+                        connections: self.config.connections.clone(),
+                    },
                     shutdown.clone(),
                     drain,
                 )))
             }
             None => None,
         };
-        serve(listener, started.router, shutdown.clone(), drain).await?;
+        serve_with(
+            listener,
+            started.router,
+            shutdown.clone(),
+            drain,
+            &self.config.connections,
+        )
+        .await?;
         if let Some(t) = grpc_task {
             match t.await {
                 Ok(Ok(())) => {}

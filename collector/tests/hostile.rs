@@ -228,3 +228,56 @@ async fn grpc_codes_for_undecodable_and_oversized_messages() {
     assert!(err.details().is_empty(), "no RetryInfo: {err:?}");
     served.stop().await;
 }
+
+/// Both collector listeners apply `collector.connections`: a silent connection to the gRPC
+/// port and a slow-header one to the HTTP port are closed, and real clients are then served
+/// on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_listeners_close_silent_and_slow_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let served = serve(CollectorConfig {
+        request_timeout: datatracing_core::ConfigDuration::from_secs(1),
+        connections: datatracing_http::ConnectionLimits {
+            header_read_timeout: datatracing_core::ConfigDuration::from_millis(500),
+            idle_timeout: datatracing_core::ConfigDuration::from_millis(1500),
+            ..Default::default()
+        },
+        ..CollectorConfig::default()
+    })
+    .await;
+    let closed_within = |mut s: tokio::net::TcpStream, d: Duration| async move {
+        let mut buf = [0u8; 256];
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    };
+    let silent_grpc = tokio::net::TcpStream::connect(served.grpc).await.unwrap();
+    let mut slow_http = tokio::net::TcpStream::connect(served.http).await.unwrap();
+    slow_http
+        .write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (g, h) = tokio::join!(
+        closed_within(silent_grpc, Duration::from_secs(4)),
+        closed_within(slow_http, Duration::from_secs(4))
+    );
+    assert!(g, "a silent gRPC connection was kept open");
+    assert!(h, "a slow-header HTTP connection was kept open");
+
+    let ok = costly_request(1);
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", served.http))
+        .header("content-type", "application/x-protobuf")
+        .body(ok.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    raw_grpc::export(served.grpc, ok, false).await.unwrap();
+    served.stop().await;
+}

@@ -8,7 +8,7 @@ use datatracing_core::{ConfigDuration, Limits};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, Result, SamplingConfig};
+use crate::{ConfigError, ConnectionLimits, Result, SamplingConfig};
 
 /// Collector settings. Unknown keys are errors; every key has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -51,6 +51,8 @@ pub struct CollectorConfig {
     pub request_timeout: ConfigDuration,
     /// On shutdown, the longest wait for in-flight requests and then for the queue to drain.
     pub drain_timeout: ConfigDuration,
+    /// Connection limits of the HTTP and of the gRPC listener (each its own count).
+    pub connections: ConnectionLimits,
 }
 
 /// The bounded queue. When full, requests are refused with 429 and `Retry-After` (the
@@ -143,6 +145,7 @@ impl Default for CollectorConfig {
             batch: BatchConfig::default(),
             request_timeout: ConfigDuration::from_secs(30),
             drain_timeout: ConfigDuration::from_secs(15),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -228,6 +231,8 @@ impl CollectorConfig {
         if self.request_timeout.get().is_zero() {
             return bad("collector.request_timeout must be positive");
         }
+        self.connections
+            .validate("collector", self.request_timeout)?;
         Ok(())
     }
 }

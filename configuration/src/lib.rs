@@ -12,6 +12,7 @@
 
 mod clickhouse;
 mod collector;
+mod connections;
 mod embedded;
 mod error;
 mod file;
@@ -22,6 +23,7 @@ mod sampling;
 
 pub use clickhouse::{ClickHouseBatchConfig, ClickHouseConfig, Compression};
 pub use collector::{BatchConfig, CollectorConfig, DurableQueueConfig, QueueConfig, QueueMode};
+pub use connections::ConnectionLimits;
 pub use embedded::{EmbeddedConfig, Synchronous};
 pub use error::{ConfigError, Result};
 pub use file::{Backend, Config, LogConfig, LogFormat, StorageConfig};

@@ -35,7 +35,7 @@ mod openapi;
 use std::sync::Arc;
 
 use axum::Router;
-use datatracing_http::{HttpMetrics, Readiness, finish_router, ops_routes, serve};
+use datatracing_http::{HttpMetrics, Readiness, finish_router, ops_routes, serve_with};
 use datatracing_store::TraceReader;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -161,7 +161,14 @@ impl QueryService {
     ) -> Result<()> {
         let router = self.router(readiness, registry);
         tracing::info!(addr = %listener.local_addr()?, "query listening");
-        serve(listener, router, shutdown, self.config.drain_timeout.get()).await?;
+        serve_with(
+            listener,
+            router,
+            shutdown,
+            self.config.drain_timeout.get(),
+            &self.config.connections,
+        )
+        .await?;
         Ok(())
     }
 }

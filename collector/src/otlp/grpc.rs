@@ -199,24 +199,39 @@ fn size_errors_are_resource_exhausted(
     resp
 }
 
+/// What the gRPC server enforces besides the decode pool's bounds.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    /// tonic's message limit: the frame as sent and the message inflated.
+    pub max_decompressed: usize,
+    /// A call taking longer is cancelled (DEADLINE_EXCEEDED), as HTTP answers 504.
+    pub request_timeout: Duration,
+    /// The listener's connection limits; `max_requests_per_connection` bounds concurrent
+    /// streams per connection.
+    pub connections: datatracing_http::ConnectionLimits,
+}
+
 /// Serves gRPC until `shutdown`, then lets in-flight calls finish for up to `drain`.
 /// Message size limits apply after decompression, so a gzip bomb is refused.
 pub(crate) async fn serve(
     listener: TcpListener,
     export: Export,
-    max_decompressed: usize,
+    limits: Limits,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Result<(), tonic::transport::Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let service = TraceService {
         inner: Arc::new(export),
-        max_message: max_decompressed,
+        max_message: limits.max_decompressed,
     };
+    let streams = u32::try_from(limits.connections.max_requests_per_connection).unwrap_or(u32::MAX);
     let server = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(streams)
         .add_service(service)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            datatracing_http::conn::incoming(listener, &limits.connections),
             shutdown.clone().cancelled_owned(),
         );
     tokio::select! {
