@@ -68,6 +68,9 @@ pub struct CollectorMetrics {
     /// `datatracing_collector_decode_memory_bytes`: estimated memory of the OTLP requests
     /// being decoded now (at most `collector.max_decode_memory_bytes`).
     pub decode_memory: Gauge,
+    /// `datatracing_collector_wal_corrupt_records_total`: damaged durable queue records
+    /// (stretches) skipped by the drain.
+    pub wal_corrupt_records: Counter,
 }
 
 impl CollectorMetrics {
@@ -88,6 +91,7 @@ impl CollectorMetrics {
             write_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             writes_in_flight: Gauge::default(),
             decode_memory: Gauge::default(),
+            wal_corrupt_records: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("datatracing_collector");
         r.register(
@@ -161,6 +165,11 @@ impl CollectorMetrics {
             "store_writes_in_flight",
             "Store writes running now",
             m.writes_in_flight.clone(),
+        );
+        r.register(
+            "wal_corrupt_records",
+            "Damaged durable queue records skipped",
+            m.wal_corrupt_records.clone(),
         );
         r.register(
             "decode_memory_bytes",

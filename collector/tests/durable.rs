@@ -150,3 +150,85 @@ async fn a_full_durable_queue_throttles() {
     }
     assert!(throttled, "the log is bounded");
 }
+
+/// One flipped byte in a segment that is not the last: the damaged record is skipped and
+/// counted, every other acknowledged span reaches the store, and shutdown is bounded. Before,
+/// the drain re-read the bad record forever (a spinning thread), delivered nothing from that
+/// read, and the process never exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_is_skipped_counted_and_the_rest_delivered() {
+    let wal_dir = tempfile::tempdir().unwrap();
+    let mut c = config(wal_dir.path());
+    // One append per segment.
+    c.durable_queue.segment_bytes = 1024;
+    {
+        let mut h = harness(c.clone()).await;
+        h.store.down.store(true, Ordering::SeqCst);
+        for t in 1..=4u8 {
+            let (status, _) = post(&h.router, &batch(t, 30)).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+        }
+        h.writer
+            .take()
+            .unwrap()
+            .finish(Duration::from_millis(300))
+            .await;
+    }
+    let mut segments: Vec<_> = std::fs::read_dir(wal_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 4, "{segments:?}");
+    // The second append (trace 2) is the only record of the second segment.
+    let mut bytes = std::fs::read(&segments[1]).unwrap();
+    bytes[40] ^= 0x10;
+    std::fs::write(&segments[1], bytes).unwrap();
+
+    let mut h = harness(c).await;
+    for t in [1u8, 3, 4] {
+        wait_for(&h.store.inner, t, 30).await;
+    }
+    assert!(
+        h.store
+            .inner
+            .get_trace(trace_id(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let metrics = {
+        let resp = h
+            .router
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/metrics")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        String::from_utf8(
+            axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap()
+    };
+    assert!(
+        metrics.contains("datatracing_collector_wal_corrupt_records_total 1"),
+        "{metrics}"
+    );
+    assert!(wal_dir.path().join("corrupt").read_dir().unwrap().count() == 1);
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        h.writer.take().unwrap().finish(Duration::from_secs(2)),
+    )
+    .await
+    .expect("shutdown within the drain timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
