@@ -133,6 +133,15 @@ impl Collector {
     /// Used by [`Collector::run`] and by tests that drive the router directly.
     pub fn start(&self, readiness: Readiness, registry: Arc<Registry>) -> Result<Started> {
         let (queue, rx) = SpanQueue::new(&self.config.queue, self.metrics.clone());
+        if let Some((wal, _)) = &self.wal {
+            readiness.set_buffer(Arc::new(wal::Room {
+                wal: wal.clone(),
+                max_bytes: self.config.durable_queue.max_bytes,
+                // Ready while one more large request fits (a tenth of the queue at most).
+                reserve: (self.config.max_body_bytes as u64)
+                    .min(self.config.durable_queue.max_bytes / 10),
+            }));
+        }
         let sampler: Box<dyn Sampler> = match &self.sampling {
             Some((holder, m)) => {
                 tokio::spawn(tail::watch_policy(

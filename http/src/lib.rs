@@ -19,5 +19,5 @@ mod serve;
 pub use code::ErrorCode;
 pub use datatracing_config::ConnectionLimits;
 pub use error::{ApiError, ErrorDetail};
-pub use ops::{HttpMetrics, Readiness, ops_routes};
+pub use ops::{Buffer, HttpMetrics, Readiness, ops_routes};
 pub use serve::{ServeError, finish_router, serve, serve_with};

@@ -243,6 +243,31 @@ impl std::fmt::Debug for Wal {
     }
 }
 
+/// The durable queue as a readiness buffer: ready through a store outage while one more
+/// largest request fits.
+pub(crate) struct Room {
+    pub wal: Wal,
+    pub max_bytes: u64,
+    pub reserve: u64,
+}
+
+impl datatracing_http::Buffer for Room {
+    fn room(&self) -> Result<serde_json::Value, String> {
+        let pending = self.wal.pending_bytes();
+        if pending.saturating_add(self.reserve) > self.max_bytes {
+            return Err(format!(
+                "the durable queue is full ({pending} of {} bytes)",
+                self.max_bytes
+            ));
+        }
+        Ok(serde_json::json!({
+            "pending_bytes": pending,
+            "max_bytes": self.max_bytes,
+            "note": "acknowledging into the durable queue; spans are written when the store returns",
+        }))
+    }
+}
+
 /// Where the drain task resumes, and what recovery found.
 pub(crate) struct Recovered {
     pub checkpoint: Pos,

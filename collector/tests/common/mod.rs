@@ -37,6 +37,11 @@ impl Health for FaultyStore {
         "faulty"
     }
     async fn health(&self) -> datatracing_store::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(datatracing_store::Error::Unavailable(
+                "store down (test)".into(),
+            ));
+        }
         self.inner.health().await
     }
 }
