@@ -114,6 +114,8 @@ pub(crate) struct Ingest {
     pub wal: Option<Wal>,
     /// Rate limit for client-error logs.
     pub logs: std::sync::Arc<LogLimiter>,
+    /// The store's retention, when it enforces one: older spans are refused.
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Ingest {
@@ -136,6 +138,9 @@ impl Ingest {
         }
         let mut errs = span.validate(&self.limits);
         errs.extend(span.check_not_in_future(now, &self.limits));
+        if let Some(r) = self.retention {
+            errs.extend(span.check_retained(now, r));
+        }
         errs
     }
 

@@ -268,6 +268,7 @@ mod tests {
             limits: Limits::default(),
             wal: None,
             logs: Default::default(),
+            retention: None,
         }
     }
 

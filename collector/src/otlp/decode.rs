@@ -170,6 +170,10 @@ impl DecodePool {
         } else {
             (req.body, None)
         };
+        let raw = match req.wire {
+            Wire::Json => non_finite_doubles(&raw).map_or(raw, Bytes::from),
+            Wire::Protobuf => raw,
+        };
         let shape = match req.wire {
             Wire::Protobuf => shape::protobuf(&raw),
             Wire::Json => shape::json(&raw),
@@ -199,6 +203,76 @@ impl DecodePool {
         .map_err(|e| DecodeError::Invalid(format!("undecodable OTLP request: {e}")))?;
         Ok(prepare(ingest, protocol, decoded))
     }
+}
+
+/// The OTLP JSON mapping writes non-finite doubles as the strings `"NaN"`, `"Infinity"` and
+/// `"-Infinity"`, which the generated decoder refuses (it takes only JSON numbers), failing
+/// the whole request. Such a `"doubleValue"` is rewritten to the `"stringValue"` the
+/// converter makes of a non-finite double anyway (`NaN`, `inf`, `-inf`), so the attribute is
+/// stored as it would be from protobuf. Returns `None` (no copy) when there is none. The
+/// scan follows JSON strings and escapes, so text inside string values is never touched.
+pub(crate) fn non_finite_doubles(raw: &[u8]) -> Option<Vec<u8>> {
+    const KEY: &[u8] = b"doubleValue";
+    if !raw.windows(3).any(|w| w == b"NaN" || w == b"Inf") {
+        return None;
+    }
+    /// The end (exclusive, after the closing quote) of the string starting at `at`.
+    fn string_end(raw: &[u8], at: usize) -> Option<usize> {
+        let mut i = at + 1;
+        while i < raw.len() {
+            match raw[i] {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+        None
+    }
+    fn skip_ws(raw: &[u8], mut i: usize) -> usize {
+        while i < raw.len() && matches!(raw[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    }
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let end = string_end(raw, i)?;
+        if &raw[i + 1..end - 1] == KEY {
+            let colon = skip_ws(raw, end);
+            if raw.get(colon) == Some(&b':') {
+                let v = skip_ws(raw, colon + 1);
+                if raw.get(v) == Some(&b'"') {
+                    let v_end = string_end(raw, v)?;
+                    let named = match &raw[v + 1..v_end - 1] {
+                        b"NaN" => Some("NaN"),
+                        b"Infinity" => Some("inf"),
+                        b"-Infinity" => Some("-inf"),
+                        _ => None,
+                    };
+                    if let Some(name) = named {
+                        let o = out.get_or_insert_with(|| Vec::with_capacity(raw.len()));
+                        o.extend_from_slice(&raw[copied..i]);
+                        o.extend_from_slice(b"\"stringValue\":\"");
+                        o.extend_from_slice(name.as_bytes());
+                        o.push(b'"');
+                        copied = v_end;
+                    }
+                    i = v_end;
+                    continue;
+                }
+            }
+        }
+        i = end;
+    }
+    let mut o = out?;
+    o.extend_from_slice(&raw[copied..]);
+    Some(o)
 }
 
 /// Taken decode budget, returned on drop.
@@ -288,6 +362,20 @@ mod tests {
         drop(held);
         assert_eq!(gauge.get(), 0);
         assert!(pool.take_budget(1 << 20).is_ok());
+    }
+
+    #[test]
+    fn non_finite_doubles_become_the_strings_the_converter_makes() {
+        let raw = br#"{"a":{"doubleValue":"NaN"},"b":{"doubleValue" : "Infinity"},"c":{"doubleValue":"-Infinity"},"d":{"doubleValue":1.5},"e":{"stringValue":"{\"doubleValue\":\"NaN\"}"}}"#;
+        let out = String::from_utf8(non_finite_doubles(raw).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            r#"{"a":{"stringValue":"NaN"},"b":{"stringValue":"inf"},"c":{"stringValue":"-inf"},"d":{"doubleValue":1.5},"e":{"stringValue":"{\"doubleValue\":\"NaN\"}"}}"#
+        );
+        assert!(non_finite_doubles(br#"{"d":{"doubleValue":1.5}}"#).is_none());
+        assert!(non_finite_doubles(br#"{"s":"NaN"}"#).is_none());
+        // Unterminated strings are left to the decoder to refuse.
+        assert!(non_finite_doubles(br#"{"doubleValue":"NaN"#).is_none());
     }
 
     #[test]

@@ -54,6 +54,10 @@ impl TraceWriter for FaultyStore {
         self.in_write.fetch_sub(1, Ordering::SeqCst);
         result
     }
+
+    fn retention(&self) -> Option<std::time::Duration> {
+        self.inner.retention()
+    }
 }
 
 impl FaultyStore {
