@@ -47,7 +47,13 @@ impl DeferredWriter {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(url = %config.url, error = %e, retry_in = ?pause, "ClickHouse not reachable; acknowledging into the durable queue meanwhile");
+                        if e.is_transient() {
+                            tracing::warn!(url = %config.url, error = %e, retry_in = ?pause, "ClickHouse not reachable; acknowledging into the durable queue meanwhile");
+                        } else {
+                            // Credentials or schema: retrying will not fix it by itself, but
+                            // the queue keeps acknowledging while someone does.
+                            tracing::error!(url = %config.url, error = %e, retry_in = ?pause, "ClickHouse refused the collector; acknowledging into the durable queue until this is fixed");
+                        }
                         if let Ok(mut last) = this.last_error.lock() {
                             *last = e.to_string();
                         }
