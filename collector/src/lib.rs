@@ -197,14 +197,13 @@ impl Collector {
         // One pool and budget for OTLP over HTTP and gRPC.
         let pool = otlp::decode::DecodePool::new(&self.config, self.metrics.decode_memory.clone());
         let otlp = otlp::http::routes(ingest.clone(), pool.clone(), self.config.max_body_bytes);
+        let native = receive::ReceiveState::new(&self.config, ingest.clone(), pool.clone());
         let grpc = otlp::grpc::Export {
             ingest: ingest.clone(),
             pool,
         };
         let admin = tail::admin_routes(self.sampling.as_ref().map(|(h, _)| Arc::clone(h)));
-        let api = receive::routes(receive::ReceiveState::new(&self.config, ingest))
-            .merge(otlp)
-            .merge(admin);
+        let api = receive::routes(native).merge(otlp).merge(admin);
         let router = finish_router(
             api.merge(ops_routes(readiness, registry)),
             "collector",

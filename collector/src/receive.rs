@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::ingest::{Ingest, IngestError, Protocol};
+use crate::otlp::decode::DecodePool;
 use datatracing_config::CollectorConfig;
 
 const PROTOCOL: Protocol = Protocol::NativeJson;
@@ -33,15 +34,18 @@ struct Inner {
     ingest: Ingest,
     max_spans: usize,
     max_body: usize,
+    /// Parsing runs on the OTLP decode pool's blocking slots, off the async workers.
+    pool: DecodePool,
 }
 
 impl ReceiveState {
-    pub(crate) fn new(config: &CollectorConfig, ingest: Ingest) -> Self {
+    pub(crate) fn new(config: &CollectorConfig, ingest: Ingest, pool: DecodePool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 ingest,
                 max_spans: config.max_spans_per_request,
                 max_body: config.max_body_bytes,
+                pool,
             }),
         }
     }
@@ -165,7 +169,14 @@ async fn post_spans(
         ));
     }
     let body = body?;
-    let parsed = match parse_batch(&body, &s.ingest, s.max_spans) {
+    let (ingest, max_spans) = (s.ingest.clone(), s.max_spans);
+    let parsed = s
+        .pool
+        .run_blocking(move || parse_batch(&body, &ingest, max_spans))
+        .await
+        .map_err(|e| e.to_api())
+        .and_then(|r| r);
+    let parsed = match parsed {
         Ok(p) => p,
         Err(e) => {
             let reason = if e.code == ErrorCode::PayloadTooLarge {

@@ -95,8 +95,32 @@ fn costly_request(spans: u64) -> Vec<u8> {
     to_otlp(&spans).encode_to_vec()
 }
 
-/// Another listener of the same process answers `/healthz` within 100 ms while clients keep
-/// the collector decoding large requests. Before decoding moved to a bounded blocking pool,
+/// The native JSON form of [`costly_request`].
+fn costly_native_request(spans: u64) -> Vec<u8> {
+    let now = Timestamp::now().unix_nanos();
+    let spans: Vec<Span> = (0..spans)
+        .map(|i| Span {
+            trace_id: TraceId::from_bytes([5; 16]),
+            span_id: SpanId::from_bytes((i + 1).to_be_bytes()),
+            parent_id: None,
+            service: "svc".into(),
+            operation: format!("step-{i}"),
+            kind: SpanKind::Transform,
+            start_time: Timestamp::from_unix_nanos(now),
+            end_time: Timestamp::from_unix_nanos(now - 1),
+            status: Status::new(StatusCode::Ok),
+            attributes: (0..40)
+                .map(|a| (format!("attr.{a}"), AttributeValue::Int(a)))
+                .collect(),
+            events: vec![],
+            links: vec![],
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "spans": spans })).unwrap()
+}
+
+/// Another listener of the same process answers `/healthz` within 100 ms (median)
+/// while clients keep the collector decoding large requests, over OTLP and the native API. Before decoding moved to a bounded blocking pool,
 /// the requests ran on the async workers and froze every listener for seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_while_large_requests_are_decoded() {
@@ -114,26 +138,40 @@ async fn probes_answer_while_large_requests_are_decoded() {
         Duration::from_secs(1),
     ));
 
-    let body = costly_request(8_000);
-    let url = format!("http://{}/v1/traces", served.http);
+    // Two clients on OTLP/HTTP protobuf and two on the native JSON API, each request costly
+    // to decode.
+    let otlp_body = costly_request(8_000);
+    let native_body = costly_native_request(8_000);
     let load_until = Instant::now() + Duration::from_secs(4);
     let mut load = Vec::new();
-    for _ in 0..4 {
-        let (url, body) = (url.clone(), body.clone());
+    for i in 0..4 {
+        let (url, body, ct) = if i % 2 == 0 {
+            (
+                format!("http://{}/v1/traces", served.http),
+                otlp_body.clone(),
+                "application/x-protobuf",
+            )
+        } else {
+            (
+                format!("http://{}/api/v1/spans", served.http),
+                native_body.clone(),
+                "application/json",
+            )
+        };
         load.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut answered = 0;
             while Instant::now() < load_until {
                 let resp = client
                     .post(&url)
-                    .header("content-type", "application/x-protobuf")
+                    .header("content-type", ct)
                     .body(body.clone())
                     .send()
                     .await
                     .unwrap();
-                // 200 with every span rejected, or 429 when the decode budget is taken.
+                // Every span is refused (200 / 400), or 429 when the decode budget is taken.
                 assert!(
-                    [200, 429].contains(&resp.status().as_u16()),
+                    [200, 400, 429].contains(&resp.status().as_u16()),
                     "{}",
                     resp.status()
                 );
@@ -144,27 +182,41 @@ async fn probes_answer_while_large_requests_are_decoded() {
     }
     let probe = reqwest::Client::new();
     let health = format!("http://{ops_addr}/healthz");
-    let mut worst = Duration::ZERO;
-    let mut probes = 0;
+    let mut latencies = Vec::new();
     // Give the load a moment to start, then probe through it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     while Instant::now() < load_until {
         let started = Instant::now();
         let resp = probe.get(&health).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 200);
-        worst = worst.max(started.elapsed());
-        probes += 1;
+        latencies.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut requests = 0;
     for l in load {
         requests += l.await.unwrap();
     }
-    println!("{requests} large requests, {probes} probes, slowest probe {worst:?}");
     assert!(requests >= 4, "the load ran");
+    // A frozen process answers a handful of probes in the window (2 before the OTLP fix, 0
+    // before the native one). The median rather than the maximum is held to 100 ms, so a
+    // machine busy with other work (the test runs under nice, beside other tests) cannot
+    // fail it with a few late wake-ups; the tail is printed.
     assert!(
-        worst < Duration::from_millis(100),
-        "slowest /healthz took {worst:?} under decode load"
+        latencies.len() >= 10,
+        "only {} probes answered in the load window",
+        latencies.len()
+    );
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    let p90 = latencies[latencies.len() * 9 / 10];
+    let worst = latencies[latencies.len() - 1];
+    println!(
+        "{requests} large requests, {} probes, median {median:?}, p90 {p90:?}, slowest {worst:?}",
+        latencies.len()
+    );
+    assert!(
+        median < Duration::from_millis(100),
+        "/healthz median {median:?} under decode load"
     );
     ops_stop.cancel();
     ops_task.await.unwrap().unwrap();

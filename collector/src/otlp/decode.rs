@@ -130,6 +130,23 @@ impl DecodePool {
         }
     }
 
+    /// Runs CPU-heavy request work (the native JSON parse) on one of the same blocking
+    /// slots, so no protocol decodes on the async workers.
+    pub(crate) async fn run_blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, DecodeError> {
+        let Ok(worker) = Arc::clone(&self.workers).acquire_owned().await else {
+            return Err(DecodeError::Busy);
+        };
+        tokio::task::spawn_blocking(move || {
+            let _worker = worker;
+            work()
+        })
+        .await
+        .map_err(|e| DecodeError::Invalid(format!("decoding failed: {e}")))
+    }
+
     fn take_budget(&self, bytes: usize) -> Result<Budget, DecodeError> {
         let permits = kib(bytes);
         let permit = Arc::clone(&self.budget)
