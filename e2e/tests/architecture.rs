@@ -38,9 +38,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The end-to-end harness starts the binary as a process; the tests (dev-dependencies)
     // may use any crate.
     ("datatracing-e2e", &[]),
+    // `config` for the ConnectionLimits every listener is served with.
     (
         "datatracing-http",
-        &["datatracing-core", "datatracing-store"],
+        &[
+            "datatracing-core",
+            "datatracing-config",
+            "datatracing-store",
+        ],
     ),
     (
         "datatracing-collector",
