@@ -103,6 +103,10 @@ impl TraceWriter for DeferredWriter {
         }
     }
 
+    fn retention(&self) -> Option<Duration> {
+        self.store.get().and_then(|s| s.retention())
+    }
+
     async fn close(&self) -> Result<()> {
         self.stop.cancel();
         match self.store.get() {

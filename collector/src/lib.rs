@@ -192,7 +192,7 @@ impl Collector {
             limits: self.config.limits.clone(),
             wal: self.wal.as_ref().map(|(w, _)| w.clone()),
             logs: Default::default(),
-            retention: self.store.retention(),
+            retention: Some(Arc::clone(&self.store)),
         };
         // One pool and budget for OTLP over HTTP and gRPC.
         let pool = otlp::decode::DecodePool::new(&self.config, self.metrics.decode_memory.clone());
