@@ -137,6 +137,12 @@ async fn hostile_requests_are_refused_before_they_are_decoded() {
         format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{spans}]}}]}}]}}"#).into_bytes()
     };
 
+    let native_empty_spans = {
+        let spans = vec!["{}"; 1 << 20].join(",");
+        format!(r#"{{"spans":[{spans}]}}"#).into_bytes()
+    };
+    let native_url = format!("http://{http_addr}/api/v1/spans");
+
     for (name, body, ct, gz) in [
         (
             "protobuf empty spans, gzip",
@@ -162,9 +168,20 @@ async fn hostile_requests_are_refused_before_they_are_decoded() {
             "application/json",
             false,
         ),
+        (
+            "native json empty spans",
+            &native_empty_spans,
+            "application/json",
+            false,
+        ),
     ] {
         let sent = if gz { gzip(body) } else { body.clone() };
-        let mut req = client.post(&url).header("content-type", ct).body(sent);
+        let target = if name.starts_with("native") {
+            &native_url
+        } else {
+            &url
+        };
+        let mut req = client.post(target).header("content-type", ct).body(sent);
         if gz {
             req = req.header("content-encoding", "gzip");
         }
