@@ -1,6 +1,7 @@
 //! The `datatracing` command: argument parsing, configuration, logging, signals, and the
 //! wiring of store, collector and query into the all-in-one and standalone servers.
 
+mod deferred;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -377,6 +378,18 @@ async fn open_stores(
                 writer: None,
                 reader: Some(Arc::clone(&reader) as Arc<dyn TraceReader>),
                 health: reader,
+            }
+        }
+        Backend::Clickhouse if !read && config.collector.durable_queue.enabled => {
+            // A collector with the durable queue starts while ClickHouse is unreachable and
+            // acknowledges into the queue; the store is opened (and migrated) once it
+            // answers.
+            let metrics = ClickHouseMetrics::register(registry);
+            let store = deferred::DeferredWriter::open(config.storage.clickhouse.clone(), metrics);
+            Stores {
+                writer: Some(Arc::clone(&store) as Arc<dyn TraceWriter>),
+                reader: None,
+                health: store,
             }
         }
         Backend::Clickhouse => {

@@ -114,6 +114,9 @@ pub(crate) struct Ingest {
     pub wal: Option<Wal>,
     /// Rate limit for client-error logs.
     pub logs: std::sync::Arc<LogLimiter>,
+    /// The store, asked for its retention (which can change while the collector runs):
+    /// older spans are refused. `None` in unit tests.
+    pub retention: Option<std::sync::Arc<dyn datatracing_store::TraceWriter>>,
 }
 
 impl Ingest {
@@ -136,6 +139,9 @@ impl Ingest {
         }
         let mut errs = span.validate(&self.limits);
         errs.extend(span.check_not_in_future(now, &self.limits));
+        if let Some(r) = self.retention.as_ref().and_then(|s| s.retention()) {
+            errs.extend(span.check_retained(now, r));
+        }
         errs
     }
 

@@ -30,7 +30,9 @@ use std::sync::Arc;
 use axum::Router;
 use datatracing_config::Scope;
 use datatracing_core::RetryPolicy;
-use datatracing_http::{Authenticator, HttpMetrics, Readiness, finish_router, ops_routes, serve};
+use datatracing_http::{
+    Authenticator, HttpMetrics, Readiness, finish_router, ops_routes, serve_with,
+};
 use datatracing_store::TraceWriter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -143,6 +145,15 @@ impl Collector {
     /// Used by [`Collector::run`] and by tests that drive the router directly.
     pub fn start(&self, readiness: Readiness, registry: Arc<Registry>) -> Result<Started> {
         let (queue, rx) = SpanQueue::new(&self.config.queue, self.metrics.clone());
+        if let Some((wal, _)) = &self.wal {
+            readiness.set_buffer(Arc::new(wal::Room {
+                wal: wal.clone(),
+                max_bytes: self.config.durable_queue.max_bytes,
+                // Ready while one more large request fits (a tenth of the queue at most).
+                reserve: (self.config.max_body_bytes as u64)
+                    .min(self.config.durable_queue.max_bytes / 10),
+            }));
+        }
         let sampler: Box<dyn Sampler> = match &self.sampling {
             Some((holder, m)) => {
                 tokio::spawn(tail::watch_policy(
@@ -193,20 +204,18 @@ impl Collector {
             limits: self.config.limits.clone(),
             wal: self.wal.as_ref().map(|(w, _)| w.clone()),
             logs: Default::default(),
+            retention: Some(Arc::clone(&self.store)),
         };
-        let otlp = otlp::http::routes(
-            ingest.clone(),
-            self.config.max_body_bytes,
-            self.config.max_decompressed_bytes,
-            self.config.max_spans_per_request,
-        );
+        // One pool and budget for OTLP over HTTP and gRPC.
+        let pool = otlp::decode::DecodePool::new(&self.config, self.metrics.decode_memory.clone());
+        let otlp = otlp::http::routes(ingest.clone(), pool.clone(), self.config.max_body_bytes);
+        let native = receive::ReceiveState::new(&self.config, ingest.clone(), pool.clone());
         let grpc = otlp::grpc::Export {
             ingest: ingest.clone(),
-            max_spans: self.config.max_spans_per_request,
+            pool,
         };
         let admin = tail::admin_routes(self.sampling.as_ref().map(|(h, _)| Arc::clone(h)));
-        let ingest_routes =
-            receive::routes(receive::ReceiveState::new(&self.config, ingest)).merge(otlp);
+        let ingest_routes = receive::routes(native).merge(otlp);
         let api = self
             .auth
             .protect(ingest_routes, Some(Scope::Ingest))
@@ -242,11 +251,14 @@ impl Collector {
         let grpc_task = match grpc {
             Some(l) => {
                 tracing::info!(addr = %l.local_addr()?, "collector grpc listening");
-                let max = self.config.max_decompressed_bytes;
                 Some(tokio::spawn(otlp::grpc::serve(
                     l,
                     started.grpc,
-                    max,
+                    otlp::grpc::Limits {
+                        max_decompressed: self.config.max_decompressed_bytes,
+                        request_timeout: self.config.request_timeout.get(),
+                        connections: self.config.connections.clone(),
+                    },
                     self.auth.clone(),
                     shutdown.clone(),
                     drain,
@@ -254,7 +266,14 @@ impl Collector {
             }
             None => None,
         };
-        serve(listener, started.router, shutdown.clone(), drain).await?;
+        serve_with(
+            listener,
+            started.router,
+            shutdown.clone(),
+            drain,
+            &self.config.connections,
+        )
+        .await?;
         if let Some(t) = grpc_task {
             match t.await {
                 Ok(Ok(())) => {}

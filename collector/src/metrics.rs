@@ -21,7 +21,7 @@ pub struct ProtocolLabels {
 pub struct ReasonLabels {
     /// Ingest protocol.
     pub protocol: &'static str,
-    /// `invalid`, `queue_full`, `too_large`, `shutting_down`, `store_unavailable`, `store_rejected`.
+    /// `invalid`, `queue_full`, `too_large`, `decode_busy`, `shutting_down`, `store_unavailable`, `store_rejected`.
     pub reason: &'static str,
 }
 
@@ -65,6 +65,12 @@ pub struct CollectorMetrics {
     /// `datatracing_collector_store_writes_in_flight`: store writes running now (at most
     /// `collector.batch.max_in_flight`).
     pub writes_in_flight: Gauge,
+    /// `datatracing_collector_decode_memory_bytes`: estimated memory of the OTLP requests
+    /// being decoded now (at most `collector.max_decode_memory_bytes`).
+    pub decode_memory: Gauge,
+    /// `datatracing_collector_wal_corrupt_records_total`: damaged durable queue records
+    /// (stretches) skipped by the drain.
+    pub wal_corrupt_records: Counter,
 }
 
 impl CollectorMetrics {
@@ -84,6 +90,8 @@ impl CollectorMetrics {
             batch_spans: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             write_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             writes_in_flight: Gauge::default(),
+            decode_memory: Gauge::default(),
+            wal_corrupt_records: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("datatracing_collector");
         r.register(
@@ -157,6 +165,16 @@ impl CollectorMetrics {
             "store_writes_in_flight",
             "Store writes running now",
             m.writes_in_flight.clone(),
+        );
+        r.register(
+            "wal_corrupt_records",
+            "Damaged durable queue records skipped",
+            m.wal_corrupt_records.clone(),
+        );
+        r.register(
+            "decode_memory_bytes",
+            "Estimated memory of the OTLP requests being decoded now",
+            m.decode_memory.clone(),
         );
         m
     }

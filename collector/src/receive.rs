@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::ingest::{Ingest, IngestError, Protocol};
+use crate::otlp::decode::DecodePool;
 use datatracing_config::CollectorConfig;
 
 const PROTOCOL: Protocol = Protocol::NativeJson;
@@ -33,15 +34,18 @@ struct Inner {
     ingest: Ingest,
     max_spans: usize,
     max_body: usize,
+    /// Parsing runs on the OTLP decode pool's blocking slots, off the async workers.
+    pool: DecodePool,
 }
 
 impl ReceiveState {
-    pub(crate) fn new(config: &CollectorConfig, ingest: Ingest) -> Self {
+    pub(crate) fn new(config: &CollectorConfig, ingest: Ingest, pool: DecodePool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 ingest,
                 max_spans: config.max_spans_per_request,
                 max_body: config.max_body_bytes,
+                pool,
             }),
         }
     }
@@ -88,11 +92,54 @@ fn clean_message(e: &serde_json::Error) -> String {
     }
 }
 
+/// The number of spans in a batch, counted without keeping them: a list of a million `{}`
+/// would otherwise take 16 bytes per element (5x the body) before the limit is checked.
+#[derive(Deserialize)]
+struct SpanCount {
+    #[serde(default)]
+    spans: Count,
+}
+
+#[derive(Default)]
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of spans")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Count, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 pub(crate) fn parse_batch(
     body: &[u8],
     ingest: &Ingest,
     max_spans: usize,
 ) -> Result<Parsed, ApiError> {
+    // Count first; shape errors are reported by the parse below, with its message.
+    if let Ok(SpanCount { spans: Count(n) }) = serde_json::from_slice::<SpanCount>(body)
+        && n > max_spans
+    {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("{n} spans in one request exceed the limit of {max_spans}; split the batch"),
+        ));
+    }
     let batch: Batch<'_> = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,
@@ -165,7 +212,14 @@ async fn post_spans(
         ));
     }
     let body = body?;
-    let parsed = match parse_batch(&body, &s.ingest, s.max_spans) {
+    let (ingest, max_spans) = (s.ingest.clone(), s.max_spans);
+    let parsed = s
+        .pool
+        .run_blocking(move || parse_batch(&body, &ingest, max_spans))
+        .await
+        .map_err(|e| e.to_api())
+        .and_then(|r| r);
+    let parsed = match parsed {
         Ok(p) => p,
         Err(e) => {
             let reason = if e.code == ErrorCode::PayloadTooLarge {
@@ -268,6 +322,7 @@ mod tests {
             limits: Limits::default(),
             wal: None,
             logs: Default::default(),
+            retention: None,
         }
     }
 

@@ -150,3 +150,154 @@ async fn a_full_durable_queue_throttles() {
     }
     assert!(throttled, "the log is bounded");
 }
+
+/// One flipped byte in a segment that is not the last: the damaged record is skipped and
+/// counted, every other acknowledged span reaches the store, and shutdown is bounded. Before,
+/// the drain re-read the bad record forever (a spinning thread), delivered nothing from that
+/// read, and the process never exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_is_skipped_counted_and_the_rest_delivered() {
+    let wal_dir = tempfile::tempdir().unwrap();
+    let mut c = config(wal_dir.path());
+    // One append per segment.
+    c.durable_queue.segment_bytes = 1024;
+    {
+        let mut h = harness(c.clone()).await;
+        h.store.down.store(true, Ordering::SeqCst);
+        for t in 1..=4u8 {
+            let (status, _) = post(&h.router, &batch(t, 30)).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+        }
+        h.writer
+            .take()
+            .unwrap()
+            .finish(Duration::from_millis(300))
+            .await;
+    }
+    let mut segments: Vec<_> = std::fs::read_dir(wal_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 4, "{segments:?}");
+    // The second append (trace 2) is the only record of the second segment.
+    let mut bytes = std::fs::read(&segments[1]).unwrap();
+    bytes[40] ^= 0x10;
+    std::fs::write(&segments[1], bytes).unwrap();
+
+    let mut h = harness(c).await;
+    for t in [1u8, 3, 4] {
+        wait_for(&h.store.inner, t, 30).await;
+    }
+    assert!(
+        h.store
+            .inner
+            .get_trace(trace_id(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let metrics = {
+        let resp = h
+            .router
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/metrics")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        String::from_utf8(
+            axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap()
+    };
+    assert!(
+        metrics.contains("datatracing_collector_wal_corrupt_records_total 1"),
+        "{metrics}"
+    );
+    assert!(wal_dir.path().join("corrupt").read_dir().unwrap().count() == 1);
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        h.writer.take().unwrap().finish(Duration::from_secs(2)),
+    )
+    .await
+    .expect("shutdown within the drain timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+async fn readyz(router: &axum::Router) -> (StatusCode, Value) {
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/readyz")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+/// With the durable queue, a store outage leaves the collector ready (it still acknowledges
+/// into the queue) and `/readyz` says so, until the queue is full; without it, the outage
+/// makes the collector unready as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_through_a_store_outage_until_the_durable_queue_is_full() {
+    let wal_dir = tempfile::tempdir().unwrap();
+    let mut c = config(wal_dir.path());
+    c.durable_queue.max_bytes = 20_000;
+    let h = harness(c).await;
+    assert_eq!(readyz(&h.router).await.0, StatusCode::OK);
+    h.store.down.store(true, Ordering::SeqCst);
+    let (status, body) = readyz(&h.router).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["details"]["store"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{body}"
+    );
+    assert_eq!(body["details"]["durable_queue"]["max_bytes"], 20_000);
+    // Fill the queue while the store is down.
+    let mut t = 1u8;
+    while post(&h.router, &batch(t, 10)).await.0 == StatusCode::ACCEPTED {
+        t += 1;
+        assert!(t < 200, "the queue never filled");
+    }
+    let (status, body) = readyz(&h.router).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("durable queue is full"),
+        "{body}"
+    );
+    // The store returns: the queue drains and the collector is ready again.
+    h.store.down.store(false, Ordering::SeqCst);
+    wait_for(&h.store.inner, 1, 10).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while readyz(&h.router).await.0 != StatusCode::OK {
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Without the durable queue the same outage makes the collector unready.
+    let h = harness(CollectorConfig::default()).await;
+    h.store.down.store(true, Ordering::SeqCst);
+    assert_eq!(readyz(&h.router).await.0, StatusCode::SERVICE_UNAVAILABLE);
+}

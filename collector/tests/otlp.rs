@@ -561,12 +561,13 @@ async fn grpc_export_with_a_real_tonic_client() {
     let resp = gz.export(req).await.unwrap().into_inner();
     assert_eq!(resp.partial_success.unwrap().rejected_spans, 1);
 
-    // Too many spans: INVALID_ARGUMENT (not retryable).
+    // Too many spans: RESOURCE_EXHAUSTED without RetryInfo (not retryable for OTLP).
     let err = client
         .export(to_otlp(&spans(12, 20_001)))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    assert!(err.details().is_empty(), "no RetryInfo: {err:?}");
 
     // A compressed message that inflates past the limit is refused by the server.
     let mut bomb = ExportTraceServiceRequest::default();

@@ -8,7 +8,7 @@ use datatracing_core::{ConfigDuration, Limits};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, Result, SamplingConfig};
+use crate::{ConfigError, ConnectionLimits, Result, SamplingConfig};
 
 /// Collector settings. Unknown keys are errors; every key has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -23,8 +23,20 @@ pub struct CollectorConfig {
     /// Largest request body after decompression (gzip), in bytes (larger: 413). Also the gRPC
     /// message limit.
     pub max_decompressed_bytes: usize,
-    /// Most spans accepted in one request (more: 413).
+    /// Most spans accepted in one request (more: 413). Counted on the encoded request,
+    /// before it is decoded.
     pub max_spans_per_request: usize,
+    /// Most memory one OTLP request may take while it is decoded and converted, in bytes,
+    /// estimated from its encoded shape before decoding (more: 413 / RESOURCE_EXHAUSTED).
+    /// A request of many tiny spans or attributes decodes to far more memory than its size.
+    pub max_request_memory_bytes: usize,
+    /// Most memory all OTLP requests being decoded at once (HTTP and gRPC together) may
+    /// take, in bytes, by the same estimate; a request that does not fit is refused at once
+    /// with 429 / RESOURCE_EXHAUSTED and a retry delay.
+    pub max_decode_memory_bytes: usize,
+    /// OTLP requests decoded at once, each on a blocking thread so decoding never holds up
+    /// the async workers (probes, other listeners); more wait for a thread.
+    pub decode_workers: usize,
     /// Per-span size limits.
     pub limits: Limits,
     /// The queue between receiving and writing.
@@ -39,6 +51,8 @@ pub struct CollectorConfig {
     pub request_timeout: ConfigDuration,
     /// On shutdown, the longest wait for in-flight requests and then for the queue to drain.
     pub drain_timeout: ConfigDuration,
+    /// Connection limits of the HTTP and of the gRPC listener (each its own count).
+    pub connections: ConnectionLimits,
 }
 
 /// The bounded queue. When full, requests are refused with 429 and `Retry-After` (the
@@ -121,6 +135,9 @@ impl Default for CollectorConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_decompressed_bytes: 64 * 1024 * 1024,
             max_spans_per_request: 20_000,
+            max_request_memory_bytes: 128 * 1024 * 1024,
+            max_decode_memory_bytes: 256 * 1024 * 1024,
+            decode_workers: 4,
             limits: Limits::default(),
             queue: QueueConfig::default(),
             durable_queue: DurableQueueConfig::default(),
@@ -128,6 +145,7 @@ impl Default for CollectorConfig {
             batch: BatchConfig::default(),
             request_timeout: ConfigDuration::from_secs(30),
             drain_timeout: ConfigDuration::from_secs(15),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -169,6 +187,28 @@ impl CollectorConfig {
         if self.max_spans_per_request == 0 {
             return bad("collector.max_spans_per_request must be positive");
         }
+        if self.max_request_memory_bytes < self.max_body_bytes {
+            return bad(
+                "collector.max_request_memory_bytes must be at least collector.max_body_bytes",
+            );
+        }
+        // A gzip request reserves its largest inflated size before inflating.
+        if self.max_decode_memory_bytes
+            < self
+                .max_request_memory_bytes
+                .max(self.max_decompressed_bytes)
+        {
+            return bad(
+                "collector.max_decode_memory_bytes must be at least collector.max_request_memory_bytes and collector.max_decompressed_bytes",
+            );
+        }
+        // The decode budget is kept in KiB permits of a semaphore, whose count is a u32.
+        if self.max_decode_memory_bytes / 1024 > u32::MAX as usize {
+            return bad("collector.max_decode_memory_bytes must be below 4 TiB");
+        }
+        if self.decode_workers == 0 || self.decode_workers > 256 {
+            return bad("collector.decode_workers must be 1..=256");
+        }
         if self.queue.max_spans < self.max_spans_per_request {
             return bad(
                 "collector.queue.max_spans must be at least collector.max_spans_per_request",
@@ -191,6 +231,8 @@ impl CollectorConfig {
         if self.request_timeout.get().is_zero() {
             return bad("collector.request_timeout must be positive");
         }
+        self.connections
+            .validate("collector", self.request_timeout)?;
         Ok(())
     }
 }
@@ -237,5 +279,33 @@ mod tests {
         assert!(
             serde_json::from_value::<CollectorConfig>(serde_json::json!({"lisen": "x"})).is_err()
         );
+        for (c, needle) in [
+            (
+                CollectorConfig {
+                    max_request_memory_bytes: 1024,
+                    ..CollectorConfig::default()
+                },
+                "max_request_memory_bytes must be at least",
+            ),
+            (
+                CollectorConfig {
+                    max_decode_memory_bytes: 64 * 1024 * 1024,
+                    ..CollectorConfig::default()
+                },
+                "max_decode_memory_bytes must be at least",
+            ),
+            (
+                CollectorConfig {
+                    decode_workers: 0,
+                    ..CollectorConfig::default()
+                },
+                "decode_workers",
+            ),
+        ] {
+            assert!(
+                c.validate().unwrap_err().to_string().contains(needle),
+                "{needle}"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@
 mod auth;
 mod clickhouse;
 mod collector;
+mod connections;
 mod embedded;
 mod error;
 mod file;
@@ -24,6 +25,7 @@ mod sampling;
 pub use auth::{AuthConfig, MIN_TOKEN_LEN, Scope, TokenConfig};
 pub use clickhouse::{ClickHouseBatchConfig, ClickHouseConfig, Compression};
 pub use collector::{BatchConfig, CollectorConfig, DurableQueueConfig, QueueConfig, QueueMode};
+pub use connections::ConnectionLimits;
 pub use embedded::{EmbeddedConfig, Synchronous};
 pub use error::{ConfigError, Result};
 pub use file::{Backend, Config, LogConfig, LogFormat, StorageConfig};

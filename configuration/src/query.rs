@@ -6,7 +6,7 @@ use datatracing_core::ConfigDuration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, Result};
+use crate::{ConfigError, ConnectionLimits, Result};
 
 /// Query service settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -30,6 +30,8 @@ pub struct QueryConfig {
     /// Most expensive reads waiting for a slot; one more is answered at once with 429
     /// (`resource_exhausted`, `Retry-After`). A wait is bounded by `request_timeout`.
     pub max_queued_reads: usize,
+    /// Connection limits of the query listener.
+    pub connections: ConnectionLimits,
 }
 
 /// Bounds of lineage queries (`query.lineage`): how far and how wide a walk across linked
@@ -94,6 +96,7 @@ impl Default for QueryConfig {
             lineage: LineageConfig::default(),
             max_concurrent_reads: Self::DEFAULT_MAX_CONCURRENT_READS,
             max_queued_reads: Self::DEFAULT_MAX_QUEUED_READS,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -138,6 +141,7 @@ impl QueryConfig {
                 "query.request_timeout must be positive",
             ));
         }
+        self.connections.validate("query", self.request_timeout)?;
         Ok(())
     }
 }

@@ -175,6 +175,33 @@ impl Span {
         })
     }
 
+    /// The problem with this span's start when it is already older than `retention` (the
+    /// store's) at `now`: stored, it would be deleted at the next retention run without ever
+    /// being read, so it is refused with a field error instead of acknowledged.
+    pub fn check_retained(
+        &self,
+        now: Timestamp,
+        retention: std::time::Duration,
+    ) -> Option<FieldError> {
+        let keep = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+        // In the configuration's terms (`168h`) when it is whole hours.
+        let shown = if retention.as_secs().is_multiple_of(3600) && retention.subsec_nanos() == 0 {
+            format!("{}h", retention.as_secs() / 3600)
+        } else {
+            crate::format_duration_ns(keep)
+        };
+        (self.start_time < now.saturating_add_nanos(-keep)).then(|| {
+            FieldError::new(
+                "start_time",
+                format!(
+                    "{} is older than the store's retention ({shown}) at the collector's clock \
+                     ({now}); the span would be deleted without being read",
+                    self.start_time,
+                ),
+            )
+        })
+    }
+
     /// Validates this span; returns every problem found (empty when valid).
     pub fn validate(&self, limits: &Limits) -> Vec<FieldError> {
         let mut errs = Vec::new();

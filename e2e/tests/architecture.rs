@@ -39,6 +39,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // may use any crate.
     // Test-only itself: its harness may use the test kit (the Python SDK runner).
     ("datatracing-e2e", &["datatracing-testkit"]),
+    // `config` for the ConnectionLimits every listener is served with and the `auth:`
+    // section its token checks read.
     (
         "datatracing-http",
         &[

@@ -77,16 +77,19 @@ impl ErrorCode {
     /// The gRPC status code for this code; OTLP/HTTP puts the same code in its
     /// `google.rpc.Status` bodies.
     ///
-    /// OTLP exporters retry `RESOURCE_EXHAUSTED`, `UNAVAILABLE` and `DEADLINE_EXCEEDED` and
-    /// drop everything else, so a request that can never succeed (too large, malformed) must
-    /// not map to a retryable code.
+    /// OTLP exporters retry `UNAVAILABLE` and `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED` when
+    /// it carries a RetryInfo detail, and drop everything else, so a request that can never
+    /// succeed (malformed: INVALID_ARGUMENT; too large: RESOURCE_EXHAUSTED without RetryInfo)
+    /// must not look retryable.
     pub fn grpc_code(self) -> tonic::Code {
         match self {
             ErrorCode::InvalidArgument
             | ErrorCode::InvalidJson
             | ErrorCode::InvalidSpans
-            | ErrorCode::PayloadTooLarge
             | ErrorCode::UnsupportedMediaType => tonic::Code::InvalidArgument,
+            // Not retried: RESOURCE_EXHAUSTED is retryable for OTLP only with a RetryInfo
+            // detail, which only the retryable codes carry (see `From<ApiError> for Status`).
+            ErrorCode::PayloadTooLarge => tonic::Code::ResourceExhausted,
             ErrorCode::NotFound => tonic::Code::NotFound,
             ErrorCode::MethodNotAllowed => tonic::Code::Unimplemented,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
@@ -140,12 +143,15 @@ mod tests {
         for code in ErrorCode::ALL {
             let http = code.http_status();
             let grpc = code.grpc_code();
+            // RESOURCE_EXHAUSTED is retryable only with RetryInfo, which the gRPC status of
+            // an error carries exactly when its code is retryable (tested in error.rs).
             let grpc_retryable = matches!(
                 grpc,
                 tonic::Code::ResourceExhausted
                     | tonic::Code::Unavailable
                     | tonic::Code::DeadlineExceeded
-            );
+            ) && (grpc != tonic::Code::ResourceExhausted
+                || code.is_retryable());
             assert_eq!(code.is_retryable(), grpc_retryable, "{code:?}");
             let http_retryable = matches!(http.as_u16(), 429 | 503 | 504);
             assert_eq!(code.is_retryable(), http_retryable, "{code:?}");
@@ -170,7 +176,7 @@ mod tests {
                 (ErrorCode::MethodNotAllowed, 405, G::Unimplemented),
                 (ErrorCode::Unauthenticated, 401, G::Unauthenticated),
                 (ErrorCode::PermissionDenied, 403, G::PermissionDenied),
-                (ErrorCode::PayloadTooLarge, 413, G::InvalidArgument),
+                (ErrorCode::PayloadTooLarge, 413, G::ResourceExhausted),
                 (ErrorCode::UnsupportedMediaType, 415, G::InvalidArgument),
                 (ErrorCode::ResourceExhausted, 429, G::ResourceExhausted),
                 (ErrorCode::Unavailable, 503, G::Unavailable),

@@ -103,10 +103,82 @@ impl IntoResponse for ApiError {
 }
 
 /// The same error for a gRPC client: the code through [`ErrorCode::grpc_code`], the message
-/// as is (details and `Retry-After` have no gRPC counterpart here).
+/// as is, and a retryable error's `Retry-After` as a `google.rpc.RetryInfo` detail. OTLP
+/// exporters retry RESOURCE_EXHAUSTED only when it carries RetryInfo, so a throttled request
+/// is retried and an oversized one (RESOURCE_EXHAUSTED without it) is not.
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        tonic::Status::new(e.code.grpc_code(), e.message)
+        let code = e.code.grpc_code();
+        match e.retry_after_secs {
+            Some(secs) if e.code.is_retryable() => {
+                let details = rpc::Status {
+                    code: code as i32,
+                    message: e.message.clone(),
+                    details: vec![rpc::Any {
+                        type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                        value: prost::Message::encode_to_vec(&rpc::RetryInfo {
+                            retry_delay: Some(rpc::Duration {
+                                seconds: i64::try_from(secs).unwrap_or(i64::MAX),
+                                nanos: 0,
+                            }),
+                        }),
+                    }],
+                };
+                tonic::Status::with_details(
+                    code,
+                    e.message,
+                    prost::Message::encode_to_vec(&details).into(),
+                )
+            }
+            _ => tonic::Status::new(code, e.message),
+        }
+    }
+}
+
+/// The few `google.rpc` messages a gRPC error detail needs.
+pub mod rpc {
+    /// `google.rpc.Status`, carried in `grpc-status-details-bin`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Status {
+        /// The gRPC code.
+        #[prost(int32, tag = "1")]
+        pub code: i32,
+        /// The message.
+        #[prost(string, tag = "2")]
+        pub message: String,
+        /// Typed details.
+        #[prost(message, repeated, tag = "3")]
+        pub details: Vec<Any>,
+    }
+
+    /// `google.protobuf.Any`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Any {
+        /// `type.googleapis.com/<message name>`.
+        #[prost(string, tag = "1")]
+        pub type_url: String,
+        /// The encoded message.
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+
+    /// `google.rpc.RetryInfo`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RetryInfo {
+        /// How long to wait before retrying.
+        #[prost(message, optional, tag = "1")]
+        pub retry_delay: Option<Duration>,
+    }
+
+    /// `google.protobuf.Duration`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Duration {
+        /// Whole seconds.
+        #[prost(int64, tag = "1")]
+        pub seconds: i64,
+        /// Nanoseconds.
+        #[prost(int32, tag = "2")]
+        pub nanos: i32,
     }
 }
 
@@ -150,5 +222,32 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(r: axum::extract::rejection::QueryRejection) -> Self {
         ApiError::invalid_argument(r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn retryable_grpc_errors_carry_retry_info_and_others_do_not() {
+        let throttled: tonic::Status = ApiError::new(ErrorCode::ResourceExhausted, "busy")
+            .with_retry_after(2)
+            .into();
+        assert_eq!(throttled.code(), tonic::Code::ResourceExhausted);
+        let status = rpc::Status::decode(throttled.details()).unwrap();
+        assert_eq!(status.details.len(), 1);
+        assert_eq!(
+            status.details[0].type_url,
+            "type.googleapis.com/google.rpc.RetryInfo"
+        );
+        let info = rpc::RetryInfo::decode(&status.details[0].value[..]).unwrap();
+        assert_eq!(info.retry_delay.unwrap().seconds, 2);
+
+        let too_large: tonic::Status =
+            ApiError::new(ErrorCode::PayloadTooLarge, "too large").into();
+        assert_eq!(too_large.code(), tonic::Code::ResourceExhausted);
+        assert!(too_large.details().is_empty());
     }
 }

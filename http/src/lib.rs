@@ -7,16 +7,20 @@
 //! - [`finish_router`]: the layers every server gets: envelope fallbacks for unknown routes and
 //!   wrong methods, a request timeout, panic containment and request metrics.
 //! - [`Authenticator`]: bearer tokens with scopes, for every listener.
-//! - [`serve`]: serving with graceful, bounded draining on a cancellation token.
+//! - [`serve`] / [`serve_with`]: serving with graceful, bounded draining on a cancellation
+//!   token, within [`ConnectionLimits`] (`conn`: connection cap, header and idle timeouts,
+//!   keep-alive limit; [`conn::incoming`] gives gRPC servers the same limits).
 
 mod auth;
 mod code;
+pub mod conn;
 mod error;
 mod ops;
 mod serve;
 
 pub use auth::{AuthError, Authenticator, Principal};
 pub use code::ErrorCode;
+pub use datatracing_config::ConnectionLimits;
 pub use error::{ApiError, ErrorDetail};
-pub use ops::{HttpMetrics, Readiness, ops_routes};
-pub use serve::{ServeError, finish_router, serve};
+pub use ops::{Buffer, HttpMetrics, Readiness, ops_routes};
+pub use serve::{ServeError, finish_router, serve, serve_with};

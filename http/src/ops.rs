@@ -19,11 +19,21 @@ use crate::code::ErrorCode;
 use crate::error::ApiError;
 
 /// Whether a server should receive traffic: false before start-up completes and as soon as
-/// shutdown begins, and whenever the store (if it has one) does not answer.
+/// shutdown begins, and whenever the store (if it has one) does not answer, unless a
+/// [`Buffer`] (the collector's durable queue) still takes what the store cannot.
 #[derive(Clone)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
     store: Option<Arc<dyn Health>>,
+    buffer: Arc<std::sync::OnceLock<Arc<dyn Buffer>>>,
+}
+
+/// Something that takes writes while the store is down: with room left, the process
+/// stays ready through a store outage.
+pub trait Buffer: Send + Sync + 'static {
+    /// `Ok(details)` while there is room (the details go into `/readyz`), `Err(reason)`
+    /// when full.
+    fn room(&self) -> Result<serde_json::Value, String>;
 }
 
 impl std::fmt::Debug for Readiness {
@@ -40,6 +50,7 @@ impl Readiness {
         Self {
             ready: Arc::new(AtomicBool::new(false)),
             store: Some(store),
+            buffer: Arc::default(),
         }
     }
 
@@ -48,7 +59,14 @@ impl Readiness {
         Self {
             ready: Arc::new(AtomicBool::new(false)),
             store: None,
+            buffer: Arc::default(),
         }
+    }
+
+    /// Declares a buffer that absorbs store outages (once; later calls are ignored). Shared
+    /// by every clone of this readiness.
+    pub fn set_buffer(&self, buffer: Arc<dyn Buffer>) {
+        let _ = self.buffer.set(buffer);
     }
 
     /// Flips the flag.
@@ -91,11 +109,29 @@ async fn readyz(State(s): State<OpsState>) -> Result<axum::Json<serde_json::Valu
             "not ready (starting or shutting down)",
         ));
     }
-    if let Some(store) = &s.readiness.store {
-        store
-            .health()
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("store not ready: {e}")))?;
+    if let Some(store) = &s.readiness.store
+        && let Err(e) = store.health().await
+    {
+        // The durable queue takes what the store cannot: stay ready while it has room, so
+        // Kubernetes keeps routing to the collector exactly when the queue is meant to
+        // absorb the outage.
+        return match s.readiness.buffer.get().map(|b| b.room()) {
+            Some(Ok(details)) => Ok(axum::Json(serde_json::json!({
+                "status": "ready",
+                "details": {
+                    "store": format!("unreachable: {e}"),
+                    "durable_queue": details,
+                }
+            }))),
+            Some(Err(full)) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("store not ready: {e}; {full}"),
+            )),
+            None => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("store not ready: {e}"),
+            )),
+        };
     }
     Ok(axum::Json(serde_json::json!({"status": "ready"})))
 }

@@ -1,14 +1,20 @@
-//! Common layers and graceful serving.
+//! Common layers and graceful serving within connection limits.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use datatracing_config::ConnectionLimits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::conn::Acceptor;
 
 use crate::code::ErrorCode;
 use crate::error::ApiError;
@@ -84,20 +90,81 @@ async fn observe(
     resp
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, then stops accepting, lets in-flight
-/// requests finish for up to `drain`, and returns.
+/// Serves `router` on `listener` with the default [`ConnectionLimits`] until `shutdown`
+/// fires, then stops accepting, lets in-flight requests finish for up to `drain`, and
+/// returns.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Result<(), ServeError> {
+    serve_with(
+        listener,
+        router,
+        shutdown,
+        drain,
+        &ConnectionLimits::default(),
+    )
+    .await
+}
+
+/// [`serve`] with explicit connection limits: at most `max_connections` open (more wait
+/// in the kernel's queue), request headers within `header_read_timeout`, silent
+/// connections closed after `idle_timeout`, and `Connection: close` after
+/// `max_requests_per_connection` requests on one connection.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+    limits: &ConnectionLimits,
+) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let acceptor = Acceptor::new(listener, limits);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.get())
+        .keep_alive(true);
+    let max_requests = limits.max_requests_per_connection;
+    loop {
+        let conn = tokio::select! {
+            c = acceptor.accept() => c,
+            _ = shutdown.cancelled() => break,
+        };
+        let served = Arc::new(AtomicUsize::new(0));
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+            let call = router.clone().oneshot(req.map(axum::body::Body::new));
+            async move {
+                let mut resp = call.await?;
+                // Past the keep-alive limit: this response is the connection's last.
+                if n >= max_requests {
+                    resp.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        let conn =
+            graceful.watch(http1.serve_connection(hyper_util::rt::TokioIo::new(conn), service));
+        tokio::spawn(async move {
+            // Timeouts and clients that hang up end here; they are not server failures.
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+        });
+    }
+    // Stop accepting at once: new clients are refused, not queued behind the drain.
+    drop(acceptor);
     tokio::select! {
-        r = server => r?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => {
             tracing::warn!(%addr, ?drain, "in-flight requests did not finish in time; closing anyway");
         }
     }

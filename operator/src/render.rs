@@ -188,6 +188,12 @@ pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig 
     if let Some(v) = c.max_body_bytes.and_then(|v| usize::try_from(v).ok()) {
         cfg.max_body_bytes = v;
         cfg.max_decompressed_bytes = cfg.max_decompressed_bytes.max(v);
+        // The decode budgets must hold at least one such request (validated relations).
+        cfg.max_request_memory_bytes = cfg.max_request_memory_bytes.max(v);
+        cfg.max_decode_memory_bytes = cfg
+            .max_decode_memory_bytes
+            .max(cfg.max_request_memory_bytes)
+            .max(cfg.max_decompressed_bytes);
     }
     if let Some(v) = c
         .max_spans_per_request

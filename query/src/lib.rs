@@ -36,7 +36,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use datatracing_config::Scope;
-use datatracing_http::{Authenticator, HttpMetrics, Readiness, finish_router, ops_routes, serve};
+use datatracing_http::{
+    Authenticator, HttpMetrics, Readiness, finish_router, ops_routes, serve_with,
+};
 use datatracing_store::TraceReader;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -175,7 +177,14 @@ impl QueryService {
     ) -> Result<()> {
         let router = self.router(readiness, registry);
         tracing::info!(addr = %listener.local_addr()?, "query listening");
-        serve(listener, router, shutdown, self.config.drain_timeout.get()).await?;
+        serve_with(
+            listener,
+            router,
+            shutdown,
+            self.config.drain_timeout.get(),
+            &self.config.connections,
+        )
+        .await?;
         Ok(())
     }
 }

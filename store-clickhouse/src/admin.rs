@@ -317,6 +317,11 @@ impl ClickHouseAdmin {
         Ok(applied.into_iter().max().unwrap_or(0))
     }
 
+    /// The storage table that holds the spans (`spans`, or `spans_local` on a cluster).
+    pub fn spans_storage_table(&self) -> String {
+        self.schema.storage_table("spans")
+    }
+
     /// The retention of every trace table that exists.
     pub async fn retention(&self) -> Result<Vec<TableRetention>> {
         let names: Vec<String> = self

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datatracing_config::ClickHouseConfig;
@@ -23,7 +25,14 @@ struct Inner {
     admin: ClickHouseAdmin,
     config: ClickHouseConfig,
     metrics: ClickHouseMetrics,
+    /// Days in the spans table's TTL as last read (0: none or not read), for
+    /// [`TraceWriter::retention`]; re-read every [`RETENTION_REFRESH`] because an operator can
+    /// change it while the collector runs (`set_retention`).
+    retention_days: AtomicU32,
 }
+
+/// How often the spans table's TTL is read again.
+const RETENTION_REFRESH: Duration = Duration::from_secs(60);
 
 /// The ClickHouse-backed [`TraceWriter`] and [`TraceReader`].
 #[derive(Clone)]
@@ -59,6 +68,16 @@ impl ClickHouseStore {
             admin,
             config,
             metrics,
+            retention_days: AtomicU32::new(0),
+        });
+        refresh_retention(&inner).await;
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETENTION_REFRESH).await;
+                let Some(inner) = weak.upgrade() else { return };
+                refresh_retention(&inner).await;
+            }
         });
         let inserter = Arc::new(Inserter {
             client: inner.admin.client().clone(),
@@ -88,6 +107,11 @@ impl ClickHouseStore {
         &self.inner.admin
     }
 
+    /// Reads the spans table's TTL again now (it is also re-read every minute).
+    pub async fn refresh_retention(&self) {
+        refresh_retention(&self.inner).await;
+    }
+
     /// Inserts rows as one deduplicated insert, once. Public so tests can prove that a
     /// repeated token does not duplicate rows.
     #[doc(hidden)]
@@ -99,6 +123,22 @@ impl ClickHouseStore {
             token,
         )
         .await
+    }
+}
+
+/// Reads the spans table's TTL into `inner.retention_days`; keeps the last value when the
+/// read fails (a transient error must not switch the check off).
+async fn refresh_retention(inner: &Inner) {
+    match inner.admin.retention().await {
+        Ok(tables) => {
+            let days = tables
+                .iter()
+                .find(|t| t.table == inner.admin.spans_storage_table())
+                .and_then(|t| t.days)
+                .unwrap_or(0);
+            inner.retention_days.store(days, Ordering::Relaxed);
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot read the spans table's retention"),
     }
 }
 
@@ -130,6 +170,13 @@ impl TraceWriter for ClickHouseStore {
             .await
             .map_err(|_| datatracing_store::Error::Closed)?;
         rx.await.map_err(|_| datatracing_store::Error::Closed)?
+    }
+
+    fn retention(&self) -> Option<Duration> {
+        match self.inner.retention_days.load(Ordering::Relaxed) {
+            0 => None,
+            days => Some(Duration::from_secs(u64::from(days) * 24 * 3600)),
+        }
     }
 
     async fn close(&self) -> datatracing_store::Result<()> {

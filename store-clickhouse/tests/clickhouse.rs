@@ -825,3 +825,21 @@ async fn a_trace_stays_readable_when_retention_drops_one_of_its_spans() {
     assert_eq!(store.get_trace(a).await.unwrap(), Some(first[1..].to_vec()));
     assert_eq!(store.summaries(&[a, b]).await.unwrap().len(), 2);
 }
+
+/// The writer knows the spans table's retention (the collector refuses spans already older
+/// than it), including after an operator changed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_reports_the_retention_in_force() {
+    let config = ClickHouseConfig {
+        initial_retention_days: 3,
+        ..config_for(ClickHouse::shared())
+    };
+    let store = ClickHouseStore::open(config, ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    assert_eq!(store.retention(), Some(Duration::from_secs(3 * 24 * 3600)));
+    store.admin().set_retention(11).await.unwrap();
+    store.refresh_retention().await;
+    assert_eq!(store.retention(), Some(Duration::from_secs(11 * 24 * 3600)));
+    store.close().await.unwrap();
+}

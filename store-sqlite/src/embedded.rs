@@ -1194,6 +1194,11 @@ impl Health for EmbeddedStore {
 
 #[async_trait]
 impl TraceWriter for EmbeddedStore {
+    fn retention(&self) -> Option<std::time::Duration> {
+        let r = self.inner.config.retention.get();
+        (!r.is_zero() && self.inner.mode == OpenMode::ReadWrite).then_some(r)
+    }
+
     async fn write(&self, spans: Arc<[Span]>) -> datatracing_store::Result<()> {
         if spans.is_empty() {
             return Ok(());

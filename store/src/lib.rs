@@ -141,6 +141,13 @@ pub trait TraceWriter: Health {
     async fn close(&self) -> Result<()> {
         Ok(())
     }
+
+    /// How long the store keeps a span, counted from its start, when the store itself
+    /// enforces it and knows it; `None` otherwise. The collector refuses spans already older
+    /// than this (they would be deleted without ever being read).
+    fn retention(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The read side: what the query service asks.

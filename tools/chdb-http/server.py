@@ -15,7 +15,10 @@ What it does, and only that:
   or basic auth, checked against `--user` / `--password`.
 - `decompress=1` bodies are ClickHouse's compressed framing (LZ4 or none per block).
 - Errors answer the way ClickHouse does: an HTTP status by error code, the
-  `X-ClickHouse-Exception-Code` header, and the `Code: N. DB::Exception: ...` text.
+  `X-ClickHouse-Exception-Code` header, and the `Code: N. DB::Exception: ...` text. This
+  includes a body INSERT the engine refuses (TOO_MANY_PARTS, say): chdb's streaming insert
+  does not raise then, so an error counted in `system.errors` while the insert ran (queries
+  are serialised, so it is this insert's) is answered as the insert's exception.
 - `GET /ping` answers `Ok.`.
 - Fault injection for tests, under `/__admin/`: `delay?ms=N` delays every later query.
 - `--backups-path DIR` lets `BACKUP ... TO File('DIR/...')` and `RESTORE ... FROM File(...)`
@@ -97,6 +100,7 @@ class Engine:
                         raise chdb.ChdbError(
                             "Code: 62. DB::Exception: INSERT with data in the request body must end "
                             "with FORMAT <name>. (SYNTAX_ERROR)")
+                    before = self.error_counts()
                     inserter = self.conn.send_insert(m.group(1), m.group(2))
                     try:
                         inserter.append(data)
@@ -107,6 +111,12 @@ class Engine:
                         except Exception:
                             pass
                         raise
+                    # The engine raised during the insert and chdb swallowed it (its row count
+                    # may still include what materialized views took): answer with the
+                    # exception, as ClickHouse does.
+                    failure = self.new_error(before)
+                    if failure is not None:
+                        raise chdb.ChdbError(failure)
                     summary = {"written_rows": result.rows_written, "written_bytes": result.bytes_written}
                     return b"", summary, time.monotonic() - started
                 result = self.conn.query(sql, fmt)
@@ -120,6 +130,27 @@ class Engine:
                         self.conn.query("SET %s = DEFAULT" % name, "TabSeparated")
                     except Exception:
                         pass
+
+
+    def error_counts(self):
+        """{error code: count} from system.errors (serialised by the caller's lock)."""
+        out = self.conn.query("SELECT code, value FROM system.errors", "TabSeparated").bytes() or b""
+        counts = {}
+        for line in out.decode("utf-8", errors="replace").splitlines():
+            code, _, value = line.partition("\t")
+            counts[int(code)] = int(value)
+        return counts
+
+    def new_error(self, before):
+        """The `Code: N. DB::Exception: ...` text of the latest error counted since `before`."""
+        out = self.conn.query(
+            "SELECT code, value, name, last_error_message FROM system.errors "
+            "ORDER BY last_error_time DESC", "TSVRaw").bytes() or b""
+        for line in out.decode("utf-8", errors="replace").splitlines():
+            code, value, name, message = (line.split("\t", 3) + ["", "", "", ""])[:4]
+            if int(value) > before.get(int(code), 0):
+                return "Code: %s. DB::Exception: %s. (%s)" % (code, message, name)
+        return None
 
 
 def decompress(body):

@@ -1,6 +1,5 @@
 //! OTLP/HTTP: `POST /v1/traces`.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use axum::Router;
@@ -10,9 +9,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+use super::decode::{Compression, DecodePool, Encoded, Wire};
 use super::{Outcome, export};
 use datatracing_http::ErrorCode;
 
@@ -36,24 +35,14 @@ enum Encoding {
 #[derive(Debug)]
 struct State_ {
     ingest: Ingest,
-    max_spans: usize,
-    max_decompressed: usize,
+    pool: DecodePool,
 }
 
-pub(crate) fn routes(
-    ingest: Ingest,
-    max_body: usize,
-    max_decompressed: usize,
-    max_spans: usize,
-) -> Router {
+pub(crate) fn routes(ingest: Ingest, pool: DecodePool, max_body: usize) -> Router {
     Router::new()
         .route("/v1/traces", post(handle))
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(Arc::new(State_ {
-            ingest,
-            max_spans,
-            max_decompressed,
-        }))
+        .with_state(Arc::new(State_ { ingest, pool }))
 }
 
 /// An OTLP/HTTP error: the HTTP status and the `google.rpc.Status` code both come from
@@ -76,27 +65,6 @@ fn status_response(enc: Encoding, code: ErrorCode, message: String) -> Response 
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
-}
-
-/// Inflates gzip with a hard cap on the output, so a small bomb cannot take memory. Every
-/// member of a multi-member body is inflated (the cap counts them together): a single-member
-/// decoder dropped everything after the first member and still answered 200. Bytes after the
-/// last member that are not another member are an error, not ignored.
-fn gunzip_bounded(body: &[u8], max: usize) -> Result<Vec<u8>, GunzipError> {
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max));
-    flate2::read::MultiGzDecoder::new(body)
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| GunzipError::Corrupt(e.to_string()))?;
-    if out.len() > max {
-        return Err(GunzipError::TooLarge);
-    }
-    Ok(out)
-}
-
-enum GunzipError {
-    TooLarge,
-    Corrupt(String),
 }
 
 async fn handle(
@@ -147,36 +115,9 @@ async fn handle(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase());
-    let raw: Bytes = match encoding.as_deref() {
-        None | Some("identity") | Some("") => body,
-        Some("gzip") => {
-            let max = s.max_decompressed;
-            // Inflating is CPU work: keep it off the async workers.
-            match tokio::task::spawn_blocking(move || gunzip_bounded(&body, max)).await {
-                Ok(Ok(v)) => v.into(),
-                Ok(Err(GunzipError::TooLarge)) => {
-                    return reject(
-                        ErrorCode::PayloadTooLarge,
-                        "too_large",
-                        format!("decompressed body exceeds the limit of {max} bytes"),
-                    );
-                }
-                Ok(Err(GunzipError::Corrupt(e))) => {
-                    return reject(
-                        ErrorCode::InvalidArgument,
-                        "invalid",
-                        format!("invalid gzip body: {e}"),
-                    );
-                }
-                Err(e) => {
-                    return reject(
-                        ErrorCode::InvalidArgument,
-                        "invalid",
-                        format!("decompression failed: {e}"),
-                    );
-                }
-            }
-        }
+    let compression = match encoding.as_deref() {
+        None | Some("identity") | Some("") => Compression::None,
+        Some("gzip") => Compression::Gzip,
         Some(other) => {
             return reject(
                 ErrorCode::UnsupportedMediaType,
@@ -185,23 +126,16 @@ async fn handle(
             );
         }
     };
-    let req = match enc {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(raw).map_err(|e| e.to_string()),
-        Encoding::Json => {
-            serde_json::from_slice::<ExportTraceServiceRequest>(&raw).map_err(|e| e.to_string())
-        }
+    let wire = match enc {
+        Encoding::Protobuf => Wire::Protobuf,
+        Encoding::Json => Wire::Json,
     };
-    let req = match req {
-        Ok(r) => r,
-        Err(e) => {
-            return reject(
-                ErrorCode::InvalidArgument,
-                "invalid",
-                format!("undecodable OTLP request: {e}"),
-            );
-        }
+    let req = Encoded {
+        wire,
+        body,
+        compression,
     };
-    match export(&s.ingest, protocol, s.max_spans, req).await {
+    match export(&s.ingest, &s.pool, protocol, req).await {
         Outcome::Done(resp) => {
             let (ct, body) = match enc {
                 Encoding::Protobuf => ("application/x-protobuf", resp.encode_to_vec()),
@@ -212,72 +146,10 @@ async fn handle(
             };
             (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response()
         }
-        Outcome::TooMany { limit, got } => status_response(
-            enc,
-            ErrorCode::PayloadTooLarge,
-            format!("{got} spans in one request exceed the limit of {limit}; split the batch"),
-        ),
+        Outcome::Refused(e) => {
+            let e = e.to_api();
+            status_response(enc, e.code, e.message)
+        }
         Outcome::Throttled(e) => status_response(enc, e.code(), e.otlp_message().into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn gunzip_is_bounded() {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(&vec![0u8; 10 * 1024 * 1024]).unwrap();
-        let bomb = enc.finish().unwrap();
-        assert!(
-            bomb.len() < 64 * 1024,
-            "10 MiB of zeros compress to {} bytes",
-            bomb.len()
-        );
-        assert!(matches!(
-            gunzip_bounded(&bomb, 1024 * 1024),
-            Err(GunzipError::TooLarge)
-        ));
-        assert_eq!(
-            gunzip_bounded(&bomb, 16 * 1024 * 1024)
-                .ok()
-                .map(|v| v.len()),
-            Some(10 * 1024 * 1024)
-        );
-        assert!(matches!(
-            gunzip_bounded(b"not gzip", 1024),
-            Err(GunzipError::Corrupt(_))
-        ));
-    }
-
-    #[test]
-    fn every_gzip_member_is_inflated_within_one_bound() {
-        let member = |data: &[u8]| {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(data).unwrap();
-            enc.finish().unwrap()
-        };
-        let mut two = member(b"first,");
-        two.extend(member(b"second"));
-        assert_eq!(
-            gunzip_bounded(&two, 1024).ok().as_deref(),
-            Some(&b"first,second"[..])
-        );
-        // The cap is for all members together.
-        let mut big = member(&[0; 600]);
-        big.extend(member(&[0; 600]));
-        assert!(matches!(
-            gunzip_bounded(&big, 1000),
-            Err(GunzipError::TooLarge)
-        ));
-        // Trailing bytes that are not a member.
-        let mut trailing = member(b"data");
-        trailing.extend_from_slice(b"garbage");
-        assert!(matches!(
-            gunzip_bounded(&trailing, 1024),
-            Err(GunzipError::Corrupt(_))
-        ));
     }
 }

@@ -5,57 +5,58 @@
 //! throttling.
 
 pub mod convert;
+pub(crate) mod decode;
 pub(crate) mod grpc;
 pub(crate) mod http;
+pub(crate) mod shape;
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 
 use crate::ingest::{Ingest, IngestError, Protocol};
+use decode::{DecodeError, DecodePool, Encoded, Prepared};
 
-/// Outcome of one export: either a response (possibly with partial success) or a throttle.
+/// Outcome of one export: either a response (possibly with partial success) or a refusal.
 pub(crate) enum Outcome {
     Done(ExportTraceServiceResponse),
-    TooMany { limit: usize, got: usize },
+    /// The request was refused before its spans were looked at.
+    Refused(DecodeError),
     Throttled(IngestError),
 }
 
-/// Converts, prepares and submits one decoded request.
+/// Decodes (within the pool's bounds), prepares and submits one request.
 pub(crate) async fn export(
     ingest: &Ingest,
+    pool: &DecodePool,
     protocol: Protocol,
-    max_spans: usize,
-    req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    req: Encoded,
 ) -> Outcome {
-    let got = convert::span_count(&req);
-    if got > max_spans {
-        ingest.metrics.reject(protocol.label(), "too_large", got);
-        return Outcome::TooMany {
-            limit: max_spans,
-            got,
-        };
-    }
-    let (spans, unmapped) = convert::from_otlp(req);
-    let mut first_error = unmapped
-        .first()
-        .map(|r| format!("span {}: {}", r.index, r.reason));
-    let mut n_rejected = unmapped.len();
-    let mut valid = Vec::with_capacity(spans.len());
-    let now = datatracing_core::Timestamp::now();
-    for mut span in spans {
-        let errors = ingest.prepare(protocol, now, &mut span);
-        if errors.is_empty() {
-            valid.push(span);
-        } else {
-            n_rejected += 1;
-            first_error.get_or_insert_with(|| format!("span {}: {}", span.span_id, errors[0]));
+    let p = protocol.label();
+    let Prepared {
+        valid,
+        rejected: n_rejected,
+        first_error,
+    } = match pool.decode(ingest, protocol, req).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            let (reason, n, detail) = match &e {
+                DecodeError::Invalid(m) => ("invalid", 1, m.clone()),
+                DecodeError::TooManySpans { limit, got } => (
+                    "too_large",
+                    *got,
+                    format!("{got} spans over the limit of {limit}"),
+                ),
+                DecodeError::TooLarge(m) => ("too_large", 1, m.clone()),
+                DecodeError::Busy => ("decode_busy", 1, "decode budget exhausted".into()),
+            };
+            ingest.metrics.reject(p, reason, n);
+            ingest.logs.client_error(p, reason, &detail);
+            return Outcome::Refused(e);
         }
-    }
+    };
     if let Some(e) = &first_error {
-        ingest
-            .logs
-            .client_error(protocol.label(), "invalid_span", e);
+        ingest.logs.client_error(p, "invalid_span", e);
     }
     match ingest.submit(protocol, valid, n_rejected).await {
         Ok(_) => Outcome::Done(ExportTraceServiceResponse {
@@ -68,5 +69,26 @@ pub(crate) async fn export(
             }),
         }),
         Err(e) => Outcome::Throttled(e),
+    }
+}
+
+impl DecodeError {
+    /// The client-facing code and message; every protocol maps the code through the one
+    /// table in `datatracing_http::ErrorCode`.
+    pub(crate) fn to_api(&self) -> datatracing_http::ApiError {
+        use datatracing_http::{ApiError, ErrorCode};
+        match self {
+            DecodeError::Invalid(m) => ApiError::new(ErrorCode::InvalidArgument, m.clone()),
+            DecodeError::TooManySpans { limit, got } => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("{got} spans in one request exceed the limit of {limit}; split the batch"),
+            ),
+            DecodeError::TooLarge(m) => ApiError::new(ErrorCode::PayloadTooLarge, m.clone()),
+            DecodeError::Busy => ApiError::new(
+                ErrorCode::ResourceExhausted,
+                "the collector is decoding as much as it may at once; retry later",
+            )
+            .with_retry_after(1),
+        }
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Pos, Wal, checkpoint, read_batch};
+
 use crate::metrics::CollectorMetrics;
 
 /// Where the checkpoint moves once a batch is stored, and what that releases.
@@ -50,10 +51,11 @@ impl Drain {
         let (tx, batches) = mpsc::channel(1);
         let (checkpoints, rx) = std_mpsc::channel();
         let w = wal.clone();
+        let metrics_read = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("dt-wal-checkpoint".into())
             .spawn(move || checkpoint_loop(w, rx, metrics))?;
-        tokio::spawn(read_loop(wal, from, max_spans, tx, closing));
+        tokio::spawn(read_loop(wal, from, max_spans, tx, closing, metrics_read));
         Ok(Self {
             batches,
             checkpoints: Some(checkpoints),
@@ -89,6 +91,7 @@ async fn read_loop(
     max_spans: usize,
     tx: mpsc::Sender<(Vec<Span>, Checkpoint)>,
     closing: CancellationToken,
+    metrics: CollectorMetrics,
 ) {
     let mut head_rx = wal.head();
     let dir = wal.dir().to_path_buf();
@@ -107,24 +110,45 @@ async fn read_loop(
         let dir2 = dir.clone();
         let read =
             tokio::task::spawn_blocking(move || read_batch(&dir2, cursor, head, max_spans)).await;
-        let (spans, next, bytes) = match read {
+        let super::Batch {
+            spans,
+            next,
+            bytes,
+            corrupt,
+        } = match read {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                // A record that does not decode can never be written; stop loudly rather
-                // than skip acknowledged spans. The log keeps it for inspection.
-                tracing::error!(error = %e, ?cursor, "unreadable durable queue record; stopping the drain");
-                break;
+                // An I/O error (not damage, which is skipped): retry after a pause rather
+                // than spin or give up on acknowledged spans.
+                tracing::error!(error = %e, ?cursor, "cannot read the durable queue; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = closing.cancelled() => break,
+                }
+                continue;
             }
             Err(e) => {
                 tracing::error!(error = %e, "durable queue read task failed");
                 break;
             }
         };
+        for c in &corrupt {
+            tracing::error!(
+                segment = %c.segment.display(),
+                offset = c.offset,
+                skipped_bytes = c.skipped,
+                reason = %c.reason,
+                "corrupt durable queue record skipped; a link to the segment is kept in corrupt/"
+            );
+            metrics.wal_corrupt_records.inc();
+        }
         let c = Checkpoint {
             pos: next,
             bytes,
             spans: spans.len() as u64,
         };
+        // A batch of damage only is still sent, empty: the writer checkpoints past it in
+        // log order, after the batches before it are stored.
         if tx.send((spans, c)).await.is_err() {
             break;
         }

@@ -2,6 +2,8 @@
 //! behind a wrapper that can hold writes at a gate or fail them (fault injection only).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod raw_grpc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -35,6 +37,11 @@ impl Health for FaultyStore {
         "faulty"
     }
     async fn health(&self) -> datatracing_store::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(datatracing_store::Error::Unavailable(
+                "store down (test)".into(),
+            ));
+        }
         self.inner.health().await
     }
 }
@@ -46,6 +53,10 @@ impl TraceWriter for FaultyStore {
         let result = self.write_through(spans).await;
         self.in_write.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    fn retention(&self) -> Option<std::time::Duration> {
+        self.inner.retention()
     }
 }
 
