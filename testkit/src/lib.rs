@@ -2,6 +2,7 @@
 //! about (a ClickHouse engine, a Kubernetes API server). Used only as a dev-dependency.
 
 pub mod clickhouse;
+pub mod kafka;
 pub mod kubernetes;
 pub mod python;
 
