@@ -23,18 +23,15 @@ use opentelemetry::Context;
 use opentelemetry::trace::{Span as _, TraceContextExt};
 use serde_json::{Value, json};
 
-const SCRIPT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/python/temporal_interop.py"
-);
-
 fn python(mode: &str, temporal: &Temporal, collector: &str, stdin: &str) -> Value {
     let py = datatracing_testkit::python::python(&[
         "temporalio.contrib.opentelemetry",
         "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     ]);
     let mut child = Command::new(py)
-        .args([SCRIPT, mode, &temporal.address(), collector])
+        // The Temporal example's workflow and worker (examples/temporal).
+        .arg(datatracing_e2e::workspace_root().join("examples/temporal/orders_workflow.py"))
+        .args([mode, &temporal.address(), collector])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,6 +1,7 @@
-"""Temporal's own OpenTelemetry tracing interceptor (temporalio.contrib.opentelemetry) on the
-other side of the SDK's Temporal header carrier, through a real Temporal dev server. Used by
-sdk/tests/temporal.rs.
+"""The Temporal example: an order workflow with one activity, run by a worker with Temporal's
+own OpenTelemetry tracing interceptor (temporalio.contrib.opentelemetry), on the other side of
+datatracing-sdk's Temporal header carrier. sdk/tests/temporal.rs runs it against a real
+Temporal dev server and the datatracing binary.
 
   continue <address> <collector>
       stdin: the `_tracer-data` payload the Rust SDK injected ({"metadata": {k: str}, "data": str}).
