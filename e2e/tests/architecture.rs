@@ -38,6 +38,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The end-to-end harness starts the binary as a process; the tests (dev-dependencies)
     // may use any crate.
     ("datatracing-e2e", &[]),
+    // The SDK sits on OpenTelemetry and reads the conventions from core; nothing else of ours.
+    ("datatracing-sdk", &["datatracing-core"]),
+    // Instrumented example programs: what a user would write, so the SDK only.
+    ("datatracing-examples", &["datatracing-sdk"]),
     (
         "datatracing-http",
         &["datatracing-core", "datatracing-store"],
