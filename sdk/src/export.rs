@@ -68,15 +68,10 @@ impl ExportConfig {
         }
     }
 
-    /// Builds the exporter and tracer provider. Spans must be ended on threads that are not
-    /// inside a Tokio runtime's async context only if the caller also uses a blocking
-    /// client elsewhere; the exporter itself runs on the batch processor's own thread.
+    /// Builds the OTLP/HTTP exporter and the pipeline around it. The exporter's blocking HTTP
+    /// client runs on the batch processor's own thread, so spans may be ended on any thread,
+    /// inside a Tokio runtime or not; [`Pipeline::flush`] and [`Pipeline::shutdown`] block.
     pub fn install(self) -> Result<Pipeline, Error> {
-        if self.max_queue_size == 0 || self.max_export_batch_size == 0 {
-            return Err(Error::Config(
-                "max_queue_size and max_export_batch_size must be at least 1".into(),
-            ));
-        }
         let retry = opentelemetry_otlp::RetryPolicy::recommended()
             .with_max_retries(self.max_retries)
             .with_initial_delay(self.initial_backoff)
@@ -89,6 +84,18 @@ impl ExportConfig {
             .with_retry_policy(retry)
             .build()
             .map_err(|e| Error::Config(format!("OTLP exporter: {e}")))?;
+        self.install_with(exporter)
+    }
+
+    /// Builds the pipeline (queue, batching, counters) around another exporter than OTLP/HTTP:
+    /// another protocol, or an in-memory one in tests and benchmarks. The retry and endpoint
+    /// fields are then the exporter's business and unused here.
+    pub fn install_with<E: SpanExporter + 'static>(self, exporter: E) -> Result<Pipeline, Error> {
+        if self.max_queue_size == 0 || self.max_export_batch_size == 0 {
+            return Err(Error::Config(
+                "max_queue_size and max_export_batch_size must be at least 1".into(),
+            ));
+        }
         let counts = Arc::new(Counters::default());
         let processor = BatchSpanProcessor::builder(CountingExporter {
             inner: exporter,

@@ -6,6 +6,9 @@
 //! ordinary spans with attributes and links; the DataTracing collector reads the attributes
 //! as step kind, status and link type.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use opentelemetry::trace::{Link, SpanContext, SpanKind as OtelKind, Status, Tracer};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 
@@ -15,26 +18,47 @@ pub use datatracing_core::SpanKind as StepKind;
 
 /// A dataset, named as OpenLineage names it: a namespace (where it lives, such as
 /// `kafka://broker:9092` or `postgres://db:5432`) and a name within it.
+///
+/// The qualified name written in attributes is built once, here: a dataset is typically
+/// made once per job and named on many spans. Each span gets its own copy of the name
+/// rather than a shared reference: spans are dropped on the exporter's thread, and a shared
+/// reference count bouncing between the two threads cost more than the copy (measured with
+/// `benches/overhead.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataset {
-    /// Where the dataset lives.
-    pub namespace: String,
-    /// The dataset's name in its namespace (a topic, `db.schema.table`, a path).
-    pub name: String,
+    namespace: Arc<str>,
+    name: Arc<str>,
+    qualified: Box<str>,
 }
 
 impl Dataset {
     /// A dataset from its OpenLineage namespace and name.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
+        let (namespace, name) = (namespace.as_ref(), name.as_ref());
         Dataset {
+            qualified: c::dataset_name(namespace, name).into_boxed_str(),
             namespace: namespace.into(),
             name: name.into(),
         }
     }
 
+    /// Where the dataset lives.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The dataset's name in its namespace (a topic, `db.schema.table`, a path).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The qualified name written in attributes ([`crate::conventions::dataset_name`]).
-    pub fn qualified_name(&self) -> String {
-        c::dataset_name(&self.namespace, &self.name)
+    pub fn qualified_name(&self) -> &str {
+        &self.qualified
+    }
+
+    fn value(&self) -> StringValue {
+        StringValue::from(String::from(&*self.qualified))
     }
 }
 
@@ -57,6 +81,11 @@ pub struct Counts {
 impl Counts {
     /// The counts as attributes, leaving out those not set.
     pub fn attributes(&self) -> Vec<KeyValue> {
+        self.iter().collect()
+    }
+
+    /// The counts as attributes without collecting them first.
+    fn iter(&self) -> impl Iterator<Item = KeyValue> + use<> {
         [
             (c::RECORDS_IN, self.records_in),
             (c::RECORDS_OUT, self.records_out),
@@ -66,7 +95,6 @@ impl Counts {
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| KeyValue::new(k, v)))
-        .collect()
     }
 }
 
@@ -78,15 +106,15 @@ impl Counts {
 /// let upstream = opentelemetry::trace::SpanContext::empty_context();
 /// let span = Step::new("join orders with customers", StepKind::Join)
 ///     .job("orders-daily", "run-42")
-///     .input(Dataset::new("kafka://broker:9092", "orders"))
-///     .output(Dataset::new("postgres://db:5432", "shop.public.orders_enriched"))
+///     .input(&Dataset::new("kafka://broker:9092", "orders"))
+///     .output(&Dataset::new("postgres://db:5432", "shop.public.orders_enriched"))
 ///     .data_dependency(upstream, Some(&Dataset::new("kafka://broker:9092", "orders")))
 ///     .start(&tracer);
 /// # drop(span);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Step {
-    name: String,
+    name: Cow<'static, str>,
     kind: StepKind,
     otel_kind: Option<OtelKind>,
     attributes: Vec<KeyValue>,
@@ -97,12 +125,13 @@ pub struct Step {
 
 impl Step {
     /// A step named `name` (the operation) of pipeline kind `kind`.
-    pub fn new(name: impl Into<String>, kind: StepKind) -> Self {
+    pub fn new(name: impl Into<Cow<'static, str>>, kind: StepKind) -> Self {
         Step {
             name: name.into(),
             kind,
             otel_kind: None,
-            attributes: Vec::new(),
+            // Room for every convention a step usually sets, so pushes do not reallocate.
+            attributes: Vec::with_capacity(12),
             inputs: Vec::new(),
             outputs: Vec::new(),
             links: Vec::new(),
@@ -110,7 +139,7 @@ impl Step {
     }
 
     /// The job this step belongs to and the id of this run of it.
-    pub fn job(mut self, job: impl Into<String>, run_id: impl Into<String>) -> Self {
+    pub fn job(mut self, job: impl Into<StringValue>, run_id: impl Into<StringValue>) -> Self {
         self.attributes.push(KeyValue::new(c::JOB_NAME, job.into()));
         self.attributes
             .push(KeyValue::new(c::RUN_ID, run_id.into()));
@@ -118,20 +147,20 @@ impl Step {
     }
 
     /// A dataset the step reads.
-    pub fn input(mut self, dataset: Dataset) -> Self {
-        self.inputs.push(dataset.qualified_name().into());
+    pub fn input(mut self, dataset: &Dataset) -> Self {
+        self.inputs.push(dataset.value());
         self
     }
 
     /// A dataset the step writes.
-    pub fn output(mut self, dataset: Dataset) -> Self {
-        self.outputs.push(dataset.qualified_name().into());
+    pub fn output(mut self, dataset: &Dataset) -> Self {
+        self.outputs.push(dataset.value());
         self
     }
 
     /// Counts known when the step starts (more can be recorded with [`record_counts`]).
     pub fn counts(mut self, counts: Counts) -> Self {
-        self.attributes.extend(counts.attributes());
+        self.attributes.extend(counts.iter());
         self
     }
 
@@ -153,9 +182,10 @@ impl Step {
     /// (nothing was extracted from a carrier) is skipped.
     pub fn data_dependency(mut self, upstream: SpanContext, dataset: Option<&Dataset>) -> Self {
         if upstream.is_valid() {
-            let mut attrs = vec![KeyValue::new(c::LINK_TYPE, c::link_type::DATA_DEPENDENCY)];
+            let mut attrs = Vec::with_capacity(2);
+            attrs.push(KeyValue::new(c::LINK_TYPE, c::link_type::DATA_DEPENDENCY));
             if let Some(d) = dataset {
-                attrs.push(KeyValue::new(c::LINK_DATASET, d.qualified_name()));
+                attrs.push(KeyValue::new(c::LINK_DATASET, d.value()));
             }
             self.links.push(Link::new(upstream, attrs, 0));
         }
@@ -257,8 +287,8 @@ mod tests {
         let orders = Dataset::new("kafka://b:9092", "orders");
         let mut span = Step::new("join", StepKind::Join)
             .job("daily", "run-1")
-            .input(orders.clone())
-            .output(Dataset::new("file://", "/out/joined.parquet"))
+            .input(&orders)
+            .output(&Dataset::new("file://", "/out/joined.parquet"))
             .counts(Counts {
                 records_in: Some(10),
                 ..Counts::default()

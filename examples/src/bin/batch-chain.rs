@@ -52,10 +52,10 @@ fn main() -> Result<()> {
     let output = format!("{workdir}/{job}.json");
     let mut step = Step::new(format!("run {job}"), kind)
         .job(format!("batch-{job}"), run)
-        .output(Dataset::new("file://", output.as_str()));
+        .output(&Dataset::new("file://", output.as_str()));
     let rows: Vec<i64> = match std::fs::read_to_string(&input) {
         Ok(text) => {
-            step = step.input(Dataset::new("file://", input.as_str()));
+            step = step.input(&Dataset::new("file://", input.as_str()));
             serde_json::from_str(&text)?
         }
         Err(_) => (1..=5).collect(),

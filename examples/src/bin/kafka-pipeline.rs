@@ -113,7 +113,7 @@ async fn produce(client: &Client, ns: &str, collector: &str, n: usize) -> Result
 
     let root = Step::new("publish orders", StepKind::Publish)
         .job("orders-producer", run_id())
-        .output(orders.clone())
+        .output(&orders)
         .start(&tracer);
     let cx = Context::current_with_span(root);
     let mut spans = Vec::new();
@@ -121,7 +121,7 @@ async fn produce(client: &Client, ns: &str, collector: &str, n: usize) -> Result
     for i in 0..n {
         let span = Step::new("publish order", StepKind::Publish)
             .otel_kind(SpanKind::Producer)
-            .output(orders.clone())
+            .output(&orders)
             .attribute(KeyValue::new("messaging.system", "kafka"))
             .attribute(KeyValue::new("messaging.destination.name", ORDERS))
             .start_with_context(&tracer, &cx);
@@ -181,8 +181,8 @@ async fn transform(client: &Client, ns: &str, collector: &str, n: usize) -> Resu
     let mut step = Step::new("enrich orders", StepKind::Transform)
         .job("orders-enricher", run_id())
         .otel_kind(SpanKind::Consumer)
-        .input(orders.clone())
-        .output(enriched.clone())
+        .input(&orders)
+        .output(&enriched)
         .attribute(KeyValue::new(c::PARTITION, "0"))
         .attribute(KeyValue::new(c::OFFSET_START, records[0].0))
         .attribute(KeyValue::new(c::OFFSET_END, records[records.len() - 1].0));
@@ -211,7 +211,7 @@ async fn transform(client: &Client, ns: &str, collector: &str, n: usize) -> Resu
     }
 
     let mut write = Step::new("write orders_enriched", StepKind::Materialize)
-        .output(enriched.clone())
+        .output(&enriched)
         .start_with_context(&tracer, &cx);
     let mut headers = BTreeMap::new();
     propagation::inject(&cx, &mut KafkaHeaders(&mut headers));
@@ -286,8 +286,8 @@ async fn aggregate(
     let upstream = propagation::extract(&KafkaHeaders(&mut headers));
     let root = Step::new("aggregate order totals", StepKind::Aggregate)
         .job("orders-aggregator", run_id())
-        .input(Dataset::new(ns, ENRICHED))
-        .output(Dataset::new("file://", file))
+        .input(&Dataset::new(ns, ENRICHED))
+        .output(&Dataset::new("file://", file))
         .follows_from(upstream.span().span_context().clone())
         .counts(Counts {
             records_in: Some(records.len() as i64),
@@ -301,7 +301,7 @@ async fn aggregate(
         .filter_map(|v| v["amount"].as_i64())
         .sum();
     let mut write = Step::new("write totals", StepKind::Materialize)
-        .output(Dataset::new("file://", file))
+        .output(&Dataset::new("file://", file))
         .start_with_context(&tracer, &cx);
     std::fs::write(
         file,
