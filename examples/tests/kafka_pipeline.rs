@@ -181,5 +181,25 @@ async fn a_kafka_pipeline_is_traced_across_three_jobs() {
     for id in [&produced["trace_id"], &transformed["trace_id"]] {
         assert!(text.contains(id.as_str().unwrap()), "{id} not in {lineage}");
     }
+
+    // The conventions are searchable: the job name finds the transform job's trace only.
+    let found: Value = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/v1/traces?attribute=datatracing.job.name%3Dorders-enricher",
+            server.query()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&Value> = found["traces"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{found}"))
+        .iter()
+        .map(|t| &t["trace_id"])
+        .collect();
+    assert_eq!(ids, [&transformed["trace_id"]], "{found}");
     drop(kafka);
 }
