@@ -185,6 +185,46 @@ fn cpu_ticks() -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// With `OVERHEAD_ONLY=plain|sdk|literals`, makes `OVERHEAD_SPANS` (default 1,000,000) spans
+/// of that variant and nothing else, for counting instructions with `perf stat`
+/// (load-independent, unlike time on a shared machine); otherwise does nothing.
+fn only(_: &mut Criterion) {
+    let Ok(which) = std::env::var("OVERHEAD_ONLY") else {
+        return;
+    };
+    let spans: usize = std::env::var("OVERHEAD_SPANS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let link = upstream();
+    let n = names();
+    let (orders, enriched) = (
+        Dataset::new("kafka://b:9092", "orders"),
+        Dataset::new("kafka://b:9092", "enriched"),
+    );
+    if which == "sdk" {
+        let pipeline = sdk_pipeline();
+        let tracer = pipeline.tracer("bench");
+        for _ in 0..spans {
+            sdk_span(&tracer, &link, &orders, &enriched, &n);
+        }
+        let counts = pipeline.shutdown(Duration::from_secs(30)).unwrap();
+        eprintln!("{counts:?}");
+    } else {
+        let provider = plain_provider();
+        let tracer = provider.tracer("bench");
+        for _ in 0..spans {
+            if which == "literals" {
+                plain_span(&tracer, &link);
+            } else {
+                plain_dynamic_span(&tracer, &link, &n);
+            }
+        }
+        provider.shutdown().unwrap();
+    }
+    std::process::exit(0);
+}
+
 /// Rounds of each variant alternating, so load from elsewhere on the machine hits both
 /// alike: the median per-span process CPU time of each and their ratio.
 fn paired(_: &mut Criterion) {
@@ -267,5 +307,5 @@ fn overhead(crit: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, overhead, paired);
+criterion_group!(benches, only, overhead, paired);
 criterion_main!(benches);
