@@ -33,8 +33,8 @@ if [ -z "${DATATRACING_TEST_CLICKHOUSE_URL:-}" ]; then
   venv="${DATATRACING_VENV:-$HOME/.cache/datatracing/venv}"
   want="$(sha256sum tools/test-requirements.txt | cut -d' ' -f1)"
   have="$(cat "$venv/.requirements.sha256" 2>/dev/null || true)"
-  if [ "$want" != "$have" ] || ! "$venv/bin/python" -c 'import chdb, lz4, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, opentelemetry.exporter.otlp.proto.http.trace_exporter' >/dev/null 2>&1; then
-    step "installing the ClickHouse test engine (chdb-core) into $venv"
+  if [ "$want" != "$have" ] || ! "$venv/bin/python" -c 'import chdb, lz4, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, opentelemetry.exporter.otlp.proto.http.trace_exporter, temporalio.contrib.opentelemetry' >/dev/null 2>&1; then
+    step "installing the Python test peers (chdb-core, OpenTelemetry SDK, Temporal) into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/test-requirements.txt
     echo "$want" > "$venv/.requirements.sha256"
@@ -74,6 +74,25 @@ await_go_builds() {
   DATATRACING_K8S_DIR="$(cat "$go_logs/k8s.out")"
   DATATRACING_JAEGER="$(cat "$go_logs/jaeger.out")"
   export DATATRACING_K8S_DIR DATATRACING_JAEGER
+}
+
+# A real Apache Kafka broker for the SDK's Kafka example (examples/tests/kafka_pipeline.rs):
+# the broker jars from Maven (tools/kafka/pom.xml), run in KRaft mode on Java 17+ by the
+# test harness (testkit::kafka). Installed once into ~/.cache/datatracing/kafka, in the
+# background like the Go builds.
+need java "install Java 17+ (Debian: apt-get install openjdk-17-jre-headless)"
+need mvn "install Maven (Debian: apt-get install maven)"
+kafka_log="$(mktemp)"
+./tools/kafka/install.sh >"$kafka_log.out" 2>"$kafka_log" &
+kafka_install=$!
+await_kafka() {
+  if ! wait "$kafka_install"; then
+    cat "$kafka_log" >&2
+    echo "error: installing the Kafka broker jars failed (log above; rerun: tools/kafka/install.sh)" >&2
+    exit 1
+  fi
+  DATATRACING_KAFKA_DIR="$(cat "$kafka_log.out")"
+  export DATATRACING_KAFKA_DIR
 }
 
 # A real browser for the UI tests (e2e/tests/ui.rs): Debian's chromium, driven by
@@ -117,14 +136,15 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log="$(mktemp)"
-trap 'rm -rf "$log" "$go_logs" "$browser_log"' EXIT
+trap 'rm -rf "$log" "$go_logs" "$browser_log" "$kafka_log" "$kafka_log.out"' EXIT
 
 step "cargo test: compile every test"
 cargo test --workspace --all-targets --locked --no-run
 
-step "waiting for the Go-built test binaries and the UI test browser"
+step "waiting for the Go-built test binaries, the UI test browser and the Kafka broker jars"
 await_go_builds
 await_browser
+await_kafka
 
 step "cargo test: doc tests"
 cargo test --workspace --doc --locked 2>&1 | tee -a "$log"

@@ -2,8 +2,8 @@
 //!
 //! This crate has no I/O: it defines spans and their native JSON form, validation with
 //! precise, path-addressed errors, trace DAG reconstruction, and the types of the search API.
-//! Stores, the collector, the query service and (later) the SDK and the operator all speak
-//! these types, so a change here is a change to the product's contract.
+//! Stores, the collector, the query service, the SDK and the operator all speak these types
+//! (and the pipeline attribute names in [`conventions`]), so a change here is a change to the product's contract.
 
 mod dag;
 pub(crate) mod duration;
@@ -15,6 +15,7 @@ mod span;
 mod timestamp;
 mod validate;
 
+pub mod conventions;
 pub mod policy;
 pub mod schema;
 

@@ -39,6 +39,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // may use any crate.
     // Test-only itself: its harness may use the test kit (the Python SDK runner).
     ("datatracing-e2e", &["datatracing-testkit"]),
+    // The SDK sits on OpenTelemetry and reads the conventions from core; nothing else of ours.
+    ("datatracing-sdk", &["datatracing-core"]),
+    // Instrumented example programs: what a user would write, so the SDK only.
+    ("datatracing-examples", &["datatracing-sdk"]),
     // `config` for the ConnectionLimits every listener is served with and the `auth:`
     // section its token checks read.
     (

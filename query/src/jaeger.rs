@@ -50,9 +50,9 @@ const DEFAULT_SEARCH_LIMIT: usize = 100;
 const DEFAULT_DEPENDENCY_LOOKBACK_MS: i64 = 24 * 3600 * 1000;
 /// Most trace ids one `/api/traces?traceID=` request may name.
 const MAX_TRACE_IDS: usize = 100;
-/// The `datatracing.*` tags that carry what Jaeger's model has no field for.
-const STEP_KIND_TAG: &str = "datatracing.span.kind";
-const STATUS_TAG: &str = "datatracing.status";
+// The `datatracing.*` tags that carry what Jaeger's model has no field for: the step kind
+// and detailed status (docs/conventions.md) and, Jaeger-only, the types of a span's links.
+use datatracing_core::conventions::{SPAN_KIND as STEP_KIND_TAG, STATUS as STATUS_TAG};
 const LINK_TYPES_TAG: &str = "datatracing.link.types";
 const RESOURCE_PREFIX: &str = "resource.";
 

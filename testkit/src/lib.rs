@@ -2,8 +2,10 @@
 //! about (a ClickHouse engine, a Kubernetes API server). Used only as a dev-dependency.
 
 pub mod clickhouse;
+pub mod kafka;
 pub mod kubernetes;
 pub mod python;
+pub mod temporal;
 
 /// A TCP port free on 127.0.0.1 right now (for processes that must be told their port).
 pub fn free_port() -> u16 {

@@ -25,12 +25,12 @@ use opentelemetry_proto::tonic::common::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 
-/// Attribute carrying a pipeline step kind through OTLP.
-pub const SPAN_KIND_ATTR: &str = "datatracing.span.kind";
-/// Attribute carrying TIMEOUT / CANCELLED through OTLP's three status codes.
-pub const STATUS_ATTR: &str = "datatracing.status";
 /// Link attribute carrying our link type.
-pub const LINK_TYPE_ATTR: &str = "datatracing.link.type";
+pub use datatracing_core::conventions::LINK_TYPE as LINK_TYPE_ATTR;
+/// Attribute carrying a pipeline step kind through OTLP.
+pub use datatracing_core::conventions::SPAN_KIND as SPAN_KIND_ATTR;
+/// Attribute carrying TIMEOUT / CANCELLED through OTLP's three status codes.
+pub use datatracing_core::conventions::STATUS as STATUS_ATTR;
 /// OpenTracing's link (reference) type attribute.
 pub const OPENTRACING_REF_ATTR: &str = "opentracing.ref_type";
 const SERVICE_NAME: &str = "service.name";

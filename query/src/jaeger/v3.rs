@@ -33,7 +33,7 @@ use super::{
 const DEFAULT_NUM_TRACES: usize = 20;
 /// Header set on a trace answer cut at `query.max_trace_spans` (OTLP has no place for it).
 const TRUNCATED_HEADER: &str = "x-datatracing-truncated";
-const LINK_TYPE_ATTR: &str = "datatracing.link.type";
+use datatracing_core::conventions::LINK_TYPE as LINK_TYPE_ATTR;
 const SCOPE_NAME: &str = "otel.scope.name";
 const SCOPE_VERSION: &str = "otel.scope.version";
 
