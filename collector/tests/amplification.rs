@@ -10,16 +10,13 @@
 mod common;
 
 use std::io::Write;
-use std::sync::Arc;
 
-use common::raw_grpc;
+use common::{raw_grpc, serve};
+use datatracing_collector::CollectorConfig;
 use datatracing_collector::otlp::convert::to_otlp;
-use datatracing_collector::{Collector, CollectorConfig};
 use datatracing_core::{Span, SpanId, SpanKind, Status, StatusCode, Timestamp, TraceId};
-use datatracing_http::{HttpMetrics, Readiness};
-use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
+use datatracing_http::Authenticator;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use prometheus_client::registry::Registry;
 use prost::Message;
 
 /// A protobuf length-delimited field.
@@ -82,30 +79,8 @@ fn reset_peak() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_before_they_are_decoded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
-            .await
-            .unwrap(),
-    );
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let collector = Collector::new(CollectorConfig::default(), store, &mut registry, http).unwrap();
-    let readiness = Readiness::flag_only();
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (http_addr, grpc_addr) = (
-        http_listener.local_addr().unwrap(),
-        grpc_listener.local_addr().unwrap(),
-    );
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(collector.run(
-        http_listener,
-        Some(grpc_listener),
-        readiness,
-        Arc::new(registry),
-        shutdown.clone(),
-    ));
+    let served = serve(CollectorConfig::default(), Authenticator::disabled()).await;
+    let (http_addr, grpc_addr) = (served.http, served.grpc);
     let client = reqwest::Client::new();
     let url = format!("http://{http_addr}/v1/traces");
     let mut grpc = TraceServiceClient::connect(format!("http://{grpc_addr}"))
@@ -301,6 +276,5 @@ async fn hostile_requests_are_refused_before_they_are_decoded() {
     assert_eq!(resp.status().as_u16(), 200);
     grpc.export(ok).await.unwrap();
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }

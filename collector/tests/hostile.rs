@@ -5,69 +5,19 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::raw_grpc;
+use common::{raw_grpc, serve};
+use datatracing_collector::CollectorConfig;
 use datatracing_collector::otlp::convert::to_otlp;
-use datatracing_collector::{Collector, CollectorConfig};
 use datatracing_core::{
     AttributeValue, Span, SpanId, SpanKind, Status, StatusCode, Timestamp, TraceId,
 };
-use datatracing_http::{HttpMetrics, Readiness};
-use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
+use datatracing_http::{Authenticator, Readiness};
 use prometheus_client::registry::Registry;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
-
-struct Served {
-    http: SocketAddr,
-    grpc: SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<datatracing_collector::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn serve(config: CollectorConfig) -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
-            .await
-            .unwrap(),
-    );
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let collector = Collector::new(config, store, &mut registry, http).unwrap();
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (http, grpc) = (
-        http_listener.local_addr().unwrap(),
-        grpc_listener.local_addr().unwrap(),
-    );
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(collector.run(
-        http_listener,
-        Some(grpc_listener),
-        Readiness::flag_only(),
-        Arc::new(registry),
-        shutdown.clone(),
-    ));
-    Served {
-        http,
-        grpc,
-        shutdown,
-        task,
-        _dir: dir,
-    }
-}
-
-impl Served {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
 
 /// A request that is costly to decode and convert (many attributes) but within every
 /// limit; its spans end before they start, so validation refuses them after conversion and
@@ -124,7 +74,7 @@ fn costly_native_request(spans: u64) -> Vec<u8> {
 /// the requests ran on the async workers and froze every listener for seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_while_large_requests_are_decoded() {
-    let served = serve(CollectorConfig::default()).await;
+    let served = serve(CollectorConfig::default(), Authenticator::disabled()).await;
     // The query server's stand-in: another listener on the same runtime.
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ops_addr = ops.local_addr().unwrap();
@@ -229,11 +179,14 @@ async fn probes_answer_while_large_requests_are_decoded() {
 /// are HTTP's: uncompressed up to max_body_bytes, gzip up to max_decompressed_bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_codes_for_undecodable_and_oversized_messages() {
-    let served = serve(CollectorConfig {
-        max_body_bytes: 1 << 20,
-        max_decompressed_bytes: 2 << 20,
-        ..CollectorConfig::default()
-    })
+    let served = serve(
+        CollectorConfig {
+            max_body_bytes: 1 << 20,
+            max_decompressed_bytes: 2 << 20,
+            ..CollectorConfig::default()
+        },
+        Authenticator::disabled(),
+    )
     .await;
 
     let err = raw_grpc::export(served.grpc, vec![0xff; 64], false)
@@ -287,15 +240,18 @@ async fn grpc_codes_for_undecodable_and_oversized_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_listeners_close_silent_and_slow_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let served = serve(CollectorConfig {
-        request_timeout: datatracing_core::ConfigDuration::from_secs(1),
-        connections: datatracing_http::ConnectionLimits {
-            header_read_timeout: datatracing_core::ConfigDuration::from_millis(500),
-            idle_timeout: datatracing_core::ConfigDuration::from_millis(1500),
-            ..Default::default()
+    let served = serve(
+        CollectorConfig {
+            request_timeout: datatracing_core::ConfigDuration::from_secs(1),
+            connections: datatracing_http::ConnectionLimits {
+                header_read_timeout: datatracing_core::ConfigDuration::from_millis(500),
+                idle_timeout: datatracing_core::ConfigDuration::from_millis(1500),
+                ..Default::default()
+            },
+            ..CollectorConfig::default()
         },
-        ..CollectorConfig::default()
-    })
+        Authenticator::disabled(),
+    )
     .await;
     let closed_within = |mut s: tokio::net::TcpStream, d: Duration| async move {
         let mut buf = [0u8; 256];

@@ -5,26 +5,23 @@
 mod common;
 
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use common::harness;
+use datatracing_collector::CollectorConfig;
 use datatracing_collector::otlp::convert::to_otlp;
-use datatracing_collector::{Collector, CollectorConfig};
 use datatracing_core::{
     AttributeValue, Attributes, Link, LinkType, Span, SpanId, SpanKind, Status,
     StatusCode as SpanStatus, Timestamp, TraceId,
 };
-use datatracing_http::{Authenticator, HttpMetrics, Readiness};
+use datatracing_http::Authenticator;
 use datatracing_store::TraceReader;
-use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use prometheus_client::registry::Registry;
 use prost::Message;
 use tower::ServiceExt;
 
@@ -489,50 +486,18 @@ async fn throttling_answers_429_and_503_with_retry_after() {
     assert_eq!(RpcStatus::decode(body).unwrap().code, 13, "INTERNAL");
 }
 
-/// A collector on the embedded store serving OTLP/gRPC on a loopback port.
-async fn grpc_collector(
-    auth: Authenticator,
-) -> (
-    tempfile::TempDir,
-    Arc<EmbeddedStore>,
-    std::net::SocketAddr,
-    tokio_util::sync::CancellationToken,
-    tokio::task::JoinHandle<datatracing_collector::Result<()>>,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
-            .await
-            .unwrap(),
-    );
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let config = CollectorConfig {
-        max_decompressed_bytes: 32 * 1024 * 1024,
-        max_body_bytes: 16 * 1024 * 1024,
-        ..CollectorConfig::default()
-    };
-    let collector = Collector::new(config, store.clone(), &mut registry, http)
-        .unwrap()
-        .with_auth(auth);
-    let readiness = Readiness::new(store.clone());
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = grpc_listener.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(collector.run(
-        http_listener,
-        Some(grpc_listener),
-        readiness,
-        Arc::new(registry),
-        shutdown.clone(),
-    ));
-    (dir, store, grpc_addr, shutdown, server)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_export_with_a_real_tonic_client() {
-    let (dir, store, grpc_addr, shutdown, server) = grpc_collector(Authenticator::disabled()).await;
+    let served = common::serve(
+        CollectorConfig {
+            max_decompressed_bytes: 32 * 1024 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            ..CollectorConfig::default()
+        },
+        Authenticator::disabled(),
+    )
+    .await;
+    let (store, grpc_addr) = (served.store.clone(), served.grpc);
     let mut client = TraceServiceClient::connect(format!("http://{grpc_addr}"))
         .await
         .unwrap();
@@ -587,7 +552,7 @@ async fn grpc_export_with_a_real_tonic_client() {
 
     // Spans the real store refuses for good (a constraint, here a trigger) are answered
     // INTERNAL, which OTLP exporters do not retry; UNAVAILABLE would make them resend forever.
-    rusqlite::Connection::open(dir.path().join("traces.db"))
+    rusqlite::Connection::open(served.dir.path().join("traces.db"))
         .unwrap()
         .execute_batch(&format!(
             "CREATE TRIGGER refuse BEFORE INSERT ON spans WHEN NEW.trace_id = x'{}'
@@ -599,8 +564,7 @@ async fn grpc_export_with_a_real_tonic_client() {
     assert_eq!(err.code(), tonic::Code::Internal, "{err}");
     assert!(!err.message().contains("trigger"), "{err}");
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }
 
 /// Bearer tokens on OTLP/gRPC with a real tonic client: no or an unknown token is
@@ -628,7 +592,8 @@ async fn grpc_needs_an_ingest_token() {
         &env,
     )
     .unwrap();
-    let (_dir, store, grpc_addr, shutdown, server) = grpc_collector(auth).await;
+    let served = common::serve(CollectorConfig::default(), auth).await;
+    let (store, grpc_addr) = (served.store.clone(), served.grpc);
     let client = TraceServiceClient::connect(format!("http://{grpc_addr}"))
         .await
         .unwrap();
@@ -657,6 +622,5 @@ async fn grpc_needs_an_ingest_token() {
         assert_eq!(found, stored, "trace {trace}");
     }
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }

@@ -5,16 +5,15 @@
 //! ("NaN", "Infinity", "-Infinity") are accepted as the OTLP JSON mapping allows.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
 
+use common::serve;
+use datatracing_collector::CollectorConfig;
 use datatracing_collector::otlp::convert::to_otlp;
-use datatracing_collector::{Collector, CollectorConfig};
 use datatracing_core::{Span, SpanId, SpanKind, Status, StatusCode, Timestamp, TraceId};
-use datatracing_http::{HttpMetrics, Readiness};
+use datatracing_http::Authenticator;
 use datatracing_store::TraceReader;
-use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 const DAY: i64 = 24 * 3600 * 1_000_000_000;
@@ -39,34 +38,8 @@ fn span(trace: u8, id: u64, age_nanos: i64) -> Span {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_older_than_the_retention_are_refused_per_span() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
-            .await
-            .unwrap(),
-    );
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let collector = Collector::new(
-        CollectorConfig::default(),
-        store.clone(),
-        &mut registry,
-        http,
-    )
-    .unwrap();
-    let (l, g) = (
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    );
-    let (http_addr, grpc_addr) = (l.local_addr().unwrap(), g.local_addr().unwrap());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(collector.run(
-        l,
-        Some(g),
-        Readiness::flag_only(),
-        Arc::new(registry),
-        shutdown.clone(),
-    ));
+    let served = serve(CollectorConfig::default(), Authenticator::disabled()).await;
+    let (store, http_addr, grpc_addr) = (served.store.clone(), served.http, served.grpc);
     let client = reqwest::Client::new();
 
     // Native: one span 8 days old (retention 7 days), one recent.
@@ -131,8 +104,7 @@ async fn spans_older_than_the_retention_are_refused_per_span() {
         "{metrics}"
     );
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }
 
 /// OTLP/JSON doubles written as "NaN" / "Infinity" / "-Infinity" (the OTLP JSON mapping's
@@ -140,31 +112,8 @@ async fn spans_older_than_the_retention_are_refused_per_span() {
 /// whole request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_json_non_finite_doubles_are_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
-            .await
-            .unwrap(),
-    );
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let collector = Collector::new(
-        CollectorConfig::default(),
-        store.clone(),
-        &mut registry,
-        http,
-    )
-    .unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(collector.run(
-        l,
-        None,
-        Readiness::flag_only(),
-        Arc::new(registry),
-        shutdown.clone(),
-    ));
+    let served = serve(CollectorConfig::default(), Authenticator::disabled()).await;
+    let (store, addr) = (served.store.clone(), served.http);
     let now = Timestamp::now().unix_nanos();
     let body = json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
         "traceId": "5b8efff798038103d269b633813fc60c",
@@ -195,6 +144,5 @@ async fn otlp_json_non_finite_doubles_are_accepted() {
     assert_eq!(a["inf"], V::String("inf".into()));
     assert_eq!(a["ninf"], V::String("-inf".into()));
     assert_eq!(a["ratio"], V::Float(0.5));
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }

@@ -204,3 +204,60 @@ impl Harness {
         self.store.gate.acquire_many(GATE_PERMITS).await.unwrap()
     }
 }
+
+/// A collector on the real embedded store (in a temporary directory), served on loopback
+/// HTTP and OTLP/gRPC ports, for tests that talk to it with real clients.
+pub struct Served {
+    pub store: Arc<EmbeddedStore>,
+    pub http: std::net::SocketAddr,
+    pub grpc: std::net::SocketAddr,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<datatracing_collector::Result<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Serves `config` with `auth` (use `Authenticator::disabled()` for none); readiness is
+/// the flag alone, set by the collector's run.
+pub async fn serve(config: CollectorConfig, auth: datatracing_http::Authenticator) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+            .await
+            .unwrap(),
+    );
+    let mut registry = Registry::default();
+    let http = HttpMetrics::register(&mut registry);
+    let collector = Collector::new(config, store.clone(), &mut registry, http)
+        .unwrap()
+        .with_auth(auth);
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http, grpc) = (
+        http_listener.local_addr().unwrap(),
+        grpc_listener.local_addr().unwrap(),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(collector.run(
+        http_listener,
+        Some(grpc_listener),
+        Readiness::flag_only(),
+        Arc::new(registry),
+        shutdown.clone(),
+    ));
+    Served {
+        store,
+        http,
+        grpc,
+        shutdown,
+        task,
+        dir,
+    }
+}
+
+impl Served {
+    /// Shuts down and waits for the drain; the run must end cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
