@@ -11,8 +11,17 @@ use datatracing_ui::{ASSETS, CONTENT_SECURITY_POLICY, asset_version, routes};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
+/// This crate's folder, from the variable cargo sets when it runs the test, not the path
+/// compiled in: a target directory shared by several checkouts (CI's cache under the home
+/// directory, worktrees) keeps this test built once, with the path of whichever checkout
+/// built it first, which may since have been removed.
+fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 fn assets_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets")
+    crate_dir().join("assets")
 }
 
 fn files_under(dir: &Path, prefix: &str, out: &mut Vec<String>) {
@@ -177,8 +186,7 @@ fn no_external_url_and_no_inline_code_in_served_assets() {
 
 #[test]
 fn vendored_layout_library_matches_its_pin() {
-    let lock =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor.lock")).unwrap();
+    let lock = std::fs::read_to_string(crate_dir().join("vendor.lock")).unwrap();
     let mut checked = 0;
     for line in lock.lines().filter(|l| l.starts_with("file ")) {
         let parts: Vec<&str> = line.split_whitespace().collect();
