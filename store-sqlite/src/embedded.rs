@@ -617,51 +617,42 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
             let attributes = json_or_null(&span.attributes, Attributes::is_empty)?;
             let events = json_or_null(&span.events, Vec::is_empty)?;
             let links = json_or_null(&span.links, Vec::is_empty)?;
-            let inserted = insert.execute(params![
-                id,
-                trace_id,
-                span_id,
-                parent_id,
-                span.service,
-                span.operation,
+            let (kind, start, end) = (
                 span.kind.code(),
                 span.start_time.unix_nanos(),
                 span.end_time.unix_nanos(),
-                span.duration_nanos(),
-                span.status.code.code(),
-                span.status.message,
-                attributes,
-                events,
-                links,
-            ])?;
+            );
+            let (duration, status) = (span.duration_nanos(), span.status.code.code());
+            // The same 14 values, in the same order, for the insert (after the row id) and
+            // for the rewrite of a span already stored.
+            let fields: [&dyn rusqlite::ToSql; 14] = [
+                &trace_id,
+                &span_id,
+                &parent_id,
+                &span.service,
+                &span.operation,
+                &kind,
+                &start,
+                &end,
+                &duration,
+                &status,
+                &span.status.message,
+                &attributes,
+                &events,
+                &links,
+            ];
+            let inserted = insert.execute(rusqlite::params_from_iter(
+                std::iter::once(&id as &dyn rusqlite::ToSql).chain(fields),
+            ))?;
             let row = if inserted == 1 {
                 id
             } else {
-                let row: i64 = rewrite.query_row(
-                    params![
-                        trace_id,
-                        span_id,
-                        parent_id,
-                        span.service,
-                        span.operation,
-                        span.kind.code(),
-                        span.start_time.unix_nanos(),
-                        span.end_time.unix_nanos(),
-                        span.duration_nanos(),
-                        span.status.code.code(),
-                        span.status.message,
-                        attributes,
-                        events,
-                        links,
-                    ],
-                    |r| r.get(0),
-                )?;
+                let row: i64 = rewrite.query_row(&fields[..], |r| r.get(0))?;
                 // A rewrite kept its old row: its old links go, the new ones are indexed.
                 unlink.execute([row])?;
                 row
             };
             insert_links(&tx, row, span.trace_id, span.span_id, &span.links)?;
-            let start = span.start_time.unix_nanos();
             let e = names
                 .entry((
                     span.service.as_str(),
