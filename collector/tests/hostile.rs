@@ -19,14 +19,14 @@ use prometheus_client::registry::Registry;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-/// A request that is costly to decode and convert (many attributes) but within every
+/// Spans that are costly to decode and convert (many attributes) but within every
 /// limit; its spans end before they start, so validation refuses them after conversion and
 /// nothing reaches the store.
-fn costly_request(spans: u64) -> Vec<u8> {
+fn costly_spans(trace: u8, spans: u64) -> Vec<Span> {
     let now = Timestamp::now().unix_nanos();
-    let spans: Vec<Span> = (0..spans)
+    (0..spans)
         .map(|i| Span {
-            trace_id: TraceId::from_bytes([3; 16]),
+            trace_id: TraceId::from_bytes([trace; 16]),
             span_id: SpanId::from_bytes((i + 1).to_be_bytes()),
             parent_id: None,
             service: "svc".into(),
@@ -41,32 +41,17 @@ fn costly_request(spans: u64) -> Vec<u8> {
             events: vec![],
             links: vec![],
         })
-        .collect();
-    to_otlp(&spans).encode_to_vec()
+        .collect()
 }
 
-/// The native JSON form of [`costly_request`].
+/// [`costly_spans`] as an OTLP protobuf request.
+fn costly_request(spans: u64) -> Vec<u8> {
+    to_otlp(&costly_spans(3, spans)).encode_to_vec()
+}
+
+/// [`costly_spans`] in the native JSON form.
 fn costly_native_request(spans: u64) -> Vec<u8> {
-    let now = Timestamp::now().unix_nanos();
-    let spans: Vec<Span> = (0..spans)
-        .map(|i| Span {
-            trace_id: TraceId::from_bytes([5; 16]),
-            span_id: SpanId::from_bytes((i + 1).to_be_bytes()),
-            parent_id: None,
-            service: "svc".into(),
-            operation: format!("step-{i}"),
-            kind: SpanKind::Transform,
-            start_time: Timestamp::from_unix_nanos(now),
-            end_time: Timestamp::from_unix_nanos(now - 1),
-            status: Status::new(StatusCode::Ok),
-            attributes: (0..40)
-                .map(|a| (format!("attr.{a}"), AttributeValue::Int(a)))
-                .collect(),
-            events: vec![],
-            links: vec![],
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({ "spans": spans })).unwrap()
+    serde_json::to_vec(&serde_json::json!({ "spans": costly_spans(5, spans) })).unwrap()
 }
 
 /// Another listener of the same process answers `/healthz` within 100 ms (median)
