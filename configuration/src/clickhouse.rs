@@ -23,8 +23,12 @@ pub enum Compression {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP URL of a ClickHouse server (or load balancer), e.g. `http://clickhouse:8123`.
+    /// HTTP URL of a ClickHouse server (or load balancer), e.g. `http://clickhouse:8123`,
+    /// or `https://clickhouse:8443` for TLS.
     pub url: String,
+    /// With an `https://` URL: a PEM file with the CAs the server's certificate must chain
+    /// to (a private CA, a mounted Secret). Absent: the system's trust store.
+    pub ca_file: Option<PathBuf>,
     /// Database holding the trace tables.
     pub database: String,
     /// User name.
@@ -89,6 +93,7 @@ impl Default for ClickHouseConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:8123".into(),
+            ca_file: None,
             database: "datatracing".into(),
             user: "default".into(),
             password: String::new(),
@@ -124,6 +129,7 @@ impl std::fmt::Debug for ClickHouseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClickHouseConfig")
             .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
             .field("database", &self.database)
             .field("user", &self.user)
             .field(
@@ -164,6 +170,12 @@ impl ClickHouseConfig {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return bad(format!(
                 "storage.clickhouse.url must be an http(s) URL, got {:?}",
+                self.url
+            ));
+        }
+        if self.ca_file.is_some() && !self.url.starts_with("https://") {
+            return bad(format!(
+                "storage.clickhouse.ca_file is set but the URL {:?} is not https://",
                 self.url
             ));
         }
@@ -250,6 +262,20 @@ mod tests {
             ..ClickHouseConfig::default()
         };
         assert!(bad_db.validate().is_err());
+        let ca_without_tls = ClickHouseConfig {
+            ca_file: Some("/etc/ca.crt".into()),
+            ..ClickHouseConfig::default()
+        };
+        let e = ca_without_tls.validate().unwrap_err().to_string();
+        assert!(e.contains("ca_file is set but the URL"), "{e}");
+        assert!(
+            ClickHouseConfig {
+                url: "https://clickhouse:8443".into(),
+                ..ca_without_tls
+            }
+            .validate()
+            .is_ok()
+        );
         for url in [
             "http://default:hunter2@clickhouse:8123",
             "https://user@clickhouse",

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::interpolate::interpolate;
 use crate::{
     AuthConfig, ClickHouseConfig, CollectorConfig, ConfigError, EmbeddedConfig, OperatorConfig,
-    QueryConfig,
+    QueryConfig, TlsConfig,
 };
 
 /// Log output.
@@ -83,6 +83,9 @@ pub struct Config {
     pub operator: OperatorConfig,
     /// Bearer tokens for every listener of the process (off when none is configured).
     pub auth: AuthConfig,
+    /// TLS for every listener of the process (`collector.tls` and `query.tls` take
+    /// precedence for their section); absent: plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Config {
@@ -122,7 +125,21 @@ impl Config {
         self.query.validate()?;
         self.operator.validate()?;
         self.auth.validate()?;
+        if let Some(t) = &self.tls {
+            t.validate("tls")?;
+        }
         Ok(())
+    }
+
+    /// The TLS settings of the collector's listeners (HTTP and gRPC): its own block, else
+    /// the shared one.
+    pub fn collector_tls(&self) -> Option<&TlsConfig> {
+        self.collector.tls.as_ref().or(self.tls.as_ref())
+    }
+
+    /// The TLS settings of the query listener: its own block, else the shared one.
+    pub fn query_tls(&self) -> Option<&TlsConfig> {
+        self.query.tls.as_ref().or(self.tls.as_ref())
     }
 }
 

@@ -21,6 +21,7 @@ mod interpolate;
 mod operator;
 mod query;
 mod sampling;
+mod tls;
 
 pub use auth::{AuthConfig, MIN_TOKEN_LEN, Scope, TokenConfig};
 pub use clickhouse::{ClickHouseBatchConfig, ClickHouseConfig, Compression};
@@ -33,3 +34,4 @@ pub use interpolate::interpolate;
 pub use operator::{LeaderElectionConfig, OperatorConfig};
 pub use query::{LineageConfig, QueryConfig};
 pub use sampling::{SamplingConfig, ShutdownRule};
+pub use tls::{ClientAuth, TlsConfig};

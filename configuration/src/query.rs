@@ -6,7 +6,7 @@ use datatracing_core::ConfigDuration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, ConnectionLimits, Result};
+use crate::{ConfigError, ConnectionLimits, Result, TlsConfig};
 
 /// Query service settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -32,6 +32,8 @@ pub struct QueryConfig {
     pub max_queued_reads: usize,
     /// Connection limits of the query listener.
     pub connections: ConnectionLimits,
+    /// TLS on the query listener; absent: the file's top-level `tls`, if any.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Bounds of lineage queries (`query.lineage`): how far and how wide a walk across linked
@@ -97,6 +99,7 @@ impl Default for QueryConfig {
             max_concurrent_reads: Self::DEFAULT_MAX_CONCURRENT_READS,
             max_queued_reads: Self::DEFAULT_MAX_QUEUED_READS,
             connections: ConnectionLimits::default(),
+            tls: None,
         }
     }
 }
@@ -142,6 +145,9 @@ impl QueryConfig {
             ));
         }
         self.connections.validate("query", self.request_timeout)?;
+        if let Some(t) = &self.tls {
+            t.validate("query.tls")?;
+        }
         Ok(())
     }
 }
