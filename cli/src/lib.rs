@@ -12,9 +12,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use datatracing_collector::Collector;
-use datatracing_config::{Backend, Config, LogConfig, LogFormat, OperatorConfig};
+use datatracing_config::{Backend, Config, LogConfig, LogFormat, OperatorConfig, TlsConfig};
 use datatracing_core::ConfigDuration;
-use datatracing_http::{Authenticator, HttpMetrics, Readiness};
+use datatracing_http::{Alpn, Authenticator, HttpMetrics, Readiness, TlsAcceptor, TlsMetrics};
 use datatracing_query::QueryService;
 use datatracing_store::{Health, TraceReader, TraceWriter};
 use datatracing_store_clickhouse::{
@@ -66,6 +66,19 @@ pub struct Cli {
     /// ClickHouse database (default datatracing).
     #[arg(long, global = true, env = "DATATRACING_CLICKHOUSE_DATABASE")]
     pub clickhouse_database: Option<String>,
+    /// PEM file of the CAs that sign the ClickHouse server's certificate (`https://` URLs;
+    /// `storage.clickhouse.ca_file`).
+    #[arg(long, global = true, env = "DATATRACING_CLICKHOUSE_CA_FILE")]
+    pub clickhouse_ca_file: Option<PathBuf>,
+    /// TLS certificate (PEM) for every listener (`tls.cert_file`); with `--tls-key-file`.
+    #[arg(long, global = true, env = "DATATRACING_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM) for every listener (`tls.key_file`).
+    #[arg(long, global = true, env = "DATATRACING_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CAs (PEM) for client certificates: mutual TLS (`tls.client_ca_file`).
+    #[arg(long, global = true, env = "DATATRACING_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
@@ -273,6 +286,10 @@ impl Cli {
         if let Some(d) = &self.clickhouse_database {
             c.storage.clickhouse.database = d.clone();
         }
+        if let Some(f) = &self.clickhouse_ca_file {
+            c.storage.clickhouse.ca_file = Some(f.clone());
+        }
+        self.apply_tls(&mut c)?;
         if let Some(p) = env.get("DATATRACING_CLICKHOUSE_PASSWORD") {
             c.storage.clickhouse.password = p.clone();
         }
@@ -285,6 +302,37 @@ impl Cli {
         tracing_subscriber::EnvFilter::try_new(&c.log.level)
             .map_err(|e| anyhow::anyhow!("log.level: {e}"))?;
         Ok(c)
+    }
+}
+
+impl Cli {
+    /// The `--tls-*` flags on the shared `tls:` block: a certificate and key create it when
+    /// the file has none; one of them alone, or a client CA, changes the file's block.
+    fn apply_tls(&self, c: &mut Config) -> anyhow::Result<()> {
+        match (&self.tls_cert_file, &self.tls_key_file, c.tls.as_mut()) {
+            (Some(cert), Some(key), None) => c.tls = Some(TlsConfig::new(cert, key)),
+            (None, None, _) => {}
+            (cert, key, Some(t)) => {
+                if let Some(cert) = cert {
+                    t.cert_file = cert.clone();
+                }
+                if let Some(key) = key {
+                    t.key_file = key.clone();
+                }
+            }
+            (_, _, None) => anyhow::bail!(
+                "--tls-cert-file and --tls-key-file (DATATRACING_TLS_CERT_FILE, DATATRACING_TLS_KEY_FILE) go together unless the file has a tls: block"
+            ),
+        }
+        if let Some(ca) = &self.tls_client_ca_file {
+            let Some(t) = c.tls.as_mut() else {
+                anyhow::bail!(
+                    "--tls-client-ca-file (DATATRACING_TLS_CLIENT_CA_FILE) needs a server certificate: --tls-cert-file and --tls-key-file, or a tls: block"
+                );
+            };
+            t.client_ca_file = Some(ca.clone());
+        }
+        Ok(())
     }
 }
 
@@ -496,26 +544,53 @@ pub async fn run(
     let auth = Authenticator::load(&config.auth, &env).context("loading auth.tokens")?;
     auth.spawn_reloader(shutdown.clone());
     let mut registry = Registry::default();
+    // Certificates too: a missing file or a key that does not match fails start-up.
+    let tls_metrics = TlsMetrics::register(&mut registry);
+    let load_tls = |tls: &TlsConfig, listener: &'static str, alpn: Alpn| {
+        let acceptor = TlsAcceptor::load(tls, listener, alpn, tls_metrics.clone())
+            .with_context(|| format!("loading the TLS certificate of the {listener} listener"))?;
+        acceptor.spawn_reloader(shutdown.clone());
+        anyhow::Ok(acceptor)
+    };
+    let collector_tls = match config.collector_tls() {
+        Some(t) if write => Some((
+            load_tls(t, "collector", Alpn::Http1)?,
+            load_tls(t, "collector-grpc", Alpn::H2)?,
+        )),
+        _ => None,
+    };
+    let query_tls = match config.query_tls() {
+        Some(t) if read => Some(load_tls(t, "query", Alpn::Http1)?),
+        _ => None,
+    };
     let stores = open_stores(&config, write, read, &mut registry).await?;
     let http_metrics = HttpMetrics::register(&mut registry);
     let collector = match &stores.writer {
-        Some(writer) => Some(
-            Collector::new(
+        Some(writer) => {
+            let c = Collector::new(
                 config.collector.clone(),
                 Arc::clone(writer),
                 &mut registry,
                 http_metrics.clone(),
             )?
-            .with_auth(auth.clone()),
-        ),
+            .with_auth(auth.clone());
+            Some(match collector_tls {
+                Some((http, grpc)) => c.with_tls(http, grpc),
+                None => c,
+            })
+        }
         None => None,
     };
     let query = match &stores.reader {
-        Some(reader) => Some(
-            QueryService::new(config.query.clone(), Arc::clone(reader), http_metrics)?
+        Some(reader) => {
+            let q = QueryService::new(config.query.clone(), Arc::clone(reader), http_metrics)?
                 .with_metrics(datatracing_query::QueryMetrics::register(&mut registry))
-                .with_auth(auth),
-        ),
+                .with_auth(auth);
+            Some(match query_tls {
+                Some(t) => q.with_tls(t),
+                None => q,
+            })
+        }
         None => None,
     };
     let registry = Arc::new(registry);

@@ -31,7 +31,7 @@ use axum::Router;
 use datatracing_config::Scope;
 use datatracing_core::RetryPolicy;
 use datatracing_http::{
-    Authenticator, HttpMetrics, Readiness, finish_router, ops_routes, serve_with,
+    Authenticator, HttpMetrics, Readiness, TlsAcceptor, finish_router, ops_routes, serve_with,
 };
 use datatracing_store::TraceWriter;
 use prometheus_client::registry::Registry;
@@ -77,6 +77,14 @@ pub struct Collector {
     wal: Option<(wal::Wal, wal::Pos)>,
     sampling: Option<(Arc<tail::PolicyHolder>, tail::SamplingMetrics)>,
     auth: Authenticator,
+    tls: Option<Tls>,
+}
+
+/// The TLS acceptors of the two listeners (they announce different protocols).
+#[derive(Debug)]
+struct Tls {
+    http: TlsAcceptor,
+    grpc: TlsAcceptor,
 }
 
 impl Collector {
@@ -126,6 +134,7 @@ impl Collector {
             wal,
             sampling,
             auth: Authenticator::disabled(),
+            tls: None,
         })
     }
 
@@ -133,6 +142,13 @@ impl Collector {
     /// sampling admin routes, any token on the ops routes when `auth.protect_ops` is set.
     pub fn with_auth(mut self, auth: Authenticator) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Serves TLS: `http` on the HTTP listener (ALPN `http/1.1`), `grpc` on the OTLP/gRPC
+    /// one (ALPN `h2`).
+    pub fn with_tls(mut self, http: TlsAcceptor, grpc: TlsAcceptor) -> Self {
+        self.tls = Some(Tls { http, grpc });
         self
     }
 
@@ -247,10 +263,11 @@ impl Collector {
     ) -> Result<()> {
         let started = self.start(readiness, registry)?;
         let drain = self.config.drain_timeout.get();
-        tracing::info!(addr = %listener.local_addr()?, "collector listening");
+        let tls = self.tls.is_some();
+        tracing::info!(addr = %listener.local_addr()?, tls, "collector listening");
         let grpc_task = match grpc {
             Some(l) => {
-                tracing::info!(addr = %l.local_addr()?, "collector grpc listening");
+                tracing::info!(addr = %l.local_addr()?, tls, "collector grpc listening");
                 Some(tokio::spawn(otlp::grpc::serve(
                     l,
                     started.grpc,
@@ -260,6 +277,7 @@ impl Collector {
                         connections: self.config.connections.clone(),
                     },
                     self.auth.clone(),
+                    self.tls.as_ref().map(|t| t.grpc.clone()),
                     shutdown.clone(),
                     drain,
                 )))
@@ -272,6 +290,7 @@ impl Collector {
             shutdown.clone(),
             drain,
             &self.config.connections,
+            self.tls.as_ref().map(|t| &t.http),
         )
         .await?;
         if let Some(t) = grpc_task {

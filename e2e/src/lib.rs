@@ -293,6 +293,11 @@ pub fn python_otel_send(protocol: &str, endpoint: &str, env: &[(&str, &str)]) ->
     ]))
     .arg(script)
     .args([protocol, endpoint])
+    // `requests` lets these win over the exporter's own CA file
+    // (`OTEL_EXPORTER_OTLP_CERTIFICATE`); a machine-wide bundle must not decide what a TLS
+    // test trusts.
+    .env_remove("REQUESTS_CA_BUNDLE")
+    .env_remove("CURL_CA_BUNDLE")
     .envs(env.iter().copied())
     .output()
     .expect("run python");

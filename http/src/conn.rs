@@ -2,7 +2,10 @@
 //! connections, a deadline for silent connections, and the per-connection wrapper that
 //! carries both. HTTP/1 header timeouts and keep-alive limits are applied by
 //! [`serve_with`](crate::serve_with) on top; gRPC servers take the stream of
-//! [`incoming`] connections.
+//! [`incoming`] connections. With a [`TlsAcceptor`] every connection is a TLS one
+//! ([`Conn::Tls`]); its handshake runs on the connection's own task, never in the accept
+//! loop, so a client that stalls mid-handshake holds only its own slot (until
+//! `header_read_timeout`).
 
 use std::io;
 use std::pin::Pin;
@@ -16,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+
+use crate::tls::TlsAcceptor;
 
 /// A connection that counts against its listener's cap until dropped, and fails with
 /// `TimedOut` once nothing was received or sent for `idle`.
@@ -135,11 +140,102 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
     }
 }
 
-impl tonic::transport::server::Connected for Limited<TcpStream> {
+/// An accepted connection: plain, or TLS once its handshake completed.
+#[derive(Debug)]
+pub enum Conn {
+    /// Plain TCP.
+    Plain(Limited<TcpStream>),
+    /// TLS over TCP, handshake done.
+    Tls(Box<tokio_rustls::server::TlsStream<Limited<TcpStream>>>),
+}
+
+impl Conn {
+    /// The connection as accepted, after the TLS handshake when `tls` is given (bounded by
+    /// `handshake_timeout`).
+    pub async fn establish(
+        tcp: Limited<TcpStream>,
+        tls: Option<&TlsAcceptor>,
+        handshake_timeout: Duration,
+    ) -> io::Result<Self> {
+        match tls {
+            None => Ok(Conn::Plain(tcp)),
+            Some(tls) => Ok(Conn::Tls(Box::new(
+                tls.handshake(tcp, handshake_timeout).await?,
+            ))),
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(c) => c.get_ref(),
+            Conn::Tls(t) => t.get_ref().0.get_ref(),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(c) => Pin::new(c).poll_write(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(c) => Pin::new(c).poll_flush(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(c) => Pin::new(c).poll_shutdown(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(c) => Pin::new(c).poll_write_vectored(cx, bufs),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(c) => c.is_write_vectored(),
+            Conn::Tls(t) => t.is_write_vectored(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        self.tcp().connect_info()
     }
 }
 
@@ -190,14 +286,35 @@ impl Acceptor {
 }
 
 /// The connections of `listener` under `limits`, for a gRPC server
-/// (`serve_with_incoming`).
+/// (`serve_with_incoming`), TLS ones when `tls` is given. TLS handshakes run concurrently
+/// on their own tasks, each bounded by `limits.header_read_timeout`; only completed ones
+/// are yielded. Dropping the stream stops accepting.
 pub fn incoming(
     listener: TcpListener,
     limits: &ConnectionLimits,
-) -> impl Stream<Item = io::Result<Limited<TcpStream>>> + Send + 'static {
-    let acceptor = Arc::new(Acceptor::new(listener, limits));
-    futures::stream::unfold(acceptor, |a| async move {
-        let conn = a.accept().await;
-        Some((Ok(conn), a))
+    tls: Option<TlsAcceptor>,
+) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    let acceptor = Acceptor::new(listener, limits);
+    let handshake_timeout = limits.header_read_timeout.get();
+    // Completed connections wait here for the server; a few suffice, the accept loop
+    // waits when they are not taken.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(16);
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                c = acceptor.accept() => c,
+                _ = tx.closed() => return,
+            };
+            let (tx, tls) = (tx.clone(), tls.clone());
+            tokio::spawn(async move {
+                if let Ok(conn) = Conn::establish(tcp, tls.as_ref(), handshake_timeout).await {
+                    let _ = tx.send(conn).await;
+                }
+            });
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        let conn = rx.recv().await?;
+        Some((Ok(conn), rx))
     })
 }

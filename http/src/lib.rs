@@ -10,6 +10,8 @@
 //! - [`serve`] / [`serve_with`]: serving with graceful, bounded draining on a cancellation
 //!   token, within [`ConnectionLimits`] (`conn`: connection cap, header and idle timeouts,
 //!   keep-alive limit; [`conn::incoming`] gives gRPC servers the same limits).
+//! - [`TlsAcceptor`]: TLS (rustls) on any of those listeners, optional client certificates,
+//!   certificate files reloaded on change.
 
 mod auth;
 mod code;
@@ -17,6 +19,7 @@ pub mod conn;
 mod error;
 mod ops;
 mod serve;
+mod tls;
 
 pub use auth::{AuthError, Authenticator, Principal};
 pub use code::ErrorCode;
@@ -24,3 +27,4 @@ pub use datatracing_config::ConnectionLimits;
 pub use error::{ApiError, ErrorDetail};
 pub use ops::{Buffer, HttpMetrics, Readiness, ops_routes};
 pub use serve::{ServeError, finish_router, serve, serve_with};
+pub use tls::{Alpn, TlsAcceptor, TlsError, TlsMetrics};

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::conn::Acceptor;
+use crate::conn::{Acceptor, Conn};
+use crate::tls::TlsAcceptor;
 
 use crate::code::ErrorCode;
 use crate::error::ApiError;
@@ -105,6 +106,7 @@ pub async fn serve(
         shutdown,
         drain,
         &ConnectionLimits::default(),
+        None,
     )
     .await
 }
@@ -112,13 +114,16 @@ pub async fn serve(
 /// [`serve`] with explicit connection limits: at most `max_connections` open (more wait
 /// in the kernel's queue), request headers within `header_read_timeout`, silent
 /// connections closed after `idle_timeout`, and `Connection: close` after
-/// `max_requests_per_connection` requests on one connection.
+/// `max_requests_per_connection` requests on one connection. With `tls`, connections are
+/// TLS; the handshake counts against `header_read_timeout` and runs on the connection's
+/// task.
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
     drain: Duration,
     limits: &ConnectionLimits,
+    tls: Option<&TlsAcceptor>,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
     let acceptor = Acceptor::new(listener, limits);
@@ -129,8 +134,9 @@ pub async fn serve_with(
         .header_read_timeout(limits.header_read_timeout.get())
         .keep_alive(true);
     let max_requests = limits.max_requests_per_connection;
+    let handshake_timeout = limits.header_read_timeout.get();
     loop {
-        let conn = tokio::select! {
+        let tcp = tokio::select! {
             c = acceptor.accept() => c,
             _ = shutdown.cancelled() => break,
         };
@@ -151,9 +157,13 @@ pub async fn serve_with(
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
-        let conn =
-            graceful.watch(http1.serve_connection(hyper_util::rt::TokioIo::new(conn), service));
+        let (watcher, http1, tls) = (graceful.watcher(), http1.clone(), tls.cloned());
         tokio::spawn(async move {
+            let Ok(conn) = Conn::establish(tcp, tls.as_ref(), handshake_timeout).await else {
+                return; // counted and logged by the TLS acceptor
+            };
+            let conn =
+                watcher.watch(http1.serve_connection(hyper_util::rt::TokioIo::new(conn), service));
             // Timeouts and clients that hang up end here; they are not server failures.
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection closed with an error");

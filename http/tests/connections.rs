@@ -29,9 +29,16 @@ async fn start(limits: ConnectionLimits) -> (SocketAddr, CancellationToken) {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        serve_with(listener, router, stop, Duration::from_secs(1), &limits)
-            .await
-            .unwrap();
+        serve_with(
+            listener,
+            router,
+            stop,
+            Duration::from_secs(1),
+            &limits,
+            None,
+        )
+        .await
+        .unwrap();
     });
     (addr, shutdown)
 }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use axum::Router;
 use datatracing_config::Scope;
 use datatracing_http::{
-    Authenticator, HttpMetrics, Readiness, finish_router, ops_routes, serve_with,
+    Authenticator, HttpMetrics, Readiness, TlsAcceptor, finish_router, ops_routes, serve_with,
 };
 use datatracing_store::TraceReader;
 use prometheus_client::registry::Registry;
@@ -81,6 +81,7 @@ pub struct QueryService {
     http_metrics: HttpMetrics,
     metrics: QueryMetrics,
     auth: Authenticator,
+    tls: Option<TlsAcceptor>,
 }
 
 impl QueryService {
@@ -98,6 +99,7 @@ impl QueryService {
             http_metrics,
             metrics: QueryMetrics::unregistered(),
             auth: Authenticator::disabled(),
+            tls: None,
         })
     }
 
@@ -106,6 +108,12 @@ impl QueryService {
     /// static files stay open: they hold no data.
     pub fn with_auth(mut self, auth: Authenticator) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Serves TLS with `tls` (ALPN `http/1.1`).
+    pub fn with_tls(mut self, tls: TlsAcceptor) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -176,13 +184,14 @@ impl QueryService {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let router = self.router(readiness, registry);
-        tracing::info!(addr = %listener.local_addr()?, "query listening");
+        tracing::info!(addr = %listener.local_addr()?, tls = self.tls.is_some(), "query listening");
         serve_with(
             listener,
             router,
             shutdown,
             self.config.drain_timeout.get(),
             &self.config.connections,
+            self.tls.as_ref(),
         )
         .await?;
         Ok(())

@@ -1,11 +1,13 @@
 //! Test infrastructure: real peers started as local processes, never mocks of what a test is
-//! about (a ClickHouse engine, a Kubernetes API server). Used only as a dev-dependency.
+//! about (a ClickHouse engine, a Kubernetes API server), and test certificates made by
+//! `openssl` ([`tls`]). Used only as a dev-dependency.
 
 pub mod clickhouse;
 pub mod kafka;
 pub mod kubernetes;
 pub mod python;
 pub mod temporal;
+pub mod tls;
 
 /// A TCP port free on 127.0.0.1 right now (for processes that must be told their port).
 pub fn free_port() -> u16 {

@@ -232,6 +232,7 @@ pub(crate) async fn serve(
     export: Export,
     limits: Limits,
     auth: Authenticator,
+    tls: Option<datatracing_http::TlsAcceptor>,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Result<(), tonic::transport::Error> {
@@ -247,7 +248,7 @@ pub(crate) async fn serve(
         .max_concurrent_streams(streams)
         .add_service(service)
         .serve_with_incoming_shutdown(
-            datatracing_http::conn::incoming(listener, &limits.connections),
+            datatracing_http::conn::incoming(listener, &limits.connections, tls),
             shutdown.clone().cancelled_owned(),
         );
     tokio::select! {

@@ -219,6 +219,15 @@ pub struct Served {
 /// Serves `config` with `auth` (use `Authenticator::disabled()` for none); readiness is
 /// the flag alone, set by the collector's run.
 pub async fn serve(config: CollectorConfig, auth: datatracing_http::Authenticator) -> Served {
+    serve_tls(config, auth, None).await
+}
+
+/// [`serve`] with TLS: the HTTP and the gRPC listener's acceptors.
+pub async fn serve_tls(
+    config: CollectorConfig,
+    auth: datatracing_http::Authenticator,
+    tls: Option<(datatracing_http::TlsAcceptor, datatracing_http::TlsAcceptor)>,
+) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
@@ -230,6 +239,10 @@ pub async fn serve(config: CollectorConfig, auth: datatracing_http::Authenticato
     let collector = Collector::new(config, store.clone(), &mut registry, http)
         .unwrap()
         .with_auth(auth);
+    let collector = match tls {
+        Some((h, g)) => collector.with_tls(h, g),
+        None => collector,
+    };
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (http, grpc) = (
