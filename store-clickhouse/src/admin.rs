@@ -68,8 +68,13 @@ impl std::fmt::Debug for ClickHouseAdmin {
     }
 }
 
-pub(crate) fn build_client(cfg: &ClickHouseConfig, password: &str, with_database: bool) -> Client {
-    let mut c = Client::default()
+pub(crate) fn build_client(
+    cfg: &ClickHouseConfig,
+    connector: &crate::client::Connector,
+    password: &str,
+    with_database: bool,
+) -> Client {
+    let mut c = crate::client::client(connector)
         .with_url(&cfg.url)
         .with_user(&cfg.user)
         .with_compression(match cfg.compression {
@@ -110,11 +115,23 @@ fn ttl_days(engine_full: &str) -> Option<u32> {
 impl ClickHouseAdmin {
     /// Builds clients from validated configuration (no I/O yet).
     pub fn new(config: &ClickHouseConfig) -> Result<Self> {
+        Self::build(config, None)
+    }
+
+    /// [`ClickHouseAdmin::new`] trusting the CAs in `ca_pem` (PEM text) for an `https://`
+    /// URL instead of `ca_file`: for a process that read the CA from elsewhere (the
+    /// operator, from the pipeline's Secret).
+    pub fn with_ca_pem(config: &ClickHouseConfig, ca_pem: &[u8]) -> Result<Self> {
+        Self::build(config, Some(ca_pem))
+    }
+
+    fn build(config: &ClickHouseConfig, ca_pem: Option<&[u8]>) -> Result<Self> {
         config.validate()?;
         let password = config.resolve_password()?;
+        let connector = crate::client::connector(config, ca_pem)?;
         Ok(Self {
-            client: build_client(config, &password, true),
-            root: build_client(config, &password, false),
+            client: build_client(config, &connector, &password, true),
+            root: build_client(config, &connector, &password, false),
             schema: Schema {
                 database: config.database.clone(),
                 cluster: config.cluster.clone(),

@@ -26,6 +26,10 @@ pub enum Error {
         /// Its message.
         message: String,
     },
+    /// TLS to the server failed: its certificate does not verify against the configured
+    /// CAs, or the CA file is unusable. Not retried: the same certificate fails again.
+    #[error("ClickHouse TLS: {0} (check storage.clickhouse.ca_file and the server's certificate)")]
+    Tls(String),
     /// Anything else the client reported.
     #[error("ClickHouse client: {0}")]
     Client(String),
@@ -90,6 +94,7 @@ impl Error {
             Error::Schema(_) => "schema",
             Error::Server { .. } if self.is_transient() => "server_transient",
             Error::Server { .. } => "server_rejected",
+            Error::Tls(_) => "tls",
             Error::Client(_) => "client",
         }
     }
@@ -99,7 +104,10 @@ impl From<clickhouse::error::Error> for Error {
     fn from(e: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as C;
         match e {
-            C::Network(inner) => Error::Unreachable(inner.to_string()),
+            C::Network(inner) => match crate::client::tls_cause(&*inner) {
+                Some(tls) => Error::Tls(tls),
+                None => Error::Unreachable(crate::client::chain(&*inner)),
+            },
             C::TimedOut => Error::Timeout("the server did not answer in time".into()),
             C::SchemaMismatch(m) => Error::Schema(m),
             C::BadResponse(message) => {

@@ -2,6 +2,8 @@
 //! [`TraceReader`](datatracing_store::TraceReader): production storage.
 //!
 //! - [`schema`]: tables, versioned migrations, clustered DDL.
+//! - `client`: HTTP or HTTPS (rustls) to the server, verified against
+//!   `storage.clickhouse.ca_file` or the system's trust store.
 //! - [`ClickHouseAdmin`]: migrations and retention (`set_retention` / `retention`), for the
 //!   `datatracing migrate` command and the operator; the operator's storage ownership
 //!   (`claim` / `owner` / `release`).
@@ -14,6 +16,7 @@
 
 mod admin;
 mod batcher;
+mod client;
 mod error;
 mod metrics;
 mod reader;

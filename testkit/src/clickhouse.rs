@@ -31,6 +31,7 @@ enum Kind {
         python: PathBuf,
         path: PathBuf,
         backups_path: Option<PathBuf>,
+        tls: Option<crate::tls::Pair>,
         _dir: Option<tempfile::TempDir>,
     },
 }
@@ -104,6 +105,8 @@ pub struct ChdbOptions {
     pub password: Option<String>,
     /// A directory `BACKUP ... TO File(...)` / `RESTORE ... FROM File(...)` may use.
     pub backups_path: Option<PathBuf>,
+    /// Serve HTTPS with this certificate and key (the URL is then `https://127.0.0.1:port`).
+    pub tls: Option<crate::tls::Pair>,
 }
 
 impl ClickHouse {
@@ -194,13 +197,18 @@ impl ClickHouse {
                 python,
                 path,
                 backups_path: opts.backups_path,
+                tls: opts.tls,
                 _dir: dir,
             },
             child: Mutex::new(None),
         };
         let port = ch.spawn_chdb();
         ch.port = port;
-        ch.url = format!("http://127.0.0.1:{port}");
+        let scheme = match &ch.kind {
+            Kind::Chdb { tls: Some(_), .. } => "https",
+            _ => "http",
+        };
+        ch.url = format!("{scheme}://127.0.0.1:{port}");
         ch
     }
 
@@ -209,6 +217,7 @@ impl ClickHouse {
             python,
             path,
             backups_path,
+            tls,
             ..
         } = &self.kind
         else {
@@ -232,6 +241,14 @@ impl ClickHouse {
                     .iter()
                     .flat_map(|p| [std::ffi::OsStr::new("--backups-path"), p.as_os_str()]),
             )
+            .args(tls.iter().flat_map(|t| {
+                [
+                    std::ffi::OsStr::new("--tls-cert"),
+                    t.cert.as_os_str(),
+                    std::ffi::OsStr::new("--tls-key"),
+                    t.key.as_os_str(),
+                ]
+            }))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -21,6 +21,8 @@ What it does, and only that:
   are serialised, so it is this insert's) is answered as the insert's exception.
 - `GET /ping` answers `Ok.`.
 - Fault injection for tests, under `/__admin/`: `delay?ms=N` delays every later query.
+- `--tls-cert FILE --tls-key FILE` serves HTTPS instead (Python's `ssl`), as ClickHouse's
+  `https_port` does, so clients' TLS set-up (CA files, verification) is tested for real.
 - `--backups-path DIR` lets `BACKUP ... TO File('DIR/...')` and `RESTORE ... FROM File(...)`
   write and read there (ClickHouse's `backups.allowed_path`, in a generated config file).
 
@@ -32,6 +34,7 @@ import base64
 import json
 import os
 import re
+import ssl
 import struct
 import sys
 import threading
@@ -303,9 +306,17 @@ def main():
     ap.add_argument("--user", default="default")
     ap.add_argument("--password", default="")
     ap.add_argument("--backups-path", help="directory BACKUP/RESTORE may use with File(...)")
+    ap.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = ap.parse_args()
     Handler.engine = Engine(args.path, args.user, args.password, args.backups_path)
     server = Server((args.host, args.port), Handler)
+    if args.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        # A client that refuses the certificate fails its handshake in accept(), which the
+        # server loop treats as a failed accept (OSError) and moves on.
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
     print("listening on %s:%d" % server.server_address[:2], flush=True)
     server.serve_forever()
