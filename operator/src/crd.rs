@@ -72,6 +72,87 @@ pub struct TracingPipelineSpec {
     /// honours `storage.deletionPolicy`.
     #[serde(default)]
     pub management_state: ManagementState,
+    /// TLS on the collectors' and query servers' listeners, from Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Bearer tokens the collectors and query servers accept, from Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+}
+
+/// TLS on every listener of the pipeline's pods (OTLP/HTTP, OTLP/gRPC, query). The Secrets
+/// are mounted as files the pods re-read, so a renewed certificate (cert-manager) is served
+/// without a restart.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A Secret in the pipeline's namespace with `tls.crt` and `tls.key` (type
+    /// `kubernetes.io/tls`, as cert-manager writes it).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Mutual TLS: the key of a Secret holding the CAs that sign client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_secret_ref: Option<SecretKeySelector>,
+    /// With `clientCaSecretRef`: `Required` (the default; the pods' probes then check the
+    /// ports over TCP, since the kubelet has no client certificate) or `Optional`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthMode>,
+}
+
+/// Whether clients must present a certificate.
+#[derive(
+    schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
+#[schemars(transform = datatracing_core::schema::string_enum)]
+pub enum ClientAuthMode {
+    /// Refused in the handshake without one.
+    #[default]
+    Required,
+    /// Accepted without one; one presented must verify.
+    Optional,
+}
+
+/// Bearer tokens, each from a Secret key, mounted as files the pods re-read: a rotated
+/// Secret takes effect without a restart.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("self.tokens.all(t, self.tokens.exists_one(u, u.name == t.name))").message("auth.tokens names must be unique").reason(Reason::FieldValueInvalid))]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Accepted tokens.
+    #[schemars(length(min = 1, max = 32))]
+    pub tokens: Vec<TokenSpec>,
+    /// Also require a token on `/metrics`, `/healthz` and `/readyz` (the pods' probes then
+    /// check the ports over TCP, and Prometheus needs a token).
+    #[serde(default)]
+    pub protect_ops: bool,
+}
+
+/// One accepted token.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSpec {
+    /// A name for logs and the mounted file's name.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("auth.tokens[].name must be lowercase letters, digits and dashes").reason(Reason::FieldValueInvalid))]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// What the token may do.
+    #[schemars(length(min = 1, max = 3))]
+    pub scopes: Vec<TokenScope>,
+    /// The Secret key holding the token (at least 16 characters).
+    pub secret_ref: SecretKeySelector,
+}
+
+/// A token's scope.
+#[derive(schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[schemars(transform = datatracing_core::schema::string_enum)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Send spans.
+    Ingest,
+    /// Read traces.
+    Query,
+    /// The sampling admin endpoints.
+    Admin,
 }
 
 /// How Prometheus finds the pods' `/metrics` (served on the collector's OTLP/HTTP port and
@@ -345,10 +426,11 @@ pub struct PodOptions {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(e, !has(e.prefix) || !e.prefix.startsWith('DATATRACING_'))").message("envFrom prefixes starting with DATATRACING_ are reserved").reason(Reason::FieldValueForbidden))]
     pub env_from: Option<Vec<EnvFromSource>>,
-    /// Extra volumes; `config` and `clickhouse-password` are the operator's.
+    /// Extra volumes; `config`, `clickhouse-password`, `clickhouse-ca`, `tls`,
+    /// `tls-client-ca` and `tokens` are the operator's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(v, v.name != 'config' && v.name != 'clickhouse-password')").message("volume names config and clickhouse-password are reserved").reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("self.all(v, !(v.name in ['config', 'clickhouse-password', 'clickhouse-ca', 'tls', 'tls-client-ca', 'tokens']))").message("volume names config, clickhouse-password, clickhouse-ca, tls, tls-client-ca and tokens are reserved").reason(Reason::FieldValueForbidden))]
     pub volumes: Option<Vec<Volume>>,
     /// Extra mounts in the container; `/etc/datatracing` is the operator's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -426,6 +508,10 @@ pub struct StorageSpec {
     /// The password, from a Secret in the pipeline's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeySelector>,
+    /// For an `https://` URL: the key of a Secret holding the CAs the server's certificate
+    /// must chain to. Absent: the system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeySelector>,
     /// Days of data kept (ClickHouse TTL).
     #[serde(default = "default_retention_days")]
     #[schemars(range(min = 1, max = 3650))]

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use datatracing_config::{
-    Backend, ClickHouseConfig, CollectorConfig, Config, LogConfig, LogFormat, QueryConfig,
-    StorageConfig,
+    AuthConfig, Backend, ClickHouseConfig, ClientAuth, CollectorConfig, Config, LogConfig,
+    LogFormat, QueryConfig, Scope, StorageConfig, TlsConfig, TokenConfig,
 };
 use datatracing_core::policy::SamplingPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -23,7 +23,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{PodOptions, TracingPipeline};
+use crate::crd::{ClientAuthMode, PodOptions, TokenScope, TracingPipeline};
 use crate::error::{Error, Result};
 
 /// Where the ConfigMap is mounted in the pods.
@@ -38,6 +38,14 @@ pub const QUERY_CONFIG_KEY: &str = "query.yaml";
 pub const SAMPLING_KEY: &str = "sampling.yaml";
 /// Where the password Secret is mounted.
 pub const SECRET_DIR: &str = "/etc/datatracing/secret";
+/// Where the TLS Secret (`tls.crt`, `tls.key`) is mounted.
+pub const TLS_DIR: &str = "/etc/datatracing/tls";
+/// Where the client CA of mutual TLS is mounted (as `ca.crt`).
+pub const TLS_CLIENT_CA_DIR: &str = "/etc/datatracing/tls-client-ca";
+/// Where the token Secrets are mounted, one file per token, named after it.
+pub const TOKENS_DIR: &str = "/etc/datatracing/tokens";
+/// Where the ClickHouse CA is mounted (as `ca.crt`).
+pub const CLICKHOUSE_CA_DIR: &str = "/etc/datatracing/clickhouse-ca";
 /// Pod template annotation carrying the configuration hash.
 pub const CONFIG_HASH_ANNOTATION: &str = "datatracing.io/config-hash";
 /// Pod template annotation carrying the password Secret's version: a rotated password
@@ -137,9 +145,56 @@ pub fn clickhouse_config(p: &TracingPipeline) -> ClickHouseConfig {
             .password_secret_ref
             .as_ref()
             .map(|_| format!("{SECRET_DIR}/password").into()),
+        ca_file: s
+            .ca_secret_ref
+            .as_ref()
+            .map(|_| format!("{CLICKHOUSE_CA_DIR}/ca.crt").into()),
         cluster: s.cluster.clone(),
         initial_retention_days: s.retention_days,
         ..ClickHouseConfig::default()
+    }
+}
+
+/// The pods' `tls:` section: the mounted Secrets' files.
+pub fn tls_config(p: &TracingPipeline) -> Option<TlsConfig> {
+    let t = p.spec.tls.as_ref()?;
+    let client_ca = t.client_ca_secret_ref.as_ref();
+    Some(TlsConfig {
+        client_ca_file: client_ca.map(|_| format!("{TLS_CLIENT_CA_DIR}/ca.crt").into()),
+        client_auth: client_ca.map(|_| match t.client_auth.unwrap_or_default() {
+            ClientAuthMode::Required => ClientAuth::Required,
+            ClientAuthMode::Optional => ClientAuth::Optional,
+        }),
+        ..TlsConfig::new(format!("{TLS_DIR}/tls.crt"), format!("{TLS_DIR}/tls.key"))
+    })
+}
+
+/// The pods' `auth:` section: one token file per token, in the mounted directory.
+pub fn auth_config(p: &TracingPipeline) -> AuthConfig {
+    let Some(a) = &p.spec.auth else {
+        return AuthConfig::default();
+    };
+    AuthConfig {
+        tokens: a
+            .tokens
+            .iter()
+            .map(|t| TokenConfig {
+                name: t.name.clone(),
+                scopes: t
+                    .scopes
+                    .iter()
+                    .map(|s| match s {
+                        TokenScope::Ingest => Scope::Ingest,
+                        TokenScope::Query => Scope::Query,
+                        TokenScope::Admin => Scope::Admin,
+                    })
+                    .collect(),
+                file: Some(format!("{TOKENS_DIR}/{}", t.name).into()),
+                env: None,
+            })
+            .collect(),
+        protect_ops: a.protect_ops,
+        ..AuthConfig::default()
     }
 }
 
@@ -233,6 +288,8 @@ fn role_config(p: &TracingPipeline, sampling: bool, collector: bool) -> Config {
         },
         collector: collector_config(p, sampling),
         query: QueryConfig::default(),
+        tls: tls_config(p),
+        auth: auth_config(p),
         // The pods do not run the operator; its section stays at the defaults.
         ..Config::default()
     }
@@ -267,8 +324,14 @@ pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<ConfigFile> {
         // The binary interpolates `${VAR}` and reads `$$` as `$`: a `$` in a spec value (a
         // URL, a user name) must reach the pod as written.
         let body = body.replace('$', "$$");
-        let query_view = serde_yaml::to_string(&(&config.log, &config.storage, &config.query))
-            .map_err(|e| Error::Render(e.to_string()))?;
+        let query_view = serde_yaml::to_string(&(
+            &config.log,
+            &config.storage,
+            &config.query,
+            &config.tls,
+            &config.auth,
+        ))
+        .map_err(|e| Error::Render(e.to_string()))?;
         let text = format!(
             "# Rendered by the DataTracing operator from TracingPipeline {}/{}; edits are overwritten.\n{body}",
             p.namespace().unwrap_or_default(),
@@ -295,6 +358,49 @@ pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<ConfigFile> {
         query_hash: hash(&query_view),
         query_text,
     })
+}
+
+/// The TLS, client CA, token and ClickHouse CA Secrets as volumes, with the directory each
+/// is mounted at. Whole Secret volumes (no `subPath`), so the kubelet's updates reach the
+/// files the pods re-read.
+fn security_volumes(p: &TracingPipeline) -> Vec<(serde_json::Value, &'static str)> {
+    let mut out = Vec::new();
+    if let Some(t) = &p.spec.tls {
+        out.push((
+            json!({"name": "tls", "secret": {"secretName": t.secret_name, "defaultMode": 0o440,
+                "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}}),
+            TLS_DIR,
+        ));
+        if let Some(ca) = &t.client_ca_secret_ref {
+            out.push((
+                json!({"name": "tls-client-ca", "secret": {"secretName": ca.name, "defaultMode": 0o440,
+                    "items": [{"key": ca.key, "path": "ca.crt"}]}}),
+                TLS_CLIENT_CA_DIR,
+            ));
+        }
+    }
+    if let Some(a) = &p.spec.auth {
+        let sources: Vec<_> = a
+            .tokens
+            .iter()
+            .map(|t| {
+                json!({"secret": {"name": t.secret_ref.name,
+                    "items": [{"key": t.secret_ref.key, "path": t.name}]}})
+            })
+            .collect();
+        out.push((
+            json!({"name": "tokens", "projected": {"defaultMode": 0o440, "sources": sources}}),
+            TOKENS_DIR,
+        ));
+    }
+    if let Some(ca) = &p.spec.storage.ca_secret_ref {
+        out.push((
+            json!({"name": "clickhouse-ca", "secret": {"secretName": ca.name, "defaultMode": 0o440,
+                "items": [{"key": ca.key, "path": "ca.crt"}]}}),
+            CLICKHOUSE_CA_DIR,
+        ));
+    }
+    out
 }
 
 /// A short stable content hash.
@@ -394,6 +500,23 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
                 "items": [{"key": s.key, "path": "password"}]}})
         })
     };
+    let security_volumes = security_volumes(p);
+    // The kubelet's probes speak HTTPS without checking the certificate, but they have no
+    // client certificate and no token: then they only check that the port accepts.
+    let tls_on = p.spec.tls.is_some();
+    let tcp_probes = p.spec.tls.as_ref().is_some_and(|t| {
+        t.client_ca_secret_ref.is_some()
+            && t.client_auth.unwrap_or_default() == ClientAuthMode::Required
+    }) || p.spec.auth.as_ref().is_some_and(|a| a.protect_ops);
+    let probe = |path: &str, port: i32| {
+        if tcp_probes {
+            json!({"tcpSocket": {"port": port}})
+        } else if tls_on {
+            json!({"httpGet": {"path": path, "port": port, "scheme": "HTTPS"}})
+        } else {
+            json!({"httpGet": {"path": path, "port": port}})
+        }
+    };
     let pod = |component: &str,
                image: &str,
                resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
@@ -415,6 +538,11 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
                 json!({"name": "clickhouse-password", "mountPath": SECRET_DIR, "readOnly": true}),
             );
         }
+        for (volume, dir) in &security_volumes {
+            volumes.push(volume.clone());
+            let name = volume["name"].clone();
+            mounts.push(json!({"name": name, "mountPath": dir, "readOnly": true}));
+        }
         for v in opts.volumes.iter().flatten() {
             volumes.push(to_json(v)?);
         }
@@ -432,6 +560,9 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
                 ("prometheus.io/port".to_string(), probe_port.to_string()),
                 ("prometheus.io/path".to_string(), "/metrics".to_string()),
             ]);
+            if tls_on {
+                annotations.insert("prometheus.io/scheme".to_string(), "https".to_string());
+            }
         }
         annotations.extend(opts.pod_annotations.clone().unwrap_or_default());
         annotations.insert(CONFIG_HASH_ANNOTATION.into(), restart_hash.into());
@@ -459,9 +590,19 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             .unwrap_or(DEFAULT_PRE_STOP_DELAY_SECONDS);
         let startup = match &opts.startup_probe {
             Some(probe) => to_json(probe)?,
-            None => json!({"httpGet": {"path": "/healthz", "port": probe_port},
-                           "periodSeconds": 2, "failureThreshold": 30}),
+            None => {
+                let mut s = probe("/healthz", probe_port);
+                s["periodSeconds"] = json!(2);
+                s["failureThreshold"] = json!(30);
+                s
+            }
         };
+        let mut readiness = probe("/readyz", probe_port);
+        readiness["periodSeconds"] = json!(5);
+        readiness["failureThreshold"] = json!(3);
+        let mut liveness = probe("/healthz", probe_port);
+        liveness["periodSeconds"] = json!(10);
+        liveness["failureThreshold"] = json!(6);
         let mut container = json!({
             "name": component,
             "image": image,
@@ -469,10 +610,8 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             "ports": ports,
             "resources": resources,
             "startupProbe": startup,
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": probe_port},
-                               "periodSeconds": 5, "failureThreshold": 3},
-            "livenessProbe": {"httpGet": {"path": "/healthz", "port": probe_port},
-                              "periodSeconds": 10, "failureThreshold": 6},
+            "readinessProbe": readiness,
+            "livenessProbe": liveness,
             "securityContext": {"allowPrivilegeEscalation": false,
                                 "readOnlyRootFilesystem": true,
                                 "capabilities": {"drop": ["ALL"]}},
@@ -1260,6 +1399,117 @@ mod tests {
             (format!("{CONFIG_DIR}/{QUERY_CONFIG_KEY}"), None)
         );
         assert_ne!(shared.query_config_hash, d.query_config_hash);
+    }
+
+    /// TLS, client CA, token and ClickHouse CA Secrets are mounted in both Deployments,
+    /// the rendered file names the mounted files (what the binary loads), and the probes
+    /// follow: HTTPS with TLS, TCP when the kubelet could not pass mutual TLS.
+    #[test]
+    fn tls_and_token_secrets_are_mounted_and_the_config_points_at_them() {
+        let mut p = pipeline();
+        p.spec.storage.url = "https://clickhouse.db:8443".into();
+        p.spec.storage.ca_secret_ref =
+            Some(serde_json::from_value(json!({"name": "ch-ca", "key": "ca.crt"})).unwrap());
+        p.spec.tls = Some(serde_json::from_value(json!({"secretName": "dt-tls"})).unwrap());
+        p.spec.auth = Some(
+            serde_json::from_value(json!({"tokens": [
+                {"name": "pipelines", "scopes": ["ingest"], "secretRef": {"name": "tokens", "key": "ingest"}},
+                {"name": "grafana", "scopes": ["query"], "secretRef": {"name": "grafana-token", "key": "token"}}
+            ]}))
+            .unwrap(),
+        );
+        let d = desired(&p, "img", None).unwrap();
+        let config = Config::from_yaml(
+            &d.config_map.data.as_ref().unwrap()[CONFIG_KEY],
+            &std::collections::HashMap::new(),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let tls = config.tls.clone().unwrap();
+        assert_eq!(tls.cert_file.to_str(), Some("/etc/datatracing/tls/tls.crt"));
+        assert_eq!(tls.key_file.to_str(), Some("/etc/datatracing/tls/tls.key"));
+        assert_eq!(tls.client_ca_file, None);
+        let files: Vec<_> = config
+            .auth
+            .tokens
+            .iter()
+            .map(|t| t.file.clone().unwrap())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                std::path::PathBuf::from("/etc/datatracing/tokens/pipelines"),
+                "/etc/datatracing/tokens/grafana".into()
+            ]
+        );
+        assert_eq!(config.auth.tokens[1].scopes, [Scope::Query]);
+        assert_eq!(
+            config.storage.clickhouse.ca_file.unwrap().to_str(),
+            Some("/etc/datatracing/clickhouse-ca/ca.crt")
+        );
+        for dep in [&d.collector, &d.query] {
+            let pod = serde_json::to_value(dep.spec.clone().unwrap().template.spec).unwrap();
+            let volumes: Vec<_> = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].clone())
+                .collect();
+            for want in ["tls", "tokens", "clickhouse-ca"] {
+                assert!(volumes.contains(&json!(want)), "{want}: {volumes:?}");
+            }
+            let c = &pod["containers"][0];
+            let mounts: Vec<_> = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m["name"].clone(), m["mountPath"].clone()))
+                .collect();
+            assert!(
+                mounts.contains(&(json!("tls"), json!(TLS_DIR))),
+                "{mounts:?}"
+            );
+            assert!(
+                mounts.contains(&(json!("tokens"), json!(TOKENS_DIR))),
+                "{mounts:?}"
+            );
+            assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+            let tokens = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "tokens")
+                .unwrap();
+            assert_eq!(
+                tokens["projected"]["sources"][1],
+                json!({"secret": {"name": "grafana-token", "items": [{"key": "token", "path": "grafana"}]}})
+            );
+        }
+
+        // Mutual TLS, required: the probes only open the port.
+        p.spec.tls = Some(
+            serde_json::from_value(json!({"secretName": "dt-tls",
+                "clientCaSecretRef": {"name": "clients", "key": "ca.crt"}}))
+            .unwrap(),
+        );
+        let d = desired(&p, "img", None).unwrap();
+        let config = pod_config(&p, false);
+        assert_eq!(
+            config.tls.unwrap().client_auth(),
+            Some(ClientAuth::Required)
+        );
+        let pod = serde_json::to_value(d.collector.spec.unwrap().template.spec).unwrap();
+        assert_eq!(
+            pod["containers"][0]["livenessProbe"]["tcpSocket"]["port"],
+            OTLP_HTTP_PORT
+        );
+        assert!(
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == "tls-client-ca")
+        );
     }
 
     #[test]

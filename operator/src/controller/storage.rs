@@ -26,9 +26,18 @@ use crate::render;
 /// no Secrets; each namespace grants it `get` (on named Secrets, if it likes), and a
 /// namespace that has not is reported with the grant it needs (runbooks/operator.md).
 async fn password(p: &TracingPipeline, ctx: &Context) -> Result<Option<String>> {
-    let Some(r) = &p.spec.storage.password_secret_ref else {
-        return Ok(None);
-    };
+    match &p.spec.storage.password_secret_ref {
+        Some(r) => secret_value(p, ctx, r).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The text of the Secret key `r` in the pipeline's namespace, trimmed.
+async fn secret_value(
+    p: &TracingPipeline,
+    ctx: &Context,
+    r: &k8s_openapi::api::core::v1::SecretKeySelector,
+) -> Result<String> {
     let ns = p.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let missing = |what: String| Error::SecretNotFound(what);
@@ -59,7 +68,7 @@ async fn password(p: &TracingPipeline, ctx: &Context) -> Result<Option<String>> 
         })
         .ok_or_else(|| missing(format!("Secret {ns}/{} has no key {:?}", r.name, r.key)))?;
     String::from_utf8(bytes)
-        .map(|s| Some(s.trim().to_string()))
+        .map(|s| s.trim().to_string())
         .map_err(|_| {
             missing(format!(
                 "Secret {ns}/{} key {:?} is not UTF-8",
@@ -73,8 +82,10 @@ async fn password(p: &TracingPipeline, ctx: &Context) -> Result<Option<String>> 
 /// be read now (missing, not granted: the retention step reports the operator's).
 pub(super) async fn secret_version(p: &TracingPipeline, ctx: &Context) -> Option<String> {
     let s = &p.spec.storage;
+    // The ClickHouse CA too: the pods read it once, at start.
     let mut names: Vec<&str> = [
         s.password_secret_ref.as_ref(),
+        s.ca_secret_ref.as_ref(),
         s.collector_credentials
             .as_ref()
             .and_then(|c| c.password_secret_ref.as_ref()),
@@ -116,7 +127,12 @@ pub(super) async fn clickhouse_admin(
     cfg.max_attempts = 1;
     cfg.connect_timeout = ctx.config.clickhouse_timeout;
     cfg.query_timeout = ctx.config.clickhouse_timeout;
-    Ok(ClickHouseAdmin::new(&cfg)?)
+    // The pods' CA path exists in the pods only; the operator reads the Secret itself.
+    cfg.ca_file = None;
+    Ok(match &p.spec.storage.ca_secret_ref {
+        Some(r) => ClickHouseAdmin::with_ca_pem(&cfg, secret_value(p, ctx, r).await?.as_bytes())?,
+        None => ClickHouseAdmin::new(&cfg)?,
+    })
 }
 
 /// The `RetentionApplied` reason (and the event) for a failure to apply retention.
