@@ -749,7 +749,12 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
                 l.extend(metadata.labels.take().unwrap_or_default());
                 metadata.labels = Some(l);
             }
-            let mut endpoint = json!({"port": "metrics", "path": "/metrics", "scheme": "http"});
+            let scheme = if p.spec.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let mut endpoint = json!({"port": "metrics", "path": "/metrics", "scheme": scheme});
             if let Some(i) = &m.interval {
                 endpoint["interval"] = json!(i);
             }
