@@ -553,10 +553,14 @@ pub async fn run(
         anyhow::Ok(acceptor)
     };
     let collector_tls = match config.collector_tls() {
-        Some(t) if write => Some((
-            load_tls(t, "collector", Alpn::Http1)?,
-            load_tls(t, "collector-grpc", Alpn::H2)?,
-        )),
+        Some(t) if write => {
+            let http = load_tls(t, "collector", Alpn::Http1)?;
+            let grpc = match config.collector.grpc_listen {
+                Some(_) => load_tls(t, "collector-grpc", Alpn::H2)?,
+                None => http.clone(), // never served: there is no gRPC listener
+            };
+            Some((http, grpc))
+        }
         _ => None,
     };
     let query_tls = match config.query_tls() {
@@ -717,6 +721,82 @@ mod tests {
             flags += 1;
         }
         assert!(flags >= 17, "{flags}");
+    }
+
+    /// The `--tls-*` flags (also `DATATRACING_TLS_*`) create or change the shared block;
+    /// half a pair, or a client CA without a certificate, is refused with the flag names.
+    #[test]
+    fn tls_flags_create_or_change_the_shared_block() {
+        let c = effective(
+            &[
+                "collector",
+                "--tls-cert-file",
+                "/t/c.crt",
+                "--tls-key-file",
+                "/t/c.key",
+            ],
+            "",
+        )
+        .unwrap();
+        let t = c.collector_tls().unwrap();
+        assert_eq!(
+            (t.cert_file.to_str(), t.key_file.to_str()),
+            (Some("/t/c.crt"), Some("/t/c.key"))
+        );
+        assert_eq!(c.query_tls(), c.tls.as_ref());
+        let file = "tls:
+  cert_file: /f/c.crt
+  key_file: /f/c.key
+  reload_interval: 1s
+query:
+  tls: {cert_file: /q/c.crt, key_file: /q/c.key}
+";
+        let c = effective(
+            &[
+                "all-in-one",
+                "--tls-cert-file",
+                "/new.crt",
+                "--tls-client-ca-file",
+                "/ca.crt",
+            ],
+            file,
+        )
+        .unwrap();
+        let t = c.tls.clone().unwrap();
+        assert_eq!(t.cert_file.to_str(), Some("/new.crt"));
+        assert_eq!(t.key_file.to_str(), Some("/f/c.key"), "kept from the file");
+        assert_eq!(
+            t.client_ca_file.as_deref().and_then(|p| p.to_str()),
+            Some("/ca.crt")
+        );
+        assert_eq!(t.reload_interval.get().as_secs(), 1);
+        assert_eq!(c.query_tls().unwrap().cert_file.to_str(), Some("/q/c.crt"));
+        let e = effective(&["collector", "--tls-key-file", "/k"], "").unwrap_err();
+        assert!(
+            e.to_string().contains("--tls-cert-file and --tls-key-file"),
+            "{e}"
+        );
+        let e = effective(&["collector", "--tls-client-ca-file", "/ca"], "").unwrap_err();
+        assert!(e.to_string().contains("needs a server certificate"), "{e}");
+        let c = effective(
+            &[
+                "collector",
+                "--clickhouse-url",
+                "https://ch:8443",
+                "--clickhouse-ca-file",
+                "/ch-ca.crt",
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage
+                .clickhouse
+                .ca_file
+                .as_deref()
+                .and_then(|p| p.to_str()),
+            Some("/ch-ca.crt")
+        );
     }
 
     #[test]

@@ -372,3 +372,58 @@ fn a_key_that_does_not_match_the_certificate_fails_start_up_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--tls-cert-file and --tls-key-file"), "{err}");
 }
+
+/// The binary on ClickHouse over `https://`, trusting the CA from
+/// `DATATRACING_CLICKHOUSE_CA_FILE`: spans go in and come back; with another CA it refuses
+/// to start and says why.
+#[test]
+fn the_binary_reaches_clickhouse_over_https_with_the_ca_file() {
+    use datatracing_testkit::clickhouse::{ChdbOptions, ClickHouse, unique_database};
+    let pki = Pki::new("ch");
+    let other = Pki::new("other");
+    let ch = ClickHouse::start_chdb(ChdbOptions {
+        tls: Some(pki.server("clickhouse", "clickhouse")),
+        ..ChdbOptions::default()
+    });
+    let database = unique_database("e2e_tls");
+    let run = |ca: &Path| {
+        let mut c = command("all-in-one");
+        c.args(["--storage", "clickhouse", "--clickhouse-url", ch.url()])
+            .args(["--clickhouse-database", &database])
+            .env("DATATRACING_CLICKHOUSE_CA_FILE", ca);
+        c
+    };
+    let out = run(&other.ca.cert).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ClickHouse TLS: invalid peer certificate") && err.contains("ca_file"),
+        "{err}"
+    );
+
+    let server = Server::spawn(run(&pki.ca.cert), true, true);
+    let trace = "7a0000000000000000000000000000c9";
+    let http = |path: &str| format!("http://{path}");
+    let post = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["--data-binary", &spans(trace)])
+        .arg(http(&format!("{}/api/v1/spans", server.ingest())))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&post.stdout), "202");
+    let read = Command::new("curl")
+        .args(["-s"])
+        .arg(http(&format!("{}/api/v1/traces/{trace}", server.query())))
+        .output()
+        .unwrap();
+    let dag: Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(dag["spans"].as_array().map(Vec::len), Some(1), "{dag}");
+}
