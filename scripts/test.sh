@@ -135,6 +135,9 @@ cargo fmt --all --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo deny (licenses, duplicate versions, banned crates, sources; advisories where reachable)"
+./scripts/deny.sh
+
 log="$(mktemp)"
 trap 'rm -rf "$log" "$go_logs" "$browser_log" "$kafka_log" "$kafka_log.out"' EXIT
 
@@ -151,6 +154,11 @@ cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
 
 step "cargo test: every unit, integration and end-to-end test"
 cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log"
+
+# Coverage-guided fuzzing of every decoder of untrusted input, bounded (nightly toolchain,
+# cargo-fuzz cached in ~/.cache/datatracing/tools; a crash fails the run).
+step "fuzzing: ${DATATRACING_FUZZ_SECONDS:-30}s per target (scripts/fuzz.sh)"
+./scripts/fuzz.sh "${DATATRACING_FUZZ_SECONDS:-30}"
 
 # One closing line for the whole run (cargo prints one result line per test binary).
 awk '/^test result:/ { p += $4; f += $6; i += $8 }

@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
     if let Command::PrintConfig = cli.command {
         #[allow(clippy::print_stdout)]
         {
-            print!("{}", serde_yaml::to_string(&config)?);
+            print!("{}", serde_saphyr::to_string(&config)?);
         }
         return Ok(());
     }

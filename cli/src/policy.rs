@@ -12,7 +12,7 @@ use datatracing_core::{LinkType, Span, TraceId};
 pub fn load(path: &Path) -> anyhow::Result<SamplingPolicy> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_yaml::from_str(&text)
+    serde_saphyr::from_str(&text)
         .with_context(|| format!("{} is not a sampling policy", path.display()))
 }
 

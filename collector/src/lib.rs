@@ -15,6 +15,8 @@
 //! `docs/adr/0002-ack-after-commit.md`.
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ingest;
 mod metrics;
 pub mod otlp;

@@ -19,7 +19,7 @@ pub enum ConfigError {
     Unterminated(usize),
     /// The YAML does not match the schema (unknown key, wrong type).
     #[error("invalid config: {0}")]
-    Parse(#[from] serde_yaml::Error),
+    Parse(#[from] serde_saphyr::Error),
     /// A value is out of range or settings conflict. The message names the key.
     #[error("{0}")]
     Invalid(String),

@@ -95,7 +95,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        Ok(serde_yaml::from_str(&text)?)
+        Ok(serde_saphyr::from_str(&text)?)
     }
 
     /// Reads and parses a file.
@@ -309,7 +309,7 @@ mod reference_file {
             .collect();
         assert_eq!(
             body,
-            serde_yaml::to_string(&Config::default()).unwrap(),
+            serde_saphyr::to_string(&Config::default()).unwrap(),
             "regenerate with: datatracing print-config"
         );
     }

@@ -147,7 +147,7 @@ mod tests {
                 .contains("renew_interval")
         );
         let c: std::result::Result<OperatorConfig, _> =
-            serde_yaml::from_str("namespace: a\nimagee: x\n");
+            serde_saphyr::from_str("namespace: a\nimagee: x\n");
         assert!(c.is_err(), "unknown fields are refused");
     }
 }

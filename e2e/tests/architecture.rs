@@ -126,7 +126,7 @@ const CORE_FORBIDDEN: &[&str] = &["tokio", "axum", "hyper", "rusqlite", "reqwest
 
 /// The configuration crate is a leaf anything may depend on cheaply: these are all the
 /// external crates it may use (no runtime, server, storage driver, Kubernetes or CLI crate).
-const CONFIG_ALLOWED_EXTERNAL: &[&str] = &["serde", "serde_yaml", "schemars", "thiserror"];
+const CONFIG_ALLOWED_EXTERNAL: &[&str] = &["serde", "serde-saphyr", "schemars", "thiserror"];
 
 fn metadata() -> Value {
     let out = Command::new(env!("CARGO"))

@@ -21,7 +21,7 @@ fn root() -> &'static Path {
 
 fn sample<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let text = std::fs::read_to_string(root().join("config/samples").join(name)).unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_saphyr::from_str(&text).unwrap()
 }
 
 /// Polls `/readyz` until 200 (bounded), failing with the server's log.
@@ -152,7 +152,7 @@ fn stdout_of(cmd: &mut std::process::Command) -> String {
 fn operator_args(manifest: &str) -> Vec<String> {
     let v: serde_json::Value = manifest
         .split("\n---")
-        .filter_map(|d| serde_yaml::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|d| serde_saphyr::from_str::<serde_json::Value>(d).ok())
         .find(|d| d["kind"] == "Deployment")
         .unwrap();
     v["spec"]["template"]["spec"]["containers"][0]["args"]

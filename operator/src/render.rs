@@ -320,11 +320,11 @@ pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<ConfigFile> {
         .validate()
         .map_err(|e| Error::InvalidConfiguration(e.to_string()))?;
     let render = |config: &Config| -> Result<(String, String)> {
-        let body = serde_yaml::to_string(config).map_err(|e| Error::Render(e.to_string()))?;
+        let body = serde_saphyr::to_string(config).map_err(|e| Error::Render(e.to_string()))?;
         // The binary interpolates `${VAR}` and reads `$$` as `$`: a `$` in a spec value (a
         // URL, a user name) must reach the pod as written.
         let body = body.replace('$', "$$");
-        let query_view = serde_yaml::to_string(&(
+        let query_view = serde_saphyr::to_string(&(
             &config.log,
             &config.storage,
             &config.query,
@@ -882,7 +882,7 @@ pub fn set_secret_version(d: &mut Desired, version: &str) {
 
 /// The sampling policy as it is written to the ConfigMap (the format the collector reads).
 pub fn sampling_yaml(policy: &SamplingPolicy, sources: &[String]) -> Result<String> {
-    let body = serde_yaml::to_string(policy).map_err(|e| Error::Render(e.to_string()))?;
+    let body = serde_saphyr::to_string(policy).map_err(|e| Error::Render(e.to_string()))?;
     Ok(format!(
         "# Merged by the DataTracing operator from SamplingPolicies: {}\n{body}",
         sources.join(", ")
@@ -897,7 +897,7 @@ mod tests {
 
     fn sample<T: serde::de::DeserializeOwned>(name: &str) -> T {
         let path = format!("{}/../config/samples/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
     fn pipeline() -> TracingPipeline {

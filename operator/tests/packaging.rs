@@ -11,7 +11,7 @@ use serde_json::Value;
 
 fn docs(yaml: &str) -> Vec<Value> {
     yaml.split("\n---")
-        .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
+        .filter_map(|d| serde_saphyr::from_str::<Value>(d).ok())
         .filter(|v| v.is_object())
         .collect()
 }

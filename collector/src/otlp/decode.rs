@@ -161,7 +161,7 @@ impl DecodePool {
         })
     }
 
-    fn decode_blocking(
+    pub(crate) fn decode_blocking(
         &self,
         ingest: &Ingest,
         protocol: Protocol,

@@ -160,7 +160,7 @@ fn join(errors: &[datatracing_core::policy::PolicyError]) -> String {
 /// Parses (YAML is a superset of JSON, so one parser reads both) and compiles a policy.
 fn compile_text(text: &str) -> Result<CompiledPolicy, String> {
     let policy: SamplingPolicy =
-        serde_yaml::from_str(text).map_err(|e| format!("not a sampling policy: {e}"))?;
+        serde_saphyr::from_str(text).map_err(|e| format!("not a sampling policy: {e}"))?;
     policy.compile().map_err(|e| join(&e))
 }
 

@@ -22,6 +22,7 @@
 //! in a versioned binary form (`record`); logs written before it hold JSON payloads, which
 //! are still read. Draining (reading, and checkpointing off the async workers) is `drain`.
 
+pub(crate) mod damage;
 mod drain;
 pub(crate) mod record;
 
@@ -759,90 +760,24 @@ mod corruption_tests {
     //! segment and offset, and reading always ends (each read runs on a thread with a
     //! deadline, so a reader that spins fails the test instead of hanging it).
 
+    use super::damage::{Damage, Harm, damage_and_check, head_of, write_log};
     use super::*;
-    use datatracing_core::{Timestamp, TraceId};
     use std::collections::BTreeSet;
     use std::time::Duration;
 
-    /// One record per trace id, two spans each.
-    fn record(trace: u16) -> Vec<u8> {
-        let spans: Vec<Span> = (0..2)
-            .map(|i| {
-                let mut id = [0u8; 16];
-                id[..2].copy_from_slice(&trace.to_be_bytes());
-                id[15] = 1;
-                datatracing_store_contract::simple_span(
-                    TraceId::from_bytes(id),
-                    i,
-                    None,
-                    "s",
-                    Timestamp::from_unix_nanos(1),
-                    1,
-                )
-            })
-            .collect();
-        let payload = record::encode(&spans);
-        let mut out = Vec::new();
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
-        out
-    }
-
-    /// Writes segments of `per_segment` records each; returns, per record, its trace and
-    /// (segment, byte range).
-    fn write_log(
-        dir: &Path,
-        segments: u64,
-        per_segment: u16,
-    ) -> Vec<(u16, u64, std::ops::Range<usize>)> {
-        let mut layout = Vec::new();
-        let mut trace = 1u16;
-        for seg in 0..segments {
-            let mut buf = Vec::new();
-            for _ in 0..per_segment {
-                let r = record(trace);
-                layout.push((trace, seg, buf.len()..buf.len() + r.len()));
-                buf.extend(r);
-                trace += 1;
-            }
-            fs::write(seg_path(dir, seg), buf).unwrap();
-        }
-        layout
-    }
-
-    /// Reads the whole log from the start, as the drain does, within a deadline.
-    fn read_all(dir: &Path, head: Pos) -> (BTreeSet<u16>, Vec<Corruption>) {
-        let dir = dir.to_path_buf();
+    /// Runs `work` on a thread and fails the test if it does not finish in time.
+    fn within_deadline<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut pos = Pos::default();
-            let mut traces = BTreeSet::new();
-            let mut corrupt = Vec::new();
-            let mut rounds = 0;
-            while pos < head && rounds < 10_000 {
-                let b = read_batch(&dir, pos, head, 7).unwrap();
-                for s in &b.spans {
-                    let id = s.trace_id.as_bytes();
-                    traces.insert(u16::from_be_bytes([id[0], id[1]]));
-                }
-                corrupt.extend(b.corrupt);
-                assert!(b.next > pos || b.next == head, "no progress at {pos:?}");
-                pos = b.next;
-                rounds += 1;
-            }
-            let _ = tx.send((traces, corrupt));
+            let _ = tx.send(work());
         });
         rx.recv_timeout(Duration::from_secs(20))
             .expect("reading the damaged log did not finish")
     }
 
-    fn head_of(dir: &Path, segments: u64) -> Pos {
-        let last = segments - 1;
-        Pos {
-            seg: last,
-            off: fs::metadata(seg_path(dir, last)).unwrap().len(),
-        }
+    fn read_all(dir: &Path, head: Pos) -> (BTreeSet<u16>, Vec<Corruption>) {
+        let dir = dir.to_path_buf();
+        within_deadline(move || damage::read_all(&dir, head)).unwrap()
     }
 
     #[test]
@@ -932,66 +867,41 @@ mod corruption_tests {
     }
 
     /// Randomized damage (flipped bits, overwritten runs, zeroed runs, random lengths) at
-    /// random places of random segments, 300 seeded rounds: reading always ends, never
-    /// yields a record that was not written, and yields every record none of whose bytes
-    /// changed.
+    /// random places of random segments, 300 seeded rounds, judged by the same rule as the
+    /// fuzz target (`damage::damage_and_check`).
     #[test]
     fn randomized_damage_never_hides_an_intact_record() {
         for seed in 1..=300u64 {
             let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-            let dir = tempfile::tempdir().unwrap();
             let segments = 1 + rng.below(3) as u64;
-            let layout = write_log(dir.path(), segments, 1 + rng.below(8) as u16);
-            let head = head_of(dir.path(), segments);
-            let mut touched: Vec<(u64, usize)> = Vec::new();
-            for _ in 0..1 + rng.below(4) {
-                let seg = rng.below(segments as usize) as u64;
-                let path = seg_path(dir.path(), seg);
-                let mut bytes = fs::read(&path).unwrap();
-                if bytes.is_empty() {
-                    continue;
-                }
-                let at = rng.below(bytes.len());
-                let run = match rng.below(4) {
-                    0 => {
-                        bytes[at] ^= 1 << rng.below(8);
-                        1
-                    }
-                    1 => {
-                        let n = (1 + rng.below(40)).min(bytes.len() - at);
-                        for b in &mut bytes[at..at + n] {
-                            *b = rng.next() as u8;
-                        }
-                        n
-                    }
-                    2 => {
-                        let n = (1 + rng.below(200)).min(bytes.len() - at);
-                        bytes[at..at + n].fill(0);
-                        n
-                    }
-                    _ => {
-                        let n = 4.min(bytes.len() - at);
-                        let v = (rng.next() as u32).to_le_bytes();
-                        bytes[at..at + n].copy_from_slice(&v[..n]);
-                        n
-                    }
-                };
-                fs::write(&path, bytes).unwrap();
-                for i in at..at + run {
-                    touched.push((seg, i));
-                }
-            }
-            let (traces, _) = read_all(dir.path(), head);
-            let written: BTreeSet<u16> = layout.iter().map(|l| l.0).collect();
-            assert!(traces.is_subset(&written), "seed {seed}: invented records");
-            for (trace, seg, range) in &layout {
-                let intact = !touched.iter().any(|(s, i)| s == seg && range.contains(i));
-                if intact {
-                    assert!(
-                        traces.contains(trace),
-                        "seed {seed}: intact record {trace} (segment {seg}, {range:?}) lost"
-                    );
-                }
+            let per_segment = 1 + rng.below(8) as u16;
+            let damages: Vec<Damage> = (0..1 + rng.below(4))
+                .map(|_| Damage {
+                    seg: rng.next(),
+                    at: rng.below(1 << 16),
+                    harm: match rng.below(4) {
+                        0 => Harm::FlipBit {
+                            bit: rng.below(8) as u8,
+                        },
+                        1 => Harm::Scribble {
+                            len: 1 + rng.below(40),
+                            seed: rng.next() | 1,
+                        },
+                        2 => Harm::Zero {
+                            len: 1 + rng.below(200),
+                        },
+                        _ => Harm::Length {
+                            value: rng.next() as u32,
+                        },
+                    },
+                })
+                .collect();
+            let outcome = within_deadline(move || {
+                let dir = tempfile::tempdir().unwrap();
+                damage_and_check(dir.path(), segments, per_segment, &damages)
+            });
+            if let Err(e) = outcome {
+                panic!("seed {seed}: {e}");
             }
         }
     }
