@@ -120,6 +120,25 @@ pub(crate) struct Ingest {
 }
 
 impl Ingest {
+    /// An ingest path with default limits and no store, durable queue or receiver of its
+    /// queue: for exercising request parsing and validation on their own (unit tests, the
+    /// fuzz harness).
+    pub(crate) fn detached(queue: &crate::QueueConfig) -> Self {
+        let metrics = CollectorMetrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+            &Default::default(),
+        );
+        let (queue, _rx) = SpanQueue::new(queue, metrics.clone());
+        Ingest {
+            queue,
+            metrics,
+            limits: Limits::default(),
+            wal: None,
+            logs: Default::default(),
+            retention: None,
+        }
+    }
+
     /// Truncates over-long values (counted), then validates; returns the problems, if any.
     /// `now` is read once per request by the caller, not once per span.
     pub(crate) fn prepare(
