@@ -20,6 +20,7 @@ mod metrics;
 pub mod otlp;
 mod queue;
 mod receive;
+pub mod route;
 mod sample;
 pub mod tail;
 mod wal;
@@ -77,6 +78,7 @@ pub struct Collector {
     wal: Option<(wal::Wal, wal::Pos)>,
     sampling: Option<(Arc<tail::PolicyHolder>, tail::SamplingMetrics)>,
     auth: Authenticator,
+    routing: Option<(route::Router, tokio::sync::watch::Sender<Arc<route::Ring>>)>,
 }
 
 impl Collector {
@@ -118,6 +120,13 @@ impl Collector {
         } else {
             None
         };
+        let routing = if config.peers.enabled {
+            let members = route::initial_members(&config.peers).map_err(Error::Config)?;
+            let m = route::RouteMetrics::register(registry);
+            Some(route::Router::new(&config.peers, members, m))
+        } else {
+            None
+        };
         Ok(Self {
             config,
             store,
@@ -126,6 +135,7 @@ impl Collector {
             wal,
             sampling,
             auth: Authenticator::disabled(),
+            routing,
         })
     }
 
@@ -169,6 +179,7 @@ impl Collector {
             None => Box::new(PassThrough),
         };
         let closing = CancellationToken::new();
+        let stop_routing = closing.clone();
         let source = match &self.wal {
             Some((wal, from)) => {
                 drop(rx);
@@ -205,7 +216,18 @@ impl Collector {
             wal: self.wal.as_ref().map(|(w, _)| w.clone()),
             logs: Default::default(),
             retention: Some(Arc::clone(&self.store)),
+            router: self.routing.as_ref().map(|(r, _)| r.clone()),
         };
+        if let Some((router, tx)) = &self.routing
+            && self.config.peers.file.is_some()
+        {
+            tokio::spawn(route::watch_file(
+                self.config.peers.clone(),
+                router.clone(),
+                tx.clone(),
+                stop_routing,
+            ));
+        }
         // One pool and budget for OTLP over HTTP and gRPC.
         let pool = otlp::decode::DecodePool::new(&self.config, self.metrics.decode_memory.clone());
         let otlp = otlp::http::routes(ingest.clone(), pool.clone(), self.config.max_body_bytes);

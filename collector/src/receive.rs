@@ -323,6 +323,7 @@ mod tests {
             wal: None,
             logs: Default::default(),
             retention: None,
+            router: None,
         }
     }
 

@@ -8,7 +8,7 @@ use datatracing_core::{ConfigDuration, Limits};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, ConnectionLimits, Result, SamplingConfig};
+use crate::{ConfigError, ConnectionLimits, PeersConfig, Result, SamplingConfig};
 
 /// Collector settings. Unknown keys are errors; every key has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -53,6 +53,8 @@ pub struct CollectorConfig {
     pub drain_timeout: ConfigDuration,
     /// Connection limits of the HTTP and of the gRPC listener (each its own count).
     pub connections: ConnectionLimits,
+    /// Trace-aware routing between replicas (off by default).
+    pub peers: PeersConfig,
 }
 
 /// The bounded queue. When full, requests are refused with 429 and `Retry-After` (the
@@ -146,6 +148,7 @@ impl Default for CollectorConfig {
             request_timeout: ConfigDuration::from_secs(30),
             drain_timeout: ConfigDuration::from_secs(15),
             connections: ConnectionLimits::default(),
+            peers: PeersConfig::default(),
         }
     }
 }
@@ -233,6 +236,12 @@ impl CollectorConfig {
         }
         self.connections
             .validate("collector", self.request_timeout)?;
+        self.peers.validate()?;
+        if self.peers.enabled && self.grpc_listen.is_none() {
+            return bad(
+                "collector.peers needs collector.grpc_listen: peers forward over OTLP/gRPC",
+            );
+        }
         Ok(())
     }
 }

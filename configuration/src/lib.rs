@@ -19,6 +19,7 @@ mod error;
 mod file;
 mod interpolate;
 mod operator;
+mod peers;
 mod query;
 mod sampling;
 
@@ -31,5 +32,6 @@ pub use error::{ConfigError, Result};
 pub use file::{Backend, Config, LogConfig, LogFormat, StorageConfig};
 pub use interpolate::interpolate;
 pub use operator::{LeaderElectionConfig, OperatorConfig};
+pub use peers::{ForwardConfig, PeersConfig, parse_members};
 pub use query::{LineageConfig, QueryConfig};
 pub use sampling::{SamplingConfig, ShutdownRule};
