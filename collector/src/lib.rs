@@ -66,6 +66,7 @@ pub struct Started {
     /// Stops the writer after draining the queue.
     pub writer: writer::WriterHandle,
     grpc: otlp::grpc::Export,
+    peer: Option<route::lineage::PeerService>,
 }
 
 /// A collector wired to a store; call [`Collector::run`] to serve.
@@ -170,13 +171,34 @@ impl Collector {
                     Arc::downgrade(holder),
                     self.config.sampling.reload_interval.get(),
                 ));
-                Box::new(tail::TailSampler::new(
+                let mut t = tail::TailSampler::new(
                     self.config.sampling.clone(),
                     Arc::clone(holder),
                     m.clone(),
-                ))
+                );
+                if let Some((router, _)) = &self.routing {
+                    t = t.with_peers(route::lineage::start(
+                        router.subscribe(),
+                        router.metrics.clone(),
+                        self.config.peers.forward.connect_timeout.get(),
+                    ));
+                }
+                Box::new(t)
             }
             None => Box::new(PassThrough),
+        };
+        // Lineage messages from peers reach the sampler through the writer's task.
+        let (peer_service, peer_inbox) = match &self.routing {
+            Some((router, _)) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                let svc = route::lineage::PeerService {
+                    inbox: tx,
+                    metrics: router.metrics.clone(),
+                    auth: self.auth.clone(),
+                };
+                (Some(svc), Some(rx))
+            }
+            None => (None, None),
         };
         let closing = CancellationToken::new();
         let stop_routing = closing.clone();
@@ -208,6 +230,7 @@ impl Collector {
             retry,
             self.metrics.clone(),
             closing,
+            peer_inbox,
         );
         let ingest = ingest::Ingest {
             queue,
@@ -253,6 +276,7 @@ impl Collector {
             router,
             writer: handle,
             grpc,
+            peer: peer_service,
         })
     }
 
@@ -276,6 +300,7 @@ impl Collector {
                 Some(tokio::spawn(otlp::grpc::serve(
                     l,
                     started.grpc,
+                    started.peer,
                     otlp::grpc::Limits {
                         max_decompressed: self.config.max_decompressed_bytes,
                         request_timeout: self.config.request_timeout.get(),

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CollectorMetrics;
 use crate::queue::{QueueItem, WriteFailure, WriteOutcome};
+use crate::route::lineage::PeerMessage;
 use crate::sample::Sampler;
 use crate::wal;
 
@@ -170,6 +171,7 @@ pub(crate) fn spawn(
     retry: RetryPolicy,
     metrics: CollectorMetrics,
     closing: CancellationToken,
+    peers: Option<mpsc::Receiver<Vec<PeerMessage>>>,
 ) -> WriterHandle {
     let writer = Writer {
         store,
@@ -178,7 +180,7 @@ pub(crate) fn spawn(
         durable: matches!(source, Source::Log(_)),
         closing: closing.clone(),
     };
-    let task = tokio::spawn(run(source, writer, sampler, config));
+    let task = tokio::spawn(run(source, writer, sampler, config, peers));
     WriterHandle { closing, task }
 }
 
@@ -197,6 +199,7 @@ async fn run(
     writer: Writer,
     mut sampler: Box<dyn Sampler>,
     config: BatchConfig,
+    mut peers: Option<mpsc::Receiver<Vec<PeerMessage>>>,
 ) -> WriterStats {
     let mut stats = WriterStats::default();
     let mut in_flight: FuturesOrdered<Write> = FuturesOrdered::new();
@@ -221,6 +224,11 @@ async fn run(
                 }
                 None => open = false,
             },
+            Some(msgs) = recv_peer(&mut peers), if room && peers.is_some() => {
+                // Lineage from other replicas may keep buffered traces now.
+                let out = sampler.peer(msgs);
+                in_flight.push_back(Box::pin(writer.clone().write(out, Done::Nothing)));
+            }
             _ = tick.tick(), if room && sampler.pending() => {
                 // Traces whose decision came due without new spans arriving.
                 let due = sampler.tick();
@@ -242,6 +250,15 @@ async fn run(
         drain.close().await;
     }
     stats
+}
+
+async fn recv_peer(
+    peers: &mut Option<mpsc::Receiver<Vec<PeerMessage>>>,
+) -> Option<Vec<PeerMessage>> {
+    match peers {
+        Some(rx) => rx.recv().await,
+        None => None,
+    }
 }
 
 fn finish(f: Finished, source: &mut Source, stats: &mut WriterStats, stalled: &mut bool) {

@@ -235,6 +235,7 @@ pub(crate) struct Limits {
 pub(crate) async fn serve(
     listener: TcpListener,
     export: Export,
+    peer: Option<crate::route::lineage::PeerService>,
     limits: Limits,
     auth: Authenticator,
     shutdown: CancellationToken,
@@ -251,6 +252,7 @@ pub(crate) async fn serve(
         .timeout(limits.request_timeout)
         .max_concurrent_streams(streams)
         .add_service(service)
+        .add_optional_service(peer)
         .serve_with_incoming_shutdown(
             datatracing_http::conn::incoming(listener, &limits.connections),
             shutdown.clone().cancelled_owned(),

@@ -1,6 +1,7 @@
 //! Trace-aware routing between collector replicas: every replica hashes trace ids onto the
 //! same ring of members ([`ring`]), keeps the spans it owns, and forwards the others to
-//! their owner ([`forward`]), so each trace is tail-sampled whole by one replica.
+//! their owner ([`forward`]), so each trace is tail-sampled whole by one replica. Lineage
+//! decisions cross replicas as small peer messages ([`lineage`]).
 //!
 //! Membership comes from the configuration (`collector.peers.static`), from a members file
 //! re-read while running (`collector.peers.file`), or from anything else that publishes a
@@ -8,6 +9,7 @@
 
 mod client;
 mod forward;
+pub(crate) mod lineage;
 mod metrics;
 mod ring;
 
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use forward::FORWARDED_HEADER;
 pub(crate) use forward::Fallback;
+pub use lineage::PeerMessage;
 pub use metrics::RouteMetrics;
 pub use ring::Ring;
 

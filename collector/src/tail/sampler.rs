@@ -14,6 +14,7 @@ use super::lineage::Lineage;
 use super::metrics::{DecisionLabels, OutcomeLabel, ReasonLabel, SamplingMetrics};
 use super::policy::PolicyHolder;
 use super::{RATE_ATTR, RULE_ATTR};
+use crate::route::lineage::{PeerLineage, PeerMessage};
 use crate::sample::Sampler;
 
 /// The tail sampler. `now` is injected so tests drive time.
@@ -25,6 +26,8 @@ pub struct TailSampler {
     kept: DecisionCache,
     dropped: DecisionCache,
     lineage: Lineage,
+    /// The other replicas, when routing is on: lineage crosses to their traces.
+    peers: Option<PeerLineage>,
     now: Box<dyn Fn() -> i64 + Send>,
 }
 
@@ -95,8 +98,20 @@ impl TailSampler {
             kept: DecisionCache::new(cache),
             dropped: DecisionCache::new(cache),
             lineage,
+            peers: None,
             now,
         }
+    }
+
+    /// Sends lineage to the owners of traces this replica does not own.
+    pub fn with_peers(mut self, peers: PeerLineage) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// The peers, when `t` belongs to another replica.
+    fn remote(&self, t: &TraceId) -> Option<&PeerLineage> {
+        self.peers.as_ref().filter(|p| !p.owns(t))
     }
 
     fn stamp(span: &mut Span, d: &Decision, dry_run: bool) {
@@ -183,6 +198,11 @@ impl TailSampler {
                 .copied()
                 .collect();
             for l in linked {
+                if let Some(p) = self.remote(&l) {
+                    // Its owner keeps it (now, or when its spans arrive there).
+                    p.send(PeerMessage::Keep { trace: l });
+                    continue;
+                }
                 self.lineage.await_trace(l, now);
                 pass.work.push(l);
             }
@@ -272,7 +292,15 @@ impl Sampler for TailSampler {
         let now = (self.now)();
         let mut pass = Pass::default();
         for mut span in spans {
-            self.lineage.note_links(&span);
+            for l in self.lineage.note_links(&span) {
+                if let Some(p) = self.remote(&l) {
+                    // The owner of `l` learns of the link, so a keep on its side spreads here.
+                    p.send(PeerMessage::Link {
+                        trace: l,
+                        linked: span.trace_id,
+                    });
+                }
+            }
             let t = span.trace_id;
             if let Some(d) = self.kept.get(&t) {
                 let d = d.clone();
@@ -328,5 +356,34 @@ impl Sampler for TailSampler {
 
     fn pending(&self) -> bool {
         !self.buffer.is_empty()
+    }
+
+    fn peer(&mut self, msgs: Vec<PeerMessage>) -> Vec<Span> {
+        let now = (self.now)();
+        let mut pass = Pass::default();
+        for m in msgs {
+            match m {
+                PeerMessage::Link { trace, linked } => {
+                    self.lineage.link_pair(trace, linked);
+                    if self.kept.get(&trace).is_some_and(|d| d.keep_linked)
+                        && self.kept.get(&linked).is_none()
+                        && let Some(p) = self.remote(&linked)
+                    {
+                        p.send(PeerMessage::Keep { trace: linked });
+                    }
+                }
+                PeerMessage::Keep { trace } => {
+                    if self.kept.get(&trace).is_some() {
+                        continue;
+                    }
+                    // Kept now if buffered; awaited (bounded) if its spans are still to come.
+                    self.lineage.await_trace(trace, now);
+                    self.decide(trace, &mut pass);
+                }
+            }
+        }
+        let out = self.settle(pass);
+        self.update_gauges();
+        out
     }
 }
