@@ -147,6 +147,13 @@ impl Collector {
         self
     }
 
+    /// The handle that sets routing members, when `collector.peers` is on.
+    pub fn membership(&self) -> Option<route::Membership> {
+        self.routing
+            .as_ref()
+            .map(|(router, tx)| route::Membership::new(router.clone(), tx.clone()))
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &CollectorConfig {
         &self.config
@@ -225,12 +232,14 @@ impl Collector {
         let handle = writer::spawn(
             source,
             Arc::clone(&self.store),
-            sampler,
+            writer::Sampling {
+                sampler,
+                peers: peer_inbox,
+            },
             self.config.batch.clone(),
             retry,
             self.metrics.clone(),
             closing,
-            peer_inbox,
         );
         let ingest = ingest::Ingest {
             queue,

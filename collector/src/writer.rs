@@ -163,15 +163,20 @@ impl Source {
 
 /// Starts the writer task. `retry` is how the durable queue's writes are retried; the
 /// in-memory queue's writes are tried once (the store retries inside).
+/// The sampling stage: the sampler, and lineage messages other replicas send it.
+pub(crate) struct Sampling {
+    pub sampler: Box<dyn Sampler>,
+    pub peers: Option<mpsc::Receiver<Vec<PeerMessage>>>,
+}
+
 pub(crate) fn spawn(
     source: Source,
     store: Arc<dyn TraceWriter>,
-    sampler: Box<dyn Sampler>,
+    sampling: Sampling,
     config: BatchConfig,
     retry: RetryPolicy,
     metrics: CollectorMetrics,
     closing: CancellationToken,
-    peers: Option<mpsc::Receiver<Vec<PeerMessage>>>,
 ) -> WriterHandle {
     let writer = Writer {
         store,
@@ -180,7 +185,13 @@ pub(crate) fn spawn(
         durable: matches!(source, Source::Log(_)),
         closing: closing.clone(),
     };
-    let task = tokio::spawn(run(source, writer, sampler, config, peers));
+    let task = tokio::spawn(run(
+        source,
+        writer,
+        sampling.sampler,
+        config,
+        sampling.peers,
+    ));
     WriterHandle { closing, task }
 }
 

@@ -32,8 +32,33 @@ pub struct PeersConfig {
     pub file: Option<PathBuf>,
     /// How often `file` is re-read.
     pub reload_interval: ConfigDuration,
+    /// Members from the EndpointSlices of a (headless) Service, ready endpoints only,
+    /// watched while running. Replaces `static`; not with `file`.
+    pub kubernetes: Option<KubernetesPeers>,
     /// Forwarding to the owners.
     pub forward: ForwardConfig,
+}
+
+/// Membership from Kubernetes: the EndpointSlices labelled
+/// `kubernetes.io/service-name: <service>` in `namespace`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesPeers {
+    /// The Service whose endpoints are the collectors (headless, so every pod is listed).
+    pub service: String,
+    /// Its namespace (typically `${POD_NAMESPACE}` from the downward API).
+    pub namespace: String,
+    /// The name of the endpoint port peers forward to (the OTLP/gRPC port).
+    #[serde(default = "default_port_name")]
+    pub port_name: String,
+    /// A kubeconfig to use instead of the in-cluster service account (tests, out of
+    /// cluster).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+fn default_port_name() -> String {
+    "otlp-grpc".into()
 }
 
 /// How spans are forwarded to the replica that owns their trace (OTLP/gRPC, gzip).
@@ -65,6 +90,7 @@ impl Default for PeersConfig {
             static_peers: Vec::new(),
             file: None,
             reload_interval: ConfigDuration::from_secs(2),
+            kubernetes: None,
             forward: ForwardConfig::default(),
         }
     }
@@ -130,7 +156,16 @@ impl PeersConfig {
                 return bad(format!("collector.peers.static: `{p}` is not host:port"));
             }
         }
-        if self.file.is_none() && !self.static_peers.contains(&self.self_addr) {
+        if let Some(k) = &self.kubernetes {
+            if self.file.is_some() {
+                return bad("collector.peers: set one of file and kubernetes".into());
+            }
+            if k.service.is_empty() || k.namespace.is_empty() || k.port_name.is_empty() {
+                return bad(
+                    "collector.peers.kubernetes needs service, namespace and port_name".into(),
+                );
+            }
+        } else if self.file.is_none() && !self.static_peers.contains(&self.self_addr) {
             return bad(format!(
                 "collector.peers.static must list this replica (collector.peers.self = `{}`)",
                 self.self_addr
@@ -193,6 +228,16 @@ mod tests {
             serde_json::from_value::<PeersConfig>(serde_json::json!({"statik": []})).is_err(),
             "unknown keys are refused"
         );
+        let k8s: PeersConfig = serde_json::from_value(serde_json::json!({
+            "enabled": true, "self": "10.0.0.1:4317",
+            "kubernetes": {"service": "collectors", "namespace": "tracing"}
+        }))
+        .unwrap();
+        assert!(k8s.validate().is_ok(), "no static list needed");
+        assert_eq!(k8s.kubernetes.as_ref().unwrap().port_name, "otlp-grpc");
+        let mut both = k8s.clone();
+        both.file = Some("/m".into());
+        assert!(both.validate().unwrap_err().to_string().contains("one of"));
     }
 
     #[test]

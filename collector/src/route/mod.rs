@@ -32,6 +32,10 @@ use forward::Forwarder;
 /// The members now, by the configured source. A members file that cannot be read or
 /// parsed is an error at start (later, the previous members stay in force).
 pub(crate) fn initial_members(config: &PeersConfig) -> Result<Vec<String>, String> {
+    if config.kubernetes.is_some() {
+        // Filled by the EndpointSlice watch; until then every trace is local.
+        return Ok(Vec::new());
+    }
     match &config.file {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read collector.peers.file {}: {e}", path.display()))
@@ -120,6 +124,30 @@ impl Router {
             self.metrics.fallback(peer, why.label(), n);
         }
         r
+    }
+}
+
+/// Sets the members from a source outside this crate (the Kubernetes EndpointSlice watch
+/// in the `datatracing` binary).
+#[derive(Clone, Debug)]
+pub struct Membership {
+    router: Router,
+    tx: watch::Sender<Arc<Ring>>,
+}
+
+impl Membership {
+    pub(crate) fn new(router: Router, tx: watch::Sender<Arc<Ring>>) -> Self {
+        Self { router, tx }
+    }
+
+    /// Replaces the members; returns whether they changed.
+    pub fn set(&self, members: Vec<String>) -> bool {
+        publish(&self.tx, &self.router, members)
+    }
+
+    /// The ring in force.
+    pub fn ring(&self) -> Arc<Ring> {
+        self.router.ring()
     }
 }
 

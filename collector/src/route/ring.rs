@@ -79,19 +79,17 @@ impl Ring {
         self.owner_index(t).map(|i| self.members[i].0.as_str())
     }
 
-    /// Whether this replica owns `t`. An empty ring, or one this replica is not in, makes
-    /// every trace local: spans are never refused for want of an owner.
+    /// Whether this replica owns `t`. An empty ring makes every trace local (spans are
+    /// never refused for want of an owner); a replica outside the ring (leaving, or not
+    /// ready yet) owns nothing.
     pub fn owns(&self, t: &TraceId) -> bool {
-        match (self.owner_index(t), self.me) {
-            (Some(o), Some(me)) => o == me,
-            _ => true,
-        }
+        self.route(t).is_none()
     }
 
     /// Where `t` goes: `None` when this replica keeps it, else the owner's address.
     pub fn route(&self, t: &TraceId) -> Option<&str> {
-        match (self.owner_index(t), self.me) {
-            (Some(o), Some(me)) if o != me => Some(self.members[o].0.as_str()),
+        match self.owner_index(t) {
+            Some(o) if self.me != Some(o) => Some(self.members[o].0.as_str()),
             _ => None,
         }
     }
@@ -157,9 +155,12 @@ mod tests {
         for c in counts {
             assert!((9_000..11_000).contains(&c), "unbalanced: {counts:?}");
         }
-        // Outside the ring (leaving) or an empty ring: everything stays local.
+        // Outside the ring (leaving) everything goes to the members; an empty ring keeps
+        // everything local.
         let t = ids(1, 1)[0];
-        assert!(Ring::new(members.clone(), "elsewhere:1").owns(&t));
+        let outside = Ring::new(members.clone(), "elsewhere:1");
+        assert!(!outside.owns(&t));
+        assert_eq!(outside.route(&t), rings[0].owner(&t));
         assert!(Ring::new(Vec::new(), "a:1").owns(&t));
         assert_eq!(Ring::new(Vec::new(), "a:1").route(&t), None);
     }
