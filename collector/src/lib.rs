@@ -195,17 +195,19 @@ impl Collector {
             None => Box::new(PassThrough),
         };
         // Lineage messages from peers reach the sampler through the writer's task.
-        let (peer_service, peer_inbox) = match &self.routing {
+        let (peer_service, peer_inbox, handoff) = match &self.routing {
             Some((router, _)) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                let handoff = route::Handoff::new(router.clone(), tx.clone());
+                handoff.watch_ring();
                 let svc = route::lineage::PeerService {
                     inbox: tx,
                     metrics: router.metrics.clone(),
                     auth: self.auth.clone(),
                 };
-                (Some(svc), Some(rx))
+                (Some(svc), Some(rx), Some(handoff))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let closing = CancellationToken::new();
         let stop_routing = closing.clone();
@@ -235,6 +237,7 @@ impl Collector {
             writer::Sampling {
                 sampler,
                 peers: peer_inbox,
+                handoff,
             },
             self.config.batch.clone(),
             retry,

@@ -27,6 +27,11 @@ pub trait Sampler: Send + 'static {
         Vec::new()
     }
 
+    /// Takes out the buffered traces this replica no longer owns (the members changed).
+    fn take_unowned(&mut self) -> Vec<Span> {
+        Vec::new()
+    }
+
     /// Whether spans are held (so the writer keeps ticking).
     fn pending(&self) -> bool {
         false

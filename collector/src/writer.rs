@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CollectorMetrics;
 use crate::queue::{QueueItem, WriteFailure, WriteOutcome};
-use crate::route::lineage::PeerMessage;
+use crate::route::Handoff;
+use crate::route::lineage::PeerInput;
 use crate::sample::Sampler;
 use crate::wal;
 
@@ -166,7 +167,9 @@ impl Source {
 /// The sampling stage: the sampler, and lineage messages other replicas send it.
 pub(crate) struct Sampling {
     pub sampler: Box<dyn Sampler>,
-    pub peers: Option<mpsc::Receiver<Vec<PeerMessage>>>,
+    pub peers: Option<mpsc::Receiver<PeerInput>>,
+    /// Where buffered traces this replica no longer owns go.
+    pub handoff: Option<Handoff>,
 }
 
 pub(crate) fn spawn(
@@ -185,13 +188,7 @@ pub(crate) fn spawn(
         durable: matches!(source, Source::Log(_)),
         closing: closing.clone(),
     };
-    let task = tokio::spawn(run(
-        source,
-        writer,
-        sampling.sampler,
-        config,
-        sampling.peers,
-    ));
+    let task = tokio::spawn(run(source, writer, sampling, config));
     WriterHandle { closing, task }
 }
 
@@ -208,10 +205,14 @@ struct Writer {
 async fn run(
     mut source: Source,
     writer: Writer,
-    mut sampler: Box<dyn Sampler>,
+    sampling: Sampling,
     config: BatchConfig,
-    mut peers: Option<mpsc::Receiver<Vec<PeerMessage>>>,
 ) -> WriterStats {
+    let Sampling {
+        mut sampler,
+        mut peers,
+        handoff,
+    } = sampling;
     let mut stats = WriterStats::default();
     let mut in_flight: FuturesOrdered<Write> = FuturesOrdered::new();
     let mut open = true;
@@ -235,9 +236,19 @@ async fn run(
                 }
                 None => open = false,
             },
-            Some(msgs) = recv_peer(&mut peers), if room && peers.is_some() => {
-                // Lineage from other replicas may keep buffered traces now.
-                let out = sampler.peer(msgs);
+            Some(input) = recv_peer(&mut peers), if room && peers.is_some() => {
+                let out = match input {
+                    // Lineage from other replicas may keep buffered traces now.
+                    PeerInput::Lineage(msgs) => sampler.peer(msgs),
+                    PeerInput::RingChanged => {
+                        let gone = sampler.take_unowned();
+                        if let (false, Some(h)) = (gone.is_empty(), &handoff) {
+                            h.send(gone);
+                        }
+                        Vec::new()
+                    }
+                    PeerInput::Returned(spans) => sampler.offer(spans),
+                };
                 in_flight.push_back(Box::pin(writer.clone().write(out, Done::Nothing)));
             }
             _ = tick.tick(), if room && sampler.pending() => {
@@ -263,9 +274,7 @@ async fn run(
     stats
 }
 
-async fn recv_peer(
-    peers: &mut Option<mpsc::Receiver<Vec<PeerMessage>>>,
-) -> Option<Vec<PeerMessage>> {
+async fn recv_peer(peers: &mut Option<mpsc::Receiver<PeerInput>>) -> Option<PeerInput> {
     match peers {
         Some(rx) => rx.recv().await,
         None => None,

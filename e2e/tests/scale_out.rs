@@ -26,6 +26,17 @@ struct Replica {
 
 /// `peers`: the `collector.peers` section (YAML, indented under `peers:`), or `None`.
 fn start(dir: &Path, grpc_port: u16, sampling: bool, peers: Option<&str>) -> Server {
+    start_with(dir, grpc_port, sampling.then_some("400ms"), peers)
+}
+
+/// [`start`] with tail sampling deciding `decision_wait` after a root (and after that long
+/// without a span), or without sampling (`None`).
+fn start_with(
+    dir: &Path,
+    grpc_port: u16,
+    decision_wait: Option<&str>,
+    peers: Option<&str>,
+) -> Server {
     std::fs::create_dir_all(dir).unwrap();
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
@@ -33,9 +44,9 @@ fn start(dir: &Path, grpc_port: u16, sampling: bool, peers: Option<&str>) -> Ser
         "collector:\n  durable_queue:\n    enabled: true\n    dir: {}\n",
         dir.join("wal").display()
     );
-    if sampling {
+    if let Some(wait) = decision_wait {
         yaml += &format!(
-            "  sampling:\n    enabled: true\n    policy_file: {}\n    decision_wait: 400ms\n    idle_timeout: 1s\n",
+            "  sampling:\n    enabled: true\n    policy_file: {}\n    decision_wait: {wait}\n    idle_timeout: {wait}\n",
             policy.display()
         );
     }
@@ -623,4 +634,49 @@ async fn collectors_follow_endpoint_slices() {
         None,
     );
     ring_is(&client, &ingest, 1.0).await;
+}
+
+/// Graceful hand-off: a replica leaving the ring (scale-down: its endpoint turns unready, or
+/// it leaves the members file) hands the traces it buffers to their new owner, so each is
+/// still decided once, whole, by one replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_replica_hands_its_buffered_traces_over() {
+    const N: usize = 100;
+    let root = tempfile::tempdir().unwrap();
+    let members_file = root.path().join("members");
+    let ports = [free_port(), free_port()];
+    let peer: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    write_members(&members_file, &[&peer[0], &peer[1]]);
+    let servers: Vec<Server> = (0..2)
+        .map(|i| {
+            start_with(
+                &root.path().join(format!("r{i}")),
+                ports[i],
+                Some("3s"),
+                Some(&peers_file(&peer[i], &members_file)),
+            )
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let ingest: Vec<SocketAddr> = servers.iter().map(Server::ingest).collect();
+    // One trace in ten fails; spans of every trace reach both replicas.
+    let spans: Vec<Value> = (0..N)
+        .flat_map(|i| trace(i, 4, i % 10 == 3, None))
+        .collect();
+    send_all(&client, &ingest, &spans).await;
+    // Replica 1 leaves while its traces wait for their decision.
+    write_members(&members_file, &[&peer[0]]);
+    settled(&client, &ingest).await;
+
+    let kept = stored(&client, servers[0].query(), N).await;
+    let left = stored(&client, servers[1].query(), N).await;
+    assert!(
+        left.is_empty(),
+        "the leaving replica decided traces itself: {left:?}"
+    );
+    let errors: Vec<usize> = (0..N).filter(|i| i % 10 == 3).collect();
+    assert_eq!(kept.keys().copied().collect::<Vec<_>>(), errors);
+    assert!(kept.values().all(|s| s.len() == 4), "kept traces are whole");
+    let m = datatracing_e2e::metrics(&client, ingest[1]).await;
+    assert!(metric(&m, "datatracing_collector_handoff_spans_total") > 0.0);
 }

@@ -48,6 +48,17 @@ pub enum PeerMessage {
     },
 }
 
+/// What reaches the writer's task (the sampler) from the routing side.
+#[derive(Debug)]
+pub enum PeerInput {
+    /// Lineage messages from another replica.
+    Lineage(Vec<PeerMessage>),
+    /// The members changed: buffered traces this replica no longer owns go to their owner.
+    RingChanged,
+    /// Buffered spans a hand-off could not deliver: kept and decided here.
+    Returned(Vec<datatracing_core::Span>),
+}
+
 impl PeerMessage {
     fn target(&self) -> TraceId {
         match self {
@@ -233,7 +244,7 @@ mod tests {
 /// through a bounded channel; when it is full they are dropped and counted.
 #[derive(Clone, Debug)]
 pub(crate) struct PeerService {
-    pub(crate) inbox: mpsc::Sender<Vec<PeerMessage>>,
+    pub(crate) inbox: mpsc::Sender<PeerInput>,
     pub(crate) metrics: RouteMetrics,
     pub(crate) auth: datatracing_http::Authenticator,
 }
@@ -302,7 +313,7 @@ impl tonic::server::UnaryService<Bytes> for Handle {
                 .map_err(|e| tonic::Status::invalid_argument(format!("lineage batch: {e}")))?;
             let n = msgs.len();
             if n > 0 {
-                if svc.inbox.try_send(msgs).is_err() {
+                if svc.inbox.try_send(PeerInput::Lineage(msgs)).is_err() {
                     svc.metrics.lineage("dropped", n);
                 } else {
                     svc.metrics.lineage("received", n);

@@ -56,6 +56,9 @@ pub struct RouteMetrics {
     /// `datatracing_collector_peer_lineage_messages_total{direction}`: lineage notices and
     /// keeps exchanged with peers.
     pub lineage: Family<DirectionLabels, Counter>,
+    /// `datatracing_collector_handoff_spans_total`: buffered spans handed to the new owner of
+    /// their trace after a membership change.
+    pub handoff: Counter,
 }
 
 impl RouteMetrics {
@@ -71,6 +74,7 @@ impl RouteMetrics {
             queue_spans: Family::default(),
             duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             lineage: Family::default(),
+            handoff: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("datatracing_collector");
         r.register(
@@ -113,6 +117,11 @@ impl RouteMetrics {
             "Time from queueing spans for a peer to its acknowledgement",
             Unit::Seconds,
             m.duration.clone(),
+        );
+        r.register(
+            "handoff_spans",
+            "Buffered spans handed to their trace's new owner after a membership change",
+            m.handoff.clone(),
         );
         r.register(
             "peer_lineage_messages",

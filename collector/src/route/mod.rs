@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use forward::FORWARDED_HEADER;
 pub(crate) use forward::Fallback;
-pub use lineage::PeerMessage;
+pub use lineage::{PeerInput, PeerMessage};
 pub use metrics::RouteMetrics;
 pub use ring::Ring;
 
@@ -124,6 +124,61 @@ impl Router {
             self.metrics.fallback(peer, why.label(), n);
         }
         r
+    }
+}
+
+/// Hands buffered traces this replica no longer owns to their new owners (after a
+/// membership change, and when this replica leaves the ring on its way out), so each trace
+/// is still decided once. Spans that cannot be delivered come back to be decided here.
+#[derive(Clone, Debug)]
+pub(crate) struct Handoff {
+    router: Router,
+    back: tokio::sync::mpsc::Sender<PeerInput>,
+}
+
+impl Handoff {
+    pub(crate) fn new(router: Router, back: tokio::sync::mpsc::Sender<PeerInput>) -> Self {
+        Self { router, back }
+    }
+
+    /// Forwards `spans` to their owners in the background.
+    pub(crate) fn send(&self, spans: Vec<Span>) {
+        let (router, back) = (self.router.clone(), self.back.clone());
+        tokio::spawn(async move {
+            let (mut returned, remote) = router.split(spans);
+            let sent = futures::future::join_all(remote.into_iter().map(|(peer, s)| {
+                let router = router.clone();
+                async move {
+                    let n = s.len();
+                    router.forward(&peer, s).await.map(|()| n)
+                }
+            }))
+            .await;
+            for r in sent {
+                match r {
+                    Ok(n) => {
+                        router.metrics.handoff.inc_by(n as u64);
+                    }
+                    Err((s, _)) => returned.extend(s),
+                }
+            }
+            if !returned.is_empty() && back.send(PeerInput::Returned(returned)).await.is_err() {
+                tracing::warn!("buffered spans could not be handed off while stopping");
+            }
+        });
+    }
+
+    /// Tells the writer whenever the members change.
+    pub(crate) fn watch_ring(&self) {
+        let mut ring = self.router.subscribe();
+        let back = self.back.clone();
+        tokio::spawn(async move {
+            while ring.changed().await.is_ok() {
+                if back.send(PeerInput::RingChanged).await.is_err() {
+                    break;
+                }
+            }
+        });
     }
 }
 

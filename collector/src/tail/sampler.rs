@@ -358,6 +358,27 @@ impl Sampler for TailSampler {
         !self.buffer.is_empty()
     }
 
+    fn take_unowned(&mut self) -> Vec<Span> {
+        let Some(p) = &self.peers else {
+            return Vec::new();
+        };
+        let gone: Vec<TraceId> = self
+            .buffer
+            .in_arrival_order()
+            .into_iter()
+            .filter(|t| self.buffer.contains(t) && !p.owns(t))
+            .collect();
+        let mut out = Vec::new();
+        for t in gone {
+            if let Some(b) = self.buffer.remove(&t) {
+                out.extend(b.spans);
+            }
+        }
+        self.buffer.trim_arrival();
+        self.update_gauges();
+        out
+    }
+
     fn peer(&mut self, msgs: Vec<PeerMessage>) -> Vec<Span> {
         let now = (self.now)();
         let mut pass = Pass::default();
