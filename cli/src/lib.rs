@@ -509,11 +509,9 @@ pub async fn run(
     if let (Some(c), Some(k)) = (&collector, &config.collector.peers.kubernetes)
         && let Some(membership) = c.membership()
     {
-        let client = peers::kube_client(k.kubeconfig.as_deref(), false)
-            .await
-            .context("collector.peers.kubernetes")?;
+        // Without API access the collector still serves (every trace local, as with an
+        // empty ring): the no-loss promise never depends on membership.
         tokio::spawn(peers::watch_endpoint_slices(
-            client,
             k.clone(),
             membership,
             shutdown.clone(),

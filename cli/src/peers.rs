@@ -64,13 +64,25 @@ pub async fn kube_client(
 }
 
 /// Watches the Service's EndpointSlices until `shutdown`, publishing the members on every
-/// change. Watch errors are retried with backoff (the members in force stay meanwhile).
+/// change. Client and watch errors are retried with backoff (the members in force stay
+/// meanwhile).
 pub async fn watch_endpoint_slices(
-    client: kube::Client,
     k: KubernetesPeers,
     membership: Membership,
     shutdown: CancellationToken,
 ) {
+    let client = loop {
+        match kube_client(k.kubeconfig.as_deref(), false).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::error!(error = %e, "collector.peers.kubernetes: no Kubernetes client; every trace stays local; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
     let api: Api<EndpointSlice> = Api::namespaced(client, &k.namespace);
     let labels = format!("kubernetes.io/service-name={}", k.service);
     let mut events = watcher(api, watcher::Config::default().labels(&labels))

@@ -530,8 +530,9 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             Some(env) => to_json(env)?,
             None => json!([]),
         };
-        if component == "collector" && routed {
-            // The peer address (collector.peers.self) is the pod's IP.
+        if routed {
+            // The peer address (collector.peers.self) is the pod's IP. The query pods read
+            // the same file (unless their credentials differ), so they get the variable too.
             if let Some(list) = env.as_array_mut() {
                 list.push(json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}));
             }
