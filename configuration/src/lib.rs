@@ -32,6 +32,6 @@ pub use error::{ConfigError, Result};
 pub use file::{Backend, Config, LogConfig, LogFormat, StorageConfig};
 pub use interpolate::interpolate;
 pub use operator::{LeaderElectionConfig, OperatorConfig};
-pub use peers::{ForwardConfig, KubernetesPeers, PeersConfig, parse_members};
+pub use peers::{ForwardCompression, ForwardConfig, KubernetesPeers, PeersConfig, parse_members};
 pub use query::{LineageConfig, QueryConfig};
 pub use sampling::{SamplingConfig, ShutdownRule};

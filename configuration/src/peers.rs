@@ -80,6 +80,20 @@ pub struct ForwardConfig {
     pub retry_backoff: ConfigDuration,
     /// Connection set-up limit per attempt.
     pub connect_timeout: ConfigDuration,
+    /// Compression of forwarded requests: `gzip` (less network, more CPU) or `none`
+    /// (replicas on a fast network: the cheaper choice per span).
+    pub compression: ForwardCompression,
+}
+
+/// How forwarded requests are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardCompression {
+    /// gzip, as OTLP exporters send.
+    #[default]
+    Gzip,
+    /// Uncompressed.
+    None,
 }
 
 impl Default for PeersConfig {
@@ -105,6 +119,7 @@ impl Default for ForwardConfig {
             timeout: ConfigDuration::from_secs(5),
             retry_backoff: ConfigDuration::from_millis(50),
             connect_timeout: ConfigDuration::from_secs(1),
+            compression: ForwardCompression::Gzip,
         }
     }
 }

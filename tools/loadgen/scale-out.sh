@@ -10,7 +10,9 @@
 # collector forwards the spans other replicas own (about (N-1)/N of what it receives).
 # Reported: spans per collector CPU-second (all collectors' CPU time, from the first request
 # until every span is stored), and the forwarding latency histogram's mean.
-# Extra collector settings: YAML lines in $COLLECTOR_YAML (indented under `collector:`).
+# Extra collector settings: YAML lines in $COLLECTOR_YAML (indented under `collector:`);
+# $FORWARD_COMPRESSION sets collector.peers.forward.compression (gzip, the default, or none);
+# ROUTING=off runs the N collectors without routing (what N processes cost by themselves).
 # Build first: cargo build --release --locked -p datatracing-cli -p datatracing-loadgen
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -54,11 +56,13 @@ for i in $(seq 0 $((n - 1))); do grpc+=("127.0.0.1:$(port)"); listens+=("127.0.0
 members="$(printf '"%s", ' "${grpc[@]}")"
 for i in $(seq 0 $((n - 1))); do
   peers=""
-  if [ "$n" -gt 1 ]; then
+  if [ "$n" -gt 1 ] && [ "${ROUTING:-on}" = on ]; then
     peers="  peers:
     enabled: true
     self: \"${grpc[$i]}\"
-    static: [${members%, }]"
+    static: [${members%, }]
+    forward:
+      compression: ${FORWARD_COMPRESSION:-gzip}"
   fi
   cat > "$work/config-$i.yaml" <<EOF
 log:

@@ -61,17 +61,19 @@ impl<R: prost::Message + Default> Decoder for BytesCodec<R> {
 #[derive(Clone, Debug)]
 pub(crate) struct PeerClient {
     channel: Channel,
+    gzip: bool,
 }
 
 impl PeerClient {
     /// `None` when the address cannot form a URI.
-    pub(crate) fn new(peer: &str, connect_timeout: Duration) -> Option<Self> {
+    pub(crate) fn new(peer: &str, connect_timeout: Duration, gzip: bool) -> Option<Self> {
         let endpoint = Endpoint::from_shared(format!("http://{peer}"))
             .ok()?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true);
         Some(Self {
             channel: endpoint.connect_lazy(),
+            gzip,
         })
     }
 
@@ -84,9 +86,11 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<R, tonic::Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone())
-            .send_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(1 << 20);
+        if self.gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
         grpc.ready()
             .await
             .map_err(|e| tonic::Status::unavailable(format!("peer not ready: {e}")))?;

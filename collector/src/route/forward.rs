@@ -163,7 +163,11 @@ impl Forwarder {
         let room = Arc::new(Semaphore::new(self.config.max_queue_spans));
         let task = PeerTask {
             peer: peer.to_string(),
-            client: PeerClient::new(peer, self.config.connect_timeout.get()),
+            client: PeerClient::new(
+                peer,
+                self.config.connect_timeout.get(),
+                self.config.compression == datatracing_config::ForwardCompression::Gzip,
+            ),
             config: self.config.clone(),
             self_addr: Arc::clone(&self.self_addr),
             metrics: self.metrics.clone(),

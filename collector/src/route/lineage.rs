@@ -185,7 +185,7 @@ async fn send_loop(
         for (owner, msgs) in by_owner {
             let client = match clients.get(&owner) {
                 Some(c) => c.clone(),
-                None => match PeerClient::new(&owner, connect_timeout) {
+                None => match PeerClient::new(&owner, connect_timeout, true) {
                     Some(c) => {
                         clients.insert(owner.clone(), c.clone());
                         c
