@@ -144,6 +144,18 @@ impl PeerLineage {
     }
 }
 
+#[cfg(test)]
+impl PeerLineage {
+    /// A handle whose messages the test reads from the returned receiver.
+    pub(crate) fn for_test(
+        ring: watch::Receiver<Arc<Ring>>,
+    ) -> (Self, mpsc::Receiver<PeerMessage>) {
+        let (out, rx) = mpsc::channel(64);
+        let metrics = RouteMetrics::register(&mut prometheus_client::registry::Registry::default());
+        (Self { ring, out, metrics }, rx)
+    }
+}
+
 /// Starts the sender task; returns the sampler's handle.
 pub(crate) fn start(
     ring: watch::Receiver<Arc<Ring>>,

@@ -408,3 +408,133 @@ impl Sampler for TailSampler {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Ring;
+    use datatracing_core::{Link, LinkType, StatusCode, Timestamp};
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    const SEC: i64 = 1_000_000_000;
+
+    fn replica(
+        me: &str,
+        clock: Arc<AtomicI64>,
+    ) -> (TailSampler, tokio::sync::mpsc::Receiver<PeerMessage>) {
+        let policy: datatracing_core::policy::SamplingPolicy =
+            serde_json::from_value(serde_json::json!({
+                "rules": [{"name": "errors", "when": {"status": ["ERROR"]},
+                           "action": {"decision": "keep", "keep_linked": true}}],
+                "default": {"decision": "drop"}
+            }))
+            .unwrap();
+        let metrics = SamplingMetrics::default();
+        let holder = PolicyHolder::from_policy(&policy, false, metrics.clone()).unwrap();
+        let config = SamplingConfig {
+            decision_wait: ConfigDuration::from_secs(2),
+            ..SamplingConfig::default()
+        };
+        let ring = Ring::new(vec!["a:1".into(), "b:1".into()], me);
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(ring));
+        let (peers, outbox) = PeerLineage::for_test(rx);
+        let s = TailSampler::with_clock(
+            config,
+            holder,
+            metrics,
+            Box::new(move || clock.load(Ordering::SeqCst)),
+        )
+        .with_peers(peers);
+        (s, outbox)
+    }
+
+    /// A trace id `b:1` owns (`owned_by_b`) or `a:1` owns.
+    fn trace(owned_by_b: bool, skip: u128) -> TraceId {
+        let ring = Ring::new(vec!["a:1".into(), "b:1".into()], "a:1");
+        (1..10_000u128)
+            .map(|n| TraceId::from_bytes((n * 7919).to_be_bytes()))
+            .filter(|t| ring.owns(t) != owned_by_b)
+            .nth(skip as usize)
+            .unwrap()
+    }
+
+    fn root(t: TraceId, error: bool, link: Option<TraceId>) -> Span {
+        let mut s = datatracing_store_contract::simple_span(
+            t,
+            1,
+            None,
+            "s",
+            Timestamp::from_unix_nanos(1),
+            1,
+        );
+        if error {
+            s.status.code = StatusCode::Error;
+        }
+        if let Some(l) = link {
+            s.links.push(Link {
+                trace_id: l,
+                span_id: datatracing_core::SpanId::from_bytes([0, 0, 0, 0, 0, 0, 0, 1]),
+                link_type: LinkType::FollowsFrom,
+                attributes: Default::default(),
+            });
+        }
+        s
+    }
+
+    /// A keep with keep_linked on replica A reaches B, which owns the linked trace; a link
+    /// seen on A is announced to the owner of the linked trace.
+    #[test]
+    fn lineage_crosses_to_the_owner_of_the_linked_trace() {
+        let clock = Arc::new(AtomicI64::new(0));
+        let (mut a, mut a_out) = replica("a:1", clock.clone());
+        let (mut b, _b_out) = replica("b:1", clock.clone());
+        let (t, l) = (trace(false, 0), trace(true, 0));
+        assert!(a.offer(vec![root(t, true, Some(l))]).is_empty(), "buffered");
+        assert_eq!(
+            a_out.try_recv().unwrap(),
+            PeerMessage::Link {
+                trace: l,
+                linked: t
+            },
+            "B learns that T links to its trace"
+        );
+        assert!(b.offer(vec![root(l, false, None)]).is_empty());
+        clock.store(3 * SEC, Ordering::SeqCst);
+        let kept = a.tick();
+        assert_eq!(kept.len(), 1, "T kept on A");
+        assert_eq!(a_out.try_recv().unwrap(), PeerMessage::Keep { trace: l });
+        // B keeps L for lineage at once, before its own decision (which would drop it).
+        let out = b.peer(vec![PeerMessage::Keep { trace: l }]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].attributes.get(RULE_ATTR),
+            Some(&AttributeValue::String(LINEAGE_RULE.into()))
+        );
+        assert!(b.tick().is_empty() && !b.pending());
+        // A link announced after T was kept is answered with a keep.
+        let later = trace(true, 1);
+        let none = a.peer(vec![PeerMessage::Link {
+            trace: t,
+            linked: later,
+        }]);
+        assert!(none.is_empty());
+        assert_eq!(
+            a_out.try_recv().unwrap(),
+            PeerMessage::Keep { trace: later }
+        );
+    }
+
+    /// After a membership change the traces this replica no longer owns leave its buffer.
+    #[test]
+    fn unowned_traces_are_taken_out_for_hand_off() {
+        let clock = Arc::new(AtomicI64::new(0));
+        let (mut a, _out) = replica("a:1", clock);
+        let (mine, theirs) = (trace(false, 0), trace(true, 0));
+        // Both buffered here (spans a peer could not take are kept locally).
+        a.offer(vec![root(mine, false, None), root(theirs, false, None)]);
+        let gone = a.take_unowned();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].trace_id, theirs);
+        assert!(a.pending(), "its own trace stays");
+    }
+}
