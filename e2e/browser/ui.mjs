@@ -253,6 +253,12 @@ await scenario('pipeline_map', async (page) => {
   check(edge.includes('ingest-job>transform-job'), `the FOLLOWS_FROM edge across traces is missing: ${edge}`);
   const labels = await page.textContent('#map .edge-labels');
   check(/\d+ calls · \d+% err/.test(labels), `no error rate on any edge: ${labels}`);
+  // Grouped by dataset where spans follow the conventions: on the edges and in a table.
+  const row = (await page.textContent('#edge-table')).replace(/\s+/g, ' ');
+  check(row.includes('kafka://broker:9092/orders'), `the edge table names no dataset: ${row}`);
+  const ds = await page.$$eval('#dataset-table tbody tr', (r) => r.map((x) => [...x.cells].map((c) => c.textContent)));
+  const enriched = ds.find((r) => r[0] === 's3://lake/orders_enriched');
+  check(enriched && enriched[1] === 'spark-etl' && enriched[2] === 'warehouse', `dataset table: ${JSON.stringify(ds)}`);
 });
 
 // 2,000 spans: the page first draws them grouped by service; every span drawn on request.

@@ -75,6 +75,10 @@ fn sid(n: u64) -> String {
 
 /// A fan-in whose join fails, kept by the `errors` sampling rule, with a downstream
 /// materialize that was cancelled.
+/// Datasets the failing join's pipeline names (`docs/conventions.md`).
+const ORDERS_TOPIC: &str = "kafka://broker:9092/orders";
+const ENRICHED: &str = "s3://lake/orders_enriched";
+
 fn failing_join(t0: Timestamp) -> Vec<Value> {
     let s = |id: u64, parent: Option<u64>, svc: &str, op: &str, kind: &str, from: i64, to: i64| {
         let mut v = json!({"trace_id": FAILING_JOIN, "span_id": sid(id), "service": svc,
@@ -86,7 +90,7 @@ fn failing_join(t0: Timestamp) -> Vec<Value> {
         v
     };
     let root = s(1, None, "airflow", "orders-daily", "INTERNAL", 0, 4_000);
-    let orders = s(
+    let mut orders = s(
         2,
         Some(1),
         "kafka-ingest",
@@ -115,11 +119,13 @@ fn failing_join(t0: Timestamp) -> Vec<Value> {
     );
     join["status"] = json!({"code": "ERROR", "message": "schema mismatch on customer_id"});
     join["attributes"] = json!({"pipeline": "orders-daily", "dataset": "orders", "records": 182_344,
-        "datatracing.sampling.rule": "errors", "datatracing.sampling.rate": 1.0});
+        "datatracing.sampling.rule": "errors", "datatracing.sampling.rate": 1.0,
+        "datatracing.dataset.outputs": [ENRICHED]});
     join["events"] =
         json!([{"name": "retry", "time": at(t0, 2_000), "attributes": {"attempt": 2}}]);
     join["links"] = json!([
-        {"trace_id": FAILING_JOIN, "span_id": sid(2), "type": "DATA_DEPENDENCY"},
+        {"trace_id": FAILING_JOIN, "span_id": sid(2), "type": "DATA_DEPENDENCY",
+         "attributes": {"datatracing.link.dataset": ORDERS_TOPIC}},
         {"trace_id": FAILING_JOIN, "span_id": sid(3), "type": "DATA_DEPENDENCY"}
     ]);
     let mut mat = s(
@@ -132,6 +138,9 @@ fn failing_join(t0: Timestamp) -> Vec<Value> {
         3_900,
     );
     mat["status"] = json!({"code": "CANCELLED", "message": "upstream failed"});
+    // Pipeline conventions on some spans, so the map can group by dataset.
+    mat["attributes"]["datatracing.dataset.inputs"] = json!([ENRICHED]);
+    orders["attributes"]["datatracing.dataset.outputs"] = json!([ORDERS_TOPIC]);
     let validate = s(6, Some(2), "dq", "validate orders", "VALIDATE", 910, 1_300);
     vec![root, orders, customers, join, mat, validate]
 }

@@ -131,7 +131,7 @@ async fn edges_from_parents_and_links_with_error_rates() {
         edge(&body, "kafka-ingest", "spark-etl"),
         &json!({"parent": "kafka-ingest", "child": "spark-etl", "call_count": 2,
                 "error_count": 2, "error_rate": 1.0, "child_of": 1, "follows_from": 0,
-                "data_dependency": 1})
+                "data_dependency": 1, "datasets": []})
     );
     let cdc = edge(&body, "cdc-ingest", "spark-etl");
     assert_eq!(
@@ -156,6 +156,7 @@ async fn edges_from_parents_and_links_with_error_rates() {
             {"service": "spark-etl", "span_count": 1, "error_count": 1},
         ])
     );
+    assert_eq!(body["datasets"], json!([]), "no span names a dataset");
 
     // Jaeger's /api/dependencies is the same computation with only the call counts.
     let (_, jaeger) = get(&router, "/api/dependencies").await;
@@ -265,4 +266,71 @@ async fn bad_parameters_are_400_in_the_error_envelope() {
             "{uri}: {msg:?} should mention {needle:?}"
         );
     }
+}
+
+/// Spans that follow the pipeline conventions: the map names the datasets on each edge (the
+/// upstream outputs the downstream reads, or a DATA_DEPENDENCY link's own dataset) and lists
+/// every dataset with its producers and consumers.
+#[tokio::test]
+async fn the_map_is_grouped_by_dataset_when_spans_name_them() {
+    use datatracing_core::AttributeValue;
+    use datatracing_core::conventions::{DATASET_INPUTS, DATASET_OUTPUTS, LINK_DATASET};
+    const ORDERS: &str = "kafka://broker:9092/orders";
+    const ENRICHED: &str = "s3://lake/enriched_orders";
+    const CUSTOMERS: &str = "postgres://db:5432/crm.customers";
+    let list = |v: &[&str]| AttributeValue::StringArray(v.iter().map(|s| s.to_string()).collect());
+    let (_d, store, router) = setup(QueryConfig::default()).await;
+    let t0 = Timestamp::now().saturating_add_nanos(-60_000_000_000);
+    let t = fresh_trace_id();
+    let mut ingest = simple_span(t, 1, None, "orders-ingest", t0, 100);
+    ingest
+        .attributes
+        .insert(DATASET_OUTPUTS.into(), list(&[ORDERS]));
+    // A child reading what its parent wrote, and a dataset its parent did not write.
+    let mut enrich = simple_span(t, 2, Some(1), "enrich", t0.saturating_add_nanos(100), 100);
+    enrich
+        .attributes
+        .insert(DATASET_INPUTS.into(), list(&[ORDERS, CUSTOMERS]));
+    // One name as a plain string is read too.
+    enrich.attributes.insert(
+        DATASET_OUTPUTS.into(),
+        AttributeValue::String(ENRICHED.into()),
+    );
+    // A downstream job: a DATA_DEPENDENCY link naming its dataset, a FOLLOWS_FROM naming none.
+    let down = fresh_trace_id();
+    let mut aggregate = simple_span(down, 1, None, "aggregate", t0.saturating_add_nanos(300), 10);
+    let mut dep = link(t, 2, LinkType::DataDependency);
+    dep.attributes
+        .insert(LINK_DATASET.into(), AttributeValue::String(ENRICHED.into()));
+    aggregate.links = vec![dep, link(t, 1, LinkType::FollowsFrom)];
+    store.write(vec![ingest, enrich].into()).await.unwrap();
+    store.write(vec![aggregate].into()).await.unwrap();
+
+    let (status, body) = get(&router, "/api/v1/dependencies").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        edge(&body, "orders-ingest", "enrich")["datasets"],
+        json!([ORDERS])
+    );
+    assert_eq!(
+        edge(&body, "enrich", "aggregate")["datasets"],
+        json!([ENRICHED])
+    );
+    assert_eq!(
+        edge(&body, "orders-ingest", "aggregate")["datasets"],
+        json!([]),
+        "the job chain link carries no data: {body}"
+    );
+    assert_eq!(
+        body["datasets"],
+        json!([
+            {"dataset": ORDERS, "producers": ["orders-ingest"], "consumers": ["enrich"],
+             "write_count": 1, "read_count": 1},
+            {"dataset": CUSTOMERS, "producers": [], "consumers": ["enrich"],
+             "write_count": 0, "read_count": 1},
+            {"dataset": ENRICHED, "producers": ["enrich"], "consumers": ["aggregate"],
+             "write_count": 1, "read_count": 1},
+        ]),
+        "{body}"
+    );
 }

@@ -1,5 +1,6 @@
 // The pipeline map: services and the edges between them over a time window, with call
-// counts and error rates, from GET /api/v1/dependencies; also as a table.
+// counts and error rates, from GET /api/v1/dependencies; also as a table, and the datasets
+// (pipeline conventions) with the services that wrote and read them.
 import { getDependencies } from './api.js';
 import { clip, drawGraph } from './dag.js';
 import { el, errorBox, localToRfc3339, messageBox, PRESETS, rfc3339ToLocal, svg, windowFrom } from './util.js';
@@ -62,7 +63,7 @@ export async function renderMap(main, params) {
     return {
       from: e.parent, to: e.child, cls: `${kind}${e.error_count ? ' erroring' : ''}`, marker: e.error_count ? 'arrow-error' : 'arrow',
       label: `${e.call_count} calls${e.error_count ? ` · ${pct(e.error_rate)} err` : ''}`,
-      title: `${e.parent} → ${e.child}: ${e.call_count} calls (${e.child_of} parent/child, ${e.follows_from} FOLLOWS_FROM, ${e.data_dependency} DATA_DEPENDENCY), ${e.error_count} failed`,
+      title: `${e.parent} → ${e.child}: ${e.call_count} calls (${e.child_of} parent/child, ${e.follows_from} FOLLOWS_FROM, ${e.data_dependency} DATA_DEPENDENCY), ${e.error_count} failed${e.datasets.length ? `; datasets: ${e.datasets.join(', ')}` : ''}`,
     };
   });
   const view = drawGraph({ nodes, edges, ranksep: 110, nodesep: 24, ariaLabel: `Pipeline map of ${deps.services.length} services` });
@@ -70,14 +71,22 @@ export async function renderMap(main, params) {
     el('td', { text: e.parent }), el('td', { text: e.child }), el('td', { class: 'num', text: String(e.call_count) }),
     el('td', { class: 'num', text: String(e.child_of) }), el('td', { class: 'num', text: String(e.follows_from) }),
     el('td', { class: 'num', text: String(e.data_dependency) }), el('td', { class: 'num', text: String(e.error_count) }),
-    el('td', { class: `num${e.error_count ? ' bad' : ''}`, text: pct(e.error_rate) })));
+    el('td', { class: `num${e.error_count ? ' bad' : ''}`, text: pct(e.error_rate) }),
+    el('td', { class: 'datasets', text: e.datasets.join(', ') })));
+  // Datasets, where spans name them (pipeline conventions): who wrote and who read each.
+  const datasetRows = deps.datasets.map((d) => el('tr', {},
+    el('td', { text: d.dataset }), el('td', { text: d.producers.join(', ') }), el('td', { text: d.consumers.join(', ') }),
+    el('td', { class: 'num', text: String(d.write_count) }), el('td', { class: 'num', text: String(d.read_count) })));
   body.replaceChildren(...[
     el('p', { class: 'muted', text: `${deps.services.length} services, ${deps.edges.length} edges from ${deps.traces_read} traces (${deps.spans_read} spans).` }),
     deps.truncated ? messageBox(`Computed from part of the window only (at most ${deps.max_traces} traces, newest first).`, 'warn') : null,
     view.element,
     el('table', { class: 'results', id: 'edge-table' }, el('caption', { text: 'Edges' }),
-      el('thead', {}, el('tr', {}, ['From', 'To', 'Calls', 'Parent/child', 'FOLLOWS_FROM', 'DATA_DEPENDENCY', 'Failed', 'Error rate'].map((h) => el('th', { scope: 'col', text: h })))),
-      el('tbody', {}, rows))].filter(Boolean));
+      el('thead', {}, el('tr', {}, ['From', 'To', 'Calls', 'Parent/child', 'FOLLOWS_FROM', 'DATA_DEPENDENCY', 'Failed', 'Error rate', 'Datasets'].map((h) => el('th', { scope: 'col', text: h })))),
+      el('tbody', {}, rows)),
+    datasetRows.length ? el('table', { class: 'results', id: 'dataset-table' }, el('caption', { text: 'Datasets' }),
+      el('thead', {}, el('tr', {}, ['Dataset', 'Written by', 'Read by', 'Writes', 'Reads'].map((h) => el('th', { scope: 'col', text: h })))),
+      el('tbody', {}, datasetRows)) : null].filter(Boolean));
   view.fit();
   main.dataset.ready = 'map';
 }
