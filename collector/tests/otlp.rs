@@ -583,6 +583,7 @@ async fn grpc_needs_an_ingest_token() {
         scopes: vec![scope],
         file: None,
         env: Some(name.to_string()),
+        tenant: None,
     };
     let auth = Authenticator::load(
         &AuthConfig {

@@ -19,6 +19,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use datatracing_config::{AuthConfig, MIN_TOKEN_LEN, Scope};
+use datatracing_core::Tenant;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +53,14 @@ pub enum AuthError {
         /// The entry.
         name: String,
     },
+    /// The tenant name is not valid.
+    #[error("auth.tokens {name:?}: {reason}")]
+    BadTenant {
+        /// The entry.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +73,7 @@ enum Source {
 struct Entry {
     name: String,
     scopes: Vec<Scope>,
+    tenant: Tenant,
     source: Source,
     digest: [u8; 32],
 }
@@ -93,6 +103,20 @@ impl std::fmt::Debug for Authenticator {
 pub struct Principal {
     /// The token's configured name; `None` when authentication is off.
     pub name: Option<String>,
+    /// The tenant the token is bound to; the default tenant when it is bound to none or
+    /// authentication is off.
+    pub tenant: Tenant,
+}
+
+impl Principal {
+    /// The caller of a route outside any [`Authenticator::protect`] layer, or of a process
+    /// without authentication: the default tenant.
+    pub fn anonymous() -> Self {
+        Self {
+            name: None,
+            tenant: Tenant::default_tenant(),
+        }
+    }
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -156,6 +180,15 @@ impl Authenticator {
             entries.push(Entry {
                 name: t.name.clone(),
                 scopes: t.scopes.clone(),
+                // validate() checked the name; an invalid one cannot reach here through it,
+                // and is refused rather than widened to the default tenant if it does.
+                tenant: match &t.tenant {
+                    Some(n) => Tenant::parse(n).map_err(|e| AuthError::BadTenant {
+                        name: t.name.clone(),
+                        reason: e,
+                    })?,
+                    None => Tenant::default_tenant(),
+                },
                 digest: digest(&token),
                 source,
             });
@@ -259,7 +292,7 @@ impl Authenticator {
     ) -> Result<Principal, ApiError> {
         let entries = self.snapshot();
         if entries.is_empty() {
-            return Ok(Principal { name: None });
+            return Ok(Principal::anonymous());
         }
         let token = authorization
             .and_then(|v| {
@@ -301,6 +334,7 @@ impl Authenticator {
         }
         Ok(Principal {
             name: Some(e.name.clone()),
+            tenant: e.tenant.clone(),
         })
     }
 
@@ -373,12 +407,14 @@ mod tests {
                     scopes: vec![Scope::Ingest],
                     file: Some(dir.join("ingest")),
                     env: None,
+                    tenant: None,
                 },
                 TokenConfig {
                     name: "grafana".into(),
                     scopes: vec![Scope::Query, Scope::Admin],
                     file: None,
                     env: Some("READ_TOKEN".into()),
+                    tenant: None,
                 },
             ],
             ..AuthConfig::default()
@@ -488,6 +524,7 @@ mod tests {
                 scopes: vec![Scope::Query],
                 file,
                 env: env.map(str::to_string),
+                tenant: None,
             }],
             ..AuthConfig::default()
         };

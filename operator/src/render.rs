@@ -191,6 +191,7 @@ pub fn auth_config(p: &TracingPipeline) -> AuthConfig {
                     .collect(),
                 file: Some(format!("{TOKENS_DIR}/{}", t.name).into()),
                 env: None,
+                tenant: None,
             })
             .collect(),
         protect_ops: a.protect_ops,

@@ -117,6 +117,16 @@ impl Health for ClickHouseReader {
 
 #[async_trait]
 impl TraceReader for ClickHouseReader {
+    fn for_tenant(&self, tenant: &datatracing_core::Tenant) -> Arc<dyn TraceReader> {
+        // Tenants are not stored by this backend yet (ADR 0010): the default tenant reads
+        // everything, as before; any other is refused, never answered from shared data.
+        if tenant.is_default() {
+            Arc::new(self.clone())
+        } else {
+            datatracing_store::TenantsUnsupported::reader("clickhouse")
+        }
+    }
+
     async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         self.read_trace(trace_id, None).await
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datatracing_core::{
-    Link, Operation, SearchPage, Span, SpanCursor, SpanId, TimeWindow, TraceId, TraceQuery,
+    Link, Operation, SearchPage, Span, SpanCursor, SpanId, Tenant, TimeWindow, TraceId, TraceQuery,
     TraceSummary,
 };
 
@@ -151,8 +151,17 @@ pub trait TraceWriter: Health {
 }
 
 /// The read side: what the query service asks.
+///
+/// A reader handle is bound to one tenant (ADR 0010): every method answers from the spans
+/// stored for that tenant only (the tenant is part of a span's identity, so the same trace
+/// id under two tenants is two traces, and a trace of another tenant is answered exactly as
+/// an unknown one). A backend opens its handle for the default tenant; the query service
+/// asks for the caller's with [`TraceReader::for_tenant`] on every request.
 #[async_trait]
 pub trait TraceReader: Health {
+    /// The same store seen by `tenant` only. Cheap (no I/O): called once per request.
+    fn for_tenant(&self, tenant: &Tenant) -> Arc<dyn TraceReader>;
+
     /// All stored spans of a trace, ordered by start time then span id; `None` if unknown.
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Vec<Span>>>;
 
@@ -240,4 +249,81 @@ pub trait TraceReader: Health {
     /// reverse-link index (kept on write, purged with the spans that declared them), each
     /// stored link once, at most `limit`.
     async fn links_to(&self, traces: &[TraceId], limit: usize) -> Result<Vec<CrossLink>>;
+}
+
+/// The reader a backend without tenant support hands out for any tenant but the default:
+/// every read fails (never answers from another tenant's spans). Start-up validation keeps
+/// tenant-bound tokens away from such a backend, so this is a second line, not a path
+/// users meet.
+#[derive(Debug)]
+pub struct TenantsUnsupported {
+    backend: &'static str,
+}
+
+impl TenantsUnsupported {
+    /// The refusing reader for `backend`.
+    pub fn reader(backend: &'static str) -> Arc<dyn TraceReader> {
+        Arc::new(Self { backend })
+    }
+
+    fn refuse<T>(&self) -> Result<T> {
+        Err(Error::Config(format!(
+            "the {} store does not support tenants yet (ADR 0010)",
+            self.backend
+        )))
+    }
+}
+
+#[async_trait]
+impl Health for TenantsUnsupported {
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    async fn health(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TraceReader for TenantsUnsupported {
+    fn for_tenant(&self, _tenant: &Tenant) -> Arc<dyn TraceReader> {
+        Self::reader(self.backend)
+    }
+
+    async fn get_trace(&self, _: TraceId) -> Result<Option<Vec<Span>>> {
+        self.refuse()
+    }
+
+    async fn get_trace_capped(&self, _: TraceId, _: usize) -> Result<Option<CappedTrace>> {
+        self.refuse()
+    }
+
+    async fn trace_spans(&self, _: TraceId, _: Option<SpanCursor>, _: usize) -> Result<Vec<Span>> {
+        self.refuse()
+    }
+
+    async fn search(&self, _: &TraceQuery) -> Result<SearchPage> {
+        self.refuse()
+    }
+
+    async fn services(&self, _: &TimeWindow, _: usize) -> Result<Vec<String>> {
+        self.refuse()
+    }
+
+    async fn operations(&self, _: &str, _: &TimeWindow, _: usize) -> Result<Vec<Operation>> {
+        self.refuse()
+    }
+
+    async fn summaries(&self, _: &[TraceId]) -> Result<Vec<TraceSummary>> {
+        self.refuse()
+    }
+
+    async fn links_from(&self, _: &[TraceId], _: usize) -> Result<Vec<CrossLink>> {
+        self.refuse()
+    }
+
+    async fn links_to(&self, _: &[TraceId], _: usize) -> Result<Vec<CrossLink>> {
+        self.refuse()
+    }
 }

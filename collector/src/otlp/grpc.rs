@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use datatracing_config::Scope;
+use datatracing_core::Tenant;
 use datatracing_http::Authenticator;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
@@ -47,6 +48,7 @@ impl Export {
         &self,
         req: Request<Bytes>,
         gzip: bool,
+        tenant: Tenant,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         // tonic inflated a gzip message already (bounded by max_decompressed_bytes); an
         // uncompressed one must fit max_body_bytes, like an uncompressed HTTP body.
@@ -59,7 +61,15 @@ impl Export {
                 Compression::None
             },
         };
-        match export(&self.ingest, &self.pool, Protocol::OtlpGrpc, encoded).await {
+        match export(
+            &self.ingest,
+            &self.pool,
+            Protocol::OtlpGrpc,
+            &tenant,
+            encoded,
+        )
+        .await
+        {
             Outcome::Done(resp) => Ok(Response::new(resp)),
             Outcome::Refused(e) => Err(e.to_api().into()),
             Outcome::Throttled(e) => Err(ApiError::new(e.code(), e.otlp_message())
@@ -120,7 +130,7 @@ impl tonic::server::NamedService for TraceService {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
-struct Unary(Arc<Export>, bool);
+struct Unary(Arc<Export>, bool, Tenant);
 
 impl tonic::server::UnaryService<Bytes> for Unary {
     type Response = ExportTraceServiceResponse;
@@ -128,8 +138,8 @@ impl tonic::server::UnaryService<Bytes> for Unary {
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let inner = Arc::clone(&self.0);
-        let gzip = self.1;
-        Box::pin(async move { inner.export(req, gzip).await })
+        let (gzip, tenant) = (self.1, self.2.clone());
+        Box::pin(async move { inner.export(req, gzip, tenant).await })
     }
 }
 
@@ -161,9 +171,10 @@ where
             if req.uri().path() != EXPORT_PATH {
                 return Ok(Status::unimplemented("no such method").into_http());
             }
-            if let Err(e) = allowed {
-                return Ok(Status::from(e).into_http());
-            }
+            let tenant = match allowed {
+                Ok(p) => p.tenant,
+                Err(e) => return Ok(Status::from(e).into_http()),
+            };
             let gzip = req
                 .headers()
                 .get("grpc-encoding")
@@ -172,7 +183,7 @@ where
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(max);
-            let resp = grpc.unary(Unary(inner, gzip), req).await;
+            let resp = grpc.unary(Unary(inner, gzip, tenant), req).await;
             Ok(size_errors_are_resource_exhausted(resp))
         })
     }
