@@ -125,14 +125,6 @@ impl Config {
         self.query.validate()?;
         self.operator.validate()?;
         self.auth.validate()?;
-        if self.storage.backend == Backend::Clickhouse
-            && let Some(t) = self.auth.tokens.iter().find(|t| t.tenant.is_some())
-        {
-            return Err(ConfigError::invalid(format!(
-                "auth.tokens {:?} is bound to a tenant, which only the embedded store supports in this version (ADR 0010)",
-                t.name
-            )));
-        }
         if let Some(t) = &self.tls {
             t.validate("tls")?;
         }

@@ -159,15 +159,6 @@ impl TraceWriter for ClickHouseStore {
         if spans.is_empty() {
             return Ok(());
         }
-        // A span bound to a tenant would be stored where every reader sees it.
-        if spans
-            .iter()
-            .any(|s| !datatracing_core::Tenant::of_span(s).is_empty())
-        {
-            return Err(datatracing_store::Error::Rejected(
-                "the clickhouse store does not support tenants yet (ADR 0010)".into(),
-            ));
-        }
         let tx = self
             .tx
             .lock()
@@ -205,13 +196,7 @@ impl TraceWriter for ClickHouseStore {
 #[async_trait]
 impl TraceReader for ClickHouseStore {
     fn for_tenant(&self, tenant: &datatracing_core::Tenant) -> Arc<dyn TraceReader> {
-        // Tenants are not stored by this backend yet (ADR 0010): the default tenant reads
-        // everything, as before; any other is refused, never answered from shared data.
-        if tenant.is_default() {
-            Arc::new(self.clone())
-        } else {
-            datatracing_store::TenantsUnsupported::reader("clickhouse")
-        }
+        self.reader.for_tenant(tenant)
     }
 
     async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
