@@ -482,6 +482,45 @@ mod tests {
     }
 
     #[test]
+    fn a_token_carries_its_tenant() {
+        let one = |tenant: Option<&str>| AuthConfig {
+            tokens: vec![TokenConfig {
+                name: "team".into(),
+                scopes: vec![Scope::Query],
+                file: None,
+                env: Some("T".into()),
+                tenant: tenant.map(str::to_string),
+            }],
+            ..AuthConfig::default()
+        };
+        let env = HashMap::from([("T".to_string(), READ.to_string())]);
+        let bearer = format!("Bearer {READ}");
+        let a = Authenticator::load(&one(Some("team-a")), &env).unwrap();
+        let p = a.authorize(Some(&bearer), Some(Scope::Query)).unwrap();
+        assert_eq!(p.tenant.as_str(), "team-a");
+        let a = Authenticator::load(&one(None), &env).unwrap();
+        let p = a.authorize(Some(&bearer), Some(Scope::Query)).unwrap();
+        assert!(p.tenant.is_default(), "no tenant: the default one");
+        for bad in ["Team-A", "a_b", ""] {
+            assert!(one(Some(bad)).validate().is_err(), "{bad:?}");
+            assert!(
+                matches!(
+                    Authenticator::load(&one(Some(bad)), &env),
+                    Err(AuthError::BadTenant { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(
+            Authenticator::disabled()
+                .authorize(None, None)
+                .unwrap()
+                .tenant
+                .is_default()
+        );
+    }
+
+    #[test]
     fn disabled_allows_everything() {
         let a = Authenticator::disabled();
         assert!(!a.enabled());

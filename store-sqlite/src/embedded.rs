@@ -19,7 +19,7 @@
 //!
 //! Every table carries the span's tenant (schema version 4, ADR 0010): a span is identified
 //! by (tenant, trace, span), and every read statement filters on the tenant of the handle it
-//! runs for, which [`EmbeddedStore::with_reader`] hands to each read closure.
+//! runs for, which `EmbeddedStore::with_reader` hands to each read closure.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -638,6 +638,9 @@ fn commit_group(conn: &mut Connection, group: Vec<(Arc<[Span]>, WriteReply)>) {
     }
 }
 
+/// A `span_names` row's key: tenant, service, operation, kind, hour.
+type NameKey<'a> = (&'a str, &'a str, &'a str, u8, i64);
+
 fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Span]>) -> Result<()> {
     let tx = conn.transaction()?;
     {
@@ -668,7 +671,7 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
              RETURNING id",
         )?;
         let mut unlink = tx.prepare_cached("DELETE FROM span_links WHERE source_row = ?1")?;
-        let mut names: std::collections::HashMap<(&str, &str, &str, u8, i64), (i64, i64)> =
+        let mut names: std::collections::HashMap<NameKey<'_>, (i64, i64)> =
             std::collections::HashMap::new();
         for (span, id) in batches.flatten().zip(first_id..) {
             let trace_id = span.trace_id.as_bytes().as_slice();
