@@ -11,6 +11,7 @@ use std::path::Path;
 
 use datatracing_core::Timestamp;
 use datatracing_e2e::{Server, command};
+use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -33,7 +34,7 @@ const TENANTS: [(&str, &str); 3] = [
     (SHARED, "svc-shared"),
 ];
 
-fn start(dir: &Path) -> Server {
+fn config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("config.yaml");
     std::fs::write(
         &path,
@@ -43,14 +44,44 @@ fn start(dir: &Path) -> Server {
          \x20   - {name: shared, scopes: [ingest, query], env: DT_SHARED}\n",
     )
     .unwrap();
+    path
+}
+
+/// The binary with the three tokens, on the embedded store or on ClickHouse (`db` there).
+fn start(dir: &Path, clickhouse: Option<(&ClickHouse, &str)>) -> Server {
+    let storage = |c: &mut std::process::Command| match clickhouse {
+        None => {
+            c.arg("--data-dir").arg(dir.join("data"));
+        }
+        Some((server, db)) => {
+            c.args([
+                "--storage",
+                "clickhouse",
+                "--clickhouse-url",
+                server.url(),
+                "--clickhouse-database",
+                db,
+            ])
+            .env("DATATRACING_CLICKHOUSE_PASSWORD", server.password());
+        }
+    };
+    if clickhouse.is_some() {
+        let mut m = command("migrate");
+        storage(&mut m);
+        let out = m.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let mut c = command("all-in-one");
     c.arg("-c")
-        .arg(&path)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
+        .arg(config(dir))
         .env("DT_ALPHA", ALPHA)
         .env("DT_BETA", BETA)
         .env("DT_SHARED", SHARED);
+    storage(&mut c);
     Server::spawn(c, true, true)
 }
 
@@ -80,7 +111,17 @@ async fn get(c: &reqwest::Client, url: &str, token: &str) -> (StatusCode, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_query_route_answers_from_the_callers_tenant_only() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
+    check(start(dir.path(), None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_query_route_answers_from_the_callers_tenant_only_on_clickhouse() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = unique_database("tenants");
+    check(start(dir.path(), Some((ClickHouse::shared(), &db)))).await;
+}
+
+async fn check(server: Server) {
     let c = reqwest::Client::new();
     let ingest = format!("http://{}", server.ingest());
     let query = format!("http://{}", server.query());
