@@ -2,6 +2,7 @@
 //! wiring of store, collector and query into the all-in-one and standalone servers.
 
 mod deferred;
+pub mod peers;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -211,20 +212,7 @@ impl OperatorArgs {
 
     /// A Kubernetes client: the kubeconfig when one is given, else in-cluster / default.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let mut config = match &self.kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-            }
-            None => kube::Config::infer().await.context(
-                "no Kubernetes configuration: run in a pod, or set KUBECONFIG / --kubeconfig",
-            )?,
-        };
-        if self.insecure_skip_tls_verify {
-            config.accept_invalid_certs = true;
-        }
-        Ok(kube::Client::try_from(config)?)
+        peers::kube_client(self.kubeconfig.as_deref(), self.insecure_skip_tls_verify).await
     }
 }
 
@@ -597,6 +585,17 @@ pub async fn run(
         }
         None => None,
     };
+    if let (Some(c), Some(k)) = (&collector, &config.collector.peers.kubernetes)
+        && let Some(membership) = c.membership()
+    {
+        // Without API access the collector still serves (every trace local, as with an
+        // empty ring): the no-loss promise never depends on membership.
+        tokio::spawn(peers::watch_endpoint_slices(
+            k.clone(),
+            membership,
+            shutdown.clone(),
+        ));
+    }
     let registry = Arc::new(registry);
     let readiness = Readiness::new(Arc::clone(&stores.health));
 

@@ -5,14 +5,12 @@
 //! expected outcome. Not an API: hidden from the docs and free to change.
 
 use axum::body::Bytes;
-use datatracing_core::Limits;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use crate::ingest::{Ingest, Protocol};
 use crate::otlp::decode::{Compression, DecodePool, Encoded, Wire};
 use crate::otlp::{convert, shape};
-use crate::{CollectorMetrics, SpanQueue};
 
 /// The collector's request path with default bounds, built once per fuzzing process.
 #[derive(Debug)]
@@ -32,22 +30,10 @@ impl Harness {
     /// A harness with `CollectorConfig::default()` bounds and no store.
     pub fn new() -> Self {
         let config = datatracing_config::CollectorConfig::default();
-        let metrics = CollectorMetrics::register(
-            &mut prometheus_client::registry::Registry::default(),
-            &Default::default(),
-        );
-        let (queue, _rx) = SpanQueue::new(&config.queue, metrics.clone());
         Self {
             pool: DecodePool::new(&config, Default::default()),
             max_spans: config.max_spans_per_request,
-            ingest: Ingest {
-                queue,
-                metrics,
-                limits: Limits::default(),
-                wal: None,
-                logs: Default::default(),
-                retention: None,
-            },
+            ingest: Ingest::detached(&config.queue),
         }
     }
 

@@ -5,6 +5,7 @@ use datatracing_core::{FieldError, Limits, Span, Tenant, Timestamp};
 
 use crate::metrics::{CollectorMetrics, ProtocolLabels};
 use crate::queue::{EnqueueError, SpanQueue};
+use crate::route::Router;
 use crate::wal::{AppendError, Wal};
 
 /// Ingest protocols, as metric labels.
@@ -14,6 +15,8 @@ pub(crate) enum Protocol {
     OtlpHttpProtobuf,
     OtlpHttpJson,
     OtlpGrpc,
+    /// OTLP/gRPC from a peer replica forwarding spans this replica owns.
+    Peer,
 }
 
 impl Protocol {
@@ -23,6 +26,7 @@ impl Protocol {
             Protocol::OtlpHttpProtobuf => "otlp_http_protobuf",
             Protocol::OtlpHttpJson => "otlp_http_json",
             Protocol::OtlpGrpc => "otlp_grpc",
+            Protocol::Peer => "peer",
         }
     }
 }
@@ -117,9 +121,31 @@ pub(crate) struct Ingest {
     /// The store, asked for its retention (which can change while the collector runs):
     /// older spans are refused. `None` in unit tests.
     pub retention: Option<std::sync::Arc<dyn datatracing_store::TraceWriter>>,
+    /// Routing between replicas, when `collector.peers` is on.
+    pub router: Option<Router>,
 }
 
 impl Ingest {
+    /// An ingest path with default limits and no store, durable queue or receiver of its
+    /// queue: for exercising request parsing and validation on their own (unit tests, the
+    /// fuzz harness).
+    pub(crate) fn detached(queue: &crate::QueueConfig) -> Self {
+        let metrics = CollectorMetrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+            &Default::default(),
+        );
+        let (queue, _rx) = SpanQueue::new(queue, metrics.clone());
+        Ingest {
+            queue,
+            metrics,
+            limits: Limits::default(),
+            wal: None,
+            logs: Default::default(),
+            retention: None,
+            router: None,
+        }
+    }
+
     /// Truncates over-long values (counted), then validates; returns the problems, if any.
     /// `now` is read once per request by the caller, not once per span.
     pub(crate) fn prepare(
@@ -176,6 +202,62 @@ impl Ingest {
         if rejected > 0 {
             self.metrics.reject(p, "invalid", rejected);
         }
+        let n = valid.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        // Spans a peer forwarded are kept whatever this replica's ring says (loop guard).
+        match &self.router {
+            Some(router) if protocol != Protocol::Peer => self.route(router, p, valid).await,
+            _ => self.commit(p, valid).await,
+        }
+    }
+
+    /// Keeps the spans this replica owns and forwards the others to their owners, all at
+    /// once; answers once every part is accepted. Spans an owner could not take in time
+    /// are kept here instead (counted), so the no-loss promise never depends on a peer.
+    async fn route(
+        &self,
+        router: &Router,
+        p: &'static str,
+        valid: Vec<Span>,
+    ) -> Result<usize, IngestError> {
+        let n = valid.len();
+        let (local, remote) = router.split(valid);
+        if remote.is_empty() {
+            return self.commit(p, local).await;
+        }
+        let remote_n: usize = remote.values().map(Vec::len).sum();
+        let forwards = futures::future::join_all(
+            remote
+                .into_iter()
+                .map(|(peer, spans)| async move { router.forward(&peer, spans).await }),
+        );
+        let (mine, forwarded) = tokio::join!(self.commit(p, local), forwards);
+        let mut back = Vec::new();
+        for r in forwarded {
+            if let Err((spans, _)) = r {
+                back.extend(spans);
+            }
+        }
+        let forwarded_ok = remote_n - back.len();
+        mine?;
+        if forwarded_ok > 0 {
+            self.metrics
+                .accepted
+                .get_or_create(&ProtocolLabels { protocol: p })
+                .inc_by(forwarded_ok as u64);
+        }
+        if !back.is_empty() {
+            self.commit(p, back).await?;
+        }
+        Ok(n)
+    }
+
+    /// Commits spans on this replica: into the durable queue, or through the queue into
+    /// the store. Counts them as accepted once done.
+    async fn commit(&self, p: &'static str, valid: Vec<Span>) -> Result<usize, IngestError> {
+        let labels = ProtocolLabels { protocol: p };
         let n = valid.len();
         if n == 0 {
             return Ok(0);

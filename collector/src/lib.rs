@@ -22,6 +22,7 @@ mod metrics;
 pub mod otlp;
 mod queue;
 mod receive;
+pub mod route;
 mod sample;
 pub mod tail;
 mod wal;
@@ -67,6 +68,7 @@ pub struct Started {
     /// Stops the writer after draining the queue.
     pub writer: writer::WriterHandle,
     grpc: otlp::grpc::Export,
+    peer: Option<route::lineage::PeerService>,
 }
 
 /// A collector wired to a store; call [`Collector::run`] to serve.
@@ -79,6 +81,7 @@ pub struct Collector {
     wal: Option<(wal::Wal, wal::Pos)>,
     sampling: Option<(Arc<tail::PolicyHolder>, tail::SamplingMetrics)>,
     auth: Authenticator,
+    routing: Option<(route::Router, tokio::sync::watch::Sender<Arc<route::Ring>>)>,
     tls: Option<Tls>,
 }
 
@@ -128,6 +131,13 @@ impl Collector {
         } else {
             None
         };
+        let routing = if config.peers.enabled {
+            let members = route::initial_members(&config.peers).map_err(Error::Config)?;
+            let m = route::RouteMetrics::register(registry);
+            Some(route::Router::new(&config.peers, members, m))
+        } else {
+            None
+        };
         Ok(Self {
             config,
             store,
@@ -137,6 +147,7 @@ impl Collector {
             sampling,
             auth: Authenticator::disabled(),
             tls: None,
+            routing,
         })
     }
 
@@ -152,6 +163,13 @@ impl Collector {
     pub fn with_tls(mut self, http: TlsAcceptor, grpc: TlsAcceptor) -> Self {
         self.tls = Some(Tls { http, grpc });
         self
+    }
+
+    /// The handle that sets routing members, when `collector.peers` is on.
+    pub fn membership(&self) -> Option<route::Membership> {
+        self.routing
+            .as_ref()
+            .map(|(router, tx)| route::Membership::new(router.clone(), tx.clone()))
     }
 
     /// The configuration in force.
@@ -178,15 +196,39 @@ impl Collector {
                     Arc::downgrade(holder),
                     self.config.sampling.reload_interval.get(),
                 ));
-                Box::new(tail::TailSampler::new(
+                let mut t = tail::TailSampler::new(
                     self.config.sampling.clone(),
                     Arc::clone(holder),
                     m.clone(),
-                ))
+                );
+                if let Some((router, _)) = &self.routing {
+                    t = t.with_peers(route::lineage::start(
+                        router.subscribe(),
+                        router.metrics.clone(),
+                        self.config.peers.forward.connect_timeout.get(),
+                    ));
+                }
+                Box::new(t)
             }
             None => Box::new(PassThrough),
         };
+        // Lineage messages from peers reach the sampler through the writer's task.
+        let (peer_service, peer_inbox, handoff) = match &self.routing {
+            Some((router, _)) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                let handoff = route::Handoff::new(router.clone(), tx.clone());
+                handoff.watch_ring();
+                let svc = route::lineage::PeerService {
+                    inbox: tx,
+                    metrics: router.metrics.clone(),
+                    auth: self.auth.clone(),
+                };
+                (Some(svc), Some(rx), Some(handoff))
+            }
+            None => (None, None, None),
+        };
         let closing = CancellationToken::new();
+        let stop_routing = closing.clone();
         let source = match &self.wal {
             Some((wal, from)) => {
                 drop(rx);
@@ -210,7 +252,11 @@ impl Collector {
         let handle = writer::spawn(
             source,
             Arc::clone(&self.store),
-            sampler,
+            writer::Sampling {
+                sampler,
+                peers: peer_inbox,
+                handoff,
+            },
             self.config.batch.clone(),
             retry,
             self.metrics.clone(),
@@ -223,7 +269,18 @@ impl Collector {
             wal: self.wal.as_ref().map(|(w, _)| w.clone()),
             logs: Default::default(),
             retention: Some(Arc::clone(&self.store)),
+            router: self.routing.as_ref().map(|(r, _)| r.clone()),
         };
+        if let Some((router, tx)) = &self.routing
+            && self.config.peers.file.is_some()
+        {
+            tokio::spawn(route::watch_file(
+                self.config.peers.clone(),
+                router.clone(),
+                tx.clone(),
+                stop_routing,
+            ));
+        }
         // One pool and budget for OTLP over HTTP and gRPC.
         let pool = otlp::decode::DecodePool::new(&self.config, self.metrics.decode_memory.clone());
         let otlp = otlp::http::routes(ingest.clone(), pool.clone(), self.config.max_body_bytes);
@@ -249,6 +306,7 @@ impl Collector {
             router,
             writer: handle,
             grpc,
+            peer: peer_service,
         })
     }
 
@@ -272,7 +330,10 @@ impl Collector {
                 tracing::info!(addr = %l.local_addr()?, tls, "collector grpc listening");
                 Some(tokio::spawn(otlp::grpc::serve(
                     l,
-                    started.grpc,
+                    otlp::grpc::Services {
+                        export: started.grpc,
+                        peer: started.peer,
+                    },
                     otlp::grpc::Limits {
                         max_decompressed: self.config.max_decompressed_bytes,
                         request_timeout: self.config.request_timeout.get(),

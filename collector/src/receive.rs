@@ -309,23 +309,9 @@ fn shutting_down() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::CollectorMetrics;
-    use datatracing_core::Limits;
 
     fn ingest() -> Ingest {
-        let metrics = CollectorMetrics::register(
-            &mut prometheus_client::registry::Registry::default(),
-            &Default::default(),
-        );
-        let (queue, _rx) = crate::queue::SpanQueue::new(&Default::default(), metrics.clone());
-        Ingest {
-            queue,
-            metrics,
-            limits: Limits::default(),
-            wal: None,
-            logs: Default::default(),
-            retention: None,
-        }
+        Ingest::detached(&Default::default())
     }
 
     const OK: &str = r#"{"trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331","service":"s","operation":"o","start_time":"2026-01-01T00:00:00Z","end_time":"2026-01-01T00:00:01Z"}"#;

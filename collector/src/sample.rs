@@ -4,6 +4,8 @@
 
 use datatracing_core::Span;
 
+use crate::route::lineage::PeerMessage;
+
 /// Decides which spans of a batch to keep. Implementations may buffer spans across calls
 /// (tail sampling) and release them later; `flush` hands back whatever is still held.
 pub trait Sampler: Send + 'static {
@@ -17,6 +19,16 @@ pub trait Sampler: Send + 'static {
 
     /// Returns every span still held (called at shutdown).
     fn flush(&mut self) -> Vec<Span> {
+        Vec::new()
+    }
+
+    /// Lineage messages from other replicas; returns spans they released.
+    fn peer(&mut self, _msgs: Vec<PeerMessage>) -> Vec<Span> {
+        Vec::new()
+    }
+
+    /// Takes out the buffered traces this replica no longer owns (the members changed).
+    fn take_unowned(&mut self) -> Vec<Span> {
         Vec::new()
     }
 

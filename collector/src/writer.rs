@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CollectorMetrics;
 use crate::queue::{QueueItem, WriteFailure, WriteOutcome};
+use crate::route::Handoff;
+use crate::route::lineage::PeerInput;
 use crate::sample::Sampler;
 use crate::wal;
 
@@ -162,10 +164,18 @@ impl Source {
 
 /// Starts the writer task. `retry` is how the durable queue's writes are retried; the
 /// in-memory queue's writes are tried once (the store retries inside).
+/// The sampling stage: the sampler, and lineage messages other replicas send it.
+pub(crate) struct Sampling {
+    pub sampler: Box<dyn Sampler>,
+    pub peers: Option<mpsc::Receiver<PeerInput>>,
+    /// Where buffered traces this replica no longer owns go.
+    pub handoff: Option<Handoff>,
+}
+
 pub(crate) fn spawn(
     source: Source,
     store: Arc<dyn TraceWriter>,
-    sampler: Box<dyn Sampler>,
+    sampling: Sampling,
     config: BatchConfig,
     retry: RetryPolicy,
     metrics: CollectorMetrics,
@@ -178,7 +188,7 @@ pub(crate) fn spawn(
         durable: matches!(source, Source::Log(_)),
         closing: closing.clone(),
     };
-    let task = tokio::spawn(run(source, writer, sampler, config));
+    let task = tokio::spawn(run(source, writer, sampling, config));
     WriterHandle { closing, task }
 }
 
@@ -195,9 +205,14 @@ struct Writer {
 async fn run(
     mut source: Source,
     writer: Writer,
-    mut sampler: Box<dyn Sampler>,
+    sampling: Sampling,
     config: BatchConfig,
 ) -> WriterStats {
+    let Sampling {
+        mut sampler,
+        mut peers,
+        handoff,
+    } = sampling;
     let mut stats = WriterStats::default();
     let mut in_flight: FuturesOrdered<Write> = FuturesOrdered::new();
     let mut open = true;
@@ -221,6 +236,21 @@ async fn run(
                 }
                 None => open = false,
             },
+            Some(input) = recv_peer(&mut peers), if room && peers.is_some() => {
+                let out = match input {
+                    // Lineage from other replicas may keep buffered traces now.
+                    PeerInput::Lineage(msgs) => sampler.peer(msgs),
+                    PeerInput::RingChanged => {
+                        let gone = sampler.take_unowned();
+                        if let (false, Some(h)) = (gone.is_empty(), &handoff) {
+                            h.send(gone);
+                        }
+                        Vec::new()
+                    }
+                    PeerInput::Returned(spans) => sampler.offer(spans),
+                };
+                in_flight.push_back(Box::pin(writer.clone().write(out, Done::Nothing)));
+            }
             _ = tick.tick(), if room && sampler.pending() => {
                 // Traces whose decision came due without new spans arriving.
                 let due = sampler.tick();
@@ -242,6 +272,13 @@ async fn run(
         drain.close().await;
     }
     stats
+}
+
+async fn recv_peer(peers: &mut Option<mpsc::Receiver<PeerInput>>) -> Option<PeerInput> {
+    match peers {
+        Some(rx) => rx.recv().await,
+        None => None,
+    }
 }
 
 fn finish(f: Finished, source: &mut Source, stats: &mut WriterStats, stalled: &mut bool) {

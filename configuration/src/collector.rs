@@ -8,7 +8,7 @@ use datatracing_core::{ConfigDuration, Limits};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, ConnectionLimits, Result, SamplingConfig, TlsConfig};
+use crate::{ConfigError, ConnectionLimits, PeersConfig, Result, SamplingConfig, TlsConfig};
 
 /// Collector settings. Unknown keys are errors; every key has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -55,6 +55,8 @@ pub struct CollectorConfig {
     pub connections: ConnectionLimits,
     /// TLS on the HTTP and gRPC listeners; absent: the file's top-level `tls`, if any.
     pub tls: Option<TlsConfig>,
+    /// Trace-aware routing between replicas (off by default).
+    pub peers: PeersConfig,
 }
 
 /// The bounded queue. When full, requests are refused with 429 and `Retry-After` (the
@@ -149,6 +151,7 @@ impl Default for CollectorConfig {
             drain_timeout: ConfigDuration::from_secs(15),
             connections: ConnectionLimits::default(),
             tls: None,
+            peers: PeersConfig::default(),
         }
     }
 }
@@ -238,6 +241,12 @@ impl CollectorConfig {
             .validate("collector", self.request_timeout)?;
         if let Some(t) = &self.tls {
             t.validate("collector.tls")?;
+        }
+        self.peers.validate()?;
+        if self.peers.enabled && self.grpc_listen.is_none() {
+            return bad(
+                "collector.peers needs collector.grpc_listen: peers forward over OTLP/gRPC",
+            );
         }
         Ok(())
     }

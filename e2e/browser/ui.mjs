@@ -43,10 +43,10 @@ await context.route('**/*', (route) => {
   return route.abort();
 });
 context.on('page', (p) => {
-  // The API's 400 and 404 answers that scenarios provoke on purpose are logged by chromium
+  // The API's 400, 401, 403 and 404 answers that scenarios provoke on purpose are logged by chromium
   // as failed loads; the pages show them as messages, which the scenarios check.
   p.on('console', (m) => {
-    if (m.type() === 'error' && !/Failed to load resource: the server responded with a status of 40[04]/.test(m.text())) {
+    if (m.type() === 'error' && !/Failed to load resource: the server responded with a status of 40[0134]/.test(m.text())) {
       consoleErrors.push(`${p.url()}: ${m.text()}`);
     }
   });
@@ -210,6 +210,33 @@ await scenario('unknown_trace_says_not_found', async (page) => {
   // A malformed id is the API's 400, shown as a message.
   await open(page, '/ui/trace/not-hex', 'trace');
   check((await page.textContent('.message.error')).includes('malformed trace id'), 'the API error is not shown');
+});
+
+// A query service with tokens: the page asks for one, says why a token was refused (wrong
+// token, no query scope), draws the trace once a good one is given, keeps it for the tab
+// (a reload needs no new token) and forgets it on request.
+await scenario('token_prompt', async (page) => {
+  check(c.query_token && c.ingest_token, 'the case names no tokens');
+  await page.goto(`${base}/ui/trace/${c.failing_join}`);
+  await page.waitForSelector('#auth form');
+  check(await page.isHidden('main'), 'the page shows behind the token form');
+  check((await page.textContent('#auth')).includes('needs a bearer token'), await page.textContent('#auth'));
+  await page.fill('#auth-token', 'not-a-token-at-all');
+  await page.click('#auth button[type=submit]');
+  await page.waitForSelector('#auth form');
+  check((await page.textContent('#auth')).includes('did not accept'), await page.textContent('#auth'));
+  await page.fill('#auth-token', c.ingest_token);
+  await page.click('#auth button[type=submit]');
+  await page.waitForSelector('#auth form');
+  check((await page.textContent('#auth')).includes('query scope'), await page.textContent('#auth'));
+  await page.fill('#auth-token', c.query_token);
+  await page.click('#auth button[type=submit]');
+  await page.waitForSelector('main[data-ready="trace"] #dag-panel .node.span');
+  check(await page.isHidden('#auth').catch(() => true), 'the token form stays');
+  await page.reload();
+  await page.waitForSelector('main[data-ready="trace"] #dag-panel .node.span');
+  await page.click('#forget-token');
+  await page.waitForSelector('#auth form');
 });
 
 await scenario('api_errors_are_messages', async (page) => {

@@ -94,25 +94,24 @@ async fn the_collector_runs_the_configuration_the_operator_renders() {
     assert_eq!(args[0], "collector");
     let mut cmd = datatracing_e2e::command("collector");
     cmd.arg("--config").arg(config_dir.join(CONFIG_KEY));
+    // The sample's three collectors route by trace id; the pod's IP comes from the downward
+    // API. No API server here: the collector serves with every trace local.
+    assert!(data[CONFIG_KEY].contains("self: ${POD_IP}:4317"));
+    cmd.env("POD_IP", "127.0.0.1");
     let server = Server::spawn(cmd, true, false);
     let client = reqwest::Client::new();
     await_ready(&client, &server, server.ingest()).await;
 
     // The query pods run the same file.
-    let query_args = desired
-        .query
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .containers[0]
-        .args
-        .clone()
-        .unwrap();
+    let query_pod = desired.query.spec.unwrap().template.spec.unwrap();
+    let query_args = query_pod.containers[0].args.clone().unwrap();
     assert_eq!(query_args[0], "query");
     let mut cmd = datatracing_e2e::command("query");
     cmd.arg("--config").arg(config_dir.join(CONFIG_KEY));
+    // The query pods get POD_IP too (the file names it; they do not use it).
+    let query_env = query_pod.containers[0].env.clone().unwrap_or_default();
+    assert!(query_env.iter().any(|e| e.name == "POD_IP"));
+    cmd.env("POD_IP", "127.0.0.1");
     let query = Server::spawn(cmd, false, true);
     await_ready(&client, &query, query.query()).await;
 

@@ -181,9 +181,20 @@ struct Loaded {
     case: Value,
 }
 
+/// Bearer tokens for a server with `auth.tokens` set: one with the ingest scope, one with
+/// the query scope.
+struct Tokens {
+    ingest: &'static str,
+    query: &'static str,
+}
+
 /// Posts the fixtures and the generated traces and waits (bounded) until every trace reads
 /// back whole.
-async fn load(server: &Server) -> Loaded {
+async fn load(server: &Server, tokens: Option<&Tokens>) -> Loaded {
+    let with = |req: reqwest::RequestBuilder, token: fn(&Tokens) -> &'static str| match tokens {
+        Some(t) => req.bearer_auth(token(t)),
+        None => req,
+    };
     let t0 = Timestamp::now().saturating_add_nanos(-2 * 3600 * 1_000_000_000);
     let delta = t0.saturating_nanos_since(Timestamp::parse_rfc3339(FIXTURE_EPOCH).unwrap());
     let mut spans = fixture_spans(delta);
@@ -200,12 +211,14 @@ async fn load(server: &Server) -> Loaded {
     }
     let client = reqwest::Client::new();
     for chunk in spans.chunks(500) {
-        let resp = client
-            .post(format!("http://{}/api/v1/spans", server.ingest()))
-            .json(&json!({ "spans": chunk }))
-            .send()
-            .await
-            .unwrap();
+        let resp = with(
+            client.post(format!("http://{}/api/v1/spans", server.ingest())),
+            |t| t.ingest,
+        )
+        .json(&json!({ "spans": chunk }))
+        .send()
+        .await
+        .unwrap();
         assert!(
             resp.status().is_success(),
             "ingest: {}",
@@ -215,11 +228,13 @@ async fn load(server: &Server) -> Loaded {
     let deadline = Instant::now() + Duration::from_secs(120);
     for (trace, n) in &want {
         loop {
-            let r = client
-                .get(format!("http://{}/api/v1/traces/{trace}", server.query()))
-                .send()
-                .await
-                .unwrap();
+            let r = with(
+                client.get(format!("http://{}/api/v1/traces/{trace}", server.query())),
+                |t| t.query,
+            )
+            .send()
+            .await
+            .unwrap();
             if r.status().is_success() {
                 let v: Value = r.json().await.unwrap();
                 if v["spans"].as_array().map(Vec::len) == Some(*n as usize) {
@@ -340,7 +355,7 @@ const ALL: &[&str] = &[
 async fn embedded_store_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let loaded = load(&server).await;
+    let loaded = load(&server, None).await;
     let shots = std::env::var("DATATRACING_UI_SCREENSHOTS").ok();
     let mut want = ALL.to_vec();
     if shots.is_some() {
@@ -388,7 +403,7 @@ async fn clickhouse_in_a_real_browser() {
         String::from_utf8_lossy(&out.stderr)
     );
     let server = Server::spawn(base("all-in-one"), true, true);
-    let loaded = load(&server).await;
+    let loaded = load(&server, None).await;
     // Every page on ClickHouse; the 2,000-span timing is measured on the embedded store.
     let want: Vec<&str> = ALL
         .iter()
@@ -396,4 +411,46 @@ async fn clickhouse_in_a_real_browser() {
         .filter(|s| *s != "large_trace_renders")
         .collect();
     tokio::task::block_in_place(|| run_browser(&server, &loaded, &want, None));
+}
+
+/// With `auth.tokens` set the pages load without a token (they are static), and the UI asks
+/// for one when the API refuses, then reads with it (`token_prompt` in e2e/browser/ui.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_protected_server_in_a_real_browser() {
+    const TOKENS: Tokens = Tokens {
+        ingest: "ui-ingest-4b0c9e2f7a1d",
+        query: "ui-query-8e3f1a6c2b9d",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "auth:\n  tokens:\n\
+         \x20   - {name: pipelines, scopes: [ingest], env: DT_UI_INGEST_TOKEN}\n\
+         \x20   - {name: viewers, scopes: [query], env: DT_UI_QUERY_TOKEN}\n",
+    )
+    .unwrap();
+    let mut c = datatracing_e2e::command("all-in-one");
+    c.arg("-c")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("DT_UI_INGEST_TOKEN", TOKENS.ingest)
+        .env("DT_UI_QUERY_TOKEN", TOKENS.query);
+    let server = Server::spawn(c, true, true);
+    let mut loaded = load(&server, Some(&TOKENS)).await;
+    loaded.case["ingest_token"] = json!(TOKENS.ingest);
+    loaded.case["query_token"] = json!(TOKENS.query);
+    tokio::task::block_in_place(|| {
+        run_browser(
+            &server,
+            &loaded,
+            &[
+                "token_prompt",
+                "no_off_origin_requests",
+                "no_console_errors",
+            ],
+            None,
+        )
+    });
 }

@@ -265,19 +265,8 @@ impl Authenticator {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(this.reload_interval);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {
-                        let t = this.clone();
-                        // File reads are blocking; they are small and rare.
-                        let _ = tokio::task::spawn_blocking(move || t.reload()).await;
-                    }
-                }
-            }
+        crate::reload::every(self.reload_interval, shutdown, move || {
+            this.reload();
         });
     }
 

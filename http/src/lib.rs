@@ -18,6 +18,7 @@ mod code;
 pub mod conn;
 mod error;
 mod ops;
+mod reload;
 mod serve;
 mod tls;
 

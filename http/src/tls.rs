@@ -369,20 +369,9 @@ impl TlsAcceptor {
     /// Re-reads the files every `reload_interval` until `shutdown`.
     pub fn spawn_reloader(&self, shutdown: CancellationToken) {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(this.inner.config.reload_interval.get());
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {
-                        let t = this.clone();
-                        // Small blocking file reads, at most once per interval.
-                        let _ = tokio::task::spawn_blocking(move || t.reload()).await;
-                    }
-                }
-            }
+        let interval = self.inner.config.reload_interval.get();
+        crate::reload::every(interval, shutdown, move || {
+            let _ = this.reload();
         });
     }
 

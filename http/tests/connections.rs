@@ -4,43 +4,20 @@
 //! is closed after its request limit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::get;
 use datatracing_core::ConfigDuration;
-use datatracing_http::{ConnectionLimits, HttpMetrics, finish_router, serve_with};
+use datatracing_http::ConnectionLimits;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 async fn start(limits: ConnectionLimits) -> (SocketAddr, CancellationToken) {
-    let metrics = HttpMetrics::register(&mut Registry::default());
-    let router = finish_router(
-        Router::new().route("/ok", get(|| async { "ok" })),
-        "test",
-        Duration::from_secs(5),
-        metrics,
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        serve_with(
-            listener,
-            router,
-            stop,
-            Duration::from_secs(1),
-            &limits,
-            None,
-        )
-        .await
-        .unwrap();
-    });
-    (addr, shutdown)
+    common::start(&mut Registry::default(), limits, None).await
 }
 
 /// Reads until the server closes the connection (EOF or reset); `None` if it is still open

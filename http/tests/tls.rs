@@ -4,28 +4,25 @@
 //! their own tasks, not in the accept loop), and failed handshakes are counted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::get;
 use datatracing_config::TlsConfig;
 use datatracing_core::ConfigDuration;
-use datatracing_http::{
-    Alpn, ConnectionLimits, HttpMetrics, TlsAcceptor, TlsMetrics, finish_router, serve_with,
-};
+use datatracing_http::{Alpn, ConnectionLimits, TlsAcceptor, TlsMetrics};
 use datatracing_testkit::tls::Pki;
 use prometheus_client::registry::Registry;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 async fn start(pki: &Pki, limits: ConnectionLimits) -> (SocketAddr, Registry, CancellationToken) {
     let mut registry = Registry::default();
-    let metrics = HttpMetrics::register(&mut registry);
     let tls_metrics = TlsMetrics::register(&mut registry);
     let server = pki.server("server", "test");
     let tls = TlsAcceptor::load(
@@ -35,28 +32,7 @@ async fn start(pki: &Pki, limits: ConnectionLimits) -> (SocketAddr, Registry, Ca
         tls_metrics,
     )
     .unwrap();
-    let router = finish_router(
-        Router::new().route("/ok", get(|| async { "ok" })),
-        "test",
-        Duration::from_secs(5),
-        metrics,
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        serve_with(
-            listener,
-            router,
-            stop,
-            Duration::from_secs(1),
-            &limits,
-            Some(&tls),
-        )
-        .await
-        .unwrap();
-    });
+    let (addr, shutdown) = common::start(&mut registry, limits, Some(tls)).await;
     (addr, registry, shutdown)
 }
 

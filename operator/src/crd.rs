@@ -618,6 +618,10 @@ pub struct TracingPipelineStatus {
     /// subresource's replicas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collector_replicas: Option<i32>,
+    /// Collectors routing spans between them (ready endpoints of the pipeline's headless
+    /// peers Service) when they route by trace id; absent when they do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_ring_size: Option<i32>,
     /// The collector pods' label selector (the scale subresource's, for autoscalers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collector_selector: Option<String>,

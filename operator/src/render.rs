@@ -10,14 +10,15 @@
 use std::collections::BTreeMap;
 
 use datatracing_config::{
-    AuthConfig, Backend, ClickHouseConfig, ClientAuth, CollectorConfig, Config, LogConfig,
-    LogFormat, QueryConfig, Scope, StorageConfig, TlsConfig, TokenConfig,
+    AuthConfig, Backend, ClickHouseConfig, ClientAuth, CollectorConfig, Config, KubernetesPeers,
+    LogConfig, LogFormat, QueryConfig, Scope, StorageConfig, TlsConfig, TokenConfig,
 };
 use datatracing_core::policy::SamplingPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -81,6 +82,9 @@ pub struct Names {
     pub service_account: String,
     /// The ServiceMonitor (both Services).
     pub monitor: String,
+    /// The collectors' headless Service, and the Role and RoleBinding that let the
+    /// collector pods watch its EndpointSlices (routing between replicas).
+    pub peers: String,
 }
 
 impl Names {
@@ -92,6 +96,7 @@ impl Names {
             query: format!("{pipeline}-query"),
             service_account: format!("{pipeline}-datatracing"),
             monitor: pipeline.to_string(),
+            peers: format!("{pipeline}-collector-peers"),
         }
     }
 }
@@ -132,6 +137,28 @@ pub struct Desired {
     /// Collector HorizontalPodAutoscaler, when the spec asks for one (the collector
     /// Deployment then has no replicas of ours).
     pub hpa: Option<HorizontalPodAutoscaler>,
+    /// Routing between collector replicas ([`routes`]): the headless Service whose
+    /// EndpointSlices are the members, and the Role + RoleBinding to read them.
+    pub peers: Option<Peers>,
+}
+
+/// The objects routing between collector replicas needs.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    /// Headless Service selecting the collector pods (ready ones are members).
+    pub service: Service,
+    /// Read access to the namespace's EndpointSlices.
+    pub role: Role,
+    /// Grants `role` to the collector pods' ServiceAccount.
+    pub role_binding: RoleBinding,
+}
+
+/// Whether the collectors route spans to the replica that owns their trace: with tail
+/// sampling and more than one replica possible (ADR 0009). Without sampling every replica
+/// writes what it receives and routing would only cost.
+pub fn routes(p: &TracingPipeline, sampling: bool) -> bool {
+    let c = &p.spec.collector;
+    sampling && (c.autoscaling.is_some() || c.replicas > 1)
 }
 
 /// The ClickHouse settings a pipeline's pods (and the operator's retention calls) use.
@@ -265,6 +292,17 @@ pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig 
     }
     cfg.sampling.enabled = sampling;
     cfg.sampling.policy_file = sampling.then(|| format!("{CONFIG_DIR}/{SAMPLING_KEY}").into());
+    if routes(p, sampling) {
+        cfg.peers.enabled = true;
+        // Interpolated by the binary from the downward API (POD_IP, set on the pods).
+        cfg.peers.self_addr = format!("${{POD_IP}}:{OTLP_GRPC_PORT}");
+        cfg.peers.kubernetes = Some(KubernetesPeers {
+            service: Names::of(&p.name_any()).peers,
+            namespace: p.namespace().unwrap_or_else(|| "default".into()),
+            port_name: "otlp-grpc".into(),
+            kubeconfig: None,
+        });
+    }
     cfg
 }
 
@@ -325,6 +363,11 @@ pub fn config_file(p: &TracingPipeline, sampling: bool) -> Result<ConfigFile> {
         // The binary interpolates `${VAR}` and reads `$$` as `$`: a `$` in a spec value (a
         // URL, a user name) must reach the pod as written.
         let body = body.replace('$', "$$");
+        // ...except the one variable the operator means: the pod's IP as its peer address.
+        let body = body.replace(
+            &format!("$${{POD_IP}}:{OTLP_GRPC_PORT}"),
+            &format!("${{POD_IP}}:{OTLP_GRPC_PORT}"),
+        );
         let query_view = serde_saphyr::to_string(&(
             &config.log,
             &config.storage,
@@ -493,6 +536,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         ..ConfigMap::default()
     };
 
+    let routed = routes(p, sampling_yaml.is_some());
     // Each Deployment mounts its role's password Secret at the same path.
     let secret_volume = |collector: bool| {
         role_credentials(p, collector).1.map(|s| {
@@ -622,15 +666,27 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             // A sleep, not a command: the image has no shell.
             container["lifecycle"] = json!({"preStop": {"sleep": {"seconds": pre_stop}}});
         }
-        if let Some(env) = &opts.env {
-            container["env"] = to_json(env)?;
+        let mut env = match &opts.env {
+            Some(env) => to_json(env)?,
+            None => json!([]),
+        };
+        if routed {
+            // The peer address (collector.peers.self) is the pod's IP. The query pods read
+            // the same file (unless their credentials differ), so they get the variable too.
+            if let Some(list) = env.as_array_mut() {
+                list.push(json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}));
+            }
+        }
+        if env.as_array().is_some_and(|l| !l.is_empty()) {
+            container["env"] = env;
         }
         if let Some(env_from) = &opts.env_from {
             container["envFrom"] = to_json(env_from)?;
         }
         let mut spec = json!({
             "serviceAccountName": opts.service_account_name.as_deref().unwrap_or(&names.service_account),
-            "automountServiceAccountToken": false,
+            // Routing collectors read their peers' EndpointSlices with the pod's token.
+            "automountServiceAccountToken": component == "collector" && routed,
             "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
                                 "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
             "terminationGracePeriodSeconds": opts
@@ -841,6 +897,41 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             }))
         })
         .transpose()?;
+    let peers = if routed {
+        let account = c
+            .pod
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| names.service_account.clone());
+        Some(Peers {
+            service: typed(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": meta(p, &names.peers, Some("collector"))?,
+                "spec": {
+                    "clusterIP": "None",
+                    // Only ready collectors are members: a terminating one leaves first.
+                    "publishNotReadyAddresses": false,
+                    "selector": selector(p, "collector"),
+                    "ports": [{"name": "otlp-grpc", "port": OTLP_GRPC_PORT, "targetPort": "otlp-grpc",
+                               "protocol": "TCP", "appProtocol": "grpc"}],
+                }
+            }))?,
+            role: typed(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": meta(p, &names.peers, Some("collector"))?,
+                "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                           "verbs": ["get", "list", "watch"]}],
+            }))?,
+            role_binding: typed(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": meta(p, &names.peers, Some("collector"))?,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.peers},
+                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": p.namespace()}],
+            }))?,
+        })
+    } else {
+        None
+    };
     Ok(Desired {
         names,
         config_map,
@@ -859,6 +950,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         ],
         service_monitor,
         hpa,
+        peers,
     })
 }
 
@@ -988,6 +1080,72 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_routes_between_its_three_collectors() {
+        let p = pipeline();
+        let d = desired(&p, "img:1", Some(&sampling())).unwrap();
+        let peers = d.peers.as_ref().expect("3 replicas with sampling route");
+        let svc = peers.service.spec.as_ref().unwrap();
+        assert_eq!(svc.cluster_ip.as_deref(), Some("None"), "headless");
+        assert_eq!(svc.publish_not_ready_addresses, Some(false));
+        assert_eq!(
+            peers.role.rules.as_ref().unwrap()[0].resources.as_deref(),
+            Some(&["endpointslices".to_string()][..])
+        );
+        let subject = &peers.role_binding.subjects.as_ref().unwrap()[0];
+        assert_eq!(
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            (d.names.service_account.as_str(), Some("team-a"))
+        );
+        // The binary interpolates the pod's IP; nothing else of the file is a variable.
+        let text = &d.config_map.data.as_ref().unwrap()[CONFIG_KEY];
+        assert!(text.contains("self: ${POD_IP}:4317"), "{text}");
+        assert!(
+            text.contains(&format!("service: {}", d.names.peers)),
+            "{text}"
+        );
+        let mut env = std::collections::HashMap::new();
+        env.insert("POD_IP".to_string(), "10.1.2.3".to_string());
+        let parsed = Config::from_yaml(text, &env).unwrap();
+        assert_eq!(parsed.collector.peers.self_addr, "10.1.2.3:4317");
+        parsed.validate().unwrap();
+        let pod = d
+            .collector
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        let env = pod.containers[0].env.clone().unwrap();
+        assert!(env.iter().any(|e| e.name == "POD_IP"));
+        let query_pod = d
+            .query
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        assert_eq!(query_pod.automount_service_account_token, Some(false));
+
+        // One replica, or no sampling: nothing to route.
+        let mut one = pipeline();
+        one.spec.collector.replicas = 1;
+        assert!(
+            desired(&one, "img", Some(&sampling()))
+                .unwrap()
+                .peers
+                .is_none()
+        );
+        let d = desired(&p, "img", None).unwrap();
+        assert!(d.peers.is_none());
+        assert!(!d.config_map.data.as_ref().unwrap()[CONFIG_KEY].contains("POD_IP"));
+    }
+
+    #[test]
     fn only_configuration_changes_move_the_restart_hash() {
         let p = pipeline();
         let a = desired(&p, "img", Some(&sampling())).unwrap();
@@ -1077,7 +1235,11 @@ mod tests {
         for sampling in [None, Some(sampling())] {
             let d = desired(&p, "img", sampling.as_deref()).unwrap();
             let text = &d.config_map.data.as_ref().unwrap()[CONFIG_KEY];
-            let loaded = Config::from_yaml(text, &std::collections::HashMap::new()).unwrap();
+            // The one variable (the sample routes with sampling on), given its own name back
+            // so the loaded value compares with the typed one.
+            let env =
+                std::collections::HashMap::from([("POD_IP".to_string(), "${POD_IP}".to_string())]);
+            let loaded = Config::from_yaml(text, &env).unwrap();
             loaded.validate().unwrap();
             assert_eq!(loaded, pod_config(&p, sampling.is_some()));
             assert_eq!(loaded.storage.clickhouse.user, "svc$user");

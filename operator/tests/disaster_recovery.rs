@@ -131,11 +131,15 @@ async fn collect_garbage(admin: &kube::Client, uid: &str) {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{Service, ServiceAccount};
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     sweep::<Deployment>(admin, uid).await;
     sweep::<Service>(admin, uid).await;
     sweep::<ServiceAccount>(admin, uid).await;
     sweep::<ConfigMap>(admin, uid).await;
     sweep::<PodDisruptionBudget>(admin, uid).await;
+    // The routing collectors' EndpointSlice access.
+    sweep::<Role>(admin, uid).await;
+    sweep::<RoleBinding>(admin, uid).await;
 }
 
 async fn write_traces(ch: &ClickHouse, db: &str) -> Vec<TraceId> {

@@ -10,10 +10,26 @@ export class ApiError extends Error {
   }
 }
 
-async function call(path, init) {
+// A bearer token for a query service with `auth.tokens` set, kept for this tab only
+// (sessionStorage: gone when the tab closes, never sent to another origin).
+const TOKEN_KEY = 'datatracing.token';
+
+/** The token the user gave this tab, or null. */
+export const savedToken = () => sessionStorage.getItem(TOKEN_KEY);
+
+/** Keeps `token` for this tab's API calls; null or empty forgets it. */
+export function saveToken(token) {
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+}
+
+async function call(path, init = {}) {
+  const headers = new Headers(init.headers || {});
+  const token = savedToken();
+  if (token) headers.set('Authorization', `Bearer ${token}`);
   let resp;
   try {
-    resp = await fetch(path, init);
+    resp = await fetch(path, { ...init, headers });
   } catch (e) {
     throw new ApiError(0, 'unreachable', `The query service did not answer (${e.message}).`);
   }
@@ -25,8 +41,14 @@ async function call(path, init) {
   }
   if (!resp.ok) {
     const err = body && body.error;
-    throw new ApiError(resp.status, (err && err.code) || `http_${resp.status}`,
+    const failure = new ApiError(resp.status, (err && err.code) || `http_${resp.status}`,
       (err && err.message) || `The query service answered HTTP ${resp.status}.`);
+    // No token, a wrong one, or one without the query scope: the app asks for a token
+    // (app.js), whichever page made the call.
+    if (resp.status === 401 || resp.status === 403) {
+      window.dispatchEvent(new CustomEvent('datatracing-auth', { detail: failure }));
+    }
+    throw failure;
   }
   if (body === null) {
     throw new ApiError(resp.status, 'bad_body', 'The query service answered without JSON.');

@@ -395,41 +395,47 @@ fn kv_str(key: &str, value: &str) -> KeyValue {
     }
 }
 
-/// Maps spans to an OTLP request (one resource per service), the inverse of [`from_otlp`]
-/// for spans that came from OTLP.
+/// Maps spans to an OTLP request (one resource per service and set of resource
+/// attributes), the inverse of [`from_otlp`]: `from_otlp(to_otlp(spans)) == spans`, which
+/// forwarding between replicas relies on.
 pub fn to_otlp(spans: &[Span]) -> ExportTraceServiceRequest {
-    let mut by_service: BTreeMap<&str, Vec<&Span>> = BTreeMap::new();
+    type ResourceKey<'a> = Vec<(&'a str, &'a AttributeValue)>;
+    let mut by_service: BTreeMap<&str, Vec<(ResourceKey<'_>, Vec<&Span>)>> = BTreeMap::new();
     for s in spans {
-        by_service.entry(&s.service).or_default().push(s);
+        let res: ResourceKey<'_> = s
+            .attributes
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(RESOURCE_PREFIX).map(|rk| (rk, v)))
+            .collect();
+        let groups = by_service.entry(&s.service).or_default();
+        match groups.iter_mut().find(|(r, _)| *r == res) {
+            Some((_, v)) => v.push(s),
+            None => groups.push((res, vec![s])),
+        }
     }
     let resource_spans = by_service
         .into_iter()
-        .map(|(service, spans)| {
-            let mut resource_attrs = vec![kv_str(SERVICE_NAME, service)];
-            // Resource attributes of the first span stand for the resource.
-            if let Some(first) = spans.first() {
-                for (k, v) in &first.attributes {
-                    if let Some(rk) = k.strip_prefix(RESOURCE_PREFIX) {
-                        resource_attrs.push(KeyValue {
-                            key: rk.to_string(),
-                            value: Some(value_to_any(v)),
-                            ..Default::default()
-                        });
-                    }
+        .flat_map(|(service, groups)| {
+            groups.into_iter().map(move |(res, spans)| {
+                let mut resource_attrs = vec![kv_str(SERVICE_NAME, service)];
+                resource_attrs.extend(res.into_iter().map(|(k, v)| KeyValue {
+                    key: k.to_string(),
+                    value: Some(value_to_any(v)),
+                    ..Default::default()
+                }));
+                let otlp_spans = spans.iter().map(|s| span_to_otlp(s)).collect();
+                otlp::ResourceSpans {
+                    resource: Some(Resource {
+                        attributes: resource_attrs,
+                        ..Default::default()
+                    }),
+                    scope_spans: vec![otlp::ScopeSpans {
+                        spans: otlp_spans,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
                 }
-            }
-            let otlp_spans = spans.iter().map(|s| span_to_otlp(s)).collect();
-            otlp::ResourceSpans {
-                resource: Some(Resource {
-                    attributes: resource_attrs,
-                    ..Default::default()
-                }),
-                scope_spans: vec![otlp::ScopeSpans {
-                    spans: otlp_spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }
+            })
         })
         .collect();
     ExportTraceServiceRequest { resource_spans }
@@ -581,6 +587,29 @@ mod tests {
         let spans = sample();
         let (back, rejected) = from_otlp(to_otlp(&spans));
         assert!(rejected.is_empty());
+        assert_eq!(back, spans);
+    }
+
+    #[test]
+    fn spans_of_one_service_with_different_resources_round_trip() {
+        let mut spans = sample();
+        spans[0]
+            .attributes
+            .insert(format!("{RESOURCE_PREFIX}host.name"), "a".into());
+        spans[1]
+            .attributes
+            .insert(format!("{RESOURCE_PREFIX}host.name"), "b".into());
+        let mut third = spans[1].clone();
+        third.span_id = SpanId::from_bytes([3; 8]);
+        third
+            .attributes
+            .retain(|k, _| !k.starts_with(RESOURCE_PREFIX));
+        spans.push(third);
+        let req = to_otlp(&spans);
+        assert_eq!(req.resource_spans.len(), 3);
+        let (mut back, rejected) = from_otlp(req);
+        assert!(rejected.is_empty());
+        back.sort_by_key(|s| s.span_id);
         assert_eq!(back, spans);
     }
 

@@ -35,7 +35,7 @@ use datatracing_http::ApiError;
 use crate::ingest::{Ingest, Protocol};
 
 /// The gRPC method path.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub(crate) const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 #[derive(Debug)]
 pub(crate) struct Export {
@@ -50,6 +50,11 @@ impl Export {
         gzip: bool,
         tenant: Tenant,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let protocol = if req.metadata().contains_key(crate::route::FORWARDED_HEADER) {
+            Protocol::Peer
+        } else {
+            Protocol::OtlpGrpc
+        };
         // tonic inflated a gzip message already (bounded by max_decompressed_bytes); an
         // uncompressed one must fit max_body_bytes, like an uncompressed HTTP body.
         let encoded = Encoded {
@@ -61,15 +66,7 @@ impl Export {
                 Compression::None
             },
         };
-        match export(
-            &self.ingest,
-            &self.pool,
-            Protocol::OtlpGrpc,
-            &tenant,
-            encoded,
-        )
-        .await
-        {
+        match export(&self.ingest, &self.pool, protocol, &tenant, encoded).await {
             Outcome::Done(resp) => Ok(Response::new(resp)),
             Outcome::Refused(e) => Err(e.to_api().into()),
             Outcome::Throttled(e) => Err(ApiError::new(e.code(), e.otlp_message())
@@ -236,11 +233,19 @@ pub(crate) struct Limits {
     pub connections: datatracing_http::ConnectionLimits,
 }
 
+/// What the gRPC listener serves: OTLP trace export, and the peer service between routed
+/// replicas when routing is on.
+#[derive(Debug)]
+pub(crate) struct Services {
+    pub export: Export,
+    pub peer: Option<crate::route::lineage::PeerService>,
+}
+
 /// Serves gRPC until `shutdown`, then lets in-flight calls finish for up to `drain`.
 /// Message size limits apply after decompression, so a gzip bomb is refused.
 pub(crate) async fn serve(
     listener: TcpListener,
-    export: Export,
+    Services { export, peer }: Services,
     limits: Limits,
     auth: Authenticator,
     tls: Option<datatracing_http::TlsAcceptor>,
@@ -258,6 +263,7 @@ pub(crate) async fn serve(
         .timeout(limits.request_timeout)
         .max_concurrent_streams(streams)
         .add_service(service)
+        .add_optional_service(peer)
         .serve_with_incoming_shutdown(
             datatracing_http::conn::incoming(listener, &limits.connections, tls),
             shutdown.clone().cancelled_owned(),

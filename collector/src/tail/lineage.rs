@@ -41,19 +41,28 @@ impl Lineage {
         }
     }
 
-    /// Records the cross-trace links of a span that lineage follows.
-    pub(super) fn note_links(&mut self, span: &Span) {
+    /// Records the cross-trace links of a span that lineage follows; returns the linked
+    /// traces this span linked to for the first time (their owners may need telling).
+    pub(super) fn note_links(&mut self, span: &Span) -> Vec<TraceId> {
+        let mut new = Vec::new();
         for l in &span.links {
             if l.trace_id != span.trace_id
                 && matches!(
                     l.link_type,
                     LinkType::FollowsFrom | LinkType::DataDependency
                 )
+                && self.link_pair(span.trace_id, l.trace_id)
             {
-                self.link(span.trace_id, l.trace_id);
-                self.link(l.trace_id, span.trace_id);
+                new.push(l.trace_id);
             }
         }
+        new
+    }
+
+    /// Records a link between two traces (both directions); whether it is new.
+    pub(super) fn link_pair(&mut self, a: TraceId, b: TraceId) -> bool {
+        let new = self.link(a, b);
+        self.link(b, a);
         // Bound the link map like the caches: the traces first linked longest ago go.
         while self.links.len() > self.cap.saturating_mul(2) {
             let Some(old) = self.link_order.pop_front() else {
@@ -61,9 +70,10 @@ impl Lineage {
             };
             self.links.remove(&old);
         }
+        new
     }
 
-    fn link(&mut self, from: TraceId, to: TraceId) {
+    fn link(&mut self, from: TraceId, to: TraceId) -> bool {
         let order = &mut self.link_order;
         self.links
             .entry(from)
@@ -71,7 +81,7 @@ impl Lineage {
                 order.push_back(from);
                 HashSet::new()
             })
-            .insert(to);
+            .insert(to)
     }
 
     /// Traces linked to `t` either way.

@@ -14,6 +14,7 @@ use super::lineage::Lineage;
 use super::metrics::{DecisionLabels, OutcomeLabel, ReasonLabel, SamplingMetrics};
 use super::policy::PolicyHolder;
 use super::{RATE_ATTR, RULE_ATTR};
+use crate::route::lineage::{PeerLineage, PeerMessage};
 use crate::sample::Sampler;
 
 /// The tail sampler. `now` is injected so tests drive time.
@@ -25,6 +26,8 @@ pub struct TailSampler {
     kept: DecisionCache,
     dropped: DecisionCache,
     lineage: Lineage,
+    /// The other replicas, when routing is on: lineage crosses to their traces.
+    peers: Option<PeerLineage>,
     now: Box<dyn Fn() -> i64 + Send>,
 }
 
@@ -95,8 +98,20 @@ impl TailSampler {
             kept: DecisionCache::new(cache),
             dropped: DecisionCache::new(cache),
             lineage,
+            peers: None,
             now,
         }
+    }
+
+    /// Sends lineage to the owners of traces this replica does not own.
+    pub fn with_peers(mut self, peers: PeerLineage) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// The peers, when `t` belongs to another replica.
+    fn remote(&self, t: &TraceId) -> Option<&PeerLineage> {
+        self.peers.as_ref().filter(|p| !p.owns(t))
     }
 
     fn stamp(span: &mut Span, d: &Decision, dry_run: bool) {
@@ -183,6 +198,11 @@ impl TailSampler {
                 .copied()
                 .collect();
             for l in linked {
+                if let Some(p) = self.remote(&l) {
+                    // Its owner keeps it (now, or when its spans arrive there).
+                    p.send(PeerMessage::Keep { trace: l });
+                    continue;
+                }
                 self.lineage.await_trace(l, now);
                 pass.work.push(l);
             }
@@ -272,7 +292,15 @@ impl Sampler for TailSampler {
         let now = (self.now)();
         let mut pass = Pass::default();
         for mut span in spans {
-            self.lineage.note_links(&span);
+            for l in self.lineage.note_links(&span) {
+                if let Some(p) = self.remote(&l) {
+                    // The owner of `l` learns of the link, so a keep on its side spreads here.
+                    p.send(PeerMessage::Link {
+                        trace: l,
+                        linked: span.trace_id,
+                    });
+                }
+            }
             let t = span.trace_id;
             if let Some(d) = self.kept.get(&t) {
                 let d = d.clone();
@@ -328,5 +356,185 @@ impl Sampler for TailSampler {
 
     fn pending(&self) -> bool {
         !self.buffer.is_empty()
+    }
+
+    fn take_unowned(&mut self) -> Vec<Span> {
+        let Some(p) = &self.peers else {
+            return Vec::new();
+        };
+        let gone: Vec<TraceId> = self
+            .buffer
+            .in_arrival_order()
+            .into_iter()
+            .filter(|t| self.buffer.contains(t) && !p.owns(t))
+            .collect();
+        let mut out = Vec::new();
+        for t in gone {
+            if let Some(b) = self.buffer.remove(&t) {
+                out.extend(b.spans);
+            }
+        }
+        self.buffer.trim_arrival();
+        self.update_gauges();
+        out
+    }
+
+    fn peer(&mut self, msgs: Vec<PeerMessage>) -> Vec<Span> {
+        let now = (self.now)();
+        let mut pass = Pass::default();
+        for m in msgs {
+            match m {
+                PeerMessage::Link { trace, linked } => {
+                    self.lineage.link_pair(trace, linked);
+                    if self.kept.get(&trace).is_some_and(|d| d.keep_linked)
+                        && self.kept.get(&linked).is_none()
+                        && let Some(p) = self.remote(&linked)
+                    {
+                        p.send(PeerMessage::Keep { trace: linked });
+                    }
+                }
+                PeerMessage::Keep { trace } => {
+                    if self.kept.get(&trace).is_some() {
+                        continue;
+                    }
+                    // Kept now if buffered; awaited (bounded) if its spans are still to come.
+                    self.lineage.await_trace(trace, now);
+                    self.decide(trace, &mut pass);
+                }
+            }
+        }
+        let out = self.settle(pass);
+        self.update_gauges();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Ring;
+    use datatracing_core::{Link, LinkType, StatusCode, Timestamp};
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    const SEC: i64 = 1_000_000_000;
+
+    fn replica(
+        me: &str,
+        clock: Arc<AtomicI64>,
+    ) -> (TailSampler, tokio::sync::mpsc::Receiver<PeerMessage>) {
+        let policy: datatracing_core::policy::SamplingPolicy =
+            serde_json::from_value(serde_json::json!({
+                "rules": [{"name": "errors", "when": {"status": ["ERROR"]},
+                           "action": {"decision": "keep", "keep_linked": true}}],
+                "default": {"decision": "drop"}
+            }))
+            .unwrap();
+        let metrics = SamplingMetrics::default();
+        let holder = PolicyHolder::from_policy(&policy, false, metrics.clone()).unwrap();
+        let config = SamplingConfig {
+            decision_wait: ConfigDuration::from_secs(2),
+            ..SamplingConfig::default()
+        };
+        let ring = Ring::new(vec!["a:1".into(), "b:1".into()], me);
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(ring));
+        let (peers, outbox) = PeerLineage::for_test(rx);
+        let s = TailSampler::with_clock(
+            config,
+            holder,
+            metrics,
+            Box::new(move || clock.load(Ordering::SeqCst)),
+        )
+        .with_peers(peers);
+        (s, outbox)
+    }
+
+    /// A trace id `b:1` owns (`owned_by_b`) or `a:1` owns.
+    fn trace(owned_by_b: bool, skip: u128) -> TraceId {
+        let ring = Ring::new(vec!["a:1".into(), "b:1".into()], "a:1");
+        (1..10_000u128)
+            .map(|n| TraceId::from_bytes((n * 7919).to_be_bytes()))
+            .filter(|t| ring.owns(t) != owned_by_b)
+            .nth(skip as usize)
+            .unwrap()
+    }
+
+    fn root(t: TraceId, error: bool, link: Option<TraceId>) -> Span {
+        let mut s = datatracing_store_contract::simple_span(
+            t,
+            1,
+            None,
+            "s",
+            Timestamp::from_unix_nanos(1),
+            1,
+        );
+        if error {
+            s.status.code = StatusCode::Error;
+        }
+        if let Some(l) = link {
+            s.links.push(Link {
+                trace_id: l,
+                span_id: datatracing_core::SpanId::from_bytes([0, 0, 0, 0, 0, 0, 0, 1]),
+                link_type: LinkType::FollowsFrom,
+                attributes: Default::default(),
+            });
+        }
+        s
+    }
+
+    /// A keep with keep_linked on replica A reaches B, which owns the linked trace; a link
+    /// seen on A is announced to the owner of the linked trace.
+    #[test]
+    fn lineage_crosses_to_the_owner_of_the_linked_trace() {
+        let clock = Arc::new(AtomicI64::new(0));
+        let (mut a, mut a_out) = replica("a:1", clock.clone());
+        let (mut b, _b_out) = replica("b:1", clock.clone());
+        let (t, l) = (trace(false, 0), trace(true, 0));
+        assert!(a.offer(vec![root(t, true, Some(l))]).is_empty(), "buffered");
+        assert_eq!(
+            a_out.try_recv().unwrap(),
+            PeerMessage::Link {
+                trace: l,
+                linked: t
+            },
+            "B learns that T links to its trace"
+        );
+        assert!(b.offer(vec![root(l, false, None)]).is_empty());
+        clock.store(3 * SEC, Ordering::SeqCst);
+        let kept = a.tick();
+        assert_eq!(kept.len(), 1, "T kept on A");
+        assert_eq!(a_out.try_recv().unwrap(), PeerMessage::Keep { trace: l });
+        // B keeps L for lineage at once, before its own decision (which would drop it).
+        let out = b.peer(vec![PeerMessage::Keep { trace: l }]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].attributes.get(RULE_ATTR),
+            Some(&AttributeValue::String(LINEAGE_RULE.into()))
+        );
+        assert!(b.tick().is_empty() && !b.pending());
+        // A link announced after T was kept is answered with a keep.
+        let later = trace(true, 1);
+        let none = a.peer(vec![PeerMessage::Link {
+            trace: t,
+            linked: later,
+        }]);
+        assert!(none.is_empty());
+        assert_eq!(
+            a_out.try_recv().unwrap(),
+            PeerMessage::Keep { trace: later }
+        );
+    }
+
+    /// After a membership change the traces this replica no longer owns leave its buffer.
+    #[test]
+    fn unowned_traces_are_taken_out_for_hand_off() {
+        let clock = Arc::new(AtomicI64::new(0));
+        let (mut a, _out) = replica("a:1", clock);
+        let (mine, theirs) = (trace(false, 0), trace(true, 0));
+        // Both buffered here (spans a peer could not take are kept locally).
+        a.offer(vec![root(mine, false, None), root(theirs, false, None)]);
+        let gone = a.take_unowned();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].trace_id, theirs);
+        assert!(a.pending(), "its own trace stays");
     }
 }

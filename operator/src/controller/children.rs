@@ -11,6 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams,
 };
@@ -123,6 +124,12 @@ pub(super) async fn apply_all(
         foreign::<Service>(client, ns, &name(&desired.query_service.metadata), uid).await?,
     ];
     let mut taken: Vec<String> = checks.into_iter().flatten().collect();
+    if desired.peers.is_some() {
+        let peers = &desired.names.peers;
+        taken.extend(foreign::<Service>(client, ns, peers, uid).await?);
+        taken.extend(foreign::<Role>(client, ns, peers, uid).await?);
+        taken.extend(foreign::<RoleBinding>(client, ns, peers, uid).await?);
+    }
     if desired.hpa.is_some() {
         taken.extend(
             foreign::<HorizontalPodAutoscaler>(client, ns, &name(&desired.collector.metadata), uid)
@@ -178,6 +185,20 @@ pub(super) async fn apply_all(
             }
             // Turned off, or a user's stands under that name (never deleted: not ours).
             None => remove_own::<PodDisruptionBudget>(client, ns, pdb_name, uid).await?,
+        }
+    }
+    // Routing between collectors: read access first, so the pods' watch starts permitted.
+    let peers = &desired.names.peers;
+    match &desired.peers {
+        Some(p) => {
+            write(client, ns, &p.role, manager).await?;
+            write(client, ns, &p.role_binding, manager).await?;
+            write(client, ns, &p.service, manager).await?;
+        }
+        None => {
+            remove_own::<Service>(client, ns, peers, uid).await?;
+            remove_own::<RoleBinding>(client, ns, peers, uid).await?;
+            remove_own::<Role>(client, ns, peers, uid).await?;
         }
     }
     let hpa_name = name(&desired.collector.metadata);

@@ -458,6 +458,9 @@ async fn apply_pipeline(p: Arc<TracingPipeline>, ctx: &Context) -> Result<Action
         Err(e) => return children_failed(ctx, &p, &previous, status, e).await,
     };
     let (collector, query) = (applied.collector, applied.query);
+    if desired.peers.is_some() {
+        status.collector_ring_size = ring_size(&ctx.client, &ns, &desired.names.peers).await;
+    }
     // The scale subresource reads these: `kubectl scale` and autoscalers see the pods.
     status.collector_replicas = Some(
         collector
@@ -664,4 +667,27 @@ pub(super) async fn reconcile(p: Arc<TracingPipeline>, ctx: Arc<Context>) -> Res
         ctx.succeeded(&k);
     }
     result
+}
+
+/// Ready endpoints of the peers Service: the members every routing collector sees. `None`
+/// when the slices cannot be read (logged; the status then omits the size).
+async fn ring_size(client: &kube::Client, ns: &str, service: &str) -> Option<i32> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    match api.list(&lp).await {
+        Ok(list) => {
+            let ready = list
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                .count();
+            Some(i32::try_from(ready).unwrap_or(i32::MAX))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %service, "cannot read the collectors' EndpointSlices for the ring size");
+            None
+        }
+    }
 }

@@ -1,0 +1,336 @@
+//! Forwarding spans to the replica that owns their trace: one bounded queue and one task
+//! per peer, requests merged into batches, sent as OTLP/gRPC (gzip) with the loop-guard
+//! header, retried with backoff until the request's deadline.
+//!
+//! The caller waits for the outcome: the owner's acknowledgement (its own durable queue or
+//! store has the spans), or the spans back to keep locally. Nothing is dropped here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use datatracing_config::ForwardConfig;
+use datatracing_core::{RetryPolicy, Span};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::client::PeerClient;
+use super::metrics::{PeerLabels, RouteMetrics};
+use crate::otlp::convert::to_otlp;
+use crate::otlp::grpc::EXPORT_PATH;
+
+/// The gRPC metadata key that marks spans forwarded by a peer: the receiver keeps them
+/// whatever its own ring says, so spans are forwarded at most once (no loops while two
+/// replicas disagree about membership). The value is the sender's address.
+pub const FORWARDED_HEADER: &str = "x-datatracing-forwarded-by";
+
+/// Why spans came back to be kept locally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fallback {
+    /// The peer's queue here is full.
+    QueueFull,
+    /// The owner could not be reached (or kept failing) before the deadline.
+    Unreachable,
+    /// The owner refused the request in a way retrying cannot fix.
+    Refused,
+    /// This replica is stopping.
+    ShuttingDown,
+}
+
+impl Fallback {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Fallback::QueueFull => "queue_full",
+            Fallback::Unreachable => "unreachable",
+            Fallback::Refused => "refused",
+            Fallback::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), (Vec<Span>, Fallback)>>;
+
+struct Item {
+    spans: Vec<Span>,
+    deadline: Instant,
+    queued: Instant,
+    ack: Ack,
+    _room: OwnedSemaphorePermit,
+}
+
+struct Peer {
+    tx: mpsc::UnboundedSender<Item>,
+    room: Arc<Semaphore>,
+}
+
+/// The per-peer queues and their tasks.
+#[derive(Clone)]
+pub(crate) struct Forwarder {
+    peers: Arc<Mutex<HashMap<String, Peer>>>,
+    config: ForwardConfig,
+    self_addr: Arc<str>,
+    metrics: RouteMetrics,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder").finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    pub(crate) fn new(config: ForwardConfig, self_addr: &str, metrics: RouteMetrics) -> Self {
+        Self {
+            peers: Arc::default(),
+            config,
+            self_addr: self_addr.into(),
+            metrics,
+        }
+    }
+
+    /// Sends `spans` to `peer` and waits for its acknowledgement; on failure the spans come
+    /// back with the reason, for the caller to keep.
+    pub(crate) async fn forward(
+        &self,
+        peer: &str,
+        spans: Vec<Span>,
+    ) -> Result<(), (Vec<Span>, Fallback)> {
+        let n = spans.len();
+        let (ack, rx) = oneshot::channel();
+        let queued = {
+            let mut peers = match self.peers.lock() {
+                Ok(p) => p,
+                Err(p) => p.into_inner(),
+            };
+            let p = peers
+                .entry(peer.to_string())
+                .or_insert_with(|| self.spawn_peer(peer));
+            let Ok(room) = Arc::clone(&p.room).try_acquire_many_owned(n as u32) else {
+                return Err((spans, Fallback::QueueFull));
+            };
+            let now = Instant::now();
+            let item = Item {
+                spans,
+                deadline: now + self.config.timeout.get(),
+                queued: now,
+                ack,
+                _room: room,
+            };
+            p.tx.send(item)
+                .map_err(|e| (e.0.spans, Fallback::ShuttingDown))
+        };
+        queued?;
+        self.queue_gauge(peer, n as i64);
+        let r = rx
+            .await
+            .unwrap_or_else(|_| Err((Vec::new(), Fallback::ShuttingDown)));
+        self.queue_gauge(peer, -(n as i64));
+        r
+    }
+
+    fn queue_gauge(&self, peer: &str, delta: i64) {
+        self.metrics
+            .queue_spans
+            .get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+            })
+            .inc_by(delta);
+    }
+
+    /// Forgets peers no longer in the ring: their tasks finish what they hold and stop.
+    pub(crate) fn retain(&self, members: &[String]) {
+        let mut peers = match self.peers.lock() {
+            Ok(p) => p,
+            Err(p) => p.into_inner(),
+        };
+        let gone: Vec<String> = peers
+            .keys()
+            .filter(|k| !members.contains(k))
+            .cloned()
+            .collect();
+        for g in gone {
+            peers.remove(&g);
+            self.metrics.forget_peer(&g);
+        }
+    }
+
+    fn spawn_peer(&self, peer: &str) -> Peer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(self.config.max_queue_spans));
+        let task = PeerTask {
+            peer: peer.to_string(),
+            client: PeerClient::new(
+                peer,
+                self.config.connect_timeout.get(),
+                self.config.compression == datatracing_config::ForwardCompression::Gzip,
+            ),
+            config: self.config.clone(),
+            self_addr: Arc::clone(&self.self_addr),
+            metrics: self.metrics.clone(),
+        };
+        tokio::spawn(task.run(rx));
+        Peer { tx, room }
+    }
+}
+
+#[derive(Clone)]
+struct PeerTask {
+    peer: String,
+    client: Option<PeerClient>,
+    config: ForwardConfig,
+    self_addr: Arc<str>,
+    metrics: RouteMetrics,
+}
+
+/// Whether a gRPC failure may pass (the owner is down, busy or restarting).
+fn retryable(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Unknown
+            | Code::Cancelled
+    )
+}
+
+impl PeerTask {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Item>) {
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            let room = in_flight.len() < self.config.max_in_flight;
+            tokio::select! {
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                item = rx.recv(), if open && room => match item {
+                    Some(first) => {
+                        let mut n = first.spans.len();
+                        let mut items = vec![first];
+                        while n < self.config.max_batch_spans {
+                            match rx.try_recv() {
+                                Ok(i) => {
+                                    n += i.spans.len();
+                                    items.push(i);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        in_flight.push(self.clone().send(items));
+                    }
+                    None => open = false,
+                },
+                else => break,
+            }
+            if !open && in_flight.is_empty() {
+                break;
+            }
+        }
+    }
+
+    async fn send(self, mut items: Vec<Item>) {
+        let deadline = items
+            .iter()
+            .map(|i| i.deadline)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let lens: Vec<usize> = items.iter().map(|i| i.spans.len()).collect();
+        let mut all: Vec<Span> = Vec::with_capacity(lens.iter().sum());
+        for i in &mut items {
+            all.append(&mut i.spans);
+        }
+        let outcome = match &self.client {
+            Some(client) => self.attempts(client, &all, deadline).await,
+            None => Err(Fallback::Refused),
+        };
+        let labels = PeerLabels {
+            peer: self.peer.clone(),
+        };
+        match outcome {
+            Ok(()) => {
+                self.metrics
+                    .forwarded
+                    .get_or_create(&labels)
+                    .inc_by(all.len() as u64);
+                self.metrics.batches.get_or_create(&labels).inc();
+                for i in items {
+                    self.metrics
+                        .duration
+                        .observe(i.queued.elapsed().as_secs_f64());
+                    let _ = i.ack.send(Ok(()));
+                }
+            }
+            Err(why) => {
+                // Hand every request its own spans back, in order.
+                let mut rest = all.into_iter();
+                for (i, n) in items.into_iter().zip(lens) {
+                    let spans: Vec<Span> = rest.by_ref().take(n).collect();
+                    let _ = i.ack.send(Err((spans, why)));
+                }
+            }
+        }
+    }
+
+    async fn attempts(
+        &self,
+        client: &PeerClient,
+        spans: &[Span],
+        deadline: Instant,
+    ) -> Result<(), Fallback> {
+        // Encoded once; every retry sends the same bytes.
+        let body = bytes::Bytes::from(to_otlp(spans).encode_to_vec());
+        let backoff =
+            RetryPolicy::forever(self.config.retry_backoff.get(), self.config.timeout.get());
+        let attempt = || {
+            let left = deadline.saturating_duration_since(Instant::now());
+            client.call::<ExportTraceServiceResponse>(
+                EXPORT_PATH,
+                body.clone(),
+                Some((FORWARDED_HEADER, &*self.self_addr)),
+                left.max(Duration::from_millis(1)),
+            )
+        };
+        let run = attempt
+            .retry(backoff.backoff())
+            .sleep(tokio::time::sleep)
+            .when(retryable)
+            .notify(|e: &tonic::Status, delay| {
+                self.metrics
+                    .retries
+                    .get_or_create(&PeerLabels {
+                        peer: self.peer.clone(),
+                    })
+                    .inc();
+                tracing::debug!(peer = %self.peer, code = ?e.code(), ?delay, "forwarding failed; retrying");
+            });
+        match tokio::time::timeout_at(deadline.into(), run).await {
+            Ok(Ok(resp)) => {
+                if let Some(p) = resp.partial_success
+                    && p.rejected_spans > 0
+                {
+                    // Valid here, refused there (a clock or limit differing between
+                    // replicas): the owner said why; the client cannot be told per span.
+                    tracing::warn!(peer = %self.peer, rejected = p.rejected_spans, error = %p.error_message, "owner rejected forwarded spans");
+                }
+                Ok(())
+            }
+            Ok(Err(e)) if retryable(&e) => {
+                tracing::warn!(peer = %self.peer, code = ?e.code(), error = %e.message(), "owner unreachable; keeping its spans here");
+                Err(Fallback::Unreachable)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %self.peer, code = ?e.code(), error = %e.message(), "owner refused forwarded spans; keeping them here");
+                Err(Fallback::Refused)
+            }
+            Err(_) => {
+                tracing::warn!(peer = %self.peer, "owner did not answer in time; keeping its spans here");
+                Err(Fallback::Unreachable)
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Trace-aware routing between collector replicas (`collector.peers:`): who the replicas
+//! are, which one this is, and how spans owned by another replica are forwarded to it.
+//!
+//! Every replica hashes a trace id onto the same ring of peers (rendezvous hashing), so all
+//! spans of a trace meet at one replica, which tail-samples the whole trace. See
+//! `docs/adr/0009-trace-routing.md`.
+
+use std::path::PathBuf;
+
+use datatracing_core::ConfigDuration;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{ConfigError, Result};
+
+/// Peer routing settings. Off by default: a lone collector owns every trace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeersConfig {
+    /// Route spans to the replica that owns their trace.
+    pub enabled: bool,
+    /// This replica's peer address (`host:port` of its OTLP/gRPC listener as the other
+    /// replicas reach it). It must be one of the members.
+    #[serde(rename = "self")]
+    pub self_addr: String,
+    /// Every replica's peer address, this one included (static membership).
+    #[serde(rename = "static")]
+    pub static_peers: Vec<String>,
+    /// A file listing the members, one address per line (`#` starts a comment). When set it
+    /// replaces `static` and is re-read every `reload_interval`, so members can be added and
+    /// removed without a restart.
+    pub file: Option<PathBuf>,
+    /// How often `file` is re-read.
+    pub reload_interval: ConfigDuration,
+    /// Members from the EndpointSlices of a (headless) Service, ready endpoints only,
+    /// watched while running. Replaces `static`; not with `file`.
+    pub kubernetes: Option<KubernetesPeers>,
+    /// Forwarding to the owners.
+    pub forward: ForwardConfig,
+}
+
+/// Membership from Kubernetes: the EndpointSlices labelled
+/// `kubernetes.io/service-name: <service>` in `namespace`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesPeers {
+    /// The Service whose endpoints are the collectors (headless, so every pod is listed).
+    pub service: String,
+    /// Its namespace (typically `${POD_NAMESPACE}` from the downward API).
+    pub namespace: String,
+    /// The name of the endpoint port peers forward to (the OTLP/gRPC port).
+    #[serde(default = "default_port_name")]
+    pub port_name: String,
+    /// A kubeconfig to use instead of the in-cluster service account (tests, out of
+    /// cluster).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+fn default_port_name() -> String {
+    "otlp-grpc".into()
+}
+
+/// How spans are forwarded to the replica that owns their trace (OTLP/gRPC, gzip).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Most spans in one forwarded request; requests waiting for the same peer are merged up
+    /// to this.
+    pub max_batch_spans: usize,
+    /// Most spans waiting to be forwarded to one peer. A request that does not fit keeps
+    /// its spans on this replica (counted as `queue_full` fallback), it is never dropped.
+    pub max_queue_spans: usize,
+    /// Forwarded requests in flight to one peer at once.
+    pub max_in_flight: usize,
+    /// How long a client request waits for the owner to accept its spans (retries
+    /// included); after it, the spans are kept on this replica instead.
+    pub timeout: ConfigDuration,
+    /// First delay between attempts to reach a peer (doubles up to `timeout`).
+    pub retry_backoff: ConfigDuration,
+    /// Connection set-up limit per attempt.
+    pub connect_timeout: ConfigDuration,
+    /// Compression of forwarded requests: `gzip` (less network, more CPU) or `none`
+    /// (replicas on a fast network: the cheaper choice per span).
+    pub compression: ForwardCompression,
+}
+
+/// How forwarded requests are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardCompression {
+    /// gzip, as OTLP exporters send.
+    #[default]
+    Gzip,
+    /// Uncompressed.
+    None,
+}
+
+impl Default for PeersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            self_addr: String::new(),
+            static_peers: Vec::new(),
+            file: None,
+            reload_interval: ConfigDuration::from_secs(2),
+            kubernetes: None,
+            forward: ForwardConfig::default(),
+        }
+    }
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_spans: 5_000,
+            max_queue_spans: 100_000,
+            max_in_flight: 4,
+            timeout: ConfigDuration::from_secs(5),
+            retry_backoff: ConfigDuration::from_millis(50),
+            connect_timeout: ConfigDuration::from_secs(1),
+            compression: ForwardCompression::Gzip,
+        }
+    }
+}
+
+/// Whether `addr` looks like `host:port` with a port number.
+fn is_host_port(addr: &str) -> bool {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && !addr.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+        }
+        None => false,
+    }
+}
+
+/// Parses a members file: one address per line, blank lines and `#` comments ignored.
+pub fn parse_members(text: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        if !is_host_port(line) {
+            return Err(ConfigError::invalid(format!(
+                "collector.peers.file line {}: `{line}` is not host:port",
+                i + 1
+            )));
+        }
+        out.push(line.to_string());
+    }
+    Ok(out)
+}
+
+impl PeersConfig {
+    /// Checks the settings. Off, nothing is checked.
+    pub fn validate(&self) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let bad = |m: String| Err(ConfigError::invalid(m));
+        if !is_host_port(&self.self_addr) {
+            return bad(format!(
+                "collector.peers.self must be host:port (got `{}`)",
+                self.self_addr
+            ));
+        }
+        for p in &self.static_peers {
+            if !is_host_port(p) {
+                return bad(format!("collector.peers.static: `{p}` is not host:port"));
+            }
+        }
+        if let Some(k) = &self.kubernetes {
+            if self.file.is_some() {
+                return bad("collector.peers: set one of file and kubernetes".into());
+            }
+            if k.service.is_empty() || k.namespace.is_empty() || k.port_name.is_empty() {
+                return bad(
+                    "collector.peers.kubernetes needs service, namespace and port_name".into(),
+                );
+            }
+        } else if self.file.is_none() && !self.static_peers.contains(&self.self_addr) {
+            return bad(format!(
+                "collector.peers.static must list this replica (collector.peers.self = `{}`)",
+                self.self_addr
+            ));
+        }
+        if self.reload_interval.get().is_zero() {
+            return bad("collector.peers.reload_interval must be positive".into());
+        }
+        let f = &self.forward;
+        if f.max_batch_spans == 0 || f.max_queue_spans < f.max_batch_spans {
+            return bad(
+                "collector.peers.forward.max_batch_spans must be positive and at most max_queue_spans"
+                    .into(),
+            );
+        }
+        if u32::try_from(f.max_queue_spans).is_err() {
+            return bad("collector.peers.forward.max_queue_spans must be below 4Gi".into());
+        }
+        if f.max_in_flight == 0 || f.max_in_flight > 64 {
+            return bad("collector.peers.forward.max_in_flight must be 1..=64".into());
+        }
+        if f.timeout.get().is_zero() || f.connect_timeout.get().is_zero() {
+            return bad(
+                "collector.peers.forward.timeout and connect_timeout must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_by_default_and_checked_when_on() {
+        assert!(PeersConfig::default().validate().is_ok());
+        let on: PeersConfig = serde_json::from_value(serde_json::json!({
+            "enabled": true, "self": "10.0.0.1:4317",
+            "static": ["10.0.0.1:4317", "10.0.0.2:4317"],
+            "forward": {"timeout": "2s"}
+        }))
+        .unwrap();
+        assert!(on.validate().is_ok());
+        assert_eq!(on.forward.max_batch_spans, 5_000, "defaults fill the rest");
+        let mut not_member = on.clone();
+        not_member.self_addr = "10.0.0.3:4317".into();
+        let e = not_member.validate().unwrap_err().to_string();
+        assert!(e.contains("must list this replica"), "{e}");
+        let mut bad_peer = on.clone();
+        bad_peer.static_peers.push("nohost".into());
+        assert!(
+            bad_peer
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("nohost")
+        );
+        assert!(
+            serde_json::from_value::<PeersConfig>(serde_json::json!({"statik": []})).is_err(),
+            "unknown keys are refused"
+        );
+        let k8s: PeersConfig = serde_json::from_value(serde_json::json!({
+            "enabled": true, "self": "10.0.0.1:4317",
+            "kubernetes": {"service": "collectors", "namespace": "tracing"}
+        }))
+        .unwrap();
+        assert!(k8s.validate().is_ok(), "no static list needed");
+        assert_eq!(k8s.kubernetes.as_ref().unwrap().port_name, "otlp-grpc");
+        let mut both = k8s.clone();
+        both.file = Some("/m".into());
+        assert!(both.validate().unwrap_err().to_string().contains("one of"));
+    }
+
+    #[test]
+    fn members_file_lines() {
+        let m = parse_members("# replicas\na:4317\n\n  b:4317  # second\n").unwrap();
+        assert_eq!(m, vec!["a:4317".to_string(), "b:4317".to_string()]);
+        let e = parse_members("a:4317\nb\n").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+}

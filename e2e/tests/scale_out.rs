@@ -1,0 +1,682 @@
+//! Scale-out: collectors as real processes on loopback, routing spans to the replica that
+//! owns their trace (`collector.peers`), tail-sampling whole traces and sending lineage
+//! keeps across replicas; and a membership change under load (one replica SIGKILLed, one
+//! added) that loses no acknowledged span.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datatracing_e2e::Server;
+use datatracing_testkit::free_port;
+use serde_json::{Value, json};
+
+const POLICY: &str = "rules:\n  - name: errors\n    when: { status: [ERROR] }\n    action: { decision: keep, keep_linked: true }\ndefault: { decision: drop }\n";
+
+/// One collector process (all-in-one on its own embedded store) and where it keeps things.
+struct Replica {
+    server: Server,
+    peer: String,
+    dir: PathBuf,
+}
+
+/// `peers`: the `collector.peers` section (YAML, indented under `peers:`), or `None`.
+fn start(dir: &Path, grpc_port: u16, sampling: bool, peers: Option<&str>) -> Server {
+    start_with(dir, grpc_port, sampling.then_some("400ms"), peers)
+}
+
+/// [`start`] with tail sampling deciding `decision_wait` after a root (and after that long
+/// without a span), or without sampling (`None`).
+fn start_with(
+    dir: &Path,
+    grpc_port: u16,
+    decision_wait: Option<&str>,
+    peers: Option<&str>,
+) -> Server {
+    std::fs::create_dir_all(dir).unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut yaml = format!(
+        "collector:\n  durable_queue:\n    enabled: true\n    dir: {}\n",
+        dir.join("wal").display()
+    );
+    if let Some(wait) = decision_wait {
+        yaml += &format!(
+            "  sampling:\n    enabled: true\n    policy_file: {}\n    decision_wait: {wait}\n    idle_timeout: {wait}\n",
+            policy.display()
+        );
+    }
+    if let Some(p) = peers {
+        yaml += &format!("  peers:\n{p}");
+    }
+    let cfg = dir.join("config.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut c = Command::new(datatracing_e2e::binary());
+    c.args([
+        "all-in-one",
+        "--ingest-addr",
+        "127.0.0.1:0",
+        "--query-addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--retention",
+        "0",
+    ])
+    .arg("--grpc-addr")
+    .arg(format!("127.0.0.1:{grpc_port}"))
+    .arg("--data-dir")
+    .arg(dir.join("data"))
+    .arg("--config")
+    .arg(&cfg)
+    .env_remove("DATATRACING_CONFIG");
+    Server::spawn(c, true, true)
+}
+
+fn peers_static(me: &str, all: &[String]) -> String {
+    let list: Vec<String> = all.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "    enabled: true\n    self: \"{me}\"\n    static: [{}]\n    forward: {{ timeout: 2s }}\n",
+        list.join(", ")
+    )
+}
+
+fn peers_file(me: &str, file: &Path) -> String {
+    format!(
+        "    enabled: true\n    self: \"{me}\"\n    file: {}\n    reload_interval: 100ms\n    forward: {{ timeout: 1s }}\n",
+        file.display()
+    )
+}
+
+fn write_members(file: &Path, members: &[&str]) {
+    // Replaced atomically, as a ConfigMap mount swaps its files.
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, members.join("\n")).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+fn trace_id(n: usize) -> String {
+    format!(
+        "{:016x}{:016x}",
+        0x5ca1_e000 + (n as u64 >> 8),
+        n as u64 + 1
+    )
+}
+
+fn iso(nanos: i64) -> Value {
+    serde_json::to_value(datatracing_core::Timestamp::from_unix_nanos(nanos)).unwrap()
+}
+
+/// A trace of `n` spans (a root and children); `error` marks one child failed; `upstream`
+/// links the root to another trace's root (FOLLOWS_FROM).
+fn trace(i: usize, n: usize, error: bool, upstream: Option<usize>) -> Vec<Value> {
+    let now = datatracing_core::Timestamp::now().unix_nanos() - 60_000_000_000;
+    (0..n)
+        .map(|k| {
+            let mut s = json!({
+                "trace_id": trace_id(i), "span_id": format!("{:016x}", k + 1),
+                "service": format!("svc-{}", k % 3), "operation": format!("step {k}"),
+                "start_time": iso(now + k as i64 * 1000), "end_time": iso(now + k as i64 * 1000 + 500),
+            });
+            if k > 0 {
+                s["parent_id"] = json!("0000000000000001");
+            }
+            if error && k == 2 {
+                s["status"] = json!({"code": "ERROR", "message": "bad rows"});
+            }
+            if let (0, Some(u)) = (k, upstream) {
+                s["links"] = json!([{"trace_id": trace_id(u), "span_id": "0000000000000001", "type": "FOLLOWS_FROM"}]);
+            }
+            s
+        })
+        .collect()
+}
+
+/// Spans dealt round-robin to `targets` in requests of up to `per_request` spans.
+fn deal(spans: &[Value], targets: usize, per_request: usize) -> Vec<Vec<Vec<Value>>> {
+    let mut per: Vec<Vec<Value>> = vec![Vec::new(); targets];
+    for (k, s) in spans.iter().enumerate() {
+        per[k % targets].push(s.clone());
+    }
+    per.into_iter()
+        .map(|v| v.chunks(per_request).map(<[Value]>::to_vec).collect())
+        .collect()
+}
+
+async fn post(client: &reqwest::Client, ingest: SocketAddr, spans: &[Value]) -> bool {
+    match client
+        .post(format!("http://{ingest}/api/v1/spans"))
+        .json(&json!({ "spans": spans }))
+        .send()
+        .await
+    {
+        Ok(r) if r.status() == 202 => {
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["rejected"], 0, "{v}");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Sends each target its requests (targets in parallel, each in order); every request
+/// must be acknowledged.
+async fn send_all(client: &reqwest::Client, targets: &[SocketAddr], spans: &[Value]) {
+    let mut tasks = Vec::new();
+    for (addr, reqs) in targets.iter().zip(deal(spans, targets.len(), 100)) {
+        let (client, addr) = (client.clone(), *addr);
+        tasks.push(tokio::spawn(async move {
+            for r in reqs {
+                assert!(post(&client, addr, &r).await, "request to {addr} refused");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until no replica buffers a trace, holds unstored spans in its durable queue or a
+/// peer queue, or is writing, and nothing was written for a while (a lineage message or a
+/// decided trace's write may still have been on its way).
+async fn settled(client: &reqwest::Client, addrs: &[SocketAddr]) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last_written = -1.0;
+    loop {
+        assert!(Instant::now() < deadline, "replicas never settled");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut busy = false;
+        let mut written = 0.0;
+        for a in addrs {
+            let m = datatracing_e2e::metrics(client, *a).await;
+            busy |= [
+                "datatracing_sampling_buffered_traces",
+                "datatracing_collector_durable_queue_bytes",
+                "datatracing_collector_forward_queue_spans",
+                "datatracing_collector_store_writes_in_flight",
+            ]
+            .iter()
+            .any(|name| metric(&m, name) > 0.0);
+            written += metric(&m, "datatracing_collector_spans_written_total");
+        }
+        if !busy && written == last_written {
+            return;
+        }
+        last_written = written;
+    }
+}
+
+/// Per trace index: span id -> the rule stamped on it, from one query service.
+type Stored = BTreeMap<usize, BTreeMap<String, String>>;
+
+async fn stored(client: &reqwest::Client, query: SocketAddr, traces: usize) -> Stored {
+    let sem = Arc::new(tokio::sync::Semaphore::new(6));
+    let mut tasks = Vec::new();
+    for i in 0..traces {
+        let (client, sem) = (client.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let url = format!("http://{query}/api/v1/traces/{}", trace_id(i));
+            for _ in 0..50 {
+                let r = client.get(&url).send().await.unwrap();
+                match r.status().as_u16() {
+                    404 => return (i, BTreeMap::new()),
+                    200 => {
+                        let v: Value = r.json().await.unwrap();
+                        let spans = v["spans"].as_array().unwrap();
+                        return (
+                            i,
+                            spans
+                                .iter()
+                                .map(|s| {
+                                    let rule = s["attributes"]["datatracing.sampling.rule"]
+                                        .as_str()
+                                        .unwrap_or("")
+                                        .to_string();
+                                    (s["span_id"].as_str().unwrap().to_string(), rule)
+                                })
+                                .collect(),
+                        );
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            panic!("{url} kept failing");
+        }));
+    }
+    let mut out = Stored::new();
+    for t in tasks {
+        let (i, spans) = t.await.unwrap();
+        if !spans.is_empty() {
+            out.insert(i, spans);
+        }
+    }
+    out
+}
+
+const TRACES: usize = 2_000;
+const PHASE1: usize = 1_800;
+const SPANS: usize = 5;
+
+/// Phase 1: independent traces, one in ten failing. Phase 2 (sent once phase 1 is
+/// decided): downstream traces linked to a phase-1 trace, half of them to a failing one
+/// (kept for lineage by the upstream's owner), some failing themselves.
+fn workload() -> (Vec<Value>, Vec<Value>, BTreeSet<usize>) {
+    let error = |i: usize| if i < PHASE1 { i % 10 == 3 } else { i % 20 == 7 };
+    let upstream = |i: usize| {
+        let k = (i - PHASE1) / 2 % (PHASE1 / 10);
+        if i.is_multiple_of(2) {
+            k * 10 + 3
+        } else {
+            k * 10 + 1
+        }
+    };
+    let mut p1 = Vec::new();
+    let mut p2 = Vec::new();
+    let mut keep = BTreeSet::new();
+    for i in 0..TRACES {
+        let up = (i >= PHASE1).then(|| upstream(i));
+        let spans = trace(i, SPANS, error(i), up);
+        if error(i) || up.is_some_and(error) {
+            keep.insert(i);
+        }
+        if i < PHASE1 {
+            p1.extend(spans);
+        } else {
+            p2.extend(spans);
+        }
+    }
+    (p1, p2, keep)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_routed_replicas_decide_like_one_collector() {
+    let root = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let members: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let replicas: Vec<Replica> = (0..3)
+        .map(|i| {
+            let dir = root.path().join(format!("r{i}"));
+            let server = start(
+                &dir,
+                ports[i],
+                true,
+                Some(&peers_static(&members[i], &members)),
+            );
+            Replica {
+                server,
+                peer: members[i].clone(),
+                dir,
+            }
+        })
+        .collect();
+    let single = start(&root.path().join("single"), free_port(), true, None);
+    let client = reqwest::Client::new();
+    let ingest: Vec<SocketAddr> = replicas.iter().map(|r| r.server.ingest()).collect();
+    let mut everyone = ingest.clone();
+    everyone.push(single.ingest());
+
+    let (p1, p2, expect_kept) = workload();
+    let one = [single.ingest()];
+    for phase in [&p1, &p2] {
+        tokio::join!(
+            send_all(&client, &ingest, phase),
+            send_all(&client, &one, phase)
+        );
+        settled(&client, &everyone).await;
+    }
+
+    let reference = stored(&client, single.query(), TRACES).await;
+    let kept: BTreeSet<usize> = reference.keys().copied().collect();
+    assert_eq!(kept, expect_kept, "the single collector applied the policy");
+    let mut union: Stored = Stored::new();
+    let mut split = 0;
+    for r in &replicas {
+        for (i, spans) in stored(&client, r.server.query(), TRACES).await {
+            if union.contains_key(&i) {
+                split += 1;
+            }
+            union.entry(i).or_default().extend(spans);
+        }
+    }
+    assert_eq!(split, 0, "a trace is stored by more than one replica");
+    for i in &kept {
+        assert_eq!(
+            union.get(i).map(BTreeMap::len),
+            Some(SPANS),
+            "trace {i} complete"
+        );
+    }
+    assert_eq!(
+        union, reference,
+        "three routed replicas store what one collector stores"
+    );
+
+    // Every replica forwarded, and lineage crossed replicas.
+    let mut lineage_sent = 0.0;
+    for r in &replicas {
+        let m = datatracing_e2e::metrics(&client, r.server.ingest()).await;
+        assert!(
+            metric(&m, "datatracing_collector_forward_spans_total") > 0.0,
+            "{} forwarded nothing",
+            r.peer
+        );
+        assert_eq!(
+            metric(&m, "datatracing_collector_forward_fallback_spans_total"),
+            0.0
+        );
+        lineage_sent += metric(
+            &m,
+            "datatracing_collector_peer_lineage_messages_total{direction=\"sent\"}",
+        );
+        let _ = &r.dir;
+    }
+    assert!(lineage_sent > 0.0, "no lineage message crossed replicas");
+}
+
+/// Sends traces `from..to` of 4 spans each in requests of 20 spans; a trace's spans go in
+/// different requests, and requests go round-robin over the replicas in `live`. A request
+/// that is not acknowledged goes to the next replica. Records the spans acknowledged.
+async fn send_retrying(
+    client: &reqwest::Client,
+    live: &tokio::sync::Mutex<Vec<SocketAddr>>,
+    from: usize,
+    to: usize,
+    acked: &std::sync::Mutex<BTreeSet<(usize, String)>>,
+) {
+    let traces: Vec<Vec<Value>> = (from..to).map(|i| trace(i, 4, false, None)).collect();
+    // Span k of every trace, then span k+1 of every trace, ...
+    let spans: Vec<(usize, Value)> = (0..4)
+        .flat_map(|k| {
+            traces
+                .iter()
+                .enumerate()
+                .map(move |(j, t)| (from + j, t[k].clone()))
+        })
+        .collect();
+    for (turn, req) in spans.chunks(20).enumerate() {
+        let body: Vec<Value> = req.iter().map(|(_, s)| s.clone()).collect();
+        let mut attempt = 0;
+        loop {
+            let addrs = live.lock().await.clone();
+            let addr = addrs[(turn + attempt) % addrs.len()];
+            if post(client, addr, &body).await {
+                let mut a = acked.lock().unwrap();
+                for (i, s) in req {
+                    a.insert((*i, s["span_id"].as_str().unwrap().to_string()));
+                }
+                break;
+            }
+            attempt += 1;
+            assert!(attempt < 100, "a request was never acknowledged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_and_one_added_lose_no_acknowledged_span() {
+    const N: usize = 1_200;
+    let root = tempfile::tempdir().unwrap();
+    let members_file = root.path().join("members");
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let peer: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    write_members(&members_file, &[&peer[0], &peer[1], &peer[2]]);
+    let dirs: Vec<PathBuf> = (0..4).map(|i| root.path().join(format!("r{i}"))).collect();
+    let launch = |i: usize| {
+        start(
+            &dirs[i],
+            ports[i],
+            false,
+            Some(&peers_file(&peer[i], &members_file)),
+        )
+    };
+    // The same, for a blocking task while requests are in flight.
+    let launch_owned = {
+        let (dirs, ports, peer, file) = (
+            dirs.clone(),
+            ports.clone(),
+            peer.clone(),
+            members_file.clone(),
+        );
+        move |i: usize| {
+            start(
+                &dirs[i],
+                ports[i],
+                false,
+                Some(&peers_file(&peer[i], &file)),
+            )
+        }
+    };
+    let mut servers: Vec<Option<Server>> = (0..3).map(|i| Some(launch(i))).collect();
+    servers.push(None);
+    let client = reqwest::Client::new();
+    let live = tokio::sync::Mutex::new(
+        servers
+            .iter()
+            .flatten()
+            .map(Server::ingest)
+            .collect::<Vec<_>>(),
+    );
+    let acked = std::sync::Mutex::new(BTreeSet::new());
+
+    send_retrying(&client, &live, 0, N / 3, &acked).await;
+    // SIGKILL replica 2 mid-run; its endpoint leaves the members a moment later.
+    let killed = servers[2].take().unwrap();
+    let killed_ingest = killed.ingest();
+    drop(killed); // kill -9 and reap
+    live.lock().await.retain(|a| *a != killed_ingest);
+    let sending = send_retrying(&client, &live, N / 3, 2 * N / 3, &acked);
+    let change = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        write_members(&members_file, &[&peer[0], &peer[1]]);
+    };
+    tokio::join!(sending, change);
+    // A replica is added while the last third is being sent.
+    let sending = send_retrying(&client, &live, 2 * N / 3, N, &acked);
+    let add = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let d = tokio::task::spawn_blocking(move || launch_owned(3))
+            .await
+            .unwrap();
+        write_members(&members_file, &[&peer[0], &peer[1], &peer[3]]);
+        live.lock().await.push(d.ingest());
+        d
+    };
+    let ((), d) = tokio::join!(sending, add);
+    servers[3] = Some(d);
+    // The killed replica comes back on its volume (as a StatefulSet pod does) and replays
+    // what it had acknowledged; it is outside the ring, so it owns nothing new.
+    servers[2] = Some(launch(2));
+
+    let queries: Vec<SocketAddr> = servers.iter().flatten().map(Server::query).collect();
+    let ingests: Vec<SocketAddr> = servers.iter().flatten().map(Server::ingest).collect();
+    settled(&client, &ingests).await;
+    let mut holders: HashMap<usize, BTreeSet<usize>> = HashMap::new();
+    let mut found: BTreeSet<(usize, String)> = BTreeSet::new();
+    for (r, q) in queries.iter().enumerate() {
+        for (i, spans) in stored(&client, *q, N).await {
+            holders.entry(i).or_default().insert(r);
+            found.extend(spans.into_keys().map(|s| (i, s)));
+        }
+    }
+    let acked = acked.into_inner().unwrap();
+    let lost: Vec<_> = acked.difference(&found).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged spans lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let split = holders.values().filter(|h| h.len() > 1).count();
+    println!(
+        "membership change under load: {} traces, {} acknowledged spans, 0 lost, {split} traces split across replicas",
+        N,
+        acked.len()
+    );
+}
+
+/// An EndpointSlice of the `collectors` Service with one endpoint. The API server refuses
+/// loopback IPs and one-label names in slices, so the endpoint is an FQDN slice with a name
+/// under `.invalid` (RFC 2606): the ring is built from it, and no span is sent, so nothing
+/// ever dials it.
+fn slice(name: &str, port: u16, ready: bool) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: scale\n  labels:\n    kubernetes.io/service-name: collectors\naddressType: FQDN\nports:\n- name: otlp-grpc\n  port: {port}\n  protocol: TCP\nendpoints:\n- addresses: [\"{name}.invalid\"]\n  conditions:\n    ready: {ready}\n"
+    )
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) {
+    use std::io::Write;
+    let mut c = Command::new(datatracing_testkit::kubernetes::tool("kubectl"));
+    c.arg("--kubeconfig").arg(kubeconfig).args(args);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn ring_is(client: &reqwest::Client, addrs: &[SocketAddr], n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        for a in addrs {
+            let m = datatracing_e2e::metrics(client, *a).await;
+            all &= metric(&m, "datatracing_collector_ring_members") == n;
+        }
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ring never reached {n} members");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Membership from a real kube-apiserver: the collectors follow the EndpointSlices of their
+/// Service, ready endpoints only. (Routing itself is tested above with static and file
+/// membership: the API server refuses loopback endpoints, so these members are not dialed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collectors_follow_endpoint_slices() {
+    let api = tokio::task::spawn_blocking(datatracing_testkit::kubernetes::ApiServer::start)
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(root.path(), api.token());
+    kubectl(&kubeconfig, &["create", "namespace", "scale"], None);
+    let ports = [free_port(), free_port()];
+    let apply = |name: &str, port: u16, ready: bool| {
+        kubectl(
+            &kubeconfig,
+            &["apply", "-f", "-"],
+            Some(&slice(name, port, ready)),
+        );
+    };
+    apply("collectors-a", ports[0], true);
+    apply("collectors-b", ports[1], false);
+    let servers: Vec<Server> = (0..2)
+        .map(|i| {
+            let peers = format!(
+                "    enabled: true\n    self: \"collectors-{}.invalid:{}\"\n    kubernetes:\n      service: collectors\n      namespace: scale\n      kubeconfig: {}\n",
+                ["a", "b"][i],
+                ports[i],
+                kubeconfig.display()
+            );
+            start(&root.path().join(format!("r{i}")), ports[i], false, Some(&peers))
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let ingest: Vec<SocketAddr> = servers.iter().map(Server::ingest).collect();
+    ring_is(&client, &ingest, 1.0).await;
+
+    // B becomes ready: both replicas see two members, and say so in their logs.
+    apply("collectors-b", ports[1], true);
+    ring_is(&client, &ingest, 2.0).await;
+    let want = format!(
+        "[\\\"collectors-a.invalid:{}\\\", \\\"collectors-b.invalid:{}\\\"]",
+        ports[0], ports[1]
+    );
+    for s in &servers {
+        let log = s.log.lock().unwrap().join("\n");
+        assert!(log.contains(&want), "{want} not in {log}");
+    }
+
+    // B's slice goes away: the ring shrinks back.
+    kubectl(
+        &kubeconfig,
+        &["delete", "endpointslice", "-n", "scale", "collectors-b"],
+        None,
+    );
+    ring_is(&client, &ingest, 1.0).await;
+}
+
+/// Graceful hand-off: a replica leaving the ring (scale-down: its endpoint turns unready, or
+/// it leaves the members file) hands the traces it buffers to their new owner, so each is
+/// still decided once, whole, by one replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_replica_hands_its_buffered_traces_over() {
+    const N: usize = 100;
+    let root = tempfile::tempdir().unwrap();
+    let members_file = root.path().join("members");
+    let ports = [free_port(), free_port()];
+    let peer: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    write_members(&members_file, &[&peer[0], &peer[1]]);
+    let servers: Vec<Server> = (0..2)
+        .map(|i| {
+            start_with(
+                &root.path().join(format!("r{i}")),
+                ports[i],
+                Some("3s"),
+                Some(&peers_file(&peer[i], &members_file)),
+            )
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let ingest: Vec<SocketAddr> = servers.iter().map(Server::ingest).collect();
+    // One trace in ten fails; spans of every trace reach both replicas.
+    let spans: Vec<Value> = (0..N)
+        .flat_map(|i| trace(i, 4, i % 10 == 3, None))
+        .collect();
+    send_all(&client, &ingest, &spans).await;
+    // Replica 1 leaves while its traces wait for their decision.
+    write_members(&members_file, &[&peer[0]]);
+    settled(&client, &ingest).await;
+
+    let kept = stored(&client, servers[0].query(), N).await;
+    let left = stored(&client, servers[1].query(), N).await;
+    assert!(
+        left.is_empty(),
+        "the leaving replica decided traces itself: {left:?}"
+    );
+    let errors: Vec<usize> = (0..N).filter(|i| i % 10 == 3).collect();
+    assert_eq!(kept.keys().copied().collect::<Vec<_>>(), errors);
+    assert!(kept.values().all(|s| s.len() == 4), "kept traces are whole");
+    let m = datatracing_e2e::metrics(&client, ingest[1]).await;
+    assert!(metric(&m, "datatracing_collector_handoff_spans_total") > 0.0);
+}
