@@ -1,7 +1,7 @@
 //! What every protocol does with spans once it has decoded them: truncate, validate, count,
 //! queue, and wait for the write. Protocol modules only decode and encode.
 
-use datatracing_core::{FieldError, Limits, Span, Timestamp};
+use datatracing_core::{FieldError, Limits, Span, Tenant, Timestamp};
 
 use crate::metrics::{CollectorMetrics, ProtocolLabels};
 use crate::queue::{EnqueueError, SpanQueue};
@@ -184,9 +184,15 @@ impl Ingest {
     pub(crate) async fn submit(
         &self,
         protocol: Protocol,
-        valid: Vec<Span>,
+        tenant: &Tenant,
+        mut valid: Vec<Span>,
         rejected: usize,
     ) -> Result<usize, IngestError> {
+        // After validation, so a client's own value in the reserved attribute never
+        // survives, and before the durable queue, so a replayed span keeps its tenant.
+        for span in &mut valid {
+            tenant.stamp(span);
+        }
         let p = protocol.label();
         let labels = ProtocolLabels { protocol: p };
         self.metrics

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
-use datatracing_core::Span;
-use datatracing_http::{ApiError, ErrorCode, ErrorDetail};
+use datatracing_core::{Span, Tenant};
+use datatracing_http::{ApiError, ErrorCode, ErrorDetail, Principal};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -201,10 +201,12 @@ pub(crate) fn parse_batch(
 )]
 async fn post_spans(
     State(state): State<ReceiveState>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
     let s = &state.inner;
+    let tenant = principal.map_or_else(Tenant::default_tenant, |p| p.0.tenant);
     if !is_json(&headers) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
@@ -247,7 +249,7 @@ async fn post_spans(
     }
     if parsed.valid.is_empty() && parsed.rejected > 0 {
         s.ingest
-            .submit(PROTOCOL, Vec::new(), parsed.rejected)
+            .submit(PROTOCOL, &tenant, Vec::new(), parsed.rejected)
             .await
             .ok();
         return Err(ApiError::new(
@@ -258,7 +260,7 @@ async fn post_spans(
     }
     let accepted = match s
         .ingest
-        .submit(PROTOCOL, parsed.valid, parsed.rejected)
+        .submit(PROTOCOL, &tenant, parsed.valid, parsed.rejected)
         .await
     {
         Ok(n) => n,

@@ -583,6 +583,7 @@ async fn grpc_needs_an_ingest_token() {
         scopes: vec![scope],
         file: None,
         env: Some(name.to_string()),
+        tenant: None,
     };
     let auth = Authenticator::load(
         &AuthConfig {
@@ -622,5 +623,73 @@ async fn grpc_needs_an_ingest_token() {
         assert_eq!(found, stored, "trace {trace}");
     }
 
+    served.stop().await;
+}
+
+/// A token bound to a tenant on OTLP/gRPC (real tonic client): the spans are stored for the
+/// token's tenant, whatever the client put in the reserved attribute, and no other tenant
+/// (the default one included) reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_spans_are_stored_for_the_tokens_tenant() {
+    use datatracing_config::{AuthConfig, Scope, TokenConfig};
+    use datatracing_core::{TENANT_ATTRIBUTE, Tenant};
+    use tonic::metadata::MetadataValue;
+    let env = std::collections::HashMap::from([(
+        "TEAM".to_string(),
+        "grpc-team-token-98765".to_string(),
+    )]);
+    let auth = Authenticator::load(
+        &AuthConfig {
+            tokens: vec![TokenConfig {
+                name: "team".into(),
+                scopes: vec![Scope::Ingest],
+                file: None,
+                env: Some("TEAM".into()),
+                tenant: Some("grpc-team".into()),
+            }],
+            ..AuthConfig::default()
+        },
+        &env,
+    )
+    .unwrap();
+    let served = common::serve(CollectorConfig::default(), auth).await;
+    let (store, grpc_addr) = (served.store.clone(), served.grpc);
+    let mut client = TraceServiceClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .unwrap();
+    let mut sent = spans(44, 2);
+    for s in &mut sent {
+        s.attributes.insert(
+            TENANT_ATTRIBUTE.to_string(),
+            AttributeValue::String("someone-else".into()),
+        );
+    }
+    let mut req = tonic::Request::new(to_otlp(&sent));
+    let v: MetadataValue<_> = "Bearer grpc-team-token-98765".parse().unwrap();
+    req.metadata_mut().insert("authorization", v);
+    client.export(req).await.unwrap();
+
+    let id = TraceId::from_bytes([44; 16]);
+    let team = store
+        .for_tenant(&Tenant::parse("grpc-team").unwrap())
+        .get_trace(id)
+        .await
+        .unwrap()
+        .expect("stored for the token's tenant");
+    assert_eq!(team.len(), 2);
+    assert!(team.iter().all(|s| Tenant::of_span(s) == "grpc-team"));
+    assert!(
+        store.get_trace(id).await.unwrap().is_none(),
+        "default tenant"
+    );
+    assert!(
+        store
+            .for_tenant(&Tenant::parse("someone-else").unwrap())
+            .get_trace(id)
+            .await
+            .unwrap()
+            .is_none(),
+        "the tenant the client claimed"
+    );
     served.stop().await;
 }

@@ -55,6 +55,7 @@ fn auth() -> Authenticator {
             scopes: vec![Scope::Ingest],
             file: None,
             env: Some("TOKEN".into()),
+            tenant: None,
         }],
         ..AuthConfig::default()
     };

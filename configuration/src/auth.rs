@@ -53,6 +53,11 @@ pub struct TokenConfig {
     /// An environment variable holding the token, read at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
+    /// The tenant this token is bound to (`[a-z0-9-]{1,63}`): spans it sends are stored for
+    /// that tenant and queries with it see only that tenant's traces. Absent: the default
+    /// tenant, which is what every token had before tenants existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Authentication settings.
@@ -114,6 +119,10 @@ impl AuthConfig {
                         "{at} needs exactly one of `file` or `env` (the token itself is never written in the configuration)"
                     )));
                 }
+            }
+            if let Some(tenant) = &t.tenant {
+                datatracing_core::Tenant::parse(tenant)
+                    .map_err(|e| ConfigError::invalid(format!("{at}.tenant: {e}")))?;
             }
             if t.env.as_deref().is_some_and(|e| e.trim().is_empty()) {
                 return Err(ConfigError::invalid(format!("{at}.env must not be empty")));

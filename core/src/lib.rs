@@ -12,6 +12,7 @@ mod ids;
 mod query;
 mod retry;
 mod span;
+mod tenant;
 mod timestamp;
 mod validate;
 
@@ -31,5 +32,6 @@ pub use retry::RetryPolicy;
 pub use span::{
     AttributeValue, Attributes, Event, Link, LinkType, Span, SpanKind, Status, StatusCode,
 };
+pub use tenant::{MAX_TENANT_LEN, TENANT_ATTRIBUTE, Tenant};
 pub use timestamp::Timestamp;
 pub use validate::{FieldError, Limits};

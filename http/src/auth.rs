@@ -19,6 +19,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use datatracing_config::{AuthConfig, MIN_TOKEN_LEN, Scope};
+use datatracing_core::Tenant;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +53,14 @@ pub enum AuthError {
         /// The entry.
         name: String,
     },
+    /// The tenant name is not valid.
+    #[error("auth.tokens {name:?}: {reason}")]
+    BadTenant {
+        /// The entry.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +73,7 @@ enum Source {
 struct Entry {
     name: String,
     scopes: Vec<Scope>,
+    tenant: Tenant,
     source: Source,
     digest: [u8; 32],
 }
@@ -93,6 +103,20 @@ impl std::fmt::Debug for Authenticator {
 pub struct Principal {
     /// The token's configured name; `None` when authentication is off.
     pub name: Option<String>,
+    /// The tenant the token is bound to; the default tenant when it is bound to none or
+    /// authentication is off.
+    pub tenant: Tenant,
+}
+
+impl Principal {
+    /// The caller of a route outside any [`Authenticator::protect`] layer, or of a process
+    /// without authentication: the default tenant.
+    pub fn anonymous() -> Self {
+        Self {
+            name: None,
+            tenant: Tenant::default_tenant(),
+        }
+    }
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -156,6 +180,15 @@ impl Authenticator {
             entries.push(Entry {
                 name: t.name.clone(),
                 scopes: t.scopes.clone(),
+                // validate() checked the name; an invalid one cannot reach here through it,
+                // and is refused rather than widened to the default tenant if it does.
+                tenant: match &t.tenant {
+                    Some(n) => Tenant::parse(n).map_err(|e| AuthError::BadTenant {
+                        name: t.name.clone(),
+                        reason: e,
+                    })?,
+                    None => Tenant::default_tenant(),
+                },
                 digest: digest(&token),
                 source,
             });
@@ -248,7 +281,7 @@ impl Authenticator {
     ) -> Result<Principal, ApiError> {
         let entries = self.snapshot();
         if entries.is_empty() {
-            return Ok(Principal { name: None });
+            return Ok(Principal::anonymous());
         }
         let token = authorization
             .and_then(|v| {
@@ -290,6 +323,7 @@ impl Authenticator {
         }
         Ok(Principal {
             name: Some(e.name.clone()),
+            tenant: e.tenant.clone(),
         })
     }
 
@@ -362,12 +396,14 @@ mod tests {
                     scopes: vec![Scope::Ingest],
                     file: Some(dir.join("ingest")),
                     env: None,
+                    tenant: None,
                 },
                 TokenConfig {
                     name: "grafana".into(),
                     scopes: vec![Scope::Query, Scope::Admin],
                     file: None,
                     env: Some("READ_TOKEN".into()),
+                    tenant: None,
                 },
             ],
             ..AuthConfig::default()
@@ -435,6 +471,45 @@ mod tests {
     }
 
     #[test]
+    fn a_token_carries_its_tenant() {
+        let one = |tenant: Option<&str>| AuthConfig {
+            tokens: vec![TokenConfig {
+                name: "team".into(),
+                scopes: vec![Scope::Query],
+                file: None,
+                env: Some("T".into()),
+                tenant: tenant.map(str::to_string),
+            }],
+            ..AuthConfig::default()
+        };
+        let env = HashMap::from([("T".to_string(), READ.to_string())]);
+        let bearer = format!("Bearer {READ}");
+        let a = Authenticator::load(&one(Some("team-a")), &env).unwrap();
+        let p = a.authorize(Some(&bearer), Some(Scope::Query)).unwrap();
+        assert_eq!(p.tenant.as_str(), "team-a");
+        let a = Authenticator::load(&one(None), &env).unwrap();
+        let p = a.authorize(Some(&bearer), Some(Scope::Query)).unwrap();
+        assert!(p.tenant.is_default(), "no tenant: the default one");
+        for bad in ["Team-A", "a_b", ""] {
+            assert!(one(Some(bad)).validate().is_err(), "{bad:?}");
+            assert!(
+                matches!(
+                    Authenticator::load(&one(Some(bad)), &env),
+                    Err(AuthError::BadTenant { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(
+            Authenticator::disabled()
+                .authorize(None, None)
+                .unwrap()
+                .tenant
+                .is_default()
+        );
+    }
+
+    #[test]
     fn disabled_allows_everything() {
         let a = Authenticator::disabled();
         assert!(!a.enabled());
@@ -477,6 +552,7 @@ mod tests {
                 scopes: vec![Scope::Query],
                 file,
                 env: env.map(str::to_string),
+                tenant: None,
             }],
             ..AuthConfig::default()
         };

@@ -140,6 +140,12 @@ pub struct TokenSpec {
     pub scopes: Vec<TokenScope>,
     /// The Secret key holding the token (at least 16 characters).
     pub secret_ref: SecretKeySelector,
+    /// The tenant the token is bound to: it writes and reads only that tenant's traces
+    /// (ADR 0010). Absent: the default tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9-]+$')").message("auth.tokens[].tenant must be 1 to 63 lowercase letters, digits and dashes").reason(Reason::FieldValueInvalid))]
+    #[schemars(length(min = 1, max = 63))]
+    pub tenant: Option<String>,
 }
 
 /// A token's scope.

@@ -218,6 +218,7 @@ pub fn auth_config(p: &TracingPipeline) -> AuthConfig {
                     .collect(),
                 file: Some(format!("{TOKENS_DIR}/{}", t.name).into()),
                 env: None,
+                tenant: t.tenant.clone(),
             })
             .collect(),
         protect_ops: a.protect_ops,
@@ -1581,7 +1582,7 @@ mod tests {
         p.spec.auth = Some(
             serde_json::from_value(json!({"tokens": [
                 {"name": "pipelines", "scopes": ["ingest"], "secretRef": {"name": "tokens", "key": "ingest"}},
-                {"name": "grafana", "scopes": ["query"], "secretRef": {"name": "grafana-token", "key": "token"}}
+                {"name": "grafana", "scopes": ["query"], "secretRef": {"name": "grafana-token", "key": "token"}, "tenant": "team-a"}
             ]}))
             .unwrap(),
         );
@@ -1610,6 +1611,8 @@ mod tests {
             ]
         );
         assert_eq!(config.auth.tokens[1].scopes, [Scope::Query]);
+        assert_eq!(config.auth.tokens[0].tenant, None);
+        assert_eq!(config.auth.tokens[1].tenant.as_deref(), Some("team-a"));
         assert_eq!(
             config.storage.clickhouse.ca_file.unwrap().to_str(),
             Some("/etc/datatracing/clickhouse-ca/ca.crt")

@@ -97,6 +97,21 @@ async fn crds_install_and_the_api_server_enforces_their_rules() {
         &pipelines,
         &cluster.admin,
         pipeline(
+            "bad-tenant",
+            json!({"storage": {"url": "http://c:8123"},
+            "auth": {"tokens": [{"name": "team", "scopes": ["query"],
+                "secretRef": {"name": "t", "key": "k"}, "tenant": "Team_A"}]}}),
+        ),
+    )
+    .await;
+    assert!(
+        e.contains("auth.tokens[].tenant must be 1 to 63 lowercase letters"),
+        "{e}"
+    );
+    let e = create_err(
+        &pipelines,
+        &cluster.admin,
+        pipeline(
             "bad-retention",
             json!({"storage": {"url": "http://c:8123", "retentionDays": 0}}),
         ),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery};
 use axum::routing::{get, post};
 use datatracing_config::LineageConfig;
 use datatracing_core::{
@@ -15,6 +15,8 @@ use datatracing_core::{
 };
 use datatracing_http::ApiError;
 use datatracing_store::{Direction, LineageLimits, TraceReader};
+
+use crate::tenant::Tenanted;
 use serde::Deserialize;
 
 use crate::openapi::{
@@ -33,6 +35,15 @@ pub(crate) struct Api {
     pub(crate) max_trace_spans: usize,
     /// `query.lineage`.
     pub(crate) lineage: LineageConfig,
+}
+
+impl crate::tenant::Scoped for Api {
+    fn scoped(&self, tenant: &datatracing_core::Tenant) -> Self {
+        Self {
+            store: crate::tenant::scope_reader(&self.store, tenant),
+            ..self.clone()
+        }
+    }
 }
 
 pub(crate) fn routes(api: Api) -> Router {
@@ -68,7 +79,7 @@ pub(crate) fn routes(api: Api) -> Router {
         (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 async fn get_trace(
-    State(api): State<Api>,
+    Tenanted(api): Tenanted<Api>,
     raw_id: Result<Path<String>, PathRejection>,
 ) -> Result<axum::Json<TraceResponse>, ApiError> {
     let Path(raw_id) = raw_id.map_err(path_error)?;
@@ -118,7 +129,7 @@ const DEFAULT_SPAN_PAGE: usize = 1000;
         (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 async fn get_trace_spans(
-    State(api): State<Api>,
+    Tenanted(api): Tenanted<Api>,
     raw_id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<SpanPage>, ApiError> {
@@ -196,7 +207,7 @@ async fn get_trace_spans(
         (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 async fn get_lineage(
-    State(api): State<Api>,
+    Tenanted(api): Tenanted<Api>,
     raw_id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<LineageResponse>, ApiError> {
@@ -514,7 +525,7 @@ fn page_body(query: &TraceQuery, page: SearchPage) -> SearchResponse {
         (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 async fn search(
-    State(store): State<Arc<dyn TraceReader>>,
+    Tenanted(store): Tenanted<Arc<dyn TraceReader>>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<SearchResponse>, ApiError> {
     let query = SearchParams::from_query_string(raw.as_deref().unwrap_or(""))?.into_query()?;
@@ -547,7 +558,7 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
         (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 async fn search_body(
-    State(store): State<Arc<dyn TraceReader>>,
+    Tenanted(store): Tenanted<Arc<dyn TraceReader>>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<SearchResponse>, ApiError> {
@@ -610,7 +621,7 @@ fn listing_params(raw: Option<&str>) -> Result<(TimeWindow, usize), ApiError> {
         (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 async fn services(
-    State(store): State<Arc<dyn TraceReader>>,
+    Tenanted(store): Tenanted<Arc<dyn TraceReader>>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<ServicesResponse>, ApiError> {
     let (window, limit) = listing_params(raw.as_deref())?;
@@ -638,7 +649,7 @@ async fn services(
         (status = 503, description = "The store is unavailable; see Retry-After", body = ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 async fn operations(
-    State(store): State<Arc<dyn TraceReader>>,
+    Tenanted(store): Tenanted<Arc<dyn TraceReader>>,
     service: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<OperationsResponse>, ApiError> {

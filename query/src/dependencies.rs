@@ -17,13 +17,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::RawQuery;
 use axum::routing::get;
 use datatracing_core::{
     LinkType, Span, SpanId, StatusCode, TimeWindow, Timestamp, TraceId, TraceQuery,
 };
 use datatracing_http::ApiError;
 use datatracing_store::TraceReader;
+
+use crate::tenant::Tenanted;
 use serde::Serialize;
 
 /// Most traces one computation reads; the edges describe at most these.
@@ -443,6 +445,15 @@ pub(crate) struct DependenciesApi {
     pub(crate) max_trace_spans: usize,
 }
 
+impl crate::tenant::Scoped for DependenciesApi {
+    fn scoped(&self, tenant: &datatracing_core::Tenant) -> Self {
+        Self {
+            store: crate::tenant::scope_reader(&self.store, tenant),
+            ..self.clone()
+        }
+    }
+}
+
 pub(crate) fn routes(state: DependenciesApi) -> Router {
     Router::new()
         .route("/api/v1/dependencies", get(get_dependencies))
@@ -490,7 +501,7 @@ fn window_params(raw: Option<&str>) -> Result<(Timestamp, Timestamp), ApiError> 
         (status = 503, description = "The store is unavailable; see Retry-After", body = crate::openapi::ErrorEnvelope, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 pub(crate) async fn get_dependencies(
-    State(api): State<DependenciesApi>,
+    Tenanted(api): Tenanted<DependenciesApi>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<crate::openapi::DependenciesResponse>, ApiError> {
     let (start, end) = window_params(raw.as_deref())?;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use datatracing_core::{
@@ -38,6 +38,8 @@ use datatracing_core::{
 };
 use datatracing_http::ApiError;
 use datatracing_store::{CappedTrace, TraceReader};
+
+use crate::tenant::Tenanted;
 use serde_json::{Value, json};
 
 use crate::dependencies;
@@ -62,6 +64,15 @@ pub(crate) struct Jaeger {
     pub(crate) store: Arc<dyn TraceReader>,
     /// `query.max_trace_spans`: the cap on one trace and on the spans of one search answer.
     pub(crate) max_trace_spans: usize,
+}
+
+impl crate::tenant::Scoped for Jaeger {
+    fn scoped(&self, tenant: &datatracing_core::Tenant) -> Self {
+        Self {
+            store: crate::tenant::scope_reader(&self.store, tenant),
+            ..self.clone()
+        }
+    }
 }
 
 pub(crate) fn routes(state: Jaeger) -> Router {
@@ -254,7 +265,7 @@ fn path_error(r: PathRejection) -> JaegerError {
 // ---- listings -----------------------------------------------------------------------------
 
 #[tracing::instrument(skip_all)]
-async fn services(State(j): State<Jaeger>) -> JResult {
+async fn services(Tenanted(j): Tenanted<Jaeger>) -> JResult {
     let services = j.store.services(&TimeWindow::default(), MAX_NAMES).await?;
     let n = services.len();
     Ok(envelope(json!(services), n))
@@ -269,7 +280,7 @@ fn check_service(service: &str) -> Result<(), JaegerError> {
 
 #[tracing::instrument(skip_all)]
 async fn service_operations(
-    State(j): State<Jaeger>,
+    Tenanted(j): Tenanted<Jaeger>,
     service: Result<Path<String>, PathRejection>,
 ) -> JResult {
     let Path(service) = service.map_err(path_error)?;
@@ -298,7 +309,7 @@ fn jaeger_kind(kind: SpanKind) -> &'static str {
 }
 
 #[tracing::instrument(skip_all)]
-async fn operations(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
+async fn operations(Tenanted(j): Tenanted<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
     let p = Params::parse(raw.as_deref())?;
     let service = p
         .get("service")
@@ -338,7 +349,7 @@ pub(crate) fn operation_list(ops: Vec<Operation>, kind: Option<&str>) -> Vec<Val
 
 #[tracing::instrument(skip_all)]
 async fn get_trace(
-    State(j): State<Jaeger>,
+    Tenanted(j): Tenanted<Jaeger>,
     raw_id: Result<Path<String>, PathRejection>,
 ) -> JResult {
     let Path(raw_id) = raw_id.map_err(path_error)?;
@@ -651,7 +662,7 @@ async fn find_ids(j: &Jaeger, queries: &[TraceQuery]) -> Result<Vec<TraceId>, Ja
 }
 
 #[tracing::instrument(skip_all)]
-async fn search(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
+async fn search(Tenanted(j): Tenanted<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
     let p = Params::parse(raw.as_deref())?;
     let ids: Vec<&str> = p.all("traceID").collect();
     if !ids.is_empty() {
@@ -737,7 +748,7 @@ fn jaeger_id_text(id: TraceId) -> String {
 // ---- dependencies -------------------------------------------------------------------------
 
 #[tracing::instrument(skip_all)]
-async fn dependencies(State(j): State<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
+async fn dependencies(Tenanted(j): Tenanted<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
     let p = Params::parse(raw.as_deref())?;
     let end = match p.get("endTs") {
         Some(v) => epoch_param("endTs", v, 1_000_000)?,

@@ -31,6 +31,7 @@ mod dependencies;
 mod jaeger;
 mod limits;
 mod openapi;
+mod tenant;
 
 use std::sync::Arc;
 

@@ -572,6 +572,10 @@ impl Health for Failing {
 
 #[async_trait]
 impl TraceReader for Failing {
+    fn for_tenant(&self, _: &datatracing_core::Tenant) -> Arc<dyn TraceReader> {
+        Arc::new(Failing(self.0.clone()))
+    }
+
     async fn get_trace(&self, _: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         Err(self.0.clone())
     }

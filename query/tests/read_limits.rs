@@ -55,6 +55,10 @@ impl Health for Gated {
 
 #[async_trait]
 impl TraceReader for Gated {
+    fn for_tenant(&self, tenant: &datatracing_core::Tenant) -> Arc<dyn TraceReader> {
+        self.inner.for_tenant(tenant)
+    }
+
     async fn get_trace(&self, id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         self.pass().await;
         self.inner.get_trace(id).await

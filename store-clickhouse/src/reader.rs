@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use datatracing_config::ClickHouseConfig;
 use datatracing_core::{
     AttributeOp, Link, LinkType, NumericOp, Operation, SearchCursor, SearchPage, Span, SpanCursor,
-    SpanId, SpanKind, TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
+    SpanId, SpanKind, Tenant, TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
 };
 use datatracing_store::{
     CappedTrace, CrossLink, Health, TraceReader, cross_links, read_traces_one_by_one,
@@ -42,6 +42,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct ClickHouseReader {
     inner: Arc<Inner>,
+    /// The tenant every read of this handle is confined to ([`TraceReader::for_tenant`]).
+    tenant: Tenant,
 }
 
 impl std::fmt::Debug for ClickHouseReader {
@@ -86,7 +88,14 @@ impl ClickHouseReader {
         };
         Self {
             inner: Arc::new(inner),
+            tenant: Tenant::default_tenant(),
         }
+    }
+
+    /// `AND tenant = '…'` for every read. Inlined rather than bound so that each statement
+    /// shape keeps its binds; safe because a [`Tenant`] only holds `[a-z0-9-]`.
+    fn tenant_sql(&self) -> String {
+        format!(" AND tenant = '{}'", self.tenant.as_str())
     }
 
     fn query_error(&self, e: Error) -> datatracing_store::Error {
@@ -117,6 +126,13 @@ impl Health for ClickHouseReader {
 
 #[async_trait]
 impl TraceReader for ClickHouseReader {
+    fn for_tenant(&self, tenant: &Tenant) -> Arc<dyn TraceReader> {
+        Arc::new(Self {
+            inner: Arc::clone(&self.inner),
+            tenant: tenant.clone(),
+        })
+    }
+
     async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         self.read_trace(trace_id, None).await
     }
@@ -148,11 +164,12 @@ impl TraceReader for ClickHouseReader {
         // and the answer is just the spans grouped; when not, who gets cut depends on the
         // order asked, which the loop of capped reads applies.
         let sql = format!(
-            "SELECT ?fields FROM {spans} WHERE trace_id IN ({list}){bounds} \
+            "SELECT ?fields FROM {spans} WHERE trace_id IN ({list}){tenant}{bounds} \
              ORDER BY trace_id, start_time, span_id LIMIT 1 BY trace_id, span_id LIMIT {n}",
             spans = i.spans_table,
             list = hex_list(traces),
             bounds = self.time_bounds(traces),
+            tenant = self.tenant_sql(),
             n = max_spans.saturating_add(1),
         );
         let rows: Vec<SpanRow> = timed(
@@ -220,8 +237,9 @@ impl TraceReader for ClickHouseReader {
         let mut sql = Sql::default();
         names_window(window, &mut sql);
         let text = format!(
-            "SELECT DISTINCT toString(service) AS s FROM {names} WHERE 1{f} ORDER BY s LIMIT {limit}",
+            "SELECT DISTINCT toString(service) AS s FROM {names} WHERE 1{tenant}{f} ORDER BY s LIMIT {limit}",
             names = i.names_table,
+            tenant = self.tenant_sql(),
             f = sql.sql
         );
         let mut query = i.admin.client().query(&text);
@@ -246,9 +264,10 @@ impl TraceReader for ClickHouseReader {
         // Ordered by name here and by (name, kind) below: the first `limit` of the final
         // order are among the first `limit + kinds` rows by name.
         let text = format!(
-            "SELECT DISTINCT toString(operation) AS o, toString(kind) AS k FROM {names} WHERE 1{f} \
+            "SELECT DISTINCT toString(operation) AS o, toString(kind) AS k FROM {names} WHERE 1{tenant}{f} \
              ORDER BY o LIMIT {n}",
             names = i.names_table,
+            tenant = self.tenant_sql(),
             f = sql.sql,
             n = limit + SpanKind::ALL.len(),
         );
@@ -304,12 +323,13 @@ impl TraceReader for ClickHouseReader {
             // `limit` links.
             let sql = format!(
                 "SELECT trace_id, span_id, links_json FROM {spans} \
-                 WHERE trace_id IN ({list}){bounds} \
+                 WHERE trace_id IN ({list}){tenant}{bounds} \
                    AND links_json != '' \
                    AND arrayExists(l -> unhex(JSONExtractString(l, 'trace_id')) != trace_id, \
                                    JSONExtractArrayRaw(links_json)) \
                  LIMIT 1 BY trace_id, span_id LIMIT {n}",
                 spans = i.spans_table,
+                tenant = self.tenant_sql(),
                 n = limit - out.len(),
             );
             let rows = timed(
@@ -351,10 +371,11 @@ impl TraceReader for ClickHouseReader {
             let sql = format!(
                 "SELECT source_trace_id, source_span_id, target_trace_id, target_span_id, \
                         toString(link_type) AS link_type \
-                 FROM {links} WHERE target_trace_id IN ({list}) \
+                 FROM {links} WHERE target_trace_id IN ({list}){tenant} \
                  LIMIT 1 BY source_trace_id, source_span_id, target_trace_id, target_span_id, link_type \
                  LIMIT {n}",
                 links = i.links_table,
+                tenant = self.tenant_sql(),
                 list = hex_list(chunk),
                 n = limit - out.len(),
             );
@@ -409,11 +430,12 @@ impl ClickHouseReader {
             // Whole-trace duration, from the spans table (ordered by trace id) for the
             // traces that have a matching span.
             let cond = format!(
-                " AND trace_id IN (SELECT trace_id FROM {spans} WHERE trace_id IN \
+                " AND trace_id IN (SELECT trace_id FROM {spans} WHERE 1{tenant} AND trace_id IN \
                  (SELECT trace_id FROM {index} WHERE 1{f}) GROUP BY trace_id HAVING \
                  toUnixTimestamp64Nano(max(end_time)) - toUnixTimestamp64Nano(min(start_time)) BETWEEN ? AND ?)",
                 spans = i.spans_table,
                 index = i.index_table,
+                tenant = self.tenant_sql(),
                 f = filters.sql,
             );
             let mut binds = filters.binds.clone();
@@ -551,9 +573,10 @@ impl ClickHouseReader {
                     uniqExactIf(span_id, status IN ('ERROR', 'TIMEOUT')) AS error_count, \
                     arraySort(groupUniqArray(toString(service))) AS services \
              FROM {spans} \
-             WHERE trace_id IN ({list}){bounds} \
+             WHERE trace_id IN ({list}){tenant}{bounds} \
              GROUP BY trace_id",
             spans = i.spans_table,
+            tenant = self.tenant_sql(),
             bounds = self.time_bounds(ids),
         );
         let rows: Vec<SummaryRow> = timed(
@@ -611,9 +634,10 @@ impl ClickHouseReader {
         // trace_bounds (ordered by trace id) names the partitions to read.
         let sql = format!(
             "SELECT ?fields FROM {spans} \
-             WHERE trace_id = unhex(?){bounds}{after_sql} \
+             WHERE trace_id = unhex(?){tenant}{bounds}{after_sql} \
              ORDER BY start_time, span_id LIMIT 1 BY span_id{limit}",
             spans = i.spans_table,
+            tenant = self.tenant_sql(),
             bounds = self.time_bounds(&[trace_id]),
             limit = if limit > 0 {
                 format!(" LIMIT {limit}")
@@ -647,6 +671,8 @@ impl ClickHouseReader {
     /// The conditions one index row (one span) must satisfy, appended to `out`.
     fn span_filters(&self, q: &TraceQuery, out: &mut Sql) {
         let i = &self.inner;
+        let tenant = self.tenant_sql();
+        out.sql.push_str(&tenant);
         if let Some(s) = &q.service {
             out.push(" AND service = ?", [Bindable::Str(s.clone())]);
         }
@@ -665,7 +691,7 @@ impl ClickHouseReader {
             out.push(
                 &format!(
                     " AND (trace_id, span_id) IN (SELECT source_trace_id, source_span_id FROM {} \
-                     WHERE target_trace_id = unhex(?))",
+                     WHERE target_trace_id = unhex(?){tenant})",
                     i.links_table
                 ),
                 [Bindable::Str(t.to_string())],
@@ -684,8 +710,8 @@ impl ClickHouseReader {
             out.push(
                 &format!(
                     " AND (trace_id, span_id) IN (SELECT source_trace_id, source_span_id FROM {links} \
-                     WHERE (target_trace_id, target_span_id) IN \
-                     (SELECT trace_id, span_id FROM {index} WHERE service = ?{snap}))",
+                     WHERE 1{tenant} AND (target_trace_id, target_span_id) IN \
+                     (SELECT trace_id, span_id FROM {index} WHERE service = ?{tenant}{snap}))",
                     links = i.links_table,
                     index = i.index_table,
                     snap = sub.sql,
@@ -708,7 +734,7 @@ impl ClickHouseReader {
                     // a key range, instead of reading every span's attribute map.
                     out.push(
                         &format!(
-                            " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {attrs_table} WHERE key = ? AND value = ?"
+                            " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {attrs_table} WHERE key = ? AND value = ?{tenant}"
                         ),
                         [key(), Bindable::Str(v.clone())],
                     );

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use clickhouse::Row;
-use datatracing_core::{Span, SpanId, SpanKind, Status, StatusCode, Timestamp, TraceId};
+use datatracing_core::{Span, SpanId, SpanKind, Status, StatusCode, Tenant, Timestamp, TraceId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -28,6 +28,8 @@ pub(crate) struct SpanRow {
     pub attributes_json: String,
     pub events_json: String,
     pub links_json: String,
+    /// The tenant the span was accepted for (ADR 0010); `''` is the default tenant.
+    pub tenant: String,
 }
 
 fn json_or_empty<T: Serialize>(v: &T, empty: bool) -> String {
@@ -60,6 +62,7 @@ impl From<&Span> for SpanRow {
             attributes_json: json_or_empty(&s.attributes, s.attributes.is_empty()),
             events_json: json_or_empty(&s.events, s.events.is_empty()),
             links_json: json_or_empty(&s.links, s.links.is_empty()),
+            tenant: Tenant::of_span(s).to_string(),
         }
     }
 }

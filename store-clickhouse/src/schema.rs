@@ -38,6 +38,8 @@
 //! Distributed tables with the plain names in front (sharded by trace id so a trace lives on
 //! one shard), and every statement `ON CLUSTER`.
 
+use datatracing_core::TENANT_ATTRIBUTE;
+
 /// Where the tables live and how they are built.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Schema {
@@ -238,7 +240,118 @@ impl Schema {
                 name: "trace_bounds rows per trace and day (a trace stays readable when retention drops part of it)",
                 statements: self.v4(),
             },
+            Migration {
+                version: 5,
+                name: "tenants: a tenant column on spans and every index (ADR 0010)",
+                statements: self.v5(),
+            },
         ]
+    }
+
+    fn v5(&self) -> Vec<String> {
+        let db = &self.database;
+        let oc = self.on_cluster();
+        let spans = self.storage_table("spans");
+        let index = self.storage_table("span_index");
+        let names = self.storage_table("span_names");
+        let links = self.storage_table("span_links");
+        let attrs = self.storage_table("span_attributes");
+        // No DEFAULT expression: ClickHouse refuses a new column with one in a sorting key,
+        // and the type's default ('') is the default tenant anyway.
+        let column = "tenant LowCardinality(String) CODEC(ZSTD(1))";
+        let mut tables = vec!["spans", "span_index", "span_links"];
+        if self.attribute_index {
+            tables.push("span_attributes");
+        }
+        let mut out = Vec::new();
+        for t in &tables {
+            out.push(format!(
+                "ALTER TABLE {db}.{local}{oc} ADD COLUMN IF NOT EXISTS {column}",
+                local = self.storage_table(t)
+            ));
+        }
+        // span_names aggregates rows of equal key: the tenant must be part of it, or two
+        // tenants' rows would merge. Appending a column added by the same ALTER to the
+        // sorting key rewrites nothing; running it again changes nothing.
+        out.push(format!(
+            "ALTER TABLE {db}.{names}{oc} ADD COLUMN IF NOT EXISTS {column}, \
+             MODIFY ORDER BY (service, operation, kind, hour, tenant)"
+        ));
+        if self.cluster.is_some() {
+            tables.push("span_names");
+            for t in &tables {
+                out.push(format!(
+                    "ALTER TABLE {db}.{t}{oc} ADD COLUMN IF NOT EXISTS {column}"
+                ));
+            }
+        }
+        // New views carrying the tenant, created before the old ones are dropped (an insert
+        // in between is indexed twice, which reads tolerate).
+        out.push(format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_index_v3_mv{oc} TO {db}.{index} AS\n\
+             SELECT tenant, service, operation, kind, start_time, trace_id, span_id, duration_ns, status, attributes,\n\
+             \x20      now64(9) AS ingested_at\n\
+             FROM {db}.{spans}"
+        ));
+        out.push(format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_names_v2_mv{oc} TO {db}.{names} AS\n\
+             SELECT tenant, service, operation, kind, toStartOfHour(start_time) AS hour,\n\
+             \x20      min(start_time) AS first_seen, max(start_time) AS last_seen\n\
+             FROM {db}.{spans} GROUP BY tenant, service, operation, kind, hour"
+        ));
+        out.push(format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_links_v2_mv{oc} TO {db}.{links} AS\n{}",
+            Self::links_select(&format!("{db}.{spans}"), true)
+        ));
+        if self.attribute_index {
+            out.push(format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_attributes_v2_mv{oc} TO {db}.{attrs} AS\n\
+                 SELECT tenant, key, value, start_time, trace_id, span_id\n\
+                 FROM {db}.{spans} ARRAY JOIN mapKeys(attributes) AS key, mapValues(attributes) AS value"
+            ));
+        }
+        // Only a repair (`recreate_missing` after a table was lost) finds rows here: the
+        // earlier backfills fill the default tenant's, these the others'.
+        out.push(format!(
+            "INSERT INTO {names_t} (tenant, service, operation, kind, hour, first_seen, last_seen)\n\
+             SELECT tenant, service, operation, kind, toStartOfHour(start_time) AS hour, min(start_time), max(start_time)\n\
+             FROM {spans_t} WHERE tenant != '' GROUP BY tenant, service, operation, kind, hour",
+            names_t = self.table("span_names"),
+            spans_t = self.table("spans"),
+        ));
+        out.push(format!(
+            "INSERT INTO {links_t} (target_trace_id, target_span_id, source_trace_id, source_span_id, link_type, start_time, tenant)\n{}\n\
+             \x20 AND tenant != ''\n\
+             \x20 AND (trace_id, span_id, tenant) NOT IN (SELECT source_trace_id, source_span_id, tenant FROM {links_t})",
+            Self::links_select(&self.table("spans"), true),
+            links_t = self.table("span_links"),
+        ));
+        for old in [
+            "span_index_v2_mv",
+            "span_names_mv",
+            "span_links_mv",
+            "span_attributes_mv",
+        ] {
+            out.push(format!("DROP TABLE IF EXISTS {db}.{old}{oc}"));
+        }
+        out
+    }
+
+    /// The rows of `span_links` for the spans of `from` (with their tenant when `tenant`).
+    /// Ids in links_json are validated hex; the length checks keep a malformed row from
+    /// failing the spans insert the view runs in.
+    fn links_select(from: &str, tenant: bool) -> String {
+        format!(
+            "SELECT toFixedString(unhex(JSONExtractString(l, 'trace_id')), 16) AS target_trace_id,\n\
+             \x20      toFixedString(unhex(JSONExtractString(l, 'span_id')), 8) AS target_span_id,\n\
+             \x20      trace_id AS source_trace_id, span_id AS source_span_id,\n\
+             \x20      JSONExtractString(l, 'type') AS link_type, start_time{t}\n\
+             FROM {from} ARRAY JOIN JSONExtractArrayRaw(links_json) AS l\n\
+             WHERE links_json != '' AND length(JSONExtractString(l, 'trace_id')) = 32\n\
+             \x20 AND length(JSONExtractString(l, 'span_id')) = 16\n\
+             \x20 AND unhex(JSONExtractString(l, 'trace_id')) != trace_id",
+            t = if tenant { ", tenant" } else { "" }
+        )
     }
 
     fn v4(&self) -> Vec<String> {
@@ -279,20 +392,7 @@ impl Schema {
         } else {
             ""
         };
-        // Ids in links_json are validated hex; the length checks keep a malformed row from
-        // failing the spans insert the view runs in.
-        let select = |from: &str| {
-            format!(
-                "SELECT toFixedString(unhex(JSONExtractString(l, 'trace_id')), 16) AS target_trace_id,\n\
-                 \x20      toFixedString(unhex(JSONExtractString(l, 'span_id')), 8) AS target_span_id,\n\
-                 \x20      trace_id AS source_trace_id, span_id AS source_span_id,\n\
-                 \x20      JSONExtractString(l, 'type') AS link_type, start_time\n\
-                 FROM {from} ARRAY JOIN JSONExtractArrayRaw(links_json) AS l\n\
-                 WHERE links_json != '' AND length(JSONExtractString(l, 'trace_id')) = 32\n\
-                 \x20 AND length(JSONExtractString(l, 'span_id')) = 16\n\
-                 \x20 AND unhex(JSONExtractString(l, 'trace_id')) != trace_id"
-            )
-        };
+        let select = |from: &str| Self::links_select(from, false);
         let mut out = vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {db}.{links}{oc} (\n\
@@ -325,7 +425,8 @@ impl Schema {
         // together), so running it again (drift repair) adds nothing twice.
         out.push(format!(
             "INSERT INTO {links_t} (target_trace_id, target_span_id, source_trace_id, source_span_id, link_type, start_time)\n{}\n\
-             \x20 AND (trace_id, span_id) NOT IN (SELECT source_trace_id, source_span_id FROM {links_t})",
+             \x20 AND (trace_id, span_id) NOT IN (SELECT source_trace_id, source_span_id FROM {links_t})\n\
+             \x20 AND attributes['{TENANT_ATTRIBUTE}'] = ''",
             select(&self.table("spans")),
             links_t = self.table("span_links"),
         ));
@@ -392,7 +493,7 @@ impl Schema {
         out.push(format!(
             "INSERT INTO {names_t} (service, operation, kind, hour, first_seen, last_seen)\n\
              SELECT service, operation, kind, toStartOfHour(start_time) AS hour, min(start_time), max(start_time)\n\
-             FROM {spans_t} GROUP BY service, operation, kind, hour",
+             FROM {spans_t} WHERE attributes['{TENANT_ATTRIBUTE}'] = '' GROUP BY service, operation, kind, hour",
             names_t = self.table("span_names"),
             spans_t = self.table("spans"),
         ));
@@ -606,7 +707,32 @@ mod tests {
     #[test]
     fn single_node_ddl() {
         let m = single().migrations();
-        assert_eq!(m.len(), 4);
+        assert_eq!(m.len(), 5);
+        let v5 = &m[4].statements;
+        assert!(
+            v5.iter().any(|x| x
+                == "ALTER TABLE dt.span_names ADD COLUMN IF NOT EXISTS tenant LowCardinality(String) CODEC(ZSTD(1)), \
+                    MODIFY ORDER BY (service, operation, kind, hour, tenant)"),
+            "two tenants' names never merge: {v5:?}"
+        );
+        for old in [
+            "span_index_v2_mv",
+            "span_names_mv",
+            "span_links_mv",
+            "span_attributes_mv",
+        ] {
+            let created = v5
+                .iter()
+                .position(|x| {
+                    x.starts_with("CREATE MATERIALIZED VIEW") && x.contains("SELECT tenant")
+                })
+                .unwrap();
+            let dropped = v5
+                .iter()
+                .position(|x| *x == format!("DROP TABLE IF EXISTS dt.{old}"))
+                .unwrap();
+            assert!(created < dropped, "the new views exist before {old} goes");
+        }
         let v4 = &m[3].statements;
         assert!(
             v4[0].contains("TO dt.trace_bounds AS")

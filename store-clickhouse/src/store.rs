@@ -195,6 +195,10 @@ impl TraceWriter for ClickHouseStore {
 
 #[async_trait]
 impl TraceReader for ClickHouseStore {
+    fn for_tenant(&self, tenant: &datatracing_core::Tenant) -> Arc<dyn TraceReader> {
+        self.reader.for_tenant(tenant)
+    }
+
     async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         self.reader.get_trace(trace_id).await
     }

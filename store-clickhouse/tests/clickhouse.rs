@@ -66,7 +66,7 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
         again.applied.is_empty(),
         "second migrate applies nothing: {again:?}"
     );
-    assert_eq!(again.version, 4);
+    assert_eq!(again.version, 5);
 
     let initial = admin.retention().await.unwrap();
     assert_eq!(initial.len(), 5);
@@ -412,7 +412,17 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
         .unwrap_err();
     assert!(matches!(err, Error::Schema(_)), "{err}");
 
-    // Spans written by the version-1 layout (no migration on open).
+    // Spans written by the version-1 layout (no migration on open). This binary's writer
+    // sends the tenant column (version 5), which a version-1 binary did not: the column is
+    // added here as migration 5 adds it, and rows without a tenant are what such a binary
+    // wrote.
+    client
+        .query(&format!(
+            "ALTER TABLE {db}.spans ADD COLUMN IF NOT EXISTS tenant LowCardinality(String) CODEC(ZSTD(1))"
+        ))
+        .execute()
+        .await
+        .unwrap();
     let old_writer = ClickHouseStore::open(
         ClickHouseConfig {
             migrate_on_start: false,
@@ -455,7 +465,7 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
     assert_eq!(today, 0, "version 1: one row spanning both days");
 
     let report = admin.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![2, 3, 4]);
+    assert_eq!(report.applied, vec![2, 3, 4, 5]);
     let today: u64 = client.query(&bounds_today).fetch_one().await.unwrap();
     assert_eq!(today, 1, "migration 4 splits the row by day");
     let reader = ClickHouseReader::open(config, ClickHouseMetrics::unregistered())

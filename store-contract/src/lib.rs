@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use datatracing_core::{
     AttributeFilter, AttributeValue, Attributes, DurationScope, Event, Link, LinkType, Operation,
-    SearchPage, Span, SpanId, SpanKind, Status, StatusCode, TimeWindow, Timestamp, TraceDag,
-    TraceId, TraceQuery, TraceSummary,
+    SearchPage, Span, SpanId, SpanKind, Status, StatusCode, Tenant, TimeWindow, Timestamp,
+    TraceDag, TraceId, TraceQuery, TraceSummary,
 };
 use datatracing_store::{
     CrossLink, Direction, Lineage, LineageLimits, Result, TraceReader, TraceWriter,
@@ -102,7 +102,8 @@ macro_rules! trace_store_contract {
             a_truncated_trace_is_paged_completely,
             lineage_walks_both_ways_through_cycles_and_dangling_links,
             lineage_depth_and_node_caps_mark_truncation,
-            search_by_link_target_pages_with_cursors
+            search_by_link_target_pages_with_cursors,
+            tenants_are_isolated
         );
     };
     (@tests $make:path; $($name:ident),+) => {
@@ -1895,4 +1896,207 @@ pub async fn search_by_link_target_pages_with_cursors(store: StoreUnderTest<'_>)
             .expect("unknown service")
             .is_empty()
     );
+}
+
+/// Tenants (ADR 0010): the same trace and span ids written for two tenants are two traces,
+/// and every reader method of one tenant's handle answers from that tenant's spans only:
+/// a trace held only by another tenant is answered as unknown, lineage does not walk into
+/// it, and the default tenant (the handle a backend opens) sees neither.
+pub async fn tenants_are_isolated(store: StoreUnderTest<'_>) {
+    let alpha = Tenant::parse("contract-alpha").unwrap();
+    let beta = Tenant::parse("contract-beta").unwrap();
+    let (t, d, e, only_a) = (
+        fresh_trace_id(),
+        fresh_trace_id(),
+        fresh_trace_id(),
+        fresh_trace_id(),
+    );
+    let (sa, sb) = (unique("tenant-a"), unique("tenant-b"));
+    let t0 = base_time();
+    let stamped = |tenant: &Tenant, mut s: Span| {
+        tenant.stamp(&mut s);
+        s
+    };
+    // Alpha: T, D following from T, and a trace only alpha has.
+    let mut d1 = simple_span(d, 1, None, &sa, t0.saturating_add_nanos(100), 10);
+    d1.links = vec![link_to(t, 1, LinkType::FollowsFrom)];
+    let alpha_spans: Vec<Span> = vec![
+        simple_span(t, 1, None, &sa, t0, 10),
+        simple_span(t, 2, Some(1), &sa, t0, 5),
+        d1,
+        simple_span(only_a, 1, None, &sa, t0, 10),
+    ]
+    .into_iter()
+    .map(|s| stamped(&alpha, s))
+    .collect();
+    // Beta: the same ids for T (one span, another service), E following from T and
+    // depending on alpha's trace.
+    let mut e1 = simple_span(e, 1, None, &sb, t0.saturating_add_nanos(200), 10);
+    e1.links = vec![
+        link_to(t, 1, LinkType::FollowsFrom),
+        link_to(only_a, 1, LinkType::DataDependency),
+    ];
+    let beta_spans: Vec<Span> = vec![simple_span(t, 1, None, &sb, t0, 20), e1]
+        .into_iter()
+        .map(|s| stamped(&beta, s))
+        .collect();
+    store.write(alpha_spans.into()).await.expect("write alpha");
+    store
+        .write(beta_spans.clone().into())
+        .await
+        .expect("write beta");
+    // A retry of beta's batch stays beta's, and does not touch alpha's copy.
+    store.write(beta_spans.into()).await.expect("rewrite beta");
+
+    let a = store.reader.for_tenant(&alpha);
+    let b = store.reader.for_tenant(&beta);
+    let services_of = |spans: &[Span]| {
+        let mut s: Vec<String> = spans.iter().map(|s| s.service.clone()).collect();
+        s.dedup();
+        s
+    };
+
+    // Traces, whole, capped, several at once and paged.
+    let ta = a.get_trace(t).await.unwrap().expect("alpha's T");
+    assert_eq!((ta.len(), services_of(&ta)), (2, vec![sa.clone()]));
+    let tb = b.get_trace(t).await.unwrap().expect("beta's T");
+    assert_eq!((tb.len(), services_of(&tb)), (1, vec![sb.clone()]));
+    assert_eq!(
+        Tenant::of_span(&tb[0]),
+        "contract-beta",
+        "the tenant is kept with the span"
+    );
+    assert!(a.get_trace(e).await.unwrap().is_none(), "beta's E");
+    assert!(
+        b.get_trace(only_a).await.unwrap().is_none(),
+        "alpha's trace"
+    );
+    assert!(b.get_trace_capped(only_a, 10).await.unwrap().is_none());
+    assert_eq!(a.get_trace_capped(t, 10).await.unwrap().unwrap().spans, ta);
+    let several = b.get_traces_capped(&[only_a, t, d, e], 100).await.unwrap();
+    assert_eq!(
+        several.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![t, e]
+    );
+    assert_eq!(several[0].1.spans, tb);
+    assert_eq!(a.trace_spans(t, None, 10).await.unwrap(), ta);
+    assert!(a.trace_spans(e, None, 10).await.unwrap().is_empty());
+
+    // Search, by service, by link target, and the ids-only variant.
+    let by_service = |svc: &str| TraceQuery {
+        service: Some(svc.to_string()),
+        ..TraceQuery::with_limit(10)
+    };
+    let ids = |p: SearchPage| p.traces.iter().map(|s| s.trace_id).collect::<Vec<_>>();
+    assert!(ids(a.search(&by_service(&sb)).await.unwrap()).is_empty());
+    assert!(ids(b.search(&by_service(&sa)).await.unwrap()).is_empty());
+    let mut found = ids(a.search(&by_service(&sa)).await.unwrap());
+    found.sort();
+    let mut expected = vec![t, d, only_a];
+    expected.sort();
+    assert_eq!(found, expected);
+    let page = b.search(&by_service(&sb)).await.unwrap();
+    let t_summary = page.traces.iter().find(|s| s.trace_id == t).expect("T");
+    assert_eq!(
+        (t_summary.span_count, t_summary.services.clone()),
+        (1, vec![sb.clone()]),
+        "the summary counts beta's spans only"
+    );
+    assert!(b.search_ids(&by_service(&sa)).await.unwrap().is_empty());
+    let linked = |target: TraceId| TraceQuery {
+        linked_trace: Some(target),
+        ..TraceQuery::with_limit(10)
+    };
+    assert_eq!(ids(a.search(&linked(t)).await.unwrap()), vec![d]);
+    assert_eq!(ids(b.search(&linked(t)).await.unwrap()), vec![e]);
+    let linked_service = |svc: &str| TraceQuery {
+        linked_service: Some(svc.to_string()),
+        ..TraceQuery::with_limit(10)
+    };
+    assert!(
+        ids(b.search(&linked_service(&sa)).await.unwrap()).is_empty(),
+        "beta's link into alpha's trace does not match alpha's service"
+    );
+
+    // Names.
+    let all = TimeWindow::default();
+    let a_services = a.services(&all, 10_000).await.unwrap();
+    assert!(a_services.contains(&sa) && !a_services.contains(&sb));
+    let b_services = b.services(&all, 10_000).await.unwrap();
+    assert!(b_services.contains(&sb) && !b_services.contains(&sa));
+    assert!(a.operations(&sb, &all, 100).await.unwrap().is_empty());
+    assert!(!a.operations(&sa, &all, 100).await.unwrap().is_empty());
+
+    // Summaries and links.
+    let summaries = a.summaries(&[t, e, only_a]).await.unwrap();
+    let mut got: Vec<(TraceId, u64)> = summaries
+        .iter()
+        .map(|s| (s.trace_id, s.span_count))
+        .collect();
+    got.sort();
+    let mut want = vec![(t, 2), (only_a, 1)];
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(
+        a.links_from(&[d, e], 100).await.unwrap(),
+        vec![edge(d, 1, t, 1, LinkType::FollowsFrom)]
+    );
+    assert_eq!(
+        a.links_to(&[t], 100).await.unwrap(),
+        vec![edge(d, 1, t, 1, LinkType::FollowsFrom)]
+    );
+    assert!(
+        a.links_to(&[only_a], 100).await.unwrap().is_empty(),
+        "beta's link to alpha's trace is not alpha's"
+    );
+
+    // Lineage: each tenant walks its own graph; beta's link into alpha's trace is a
+    // dangling edge, with no summary.
+    let limits = LineageLimits {
+        max_depth: 5,
+        max_nodes: 50,
+    };
+    let la = datatracing_store::lineage(a.as_ref(), t, Direction::Both, limits)
+        .await
+        .unwrap()
+        .expect("alpha's T");
+    let mut nodes: Vec<TraceId> = la.nodes.iter().map(|n| n.trace_id).collect();
+    nodes.sort();
+    let mut want = vec![t, d];
+    want.sort();
+    assert_eq!(nodes, want, "alpha's lineage");
+    let lb = datatracing_store::lineage(b.as_ref(), e, Direction::Upstream, limits)
+        .await
+        .unwrap()
+        .expect("beta's E");
+    let foreign = lb
+        .nodes
+        .iter()
+        .find(|n| n.trace_id == only_a)
+        .expect("the edge is beta's own");
+    assert!(
+        !foreign.stored && foreign.summary.is_none(),
+        "alpha's trace is not read: {foreign:?}"
+    );
+    let beta_t = lb.nodes.iter().find(|n| n.trace_id == t).expect("T");
+    assert_eq!(
+        beta_t.summary.as_ref().map(|s| s.services.clone()),
+        Some(vec![sb.clone()])
+    );
+    assert!(
+        datatracing_store::lineage(a.as_ref(), e, Direction::Both, limits)
+            .await
+            .unwrap()
+            .is_none(),
+        "another tenant's root is unknown"
+    );
+
+    // The default tenant (the handle the backend opened) sees none of it.
+    for id in [t, d, e, only_a] {
+        assert!(store.get_trace(id).await.unwrap().is_none());
+    }
+    assert!(store.search(&by_service(&sa)).await.unwrap().is_empty());
+    let default_services = store.reader.services(&all, 100_000).await.unwrap();
+    assert!(!default_services.contains(&sa) && !default_services.contains(&sb));
+    assert!(store.reader.links_to(&[t], 100).await.unwrap().is_empty());
 }

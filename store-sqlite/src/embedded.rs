@@ -16,6 +16,10 @@
 //! a span of another trace, keyed by the linked trace, written with the span and deleted with
 //! it. Downstream lineage ("which traces link to this one") and the `linked_trace` /
 //! `linked_service` search filters read it instead of every span's links.
+//!
+//! Every table carries the span's tenant (schema version 4, ADR 0010): a span is identified
+//! by (tenant, trace, span), and every read statement filters on the tenant of the handle it
+//! runs for, which `EmbeddedStore::with_reader` hands to each read closure.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +29,7 @@ use datatracing_config::{EmbeddedConfig, Synchronous};
 use datatracing_core::{
     AttributeFilter, AttributeMatcher, AttributeOp, Attributes, Event, Link, Operation,
     SearchCursor, SearchPage, Span, SpanCursor, SpanId, SpanKind, Status, StatusCode,
-    SummaryBuilder, TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
+    SummaryBuilder, Tenant, TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -41,7 +45,7 @@ pub(crate) const DB_FILE: &str = "traces.db";
 /// Locked (advisory, whole file) by the one process that opens the store read-write, so a
 /// second collector or a restore on the same directory is refused instead of interleaving.
 pub(crate) const LOCK_FILE: &str = "store.lock";
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 /// How long opening waits for the lock: a store closed in this process a moment ago may
 /// still be releasing it on its writer thread.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
@@ -92,6 +96,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    /// The tenant every read of this handle is confined to ([`TraceReader::for_tenant`]).
+    tenant: Tenant,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -137,6 +143,7 @@ impl EmbeddedStore {
                 config,
                 mode,
             }),
+            tenant: Tenant::default_tenant(),
         };
         if mode == OpenMode::ReadWrite && !store.inner.config.retention.get().is_zero() {
             tokio::spawn(retention_loop(store.clone()));
@@ -174,8 +181,11 @@ impl EmbeddedStore {
     async fn with_reader<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &str) -> Result<T> + Send + 'static,
     {
+        // Every read closure is handed the handle's tenant: none can be written without
+        // deciding what to do with it.
+        let tenant = self.tenant.clone();
         let _permit = self
             .inner
             .read_permits
@@ -194,7 +204,7 @@ impl EmbeddedStore {
             let result = conn
                 .progress_handler(10_000, Some(move || Instant::now() > deadline))
                 .map_err(Error::from)
-                .and_then(|()| f(&conn));
+                .and_then(|()| f(&conn, tenant.as_str()));
             // Clearing a handler cannot fail in a way that matters: the next query sets its own.
             let _ = conn.progress_handler(0, None::<fn() -> bool>);
             if let Ok(mut pool) = inner.readers.lock() {
@@ -381,7 +391,9 @@ fn check_version(conn: &Connection) -> Result<i64> {
 
 /// Versioned, idempotent schema set-up. Version 1 is the first layout; version 2 adds the
 /// `span_names` index (filled from the stored spans once) and `store_meta`; version 3 adds
-/// the `span_links` reverse-link index (filled from the stored spans' links once).
+/// the `span_links` reverse-link index (filled from the stored spans' links once); version 4
+/// adds tenants (ADR 0010): a `tenant` column on spans, span_names and span_links, existing
+/// rows in the default tenant `''`, and span identity becomes (tenant, trace, span).
 fn migrate(conn: &Connection) -> Result<()> {
     let version = check_version(conn)?;
     if version >= SCHEMA_VERSION {
@@ -444,6 +456,51 @@ fn migrate(conn: &Connection) -> Result<()> {
     if version < 3 {
         migrate_span_links(conn)?;
     }
+    if version < 4 {
+        migrate_tenants(conn)?;
+    }
+    Ok(())
+}
+
+/// Schema version 4: tenants. `span_names` gets the tenant in its key, so it is rebuilt;
+/// the unique span index becomes (tenant, trace_id, span_id), so the same ids under two
+/// tenants are two spans.
+fn migrate_tenants(conn: &Connection) -> Result<()> {
+    let has_column = |table: &str| -> Result<bool> {
+        let n: i64 = conn.query_row(
+            &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'tenant'"),
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    };
+    let tx = conn.unchecked_transaction()?;
+    if !has_column("spans")? {
+        tx.execute_batch("ALTER TABLE spans ADD COLUMN tenant TEXT NOT NULL DEFAULT '';")?;
+    }
+    if !has_column("span_links")? {
+        tx.execute_batch("ALTER TABLE span_links ADD COLUMN tenant TEXT NOT NULL DEFAULT '';")?;
+    }
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS spans_by_trace;
+         CREATE UNIQUE INDEX spans_by_trace ON spans(tenant, trace_id, span_id);
+         CREATE TABLE span_names_v4 (
+             tenant    TEXT    NOT NULL,
+             service   TEXT    NOT NULL,
+             operation TEXT    NOT NULL,
+             kind      INTEGER NOT NULL,
+             hour      INTEGER NOT NULL,
+             first_ns  INTEGER NOT NULL,
+             last_ns   INTEGER NOT NULL,
+             PRIMARY KEY (tenant, service, operation, kind, hour)
+         ) WITHOUT ROWID;
+         INSERT INTO span_names_v4 SELECT '', service, operation, kind, hour, first_ns, last_ns FROM span_names;
+         DROP TABLE span_names;
+         ALTER TABLE span_names_v4 RENAME TO span_names;
+         CREATE INDEX IF NOT EXISTS span_names_by_hour ON span_names(hour);
+         PRAGMA user_version = 4;",
+    )?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -458,7 +515,8 @@ fn migrate_span_links(conn: &Connection) -> Result<()> {
              source_span  BLOB    NOT NULL,
              target_trace BLOB    NOT NULL,
              target_span  BLOB    NOT NULL,
-             link_type    INTEGER NOT NULL
+             link_type    INTEGER NOT NULL,
+             tenant       TEXT    NOT NULL DEFAULT ''
          );
          CREATE INDEX IF NOT EXISTS span_links_by_target ON span_links(target_trace);
          CREATE INDEX IF NOT EXISTS span_links_by_source ON span_links(source_row);
@@ -476,7 +534,7 @@ fn migrate_span_links(conn: &Connection) -> Result<()> {
                 .map_err(|_| Error::Corrupt("span_id".into()))?;
             let links: Vec<Link> = serde_json::from_str(r.get_ref(3)?.as_str()?)
                 .map_err(|e| Error::Corrupt(format!("links of a stored span: {e}")))?;
-            insert_links(&tx, id, trace_id, span_id, &links)?;
+            insert_links(&tx, "", id, trace_id, span_id, &links)?;
         }
     }
     tx.execute_batch("PRAGMA user_version = 3;")?;
@@ -487,14 +545,15 @@ fn migrate_span_links(conn: &Connection) -> Result<()> {
 /// Indexes a span's links to other traces under its row id.
 fn insert_links(
     conn: &Connection,
+    tenant: &str,
     row: i64,
     trace_id: TraceId,
     span_id: SpanId,
     links: &[Link],
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO span_links (source_row, source_trace, source_span, target_trace, target_span, link_type)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO span_links (source_row, source_trace, source_span, target_trace, target_span, link_type, tenant)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for l in cross_links(trace_id, span_id, links) {
         stmt.execute(params![
@@ -504,6 +563,7 @@ fn insert_links(
             l.to_trace.as_bytes().as_slice(),
             l.to_span.as_bytes().as_slice(),
             l.link_type.code(),
+            tenant,
         ])?;
     }
     Ok(())
@@ -578,6 +638,9 @@ fn commit_group(conn: &mut Connection, group: Vec<(Arc<[Span]>, WriteReply)>) {
     }
 }
 
+/// A `span_names` row's key: tenant, service, operation, kind, hour.
+type NameKey<'a> = (&'a str, &'a str, &'a str, u8, i64);
+
 fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Span]>) -> Result<()> {
     let tx = conn.transaction()?;
     {
@@ -595,20 +658,20 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
         // of the writer's CPU in a profile); only a span already stored takes the update.
         let mut insert = tx.prepare_cached(
             "INSERT INTO spans (id, trace_id, span_id, parent_id, service, operation, kind, start_ns,
-                 end_ns, duration_ns, status, status_message, attributes, events, links)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-             ON CONFLICT (trace_id, span_id) DO NOTHING",
+                 end_ns, duration_ns, status, status_message, attributes, events, links, tenant)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT (tenant, trace_id, span_id) DO NOTHING",
         )?;
         let mut rewrite = tx.prepare_cached(
             "UPDATE spans SET
                  parent_id = ?3, service = ?4, operation = ?5, kind = ?6, start_ns = ?7,
                  end_ns = ?8, duration_ns = ?9, status = ?10, status_message = ?11,
                  attributes = ?12, events = ?13, links = ?14
-             WHERE trace_id = ?1 AND span_id = ?2
+             WHERE trace_id = ?1 AND span_id = ?2 AND tenant = ?15
              RETURNING id",
         )?;
         let mut unlink = tx.prepare_cached("DELETE FROM span_links WHERE source_row = ?1")?;
-        let mut names: std::collections::HashMap<(&str, &str, u8, i64), (i64, i64)> =
+        let mut names: std::collections::HashMap<NameKey<'_>, (i64, i64)> =
             std::collections::HashMap::new();
         for (span, id) in batches.flatten().zip(first_id..) {
             let trace_id = span.trace_id.as_bytes().as_slice();
@@ -623,9 +686,11 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
                 span.end_time.unix_nanos(),
             );
             let (duration, status) = (span.duration_nanos(), span.status.code.code());
-            // The same 14 values, in the same order, for the insert (after the row id) and
+            // Set by the collector from the token that sent the span (ADR 0010).
+            let tenant = Tenant::of_span(span);
+            // The same 15 values, in the same order, for the insert (after the row id) and
             // for the rewrite of a span already stored.
-            let fields: [&dyn rusqlite::ToSql; 14] = [
+            let fields: [&dyn rusqlite::ToSql; 15] = [
                 &trace_id,
                 &span_id,
                 &parent_id,
@@ -640,6 +705,7 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
                 &attributes,
                 &events,
                 &links,
+                &tenant,
             ];
             let inserted = insert.execute(rusqlite::params_from_iter(
                 std::iter::once(&id as &dyn rusqlite::ToSql).chain(fields),
@@ -652,9 +718,10 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
                 unlink.execute([row])?;
                 row
             };
-            insert_links(&tx, row, span.trace_id, span.span_id, &span.links)?;
+            insert_links(&tx, tenant, row, span.trace_id, span.span_id, &span.links)?;
             let e = names
                 .entry((
+                    tenant,
                     span.service.as_str(),
                     span.operation.as_str(),
                     span.kind.code(),
@@ -666,14 +733,14 @@ fn write_group<'a>(conn: &mut Connection, batches: impl Iterator<Item = &'a [Spa
         }
         // One upsert per distinct (service, operation, kind, hour) of the group, not per span.
         let mut upsert = tx.prepare_cached(
-            "INSERT INTO span_names (service, operation, kind, hour, first_ns, last_ns)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (service, operation, kind, hour) DO UPDATE SET
+            "INSERT INTO span_names (tenant, service, operation, kind, hour, first_ns, last_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (tenant, service, operation, kind, hour) DO UPDATE SET
                  first_ns = min(first_ns, excluded.first_ns),
                  last_ns = max(last_ns, excluded.last_ns)",
         )?;
-        for ((service, operation, kind, hour), (first, last)) in names {
-            upsert.execute(params![service, operation, kind, hour, first, last])?;
+        for ((tenant, service, operation, kind, hour), (first, last)) in names {
+            upsert.execute(params![tenant, service, operation, kind, hour, first, last])?;
         }
     }
     tx.commit()?;
@@ -782,14 +849,15 @@ fn decode_span(row: &rusqlite::Row<'_>) -> Result<Span> {
 
 fn get_trace_sync(
     conn: &Connection,
+    tenant: &str,
     trace_id: TraceId,
     limit: Option<usize>,
 ) -> Result<Option<Vec<Span>>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id = ?1 ORDER BY start_ns, span_id LIMIT ?2"
+        "SELECT {SPAN_COLUMNS} FROM spans WHERE tenant = ?3 AND trace_id = ?1 ORDER BY start_ns, span_id LIMIT ?2"
     ))?;
     let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-    let mut rows = stmt.query(params![trace_id.as_bytes().as_slice(), limit])?;
+    let mut rows = stmt.query(params![trace_id.as_bytes().as_slice(), limit, tenant])?;
     let mut spans = Vec::new();
     while let Some(row) = rows.next()? {
         spans.push(decode_span(row)?);
@@ -801,6 +869,7 @@ fn get_trace_sync(
 /// so one blocking task for all of them saves a thread hop per trace, which dominated.
 fn get_traces_sync(
     conn: &Connection,
+    tenant: &str,
     ids: &[TraceId],
     max_spans: usize,
 ) -> Result<Vec<(TraceId, CappedTrace)>> {
@@ -814,7 +883,7 @@ fn get_traces_sync(
         if out.iter().any(|(t, _)| *t == id) {
             continue;
         }
-        let spans = get_trace_sync(&tx, id, Some(budget.saturating_add(1)))?;
+        let spans = get_trace_sync(&tx, tenant, id, Some(budget.saturating_add(1)))?;
         if let Some(t) = spans.and_then(|s| CappedTrace::from_overfetch(s, budget)) {
             budget -= t.spans.len();
             out.push((id, t));
@@ -825,6 +894,7 @@ fn get_traces_sync(
 
 fn trace_spans_sync(
     conn: &Connection,
+    tenant: &str,
     trace_id: TraceId,
     after: Option<SpanCursor>,
     limit: usize,
@@ -832,7 +902,7 @@ fn trace_spans_sync(
     // Row values compare (start, span id) as one key; span ids are 8-byte blobs, which
     // compare as bytes, like `SpanId`.
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id = ?1 AND (start_ns, span_id) > (?2, ?3) \
+        "SELECT {SPAN_COLUMNS} FROM spans WHERE tenant = ?5 AND trace_id = ?1 AND (start_ns, span_id) > (?2, ?3) \
          ORDER BY start_ns, span_id LIMIT ?4"
     ))?;
     let (start, span) = after.map_or((i64::MIN, [0u8; 8]), |c| {
@@ -843,7 +913,8 @@ fn trace_spans_sync(
         trace_id.as_bytes().as_slice(),
         start,
         span.as_slice(),
-        limit
+        limit,
+        tenant
     ])?;
     let mut spans = Vec::new();
     while let Some(row) = rows.next()? {
@@ -854,9 +925,9 @@ fn trace_spans_sync(
 
 /// The WHERE clause (after `WHERE`) of a search's span filters, with its arguments:
 /// everything a single span must satisfy, plus the snapshot bound.
-fn span_filters(q: &TraceQuery, snapshot: i64) -> (String, Vec<Value>) {
-    let mut sql = String::from("id <= ?1");
-    let mut args: Vec<Value> = vec![Value::Integer(snapshot)];
+fn span_filters(q: &TraceQuery, snapshot: i64, tenant: &str) -> (String, Vec<Value>) {
+    let mut sql = String::from("id <= ?1 AND tenant = ?2");
+    let mut args: Vec<Value> = vec![Value::Integer(snapshot), Value::Text(tenant.to_string())];
     let mut push = |clause: &str, v: Value| {
         args.push(v);
         sql.push_str(&format!(" AND {clause} ?{}", args.len()));
@@ -912,19 +983,19 @@ fn span_filters(q: &TraceQuery, snapshot: i64) -> (String, Vec<Value>) {
         sql.push_str(&format!(
             " AND id IN (SELECT l.source_row FROM span_links l JOIN spans t \
              ON t.trace_id = l.target_trace AND t.span_id = l.target_span \
-             WHERE t.id <= ?1 AND t.service = ?{})",
+             WHERE t.id <= ?1 AND t.tenant = ?2 AND t.service = ?{})",
             args.len()
         ));
     }
     (sql, args)
 }
 
-fn trace_summary(conn: &Connection, id: TraceId) -> Result<Option<TraceSummary>> {
+fn trace_summary(conn: &Connection, tenant: &str, id: TraceId) -> Result<Option<TraceSummary>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT span_id, parent_id IS NULL, service, operation, start_ns, end_ns, status FROM spans WHERE trace_id = ?1",
+        "SELECT span_id, parent_id IS NULL, service, operation, start_ns, end_ns, status FROM spans WHERE tenant = ?2 AND trace_id = ?1",
     )?;
     let mut b = SummaryBuilder::default();
-    let mut rows = stmt.query([id.as_bytes().as_slice()])?;
+    let mut rows = stmt.query(params![id.as_bytes().as_slice(), tenant])?;
     while let Some(r) = rows.next()? {
         let span_id = SpanId::from_slice(r.get_ref(0)?.as_blob()?)
             .map_err(|_| Error::Corrupt("span_id".into()))?;
@@ -947,14 +1018,14 @@ fn trace_summary(conn: &Connection, id: TraceId) -> Result<Option<TraceSummary>>
 /// sort key (its latest matching span). After a cursor only rows past the cursor are read,
 /// and a trace that also has a matching row at or before the cursor is skipped: its key
 /// places it on an earlier page.
-fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<SearchPage> {
+fn search_sync(conn: &Connection, tenant: &str, q: &TraceQuery) -> Result<SearchPage> {
     // One read transaction: the snapshot id and every statement see the same data.
     let tx = conn.unchecked_transaction()?;
     let snapshot = match &q.cursor {
         Some(c) => c.snapshot,
         None => tx.query_row("SELECT coalesce(max(id), 0) FROM spans", [], |r| r.get(0))?,
     };
-    let (filters, mut args) = span_filters(q, snapshot);
+    let (filters, mut args) = span_filters(q, snapshot, tenant);
     let mut sql = format!("SELECT trace_id, start_ns FROM spans WHERE {filters}");
     if let Some(c) = &q.cursor {
         args.push(Value::Integer(c.latest_nanos));
@@ -966,7 +1037,7 @@ fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<SearchPage> {
         ));
     }
     sql.push_str(" ORDER BY start_ns DESC, trace_id ASC");
-    let (check_filters, mut check_args) = span_filters(q, snapshot);
+    let (check_filters, mut check_args) = span_filters(q, snapshot, tenant);
     // Pinned to the trace index: left to itself SQLite picked `spans_by_service` with the
     // window's start as the range and read every span of the service in the window for each
     // trace on the page (a second page took ~0.5 s at 1M spans instead of ~1 ms).
@@ -1003,7 +1074,7 @@ fn search_sync(conn: &Connection, q: &TraceQuery) -> Result<SearchPage> {
             }
         }
         // A trace purged meanwhile simply drops out of the result.
-        let Some(summary) = trace_summary(&tx, id)? else {
+        let Some(summary) = trace_summary(&tx, tenant, id)? else {
             continue;
         };
         if let Some((min, max)) = trace_bounds
@@ -1045,12 +1116,12 @@ fn blob_args(ids: &[TraceId]) -> Vec<Value> {
         .collect()
 }
 
-fn summaries_sync(conn: &Connection, ids: &[TraceId]) -> Result<Vec<TraceSummary>> {
+fn summaries_sync(conn: &Connection, tenant: &str, ids: &[TraceId]) -> Result<Vec<TraceSummary>> {
     let tx = conn.unchecked_transaction()?;
     let mut out = Vec::with_capacity(ids.len());
     // Each is an index range on (trace_id, span_id); one read transaction for all.
     for id in ids {
-        if let Some(s) = trace_summary(&tx, *id)? {
+        if let Some(s) = trace_summary(&tx, tenant, *id)? {
             out.push(s);
         }
     }
@@ -1078,6 +1149,7 @@ fn decode_link(r: &rusqlite::Row<'_>) -> Result<CrossLink> {
 /// Links out of (`from`) or into (`!from`) the traces, in chunks of `IN_CHUNK` ids.
 fn links_sync(
     conn: &Connection,
+    tenant: &str,
     ids: &[TraceId],
     limit: usize,
     from: bool,
@@ -1089,20 +1161,21 @@ fn links_sync(
             // Through the spans' (trace_id, span_id) index to their rows' links.
             format!(
                 "SELECT DISTINCT l.source_trace, l.source_span, l.target_trace, l.target_span, l.link_type \
-                 FROM spans s JOIN span_links l ON l.source_row = s.id WHERE s.trace_id IN ({}) LIMIT {}",
+                 FROM spans s JOIN span_links l ON l.source_row = s.id WHERE s.tenant = ? AND s.trace_id IN ({}) LIMIT {}",
                 placeholders(chunk.len()),
                 limit.saturating_sub(out.len())
             )
         } else {
             format!(
                 "SELECT DISTINCT source_trace, source_span, target_trace, target_span, link_type \
-                 FROM span_links WHERE target_trace IN ({}) LIMIT {}",
+                 FROM span_links WHERE tenant = ? AND target_trace IN ({}) LIMIT {}",
                 placeholders(chunk.len()),
                 limit.saturating_sub(out.len())
             )
         };
         let mut stmt = tx.prepare_cached(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(blob_args(chunk)))?;
+        let args = std::iter::once(Value::Text(tenant.to_string())).chain(blob_args(chunk));
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
         while let Some(r) = rows.next()? {
             out.insert(decode_link(r)?);
         }
@@ -1129,9 +1202,14 @@ fn window_filters(w: &TimeWindow, sql: &mut String, args: &mut Vec<Value>) {
     }
 }
 
-fn services_sync(conn: &Connection, w: &TimeWindow, limit: usize) -> Result<Vec<String>> {
-    let mut sql = String::from("SELECT DISTINCT service FROM span_names WHERE 1 = 1");
-    let mut args = Vec::new();
+fn services_sync(
+    conn: &Connection,
+    tenant: &str,
+    w: &TimeWindow,
+    limit: usize,
+) -> Result<Vec<String>> {
+    let mut sql = String::from("SELECT DISTINCT service FROM span_names WHERE tenant = ?1");
+    let mut args = vec![Value::Text(tenant.to_string())];
     window_filters(w, &mut sql, &mut args);
     sql.push_str(&format!(" ORDER BY service LIMIT {limit}"));
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -1143,13 +1221,18 @@ fn services_sync(conn: &Connection, w: &TimeWindow, limit: usize) -> Result<Vec<
 
 fn operations_sync(
     conn: &Connection,
+    tenant: &str,
     service: &str,
     w: &TimeWindow,
     limit: usize,
 ) -> Result<Vec<Operation>> {
-    let mut sql =
-        String::from("SELECT DISTINCT operation, kind FROM span_names WHERE service = ?1");
-    let mut args = vec![Value::Text(service.to_string())];
+    let mut sql = String::from(
+        "SELECT DISTINCT operation, kind FROM span_names WHERE service = ?1 AND tenant = ?2",
+    );
+    let mut args = vec![
+        Value::Text(service.to_string()),
+        Value::Text(tenant.to_string()),
+    ];
     window_filters(w, &mut sql, &mut args);
     // Storage codes follow the kinds' declaration order, which is `Operation`'s order too.
     sql.push_str(&format!(" ORDER BY operation, kind LIMIT {limit}"));
@@ -1174,7 +1257,7 @@ impl Health for EmbeddedStore {
     }
 
     async fn health(&self) -> datatracing_store::Result<()> {
-        self.with_reader(|c| {
+        self.with_reader(|c, _| {
             Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
                 .optional()?)
         })
@@ -1222,9 +1305,16 @@ impl TraceWriter for EmbeddedStore {
 
 #[async_trait]
 impl TraceReader for EmbeddedStore {
+    fn for_tenant(&self, tenant: &Tenant) -> Arc<dyn TraceReader> {
+        Arc::new(Self {
+            inner: Arc::clone(&self.inner),
+            tenant: tenant.clone(),
+        })
+    }
+
     async fn get_trace(&self, trace_id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         Ok(self
-            .with_reader(move |c| get_trace_sync(c, trace_id, None))
+            .with_reader(move |c, t| get_trace_sync(c, t, trace_id, None))
             .await?)
     }
 
@@ -1234,7 +1324,9 @@ impl TraceReader for EmbeddedStore {
         max_spans: usize,
     ) -> datatracing_store::Result<Option<CappedTrace>> {
         let spans = self
-            .with_reader(move |c| get_trace_sync(c, trace_id, Some(max_spans.saturating_add(1))))
+            .with_reader(move |c, t| {
+                get_trace_sync(c, t, trace_id, Some(max_spans.saturating_add(1)))
+            })
             .await?;
         Ok(spans.and_then(|s| CappedTrace::from_overfetch(s, max_spans)))
     }
@@ -1246,7 +1338,7 @@ impl TraceReader for EmbeddedStore {
     ) -> datatracing_store::Result<Vec<(TraceId, CappedTrace)>> {
         let ids = traces.to_vec();
         Ok(self
-            .with_reader(move |c| get_traces_sync(c, &ids, max_spans))
+            .with_reader(move |c, t| get_traces_sync(c, t, &ids, max_spans))
             .await?)
     }
 
@@ -1257,13 +1349,13 @@ impl TraceReader for EmbeddedStore {
         limit: usize,
     ) -> datatracing_store::Result<Vec<Span>> {
         Ok(self
-            .with_reader(move |c| trace_spans_sync(c, trace_id, after, limit))
+            .with_reader(move |c, t| trace_spans_sync(c, t, trace_id, after, limit))
             .await?)
     }
 
     async fn search(&self, query: &TraceQuery) -> datatracing_store::Result<SearchPage> {
         let q = query.clone();
-        Ok(self.with_reader(move |c| search_sync(c, &q)).await?)
+        Ok(self.with_reader(move |c, t| search_sync(c, t, &q)).await?)
     }
 
     async fn services(
@@ -1273,7 +1365,7 @@ impl TraceReader for EmbeddedStore {
     ) -> datatracing_store::Result<Vec<String>> {
         let w = *window;
         Ok(self
-            .with_reader(move |c| services_sync(c, &w, limit))
+            .with_reader(move |c, t| services_sync(c, t, &w, limit))
             .await?)
     }
 
@@ -1285,13 +1377,15 @@ impl TraceReader for EmbeddedStore {
     ) -> datatracing_store::Result<Vec<Operation>> {
         let (w, service) = (*window, service.to_string());
         Ok(self
-            .with_reader(move |c| operations_sync(c, &service, &w, limit))
+            .with_reader(move |c, t| operations_sync(c, t, &service, &w, limit))
             .await?)
     }
 
     async fn summaries(&self, traces: &[TraceId]) -> datatracing_store::Result<Vec<TraceSummary>> {
         let ids = traces.to_vec();
-        Ok(self.with_reader(move |c| summaries_sync(c, &ids)).await?)
+        Ok(self
+            .with_reader(move |c, t| summaries_sync(c, t, &ids))
+            .await?)
     }
 
     async fn links_from(
@@ -1301,7 +1395,7 @@ impl TraceReader for EmbeddedStore {
     ) -> datatracing_store::Result<Vec<CrossLink>> {
         let ids = traces.to_vec();
         Ok(self
-            .with_reader(move |c| links_sync(c, &ids, limit, true))
+            .with_reader(move |c, t| links_sync(c, t, &ids, limit, true))
             .await?)
     }
 
@@ -1312,7 +1406,7 @@ impl TraceReader for EmbeddedStore {
     ) -> datatracing_store::Result<Vec<CrossLink>> {
         let ids = traces.to_vec();
         Ok(self
-            .with_reader(move |c| links_sync(c, &ids, limit, false))
+            .with_reader(move |c, t| links_sync(c, t, &ids, limit, false))
             .await?)
     }
 }

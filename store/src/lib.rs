@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datatracing_core::{
-    Link, Operation, SearchPage, Span, SpanCursor, SpanId, TimeWindow, TraceId, TraceQuery,
+    Link, Operation, SearchPage, Span, SpanCursor, SpanId, Tenant, TimeWindow, TraceId, TraceQuery,
     TraceSummary,
 };
 
@@ -151,8 +151,17 @@ pub trait TraceWriter: Health {
 }
 
 /// The read side: what the query service asks.
+///
+/// A reader handle is bound to one tenant (ADR 0010): every method answers from the spans
+/// stored for that tenant only (the tenant is part of a span's identity, so the same trace
+/// id under two tenants is two traces, and a trace of another tenant is answered exactly as
+/// an unknown one). A backend opens its handle for the default tenant; the query service
+/// asks for the caller's with [`TraceReader::for_tenant`] on every request.
 #[async_trait]
 pub trait TraceReader: Health {
+    /// The same store seen by `tenant` only. Cheap (no I/O): called once per request.
+    fn for_tenant(&self, tenant: &Tenant) -> Arc<dyn TraceReader>;
+
     /// All stored spans of a trace, ordered by start time then span id; `None` if unknown.
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Vec<Span>>>;
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use datatracing_config::Scope;
+use datatracing_core::Tenant;
 use datatracing_http::Authenticator;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
@@ -47,6 +48,7 @@ impl Export {
         &self,
         req: Request<Bytes>,
         gzip: bool,
+        tenant: Tenant,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let protocol = if req.metadata().contains_key(crate::route::FORWARDED_HEADER) {
             Protocol::Peer
@@ -64,7 +66,7 @@ impl Export {
                 Compression::None
             },
         };
-        match export(&self.ingest, &self.pool, protocol, encoded).await {
+        match export(&self.ingest, &self.pool, protocol, &tenant, encoded).await {
             Outcome::Done(resp) => Ok(Response::new(resp)),
             Outcome::Refused(e) => Err(e.to_api().into()),
             Outcome::Throttled(e) => Err(ApiError::new(e.code(), e.otlp_message())
@@ -125,7 +127,7 @@ impl tonic::server::NamedService for TraceService {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
-struct Unary(Arc<Export>, bool);
+struct Unary(Arc<Export>, bool, Tenant);
 
 impl tonic::server::UnaryService<Bytes> for Unary {
     type Response = ExportTraceServiceResponse;
@@ -133,8 +135,8 @@ impl tonic::server::UnaryService<Bytes> for Unary {
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let inner = Arc::clone(&self.0);
-        let gzip = self.1;
-        Box::pin(async move { inner.export(req, gzip).await })
+        let (gzip, tenant) = (self.1, self.2.clone());
+        Box::pin(async move { inner.export(req, gzip, tenant).await })
     }
 }
 
@@ -166,9 +168,10 @@ where
             if req.uri().path() != EXPORT_PATH {
                 return Ok(Status::unimplemented("no such method").into_http());
             }
-            if let Err(e) = allowed {
-                return Ok(Status::from(e).into_http());
-            }
+            let tenant = match allowed {
+                Ok(p) => p.tenant,
+                Err(e) => return Ok(Status::from(e).into_http()),
+            };
             let gzip = req
                 .headers()
                 .get("grpc-encoding")
@@ -177,7 +180,7 @@ where
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(max);
-            let resp = grpc.unary(Unary(inner, gzip), req).await;
+            let resp = grpc.unary(Unary(inner, gzip, tenant), req).await;
             Ok(size_errors_are_resource_exhausted(resp))
         })
     }

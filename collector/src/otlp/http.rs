@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -13,7 +13,8 @@ use prost::Message;
 
 use super::decode::{Compression, DecodePool, Encoded, Wire};
 use super::{Outcome, export};
-use datatracing_http::ErrorCode;
+use datatracing_core::Tenant;
+use datatracing_http::{ErrorCode, Principal};
 
 use crate::ingest::{Ingest, Protocol};
 
@@ -69,6 +70,7 @@ fn status_response(enc: Encoding, code: ErrorCode, message: String) -> Response 
 
 async fn handle(
     State(s): State<Arc<State_>>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -135,7 +137,15 @@ async fn handle(
         body,
         compression,
     };
-    match export(&s.ingest, &s.pool, protocol, req).await {
+    match export(
+        &s.ingest,
+        &s.pool,
+        protocol,
+        &principal.map_or_else(Tenant::default_tenant, |p| p.0.tenant),
+        req,
+    )
+    .await
+    {
         Outcome::Done(resp) => {
             let (ct, body) = match enc {
                 Encoding::Protobuf => ("application/x-protobuf", resp.encode_to_vec()),

@@ -10,6 +10,7 @@ pub(crate) mod grpc;
 pub(crate) mod http;
 pub(crate) mod shape;
 
+use datatracing_core::Tenant;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
@@ -30,6 +31,7 @@ pub(crate) async fn export(
     ingest: &Ingest,
     pool: &DecodePool,
     protocol: Protocol,
+    tenant: &Tenant,
     req: Encoded,
 ) -> Outcome {
     let p = protocol.label();
@@ -58,7 +60,7 @@ pub(crate) async fn export(
     if let Some(e) = &first_error {
         ingest.logs.client_error(p, "invalid_span", e);
     }
-    match ingest.submit(protocol, valid, n_rejected).await {
+    match ingest.submit(protocol, tenant, valid, n_rejected).await {
         Ok(_) => Outcome::Done(ExportTraceServiceResponse {
             partial_success: (n_rejected > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: n_rejected as i64,

@@ -79,6 +79,10 @@ impl FaultyStore {
 
 #[async_trait]
 impl TraceReader for FaultyStore {
+    fn for_tenant(&self, tenant: &datatracing_core::Tenant) -> Arc<dyn TraceReader> {
+        self.inner.for_tenant(tenant)
+    }
+
     async fn get_trace(&self, id: TraceId) -> datatracing_store::Result<Option<Vec<Span>>> {
         self.inner.get_trace(id).await
     }

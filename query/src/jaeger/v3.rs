@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::http::StatusCode as Http;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,6 +23,8 @@ use datatracing_core::{
 };
 use datatracing_http::ApiError;
 use serde_json::{Value, json};
+
+use crate::tenant::Tenanted;
 
 use super::{
     Jaeger, JaegerError, Params, RESOURCE_PREFIX, STATUS_TAG, STEP_KIND_TAG, check_service, find,
@@ -96,7 +98,7 @@ fn rfc3339(param: &str, v: &str) -> Result<Timestamp, V3Error> {
 }
 
 #[tracing::instrument(skip_all)]
-async fn services(State(j): State<Jaeger>) -> Result<axum::Json<Value>, V3Error> {
+async fn services(Tenanted(j): Tenanted<Jaeger>) -> Result<axum::Json<Value>, V3Error> {
     let services = j.store.services(&TimeWindow::default(), MAX_NAMES).await?;
     Ok(axum::Json(json!({ "services": services })))
 }
@@ -104,7 +106,7 @@ async fn services(State(j): State<Jaeger>) -> Result<axum::Json<Value>, V3Error>
 /// Like Jaeger, a missing service or an unknown kind is an empty list, not an error.
 #[tracing::instrument(skip_all)]
 async fn operations(
-    State(j): State<Jaeger>,
+    Tenanted(j): Tenanted<Jaeger>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<Value>, V3Error> {
     let p = Params::parse(raw.as_deref())?;
@@ -123,7 +125,7 @@ async fn operations(
 
 #[tracing::instrument(skip_all)]
 async fn get_trace(
-    State(j): State<Jaeger>,
+    Tenanted(j): Tenanted<Jaeger>,
     raw_id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, V3Error> {
@@ -154,7 +156,7 @@ async fn get_trace(
 
 #[tracing::instrument(skip_all)]
 async fn find_traces(
-    State(j): State<Jaeger>,
+    Tenanted(j): Tenanted<Jaeger>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, V3Error> {
     let p = Params::parse(raw.as_deref())?;
