@@ -12,6 +12,10 @@ if [ "$("$tools/bin/cargo-deny" --version 2>/dev/null || true)" != "cargo-deny $
 fi
 export PATH="$tools/bin:$PATH"
 
+# The checks read the whole dependency graph, every platform's crates included (a
+# Windows-only crate is still in the lockfile), which a Linux build never downloads: fetch
+# them first, then let cargo-deny work offline.
+cargo fetch --locked --quiet
 cargo deny --offline --locked check licenses bans sources
 
 # The advisory database is a git repository on a code host, not a package registry: where it
