@@ -152,6 +152,25 @@ pub struct Server {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// [`command`] on the ClickHouse store: `server`'s URL and password, database `db`.
+pub fn clickhouse_command(
+    subcommand: &str,
+    server: &datatracing_testkit::clickhouse::ClickHouse,
+    db: &str,
+) -> Command {
+    let mut c = command(subcommand);
+    c.args([
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        server.url(),
+        "--clickhouse-database",
+        db,
+    ])
+    .env("DATATRACING_CLICKHOUSE_PASSWORD", server.password());
+    c
+}
+
 /// The binary with the test-friendly flags every server test wants.
 pub fn command(subcommand: &str) -> Command {
     let mut c = Command::new(binary());

@@ -11,17 +11,7 @@ use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
 use serde_json::{Value, json};
 
 fn base(server: &ClickHouse, db: &str, subcommand: &str) -> Command {
-    let mut c = datatracing_e2e::command(subcommand);
-    c.args([
-        "--storage",
-        "clickhouse",
-        "--clickhouse-url",
-        server.url(),
-        "--clickhouse-database",
-        db,
-    ])
-    .env("DATATRACING_CLICKHOUSE_PASSWORD", server.password());
-    c
+    datatracing_e2e::clickhouse_command(subcommand, server, db)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

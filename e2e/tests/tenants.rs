@@ -49,26 +49,16 @@ fn config(dir: &Path) -> std::path::PathBuf {
 
 /// The binary with the three tokens, on the embedded store or on ClickHouse (`db` there).
 fn start(dir: &Path, clickhouse: Option<(&ClickHouse, &str)>) -> Server {
-    let storage = |c: &mut std::process::Command| match clickhouse {
+    let command = |sub: &str| match clickhouse {
         None => {
+            let mut c = command(sub);
             c.arg("--data-dir").arg(dir.join("data"));
+            c
         }
-        Some((server, db)) => {
-            c.args([
-                "--storage",
-                "clickhouse",
-                "--clickhouse-url",
-                server.url(),
-                "--clickhouse-database",
-                db,
-            ])
-            .env("DATATRACING_CLICKHOUSE_PASSWORD", server.password());
-        }
+        Some((server, db)) => datatracing_e2e::clickhouse_command(sub, server, db),
     };
     if clickhouse.is_some() {
-        let mut m = command("migrate");
-        storage(&mut m);
-        let out = m.output().unwrap();
+        let out = command("migrate").output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -81,7 +71,6 @@ fn start(dir: &Path, clickhouse: Option<(&ClickHouse, &str)>) -> Server {
         .env("DT_ALPHA", ALPHA)
         .env("DT_BETA", BETA)
         .env("DT_SHARED", SHARED);
-    storage(&mut c);
     Server::spawn(c, true, true)
 }
 

@@ -392,19 +392,7 @@ async fn embedded_store_in_a_real_browser() {
 async fn clickhouse_in_a_real_browser() {
     let ch = ClickHouse::shared();
     let db = unique_database("ui");
-    let base = |sub: &str| {
-        let mut c = datatracing_e2e::command(sub);
-        c.args([
-            "--storage",
-            "clickhouse",
-            "--clickhouse-url",
-            ch.url(),
-            "--clickhouse-database",
-            &db,
-        ])
-        .env("DATATRACING_CLICKHOUSE_PASSWORD", ch.password());
-        c
-    };
+    let base = |sub: &str| datatracing_e2e::clickhouse_command(sub, ch, &db);
     let out = base("migrate").output().unwrap();
     assert!(
         out.status.success(),

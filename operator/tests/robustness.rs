@@ -8,32 +8,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Operator, forward, free_port, wait_for};
+use common::{Cluster, Operator, apply, forward, free_port, wait_for};
 use datatracing_operator::crd::TracingPipeline;
 use datatracing_testkit::clickhouse::{ChdbOptions, ClickHouse, unique_database};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
 const OPERATOR_NS: &str = "datatracing-system";
 const NS: &str = "team-r";
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn apply<K>(api: &Api<K>, body: Value)
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let name = body["metadata"]["name"].as_str().unwrap().to_string();
-    api.patch(
-        &name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
-}
 
 fn pipeline(name: &str, storage: Value) -> Value {
     json!({

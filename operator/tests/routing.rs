@@ -8,32 +8,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Operator, free_port, wait_for};
+use common::{Cluster, Operator, apply, free_port, wait_for};
 use datatracing_operator::crd::{SamplingPolicy, TracingPipeline};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::{Value, json};
 
 const OPERATOR_NS: &str = "datatracing-system";
 const NS: &str = "team-r";
 const PEERS: &str = "orders-collector-peers";
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn apply<K>(api: &Api<K>, body: Value)
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let name = body["metadata"]["name"].as_str().unwrap().to_string();
-    api.patch(
-        &name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
-}
 
 fn pipeline(replicas: i32, clickhouse: &str, touch: &str) -> Value {
     json!({

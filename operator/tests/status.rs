@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Operator, free_port, wait_for};
+use common::{Cluster, Operator, apply, free_port, wait_for};
 use datatracing_operator::crd::{SamplingPolicy, TracingPipeline};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -16,20 +16,6 @@ use serde_json::{Value, json};
 const OPERATOR_NS: &str = "datatracing-system";
 const NS: &str = "team-s";
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn apply<K>(api: &Api<K>, body: Value)
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let name = body["metadata"]["name"].as_str().unwrap().to_string();
-    api.patch(
-        &name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
-}
 
 fn policy(labels: Value) -> Value {
     json!({

@@ -312,3 +312,21 @@ pub async fn clickhouse_query(url: &str, user: &str, password: &str, sql: &str) 
     assert!(status.is_success(), "{sql}: {status} {text}");
     text
 }
+
+/// Server-side apply of `body` (named by its metadata) as the field manager `tests`, forced.
+pub async fn apply<K>(api: &Api<K>, body: serde_json::Value)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let name = body["metadata"]["name"]
+        .as_str()
+        .expect("the body has metadata.name")
+        .to_string();
+    api.patch(
+        &name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+}
