@@ -5,7 +5,8 @@
 //! `kind`, `status`, span start time within `[start, end]`, every attribute filter, the link
 //! filters (`linked_trace`: the span links to a span of that trace; `linked_service`: the span
 //! links to a stored span of that service in another trace; links within one trace do not
-//! count), and, with
+//! count), the dataset filter (`dataset`: the span's `datatracing.dataset.inputs` or
+//! `datatracing.dataset.outputs` holds that dataset name), and, with
 //! [`DurationScope::Span`], span duration within `[min_duration, max_duration]`. With
 //! [`DurationScope::Trace`] the duration bounds apply to the whole trace instead (earliest
 //! span start to latest span end, the `duration_nanos` of its [`TraceSummary`]). Results are
@@ -89,6 +90,11 @@ pub struct TraceQuery {
     pub linked_trace: Option<TraceId>,
     /// The span has a link to a stored span of another trace whose service is this.
     pub linked_service: Option<String>,
+    /// The span read or wrote this dataset: its
+    /// [`DATASET_INPUTS`](crate::conventions::DATASET_INPUTS) or
+    /// [`DATASET_OUTPUTS`](crate::conventions::DATASET_OUTPUTS) attribute holds the name (an
+    /// array element, or the whole value when a producer sent a single string).
+    pub dataset: Option<String>,
     /// Maximum number of traces returned.
     pub limit: usize,
     /// Continue after this cursor (from the previous page's `next_cursor`).
@@ -165,6 +171,9 @@ pub enum AttributeOp {
     Regex(String),
     /// The key is present, its search text is a decimal number, and `number op operand`.
     Numeric(NumericOp, f64),
+    /// The value is an array with an element whose search text equals this, or a scalar
+    /// whose search text equals it (dataset lists, tags: `["a","b"]` contains `a`).
+    Contains(String),
 }
 
 /// A condition on one span attribute.
@@ -208,6 +217,7 @@ impl AttributeMatcher {
                 .to_search_text()
                 .parse::<f64>()
                 .is_ok_and(|lhs| op.eval(lhs, *rhs)),
+            AttributeOp::Contains(want) => v.contains_text(want),
         }
     }
 }
@@ -265,6 +275,7 @@ impl AttributeFilter {
             ("regex", Some(Value::String(p))) => AttributeOp::Regex(p.clone()),
             ("=" | "==", Some(Value::String(v))) => AttributeOp::Eq(v.clone()),
             ("!=", Some(Value::String(v))) => AttributeOp::Ne(v.clone()),
+            ("contains", Some(Value::String(v))) => AttributeOp::Contains(v.clone()),
             (_, Some(Value::Number(n))) => match (NumericOp::parse(op), n.as_f64()) {
                 (Some(o), Some(x)) => AttributeOp::Numeric(o, x),
                 (None, _) => {
@@ -281,7 +292,7 @@ impl AttributeFilter {
             }
             (_, Some(Value::String(_))) => {
                 return bad(format!(
-                    "unknown operator {:?}; strings take =, != or regex",
+                    "unknown operator {:?}; strings take =, !=, regex or contains",
                     op.chars().take(16).collect::<String>()
                 ));
             }
@@ -314,7 +325,7 @@ impl AttributeFilter {
         let mut regex = None;
         match &self.op {
             AttributeOp::Exists => {}
-            AttributeOp::Eq(v) | AttributeOp::Ne(v) => {
+            AttributeOp::Eq(v) | AttributeOp::Ne(v) | AttributeOp::Contains(v) => {
                 if v.len() > Self::MAX_VALUE_BYTES {
                     return bad(format!(
                         "values are at most {} bytes",
@@ -628,6 +639,10 @@ impl TraceQuery {
                     put(o.as_str());
                     put(&x.to_bits().to_string());
                 }
+                AttributeOp::Contains(v) => {
+                    put("contains");
+                    put(v);
+                }
             }
         }
         // Only when given, so cursors of queries without link filters keep their fingerprint.
@@ -638,6 +653,10 @@ impl TraceQuery {
         if let Some(s) = &self.linked_service {
             put("linked_service");
             put(s);
+        }
+        if let Some(d) = &self.dataset {
+            put("dataset");
+            put(d);
         }
         h
     }
@@ -714,10 +733,21 @@ impl TraceQuery {
             ("service", &self.service),
             ("operation", &self.operation),
             ("linked_service", &self.linked_service),
+            ("dataset", &self.dataset),
         ] {
             if v.as_deref().is_some_and(|s| s.is_empty()) {
                 return Err(Error::Query(format!("{name} must not be empty when given")));
             }
+        }
+        if self
+            .dataset
+            .as_ref()
+            .is_some_and(|d| d.len() > AttributeFilter::MAX_VALUE_BYTES)
+        {
+            return Err(Error::Query(format!(
+                "dataset is at most {} bytes",
+                AttributeFilter::MAX_VALUE_BYTES
+            )));
         }
         if let Some(c) = &self.cursor
             && c.fingerprint != self.fingerprint()

@@ -192,12 +192,15 @@ async fn get_trace_spans(
 /// 1 to `query.lineage.max_depth`, default `query.lineage.default_depth`). At most
 /// `query.lineage.max_nodes` traces; `truncated` says when a bound cut the graph. An unknown
 /// root trace is a 404; links to traces that are not stored give nodes with `stored: false`.
+/// `dataset` follows only the links naming that dataset; `datasets` groups the edges by the
+/// dataset they name (producers and consumers of each).
 #[tracing::instrument(skip_all)]
 #[utoipa::path(get, path = "/api/v1/traces/{trace_id}/lineage", tag = "traces",
     params(
         ("trace_id" = String, Path, description = "The root trace id: 32 hex digits"),
         ("direction" = Option<String>, Query, description = "upstream, downstream or both (default)"),
         ("depth" = Option<usize>, Query, description = "Link hops, 1 to query.lineage.max_depth (default query.lineage.default_depth)"),
+        ("dataset" = Option<String>, Query, description = "Follow only the links naming this dataset (datatracing.link.dataset)"),
     ),
     responses(
         (status = 200, description = "The lineage graph", body = LineageResponse),
@@ -217,11 +220,24 @@ async fn get_lineage(
         .map_err(|e| ApiError::invalid_argument(format!("malformed trace id: {e}")))?;
     let mut direction = Direction::Both;
     let mut depth = api.lineage.default_depth;
-    for (k, v) in query_pairs(raw.as_deref().unwrap_or(""), &["direction", "depth"], &[])? {
+    let mut dataset = None;
+    for (k, v) in query_pairs(
+        raw.as_deref().unwrap_or(""),
+        &["direction", "depth", "dataset"],
+        &[],
+    )? {
         if v.is_empty() {
             continue;
         }
-        if k == "direction" {
+        if k == "dataset" {
+            if v.len() > AttributeFilter::MAX_VALUE_BYTES {
+                return Err(ApiError::invalid_argument(format!(
+                    "parameter dataset: at most {} bytes",
+                    AttributeFilter::MAX_VALUE_BYTES
+                )));
+            }
+            dataset = Some(v);
+        } else if k == "direction" {
             direction = v
                 .parse()
                 .map_err(|e| ApiError::invalid_argument(format!("parameter direction: {e}")))?;
@@ -242,9 +258,15 @@ async fn get_lineage(
         max_depth: depth,
         max_nodes: api.lineage.max_nodes,
     };
-    let graph = datatracing_store::lineage(api.store.as_ref(), trace_id, direction, limits)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("trace {trace_id} not found")))?;
+    let graph = datatracing_store::lineage(
+        api.store.as_ref(),
+        trace_id,
+        direction,
+        limits,
+        dataset.as_deref(),
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("trace {trace_id} not found")))?;
     Ok(axum::Json(LineageResponse {
         lineage: graph,
         max_nodes: api.lineage.max_nodes,
@@ -273,6 +295,7 @@ pub(crate) struct SearchParams {
     cursor: Option<String>,
     linked_trace: Option<String>,
     linked_service: Option<String>,
+    dataset: Option<String>,
     /// Query-string filters (`key=value` or `key`).
     attribute: Vec<String>,
     /// Filters from a JSON body, already typed.
@@ -326,6 +349,7 @@ impl SearchParams {
         "attribute",
         "linked_trace",
         "linked_service",
+        "dataset",
     ];
 
     /// Reads a raw query string; unknown or repeated single-valued parameters are errors.
@@ -346,6 +370,7 @@ impl SearchParams {
                 "cursor" => &mut p.cursor,
                 "linked_trace" => &mut p.linked_trace,
                 "linked_service" => &mut p.linked_service,
+                "dataset" => &mut p.dataset,
                 _ => {
                     p.attribute.push(v);
                     continue;
@@ -413,6 +438,7 @@ impl SearchParams {
                 .map(|s| s.parse::<TraceId>().map_err(|e| bad("linked_trace", &e)))
                 .transpose()?,
             linked_service: non_empty(self.linked_service),
+            dataset: non_empty(self.dataset),
             limit,
             cursor: non_empty(self.cursor)
                 .map(|s| SearchCursor::decode(&s).map_err(|e| bad("cursor", &e)))
@@ -441,6 +467,7 @@ pub(crate) struct SearchBody {
     cursor: Option<String>,
     linked_trace: Option<String>,
     linked_service: Option<String>,
+    dataset: Option<String>,
     #[serde(default)]
     attributes: Vec<AttributeBody>,
 }
@@ -485,6 +512,7 @@ impl SearchBody {
             cursor: self.cursor,
             linked_trace: self.linked_trace,
             linked_service: self.linked_service,
+            dataset: self.dataset,
             attribute: Vec::new(),
             typed,
         })
@@ -515,6 +543,7 @@ fn page_body(query: &TraceQuery, page: SearchPage) -> SearchResponse {
         ("attribute" = Option<Vec<String>>, Query, description = "key=value or key (exists); repeatable"),
         ("linked_trace" = Option<String>, Query, description = "Traces with a span linking to this trace"),
         ("linked_service" = Option<String>, Query, description = "Traces with a span linking to a span of this service"),
+        ("dataset" = Option<String>, Query, description = "Traces with a span that read or wrote this dataset (datatracing.dataset.inputs / outputs)"),
         ("limit" = Option<usize>, Query, description = "Traces per page"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
     ),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datatracing_config::ClickHouseConfig;
+use datatracing_core::conventions::{DATASET_INPUTS, DATASET_OUTPUTS};
 use datatracing_core::{
     AttributeOp, Link, LinkType, NumericOp, Operation, SearchCursor, SearchPage, Span, SpanCursor,
     SpanId, SpanKind, Tenant, TimeWindow, Timestamp, TraceId, TraceQuery, TraceSummary,
@@ -370,9 +371,9 @@ impl TraceReader for ClickHouseReader {
             // indexed twice (a retried insert, the migration's backfill) is read once.
             let sql = format!(
                 "SELECT source_trace_id, source_span_id, target_trace_id, target_span_id, \
-                        toString(link_type) AS link_type \
+                        toString(link_type) AS link_type, dataset \
                  FROM {links} WHERE target_trace_id IN ({list}){tenant} \
-                 LIMIT 1 BY source_trace_id, source_span_id, target_trace_id, target_span_id, link_type \
+                 LIMIT 1 BY source_trace_id, source_span_id, target_trace_id, target_span_id, link_type, dataset \
                  LIMIT {n}",
                 links = i.links_table,
                 tenant = self.tenant_sql(),
@@ -398,10 +399,11 @@ impl TraceReader for ClickHouseReader {
                     to_trace: TraceId::from_bytes(r.target_trace_id),
                     to_span: SpanId::from_bytes(r.target_span_id),
                     link_type,
+                    dataset: (!r.dataset.is_empty()).then_some(r.dataset),
                 });
             }
         }
-        Ok(out.into_iter().take(limit).collect())
+        Ok(prefer_named(out).take(limit).collect())
     }
 }
 
@@ -686,6 +688,17 @@ impl ClickHouseReader {
             out.push(" AND status = ?", [Bindable::Str(st.as_str().to_string())]);
         }
         push_time_bounds(&mut out.sql, &mut out.binds, q);
+        if let Some(d) = &q.dataset {
+            let k = |name: &str| format!("attributes['{name}']");
+            out.push(
+                &format!(
+                    " AND ({} OR {})",
+                    contains_sql(&k(DATASET_INPUTS)),
+                    contains_sql(&k(DATASET_OUTPUTS))
+                ),
+                (0..4).map(|_| Bindable::Str(d.clone())),
+            );
+        }
         if let Some(t) = q.linked_trace {
             // A key range of span_links, which is ordered by the linked trace.
             out.push(
@@ -745,6 +758,30 @@ impl ClickHouseReader {
                     " AND attributes[?] = ? AND mapContains(attributes, ?)",
                     [key(), Bindable::Str(v.clone()), key()],
                 ),
+                (AttributeOp::Contains(v), Some(attrs_table)) => {
+                    out.push(
+                        &format!(
+                            " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {attrs_table} WHERE key = ? AND {}{tenant}",
+                            contains_sql("value")
+                        ),
+                        [key(), Bindable::Str(v.clone()), Bindable::Str(v.clone())],
+                    );
+                    push_time_bounds(&mut out.sql, &mut out.binds, q);
+                    out.sql.push(')');
+                }
+                (AttributeOp::Contains(v), None) => out.push(
+                    &format!(
+                        " AND mapContains(attributes, ?) AND {}",
+                        contains_sql("attributes[?]")
+                    ),
+                    [
+                        key(),
+                        key(),
+                        Bindable::Str(v.clone()),
+                        key(),
+                        Bindable::Str(v.clone()),
+                    ],
+                ),
                 (AttributeOp::Exists, _) => out.push(" AND mapContains(attributes, ?)", [key()]),
                 (AttributeOp::Ne(v), _) => out.push(
                     " AND mapContains(attributes, ?) AND attributes[?] != ?",
@@ -774,6 +811,44 @@ impl ClickHouseReader {
             }
         }
     }
+}
+
+/// Drops a link's row without a dataset when a row of the same link has one: links stored
+/// before schema version 6 were indexed without their dataset and backfilled with it.
+fn prefer_named(links: std::collections::BTreeSet<CrossLink>) -> impl Iterator<Item = CrossLink> {
+    let named: std::collections::HashSet<_> = links
+        .iter()
+        .filter(|l| l.dataset.is_some())
+        .map(|l| {
+            (
+                l.from_trace,
+                l.from_span,
+                l.to_trace,
+                l.to_span,
+                l.link_type,
+            )
+        })
+        .collect();
+    links.into_iter().filter(move |l| {
+        l.dataset.is_some()
+            || !named.contains(&(
+                l.from_trace,
+                l.from_span,
+                l.to_trace,
+                l.to_span,
+                l.link_type,
+            ))
+    })
+}
+
+/// Whether the attribute text `expr` (its search text: arrays as JSON) equals the next bound
+/// value, or is a JSON array with an element equal to the value after it: strings compare
+/// unquoted, other elements as their JSON text, as `AttributeValue::contains_text` does.
+fn contains_sql(expr: &str) -> String {
+    format!(
+        "({expr} = ? OR has(arrayMap(x -> if(startsWith(x, '\"'), JSONExtractString(x), x), \
+         JSONExtractArrayRaw({expr})), ?))"
+    )
 }
 
 /// A SQL fragment and the values bound to its placeholders, in order.

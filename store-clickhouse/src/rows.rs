@@ -137,6 +137,8 @@ pub(crate) struct LinkRow {
     pub target_trace_id: [u8; 16],
     pub target_span_id: [u8; 8],
     pub link_type: String,
+    /// `''` when the link names no dataset.
+    pub dataset: String,
 }
 
 /// A span's links as stored in `spans`, for upstream lineage.

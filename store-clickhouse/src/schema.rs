@@ -34,11 +34,18 @@
 //! with that day's spans. The backfill splits the rows stored before that span several
 //! days. Reads still fall back to an unpruned key lookup when a trace has no bounds row.
 //!
+//! Version 6 adds the dataset a link names (its `datatracing.link.dataset` attribute) to
+//! `span_links`: `span_links_v3_mv` writes it, created before `span_links_v2_mv` is dropped;
+//! the backfill inserts a row with the dataset for each stored link that names one, so a
+//! link stored before may have a row without and a row with its dataset, and reads keep the
+//! one with the dataset.
+//!
 //! Clustered (`cluster` set): the same tables as `*_local` Replicated tables on every node,
 //! Distributed tables with the plain names in front (sharded by trace id so a trace lives on
 //! one shard), and every statement `ON CLUSTER`.
 
 use datatracing_core::TENANT_ATTRIBUTE;
+use datatracing_core::conventions::LINK_DATASET;
 
 /// Where the tables live and how they are built.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,7 +252,43 @@ impl Schema {
                 name: "tenants: a tenant column on spans and every index (ADR 0010)",
                 statements: self.v5(),
             },
+            Migration {
+                version: 6,
+                name: "the dataset each link names, in span_links (lineage by dataset)",
+                statements: self.v6(),
+            },
         ]
+    }
+
+    fn v6(&self) -> Vec<String> {
+        let db = &self.database;
+        let oc = self.on_cluster();
+        let spans = self.storage_table("spans");
+        let links = self.storage_table("span_links");
+        let column = "dataset String CODEC(ZSTD(1))";
+        let mut out = vec![format!(
+            "ALTER TABLE {db}.{links}{oc} ADD COLUMN IF NOT EXISTS {column}"
+        )];
+        if self.cluster.is_some() {
+            out.push(format!(
+                "ALTER TABLE {db}.span_links{oc} ADD COLUMN IF NOT EXISTS {column}"
+            ));
+        }
+        out.push(format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_links_v3_mv{oc} TO {db}.{links} AS\n{}",
+            Self::links_select(&format!("{db}.{spans}"), true, true)
+        ));
+        out.push(format!("DROP TABLE IF EXISTS {db}.span_links_v2_mv{oc}"));
+        // Only spans whose links mention the attribute are expanded; a link whose row with
+        // the dataset exists already is skipped, so a repair run adds nothing twice.
+        out.push(format!(
+            "INSERT INTO {links_t} (target_trace_id, target_span_id, source_trace_id, source_span_id, link_type, start_time, tenant, dataset)\n{}\n\
+             \x20 AND position(links_json, '{LINK_DATASET}') > 0 AND dataset != ''\n\
+             \x20 AND (trace_id, span_id, tenant) NOT IN (SELECT source_trace_id, source_span_id, tenant FROM {links_t} WHERE dataset != '')",
+            Self::links_select(&self.table("spans"), true, true),
+            links_t = self.table("span_links"),
+        ));
+        out
     }
 
     fn v5(&self) -> Vec<String> {
@@ -301,7 +344,7 @@ impl Schema {
         ));
         out.push(format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_links_v2_mv{oc} TO {db}.{links} AS\n{}",
-            Self::links_select(&format!("{db}.{spans}"), true)
+            Self::links_select(&format!("{db}.{spans}"), true, false)
         ));
         if self.attribute_index {
             out.push(format!(
@@ -323,7 +366,7 @@ impl Schema {
             "INSERT INTO {links_t} (target_trace_id, target_span_id, source_trace_id, source_span_id, link_type, start_time, tenant)\n{}\n\
              \x20 AND tenant != ''\n\
              \x20 AND (trace_id, span_id, tenant) NOT IN (SELECT source_trace_id, source_span_id, tenant FROM {links_t})",
-            Self::links_select(&self.table("spans"), true),
+            Self::links_select(&self.table("spans"), true, false),
             links_t = self.table("span_links"),
         ));
         for old in [
@@ -340,17 +383,24 @@ impl Schema {
     /// The rows of `span_links` for the spans of `from` (with their tenant when `tenant`).
     /// Ids in links_json are validated hex; the length checks keep a malformed row from
     /// failing the spans insert the view runs in.
-    fn links_select(from: &str, tenant: bool) -> String {
+    fn links_select(from: &str, tenant: bool, dataset: bool) -> String {
         format!(
             "SELECT toFixedString(unhex(JSONExtractString(l, 'trace_id')), 16) AS target_trace_id,\n\
              \x20      toFixedString(unhex(JSONExtractString(l, 'span_id')), 8) AS target_span_id,\n\
              \x20      trace_id AS source_trace_id, span_id AS source_span_id,\n\
-             \x20      JSONExtractString(l, 'type') AS link_type, start_time{t}\n\
+             \x20      JSONExtractString(l, 'type') AS link_type, start_time{t}{d}\n\
              FROM {from} ARRAY JOIN JSONExtractArrayRaw(links_json) AS l\n\
              WHERE links_json != '' AND length(JSONExtractString(l, 'trace_id')) = 32\n\
              \x20 AND length(JSONExtractString(l, 'span_id')) = 16\n\
              \x20 AND unhex(JSONExtractString(l, 'trace_id')) != trace_id",
-            t = if tenant { ", tenant" } else { "" }
+            t = if tenant { ", tenant" } else { "" },
+            // A dataset that is not a string (an array, say) reads as '' (none), as
+            // `datatracing_store::link_dataset` reads it.
+            d = if dataset {
+                format!(", JSONExtractString(l, 'attributes', '{LINK_DATASET}') AS dataset")
+            } else {
+                String::new()
+            }
         )
     }
 
@@ -392,7 +442,7 @@ impl Schema {
         } else {
             ""
         };
-        let select = |from: &str| Self::links_select(from, false);
+        let select = |from: &str| Self::links_select(from, false, false);
         let mut out = vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {db}.{links}{oc} (\n\
@@ -707,7 +757,20 @@ mod tests {
     #[test]
     fn single_node_ddl() {
         let m = single().migrations();
-        assert_eq!(m.len(), 5);
+        assert_eq!(m.len(), 6);
+        let v6 = &m[5].statements;
+        assert_eq!(
+            v6[0],
+            "ALTER TABLE dt.span_links ADD COLUMN IF NOT EXISTS dataset String CODEC(ZSTD(1))"
+        );
+        assert!(
+            v6[1].starts_with("CREATE MATERIALIZED VIEW IF NOT EXISTS dt.span_links_v3_mv")
+                && v6[1].contains("'datatracing.link.dataset') AS dataset"),
+            "{}",
+            v6[1]
+        );
+        assert_eq!(v6[2], "DROP TABLE IF EXISTS dt.span_links_v2_mv");
+        assert!(v6[3].starts_with("INSERT INTO dt.span_links "), "backfill");
         let v5 = &m[4].statements;
         assert!(
             v5.iter().any(|x| x

@@ -66,7 +66,7 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
         again.applied.is_empty(),
         "second migrate applies nothing: {again:?}"
     );
-    assert_eq!(again.version, 5);
+    assert_eq!(again.version, 6);
 
     let initial = admin.retention().await.unwrap();
     assert_eq!(initial.len(), 5);
@@ -439,12 +439,17 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
     let b = simple_span(t, 2, Some(1), "legacy", now.saturating_add_nanos(1), 5);
     let t2 = fresh_trace_id();
     let mut c = simple_span(t2, 1, None, "legacy", now.saturating_add_nanos(2), 5);
-    // A link stored before the reverse-link index existed: migration 3 indexes it.
+    // A link stored before the reverse-link index existed: migration 3 indexes it, and
+    // migration 6 adds the dataset it names.
     c.links = vec![datatracing_core::Link {
         trace_id: t,
         span_id: b.span_id,
         link_type: datatracing_core::LinkType::DataDependency,
-        attributes: Default::default(),
+        attributes: [(
+            datatracing_core::conventions::LINK_DATASET.to_string(),
+            datatracing_core::AttributeValue::String("lake.orders".into()),
+        )]
+        .into(),
     }];
     // One batch with a span two days old: the version-1 view writes one bounds row for
     // both days, in the old day's partition; migration 4 gives the recent day its own row.
@@ -465,7 +470,7 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
     assert_eq!(today, 0, "version 1: one row spanning both days");
 
     let report = admin.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![2, 3, 4, 5]);
+    assert_eq!(report.applied, vec![2, 3, 4, 5, 6]);
     let today: u64 = client.query(&bounds_today).fetch_one().await.unwrap();
     assert_eq!(today, 1, "migration 4 splits the row by day");
     let reader = ClickHouseReader::open(config, ClickHouseMetrics::unregistered())
@@ -523,8 +528,12 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
     let backfilled = reader.links_to(&[t], 10).await.unwrap();
     assert_eq!(backfilled.len(), 1, "{backfilled:?}");
     assert_eq!(
-        (backfilled[0].from_trace, backfilled[0].to_span),
-        (t2, b.span_id)
+        (
+            backfilled[0].from_trace,
+            backfilled[0].to_span,
+            backfilled[0].dataset.as_deref()
+        ),
+        (t2, b.span_id, Some("lake.orders"))
     );
     let found = reader
         .search(&TraceQuery {
@@ -542,7 +551,11 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!(rows, 1, "one link, indexed once");
+    assert_eq!(
+        rows, 2,
+        "one link, indexed once by migration 3 and once with its dataset by migration 6"
+    );
+    assert_eq!(reader.links_to(&[t], 10).await.unwrap(), backfilled);
 }
 
 /// Whether a database exists, asked without one (a reader must not have created it).

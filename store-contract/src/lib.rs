@@ -103,6 +103,7 @@ macro_rules! trace_store_contract {
             lineage_walks_both_ways_through_cycles_and_dangling_links,
             lineage_depth_and_node_caps_mark_truncation,
             search_by_link_target_pages_with_cursors,
+            datasets_in_search_and_lineage,
             tenants_are_isolated
         );
     };
@@ -1500,6 +1501,7 @@ fn edge(from: TraceId, from_span: u64, to: TraceId, to_span: u64, t: LinkType) -
         to_trace: to,
         to_span: span_id(to_span),
         link_type: t,
+        dataset: None,
     }
 }
 
@@ -1518,6 +1520,7 @@ async fn walk(
             max_depth,
             max_nodes,
         },
+        None,
     )
     .await
     .expect("lineage")
@@ -1661,6 +1664,7 @@ pub async fn lineage_walks_both_ways_through_cycles_and_dangling_links(store: St
             max_depth: 3,
             max_nodes: 10,
         },
+        None,
     )
     .await
     .expect("lineage of an unknown trace");
@@ -1701,6 +1705,174 @@ pub async fn lineage_depth_and_node_caps_mark_truncation(store: StoreUnderTest<'
     let single = walk(&store, f.d, Direction::Both, 3, 100).await;
     assert_eq!(node_depths(&single), vec![(f.d, 0, true)], "CHILD_OF only");
     assert!(!single.truncated);
+}
+
+/// The pipeline conventions' datasets (docs/conventions.md): the `dataset` search filter
+/// finds the traces that read or wrote a dataset, the `contains` attribute operator matches
+/// an element of an array attribute, and lineage carries the dataset each link names in
+/// both directions (downstream reads it from the reverse-link index), groups its edges by
+/// dataset, and can follow one dataset only.
+pub async fn datasets_in_search_and_lineage(store: StoreUnderTest<'_>) {
+    use datatracing_core::conventions::{DATASET_INPUTS, DATASET_OUTPUTS, LINK_DATASET};
+    let svc = unique("datasets");
+    let orders = unique("lake.orders");
+    let customers = unique("lake.customers");
+    let t0 = base_time();
+    let list =
+        |names: &[&str]| AttributeValue::StringArray(names.iter().map(|n| n.to_string()).collect());
+    let (p, q, r, c) = (
+        fresh_trace_id(),
+        fresh_trace_id(),
+        fresh_trace_id(),
+        fresh_trace_id(),
+    );
+    let mut sp = simple_span(p, 1, None, &svc, t0, 10);
+    sp.attributes
+        .insert(DATASET_OUTPUTS.into(), list(&[&orders]));
+    let mut sq = simple_span(q, 1, None, &svc, t0.saturating_add_nanos(1), 10);
+    // A producer that wrote the name as a single string, not a list.
+    sq.attributes.insert(
+        DATASET_OUTPUTS.into(),
+        AttributeValue::String(customers.clone()),
+    );
+    let sr = simple_span(r, 1, None, &svc, t0.saturating_add_nanos(2), 10);
+    let mut sc = simple_span(c, 1, None, &svc, t0.saturating_add_nanos(3), 10);
+    sc.attributes
+        .insert(DATASET_INPUTS.into(), list(&[&orders, &customers]));
+    sc.attributes
+        .insert("partitions".into(), AttributeValue::IntArray(vec![3, 17]));
+    let named = |trace, ds: &str| {
+        let mut l = link_to(trace, 1, LinkType::DataDependency);
+        l.attributes
+            .insert(LINK_DATASET.into(), AttributeValue::String(ds.to_string()));
+        l
+    };
+    sc.links = vec![
+        named(p, &orders),
+        named(q, &customers),
+        link_to(r, 1, LinkType::FollowsFrom),
+    ];
+    store
+        .write(vec![sp, sq, sr, sc].into())
+        .await
+        .expect("write");
+
+    let found = |query: TraceQuery| async move {
+        let mut v: Vec<TraceId> = store
+            .reader
+            .search(&query)
+            .await
+            .expect("search")
+            .traces
+            .into_iter()
+            .map(|s| s.trace_id)
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<TraceId>| {
+        v.sort();
+        v
+    };
+    let by_dataset = |d: &str| TraceQuery {
+        dataset: Some(d.to_string()),
+        ..TraceQuery::with_limit(10)
+    };
+    assert_eq!(found(by_dataset(&orders)).await, sorted(vec![p, c]));
+    assert_eq!(
+        found(by_dataset(&customers)).await,
+        sorted(vec![q, c]),
+        "a single-string dataset attribute counts"
+    );
+    assert!(found(by_dataset(&unique("lake.none"))).await.is_empty());
+    let contains = |key: &str, v: &str| TraceQuery {
+        service: Some(svc.clone()),
+        attributes: vec![
+            AttributeFilter::from_parts(
+                key.to_string(),
+                "contains",
+                Some(&serde_json::Value::String(v.to_string())),
+            )
+            .expect("a contains filter"),
+        ],
+        ..TraceQuery::with_limit(10)
+    };
+    assert_eq!(found(contains(DATASET_INPUTS, &customers)).await, vec![c]);
+    assert_eq!(
+        found(contains(DATASET_OUTPUTS, &customers)).await,
+        vec![q],
+        "a scalar contains itself"
+    );
+    assert_eq!(found(contains("partitions", "17")).await, vec![c]);
+    assert!(
+        found(contains("partitions", "1")).await.is_empty(),
+        "whole elements only"
+    );
+    assert!(
+        found(contains(DATASET_INPUTS, &orders[..orders.len() - 1]))
+            .await
+            .is_empty(),
+        "no substring match"
+    );
+
+    let upstream = walk(&store, c, Direction::Upstream, 2, 10).await;
+    let mut datasets: Vec<(TraceId, Option<String>)> = upstream
+        .edges
+        .iter()
+        .map(|e| (e.to_trace, e.dataset.clone()))
+        .collect();
+    datasets.sort();
+    let mut want = vec![
+        (p, Some(orders.clone())),
+        (q, Some(customers.clone())),
+        (r, None),
+    ];
+    want.sort();
+    assert_eq!(datasets, want, "upstream edges carry their datasets");
+    let groups: Vec<(String, Vec<TraceId>, Vec<TraceId>)> = upstream
+        .datasets
+        .iter()
+        .map(|g| (g.name.clone(), g.producers.clone(), g.consumers.clone()))
+        .collect();
+    let mut want = vec![
+        (orders.clone(), vec![p], vec![c]),
+        (customers.clone(), vec![q], vec![c]),
+    ];
+    want.sort();
+    assert_eq!(groups, want, "edges grouped by dataset");
+    let down = walk(&store, p, Direction::Downstream, 2, 10).await;
+    assert_eq!(
+        down.edges
+            .iter()
+            .map(|e| (e.from_trace, e.dataset.clone()))
+            .collect::<Vec<_>>(),
+        vec![(c, Some(orders.clone()))],
+        "downstream edges carry the dataset from the reverse-link index"
+    );
+    let only_orders = datatracing_store::lineage(
+        store.reader,
+        c,
+        Direction::Upstream,
+        LineageLimits {
+            max_depth: 2,
+            max_nodes: 10,
+        },
+        Some(&orders),
+    )
+    .await
+    .expect("lineage")
+    .expect("stored");
+    assert_eq!(
+        node_depths(&only_orders),
+        sorted_depths(vec![(c, 0, true), (p, 1, true)]),
+        "one dataset's lineage"
+    );
+    assert_eq!(only_orders.dataset.as_deref(), Some(orders.as_str()));
+}
+
+fn sorted_depths(mut v: Vec<(TraceId, usize, bool)>) -> Vec<(TraceId, usize, bool)> {
+    v.sort_by_key(|(t, d, _)| (*d, *t));
+    v
 }
 
 /// `linked_trace` / `linked_service` select traces with a span linking to that trace / to a
@@ -2056,7 +2228,7 @@ pub async fn tenants_are_isolated(store: StoreUnderTest<'_>) {
         max_depth: 5,
         max_nodes: 50,
     };
-    let la = datatracing_store::lineage(a.as_ref(), t, Direction::Both, limits)
+    let la = datatracing_store::lineage(a.as_ref(), t, Direction::Both, limits, None)
         .await
         .unwrap()
         .expect("alpha's T");
@@ -2065,7 +2237,7 @@ pub async fn tenants_are_isolated(store: StoreUnderTest<'_>) {
     let mut want = vec![t, d];
     want.sort();
     assert_eq!(nodes, want, "alpha's lineage");
-    let lb = datatracing_store::lineage(b.as_ref(), e, Direction::Upstream, limits)
+    let lb = datatracing_store::lineage(b.as_ref(), e, Direction::Upstream, limits, None)
         .await
         .unwrap()
         .expect("beta's E");
@@ -2084,7 +2256,7 @@ pub async fn tenants_are_isolated(store: StoreUnderTest<'_>) {
         Some(vec![sb.clone()])
     );
     assert!(
-        datatracing_store::lineage(a.as_ref(), e, Direction::Both, limits)
+        datatracing_store::lineage(a.as_ref(), e, Direction::Both, limits, None)
             .await
             .unwrap()
             .is_none(),

@@ -45,7 +45,7 @@ pub(crate) const DB_FILE: &str = "traces.db";
 /// Locked (advisory, whole file) by the one process that opens the store read-write, so a
 /// second collector or a restore on the same directory is refused instead of interleaving.
 pub(crate) const LOCK_FILE: &str = "store.lock";
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 /// How long opening waits for the lock: a store closed in this process a moment ago may
 /// still be releasing it on its writer thread.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
@@ -347,6 +347,7 @@ fn filter_args(f: &AttributeFilter) -> (&'static str, Value) {
         AttributeOp::Ne(v) => ("ne", Value::Text(v.clone())),
         AttributeOp::Regex(v) => ("regex", Value::Text(v.clone())),
         AttributeOp::Numeric(o, x) => (o.as_str(), Value::Real(*x)),
+        AttributeOp::Contains(v) => ("contains", Value::Text(v.clone())),
     }
 }
 
@@ -366,6 +367,7 @@ fn filter_from_args(
         "eq" => AttributeOp::Eq(text()?),
         "ne" => AttributeOp::Ne(text()?),
         "regex" => AttributeOp::Regex(text()?),
+        "contains" => AttributeOp::Contains(text()?),
         other => {
             let o = datatracing_core::NumericOp::parse(other).ok_or_else(|| {
                 datatracing_core::Error::Query(format!("dt_attr: unknown operator {other}"))
@@ -393,7 +395,8 @@ fn check_version(conn: &Connection) -> Result<i64> {
 /// `span_names` index (filled from the stored spans once) and `store_meta`; version 3 adds
 /// the `span_links` reverse-link index (filled from the stored spans' links once); version 4
 /// adds tenants (ADR 0010): a `tenant` column on spans, span_names and span_links, existing
-/// rows in the default tenant `''`, and span identity becomes (tenant, trace, span).
+/// rows in the default tenant `''`, and span identity becomes (tenant, trace, span); version 5
+/// adds the dataset each link names to `span_links`.
 fn migrate(conn: &Connection) -> Result<()> {
     let version = check_version(conn)?;
     if version >= SCHEMA_VERSION {
@@ -459,6 +462,57 @@ fn migrate(conn: &Connection) -> Result<()> {
     if version < 4 {
         migrate_tenants(conn)?;
     }
+    if version < 5 {
+        migrate_link_datasets(conn)?;
+    }
+    Ok(())
+}
+
+/// Schema version 5: the dataset a link names, in `span_links` (lineage groups and filters
+/// by it), filled from the links of the spans already stored.
+fn migrate_link_datasets(conn: &Connection) -> Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    let has: i64 = tx.query_row(
+        "SELECT count(*) FROM pragma_table_info('span_links') WHERE name = 'dataset'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has == 0 {
+        tx.execute_batch("ALTER TABLE span_links ADD COLUMN dataset TEXT;")?;
+    }
+    {
+        // Only spans whose links mention the attribute at all are parsed.
+        let mut read =
+            tx.prepare("SELECT id, trace_id, span_id, links FROM spans WHERE links LIKE ?1")?;
+        let mut update = tx.prepare(
+            "UPDATE span_links SET dataset = ?1 WHERE source_row = ?2 AND target_trace = ?3 \
+             AND target_span = ?4 AND link_type = ?5",
+        )?;
+        let mut rows =
+            read.query([format!("%{}%", datatracing_core::conventions::LINK_DATASET)])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let trace_id = TraceId::from_slice(r.get_ref(1)?.as_blob()?)
+                .map_err(|_| Error::Corrupt("trace_id".into()))?;
+            let span_id = SpanId::from_slice(r.get_ref(2)?.as_blob()?)
+                .map_err(|_| Error::Corrupt("span_id".into()))?;
+            let links: Vec<Link> = serde_json::from_str(r.get_ref(3)?.as_str()?)
+                .map_err(|e| Error::Corrupt(format!("links of a stored span: {e}")))?;
+            for l in cross_links(trace_id, span_id, &links) {
+                if let Some(d) = &l.dataset {
+                    update.execute(params![
+                        d,
+                        id,
+                        l.to_trace.as_bytes().as_slice(),
+                        l.to_span.as_bytes().as_slice(),
+                        l.link_type.code(),
+                    ])?;
+                }
+            }
+        }
+    }
+    tx.execute_batch("PRAGMA user_version = 5;")?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -516,7 +570,8 @@ fn migrate_span_links(conn: &Connection) -> Result<()> {
              target_trace BLOB    NOT NULL,
              target_span  BLOB    NOT NULL,
              link_type    INTEGER NOT NULL,
-             tenant       TEXT    NOT NULL DEFAULT ''
+             tenant       TEXT    NOT NULL DEFAULT '',
+             dataset      TEXT
          );
          CREATE INDEX IF NOT EXISTS span_links_by_target ON span_links(target_trace);
          CREATE INDEX IF NOT EXISTS span_links_by_source ON span_links(source_row);
@@ -552,8 +607,8 @@ fn insert_links(
     links: &[Link],
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO span_links (source_row, source_trace, source_span, target_trace, target_span, link_type, tenant)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO span_links (source_row, source_trace, source_span, target_trace, target_span, link_type, tenant, dataset)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for l in cross_links(trace_id, span_id, links) {
         stmt.execute(params![
@@ -564,6 +619,7 @@ fn insert_links(
             l.to_span.as_bytes().as_slice(),
             l.link_type.code(),
             tenant,
+            l.dataset,
         ])?;
     }
     Ok(())
@@ -969,6 +1025,17 @@ fn span_filters(q: &TraceQuery, snapshot: i64, tenant: &str) -> (String, Vec<Val
             n - 1
         ));
     }
+    if let Some(d) = &q.dataset {
+        // Two call sites of dt_attr, each with its own compiled filter.
+        args.push(Value::Text(d.clone()));
+        let n = args.len();
+        sql.push_str(&format!(
+            " AND (dt_attr(attributes, '{}', 'contains', ?{n}) \
+             OR dt_attr(attributes, '{}', 'contains', ?{n}))",
+            datatracing_core::conventions::DATASET_INPUTS,
+            datatracing_core::conventions::DATASET_OUTPUTS,
+        ));
+    }
     if let Some(t) = q.linked_trace {
         args.push(Value::Blob(t.as_bytes().to_vec()));
         sql.push_str(&format!(
@@ -1143,6 +1210,7 @@ fn decode_link(r: &rusqlite::Row<'_>) -> Result<CrossLink> {
         to_span: span(3)?,
         link_type: datatracing_core::LinkType::from_code(r.get(4)?)
             .ok_or_else(|| corrupt("link type"))?,
+        dataset: r.get(5)?,
     })
 }
 
@@ -1160,14 +1228,14 @@ fn links_sync(
         let sql = if from {
             // Through the spans' (trace_id, span_id) index to their rows' links.
             format!(
-                "SELECT DISTINCT l.source_trace, l.source_span, l.target_trace, l.target_span, l.link_type \
+                "SELECT DISTINCT l.source_trace, l.source_span, l.target_trace, l.target_span, l.link_type, l.dataset \
                  FROM spans s JOIN span_links l ON l.source_row = s.id WHERE s.tenant = ? AND s.trace_id IN ({}) LIMIT {}",
                 placeholders(chunk.len()),
                 limit.saturating_sub(out.len())
             )
         } else {
             format!(
-                "SELECT DISTINCT source_trace, source_span, target_trace, target_span, link_type \
+                "SELECT DISTINCT source_trace, source_span, target_trace, target_span, link_type, dataset \
                  FROM span_links WHERE tenant = ? AND target_trace IN ({}) LIMIT {}",
                 placeholders(chunk.len()),
                 limit.saturating_sub(out.len())

@@ -67,7 +67,7 @@ async fn online_backup_restores_every_acknowledged_span() {
         0,
         "a half-committed batch was copied: {report:?}"
     );
-    assert_eq!(report.schema_version, 4);
+    assert_eq!(report.schema_version, 5);
     assert!(!dir.path().join("traces.backup.partial").exists());
     store.close().await.unwrap();
 

@@ -403,6 +403,56 @@ async fn a_version_1_directory_is_migrated_and_its_names_indexed() {
         .unwrap();
 }
 
+/// A version-4 directory (links indexed without their dataset) gets the datasets of the
+/// links already stored when a version-5 binary opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_directory_gets_its_link_datasets() {
+    use datatracing_core::AttributeValue;
+    use datatracing_core::conventions::LINK_DATASET;
+    let dir = tempfile::tempdir().unwrap();
+    let (t, upstream) = (fresh_trace_id(), fresh_trace_id());
+    let mut s = simple_span(t, 1, None, "join", Timestamp::now(), 5);
+    let mut with_dataset = link(upstream, 7, LinkType::DataDependency);
+    with_dataset.attributes.insert(
+        LINK_DATASET.into(),
+        AttributeValue::String("warehouse.orders".into()),
+    );
+    s.links = vec![with_dataset, link(upstream, 8, LinkType::FollowsFrom)];
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    store.write(vec![s].into()).await.unwrap();
+    store.close().await.unwrap();
+    {
+        // What a version-4 binary left behind.
+        let conn = rusqlite::Connection::open(dir.path().join("traces.db")).unwrap();
+        conn.execute_batch("ALTER TABLE span_links DROP COLUMN dataset; PRAGMA user_version = 4;")
+            .unwrap();
+    }
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    let mut got: Vec<_> = store
+        .links_to(&[upstream], 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.link_type, l.dataset))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (LinkType::FollowsFrom, None),
+            (
+                LinkType::DataDependency,
+                Some("warehouse.orders".to_string())
+            ),
+        ]
+    );
+    store.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purged_row_ids_are_never_reused_so_cursors_stay_exact() {
     use datatracing_core::{TimeWindow, TraceQuery};

@@ -24,7 +24,9 @@ use datatracing_core::{
 };
 
 pub use error::{Error, Result};
-pub use lineage::{CrossLink, Direction, Lineage, LineageLimits, LineageNode, lineage};
+pub use lineage::{
+    CrossLink, Direction, Lineage, LineageDataset, LineageLimits, LineageNode, lineage,
+};
 
 /// The links of one span that point into other traces (links within its own trace are
 /// edges of its DAG, not lineage), as the stores index them.
@@ -42,7 +44,20 @@ pub fn cross_links<'a>(
             to_trace: l.trace_id,
             to_span: l.span_id,
             link_type: l.link_type,
+            dataset: link_dataset(l),
         })
+}
+
+/// The dataset a link names (its [`LINK_DATASET`](datatracing_core::conventions::LINK_DATASET)
+/// attribute), when it is a non-empty string.
+pub fn link_dataset(link: &Link) -> Option<String> {
+    match link
+        .attributes
+        .get(datatracing_core::conventions::LINK_DATASET)
+    {
+        Some(datatracing_core::AttributeValue::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
 }
 
 /// A trace read with a span limit.

@@ -19,9 +19,7 @@ use serde::Serialize;
 use crate::{Result, TraceReader};
 
 /// One link from a span of one trace to a span of another, as the stores index it.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 pub struct CrossLink {
     /// The trace of the span that declared the link (the consumer, downstream side).
     pub from_trace: TraceId,
@@ -34,6 +32,10 @@ pub struct CrossLink {
     /// How the spans relate.
     #[serde(rename = "type")]
     pub link_type: LinkType,
+    /// The dataset the link says flowed between the spans (the link's
+    /// `datatracing.link.dataset` attribute), when it names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
 }
 
 impl CrossLink {
@@ -122,20 +124,69 @@ pub struct Lineage {
     pub nodes: Vec<LineageNode>,
     /// Lineage links between traces of `nodes`, sorted, each once.
     pub edges: Vec<CrossLink>,
+    /// The walk was restricted to links naming this dataset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// The edges grouped by the dataset they name, by name: which traces produced each
+    /// dataset and which consumed it. Edges without a dataset are in no group.
+    pub datasets: Vec<LineageDataset>,
     /// Whether the depth bound, the node bound or the per-level link bound left links
     /// unexplored: there is more lineage than this graph shows.
     pub truncated: bool,
 }
 
+/// One dataset of a lineage graph and the traces on either side of the links naming it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct LineageDataset {
+    /// The dataset name (OpenLineage `namespace/name` or a URI, as the producer wrote it).
+    pub name: String,
+    /// Traces with a span a link points to for this dataset (they wrote it), sorted.
+    pub producers: Vec<TraceId>,
+    /// Traces with a span whose link names this dataset (they read it), sorted.
+    pub consumers: Vec<TraceId>,
+    /// How many edges name it.
+    pub edges: usize,
+}
+
+fn group_by_dataset(edges: &[CrossLink]) -> Vec<LineageDataset> {
+    let mut groups: std::collections::BTreeMap<&str, LineageDataset> = Default::default();
+    for e in edges {
+        let Some(name) = e.dataset.as_deref() else {
+            continue;
+        };
+        let g = groups.entry(name).or_insert_with(|| LineageDataset {
+            name: name.to_string(),
+            producers: Vec::new(),
+            consumers: Vec::new(),
+            edges: 0,
+        });
+        g.producers.push(e.to_trace);
+        g.consumers.push(e.from_trace);
+        g.edges += 1;
+    }
+    groups
+        .into_values()
+        .map(|mut g| {
+            for v in [&mut g.producers, &mut g.consumers] {
+                v.sort();
+                v.dedup();
+            }
+            g
+        })
+        .collect()
+}
+
 /// Most links one level of the walk reads; more leaves the graph `truncated`.
 pub const MAX_LINKS_PER_LEVEL: usize = 10_000;
 
-/// Walks the lineage of `root`. `None` when the root trace is not stored.
+/// Walks the lineage of `root`, over every lineage link or, with `dataset`, only over links
+/// naming that dataset. `None` when the root trace is not stored.
 pub async fn lineage(
     reader: &dyn TraceReader,
     root: TraceId,
     direction: Direction,
     limits: LineageLimits,
+    dataset: Option<&str>,
 ) -> Result<Option<Lineage>> {
     let Some(root_summary) = reader.summaries(&[root]).await?.into_iter().next() else {
         return Ok(None);
@@ -147,6 +198,7 @@ pub async fn lineage(
         summaries: HashMap::from([(root, root_summary)]),
         edges: HashSet::new(),
         truncated: false,
+        dataset,
     };
     if matches!(direction, Direction::Upstream | Direction::Both) {
         walk.run(root, true).await?;
@@ -186,7 +238,9 @@ pub async fn lineage(
         direction,
         depth: limits.max_depth,
         nodes,
+        datasets: group_by_dataset(&edges),
         edges,
+        dataset: dataset.map(str::to_string),
         truncated: walk.truncated,
     }))
 }
@@ -199,6 +253,8 @@ struct Walk<'a> {
     summaries: HashMap<TraceId, TraceSummary>,
     edges: HashSet<CrossLink>,
     truncated: bool,
+    /// Only links naming this dataset are followed.
+    dataset: Option<&'a str>,
 }
 
 impl Walk<'_> {
@@ -226,7 +282,12 @@ impl Walk<'_> {
             }
             let mut next = Vec::new();
             for link in links.into_iter().take(MAX_LINKS_PER_LEVEL) {
-                if !link.is_lineage() || link.from_trace == link.to_trace {
+                if !link.is_lineage()
+                    || link.from_trace == link.to_trace
+                    || self
+                        .dataset
+                        .is_some_and(|d| link.dataset.as_deref() != Some(d))
+                {
                     continue;
                 }
                 let other = if upstream {

@@ -63,6 +63,24 @@ impl AttributeValue {
         }
     }
 
+    /// Whether an element of an array (or a scalar itself) has this search text: what the
+    /// `contains` filter and the dataset search compare.
+    pub fn contains_text(&self, want: &str) -> bool {
+        fn any<T>(v: &[T], f: impl Fn(&T) -> bool) -> bool {
+            v.iter().any(f)
+        }
+        match self {
+            AttributeValue::StringArray(v) => any(v, |s| s == want),
+            AttributeValue::IntArray(v) => any(v, |x| x.to_string() == want),
+            // Elements compare as their JSON text, as the stored text holds them.
+            AttributeValue::FloatArray(v) => {
+                any(v, |x| serde_json::Value::from(*x).to_string() == want)
+            }
+            AttributeValue::BoolArray(v) => any(v, |b| if *b { "true" } else { "false" } == want),
+            scalar => scalar.to_search_text() == want,
+        }
+    }
+
     /// The value as search text (what `key=value` filters compare against).
     pub fn to_search_text(&self) -> String {
         match self {

@@ -452,7 +452,7 @@ async fn main() -> anyhow::Result<()> {
                     max_depth: 3,
                     max_nodes: 1000,
                 };
-                Ok(lineage(&store, id, direction, limits)
+                Ok(lineage(&store, id, direction, limits, None)
                     .await?
                     .map_or(0, |l| l.nodes.len()))
             }
