@@ -472,7 +472,9 @@ pub(crate) struct SearchBody {
     attributes: Vec<AttributeBody>,
 }
 
-/// `{"key": "...", "op": "=", "value": 42}`; `value` is absent for `exists`.
+/// `{"key": "...", "op": "=", "value": 42}`: numbers take `=`, `!=`, `>`, `>=`, `<`, `<=`;
+/// strings take `=`, `!=`, `regex`, `contains` (an element of an array attribute, e.g. a
+/// dataset list); `value` is absent for `exists`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AttributeBody {

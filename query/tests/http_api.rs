@@ -1102,3 +1102,119 @@ async fn every_v1_error_path_is_in_the_envelope() {
         "method_not_allowed",
     );
 }
+
+/// The pipeline conventions over HTTP: `dataset=` in the query string and the body, the
+/// `contains` operator, and lineage edges with their datasets, grouped, or one dataset
+/// followed; a bad dataset or operand is a 400 in the envelope.
+#[tokio::test]
+async fn datasets_in_search_and_lineage_over_http() {
+    use datatracing_core::AttributeValue;
+    use datatracing_core::conventions::{DATASET_INPUTS, DATASET_OUTPUTS, LINK_DATASET};
+    let (_d, store, router) = setup().await;
+    let (producer, consumer, other) = (fresh_trace_id(), fresh_trace_id(), fresh_trace_id());
+    let t0 = Timestamp::now();
+    let mut p = simple_span(producer, 1, None, "ingest", t0, 100);
+    p.attributes.insert(
+        DATASET_OUTPUTS.into(),
+        AttributeValue::StringArray(vec!["lake/orders".into()]),
+    );
+    let o = simple_span(other, 1, None, "ingest", t0, 100);
+    let mut c = simple_span(
+        consumer,
+        1,
+        None,
+        "enrich",
+        t0.saturating_add_nanos(200),
+        100,
+    );
+    c.attributes.insert(
+        DATASET_INPUTS.into(),
+        AttributeValue::StringArray(vec!["lake/orders".into(), "lake/customers".into()]),
+    );
+    let mut l = follows(producer, 1);
+    l.link_type = datatracing_core::LinkType::DataDependency;
+    l.attributes.insert(
+        LINK_DATASET.into(),
+        AttributeValue::String("lake/orders".into()),
+    );
+    c.links = vec![l, follows(other, 1)];
+    store.write(vec![p, o, c].into()).await.unwrap();
+
+    let mut both = vec![producer.to_string(), consumer.to_string()];
+    both.sort();
+    let sorted = |b: &Value| {
+        let mut v = ids(b);
+        v.sort();
+        v
+    };
+    let (status, body) = get(&router, "/api/v1/traces?dataset=lake%2Forders").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(sorted(&body), both);
+    let (status, body) = post(
+        &router,
+        "/api/v1/traces/search",
+        serde_json::json!({"dataset": "lake/customers"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ids(&body), vec![consumer.to_string()]);
+    let (status, body) = post(
+        &router,
+        "/api/v1/traces/search",
+        serde_json::json!({"attributes": [
+            {"key": DATASET_INPUTS, "op": "contains", "value": "lake/orders"}
+        ]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ids(&body), vec![consumer.to_string()]);
+
+    let (status, body) = get(
+        &router,
+        &format!("/api/v1/traces/{consumer}/lineage?direction=upstream"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["edges"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(
+        body["datasets"],
+        serde_json::json!([{
+            "name": "lake/orders",
+            "producers": [producer.to_string()],
+            "consumers": [consumer.to_string()],
+            "edges": 1
+        }]),
+        "{body}"
+    );
+    let (status, body) = get(
+        &router,
+        &format!("/api/v1/traces/{consumer}/lineage?direction=upstream&dataset=lake%2Forders"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["dataset"], "lake/orders");
+    assert_eq!(body["nodes"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(body["edges"][0]["dataset"], "lake/orders");
+    assert!(!body.to_string().contains(&other.to_string()), "{body}");
+
+    let long = "d".repeat(4097);
+    for (status, body) in [
+        get(&router, &format!("/api/v1/traces?dataset={long}")).await,
+        get(
+            &router,
+            &format!("/api/v1/traces/{consumer}/lineage?dataset={long}"),
+        )
+        .await,
+        post(
+            &router,
+            "/api/v1/traces/search",
+            serde_json::json!({"attributes": [{"key": "k", "op": "contains", "value": 3}]})
+                .to_string(),
+        )
+        .await,
+    ] {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_argument", "{body}");
+    }
+}
