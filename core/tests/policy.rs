@@ -459,3 +459,45 @@ proptest! {
         prop_assert_eq!(plain, twice);
     }
 }
+
+/// `contains` matches an element of an array attribute: "keep every trace that read or
+/// wrote this dataset" is one rule over the pipeline conventions' dataset lists.
+#[test]
+fn contains_matches_an_element_of_an_array_attribute() {
+    let chain = fixture("cross_trace_chain");
+    let wrote = chain
+        .values()
+        .find(|s| s[0].service == "transform-job")
+        .unwrap();
+    let read = chain
+        .values()
+        .find(|s| s[0].service == "publish-job")
+        .unwrap();
+    let first = chain
+        .values()
+        .find(|s| s[0].service == "ingest-job")
+        .unwrap();
+    let outputs =
+        |v: &str| json!({"attribute": {"key": "datatracing.dataset.outputs", "contains": v}});
+    assert!(matches(outputs("warehouse.clean_files"), "span", wrote));
+    assert!(
+        !matches(outputs("warehouse.clean"), "span", wrote),
+        "whole elements only"
+    );
+    assert!(!matches(outputs("warehouse.clean_files"), "span", read));
+    assert!(
+        !matches(outputs("warehouse.clean_files"), "span", first),
+        "absent key"
+    );
+    assert!(matches(
+        json!({"attribute": {"key": "datatracing.dataset.inputs", "contains": "warehouse.clean_files"}}),
+        "trace",
+        read
+    ));
+    // A scalar contains itself.
+    assert!(matches(
+        json!({"attribute": {"key": "dataset", "contains": "orders"}}),
+        "trace",
+        &one("healthy")
+    ));
+}

@@ -201,6 +201,27 @@ await scenario('follows_from_opens_downstream', async (page) => {
   const nodes = await page.$$eval('#lineage .node', (n) => n.map((x) => x.dataset.id).sort());
   check(JSON.stringify(nodes) === JSON.stringify([...c.chain].sort()), `lineage nodes ${nodes}`);
   await Promise.all([page.waitForURL(new RegExp(`/ui/trace/${c.chain[2]}$`)), page.click(`#lineage .node[data-id="${c.chain[2]}"]`)]);
+  // The datasets the links carry: listed with their producers and consumers; following one
+  // keeps only the links naming it (the FOLLOWS_FROM hop to the first trace names none).
+  await open(page, `/ui/lineage/${c.chain[2]}?direction=upstream&depth=2`, 'lineage');
+  const up = await page.$$eval('#lineage .node', (n) => n.length);
+  check(up === 3, `upstream lineage has ${up} traces`);
+  const row = await page.$$eval('#lineage-datasets tbody tr', (r) => r.map((x) => [x.dataset.dataset, ...[...x.cells].slice(1).map((c) => c.textContent)]));
+  check(JSON.stringify(row) === JSON.stringify([['warehouse.clean_files', '1', '1', '1']]), `dataset table ${JSON.stringify(row)}`);
+  const edgeLabels = await page.textContent('#lineage');
+  check(edgeLabels.includes('warehouse.clean_files'), 'the edge does not name its dataset');
+  await Promise.all([page.waitForURL(/dataset=warehouse.clean_files/), page.click('#lineage-datasets a')]);
+  await page.waitForSelector('main[data-ready="lineage"]');
+  const only = await page.$$eval('#lineage .node', (n) => n.map((x) => x.dataset.id).sort());
+  check(JSON.stringify(only) === JSON.stringify([c.chain[1], c.chain[2]].sort()), `one dataset's lineage ${only}`);
+  check(await page.isVisible('#all-datasets'), 'no way back to every link');
+  // Search by dataset: the traces that wrote or read it.
+  await open(page, '/ui/search', 'search');
+  await page.fill('#f-dataset', 'warehouse.clean_files');
+  await Promise.all([page.waitForURL(/dataset=warehouse.clean_files/), page.click('#search-submit')]);
+  await page.waitForSelector('main[data-ready="search"]');
+  const found = await page.$$eval('#result-table tbody tr', (t) => t.map((r) => r.dataset.traceId).sort());
+  check(JSON.stringify(found) === JSON.stringify([c.chain[1], c.chain[2]].sort()), `dataset search found ${found}`);
 });
 
 await scenario('unknown_trace_says_not_found', async (page) => {

@@ -59,8 +59,8 @@ async function call(path, init = {}) {
 const enc = encodeURIComponent;
 
 export const getTrace = (id) => call(`/api/v1/traces/${enc(id)}`);
-export const getLineage = (id, direction, depth) =>
-  call(`/api/v1/traces/${enc(id)}/lineage?direction=${enc(direction)}&depth=${enc(depth)}`);
+export const getLineage = (id, direction, depth, dataset) =>
+  call(`/api/v1/traces/${enc(id)}/lineage?direction=${enc(direction)}&depth=${enc(depth)}${dataset ? `&dataset=${enc(dataset)}` : ''}`);
 export const searchTraces = (body) => call('/api/v1/traces/search', {
   method: 'POST',
   headers: { 'Content-Type': 'application/json' },

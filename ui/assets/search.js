@@ -1,5 +1,6 @@
 // The search page: the filters of the v1 search (service, operation, step kind, status,
-// duration range, time window as a preset or absolute, attribute filters), the results as a
+// duration range, time window as a preset or absolute, a dataset read or written, attribute
+// filters), the results as a
 // list and as a duration-over-time scatter plot (a point opens its trace), and paging with
 // the API's cursors. The URL holds the whole query, so a search can be shared or bookmarked.
 import { getOperations, getServices, searchTraces } from './api.js';
@@ -64,6 +65,7 @@ export async function renderSearch(main, params) {
       select('status', 'Status', [['', 'Any status'], ...STATUSES.map((s) => [s, s])], p('status')),
       input('min_duration', 'Min duration', p('min_duration'), { placeholder: 'e.g. 500ms', size: 8 }),
       input('max_duration', 'Max duration', p('max_duration'), { placeholder: 'e.g. 2m', size: 8 }),
+      input('dataset', 'Dataset (read or written)', p('dataset'), { placeholder: 'e.g. warehouse.orders', size: 18 }),
       windowSel, absolute),
     el('div', { class: 'row' },
       el('fieldset', { class: 'attr-set' }, el('legend', { text: 'Attribute filters (all must match)' }), attrBox,
@@ -76,7 +78,7 @@ export async function renderSearch(main, params) {
     ev.preventDefault();
     const fd = new FormData(form);
     const q = new URLSearchParams();
-    for (const k of ['service', 'operation', 'kind', 'status', 'min_duration', 'max_duration']) {
+    for (const k of ['service', 'operation', 'kind', 'status', 'min_duration', 'max_duration', 'dataset']) {
       const v = String(fd.get(k) || '').trim();
       if (v) q.set(k, v);
     }
@@ -115,7 +117,7 @@ export async function renderSearch(main, params) {
   loadOps(p('service'));
 
   const body = {};
-  for (const k of ['service', 'operation', 'kind', 'status', 'min_duration', 'max_duration']) if (p(k)) body[k] = p(k);
+  for (const k of ['service', 'operation', 'kind', 'status', 'min_duration', 'max_duration', 'dataset']) if (p(k)) body[k] = p(k);
   const w = windowFrom(params);
   if (w.start) body.start = w.start;
   if (w.end) body.end = w.end;

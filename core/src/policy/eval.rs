@@ -33,6 +33,7 @@ pub(crate) enum AttrTest {
     In(Vec<String>),
     Regex(Regex),
     Number(NumberRange),
+    Contains(String),
 }
 
 #[derive(Debug)]
@@ -165,6 +166,7 @@ fn attr_matches(span: &Span, key: &str, test: &AttrTest) -> bool {
         AttrTest::NotEquals(s) => v.is_some_and(|v| v.to_search_text() != *s),
         AttrTest::In(set) => v.is_some_and(|v| set.contains(&v.to_search_text())),
         AttrTest::Regex(r) => v.is_some_and(|v| r.is_match(&v.to_search_text())),
+        AttrTest::Contains(s) => v.is_some_and(|v| v.contains_text(s)),
         AttrTest::Number(n) => v.and_then(number).is_some_and(|x| {
             n.gt.is_none_or(|b| x > b)
                 && n.gte.is_none_or(|b| x >= b)

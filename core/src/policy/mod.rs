@@ -234,6 +234,10 @@ pub struct AttributeCondition {
     /// A numeric comparison.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<NumberRange>,
+    /// An element of the array value has this search text (a scalar value: the value
+    /// does), e.g. a dataset in `datatracing.dataset.inputs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
 }
 
 /// Numeric bounds on an int or float attribute; all given bounds must hold.

@@ -136,12 +136,13 @@ fn attribute(ctx: &mut Ctx, path: &str, a: &AttributeCondition) -> Option<Node> 
         ("in", a.in_set.is_some()),
         ("regex", a.regex.is_some()),
         ("number", a.number.is_some()),
+        ("contains", a.contains.is_some()),
     ]);
     if set.len() != 1 {
         ctx.err(
             path,
             format!(
-                "set exactly one of exists, equals, not_equals, in, regex, number (found {})",
+                "set exactly one of exists, equals, not_equals, in, regex, number, contains (found {})",
                 describe(&set)
             ),
         );
@@ -160,6 +161,8 @@ fn attribute(ctx: &mut Ctx, path: &str, a: &AttributeCondition) -> Option<Node> 
         AttrTest::In(v.clone())
     } else if let Some(r) = &a.regex {
         AttrTest::Regex(ctx.regex(&format!("{path}.regex"), r)?)
+    } else if let Some(v) = &a.contains {
+        AttrTest::Contains(v.clone())
     } else {
         let n = a.number.clone().unwrap_or_default();
         let bounds = [n.gt, n.gte, n.lt, n.lte];
@@ -412,7 +415,7 @@ mod tests {
             "rules[2].action.sample_rate: must be at least 1",
             "rules[2].when: set exactly one condition per node (found 2: service, kind)",
             "rules[3].when.all: must list at least one condition",
-            "rules[4].when.attribute: set exactly one of exists, equals, not_equals, in, regex, number (found 2: equals, regex)",
+            "rules[4].when.attribute: set exactly one of exists, equals, not_equals, in, regex, number, contains (found 2: equals, regex)",
             "rules[5].when.duration: over must be shorter than under",
             "rules[6].action.rate_limit.per_second: must be a positive number",
             "rules[6].when.probability: must be between 0 and 1",
