@@ -73,9 +73,10 @@ impl AttributeValue {
             AttributeValue::StringArray(v) => any(v, |s| s == want),
             AttributeValue::IntArray(v) => any(v, |x| x.to_string() == want),
             // Elements compare as their JSON text, as the stored text holds them.
-            AttributeValue::FloatArray(v) => {
-                any(v, |x| serde_json::Value::from(*x).to_string() == want)
-            }
+            AttributeValue::FloatArray(v) => any(v, |x| {
+                let text = serde_json::Value::from(*x).to_string();
+                text == want
+            }),
             AttributeValue::BoolArray(v) => any(v, |b| if *b { "true" } else { "false" } == want),
             scalar => scalar.to_search_text() == want,
         }
