@@ -130,8 +130,13 @@ impl Step {
             name: name.into(),
             kind,
             otel_kind: None,
-            // Room for every convention a step usually sets, so pushes do not reallocate.
-            attributes: Vec::with_capacity(12),
+            // Room for the conventions a step usually sets (job, run, three counts, kind,
+            // inputs, outputs), so pushes do not reallocate. A larger vector cost more than
+            // the reallocation it saved: the list travels into the span and is freed on the
+            // exporter thread (benches/overhead.rs measured 1.16x plain opentelemetry with
+            // room for 12 against 1.09x with 8). `start_with_context` grows a larger step
+            // once, to its exact size.
+            attributes: Vec::with_capacity(8),
             inputs: Vec::new(),
             outputs: Vec::new(),
             links: Vec::new(),
@@ -217,6 +222,9 @@ impl Step {
     /// Starts the span as a child of `parent`'s span (or a root when it has none).
     pub fn start_with_context<T: Tracer>(self, tracer: &T, parent: &Context) -> T::Span {
         let mut attributes = self.attributes;
+        attributes.reserve_exact(
+            1 + usize::from(!self.inputs.is_empty()) + usize::from(!self.outputs.is_empty()),
+        );
         attributes.push(KeyValue::new(c::SPAN_KIND, self.kind.as_str()));
         if !self.inputs.is_empty() {
             attributes.push(KeyValue::new(
