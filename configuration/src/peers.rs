@@ -80,8 +80,10 @@ pub struct ForwardConfig {
     pub retry_backoff: ConfigDuration,
     /// Connection set-up limit per attempt.
     pub connect_timeout: ConfigDuration,
-    /// Compression of forwarded requests: `gzip` (less network, more CPU) or `none`
-    /// (replicas on a fast network: the cheaper choice per span).
+    /// Compression of forwarded requests: `none` (the default: replicas of one pipeline
+    /// share a cluster network, and gzip cost more CPU per span than the hop it saved,
+    /// `docs/benchmarks.md`) or `gzip` (less network, more CPU: replicas across zones
+    /// billed per byte).
     pub compression: ForwardCompression,
 }
 
@@ -90,9 +92,9 @@ pub struct ForwardConfig {
 #[serde(rename_all = "lowercase")]
 pub enum ForwardCompression {
     /// gzip, as OTLP exporters send.
-    #[default]
     Gzip,
     /// Uncompressed.
+    #[default]
     None,
 }
 
@@ -119,7 +121,7 @@ impl Default for ForwardConfig {
             timeout: ConfigDuration::from_secs(5),
             retry_backoff: ConfigDuration::from_millis(50),
             connect_timeout: ConfigDuration::from_secs(1),
-            compression: ForwardCompression::Gzip,
+            compression: ForwardCompression::None,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use datatracing_e2e::Server;
 use datatracing_testkit::free_port;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use serde_json::{Value, json};
 
 const POLICY: &str = "rules:\n  - name: errors\n    when: { status: [ERROR] }\n    action: { decision: keep, keep_linked: true }\ndefault: { decision: drop }\n";
@@ -147,7 +148,14 @@ fn deal(spans: &[Value], targets: usize, per_request: usize) -> Vec<Vec<Vec<Valu
         .collect()
 }
 
+/// Requests sent so far: every other one goes as OTLP/HTTP protobuf, which a routed replica
+/// splits by owner at the wire level; the others as native JSON, decoded before routing.
+static REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 async fn post(client: &reqwest::Client, ingest: SocketAddr, spans: &[Value]) -> bool {
+    if REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 1 {
+        return post_otlp(client, ingest, spans).await;
+    }
     match client
         .post(format!("http://{ingest}/api/v1/spans"))
         .json(&json!({ "spans": spans }))
@@ -157,6 +165,30 @@ async fn post(client: &reqwest::Client, ingest: SocketAddr, spans: &[Value]) -> 
         Ok(r) if r.status() == 202 => {
             let v: Value = r.json().await.unwrap();
             assert_eq!(v["rejected"], 0, "{v}");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// [`post`] as OTLP/HTTP protobuf; the answer must reject nothing.
+async fn post_otlp(client: &reqwest::Client, ingest: SocketAddr, spans: &[Value]) -> bool {
+    use prost::Message;
+    let spans: Vec<datatracing_core::Span> = spans
+        .iter()
+        .map(|s| serde_json::from_value(s.clone()).unwrap())
+        .collect();
+    let body = datatracing_collector::otlp::convert::to_otlp(&spans).encode_to_vec();
+    match client
+        .post(format!("http://{ingest}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) if r.status() == 200 => {
+            let resp = ExportTraceServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
+            assert!(resp.partial_success.is_none(), "{resp:?}");
             true
         }
         _ => false,
@@ -679,4 +711,83 @@ async fn a_leaving_replica_hands_its_buffered_traces_over() {
     assert!(kept.values().all(|s| s.len() == 4), "kept traces are whole");
     let m = datatracing_e2e::metrics(&client, ingest[1]).await;
     assert!(metric(&m, "datatracing_collector_handoff_spans_total") > 0.0);
+}
+
+/// Validation of a split request happens once, on the owner of each span, and the client
+/// gets the sum: a request of 30 single-span traces, 6 of them with a span id too short, sent
+/// to one of 3 routed replicas, is answered with 6 rejected spans; the 24 valid ones are
+/// stored by their owners; over the replicas, `spans_received_total` counts each client span
+/// once and the forwarded ones appear only in `peer_spans_received_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_verdicts_on_a_split_request_reach_the_client_once() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let root = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let members: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let servers: Vec<Server> = (0..3)
+        .map(|i| {
+            start(
+                &root.path().join(format!("r{i}")),
+                ports[i],
+                false,
+                Some(&peers_static(&members[i], &members)),
+            )
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let spans: Vec<datatracing_core::Span> = (0..30)
+        .map(|i| serde_json::from_value(trace(i, 1, false, None).remove(0)).unwrap())
+        .collect();
+    let mut req: ExportTraceServiceRequest = datatracing_collector::otlp::convert::to_otlp(&spans);
+    let mut bad = 0;
+    for rs in &mut req.resource_spans {
+        for ss in &mut rs.scope_spans {
+            for s in &mut ss.spans {
+                if s.trace_id[15] % 5 == 0 {
+                    s.span_id = vec![1, 2, 3];
+                    bad += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(bad, 6);
+    let r = client
+        .post(format!("http://{}/v1/traces", servers[0].ingest()))
+        .header("content-type", "application/x-protobuf")
+        .body(req.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let resp = ExportTraceServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
+    let partial = resp
+        .partial_success
+        .expect("the invalid spans are reported");
+    assert_eq!(partial.rejected_spans, 6, "{partial:?}");
+    assert!(partial.error_message.contains("span"), "{partial:?}");
+
+    let ingests: Vec<SocketAddr> = servers.iter().map(Server::ingest).collect();
+    settled(&client, &ingests).await;
+    let mut stored_traces = BTreeSet::new();
+    for s in &servers {
+        stored_traces.extend(stored(&client, s.query(), 30).await.into_keys());
+    }
+    let want: BTreeSet<usize> = (0..30).filter(|i| (*i as u64 + 1) % 5 != 0).collect();
+    assert_eq!(stored_traces, want, "the valid spans are stored");
+    let (mut received, mut from_peers, mut rejected, mut forwarded) = (0.0, 0.0, 0.0, 0.0);
+    for a in &ingests {
+        let m = datatracing_e2e::metrics(&client, *a).await;
+        received += metric(&m, "datatracing_collector_spans_received_total");
+        rejected += metric(&m, "datatracing_collector_spans_rejected_total");
+        from_peers += metric(&m, "datatracing_collector_peer_spans_received_total");
+        forwarded += metric(&m, "datatracing_collector_forward_spans_total");
+    }
+    assert_eq!(received, 30.0, "each client span is counted once");
+    assert_eq!(rejected, 6.0, "each invalid span is counted once");
+    assert!(forwarded > 0.0, "the request was split");
+    assert_eq!(
+        from_peers, forwarded,
+        "what was forwarded arrived from a peer"
+    );
 }

@@ -12,6 +12,7 @@ mod forward;
 pub(crate) mod lineage;
 mod metrics;
 mod ring;
+pub(crate) mod split;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use forward::FORWARDED_HEADER;
-pub(crate) use forward::Fallback;
+pub(crate) use forward::{Accepted, Fallback, Payload};
 pub use lineage::{PeerInput, PeerMessage};
 pub use metrics::RouteMetrics;
 pub use ring::Ring;
@@ -112,14 +113,28 @@ impl Router {
         (local, remote)
     }
 
-    /// Forwards spans to their owner; on failure they come back to be kept here.
+    /// Forwards decoded spans to their owner; on failure they come back to be kept here.
     pub(crate) async fn forward(
         &self,
         peer: &str,
         spans: Vec<Span>,
     ) -> Result<(), (Vec<Span>, Fallback)> {
-        let n = spans.len();
-        let r = self.forwarder.forward(peer, spans).await;
+        match self.forward_payload(peer, Payload::Spans(spans)).await {
+            Ok(_) => Ok(()),
+            Err((Payload::Spans(s), why)) => Err((s, why)),
+            Err((Payload::Encoded { .. }, why)) => Err((Vec::new(), why)),
+        }
+    }
+
+    /// Forwards a payload to its owner: the owner's acknowledgement, or the payload back
+    /// to be kept here.
+    pub(crate) async fn forward_payload(
+        &self,
+        peer: &str,
+        payload: Payload,
+    ) -> Result<Accepted, (Payload, Fallback)> {
+        let n = payload.len();
+        let r = self.forwarder.forward(peer, payload).await;
         if let Err((_, why)) = &r {
             self.metrics.fallback(peer, why.label(), n);
         }
