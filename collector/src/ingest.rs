@@ -15,8 +15,12 @@ pub(crate) enum Protocol {
     OtlpHttpProtobuf,
     OtlpHttpJson,
     OtlpGrpc,
-    /// OTLP/gRPC from a peer replica forwarding spans this replica owns.
+    /// OTLP/gRPC from a peer replica forwarding spans this replica owns, to be stamped with
+    /// the tenant of the request (its `x-datatracing-tenant`, from a peer token).
     Peer,
+    /// The same, spans the peer decoded and stamped already (they keep their tenant). Only
+    /// with `auth` on and a `peer` token: nobody else can choose a tenant.
+    PeerStamped,
 }
 
 impl Protocol {
@@ -26,8 +30,13 @@ impl Protocol {
             Protocol::OtlpHttpProtobuf => "otlp_http_protobuf",
             Protocol::OtlpHttpJson => "otlp_http_json",
             Protocol::OtlpGrpc => "otlp_grpc",
-            Protocol::Peer => "peer",
+            Protocol::Peer | Protocol::PeerStamped => "peer",
         }
+    }
+
+    /// Whether a peer replica forwarded the request (it is kept here: the loop guard).
+    pub(crate) fn is_peer(self) -> bool {
+        matches!(self, Protocol::Peer | Protocol::PeerStamped)
     }
 }
 
@@ -190,8 +199,10 @@ impl Ingest {
     ) -> Result<usize, IngestError> {
         // After validation, so a client's own value in the reserved attribute never
         // survives, and before the durable queue, so a replayed span keeps its tenant.
-        for span in &mut valid {
-            tenant.stamp(span);
+        if protocol != Protocol::PeerStamped {
+            for span in &mut valid {
+                tenant.stamp(span);
+            }
         }
         let p = protocol.label();
         self.metrics.receive(p, valid.len() + rejected);
@@ -204,7 +215,7 @@ impl Ingest {
         }
         // Spans a peer forwarded are kept whatever this replica's ring says (loop guard).
         match &self.router {
-            Some(router) if protocol != Protocol::Peer => self.route(router, p, valid).await,
+            Some(router) if !protocol.is_peer() => self.route(router, p, valid).await,
             _ => self.commit(p, valid).await,
         }
     }
@@ -218,8 +229,10 @@ impl Ingest {
         mut valid: Vec<Span>,
         rejected: usize,
     ) -> Result<usize, IngestError> {
-        for span in &mut valid {
-            tenant.stamp(span);
+        if protocol != Protocol::PeerStamped {
+            for span in &mut valid {
+                tenant.stamp(span);
+            }
         }
         let p = protocol.label();
         if rejected > 0 {

@@ -37,10 +37,9 @@ pub(crate) async fn export(
     req: Encoded,
 ) -> Outcome {
     let p = protocol.label();
-    // A client's protobuf request is split by owner before decoding. Not a peer's (the
-    // loop guard keeps it here), nor one with a tenant: the owner stamps the tenant of the
-    // request it receives, and a peer's request has no tenant of its own.
-    let split = ingest.router.is_some() && protocol != Protocol::Peer && tenant.is_default();
+    // A client's protobuf request is split by owner before decoding; not a peer's (the
+    // loop guard keeps it here). Each part carries the client's tenant to its owner.
+    let split = ingest.router.is_some() && !protocol.is_peer();
     let Prepared {
         valid,
         rejected: n_rejected,
@@ -120,6 +119,7 @@ async fn submit_parts(
         let payload = Payload::Encoded {
             body: part.body,
             spans: n,
+            tenant: tenant.clone(),
         };
         (n, router.forward_payload(&part.peer, payload).await)
     }));
@@ -143,7 +143,7 @@ async fn submit_parts(
                     }
                 }
             }
-            Err((Payload::Encoded { body, spans }, _)) => {
+            Err((Payload::Encoded { body, spans, .. }, _)) => {
                 match keep_here(ingest, pool, protocol, tenant, body, spans).await {
                     Ok((r, e)) => {
                         rejected += r;

@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::client::PeerClient;
 use super::metrics::{PeerLabels, RouteMetrics};
+use super::token::PeerToken;
 use crate::otlp::convert::to_otlp;
 use crate::otlp::grpc::EXPORT_PATH;
 
@@ -32,6 +33,13 @@ use crate::otlp::grpc::EXPORT_PATH;
 /// whatever its own ring says, so spans are forwarded at most once (no loops while two
 /// replicas disagree about membership). The value is the sender's address.
 pub const FORWARDED_HEADER: &str = "x-datatracing-forwarded-by";
+
+/// The gRPC metadata key naming the tenant of a forwarded encoded part (empty: the default
+/// tenant): the owner stamps it on the spans, as the replica the client reached would have.
+/// Believed only from a request authenticated with a `peer` token (or with `auth` off,
+/// where every span is the default tenant's anyway). Decoded spans travel already stamped
+/// and without it.
+pub const TENANT_HEADER: &str = "x-datatracing-tenant";
 
 /// Why spans came back to be kept locally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +76,8 @@ pub(crate) enum Payload {
         body: bytes::Bytes,
         /// Spans it holds.
         spans: usize,
+        /// The tenant the client sent them for.
+        tenant: datatracing_core::Tenant,
     },
 }
 
@@ -113,6 +123,7 @@ pub(crate) struct Forwarder {
     config: ForwardConfig,
     self_addr: Arc<str>,
     metrics: RouteMetrics,
+    token: PeerToken,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -122,12 +133,18 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    pub(crate) fn new(config: ForwardConfig, self_addr: &str, metrics: RouteMetrics) -> Self {
+    pub(crate) fn new(
+        config: ForwardConfig,
+        self_addr: &str,
+        metrics: RouteMetrics,
+        token: PeerToken,
+    ) -> Self {
         Self {
             peers: Arc::default(),
             config,
             self_addr: self_addr.into(),
             metrics,
+            token,
         }
     }
 
@@ -202,6 +219,7 @@ impl Forwarder {
                 peer,
                 self.config.connect_timeout.get(),
                 self.config.compression == datatracing_config::ForwardCompression::Gzip,
+                self.token.clone(),
             ),
             config: self.config.clone(),
             self_addr: Arc::clone(&self.self_addr),
@@ -285,15 +303,21 @@ impl PeerTask {
         let encoded = match items.as_mut_slice() {
             [
                 Item {
-                    payload: Payload::Encoded { body, spans },
+                    payload:
+                        Payload::Encoded {
+                            body,
+                            spans,
+                            tenant,
+                        },
                     ..
                 },
-            ] => Some((body.clone(), *spans)),
+            ] => Some((body.clone(), *spans, tenant.clone())),
             _ => None,
         };
         let is_encoded = encoded.is_some();
+        let tenant = encoded.as_ref().map(|(_, _, t)| t.clone());
         let (body, n, lens, all) = match encoded {
-            Some((body, n)) => (body, n, Vec::new(), Vec::new()),
+            Some((body, n, _)) => (body, n, Vec::new(), Vec::new()),
             None => {
                 let lens: Vec<usize> = items.iter().map(|i| i.payload.len()).collect();
                 let mut all: Vec<Span> = Vec::with_capacity(lens.iter().sum());
@@ -308,7 +332,10 @@ impl PeerTask {
             }
         };
         let outcome = match &self.client {
-            Some(client) => self.attempts(client, body.clone(), deadline).await,
+            Some(client) => {
+                let tenant = tenant.as_ref().map(datatracing_core::Tenant::as_str);
+                self.attempts(client, body.clone(), tenant, deadline).await
+            }
             None => Err(Fallback::Refused),
         };
         let labels = PeerLabels {
@@ -371,8 +398,13 @@ impl PeerTask {
         &self,
         client: &PeerClient,
         body: bytes::Bytes,
+        tenant: Option<&str>,
         deadline: Instant,
     ) -> Result<ExportTraceServiceResponse, Fallback> {
+        let mut metadata = vec![(FORWARDED_HEADER, &*self.self_addr)];
+        if let Some(t) = tenant {
+            metadata.push((TENANT_HEADER, t));
+        }
         let backoff =
             RetryPolicy::forever(self.config.retry_backoff.get(), self.config.timeout.get());
         let attempt = || {
@@ -380,7 +412,7 @@ impl PeerTask {
             client.call::<ExportTraceServiceResponse>(
                 EXPORT_PATH,
                 body.clone(),
-                Some((FORWARDED_HEADER, &*self.self_addr)),
+                &metadata,
                 left.max(Duration::from_millis(1)),
             )
         };

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use super::client::PeerClient;
 use super::metrics::RouteMetrics;
 use super::ring::Ring;
+use super::token::PeerToken;
 
 /// The gRPC method lineage messages are sent to.
 pub(crate) const LINEAGE_PATH: &str = "/datatracing.peer.v1.Peer/Lineage";
@@ -211,6 +212,7 @@ pub(crate) fn start(
     ring: watch::Receiver<Arc<Ring>>,
     metrics: RouteMetrics,
     connect_timeout: Duration,
+    token: PeerToken,
 ) -> PeerLineage {
     let (out, rx) = mpsc::channel(OUTBOX);
     tokio::spawn(send_loop(
@@ -218,6 +220,7 @@ pub(crate) fn start(
         ring.clone(),
         metrics.clone(),
         connect_timeout,
+        token,
     ));
     PeerLineage { ring, out, metrics }
 }
@@ -227,6 +230,7 @@ async fn send_loop(
     ring: watch::Receiver<Arc<Ring>>,
     metrics: RouteMetrics,
     connect_timeout: Duration,
+    token: PeerToken,
 ) {
     let mut clients: HashMap<String, PeerClient> = HashMap::new();
     let mut buf = Vec::with_capacity(BATCH);
@@ -247,7 +251,7 @@ async fn send_loop(
         for (owner, msgs) in by_owner {
             let client = match clients.get(&owner) {
                 Some(c) => c.clone(),
-                None => match PeerClient::new(&owner, connect_timeout, true) {
+                None => match PeerClient::new(&owner, connect_timeout, true, token.clone()) {
                     Some(c) => {
                         clients.insert(owner.clone(), c.clone());
                         c
@@ -264,7 +268,7 @@ async fn send_loop(
                     Duration::from_millis(500),
                 );
                 let r = (|| {
-                    client.call::<WireAck>(LINEAGE_PATH, body.clone(), None, Duration::from_secs(2))
+                    client.call::<WireAck>(LINEAGE_PATH, body.clone(), &[], Duration::from_secs(2))
                 })
                 .retry(policy.backoff())
                 .sleep(tokio::time::sleep)
@@ -408,7 +412,7 @@ where
             req.headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok()),
-            Some(datatracing_config::Scope::Ingest),
+            Some(datatracing_config::Scope::Peer),
         );
         Box::pin(async move {
             if req.uri().path() != LINEAGE_PATH {

@@ -13,6 +13,7 @@ pub(crate) mod lineage;
 mod metrics;
 mod ring;
 pub(crate) mod split;
+mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,11 +23,12 @@ use datatracing_core::Span;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use forward::FORWARDED_HEADER;
 pub(crate) use forward::{Accepted, Fallback, Payload};
+pub use forward::{FORWARDED_HEADER, TENANT_HEADER};
 pub use lineage::{PeerInput, PeerMessage};
 pub use metrics::RouteMetrics;
 pub use ring::Ring;
+pub(crate) use token::PeerToken;
 
 use forward::Forwarder;
 
@@ -52,6 +54,7 @@ pub(crate) struct Router {
     forwarder: Forwarder,
     pub(crate) metrics: RouteMetrics,
     self_addr: Arc<str>,
+    token: PeerToken,
 }
 
 impl Router {
@@ -60,6 +63,7 @@ impl Router {
         config: &PeersConfig,
         members: Vec<String>,
         metrics: RouteMetrics,
+        token: PeerToken,
     ) -> (Self, watch::Sender<Arc<Ring>>) {
         let ring = Ring::new(members, &config.self_addr);
         metrics.ring_members.set(ring.len() as i64);
@@ -71,9 +75,11 @@ impl Router {
                     config.forward.clone(),
                     &config.self_addr,
                     metrics.clone(),
+                    token.clone(),
                 ),
                 metrics,
                 self_addr: config.self_addr.as_str().into(),
+                token,
             },
             tx,
         )
@@ -87,6 +93,11 @@ impl Router {
     /// A receiver that sees every new ring.
     pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Ring>> {
         self.ring.clone()
+    }
+
+    /// The token presented to peers.
+    pub(crate) fn token(&self) -> &PeerToken {
+        &self.token
     }
 
     /// This replica's peer address.
