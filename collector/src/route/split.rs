@@ -332,7 +332,7 @@ pub(crate) fn split(raw: &Bytes, ring: &Ring) -> Result<Split, SplitError> {
         if n == 0 {
             continue;
         }
-        let body = Bytes::from(encode_part(buf, &resources, d, n, raw.len()));
+        let body = Bytes::from(encode_part(buf, &resources, d));
         if d == 0 {
             out.local = body;
             out.local_spans = n;
@@ -419,13 +419,7 @@ fn scope_spans(
 
 /// Encodes destination `d`'s request: each resource and scope that has spans for it, with
 /// their own fields copied, and the spans' bytes.
-fn encode_part(
-    buf: &[u8],
-    resources: &[ResourceSpans],
-    d: usize,
-    n: usize,
-    total: usize,
-) -> Vec<u8> {
+fn encode_part(buf: &[u8], resources: &[ResourceSpans], d: usize) -> Vec<u8> {
     let scope_len = |sc: &ScopeSpans| -> usize {
         let spans: usize = sc
             .spans
@@ -439,25 +433,43 @@ fn encode_part(
             ranges_len(&sc.header) + spans
         }
     };
-    let mut out = Vec::with_capacity(total / 2 + n * 4);
-    let mut lens = Vec::new();
+    // Lengths first, so the part is allocated once at its exact size (growing a large
+    // buffer faults in fresh pages at every step).
+    let mut all_lens = Vec::new();
+    let mut sizes = Vec::with_capacity(resources.len());
     for r in resources {
-        lens.clear();
-        lens.extend(r.scopes.iter().map(scope_len));
-        let scopes: usize = lens
+        let start = all_lens.len();
+        all_lens.extend(r.scopes.iter().map(scope_len));
+        let scopes: usize = all_lens[start..]
             .iter()
             .filter(|l| **l > 0)
             .map(|l| 1 + varint_len(*l) + l)
             .sum();
-        if scopes == 0 {
+        sizes.push(if scopes == 0 {
+            0
+        } else {
+            ranges_len(&r.header) + scopes
+        });
+    }
+    let total: usize = sizes
+        .iter()
+        .filter(|s| **s > 0)
+        .map(|s| 1 + varint_len(*s) + s)
+        .sum();
+    let mut out = Vec::with_capacity(total);
+    let mut at = 0;
+    for (r, size) in resources.iter().zip(sizes) {
+        let lens = &all_lens[at..at + r.scopes.len()];
+        at += r.scopes.len();
+        if size == 0 {
             continue;
         }
         out.push(0x0a); // ExportTraceServiceRequest.resource_spans (1, length-delimited)
-        put_varint(&mut out, ranges_len(&r.header) + scopes);
+        put_varint(&mut out, size);
         for (s, e) in &r.header {
             out.put_slice(&buf[*s..*e]);
         }
-        for (sc, l) in r.scopes.iter().zip(&lens) {
+        for (sc, l) in r.scopes.iter().zip(lens.iter()) {
             if *l == 0 {
                 continue;
             }
@@ -471,6 +483,7 @@ fn encode_part(
             }
         }
     }
+    debug_assert_eq!(out.len(), total, "the part's size was computed exactly");
     out
 }
 
