@@ -299,6 +299,26 @@ mod tests {
                 linked: t(2),
             },
             PeerMessage::Keep { trace: t(3) },
+            PeerMessage::Decided {
+                trace: t(4),
+                decision: datatracing_core::policy::Decision {
+                    keep: true,
+                    rule: "errors".into(),
+                    sample_rate: 10,
+                    keep_linked: true,
+                    rate_limited: false,
+                },
+            },
+            PeerMessage::Decided {
+                trace: t(5),
+                decision: datatracing_core::policy::Decision {
+                    keep: false,
+                    rule: "default".into(),
+                    sample_rate: 1,
+                    keep_linked: false,
+                    rate_limited: true,
+                },
+            },
         ];
         assert_eq!(decode(encode(&msgs)).unwrap(), msgs);
         assert!(decode(Bytes::from_static(&[0xff, 0xff])).is_err());
