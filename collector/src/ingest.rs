@@ -15,8 +15,12 @@ pub(crate) enum Protocol {
     OtlpHttpProtobuf,
     OtlpHttpJson,
     OtlpGrpc,
-    /// OTLP/gRPC from a peer replica forwarding spans this replica owns.
+    /// OTLP/gRPC from a peer replica forwarding spans this replica owns, to be stamped with
+    /// the tenant of the request (its `x-datatracing-tenant`, from a peer token).
     Peer,
+    /// The same, spans the peer decoded and stamped already (they keep their tenant). Only
+    /// with `auth` on and a `peer` token: nobody else can choose a tenant.
+    PeerStamped,
 }
 
 impl Protocol {
@@ -26,8 +30,13 @@ impl Protocol {
             Protocol::OtlpHttpProtobuf => "otlp_http_protobuf",
             Protocol::OtlpHttpJson => "otlp_http_json",
             Protocol::OtlpGrpc => "otlp_grpc",
-            Protocol::Peer => "peer",
+            Protocol::Peer | Protocol::PeerStamped => "peer",
         }
+    }
+
+    /// Whether a peer replica forwarded the request (it is kept here: the loop guard).
+    pub(crate) fn is_peer(self) -> bool {
+        matches!(self, Protocol::Peer | Protocol::PeerStamped)
     }
 }
 
@@ -190,15 +199,13 @@ impl Ingest {
     ) -> Result<usize, IngestError> {
         // After validation, so a client's own value in the reserved attribute never
         // survives, and before the durable queue, so a replayed span keeps its tenant.
-        for span in &mut valid {
-            tenant.stamp(span);
+        if protocol != Protocol::PeerStamped {
+            for span in &mut valid {
+                tenant.stamp(span);
+            }
         }
         let p = protocol.label();
-        let labels = ProtocolLabels { protocol: p };
-        self.metrics
-            .received
-            .get_or_create(&labels)
-            .inc_by((valid.len() + rejected) as u64);
+        self.metrics.receive(p, valid.len() + rejected);
         if rejected > 0 {
             self.metrics.reject(p, "invalid", rejected);
         }
@@ -208,9 +215,30 @@ impl Ingest {
         }
         // Spans a peer forwarded are kept whatever this replica's ring says (loop guard).
         match &self.router {
-            Some(router) if protocol != Protocol::Peer => self.route(router, p, valid).await,
+            Some(router) if !protocol.is_peer() => self.route(router, p, valid).await,
             _ => self.commit(p, valid).await,
         }
+    }
+
+    /// Keeps spans here whoever owns them (already counted as received): the fallback for
+    /// a part its owner could not take. Stamps the tenant, counts the invalid ones.
+    pub(crate) async fn keep(
+        &self,
+        protocol: Protocol,
+        tenant: &Tenant,
+        mut valid: Vec<Span>,
+        rejected: usize,
+    ) -> Result<usize, IngestError> {
+        if protocol != Protocol::PeerStamped {
+            for span in &mut valid {
+                tenant.stamp(span);
+            }
+        }
+        let p = protocol.label();
+        if rejected > 0 {
+            self.metrics.reject(p, "invalid", rejected);
+        }
+        self.commit(p, valid).await
     }
 
     /// Keeps the spans this replica owns and forwards the others to their owners, all at
@@ -243,10 +271,7 @@ impl Ingest {
         let forwarded_ok = remote_n - back.len();
         mine?;
         if forwarded_ok > 0 {
-            self.metrics
-                .accepted
-                .get_or_create(&ProtocolLabels { protocol: p })
-                .inc_by(forwarded_ok as u64);
+            self.metrics.accept(p, forwarded_ok);
         }
         if !back.is_empty() {
             self.commit(p, back).await?;
@@ -257,7 +282,6 @@ impl Ingest {
     /// Commits spans on this replica: into the durable queue, or through the queue into
     /// the store. Counts them as accepted once done.
     async fn commit(&self, p: &'static str, valid: Vec<Span>) -> Result<usize, IngestError> {
-        let labels = ProtocolLabels { protocol: p };
         let n = valid.len();
         if n == 0 {
             return Ok(0);
@@ -269,10 +293,7 @@ impl Ingest {
                 .set(i64::try_from(wal.pending_bytes()).unwrap_or(i64::MAX));
             return match r {
                 Ok(()) => {
-                    self.metrics
-                        .accepted
-                        .get_or_create(&labels)
-                        .inc_by(n as u64);
+                    self.metrics.accept(p, n);
                     Ok(n)
                 }
                 Err(AppendError::Full) => {
@@ -299,10 +320,7 @@ impl Ingest {
         };
         match done.await {
             Ok(Ok(())) => {
-                self.metrics
-                    .accepted
-                    .get_or_create(&labels)
-                    .inc_by(n as u64);
+                self.metrics.accept(p, n);
                 Ok(n)
             }
             Ok(Err(failure)) if failure.transient => {

@@ -134,7 +134,8 @@ impl Collector {
         let routing = if config.peers.enabled {
             let members = route::initial_members(&config.peers).map_err(Error::Config)?;
             let m = route::RouteMetrics::register(registry);
-            Some(route::Router::new(&config.peers, members, m))
+            let token = route::PeerToken::load(&config.peers).map_err(Error::Config)?;
+            Some(route::Router::new(&config.peers, members, m, token))
         } else {
             None
         };
@@ -206,6 +207,7 @@ impl Collector {
                         router.subscribe(),
                         router.metrics.clone(),
                         self.config.peers.forward.connect_timeout.get(),
+                        router.token().clone(),
                     ));
                 }
                 Box::new(t)
@@ -271,6 +273,23 @@ impl Collector {
             retention: Some(Arc::clone(&self.store)),
             router: self.routing.as_ref().map(|(r, _)| r.clone()),
         };
+        if let Some((router, _)) = &self.routing
+            && self.auth.enabled()
+            && router.token().authorization().is_none()
+        {
+            tracing::warn!(
+                "auth is on but collector.peers has no token (token_file or token_env with a \
+                 `peer` token): peers will refuse what this replica forwards, and it will keep \
+                 those spans itself (split traces)"
+            );
+        }
+        if let (Some((router, _)), Some(path)) = (&self.routing, &self.config.peers.token_file) {
+            tokio::spawn(router.token().clone().watch(
+                path.clone(),
+                self.config.peers.reload_interval.get(),
+                stop_routing.clone(),
+            ));
+        }
         if let Some((router, tx)) = &self.routing
             && self.config.peers.file.is_some()
         {

@@ -9,6 +9,10 @@ use prometheus_client::registry::Registry;
 
 use datatracing_config::CollectorConfig;
 
+/// The protocol label of spans a peer forwarded (`Protocol::Peer`): they are counted in
+/// the `peer_spans_*` metrics, not in the client ones, so nothing is counted twice.
+const PEER: &str = "peer";
+
 /// Label set: the ingest protocol.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {
@@ -25,6 +29,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Label set of spans a peer forwarded and this replica refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerRejectLabels {
+    /// As in `spans_rejected_total`.
+    pub reason: &'static str,
+}
+
 /// Label set of dropped spans: by then the protocol no longer matters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
@@ -35,12 +46,23 @@ pub struct DropLabels {
 /// All collector metrics.
 #[derive(Clone, Debug)]
 pub struct CollectorMetrics {
-    /// `datatracing_collector_spans_received_total`: spans in requests that were parsed.
+    /// `datatracing_collector_spans_received_total`: spans in parsed requests from clients
+    /// (whichever replica owns them: summed over replicas, every client span once).
     pub received: Family<ProtocolLabels, Counter>,
-    /// `datatracing_collector_spans_accepted_total`: spans acknowledged to clients.
+    /// `datatracing_collector_spans_accepted_total`: spans acknowledged to clients (kept here
+    /// or accepted by their owner).
     pub accepted: Family<ProtocolLabels, Counter>,
-    /// `datatracing_collector_spans_rejected_total`: spans refused, by reason.
+    /// `datatracing_collector_spans_rejected_total`: client spans refused, by reason (an
+    /// owner's verdict on a forwarded span counts on the replica that answered the client).
     pub rejected: Family<ReasonLabels, Counter>,
+    /// `datatracing_collector_peer_spans_received_total`: spans a peer replica forwarded
+    /// here (they were counted as received by that peer).
+    pub peer_received: Counter,
+    /// `datatracing_collector_peer_spans_accepted_total`: forwarded spans acknowledged to
+    /// the peer.
+    pub peer_accepted: Counter,
+    /// `datatracing_collector_peer_spans_rejected_total`: forwarded spans refused, by reason.
+    pub peer_rejected: Family<PeerRejectLabels, Counter>,
     /// `datatracing_collector_spans_written_total`: spans committed to the store.
     pub written: Counter,
     /// `datatracing_collector_spans_dropped_total`: acknowledged spans that were lost, by
@@ -80,6 +102,9 @@ impl CollectorMetrics {
             received: Family::default(),
             accepted: Family::default(),
             rejected: Family::default(),
+            peer_received: Counter::default(),
+            peer_accepted: Counter::default(),
+            peer_rejected: Family::default(),
             written: Counter::default(),
             dropped: Family::default(),
             wal_bytes: Gauge::default(),
@@ -108,6 +133,21 @@ impl CollectorMetrics {
             "spans_rejected",
             "Spans refused, by reason",
             m.rejected.clone(),
+        );
+        r.register(
+            "peer_spans_received",
+            "Spans a peer replica forwarded here",
+            m.peer_received.clone(),
+        );
+        r.register(
+            "peer_spans_accepted",
+            "Forwarded spans acknowledged to the peer",
+            m.peer_accepted.clone(),
+        );
+        r.register(
+            "peer_spans_rejected",
+            "Forwarded spans refused, by reason",
+            m.peer_rejected.clone(),
         );
         r.register(
             "spans_written",
@@ -185,9 +225,38 @@ impl CollectorMetrics {
             .inc_by(n as u64);
     }
 
+    /// Counts refused spans: a client's by protocol, a peer's apart.
     pub(crate) fn reject(&self, protocol: &'static str, reason: &'static str, n: usize) {
-        self.rejected
-            .get_or_create(&ReasonLabels { protocol, reason })
-            .inc_by(n as u64);
+        if protocol == PEER {
+            self.peer_rejected
+                .get_or_create(&PeerRejectLabels { reason })
+                .inc_by(n as u64);
+        } else {
+            self.rejected
+                .get_or_create(&ReasonLabels { protocol, reason })
+                .inc_by(n as u64);
+        }
+    }
+
+    /// Counts received spans: a client's by protocol, a peer's apart.
+    pub(crate) fn receive(&self, protocol: &'static str, n: usize) {
+        if protocol == PEER {
+            self.peer_received.inc_by(n as u64);
+        } else {
+            self.received
+                .get_or_create(&ProtocolLabels { protocol })
+                .inc_by(n as u64);
+        }
+    }
+
+    /// Counts acknowledged spans: a client's by protocol, a peer's apart.
+    pub(crate) fn accept(&self, protocol: &'static str, n: usize) {
+        if protocol == PEER {
+            self.peer_accepted.inc_by(n as u64);
+        } else {
+            self.accepted
+                .get_or_create(&ProtocolLabels { protocol })
+                .inc_by(n as u64);
+        }
     }
 }

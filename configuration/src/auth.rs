@@ -25,6 +25,10 @@ pub enum Scope {
     Query,
     /// The sampling admin endpoints (`/admin/sampling`, reload and status).
     Admin,
+    /// What routed collector replicas send each other (`collector.peers`): forwarded spans,
+    /// with the tenant they were sent for, and lineage messages. For the replicas' own
+    /// token only: it can store spans for any tenant.
+    Peer,
 }
 
 impl Scope {
@@ -34,6 +38,7 @@ impl Scope {
             Scope::Ingest => "ingest",
             Scope::Query => "query",
             Scope::Admin => "admin",
+            Scope::Peer => "peer",
         }
     }
 }

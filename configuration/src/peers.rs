@@ -37,6 +37,12 @@ pub struct PeersConfig {
     pub kubernetes: Option<KubernetesPeers>,
     /// Forwarding to the owners.
     pub forward: ForwardConfig,
+    /// A file holding the bearer token this replica presents to its peers (re-read every
+    /// `reload_interval`), when `auth` is on: a token of `auth.tokens` with the `peer`
+    /// scope. Not with `token_env`.
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding that token, read at start.
+    pub token_env: Option<String>,
 }
 
 /// Membership from Kubernetes: the EndpointSlices labelled
@@ -71,7 +77,8 @@ pub struct ForwardConfig {
     /// Most spans waiting to be forwarded to one peer. A request that does not fit keeps
     /// its spans on this replica (counted as `queue_full` fallback), it is never dropped.
     pub max_queue_spans: usize,
-    /// Forwarded requests in flight to one peer at once.
+    /// Forwarded requests in flight to one peer at once (calls share one HTTP/2
+    /// connection; each client request's part for the peer is one call).
     pub max_in_flight: usize,
     /// How long a client request waits for the owner to accept its spans (retries
     /// included); after it, the spans are kept on this replica instead.
@@ -80,8 +87,10 @@ pub struct ForwardConfig {
     pub retry_backoff: ConfigDuration,
     /// Connection set-up limit per attempt.
     pub connect_timeout: ConfigDuration,
-    /// Compression of forwarded requests: `gzip` (less network, more CPU) or `none`
-    /// (replicas on a fast network: the cheaper choice per span).
+    /// Compression of forwarded requests: `none` (the default: replicas of one pipeline
+    /// share a cluster network, and gzip cost more CPU per span than the hop it saved,
+    /// `docs/benchmarks.md`) or `gzip` (less network, more CPU: replicas across zones
+    /// billed per byte).
     pub compression: ForwardCompression,
 }
 
@@ -90,9 +99,9 @@ pub struct ForwardConfig {
 #[serde(rename_all = "lowercase")]
 pub enum ForwardCompression {
     /// gzip, as OTLP exporters send.
-    #[default]
     Gzip,
     /// Uncompressed.
+    #[default]
     None,
 }
 
@@ -106,6 +115,8 @@ impl Default for PeersConfig {
             reload_interval: ConfigDuration::from_secs(2),
             kubernetes: None,
             forward: ForwardConfig::default(),
+            token_file: None,
+            token_env: None,
         }
     }
 }
@@ -115,11 +126,11 @@ impl Default for ForwardConfig {
         Self {
             max_batch_spans: 5_000,
             max_queue_spans: 100_000,
-            max_in_flight: 4,
+            max_in_flight: 16,
             timeout: ConfigDuration::from_secs(5),
             retry_backoff: ConfigDuration::from_millis(50),
             connect_timeout: ConfigDuration::from_secs(1),
-            compression: ForwardCompression::Gzip,
+            compression: ForwardCompression::None,
         }
     }
 }
@@ -185,6 +196,9 @@ impl PeersConfig {
                 "collector.peers.static must list this replica (collector.peers.self = `{}`)",
                 self.self_addr
             ));
+        }
+        if self.token_file.is_some() && self.token_env.is_some() {
+            return bad("collector.peers: set one of token_file and token_env".into());
         }
         if self.reload_interval.get().is_zero() {
             return bad("collector.peers.reload_interval must be positive".into());

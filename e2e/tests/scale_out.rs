@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use datatracing_e2e::Server;
 use datatracing_testkit::free_port;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use serde_json::{Value, json};
 
 const POLICY: &str = "rules:\n  - name: errors\n    when: { status: [ERROR] }\n    action: { decision: keep, keep_linked: true }\ndefault: { decision: drop }\n";
@@ -37,9 +38,21 @@ fn start_with(
     decision_wait: Option<&str>,
     peers: Option<&str>,
 ) -> Server {
+    start_policy(dir, grpc_port, decision_wait, peers, POLICY, "")
+}
+
+/// [`start_with`] with the given sampling policy (YAML).
+fn start_policy(
+    dir: &Path,
+    grpc_port: u16,
+    decision_wait: Option<&str>,
+    peers: Option<&str>,
+    policy_yaml: &str,
+    top_level_yaml: &str,
+) -> Server {
     std::fs::create_dir_all(dir).unwrap();
     let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, policy_yaml).unwrap();
     let mut yaml = format!(
         "collector:\n  durable_queue:\n    enabled: true\n    dir: {}\n",
         dir.join("wal").display()
@@ -53,6 +66,7 @@ fn start_with(
     if let Some(p) = peers {
         yaml += &format!("  peers:\n{p}");
     }
+    yaml += top_level_yaml;
     let cfg = dir.join("config.yaml");
     std::fs::write(&cfg, yaml).unwrap();
     let mut c = Command::new(datatracing_e2e::binary());
@@ -147,7 +161,14 @@ fn deal(spans: &[Value], targets: usize, per_request: usize) -> Vec<Vec<Vec<Valu
         .collect()
 }
 
+/// Requests sent so far: every other one goes as OTLP/HTTP protobuf, which a routed replica
+/// splits by owner at the wire level; the others as native JSON, decoded before routing.
+static REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 async fn post(client: &reqwest::Client, ingest: SocketAddr, spans: &[Value]) -> bool {
+    if REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 1 {
+        return post_otlp(client, ingest, spans).await;
+    }
     match client
         .post(format!("http://{ingest}/api/v1/spans"))
         .json(&json!({ "spans": spans }))
@@ -157,6 +178,30 @@ async fn post(client: &reqwest::Client, ingest: SocketAddr, spans: &[Value]) -> 
         Ok(r) if r.status() == 202 => {
             let v: Value = r.json().await.unwrap();
             assert_eq!(v["rejected"], 0, "{v}");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// [`post`] as OTLP/HTTP protobuf; the answer must reject nothing.
+async fn post_otlp(client: &reqwest::Client, ingest: SocketAddr, spans: &[Value]) -> bool {
+    use prost::Message;
+    let spans: Vec<datatracing_core::Span> = spans
+        .iter()
+        .map(|s| serde_json::from_value(s.clone()).unwrap())
+        .collect();
+    let body = datatracing_collector::otlp::convert::to_otlp(&spans).encode_to_vec();
+    match client
+        .post(format!("http://{ingest}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) if r.status() == 200 => {
+            let resp = ExportTraceServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
+            assert!(resp.partial_success.is_none(), "{resp:?}");
             true
         }
         _ => false,
@@ -427,6 +472,25 @@ async fn send_retrying(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_and_one_added_lose_no_acknowledged_span() {
+    kill_and_add(false).await;
+}
+
+/// The same membership change with tail sampling on (a policy keeping every trace, so a
+/// trace decided on two replicas shows as stored by both): buffered traces and decisions are
+/// handed to the new owner. What the killed replica buffered undecided is lost with its
+/// memory (ADR 0006), so the acknowledged spans missing are allowed to be of traces it
+/// owned, and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_with_tail_sampling_splits_few_traces() {
+    kill_and_add(true).await;
+}
+
+/// Keeps every trace.
+const KEEP_ALL: &str = "rules: []\ndefault: { decision: keep }\n";
+
+// The split count is the measurement the ADR reports: printed for `--nocapture`.
+#[allow(clippy::print_stdout)]
+async fn kill_and_add(sampling: bool) {
     const N: usize = 1_200;
     let root = tempfile::tempdir().unwrap();
     let members_file = root.path().join("members");
@@ -434,12 +498,15 @@ async fn a_replica_killed_and_one_added_lose_no_acknowledged_span() {
     let peer: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     write_members(&members_file, &[&peer[0], &peer[1], &peer[2]]);
     let dirs: Vec<PathBuf> = (0..4).map(|i| root.path().join(format!("r{i}"))).collect();
+    let wait = sampling.then_some("1s");
     let launch = |i: usize| {
-        start(
+        start_policy(
             &dirs[i],
             ports[i],
-            false,
+            wait,
             Some(&peers_file(&peer[i], &members_file)),
+            KEEP_ALL,
+            "",
         )
     };
     // The same, for a blocking task while requests are in flight.
@@ -451,11 +518,13 @@ async fn a_replica_killed_and_one_added_lose_no_acknowledged_span() {
             members_file.clone(),
         );
         move |i: usize| {
-            start(
+            start_policy(
                 &dirs[i],
                 ports[i],
-                false,
+                wait,
                 Some(&peers_file(&peer[i], &file)),
+                KEEP_ALL,
+                "",
             )
         }
     };
@@ -513,17 +582,43 @@ async fn a_replica_killed_and_one_added_lose_no_acknowledged_span() {
     }
     let acked = acked.into_inner().unwrap();
     let lost: Vec<_> = acked.difference(&found).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged spans lost: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
+    let first_ring = datatracing_collector::route::Ring::new(
+        vec![peer[0].clone(), peer[1].clone(), peer[2].clone()],
+        "",
     );
+    let owned_by_killed = |i: usize| {
+        let t = datatracing_core::TraceId::from_hex(&trace_id(i)).unwrap();
+        first_ring.owner(&t) == Some(peer[2].as_str())
+    };
+    let lost_elsewhere: Vec<_> = lost.iter().filter(|(i, _)| !owned_by_killed(*i)).collect();
+    if sampling {
+        assert!(
+            lost_elsewhere.is_empty(),
+            "{} acknowledged spans lost outside the killed replica's buffer: {:?}",
+            lost_elsewhere.len(),
+            &lost_elsewhere[..lost_elsewhere.len().min(5)]
+        );
+    } else {
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged spans lost: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+    }
     let split = holders.values().filter(|h| h.len() > 1).count();
+    let lost_traces: BTreeSet<usize> = lost.iter().map(|(i, _)| *i).collect();
+    let mut handed = 0.0;
+    for a in &ingests {
+        let m = datatracing_e2e::metrics(&client, *a).await;
+        handed += metric(&m, "datatracing_sampling_handed_over_decisions_total");
+    }
     println!(
-        "membership change under load: {} traces, {} acknowledged spans, 0 lost, {split} traces split across replicas",
-        N,
-        acked.len()
+        "membership change under load (tail sampling {}): {N} traces, {} acknowledged spans, {} lost ({} traces, all buffered undecided on the killed replica), {split} traces split across replicas, {handed} decisions handed over",
+        if sampling { "on" } else { "off" },
+        acked.len(),
+        lost.len(),
+        lost_traces.len(),
     );
 }
 
@@ -679,4 +774,252 @@ async fn a_leaving_replica_hands_its_buffered_traces_over() {
     assert!(kept.values().all(|s| s.len() == 4), "kept traces are whole");
     let m = datatracing_e2e::metrics(&client, ingest[1]).await;
     assert!(metric(&m, "datatracing_collector_handoff_spans_total") > 0.0);
+}
+
+/// Validation of a split request happens once, on the owner of each span, and the client
+/// gets the sum: a request of 30 single-span traces, 6 of them with a span id too short, sent
+/// to one of 3 routed replicas, is answered with 6 rejected spans; the 24 valid ones are
+/// stored by their owners; over the replicas, `spans_received_total` counts each client span
+/// once and the forwarded ones appear only in `peer_spans_received_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_verdicts_on_a_split_request_reach_the_client_once() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let root = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let members: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let servers: Vec<Server> = (0..3)
+        .map(|i| {
+            start(
+                &root.path().join(format!("r{i}")),
+                ports[i],
+                false,
+                Some(&peers_static(&members[i], &members)),
+            )
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let spans: Vec<datatracing_core::Span> = (0..30)
+        .map(|i| serde_json::from_value(trace(i, 1, false, None).remove(0)).unwrap())
+        .collect();
+    let mut req: ExportTraceServiceRequest = datatracing_collector::otlp::convert::to_otlp(&spans);
+    let mut bad = 0;
+    for rs in &mut req.resource_spans {
+        for ss in &mut rs.scope_spans {
+            for s in &mut ss.spans {
+                if s.trace_id[15] % 5 == 0 {
+                    s.span_id = vec![1, 2, 3];
+                    bad += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(bad, 6);
+    let r = client
+        .post(format!("http://{}/v1/traces", servers[0].ingest()))
+        .header("content-type", "application/x-protobuf")
+        .body(req.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let resp = ExportTraceServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
+    let partial = resp
+        .partial_success
+        .expect("the invalid spans are reported");
+    assert_eq!(partial.rejected_spans, 6, "{partial:?}");
+    assert!(partial.error_message.contains("span"), "{partial:?}");
+
+    let ingests: Vec<SocketAddr> = servers.iter().map(Server::ingest).collect();
+    settled(&client, &ingests).await;
+    let mut stored_traces = BTreeSet::new();
+    for s in &servers {
+        stored_traces.extend(stored(&client, s.query(), 30).await.into_keys());
+    }
+    let want: BTreeSet<usize> = (0..30)
+        .filter(|i| !(*i as u64 + 1).is_multiple_of(5))
+        .collect();
+    assert_eq!(stored_traces, want, "the valid spans are stored");
+    let (mut received, mut from_peers, mut rejected, mut forwarded) = (0.0, 0.0, 0.0, 0.0);
+    for a in &ingests {
+        let m = datatracing_e2e::metrics(&client, *a).await;
+        received += metric(&m, "datatracing_collector_spans_received_total");
+        rejected += metric(&m, "datatracing_collector_spans_rejected_total");
+        from_peers += metric(&m, "datatracing_collector_peer_spans_received_total");
+        forwarded += metric(&m, "datatracing_collector_forward_spans_total");
+    }
+    assert_eq!(received, 30.0, "each client span is counted once");
+    assert_eq!(rejected, 6.0, "each invalid span is counted once");
+    assert!(forwarded > 0.0, "the request was split");
+    assert_eq!(
+        from_peers, forwarded,
+        "what was forwarded arrived from a peer"
+    );
+}
+
+const CLIENT_TOKEN: &str = "client-5f2a9c1e7b3d4a60";
+const ACME_TOKEN: &str = "acme-0b7e4d2c9a1f3865";
+const PEER_TOKEN: &str = "peers-a8c4e2f19b7d6305";
+
+/// A client sending with `token` (and reading with it).
+fn client_with(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+/// A forwarded export as a peer sends it, by real curl over HTTP/2: the gRPC status.
+fn raw_forward(grpc: &str, token: Option<&str>) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "--http2-prior-knowledge",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-H",
+        "x-datatracing-forwarded-by: 127.0.0.1:1",
+        "--data-binary",
+        "@-",
+    ]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("authorization: Bearer {t}")]);
+    }
+    cmd.arg(format!(
+        "http://{grpc}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    ));
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl (apt-get install curl)");
+    {
+        use std::io::Write;
+        // One empty, uncompressed gRPC message (an empty export request).
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&[0, 0, 0, 0, 0])
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_string();
+    head.lines()
+        .find_map(|l| l.strip_prefix("grpc-status: "))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no grpc-status in {head}"))
+}
+
+/// With `auth` on, replicas forward with their `peer` token: 3 routed replicas store every
+/// trace whole (nothing falls back to the receiving replica), a client's tenant travels with
+/// the spans to their owner, and a forward without the peer token is refused
+/// (UNAUTHENTICATED without a token, PERMISSION_DENIED with a client's ingest token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_replicas_with_auth_forward_with_the_peer_token() {
+    const N: usize = 300;
+    let root = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let members: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let secrets = root.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    for (name, token) in [
+        ("client", CLIENT_TOKEN),
+        ("acme", ACME_TOKEN),
+        ("peer", PEER_TOKEN),
+    ] {
+        std::fs::write(secrets.join(name), format!("{token}\n")).unwrap();
+    }
+    let auth = format!(
+        "auth:\n  tokens:\n\
+         \x20   - {{name: pipelines, scopes: [ingest, query], file: {0}/client}}\n\
+         \x20   - {{name: acme, scopes: [ingest, query], tenant: acme, file: {0}/acme}}\n\
+         \x20   - {{name: collectors, scopes: [peer], file: {0}/peer}}\n",
+        secrets.display()
+    );
+    let servers: Vec<Server> = (0..3)
+        .map(|i| {
+            let peers = format!(
+                "{}    token_file: {}\n",
+                peers_static(&members[i], &members),
+                secrets.join("peer").display()
+            );
+            start_policy(
+                &root.path().join(format!("r{i}")),
+                ports[i],
+                None,
+                Some(&peers),
+                POLICY,
+                &auth,
+            )
+        })
+        .collect();
+    let client = client_with(CLIENT_TOKEN);
+    let ingest: Vec<SocketAddr> = servers.iter().map(Server::ingest).collect();
+    let spans: Vec<Value> = (0..N).flat_map(|i| trace(i, SPANS, false, None)).collect();
+    send_all(&client, &ingest, &spans).await;
+
+    // The acme tenant's traces, sent as one OTLP request to one replica.
+    let acme = client_with(ACME_TOKEN);
+    let acme_spans: Vec<Value> = (N..N + 20).flat_map(|i| trace(i, 2, false, None)).collect();
+    assert!(post_otlp(&acme, ingest[0], &acme_spans).await);
+    settled(&client, &ingest).await;
+
+    let mut holders: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut complete = 0;
+    for s in &servers {
+        for (i, spans) in stored(&client, s.query(), N).await {
+            *holders.entry(i).or_default() += 1;
+            complete += usize::from(spans.len() == SPANS);
+        }
+    }
+    assert_eq!(holders.len(), N, "every trace stored");
+    assert!(holders.values().all(|n| *n == 1), "no trace split");
+    assert_eq!(complete, N, "every trace whole");
+    let (mut forwarded, mut fallback, mut lineage_dropped) = (0.0, 0.0, 0.0);
+    for a in &ingest {
+        let m = datatracing_e2e::metrics(&client, *a).await;
+        forwarded += metric(&m, "datatracing_collector_forward_spans_total");
+        fallback += metric(&m, "datatracing_collector_forward_fallback_spans_total");
+        lineage_dropped += metric(
+            &m,
+            "datatracing_collector_peer_lineage_messages_total{direction=\"dropped\"}",
+        );
+    }
+    assert!(forwarded > 0.0, "spans were forwarded");
+    assert_eq!(fallback, 0.0, "no forward was refused");
+    assert_eq!(lineage_dropped, 0.0);
+
+    // The acme traces are acme's on whichever replica owns them, and nobody else's.
+    let (mut acme_found, mut default_found) = (0, 0);
+    for s in &servers {
+        for i in N..N + 20 {
+            let url = format!("http://{}/api/v1/traces/{}", s.query(), trace_id(i));
+            acme_found += usize::from(acme.get(&url).send().await.unwrap().status() == 200);
+            default_found += usize::from(client.get(&url).send().await.unwrap().status() == 200);
+        }
+    }
+    assert_eq!(acme_found, 20, "each acme trace stored once, for acme");
+    assert_eq!(default_found, 0, "not visible to the default tenant");
+
+    // A forward without the peer token is refused.
+    assert_eq!(raw_forward(&members[1], None), "16", "UNAUTHENTICATED");
+    assert_eq!(
+        raw_forward(&members[1], Some(CLIENT_TOKEN)),
+        "7",
+        "PERMISSION_DENIED"
+    );
+    assert_eq!(
+        raw_forward(&members[1], Some(PEER_TOKEN)),
+        "0",
+        "a peer is let in"
+    );
 }

@@ -136,7 +136,7 @@ pub struct TokenSpec {
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// What the token may do.
-    #[schemars(length(min = 1, max = 3))]
+    #[schemars(length(min = 1, max = 4))]
     pub scopes: Vec<TokenScope>,
     /// The Secret key holding the token (at least 16 characters).
     pub secret_ref: SecretKeySelector,
@@ -159,6 +159,10 @@ pub enum TokenScope {
     Query,
     /// The sampling admin endpoints.
     Admin,
+    /// What routed collector replicas send each other: the collectors present the first
+    /// token with this scope to their peers. Give it to no client: it may store spans for
+    /// any tenant.
+    Peer,
 }
 
 /// How Prometheus finds the pods' `/metrics` (served on the collector's OTLP/HTTP port and

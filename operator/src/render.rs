@@ -214,6 +214,7 @@ pub fn auth_config(p: &TracingPipeline) -> AuthConfig {
                         TokenScope::Ingest => Scope::Ingest,
                         TokenScope::Query => Scope::Query,
                         TokenScope::Admin => Scope::Admin,
+                        TokenScope::Peer => Scope::Peer,
                     })
                     .collect(),
                 file: Some(format!("{TOKENS_DIR}/{}", t.name).into()),
@@ -302,6 +303,19 @@ pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig 
             port_name: "otlp-grpc".into(),
             kubeconfig: None,
         });
+        // With auth on, replicas forward with the pipeline's `peer` token (mounted with the
+        // others); without one, peers refuse forwards and each replica keeps what it
+        // receives (split traces, logged by the collectors).
+        cfg.peers.token_file = p
+            .spec
+            .auth
+            .as_ref()
+            .and_then(|a| {
+                a.tokens
+                    .iter()
+                    .find(|t| t.scopes.contains(&TokenScope::Peer))
+            })
+            .map(|t| format!("{TOKENS_DIR}/{}", t.name).into());
     }
     cfg
 }
@@ -1077,6 +1091,43 @@ mod tests {
                 .unwrap()
                 .contains_key(SAMPLING_KEY)
         );
+    }
+
+    /// With auth on, routed collectors present the pipeline's `peer` token to each other:
+    /// the config names its mounted file, and the token is accepted with the `peer` scope.
+    #[test]
+    fn routed_collectors_with_auth_forward_with_the_peer_token() {
+        let mut p = pipeline();
+        p.spec.auth = Some(
+            serde_json::from_value(json!({"tokens": [
+                {"name": "pipelines", "scopes": ["ingest"], "secretRef": {"name": "tokens", "key": "ingest"}},
+                {"name": "collectors", "scopes": ["peer"], "secretRef": {"name": "tokens", "key": "peer"}}
+            ]}))
+            .unwrap(),
+        );
+        let d = desired(&p, "img:1", Some(&sampling())).unwrap();
+        assert!(d.peers.is_some(), "routed");
+        let config = Config::from_yaml(
+            &d.config_map.data.as_ref().unwrap()[CONFIG_KEY],
+            &[("POD_IP".to_string(), "10.1.2.3".to_string())].into(),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.collector.peers.token_file.as_deref(),
+            Some(std::path::Path::new("/etc/datatracing/tokens/collectors"))
+        );
+        assert_eq!(config.auth.tokens[1].scopes, [Scope::Peer]);
+        // Without a peer token there is nothing to present.
+        p.spec.auth = Some(
+            serde_json::from_value(json!({"tokens": [
+                {"name": "pipelines", "scopes": ["ingest"], "secretRef": {"name": "tokens", "key": "ingest"}}
+            ]}))
+            .unwrap(),
+        );
+        let d = desired(&p, "img:1", Some(&sampling())).unwrap();
+        let text = &d.config_map.data.as_ref().unwrap()[CONFIG_KEY];
+        assert!(text.contains("token_file: null"), "{text}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 # Reported: spans per collector CPU-second (all collectors' CPU time, from the first request
 # until every span is stored), and the forwarding latency histogram's mean.
 # Extra collector settings: YAML lines in $COLLECTOR_YAML (indented under `collector:`);
-# $FORWARD_COMPRESSION sets collector.peers.forward.compression (gzip, the default, or none);
+# $FORWARD_COMPRESSION sets collector.peers.forward.compression (none, the default, or gzip);
 # ROUTING=off runs the N collectors without routing (what N processes cost by themselves).
 # Build first: cargo build --release --locked -p datatracing-cli -p datatracing-loadgen
 set -euo pipefail
@@ -62,7 +62,7 @@ for i in $(seq 0 $((n - 1))); do
     self: \"${grpc[$i]}\"
     static: [${members%, }]
     forward:
-      compression: ${FORWARD_COMPRESSION:-gzip}"
+      compression: ${FORWARD_COMPRESSION:-none}"
   fi
   cat > "$work/config-$i.yaml" <<EOF
 log:

@@ -13,7 +13,10 @@
 //! 4. the estimate is taken from the process-wide decode budget
 //!    (`max_decode_memory_bytes`, shared by HTTP and gRPC); when it does not fit the request
 //!    is refused at once as retryable, never queued with its memory;
-//! 5. only then is it decoded and converted; the budget is returned when the spans leave for
+//! 5. with routing on, a protobuf request from a client is split by owner at the wire level
+//!    ([`crate::route::split`]), which also checks that all of it decodes; only this
+//!    replica's part is decoded and converted here, the other parts travel as bytes;
+//! 6. only then is it decoded and converted; the budget is returned when the spans leave for
 //!    the queue (which has its own bounds).
 
 use std::sync::Arc;
@@ -73,6 +76,8 @@ pub(crate) struct Prepared {
     pub valid: Vec<Span>,
     pub rejected: usize,
     pub first_error: Option<String>,
+    /// The parts other replicas own, still encoded (routing on, split requested).
+    pub forward: Vec<crate::route::split::Part>,
 }
 
 /// Bounds and budgets of OTLP decoding; cheap to clone, one per collector.
@@ -109,11 +114,15 @@ impl DecodePool {
 
     /// Decodes, converts and validates one request within the bounds (see the module
     /// documentation for the order).
+    ///
+    /// With `split` (and routing on), a protobuf request is split by owner first and only
+    /// this replica's part is decoded; the others come back in [`Prepared::forward`].
     pub(crate) async fn decode(
         &self,
         ingest: &Ingest,
         protocol: Protocol,
         req: Encoded,
+        split: bool,
     ) -> Result<Prepared, DecodeError> {
         let Ok(worker) = Arc::clone(&self.workers).acquire_owned().await else {
             return Err(DecodeError::Busy);
@@ -122,7 +131,7 @@ impl DecodePool {
         let ingest = ingest.clone();
         let task = tokio::task::spawn_blocking(move || {
             let _worker = worker;
-            this.decode_blocking(&ingest, protocol, req)
+            this.decode_split(&ingest, protocol, req, split)
         });
         match task.await {
             Ok(r) => r,
@@ -166,6 +175,16 @@ impl DecodePool {
         ingest: &Ingest,
         protocol: Protocol,
         req: Encoded,
+    ) -> Result<Prepared, DecodeError> {
+        self.decode_split(ingest, protocol, req, false)
+    }
+
+    fn decode_split(
+        &self,
+        ingest: &Ingest,
+        protocol: Protocol,
+        req: Encoded,
+        split: bool,
     ) -> Result<Prepared, DecodeError> {
         let limit = match req.compression {
             Compression::None | Compression::Gzip => self.max_body,
@@ -211,6 +230,16 @@ impl DecodePool {
         }
         drop(inflate_budget);
         let _budget = self.take_budget(shape.memory)?;
+        let mut forward = Vec::new();
+        let raw = match &ingest.router {
+            Some(router) if split && req.wire == Wire::Protobuf => {
+                let parts = crate::route::split::split(&raw, &router.ring())
+                    .map_err(|e| DecodeError::Invalid(format!("undecodable OTLP request: {e}")))?;
+                forward = parts.remote;
+                parts.local
+            }
+            _ => raw,
+        };
         let decoded = match req.wire {
             Wire::Protobuf => ExportTraceServiceRequest::decode(raw).map_err(|e| e.to_string()),
             Wire::Json => {
@@ -218,7 +247,10 @@ impl DecodePool {
             }
         }
         .map_err(|e| DecodeError::Invalid(format!("undecodable OTLP request: {e}")))?;
-        Ok(prepare(ingest, protocol, decoded))
+        Ok(Prepared {
+            forward,
+            ..prepare(ingest, protocol, decoded)
+        })
     }
 }
 
@@ -327,6 +359,7 @@ fn prepare(ingest: &Ingest, protocol: Protocol, req: ExportTraceServiceRequest) 
         valid,
         rejected,
         first_error,
+        forward: Vec::new(),
     }
 }
 

@@ -48,13 +48,8 @@ impl Export {
         &self,
         req: Request<Bytes>,
         gzip: bool,
-        tenant: Tenant,
+        (protocol, tenant): (Protocol, Tenant),
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let protocol = if req.metadata().contains_key(crate::route::FORWARDED_HEADER) {
-            Protocol::Peer
-        } else {
-            Protocol::OtlpGrpc
-        };
         // tonic inflated a gzip message already (bounded by max_decompressed_bytes); an
         // uncompressed one must fit max_body_bytes, like an uncompressed HTTP body.
         let encoded = Encoded {
@@ -127,7 +122,7 @@ impl tonic::server::NamedService for TraceService {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
-struct Unary(Arc<Export>, bool, Tenant);
+struct Unary(Arc<Export>, bool, (Protocol, Tenant));
 
 impl tonic::server::UnaryService<Bytes> for Unary {
     type Response = ExportTraceServiceResponse;
@@ -135,8 +130,8 @@ impl tonic::server::UnaryService<Bytes> for Unary {
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let inner = Arc::clone(&self.0);
-        let (gzip, tenant) = (self.1, self.2.clone());
-        Box::pin(async move { inner.export(req, gzip, tenant).await })
+        let (gzip, who) = (self.1, self.2.clone());
+        Box::pin(async move { inner.export(req, gzip, who).await })
     }
 }
 
@@ -157,19 +152,35 @@ where
         let inner = Arc::clone(&self.inner);
         let max = self.max_message;
         // The token is checked on the headers, before the message is read or decoded, so
-        // an unauthenticated client cannot make the server decode anything.
-        let allowed = self.auth.authorize(
-            req.headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-            Some(Scope::Ingest),
-        );
+        // an unauthenticated client cannot make the server decode anything. Spans a peer
+        // forwarded need the `peer` scope.
+        let forwarded = req.headers().contains_key(crate::route::FORWARDED_HEADER);
+        let allowed = self
+            .auth
+            .authorize(
+                req.headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok()),
+                Some(if forwarded {
+                    Scope::Peer
+                } else {
+                    Scope::Ingest
+                }),
+            )
+            .and_then(|p| {
+                who(
+                    forwarded,
+                    self.auth.enabled(),
+                    p.tenant,
+                    req.headers().get(crate::route::TENANT_HEADER),
+                )
+            });
         Box::pin(async move {
             if req.uri().path() != EXPORT_PATH {
                 return Ok(Status::unimplemented("no such method").into_http());
             }
-            let tenant = match allowed {
-                Ok(p) => p.tenant,
+            let who = match allowed {
+                Ok(who) => who,
                 Err(e) => return Ok(Status::from(e).into_http()),
             };
             let gzip = req
@@ -180,9 +191,36 @@ where
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(max);
-            let resp = grpc.unary(Unary(inner, gzip, tenant), req).await;
+            let resp = grpc.unary(Unary(inner, gzip, who), req).await;
             Ok(size_errors_are_resource_exhausted(resp))
         })
+    }
+}
+
+/// The protocol of an authorized export and the tenant its spans are stored for. A client's
+/// spans are its token's tenant's. A peer's (authorized with the `peer` scope) are the
+/// tenant its `x-datatracing-tenant` names, or, without it, they arrive stamped by the peer
+/// and keep their stamps. With `auth` off there is one tenant, the default.
+fn who(
+    forwarded: bool,
+    auth_on: bool,
+    token_tenant: Tenant,
+    tenant_header: Option<&http::HeaderValue>,
+) -> Result<(Protocol, Tenant), ApiError> {
+    if !forwarded {
+        return Ok((Protocol::OtlpGrpc, token_tenant));
+    }
+    if !auth_on {
+        return Ok((Protocol::Peer, Tenant::default_tenant()));
+    }
+    let bad = |m: String| ApiError::new(datatracing_http::ErrorCode::InvalidArgument, m);
+    match tenant_header.map(|v| v.to_str()) {
+        None => Ok((Protocol::PeerStamped, Tenant::default_tenant())),
+        Some(Ok("")) => Ok((Protocol::Peer, Tenant::default_tenant())),
+        Some(Ok(t)) => Tenant::parse(t)
+            .map(|t| (Protocol::Peer, t))
+            .map_err(|e| bad(format!("{}: {e}", crate::route::TENANT_HEADER))),
+        Some(Err(_)) => Err(bad(format!("{} is not text", crate::route::TENANT_HEADER))),
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use super::client::PeerClient;
 use super::metrics::RouteMetrics;
 use super::ring::Ring;
+use super::token::PeerToken;
 
 /// The gRPC method lineage messages are sent to.
 pub(crate) const LINEAGE_PATH: &str = "/datatracing.peer.v1.Peer/Lineage";
@@ -32,7 +33,7 @@ const OUTBOX: usize = 65_536;
 const BATCH: usize = 4_096;
 
 /// A lineage message between replicas, about traces the receiver owns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerMessage {
     /// `linked` (owned by the sender) links to `trace` (owned by the receiver).
     Link {
@@ -45,6 +46,15 @@ pub enum PeerMessage {
     Keep {
         /// The receiver's trace.
         trace: TraceId,
+    },
+    /// `trace` was decided by the sender, its owner until the members changed: the
+    /// receiver, its owner now, applies the same decision to its spans (buffered there or
+    /// still to come), so the trace is decided once.
+    Decided {
+        /// The receiver's trace.
+        trace: TraceId,
+        /// The decision.
+        decision: datatracing_core::policy::Decision,
     },
 }
 
@@ -62,7 +72,9 @@ pub enum PeerInput {
 impl PeerMessage {
     fn target(&self) -> TraceId {
         match self {
-            PeerMessage::Link { trace, .. } | PeerMessage::Keep { trace } => *trace,
+            PeerMessage::Link { trace, .. }
+            | PeerMessage::Keep { trace }
+            | PeerMessage::Decided { trace, .. } => *trace,
         }
     }
 }
@@ -83,6 +95,25 @@ pub(crate) struct WireBatch {
     pub links: Vec<WireLink>,
     #[prost(bytes = "vec", repeated, tag = "2")]
     pub keep: Vec<Vec<u8>>,
+    #[prost(message, repeated, tag = "3")]
+    pub decided: Vec<WireDecided>,
+}
+
+/// A decision handed to a trace's new owner on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WireDecided {
+    #[prost(bytes = "vec", tag = "1")]
+    pub trace_id: Vec<u8>,
+    #[prost(bool, tag = "2")]
+    pub keep: bool,
+    #[prost(string, tag = "3")]
+    pub rule: String,
+    #[prost(uint32, tag = "4")]
+    pub sample_rate: u32,
+    #[prost(bool, tag = "5")]
+    pub keep_linked: bool,
+    #[prost(bool, tag = "6")]
+    pub rate_limited: bool,
 }
 
 /// The (empty) reply.
@@ -98,6 +129,14 @@ fn encode(msgs: &[PeerMessage]) -> Bytes {
                 linked_trace_id: linked.as_bytes().to_vec(),
             }),
             PeerMessage::Keep { trace } => b.keep.push(trace.as_bytes().to_vec()),
+            PeerMessage::Decided { trace, decision } => b.decided.push(WireDecided {
+                trace_id: trace.as_bytes().to_vec(),
+                keep: decision.keep,
+                rule: decision.rule.clone(),
+                sample_rate: decision.sample_rate,
+                keep_linked: decision.keep_linked,
+                rate_limited: decision.rate_limited,
+            }),
         }
     }
     Bytes::from(b.encode_to_vec())
@@ -107,7 +146,7 @@ fn encode(msgs: &[PeerMessage]) -> Bytes {
 pub(crate) fn decode(body: Bytes) -> Result<Vec<PeerMessage>, prost::DecodeError> {
     let b = WireBatch::decode(body)?;
     let id = |v: &[u8]| TraceId::from_slice(v).ok();
-    let mut out = Vec::with_capacity(b.links.len() + b.keep.len());
+    let mut out = Vec::with_capacity(b.links.len() + b.keep.len() + b.decided.len());
     for l in b.links {
         if let (Some(trace), Some(linked)) = (id(&l.trace_id), id(&l.linked_trace_id)) {
             out.push(PeerMessage::Link { trace, linked });
@@ -119,6 +158,18 @@ pub(crate) fn decode(body: Bytes) -> Result<Vec<PeerMessage>, prost::DecodeError
             .filter_map(|k| id(k))
             .map(|trace| PeerMessage::Keep { trace }),
     );
+    out.extend(b.decided.into_iter().filter_map(|d| {
+        Some(PeerMessage::Decided {
+            trace: id(&d.trace_id)?,
+            decision: datatracing_core::policy::Decision {
+                keep: d.keep,
+                rule: d.rule,
+                sample_rate: d.sample_rate.max(1),
+                keep_linked: d.keep_linked,
+                rate_limited: d.rate_limited,
+            },
+        })
+    }));
     Ok(out)
 }
 
@@ -161,6 +212,7 @@ pub(crate) fn start(
     ring: watch::Receiver<Arc<Ring>>,
     metrics: RouteMetrics,
     connect_timeout: Duration,
+    token: PeerToken,
 ) -> PeerLineage {
     let (out, rx) = mpsc::channel(OUTBOX);
     tokio::spawn(send_loop(
@@ -168,6 +220,7 @@ pub(crate) fn start(
         ring.clone(),
         metrics.clone(),
         connect_timeout,
+        token,
     ));
     PeerLineage { ring, out, metrics }
 }
@@ -177,6 +230,7 @@ async fn send_loop(
     ring: watch::Receiver<Arc<Ring>>,
     metrics: RouteMetrics,
     connect_timeout: Duration,
+    token: PeerToken,
 ) {
     let mut clients: HashMap<String, PeerClient> = HashMap::new();
     let mut buf = Vec::with_capacity(BATCH);
@@ -197,7 +251,7 @@ async fn send_loop(
         for (owner, msgs) in by_owner {
             let client = match clients.get(&owner) {
                 Some(c) => c.clone(),
-                None => match PeerClient::new(&owner, connect_timeout, true) {
+                None => match PeerClient::new(&owner, connect_timeout, true, token.clone()) {
                     Some(c) => {
                         clients.insert(owner.clone(), c.clone());
                         c
@@ -214,7 +268,7 @@ async fn send_loop(
                     Duration::from_millis(500),
                 );
                 let r = (|| {
-                    client.call::<WireAck>(LINEAGE_PATH, body.clone(), None, Duration::from_secs(2))
+                    client.call::<WireAck>(LINEAGE_PATH, body.clone(), &[], Duration::from_secs(2))
                 })
                 .retry(policy.backoff())
                 .sleep(tokio::time::sleep)
@@ -245,6 +299,26 @@ mod tests {
                 linked: t(2),
             },
             PeerMessage::Keep { trace: t(3) },
+            PeerMessage::Decided {
+                trace: t(4),
+                decision: datatracing_core::policy::Decision {
+                    keep: true,
+                    rule: "errors".into(),
+                    sample_rate: 10,
+                    keep_linked: true,
+                    rate_limited: false,
+                },
+            },
+            PeerMessage::Decided {
+                trace: t(5),
+                decision: datatracing_core::policy::Decision {
+                    keep: false,
+                    rule: "default".into(),
+                    sample_rate: 1,
+                    keep_linked: false,
+                    rate_limited: true,
+                },
+            },
         ];
         assert_eq!(decode(encode(&msgs)).unwrap(), msgs);
         assert!(decode(Bytes::from_static(&[0xff, 0xff])).is_err());
@@ -358,7 +432,7 @@ where
             req.headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok()),
-            Some(datatracing_config::Scope::Ingest),
+            Some(datatracing_config::Scope::Peer),
         );
         Box::pin(async move {
             if req.uri().path() != LINEAGE_PATH {

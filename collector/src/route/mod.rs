@@ -12,6 +12,8 @@ mod forward;
 pub(crate) mod lineage;
 mod metrics;
 mod ring;
+pub(crate) mod split;
+mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,11 +23,12 @@ use datatracing_core::Span;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use forward::FORWARDED_HEADER;
-pub(crate) use forward::Fallback;
+pub(crate) use forward::{Accepted, Fallback, Payload};
+pub use forward::{FORWARDED_HEADER, TENANT_HEADER};
 pub use lineage::{PeerInput, PeerMessage};
 pub use metrics::RouteMetrics;
 pub use ring::Ring;
+pub(crate) use token::PeerToken;
 
 use forward::Forwarder;
 
@@ -51,6 +54,7 @@ pub(crate) struct Router {
     forwarder: Forwarder,
     pub(crate) metrics: RouteMetrics,
     self_addr: Arc<str>,
+    token: PeerToken,
 }
 
 impl Router {
@@ -59,6 +63,7 @@ impl Router {
         config: &PeersConfig,
         members: Vec<String>,
         metrics: RouteMetrics,
+        token: PeerToken,
     ) -> (Self, watch::Sender<Arc<Ring>>) {
         let ring = Ring::new(members, &config.self_addr);
         metrics.ring_members.set(ring.len() as i64);
@@ -70,9 +75,11 @@ impl Router {
                     config.forward.clone(),
                     &config.self_addr,
                     metrics.clone(),
+                    token.clone(),
                 ),
                 metrics,
                 self_addr: config.self_addr.as_str().into(),
+                token,
             },
             tx,
         )
@@ -86,6 +93,11 @@ impl Router {
     /// A receiver that sees every new ring.
     pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Ring>> {
         self.ring.clone()
+    }
+
+    /// The token presented to peers.
+    pub(crate) fn token(&self) -> &PeerToken {
+        &self.token
     }
 
     /// This replica's peer address.
@@ -112,14 +124,28 @@ impl Router {
         (local, remote)
     }
 
-    /// Forwards spans to their owner; on failure they come back to be kept here.
+    /// Forwards decoded spans to their owner; on failure they come back to be kept here.
     pub(crate) async fn forward(
         &self,
         peer: &str,
         spans: Vec<Span>,
     ) -> Result<(), (Vec<Span>, Fallback)> {
-        let n = spans.len();
-        let r = self.forwarder.forward(peer, spans).await;
+        match self.forward_payload(peer, Payload::Spans(spans)).await {
+            Ok(_) => Ok(()),
+            Err((Payload::Spans(s), why)) => Err((s, why)),
+            Err((Payload::Encoded { .. }, why)) => Err((Vec::new(), why)),
+        }
+    }
+
+    /// Forwards a payload to its owner: the owner's acknowledgement, or the payload back
+    /// to be kept here.
+    pub(crate) async fn forward_payload(
+        &self,
+        peer: &str,
+        payload: Payload,
+    ) -> Result<Accepted, (Payload, Fallback)> {
+        let n = payload.len();
+        let r = self.forwarder.forward(peer, payload).await;
         if let Err((_, why)) = &r {
             self.metrics.fallback(peer, why.label(), n);
         }

@@ -94,6 +94,19 @@ impl Ring {
         }
     }
 
+    /// Like [`Ring::route`], as the index of the owner among [`Ring::members`].
+    pub(crate) fn route_index(&self, t: &TraceId) -> Option<usize> {
+        match self.owner_index(t) {
+            Some(o) if self.me != Some(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The member at `index` (as [`Ring::route_index`] gives it).
+    pub(crate) fn member(&self, index: usize) -> &str {
+        &self.members[index].0
+    }
+
     /// Member addresses, sorted.
     pub fn members(&self) -> impl Iterator<Item = &str> {
         self.members.iter().map(|(m, _)| m.as_str())

@@ -33,4 +33,7 @@ impl DecisionCache {
     pub(super) fn get(&self, t: &TraceId) -> Option<&Decision> {
         self.map.get(t)
     }
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&TraceId, &Decision)> {
+        self.map.iter()
+    }
 }

@@ -34,6 +34,7 @@ pub struct SamplingMetrics {
     pub(super) buffered_bytes: Gauge,
     pub(super) lineage_forgotten: Family<ReasonLabel, Counter>,
     pub(super) lineage_pending: Gauge,
+    pub(super) handed_over: Counter,
 }
 
 impl SamplingMetrics {
@@ -86,6 +87,11 @@ impl SamplingMetrics {
             "lineage_pending",
             "Linked trace ids waiting to be kept for lineage",
             m.lineage_pending.clone(),
+        );
+        r.register(
+            "handed_over_decisions",
+            "Decisions received from a trace's previous owner after a membership change",
+            m.handed_over.clone(),
         );
         m
     }

@@ -374,6 +374,17 @@ impl Sampler for TailSampler {
                 out.extend(b.spans);
             }
         }
+        // Decisions of traces owned elsewhere now go to their new owner, which applies
+        // them to the trace's spans that reach it later (or already did): decided once.
+        // Kept here as well, for spans still on their way to this replica.
+        for (t, d) in self.kept.iter().chain(self.dropped.iter()) {
+            if !p.owns(t) {
+                p.send(PeerMessage::Decided {
+                    trace: *t,
+                    decision: d.clone(),
+                });
+            }
+        }
         self.buffer.trim_arrival();
         self.update_gauges();
         out
@@ -391,6 +402,24 @@ impl Sampler for TailSampler {
                         && let Some(p) = self.remote(&linked)
                     {
                         p.send(PeerMessage::Keep { trace: linked });
+                    }
+                }
+                PeerMessage::Decided { trace, decision } => {
+                    if self.kept.get(&trace).is_some() || self.dropped.get(&trace).is_some() {
+                        continue;
+                    }
+                    self.metrics.handed_over.inc();
+                    match self.buffer.remove(&trace) {
+                        // Spans that arrived here first get the previous owner's decision.
+                        Some(b) if decision.keep || self.config.dry_run => {
+                            self.keep(trace, b.spans, decision, &mut pass);
+                        }
+                        Some(b) => {
+                            pass.deferred.insert(trace, (b.spans, decision));
+                            pass.deferred_order.push(trace);
+                        }
+                        None if decision.keep => self.kept.insert(trace, decision),
+                        None => self.dropped.insert(trace, decision),
                     }
                 }
                 PeerMessage::Keep { trace } => {
@@ -536,5 +565,64 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].trace_id, theirs);
         assert!(a.pending(), "its own trace stays");
+    }
+
+    /// After a membership change the decisions of traces owned elsewhere go to their new
+    /// owner, which applies them to the spans it buffered and to spans still to come.
+    #[test]
+    fn decisions_are_handed_to_the_new_owner() {
+        let clock = Arc::new(AtomicI64::new(0));
+        let (mut a, mut a_out) = replica("a:1", clock.clone());
+        let (mut b, _b_out) = replica("b:1", clock.clone());
+        // Decided on A (which owned them before the members changed): one kept, one dropped.
+        let (kept, dropped) = (trace(true, 0), trace(true, 1));
+        a.offer(vec![root(kept, true, None), root(dropped, false, None)]);
+        clock.store(3 * SEC, Ordering::SeqCst);
+        assert_eq!(a.tick().len(), 1, "the failing trace kept");
+        assert!(a.take_unowned().is_empty(), "nothing left buffered");
+        let mut handed = Vec::new();
+        while let Ok(m) = a_out.try_recv() {
+            if let PeerMessage::Decided { trace, decision } = m {
+                handed.push((trace, decision.keep, decision.rule));
+            }
+        }
+        handed.sort();
+        let mut want = vec![
+            (kept, true, "errors".to_string()),
+            (dropped, false, "default".to_string()),
+        ];
+        want.sort();
+        assert_eq!(handed, want);
+        // On B, a late span of the kept trace was buffered before the decision arrived: the
+        // decision releases it with A's rule instead of B deciding on its own (drop).
+        let mut child = root(kept, false, None);
+        child.span_id = datatracing_core::SpanId::from_bytes([0, 0, 0, 0, 0, 0, 0, 2]);
+        child.parent_id = Some(datatracing_core::SpanId::from_bytes([
+            0, 0, 0, 0, 0, 0, 0, 1,
+        ]));
+        assert!(b.offer(vec![child]).is_empty());
+        let msgs: Vec<PeerMessage> = want
+            .iter()
+            .map(|(t, keep, rule)| PeerMessage::Decided {
+                trace: *t,
+                decision: Decision {
+                    keep: *keep,
+                    rule: rule.clone(),
+                    sample_rate: 1,
+                    keep_linked: *keep,
+                    rate_limited: false,
+                },
+            })
+            .collect();
+        let out = b.peer(msgs);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].attributes.get(RULE_ATTR),
+            Some(&AttributeValue::String("errors".into()))
+        );
+        // A span of the dropped trace arriving later follows A's decision too.
+        let mut late = root(dropped, false, None);
+        late.span_id = datatracing_core::SpanId::from_bytes([0, 0, 0, 0, 0, 0, 0, 3]);
+        assert!(b.offer(vec![late]).is_empty() && !b.pending());
     }
 }
