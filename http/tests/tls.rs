@@ -118,15 +118,24 @@ async fn stalled_handshakes_are_cut_and_do_not_block_other_clients() {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
     assert!(!String::from_utf8_lossy(&buf).contains("200"));
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    let failures: u64 = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(r#"datatracing_tls_handshake_failures_total{listener="test"} "#)
-        })
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    assert!(failures >= 6, "{text}");
+    // The server counts a failed handshake after it closes the connection, so the client
+    // can see the close first: wait (bounded) for the count.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let failures: u64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"datatracing_tls_handshake_failures_total{listener="test"} "#)
+            })
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        if failures >= 6 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     shutdown.cancel();
 }
