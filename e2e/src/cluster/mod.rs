@@ -648,26 +648,32 @@ impl Cluster {
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default()
         };
-        poll(Duration::from_secs(120), "the node to be Ready", || {
-            let status = kubectl_admin(&[
-                "get",
-                "node",
-                NODE_NAME,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ]);
-            if status.trim() == "True" {
-                return Some(());
-            }
-            for p in ["containerd", "kubelet", "kube-proxy"] {
-                assert!(
-                    node.running(p),
-                    "{p} stopped:\n{}",
-                    logs(&node, &["containerd", "kubelet"])
-                );
-            }
-            None
-        });
+        // Ready, and schedulable: the controller-manager lifts the not-ready taint a moment
+        // after the kubelet reports Ready.
+        poll(
+            Duration::from_secs(120),
+            "the node to be Ready and untainted",
+            || {
+                let status = kubectl_admin(&[
+                    "get",
+                    "node",
+                    NODE_NAME,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.spec.taints}",
+                ]);
+                if status.trim() == "True" {
+                    return Some(());
+                }
+                for p in ["containerd", "kubelet", "kube-proxy"] {
+                    assert!(
+                        node.running(p),
+                        "{p} stopped:\n{}",
+                        logs(&node, &["containerd", "kubelet"])
+                    );
+                }
+                None
+            },
+        );
         laps.lap("node Ready (kubelet, containerd, kube-proxy)");
 
         // The test ClickHouse on the node's addresses: started from this thread, so inside
