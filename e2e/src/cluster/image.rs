@@ -30,6 +30,9 @@ pub struct ImageSpec {
     pub entrypoint: Vec<String>,
     /// `uid:gid` the container runs as unless the pod says otherwise.
     pub user: String,
+    /// Image paths whose debug information `strip` removes (when binutils is installed):
+    /// the release binary carries line tables, ten times its code's size.
+    pub strip: Vec<String>,
 }
 
 /// The shared libraries `binary` loads, as `ldd` lists them (the dynamic loader included).
@@ -60,6 +63,7 @@ pub fn product_image(binary: &Path, reference: &str) -> ImageSpec {
         files,
         entrypoint: vec![BINARY_PATH.to_string()],
         user: "65532:65532".into(),
+        strip: vec![BINARY_PATH.to_string()],
     }
 }
 
@@ -73,6 +77,13 @@ pub fn write_image(spec: &ImageSpec, work: &Path, out: &Path) -> String {
         fs::create_dir_all(target.parent().expect("a file in a directory")).expect("mkdir");
         // fs::copy follows symlinks: the image gets the file the link points to.
         fs::copy(src, &target).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+    }
+    for path in &spec.strip {
+        // Optional: an unstripped binary runs the same, in a larger image.
+        let _ = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(rootfs.join(path.trim_start_matches('/')))
+            .status();
     }
     fs::create_dir_all(rootfs.join("tmp")).expect("mkdir tmp");
     let image = work.join("image");

@@ -633,6 +633,7 @@ impl Cluster {
                 files: vec![(bins.join("pause"), "/pause".into())],
                 entrypoint: vec!["/pause".into()],
                 user: "65535:65535".into(),
+                strip: Vec::new(),
             },
             &dir.join("pause-image"),
             &pause_tar,
@@ -902,6 +903,19 @@ impl Cluster {
     /// The kubelet's sync period this cluster runs with (a Go duration).
     pub fn kubelet_sync(&self) -> &str {
         &self.kubelet_sync
+    }
+
+    /// [`Cluster::kubelet_sync`] as a duration (seconds, minutes or hours; a minute if it
+    /// cannot be read).
+    pub fn kubelet_sync_period(&self) -> Duration {
+        let s = self.kubelet_sync.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let n: u64 = s[..split].parse().unwrap_or(60);
+        match &s[split..] {
+            "s" => Duration::from_secs(n),
+            "h" => Duration::from_secs(n * 3600),
+            _ => Duration::from_secs(n * 60),
+        }
     }
 
     /// The node's processes (logs, PIDs).

@@ -412,9 +412,23 @@ impl Node {
 }
 
 /// Creates the kubelet's cgroup root in every v1 controller (cpuset needs its CPUs and
-/// memory nodes copied from the root before anything can join it).
+/// memory nodes copied from the root before anything can join it), or, on a unified (v2)
+/// hierarchy, once at its top.
 fn create_cgroup_root(root: &str) {
-    let Ok(controllers) = fs::read_dir("/sys/fs/cgroup") else {
+    let top = Path::new("/sys/fs/cgroup");
+    if top.join("cgroup.controllers").exists() {
+        // Not tried on this machine kind (cgroup v1); GitHub's runners are v2.
+        let dir = top.join(root);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let controllers = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        let enable: Vec<String> = controllers
+            .split_whitespace()
+            .map(|c| format!("+{c}"))
+            .collect();
+        let _ = fs::write(dir.join("cgroup.subtree_control"), enable.join(" "));
+        return;
+    }
+    let Ok(controllers) = fs::read_dir(top) else {
         panic!("no /sys/fs/cgroup: the e2e cluster needs cgroups");
     };
     for c in controllers.flatten() {

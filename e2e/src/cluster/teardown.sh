@@ -54,7 +54,8 @@ if [ -f "$dir/cgroup" ]; then
     dte-*) ;;
     *) echo "teardown: refusing cgroup root '$root'" >&2; exit 1 ;;
   esac
-  for controller in /sys/fs/cgroup/*/; do
+  # Every v1 controller, or the top of a unified (v2) hierarchy.
+  for controller in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
     [ -d "$controller$root" ] || continue
     i=0
     # Deepest first. The holder's end kills what was left in its PID namespace, but a
