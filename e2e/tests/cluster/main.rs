@@ -13,3 +13,4 @@ mod apply_and_ingest;
 mod policy_live;
 mod retention;
 mod support;
+mod uninstall;
