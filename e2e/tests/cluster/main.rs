@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod apply_and_ingest;
+mod operator_failover;
 mod policy_live;
 mod retention;
 mod support;
