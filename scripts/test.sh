@@ -54,7 +54,9 @@ need jq "apt-get install jq"  # runbooks/disaster-recovery.md, run by its tests
 # by side, not one after the other: much of a cold Go build waits on module downloads, which
 # the other build's compiling fills.
 go_logs="$(mktemp -d)"
-./tools/k8s-envtest/build.sh >"$go_logs/k8s.out" 2>"$go_logs/k8s.log" &
+# --node: also kubelet, kube-controller-manager, kube-scheduler, kube-proxy and the pause
+# program, for the e2e cluster (e2e/tests/cluster).
+./tools/k8s-envtest/build.sh --node >"$go_logs/k8s.out" 2>"$go_logs/k8s.log" &
 k8s_build=$!
 ./tools/jaeger/build.sh >"$go_logs/jaeger.out" 2>"$go_logs/jaeger.log" &
 jaeger_build=$!
@@ -97,22 +99,30 @@ await_kafka() {
 
 # A real browser for the UI tests (e2e/tests/ui.rs): Debian's chromium, driven by
 # Playwright (playwright-core from npm at the version e2e/browser/package-lock.json pins; it
-# never downloads a browser of its own). Installed in the background, like the Go builds,
-# and awaited before the first test runs.
+# never downloads a browser of its own). And for the e2e cluster (e2e/tests/cluster), Debian's
+# containerd, runc, CNI plugins and iptables. Installed in the background (one apt-get run),
+# like the Go builds, and awaited before the first test runs.
 need node "install Node.js 20+ with npm (Debian: apt-get install nodejs npm)"
 need npm "install npm (Debian: apt-get install npm)"
 export DATATRACING_CHROMIUM="${DATATRACING_CHROMIUM:-/usr/bin/chromium}"
-if [ ! -x "$DATATRACING_CHROMIUM" ] && { [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; }; then
-  echo "error: the UI browser tests need chromium at $DATATRACING_CHROMIUM: run 'sudo apt-get update && sudo apt-get install -y chromium' (or set DATATRACING_CHROMIUM)" >&2
+debs=""
+[ -x "$DATATRACING_CHROMIUM" ] || debs="$debs chromium"
+command -v containerd >/dev/null 2>&1 && command -v ctr >/dev/null 2>&1 || debs="$debs containerd"
+command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || debs="$debs runc"
+[ -x /usr/lib/cni/bridge ] || debs="$debs containernetworking-plugins"
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || debs="$debs iptables"
+if [ -n "$debs" ] && { [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; }; then
+  echo "error: the UI browser tests and the e2e cluster need Debian packages:$debs: run 'sudo apt-get update && sudo apt-get install -y$debs' (or set DATATRACING_CHROMIUM for chromium)" >&2
   exit 1
 fi
 browser_log="$(mktemp)"
 (
   set -e
-  if [ ! -x "$DATATRACING_CHROMIUM" ]; then
-    echo "installing chromium with apt-get"
+  if [ -n "$debs" ]; then
+    echo "installing$debs with apt-get"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $debs
   fi
   want="$(sha256sum e2e/browser/package-lock.json | cut -d' ' -f1)"
   if [ "$want" != "$(cat e2e/browser/node_modules/.lock.sha256 2>/dev/null || true)" ]; then
@@ -124,7 +134,7 @@ browser_setup=$!
 await_browser() {
   if ! wait "$browser_setup"; then
     cat "$browser_log" >&2
-    echo "error: installing the UI test browser failed (log above)" >&2
+    echo "error: installing the UI test browser or the e2e cluster's Debian packages failed (log above)" >&2
     exit 1
   fi
 }
@@ -144,7 +154,12 @@ trap 'rm -rf "$log" "$go_logs" "$browser_log" "$kafka_log" "$kafka_log.out"' EXI
 step "cargo test: compile every test"
 cargo test --workspace --all-targets --locked --no-run
 
-step "waiting for the Go-built test binaries, the UI test browser and the Kafka broker jars"
+# The e2e cluster's image holds the release binary (e2e/src/cluster; the harness would build
+# it too, but here its time shows as its own step).
+step "cargo build --release (the binary in the e2e cluster's image)"
+cargo build --release -p datatracing-cli --locked
+
+step "waiting for the Go-built test binaries, the Debian packages, the UI test browser and the Kafka broker jars"
 await_go_builds
 await_browser
 await_kafka

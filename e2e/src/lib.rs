@@ -8,6 +8,8 @@
 //! binary is up to date that is a no-op of about a second.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,14 @@ pub fn binary() -> &'static Path {
     BINARY.get_or_init(build_binary)
 }
 
+/// The release build of the `datatracing` binary (`cargo build --release -p datatracing-cli
+/// --locked`, into the running test's target directory; a no-op when it is current): what the
+/// e2e cluster's image holds.
+pub fn release_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| cargo_build_binary(&["--release", "-p", "datatracing-cli"], "release"))
+}
+
 /// `cargo build --workspace --bin datatracing` with the running test's profile and target
 /// directory, read from where the test executable lives (`<target-dir>/<profile-dir>/deps/`).
 ///
@@ -55,9 +65,15 @@ pub fn binary() -> &'static Path {
 /// turns on), and cargo would rebuild the HTTP and Kubernetes client stack every time it
 /// alternates between the two.
 fn build_binary() -> PathBuf {
+    let profile = test_target_dir().1;
+    cargo_build_binary(&["--workspace", "--profile", &profile], &profile)
+}
+
+/// The running test's target directory and cargo profile.
+fn test_target_dir() -> (PathBuf, String) {
     let exe = std::env::current_exe().expect("the test executable's path");
     let deps = exe.parent().expect("the test executable's directory");
-    let (target_dir, profile) = match (deps.file_name(), deps.parent()) {
+    match (deps.file_name(), deps.parent()) {
         (Some(name), Some(profile_dir)) if name == "deps" => {
             let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
                 Some("debug") => "dev".to_string(),
@@ -73,7 +89,13 @@ fn build_binary() -> PathBuf {
             "the test executable {} is not in a cargo target directory (<target>/<profile>/deps)",
             exe.display()
         ),
-    };
+    }
+}
+
+/// `cargo build --locked --bin datatracing` with `args` into the running test's target
+/// directory; returns the executable cargo reports.
+fn cargo_build_binary(args: &[&str], what: &str) -> PathBuf {
+    let target_dir = test_target_dir().0;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let mut command = Command::new(&cargo);
     // Cargo gives the test process this package's variables (`CARGO_MANIFEST_DIR`,
@@ -86,16 +108,13 @@ fn build_binary() -> PathBuf {
         }
     }
     let out = command
+        .args(["build", "--locked"])
+        .args(args)
         .args([
-            "build",
-            "--locked",
-            "--workspace",
             "--bin",
             "datatracing",
             "--message-format",
             "json-render-diagnostics",
-            "--profile",
-            &profile,
             "--target-dir",
         ])
         .arg(&target_dir)
@@ -105,7 +124,7 @@ fn build_binary() -> PathBuf {
         .unwrap_or_else(|e| panic!("run {cargo:?} to build the datatracing binary: {e}"));
     assert!(
         out.status.success(),
-        "building the datatracing binary failed:\n{}",
+        "building the datatracing binary ({what}) failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let executable = String::from_utf8_lossy(&out.stdout)
@@ -304,6 +323,17 @@ pub async fn metrics(client: &reqwest::Client, addr: SocketAddr) -> String {
 /// environment for the exporter (such as `OTEL_EXPORTER_OTLP_HEADERS`). Returns the line
 /// the script prints: the export result and the ids sent.
 pub fn python_otel_send(protocol: &str, endpoint: &str, env: &[(&str, &str)]) -> Value {
+    python_otel_send_args(protocol, endpoint, &[], env)
+}
+
+/// [`python_otel_send`] with the script's extra arguments (`--downstream`: a second trace
+/// continuing the first with a FOLLOWS_FROM link).
+pub fn python_otel_send_args(
+    protocol: &str,
+    endpoint: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Value {
     let script = workspace_root().join("e2e/tests/python/otel_pipeline.py");
     let out = Command::new(datatracing_testkit::python::python(&[
         "opentelemetry.sdk",
@@ -312,6 +342,7 @@ pub fn python_otel_send(protocol: &str, endpoint: &str, env: &[(&str, &str)]) ->
     ]))
     .arg(script)
     .args([protocol, endpoint])
+    .args(args)
     // `requests` lets these win over the exporter's own CA file
     // (`OTEL_EXPORTER_OTLP_CERTIFICATE`); a machine-wide bundle must not decide what a TLS
     // test trusts.

@@ -7,12 +7,18 @@
 //! exactly one wins. A leader that cannot renew within the renew deadline stops its work and
 //! reports the loss (the process exits and is restarted as a follower); on shutdown it
 //! releases the lease (deletes it) so a follower takes over without waiting for expiry.
+//!
+//! The holder also names its pod as the lease's owner ([`LeaderElector::owned_by`]): when
+//! that pod object is deleted (a rollout, a drain, `helm uninstall`) the garbage collector
+//! deletes the lease even where the holder could not (an uninstall deletes the operator's
+//! RBAC and ServiceAccount while its pods are still stopping, so their own release is
+//! refused). Found by the e2e cluster's uninstall scenario.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams, Preconditions};
@@ -30,6 +36,7 @@ pub struct LeaderElector {
     lease_duration: Duration,
     renew_interval: Duration,
     observed: Option<(Record, Instant)>,
+    owner: Option<OwnerReference>,
 }
 
 /// The parts of a lease whose change proves its holder is alive.
@@ -57,7 +64,28 @@ impl LeaderElector {
             lease_duration,
             renew_interval,
             observed: None,
+            owner: None,
         }
+    }
+
+    /// Names pod `name` (UID `uid`), in the lease's namespace, as the lease's owner while
+    /// this replica holds it (see the module documentation). Only a pod of the lease's own
+    /// namespace may own it: the garbage collector deletes an object whose owner it cannot
+    /// find there.
+    pub fn owned_by(mut self, name: &str, uid: &str) -> Self {
+        self.owner = Some(OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: name.into(),
+            uid: uid.into(),
+            controller: None,
+            block_owner_deletion: None,
+        });
+        self
+    }
+
+    fn owners(&self) -> Option<Vec<OwnerReference>> {
+        self.owner.clone().map(|o| vec![o])
     }
 
     fn spec(&self, acquire: Option<MicroTime>, transitions: i32) -> LeaseSpec {
@@ -80,6 +108,7 @@ impl LeaderElector {
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.name.clone()),
+                        owner_references: self.owners(),
                         ..ObjectMeta::default()
                     },
                     spec: Some(self.spec(None, 0)),
@@ -119,6 +148,9 @@ impl LeaderElector {
         let acquire = if held_by_me { spec.acquire_time } else { None };
         let mut next = current.clone();
         next.spec = Some(self.spec(acquire, transitions));
+        if self.owner.is_some() {
+            next.metadata.owner_references = self.owners();
+        }
         match self
             .api
             .replace(&self.name, &PostParams::default(), &next)

@@ -83,7 +83,7 @@ pub async fn run(
     ));
     let result = if config.leader_election.enabled {
         let (lease_ns, identity) = config.lease_identity();
-        let elector = leader::LeaderElector::new(
+        let mut elector = leader::LeaderElector::new(
             client,
             &lease_ns,
             &config.leader_election.lease_name,
@@ -91,6 +91,17 @@ pub async fn run(
             config.leader_election.lease_duration.get(),
             config.leader_election.renew_interval.get(),
         );
+        // The pod (from the downward API) owns the lease it holds, when both live in one
+        // namespace: deleting the pod then deletes the lease (leader.rs).
+        if let (Ok(pod), Ok(uid), Ok(pod_ns)) = (
+            std::env::var("POD_NAME"),
+            std::env::var("POD_UID"),
+            std::env::var("POD_NAMESPACE"),
+        ) && pod_ns == lease_ns
+            && !uid.is_empty()
+        {
+            elector = elector.owned_by(&pod, &uid);
+        }
         elector
             .lead(shutdown.clone(), metrics, move |token| {
                 controller::run_controllers(ctx, token)

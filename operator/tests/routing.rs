@@ -122,12 +122,13 @@ async fn routing_collectors_get_a_peers_service_rbac_and_a_ring_size() {
         services.get(PEERS).await.is_err().then_some(())
     })
     .await;
-    assert!(
-        Api::<Role>::namespaced(admin.clone(), NS)
-            .get(PEERS)
-            .await
-            .is_err()
-    );
+    // The operator removes the Service, the RoleBinding and the Role one after the other:
+    // the Role may outlive the Service by a request.
+    let roles = Api::<Role>::namespaced(admin.clone(), NS);
+    wait_for("the peers Role removed", WAIT, || async {
+        roles.get(PEERS).await.is_err().then_some(())
+    })
+    .await;
     wait_for("no ring size", WAIT, || async {
         ring_size(&pipelines).await.filter(Option::is_none)
     })

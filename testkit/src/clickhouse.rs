@@ -29,6 +29,7 @@ enum Kind {
     },
     Chdb {
         python: PathBuf,
+        host: Option<String>,
         path: PathBuf,
         backups_path: Option<PathBuf>,
         tls: Option<crate::tls::Pair>,
@@ -97,6 +98,8 @@ fn docker_available() -> bool {
 pub struct ChdbOptions {
     /// Data directory; a temporary one when `None`.
     pub path: Option<PathBuf>,
+    /// Address to listen on (default `127.0.0.1`; the URL always names `127.0.0.1`).
+    pub host: Option<String>,
     /// Port; any free port when 0.
     pub port: u16,
     /// User (default `default`).
@@ -195,6 +198,7 @@ impl ClickHouse {
             password: opts.password.unwrap_or_default(),
             kind: Kind::Chdb {
                 python,
+                host: opts.host,
                 path,
                 backups_path: opts.backups_path,
                 tls: opts.tls,
@@ -215,6 +219,7 @@ impl ClickHouse {
     fn spawn_chdb(&self) -> u16 {
         let Kind::Chdb {
             python,
+            host,
             path,
             backups_path,
             tls,
@@ -236,6 +241,10 @@ impl ClickHouse {
                 "--password",
                 &self.password,
             ])
+            .args(
+                host.iter()
+                    .flat_map(|h| [std::ffi::OsStr::new("--host"), std::ffi::OsStr::new(h)]),
+            )
             .args(
                 backups_path
                     .iter()

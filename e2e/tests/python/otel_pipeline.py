@@ -4,8 +4,11 @@ Test infrastructure for cli/tests/otlp_python.rs. Spans are made with the SDK's 
 handed to the real OTLP exporter (HTTP/protobuf or gRPC); the export result and the ids are
 printed as one JSON line for the Rust test to check against the query API.
 
-usage: otel_pipeline.py http http://127.0.0.1:4318/v1/traces
-       otel_pipeline.py grpc 127.0.0.1:4317
+usage: otel_pipeline.py http http://127.0.0.1:4318/v1/traces [--downstream]
+       otel_pipeline.py grpc 127.0.0.1:4317 [--downstream]
+
+--downstream adds a second trace: a downstream job whose one span continues the join
+(a FOLLOWS_FROM link across traces) and fails too, so tail sampling keeps it.
 """
 
 import json
@@ -55,10 +58,23 @@ def main():
             join.add_event("spill to disk", {"bytes": 4096})
             join.set_status(Status(StatusCode.ERROR, "3 rows failed the schema check"))
 
+    downstream = None
+    if "--downstream" in sys.argv[3:]:
+        # A new root (no parent in the context), in a trace of its own.
+        follows = Link(join.get_span_context(), {"datatracing.link.type": "follows_from"})
+        with tracer.start_as_current_span("refresh features", context=None, links=[follows],
+                                          attributes={"datatracing.span.kind": "SERVE"}) as downstream:
+            downstream.set_status(Status(StatusCode.ERROR, "stale input"))
+
     result = exporter.export(collect.spans)
     exporter.shutdown()
     ctx = root.get_span_context()
+    extra = {}
+    if downstream is not None:
+        d = downstream.get_span_context()
+        extra = {"downstream_trace": format(d.trace_id, "032x"), "downstream": format(d.span_id, "016x")}
     print(json.dumps({
+        **extra,
         "ok": result == SpanExportResult.SUCCESS,
         "trace_id": format(ctx.trace_id, "032x"),
         "root": format(ctx.span_id, "016x"),
