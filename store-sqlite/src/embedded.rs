@@ -491,13 +491,7 @@ fn migrate_link_datasets(conn: &Connection) -> Result<()> {
         let mut rows =
             read.query([format!("%{}%", datatracing_core::conventions::LINK_DATASET)])?;
         while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            let trace_id = TraceId::from_slice(r.get_ref(1)?.as_blob()?)
-                .map_err(|_| Error::Corrupt("trace_id".into()))?;
-            let span_id = SpanId::from_slice(r.get_ref(2)?.as_blob()?)
-                .map_err(|_| Error::Corrupt("span_id".into()))?;
-            let links: Vec<Link> = serde_json::from_str(r.get_ref(3)?.as_str()?)
-                .map_err(|e| Error::Corrupt(format!("links of a stored span: {e}")))?;
+            let (id, trace_id, span_id, links) = stored_links(r)?;
             for l in cross_links(trace_id, span_id, &links) {
                 if let Some(d) = &l.dataset {
                     update.execute(params![
@@ -582,19 +576,25 @@ fn migrate_span_links(conn: &Connection) -> Result<()> {
             tx.prepare("SELECT id, trace_id, span_id, links FROM spans WHERE links IS NOT NULL")?;
         let mut rows = read.query([])?;
         while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            let trace_id = TraceId::from_slice(r.get_ref(1)?.as_blob()?)
-                .map_err(|_| Error::Corrupt("trace_id".into()))?;
-            let span_id = SpanId::from_slice(r.get_ref(2)?.as_blob()?)
-                .map_err(|_| Error::Corrupt("span_id".into()))?;
-            let links: Vec<Link> = serde_json::from_str(r.get_ref(3)?.as_str()?)
-                .map_err(|e| Error::Corrupt(format!("links of a stored span: {e}")))?;
+            let (id, trace_id, span_id, links) = stored_links(r)?;
             insert_links(&tx, "", id, trace_id, span_id, &links)?;
         }
     }
     tx.execute_batch("PRAGMA user_version = 3;")?;
     tx.commit()?;
     Ok(())
+}
+
+/// A `SELECT id, trace_id, span_id, links` row of `spans`, read by the migrations that
+/// index the links already stored.
+fn stored_links(r: &rusqlite::Row<'_>) -> Result<(i64, TraceId, SpanId, Vec<Link>)> {
+    let trace_id = TraceId::from_slice(r.get_ref(1)?.as_blob()?)
+        .map_err(|_| Error::Corrupt("trace_id".into()))?;
+    let span_id = SpanId::from_slice(r.get_ref(2)?.as_blob()?)
+        .map_err(|_| Error::Corrupt("span_id".into()))?;
+    let links: Vec<Link> = serde_json::from_str(r.get_ref(3)?.as_str()?)
+        .map_err(|e| Error::Corrupt(format!("links of a stored span: {e}")))?;
+    Ok((r.get(0)?, trace_id, span_id, links))
 }
 
 /// Indexes a span's links to other traces under its row id.
