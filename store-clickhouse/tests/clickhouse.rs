@@ -363,6 +363,8 @@ async fn the_attribute_index_serves_the_same_searches() {
         .await;
     datatracing_store_contract::search_by_kind_and_typed_attributes(StoreUnderTest::of(&store))
         .await;
+    // `contains` (and the dataset filter) through span_attributes' key range.
+    datatracing_store_contract::datasets_in_search_and_lineage(StoreUnderTest::of(&store)).await;
     datatracing_store_contract::cursor_pages_are_complete_and_stable_under_concurrent_inserts(
         StoreUnderTest::of(&store),
     )
