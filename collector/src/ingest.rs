@@ -197,18 +197,9 @@ impl Ingest {
         mut valid: Vec<Span>,
         rejected: usize,
     ) -> Result<usize, IngestError> {
-        // After validation, so a client's own value in the reserved attribute never
-        // survives, and before the durable queue, so a replayed span keeps its tenant.
-        if protocol != Protocol::PeerStamped {
-            for span in &mut valid {
-                tenant.stamp(span);
-            }
-        }
         let p = protocol.label();
         self.metrics.receive(p, valid.len() + rejected);
-        if rejected > 0 {
-            self.metrics.reject(p, "invalid", rejected);
-        }
+        self.stamp_and_count_rejected(protocol, tenant, &mut valid, rejected);
         let n = valid.len();
         if n == 0 {
             return Ok(0);
@@ -229,16 +220,30 @@ impl Ingest {
         mut valid: Vec<Span>,
         rejected: usize,
     ) -> Result<usize, IngestError> {
+        self.stamp_and_count_rejected(protocol, tenant, &mut valid, rejected);
+        self.commit(protocol.label(), valid).await
+    }
+
+    /// Stamps the tenant on a request's valid spans and counts its invalid ones: the part of
+    /// accepting a request that is the same whether its spans are routed or kept here.
+    fn stamp_and_count_rejected(
+        &self,
+        protocol: Protocol,
+        tenant: &Tenant,
+        valid: &mut [Span],
+        rejected: usize,
+    ) {
+        // After validation, so a client's own value in the reserved attribute never
+        // survives, and before the durable queue, so a replayed span keeps its tenant.
+        // A peer's stamped spans already carry the tenant of the client that sent them.
         if protocol != Protocol::PeerStamped {
-            for span in &mut valid {
+            for span in valid.iter_mut() {
                 tenant.stamp(span);
             }
         }
-        let p = protocol.label();
         if rejected > 0 {
-            self.metrics.reject(p, "invalid", rejected);
+            self.metrics.reject(protocol.label(), "invalid", rejected);
         }
-        self.commit(p, valid).await
     }
 
     /// Keeps the spans this replica owns and forwards the others to their owners, all at
