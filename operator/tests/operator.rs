@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Cluster, Operator, clickhouse_query, wait_for};
+use common::{Cluster, Operator, apply, clickhouse_query, wait_for};
 use datatracing_operator::crd::{SamplingPolicy, TracingPipeline, TracingPipelineStatus};
 use datatracing_operator::render::{CONFIG_HASH_ANNOTATION, CONFIG_KEY, SAMPLING_KEY};
 use datatracing_testkit::clickhouse::{ChdbOptions, ClickHouse, unique_database};
@@ -16,7 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
 const OPERATOR_NS: &str = "datatracing-system";
@@ -47,20 +47,6 @@ async fn wait_status(
 
 fn is(s: &TracingPipelineStatus, t: &str, status: &str) -> bool {
     condition(s, t).is_some_and(|c| c.status == status)
-}
-
-async fn apply_json<K>(api: &Api<K>, body: Value)
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let name = body["metadata"]["name"].as_str().unwrap().to_string();
-    api.patch(
-        &name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
 }
 
 fn policy(name: &str, priority: i32, rules: Value) -> Value {
@@ -168,8 +154,8 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
         .await
         .unwrap();
     let policies: Api<SamplingPolicy> = Api::namespaced(admin.clone(), NS);
-    apply_json(&policies, policy("baseline", 0, baseline_rules(20))).await;
-    apply_json(
+    apply(&policies, policy("baseline", 0, baseline_rules(20))).await;
+    apply(
         &policies,
         policy("keep-failures", 100, errors_rules("^publish-")),
     )
@@ -186,7 +172,7 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
         "sampling": {"selector": {"matchLabels": {"datatracing.io/pipeline": "orders"}},
                      "defaultAction": {"decision": "drop"}}
     });
-    apply_json(
+    apply(
         &pipelines,
         json!({"apiVersion": "datatracing.io/v1alpha1", "kind": "TracingPipeline",
                "metadata": {"name": "orders"}, "spec": spec}),
@@ -310,7 +296,7 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
 
     // A sampling change updates the ConfigMap and nothing in the pod template.
     let hash_before = p.status.as_ref().unwrap().sampling_hash.clone();
-    apply_json(&policies, policy("baseline", 0, baseline_rules(50))).await;
+    apply(&policies, policy("baseline", 0, baseline_rules(50))).await;
     let p2 = wait_status(&pipelines, "orders", "new sampling hash", |s| {
         s.sampling_hash != hash_before && s.sampling_hash.is_some()
     })
@@ -330,7 +316,7 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
 
     // An invalid policy (a regex the API server cannot check) is reported on the policy and
     // the pipeline, and the last good sampling configuration stays.
-    apply_json(
+    apply(
         &policies,
         policy("keep-failures", 100, errors_rules("(unclosed")),
     )
@@ -394,7 +380,7 @@ async fn a_pipeline_is_reconciled_updated_and_deleted() {
         "last good policy restored"
     );
     assert!(data.contains_key(CONFIG_KEY));
-    apply_json(
+    apply(
         &policies,
         policy("keep-failures", 100, errors_rules("^publish-")),
     )
