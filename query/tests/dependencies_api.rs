@@ -4,60 +4,18 @@
 //! the JSON error envelope.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use datatracing_core::{
     Attributes, Link, LinkType, Span, Status, StatusCode as SpanStatus, Timestamp,
 };
-use datatracing_http::{HttpMetrics, Readiness};
-use datatracing_query::{QueryConfig, QueryService};
+use datatracing_query::QueryConfig;
 use datatracing_store::TraceWriter;
 use datatracing_store_contract::{fresh_trace_id, simple_span, span_id};
-use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
-use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-async fn setup(config: QueryConfig) -> (tempfile::TempDir, Arc<EmbeddedStore>, Router) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        EmbeddedStore::open(
-            EmbeddedConfig {
-                retention: datatracing_core::ConfigDuration::from_secs(0),
-                ..EmbeddedConfig::new(dir.path())
-            },
-            OpenMode::ReadWrite,
-        )
-        .await
-        .unwrap(),
-    );
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let svc = QueryService::new(config, store.clone(), http).unwrap();
-    let readiness = Readiness::new(store.clone());
-    readiness.set_ready(true);
-    let router = svc.router(readiness, Arc::new(registry));
-    (dir, store, router)
-}
-
-async fn get(router: &Router, uri: &str) -> (StatusCode, Value) {
-    let resp = router
-        .clone()
-        .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
+use common::{embedded as setup, get};
 
 fn link(trace: datatracing_core::TraceId, span: u64, link_type: LinkType) -> Link {
     Link {

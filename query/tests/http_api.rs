@@ -1,6 +1,8 @@
 //! The query API driven through its router (`oneshot`) on the real embedded store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -9,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use datatracing_core::{
     Attributes, Link, LinkType, SpanKind, Status, StatusCode as SpanStatus, Timestamp,
 };
-use datatracing_http::{HttpMetrics, Readiness};
+use datatracing_http::HttpMetrics;
 use datatracing_query::{QueryConfig, QueryService};
 use datatracing_store::TraceWriter;
 use datatracing_store_contract::{fresh_trace_id, simple_span, span_id};
@@ -18,46 +20,14 @@ use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tower::ServiceExt;
 
+use common::{get, post};
+
 async fn setup() -> (tempfile::TempDir, Arc<EmbeddedStore>, Router) {
     setup_with(QueryConfig::default()).await
 }
 
 async fn setup_with(config: QueryConfig) -> (tempfile::TempDir, Arc<EmbeddedStore>, Router) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        EmbeddedStore::open(
-            EmbeddedConfig {
-                retention: datatracing_core::ConfigDuration::from_secs(0),
-                ..EmbeddedConfig::new(dir.path())
-            },
-            OpenMode::ReadWrite,
-        )
-        .await
-        .unwrap(),
-    );
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let svc = QueryService::new(config, store.clone(), http).unwrap();
-    let readiness = Readiness::new(store.clone());
-    readiness.set_ready(true);
-    let router = svc.router(readiness, Arc::new(registry));
-    (dir, store, router)
-}
-
-async fn get(router: &Router, uri: &str) -> (StatusCode, Value) {
-    let resp = router
-        .clone()
-        .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    common::embedded(config).await
 }
 
 #[tokio::test]
@@ -199,29 +169,6 @@ async fn ops_endpoints() {
     let (status, body) = get(&router, "/no/such/route").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");
-}
-
-async fn post(router: &Router, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
-    let resp = router
-        .clone()
-        .oneshot(
-            Request::builder()
-                .method("POST")
-                .uri(uri)
-                .header("content-type", "application/json")
-                .body(body.into())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 fn ids(body: &Value) -> Vec<String> {

@@ -7,6 +7,8 @@
 //! reads the Jaeger API makes with different SQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,44 +19,17 @@ use datatracing_core::{
     AttributeValue, Attributes, Event, Link, LinkType, Operation, SearchPage, Span, SpanKind,
     Status, StatusCode as SpanStatus, TimeWindow, Timestamp, TraceId, TraceQuery,
 };
-use datatracing_http::{HttpMetrics, Readiness};
-use datatracing_query::{QueryConfig, QueryService};
+use datatracing_query::QueryConfig;
 use datatracing_store::{CappedTrace, Health, TraceReader, TraceWriter};
 use datatracing_store_clickhouse::{
     ClickHouseConfig, ClickHouseMetrics, ClickHouseReader, ClickHouseStore,
 };
 use datatracing_store_contract::{fresh_trace_id, simple_span, span_id};
-use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
 use datatracing_testkit::clickhouse::{ClickHouse, unique_database};
-use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-fn router_over(store: Arc<dyn TraceReader>, config: QueryConfig) -> Router {
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let svc = QueryService::new(config, store.clone(), http).unwrap();
-    let readiness = Readiness::new(store);
-    readiness.set_ready(true);
-    svc.router(readiness, Arc::new(registry))
-}
-
-async fn setup(config: QueryConfig) -> (tempfile::TempDir, Arc<EmbeddedStore>, Router) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        EmbeddedStore::open(
-            EmbeddedConfig {
-                retention: datatracing_core::ConfigDuration::from_secs(0),
-                ..EmbeddedConfig::new(dir.path())
-            },
-            OpenMode::ReadWrite,
-        )
-        .await
-        .unwrap(),
-    );
-    let router = router_over(store.clone(), config);
-    (dir, store, router)
-}
+use common::{embedded as setup, router_over, send};
 
 /// A ClickHouse store (a database of its own on the shared test engine, see
 /// `datatracing_testkit::clickhouse`) and the query router over a separately opened reader,
@@ -78,23 +53,20 @@ async fn setup_clickhouse(config: QueryConfig) -> (ClickHouseReader, ClickHouseS
     (reader, store, router)
 }
 
+/// `GET uri`: the status, the body (which must be JSON) and the `retry-after` header.
 async fn get(router: &Router, uri: &str) -> (StatusCode, Value, Option<String>) {
-    let resp = router
-        .clone()
-        .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
-    (status, body, retry)
+    let reply = send(
+        router,
+        Request::builder().uri(uri).body(Body::empty()).unwrap(),
+    )
+    .await;
+    let body = serde_json::from_slice(&reply.body).unwrap_or_else(|e| {
+        panic!(
+            "{uri}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&reply.body)
+        )
+    });
+    (reply.status, body, reply.header("retry-after"))
 }
 
 fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {

@@ -3,18 +3,17 @@
 //! parameters, bodies and error statuses, whose schemas all resolve.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use datatracing_http::{HttpMetrics, Readiness};
-use datatracing_query::{QueryConfig, QueryService, openapi_document};
-use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
-use prometheus_client::registry::Registry;
+use datatracing_query::{QueryConfig, openapi_document};
 use serde_json::Value;
-use tower::ServiceExt;
+
+use common::{embedded, send};
 
 const REGENERATE: &str = "UPDATE_OPENAPI=1 cargo test -p datatracing-query --test openapi";
 
@@ -245,31 +244,19 @@ fn every_v1_route_is_described_with_its_errors_and_every_schema_resolves() {
 
 #[tokio::test]
 async fn the_document_is_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
-            .await
+    let (_dir, _store, router) = embedded(QueryConfig::default()).await;
+    let reply = send(
+        &router,
+        Request::builder()
+            .uri("/api/v1/openapi.json")
+            .body(Body::empty())
             .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    assert_eq!(
+        std::str::from_utf8(&reply.body).unwrap(),
+        openapi_document()
     );
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let svc = QueryService::new(QueryConfig::default(), store.clone(), http).unwrap();
-    let readiness = Readiness::new(store);
-    readiness.set_ready(true);
-    let router = svc.router(readiness, Arc::new(registry));
-    let resp = router
-        .oneshot(
-            Request::builder()
-                .uri("/api/v1/openapi.json")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.headers()["content-type"], "application/json");
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    assert_eq!(std::str::from_utf8(&bytes).unwrap(), openapi_document());
 }

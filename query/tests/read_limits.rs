@@ -4,6 +4,8 @@
 //! opened.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,7 +26,8 @@ use datatracing_store_sqlite::{EmbeddedConfig, EmbeddedStore, OpenMode};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio::sync::watch;
-use tower::ServiceExt;
+
+use common::{embedded, send};
 
 /// The embedded store, with trace and search reads held until the gate opens.
 #[derive(Debug)]
@@ -118,25 +121,14 @@ impl TraceReader for Gated {
     }
 }
 
+/// `GET uri`: the status, the `retry-after` header and the body as JSON (`Null` if not).
 async fn call(router: &Router, uri: &str) -> (StatusCode, Option<String>, Value) {
-    let resp = router
-        .clone()
-        .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        retry_after,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    let reply = send(
+        router,
+        Request::builder().uri(uri).body(Body::empty()).unwrap(),
     )
+    .await;
+    (reply.status, reply.header("retry-after"), reply.json())
 }
 
 /// Waits (bounded) until `cond` holds.
@@ -252,17 +244,15 @@ async fn reads_beyond_the_cap_and_queue_are_refused_while_probes_answer() {
             "{uri}: {body}"
         );
     }
-    let post = router
-        .clone()
-        .oneshot(
-            Request::post("/api/v1/traces/search")
-                .header("content-type", "application/json")
-                .body(Body::from("{}"))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(post.status(), StatusCode::TOO_MANY_REQUESTS);
+    let post = send(
+        &router,
+        Request::post("/api/v1/traces/search")
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(post.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         metrics.reads_rejected.get(),
         refused.len() as u64 + 1,
@@ -290,37 +280,16 @@ async fn reads_beyond_the_cap_and_queue_are_refused_while_probes_answer() {
 
 #[tokio::test]
 async fn the_metrics_endpoint_names_the_read_cap_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        EmbeddedStore::open(EmbeddedConfig::new(dir.path()), OpenMode::ReadWrite)
-            .await
+    let (_dir, _store, router) = embedded(QueryConfig::default()).await;
+    let reply = send(
+        &router,
+        Request::builder()
+            .uri("/metrics")
+            .body(Body::empty())
             .unwrap(),
-    );
-    let mut registry = Registry::default();
-    let http = HttpMetrics::register(&mut registry);
-    let metrics = QueryMetrics::register(&mut registry);
-    let svc = QueryService::new(QueryConfig::default(), store.clone(), http)
-        .unwrap()
-        .with_metrics(metrics);
-    let readiness = Readiness::new(store);
-    readiness.set_ready(true);
-    let router = svc.router(readiness, Arc::new(registry));
-    let resp = router
-        .oneshot(
-            Request::builder()
-                .uri("/metrics")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap()
-            .to_vec(),
     )
-    .unwrap();
+    .await;
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
     for name in [
         "datatracing_query_reads_rejected_total",
         "datatracing_query_reads_queued",
