@@ -82,10 +82,7 @@ async fn get_trace(
     Tenanted(api): Tenanted<Api>,
     raw_id: Result<Path<String>, PathRejection>,
 ) -> Result<axum::Json<TraceResponse>, ApiError> {
-    let Path(raw_id) = raw_id.map_err(path_error)?;
-    let trace_id: TraceId = raw_id
-        .parse()
-        .map_err(|e| ApiError::invalid_argument(format!("malformed trace id: {e}")))?;
+    let trace_id = trace_id_in_path(raw_id)?;
     let capped = api
         .store
         .get_trace_capped(trace_id, api.max_trace_spans)
@@ -133,10 +130,7 @@ async fn get_trace_spans(
     raw_id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<SpanPage>, ApiError> {
-    let Path(raw_id) = raw_id.map_err(path_error)?;
-    let trace_id: TraceId = raw_id
-        .parse()
-        .map_err(|e| ApiError::invalid_argument(format!("malformed trace id: {e}")))?;
+    let trace_id = trace_id_in_path(raw_id)?;
     let max = api.max_trace_spans;
     let mut limit = DEFAULT_SPAN_PAGE.min(max);
     let mut after = None;
@@ -214,10 +208,7 @@ async fn get_lineage(
     raw_id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<axum::Json<LineageResponse>, ApiError> {
-    let Path(raw_id) = raw_id.map_err(path_error)?;
-    let trace_id: TraceId = raw_id
-        .parse()
-        .map_err(|e| ApiError::invalid_argument(format!("malformed trace id: {e}")))?;
+    let trace_id = trace_id_in_path(raw_id)?;
     let mut direction = Direction::Both;
     let mut depth = api.lineage.default_depth;
     let mut dataset = None;
@@ -276,6 +267,13 @@ async fn get_lineage(
 /// A path segment that is not valid percent-encoded UTF-8, in the envelope.
 fn path_error(r: PathRejection) -> ApiError {
     ApiError::invalid_argument(format!("malformed path: {}", r.body_text()))
+}
+
+/// The trace id of a v1 path (`/api/v1/traces/{trace_id}...`): 32 hex digits, else a 400.
+fn trace_id_in_path(raw: Result<Path<String>, PathRejection>) -> Result<TraceId, ApiError> {
+    let Path(raw) = raw.map_err(path_error)?;
+    raw.parse()
+        .map_err(|e| ApiError::invalid_argument(format!("malformed trace id: {e}")))
 }
 
 /// Raw search parameters; every value is parsed with its own precise error.
