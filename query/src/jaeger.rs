@@ -33,8 +33,8 @@ use axum::extract::{Path, RawQuery};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use datatracing_core::{
-    AttributeFilter, AttributeValue, LinkType, MAX_NAMES, Operation, Span, SpanKind, StatusCode,
-    TimeWindow, Timestamp, TraceId, TraceQuery,
+    AttributeFilter, MAX_NAMES, Operation, SpanKind, StatusCode, TimeWindow, Timestamp, TraceId,
+    TraceQuery,
 };
 use datatracing_http::ApiError;
 use datatracing_store::{CappedTrace, TraceReader};
@@ -44,7 +44,10 @@ use serde_json::{Value, json};
 
 use crate::dependencies;
 
+mod model;
 mod v3;
+
+use model::{Envelope, NotFound, Trace};
 
 /// Search limit when the request names none (Jaeger's own default).
 const DEFAULT_SEARCH_LIMIT: usize = 100;
@@ -351,32 +354,29 @@ pub(crate) fn operation_list(ops: Vec<Operation>, kind: Option<&str>) -> Vec<Val
 async fn get_trace(
     Tenanted(j): Tenanted<Jaeger>,
     raw_id: Result<Path<String>, PathRejection>,
-) -> JResult {
+) -> Result<Response, JaegerError> {
     let Path(raw_id) = raw_id.map_err(path_error)?;
     let id = parse_trace_id(&raw_id)?;
-    match read_trace(&j, id, j.max_trace_spans).await? {
-        Some(t) => Ok(envelope(json!([t]), 0)),
+    match j.store.get_trace_capped(id, j.max_trace_spans).await? {
+        Some(t) => Ok(json_response(&Envelope::new([Trace::capped(id, &t)], 0))),
         None => Err(JaegerError(ApiError::not_found("trace not found"))),
     }
 }
 
-/// A trace in Jaeger's JSON, read with a span cap (a cut trace says so in its warnings).
-async fn read_trace(j: &Jaeger, id: TraceId, cap: usize) -> Result<Option<Value>, JaegerError> {
-    Ok(j.store
-        .get_trace_capped(id, cap)
-        .await?
-        .map(|capped| capped_json(id, &capped)))
-}
-
-fn capped_json(id: TraceId, capped: &CappedTrace) -> Value {
-    let mut t = trace_json(id, &capped.spans);
-    if capped.truncated {
-        t["warnings"] = json!([format!(
-            "trace truncated to its first {} spans (query.max_trace_spans)",
-            capped.spans.len()
-        )]);
+/// A typed answer written as JSON (what `axum::Json` does, for answers that borrow from
+/// the spans they describe).
+fn json_response<T: serde::Serialize>(body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => JaegerError(ApiError::internal(&e)).into_response(),
     }
-    t
 }
 
 /// The search filters of `/api/traces` as our queries (their union is the answer).
@@ -662,7 +662,10 @@ async fn find_ids(j: &Jaeger, queries: &[TraceQuery]) -> Result<Vec<TraceId>, Ja
 }
 
 #[tracing::instrument(skip_all)]
-async fn search(Tenanted(j): Tenanted<Jaeger>, RawQuery(raw): RawQuery) -> JResult {
+async fn search(
+    Tenanted(j): Tenanted<Jaeger>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, JaegerError> {
     let p = Params::parse(raw.as_deref())?;
     let ids: Vec<&str> = p.all("traceID").collect();
     if !ids.is_empty() {
@@ -681,14 +684,14 @@ async fn search(Tenanted(j): Tenanted<Jaeger>, RawQuery(raw): RawQuery) -> JResu
             "jaeger search answer cut at the span budget"
         );
     }
-    let data = traces.iter().map(|(id, t)| capped_json(*id, t)).collect();
-    Ok(envelope(Value::Array(data), 0))
+    let data: Vec<Trace<'_>> = traces.iter().map(|(id, t)| Trace::capped(*id, t)).collect();
+    Ok(json_response(&Envelope::new(data, 0)))
 }
 
 /// `/api/traces?traceID=a&traceID=b`: the traces found, in the order asked. Each unknown id
 /// is an entry in `errors` beside the data, with status 200 even when none is found, as
 /// Jaeger answers.
-async fn traces_by_id(j: &Jaeger, raw: &[&str]) -> JResult {
+async fn traces_by_id(j: &Jaeger, raw: &[&str]) -> Result<Response, JaegerError> {
     if raw.len() > MAX_TRACE_IDS {
         return Err(bad(format!(
             "at most {MAX_TRACE_IDS} traceID parameters are allowed"
@@ -712,7 +715,7 @@ async fn traces_by_id(j: &Jaeger, raw: &[&str]) -> JResult {
     // is answered once.
     let mut answered = std::collections::HashSet::new();
     let mut budget = j.max_trace_spans;
-    let mut data = Vec::new();
+    let mut kept = Vec::new();
     let mut missing = Vec::new();
     for id in ids {
         if answered.contains(&id) {
@@ -720,19 +723,27 @@ async fn traces_by_id(j: &Jaeger, raw: &[&str]) -> JResult {
         }
         if let Some(t) = found.remove(&id) {
             budget = budget.saturating_sub(t.spans.len());
-            data.push(capped_json(id, &t));
+            kept.push((id, t));
             answered.insert(id);
         } else if budget > 0 {
-            missing.push(json!({"msg": "trace not found", "traceID": jaeger_id_text(id)}));
+            missing.push(NotFound {
+                msg: "trace not found",
+                trace_id: jaeger_id_text(id),
+            });
         } else {
             break;
         }
     }
-    let mut body = envelope(Value::Array(data), 0);
+    let mut body = Envelope::new(
+        kept.iter()
+            .map(|(id, t)| Trace::capped(*id, t))
+            .collect::<Vec<_>>(),
+        0,
+    );
     if !missing.is_empty() {
-        body.0["errors"] = Value::Array(missing);
+        body.errors = Some(missing);
     }
-    Ok(body)
+    Ok(json_response(&body))
 }
 
 /// Jaeger's text for a trace id: 16 hex digits when the high half is zero (a 64-bit id),
@@ -775,167 +786,6 @@ async fn dependencies(Tenanted(j): Tenanted<Jaeger>, RawQuery(raw): RawQuery) ->
         .map(|e| json!({"parent": e.parent, "child": e.child, "callCount": e.call_count}))
         .collect();
     Ok(envelope(Value::Array(data), 0))
-}
-
-// ---- span JSON ----------------------------------------------------------------------------
-
-/// Go's text form of a float in JSON: integral values without a fraction (`3`, not `3.0`).
-fn go_float(f: f64) -> String {
-    if f.fract() == 0.0 && f.abs() < 1e21 {
-        format!("{}", f as i128)
-    } else {
-        f.to_string()
-    }
-}
-
-/// A tag `{key, type, value}`. Arrays are their JSON text (Jaeger's model has no arrays).
-fn tag(key: &str, v: &AttributeValue) -> Value {
-    let (ty, value) = match v {
-        AttributeValue::String(s) => ("string", json!(s)),
-        AttributeValue::Int(i) => ("int64", json!(i)),
-        AttributeValue::Float(f) => ("float64", json!(f)),
-        AttributeValue::Bool(b) => ("bool", json!(b)),
-        AttributeValue::StringArray(a) => ("string", json!(json!(a).to_string())),
-        AttributeValue::IntArray(a) => ("string", json!(json!(a).to_string())),
-        AttributeValue::BoolArray(a) => ("string", json!(json!(a).to_string())),
-        AttributeValue::FloatArray(a) => (
-            "string",
-            json!(format!(
-                "[{}]",
-                a.iter().map(|f| go_float(*f)).collect::<Vec<_>>().join(",")
-            )),
-        ),
-    };
-    json!({"key": key, "type": ty, "value": value})
-}
-
-fn str_tag(key: &str, v: &str) -> Value {
-    json!({"key": key, "type": "string", "value": v})
-}
-
-fn micros(t: Timestamp) -> i64 {
-    t.unix_nanos().div_euclid(1_000)
-}
-
-/// The process of a span: its service and its resource attributes, prefix removed.
-fn process(s: &Span) -> Value {
-    let tags: Vec<Value> = s
-        .attributes
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix(RESOURCE_PREFIX).map(|k| tag(k, v)))
-        .collect();
-    json!({"serviceName": s.service, "tags": tags})
-}
-
-fn span_tags(s: &Span) -> Vec<Value> {
-    let mut tags: Vec<Value> = s
-        .attributes
-        .iter()
-        .filter(|(k, _)| !k.starts_with(RESOURCE_PREFIX))
-        .map(|(k, v)| tag(k, v))
-        .collect();
-    tags.push(str_tag("span.kind", jaeger_kind(s.kind)));
-    if !matches!(
-        s.kind,
-        SpanKind::Internal
-            | SpanKind::Server
-            | SpanKind::Client
-            | SpanKind::Producer
-            | SpanKind::Consumer
-    ) {
-        tags.push(str_tag(STEP_KIND_TAG, s.kind.as_str()));
-    }
-    match s.status.code {
-        StatusCode::Unset => {}
-        StatusCode::Ok => tags.push(str_tag("otel.status_code", "OK")),
-        code => {
-            tags.push(json!({"key": "error", "type": "bool", "value": true}));
-            tags.push(str_tag("otel.status_code", "ERROR"));
-            if code != StatusCode::Error {
-                tags.push(str_tag(STATUS_TAG, code.as_str()));
-            }
-        }
-    }
-    if let Some(m) = &s.status.message {
-        tags.push(str_tag("otel.status_description", m));
-    }
-    if s.links
-        .iter()
-        .any(|l| l.link_type == LinkType::DataDependency)
-    {
-        let types: Vec<&str> = s.links.iter().map(|l| l.link_type.as_str()).collect();
-        tags.push(str_tag(LINK_TYPES_TAG, &json!(types).to_string()));
-    }
-    // By key, as Jaeger lists them (the attributes were sorted; the derived tags were not).
-    tags.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
-    tags
-}
-
-fn references(s: &Span) -> Vec<Value> {
-    let parent = s.parent_id.map(
-        |p| json!({"refType": "CHILD_OF", "traceID": jaeger_id_text(s.trace_id), "spanID": p.to_hex()}),
-    );
-    parent
-        .into_iter()
-        .chain(s.links.iter().map(|l| {
-            let ty = match l.link_type {
-                LinkType::ChildOf => "CHILD_OF",
-                LinkType::FollowsFrom | LinkType::DataDependency => "FOLLOWS_FROM",
-            };
-            json!({"refType": ty, "traceID": jaeger_id_text(l.trace_id), "spanID": l.span_id.to_hex()})
-        }))
-        .collect()
-}
-
-/// A trace in Jaeger's JSON: spans in our order (start time, then span id), each pointing
-/// at a process (`p1`, `p2`, ... in order of first use) that holds its service and resource
-/// attributes.
-pub(crate) fn trace_json(trace_id: TraceId, spans: &[Span]) -> Value {
-    let mut processes: Vec<Value> = Vec::new();
-    let mut json_spans = Vec::with_capacity(spans.len());
-    for s in spans {
-        let p = process(s);
-        let idx = match processes.iter().position(|q| *q == p) {
-            Some(i) => i,
-            None => {
-                processes.push(p);
-                processes.len() - 1
-            }
-        };
-        let logs: Vec<Value> = s
-            .events
-            .iter()
-            .map(|e| {
-                let fields: Vec<Value> = std::iter::once(str_tag("event", &e.name))
-                    .chain(e.attributes.iter().map(|(k, v)| tag(k, v)))
-                    .collect();
-                json!({"timestamp": micros(e.time), "fields": fields})
-            })
-            .collect();
-        json_spans.push(json!({
-            "traceID": jaeger_id_text(s.trace_id),
-            "spanID": s.span_id.to_hex(),
-            "operationName": s.operation,
-            "references": references(s),
-            "startTime": micros(s.start_time),
-            "duration": s.duration_nanos() / 1_000,
-            "tags": span_tags(s),
-            "logs": logs,
-            "processID": format!("p{}", idx + 1),
-            "warnings": null,
-        }));
-    }
-    let processes: serde_json::Map<String, Value> = processes
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| (format!("p{}", i + 1), p))
-        .collect();
-    json!({
-        "traceID": jaeger_id_text(trace_id),
-        "spans": json_spans,
-        "processes": processes,
-        "warnings": null,
-    })
 }
 
 #[cfg(test)]
@@ -988,8 +838,8 @@ mod tests {
 
     #[test]
     fn floats_print_like_go() {
-        assert_eq!(go_float(3.0), "3");
-        assert_eq!(go_float(2.5), "2.5");
-        assert_eq!(go_float(-1.0), "-1");
+        assert_eq!(model::go_float(3.0), "3");
+        assert_eq!(model::go_float(2.5), "2.5");
+        assert_eq!(model::go_float(-1.0), "-1");
     }
 }
