@@ -8,12 +8,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use datatracing_query::{QueryConfig, openapi_document};
 use serde_json::Value;
 
-use common::{embedded, send};
+use common::{embedded, fetch};
 
 const REGENERATE: &str = "UPDATE_OPENAPI=1 cargo test -p datatracing-query --test openapi";
 
@@ -245,14 +244,7 @@ fn every_v1_route_is_described_with_its_errors_and_every_schema_resolves() {
 #[tokio::test]
 async fn the_document_is_served() {
     let (_dir, _store, router) = embedded(QueryConfig::default()).await;
-    let reply = send(
-        &router,
-        Request::builder()
-            .uri("/api/v1/openapi.json")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let reply = fetch(&router, "/api/v1/openapi.json").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.headers["content-type"], "application/json");
     assert_eq!(

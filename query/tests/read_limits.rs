@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use common::{embedded, send};
+use common::{embedded, fetch, send};
 
 /// The embedded store, with trace and search reads held until the gate opens.
 #[derive(Debug)]
@@ -281,14 +281,7 @@ async fn reads_beyond_the_cap_and_queue_are_refused_while_probes_answer() {
 #[tokio::test]
 async fn the_metrics_endpoint_names_the_read_cap_metrics() {
     let (_dir, _store, router) = embedded(QueryConfig::default()).await;
-    let reply = send(
-        &router,
-        Request::builder()
-            .uri("/metrics")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let reply = fetch(&router, "/metrics").await;
     let text = String::from_utf8(reply.body.to_vec()).unwrap();
     for name in [
         "datatracing_query_reads_rejected_total",

@@ -85,6 +85,15 @@ pub async fn send(router: &Router, request: Request<Body>) -> Reply {
     }
 }
 
+/// `GET uri`, answered whole (headers and raw body).
+pub async fn fetch(router: &Router, uri: &str) -> Reply {
+    send(
+        router,
+        Request::builder().uri(uri).body(Body::empty()).unwrap(),
+    )
+    .await
+}
+
 /// `GET uri`: the status and the body as JSON (`Null` when it is not JSON).
 pub async fn get(router: &Router, uri: &str) -> (StatusCode, Value) {
     let reply = send(
