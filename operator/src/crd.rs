@@ -253,6 +253,13 @@ pub struct CollectorSpec {
     /// The in-memory queue and what happens when it is full (the collector's `queue` section).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueConfig>,
+    /// The durable queue: each collector acknowledges once spans are in a write-ahead log on
+    /// the pod's disk (an `emptyDir` volume named `durable-queue`), not once the store has
+    /// them. A crashed collector container restarts in the same pod and replays its log; a
+    /// pod that stops gracefully (rollout, scale-down, eviction) drains it to the store first;
+    /// a pod lost with its node loses what it had not written yet (runbooks/collector.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_queue: Option<DurableQueue>,
     /// A HorizontalPodAutoscaler (autoscaling/v2) for the collector Deployment. While it is
     /// set the autoscaler owns the replica count: the operator stops setting the
     /// Deployment's replicas, and `replicas` applies only once it is removed.
@@ -281,11 +288,27 @@ impl Default for CollectorSpec {
             max_spans_per_request: None,
             limits: None,
             queue: None,
+            durable_queue: None,
             autoscaling: None,
             pod_disruption_budget: None,
             pod: PodOptions::default(),
         }
     }
+}
+
+/// The collectors' durable queue (the collector's `durable_queue` section).
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DurableQueue {
+    /// On (the default once the section is present).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Most bytes of acknowledged spans not yet in the store, per pod (default 1 GiB); a full
+    /// log refuses requests with 429. The volume's size limit is this plus two log
+    /// segments, so the kubelet never evicts a pod whose log is within its bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16777216, max = 1099511627776_i64))]
+    pub max_bytes: Option<i64>,
 }
 
 /// Horizontal autoscaling of the collectors.
@@ -437,15 +460,16 @@ pub struct PodOptions {
     #[x_kube(validation = Rule::new("self.all(e, !has(e.prefix) || !e.prefix.startsWith('DATATRACING_'))").message("envFrom prefixes starting with DATATRACING_ are reserved").reason(Reason::FieldValueForbidden))]
     pub env_from: Option<Vec<EnvFromSource>>,
     /// Extra volumes; `config`, `clickhouse-password`, `clickhouse-ca`, `tls`,
-    /// `tls-client-ca` and `tokens` are the operator's.
+    /// `tls-client-ca`, `tokens` and `durable-queue` are the operator's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(v, !(v.name in ['config', 'clickhouse-password', 'clickhouse-ca', 'tls', 'tls-client-ca', 'tokens']))").message("volume names config, clickhouse-password, clickhouse-ca, tls, tls-client-ca and tokens are reserved").reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("self.all(v, !(v.name in ['config', 'clickhouse-password', 'clickhouse-ca', 'tls', 'tls-client-ca', 'tokens', 'durable-queue']))").message("volume names config, clickhouse-password, clickhouse-ca, tls, tls-client-ca, tokens and durable-queue are reserved").reason(Reason::FieldValueForbidden))]
     pub volumes: Option<Vec<Volume>>,
-    /// Extra mounts in the container; `/etc/datatracing` is the operator's.
+    /// Extra mounts in the container; `/etc/datatracing` and `/var/lib/datatracing` are the
+    /// operator's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(m, m.mountPath != '/etc/datatracing' && !m.mountPath.startsWith('/etc/datatracing/'))").message("mount paths under /etc/datatracing are reserved").reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("self.all(m, m.mountPath != '/etc/datatracing' && !m.mountPath.startsWith('/etc/datatracing/') && m.mountPath != '/var/lib/datatracing' && !m.mountPath.startsWith('/var/lib/datatracing/'))").message("mount paths under /etc/datatracing and /var/lib/datatracing are reserved").reason(Reason::FieldValueForbidden))]
     pub volume_mounts: Option<Vec<VolumeMount>>,
     /// Extra pod annotations; `datatracing.io/` keys are the operator's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -47,6 +47,9 @@ pub const TLS_CLIENT_CA_DIR: &str = "/etc/datatracing/tls-client-ca";
 pub const TOKENS_DIR: &str = "/etc/datatracing/tokens";
 /// Where the ClickHouse CA is mounted (as `ca.crt`).
 pub const CLICKHOUSE_CA_DIR: &str = "/etc/datatracing/clickhouse-ca";
+/// Where the collectors' durable queue (`spec.collector.durableQueue`) keeps its log: an
+/// `emptyDir` volume of the pod.
+pub const DURABLE_QUEUE_DIR: &str = "/var/lib/datatracing/durable-queue";
 /// Pod template annotation carrying the configuration hash.
 pub const CONFIG_HASH_ANNOTATION: &str = "datatracing.io/config-hash";
 /// Pod template annotation carrying the password Secret's version: a rotated password
@@ -293,6 +296,17 @@ pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig 
     }
     if let Some(q) = &c.queue {
         cfg.queue = q.clone();
+    }
+    if let Some(d) = c.durable_queue.as_ref().filter(|d| d.enabled) {
+        let q = &mut cfg.durable_queue;
+        q.enabled = true;
+        q.dir = DURABLE_QUEUE_DIR.into();
+        if let Some(v) = d.max_bytes.and_then(|v| u64::try_from(v).ok()) {
+            q.max_bytes = v;
+        }
+        // Stored segments are deleted whole: smaller segments keep a small log's disk use
+        // near its bound.
+        q.segment_bytes = q.segment_bytes.min(q.max_bytes / 4);
     }
     cfg.sampling.enabled = sampling;
     cfg.sampling.policy_file = sampling.then(|| format!("{CONFIG_DIR}/{SAMPLING_KEY}").into());
@@ -568,6 +582,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
         })
     };
     let security_volumes = security_volumes(p);
+    let durable = collector_config(p, sampling_yaml.is_some()).durable_queue;
     // The kubelet's probes speak HTTPS without checking the certificate, but they have no
     // client certificate and no token: then they only check that the port accepts.
     let tls_on = p.spec.tls.is_some();
@@ -604,6 +619,16 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             mounts.push(
                 json!({"name": "clickhouse-password", "mountPath": SECRET_DIR, "readOnly": true}),
             );
+        }
+        if component == "collector" && durable.enabled {
+            // The log outlives a crashed container (same pod), not the pod. The size limit
+            // leaves room for the segment being written and the one being deleted, so a
+            // log within its bound never gets the pod evicted.
+            let limit = durable.max_bytes + 2 * durable.segment_bytes;
+            volumes.push(
+                json!({"name": "durable-queue", "emptyDir": {"sizeLimit": limit.to_string()}}),
+            );
+            mounts.push(json!({"name": "durable-queue", "mountPath": DURABLE_QUEUE_DIR}));
         }
         for (volume, dir) in &security_volumes {
             volumes.push(volume.clone());
@@ -1305,6 +1330,68 @@ mod tests {
             assert_eq!(loaded.storage.backend, Backend::Clickhouse);
             assert_eq!(loaded.collector.sampling.enabled, sampling.is_some());
         }
+    }
+
+    #[test]
+    fn a_durable_queue_gets_a_bounded_volume_on_the_collectors_only() {
+        let mut p = pipeline();
+        let without = desired(&p, "img", Some(&sampling())).unwrap();
+        p.spec.collector.durable_queue = Some(crate::crd::DurableQueue {
+            enabled: true,
+            max_bytes: Some(64 << 20),
+        });
+        let d = desired(&p, "img", Some(&sampling())).unwrap();
+        assert_ne!(
+            d.config_hash, without.config_hash,
+            "the pods roll onto the log"
+        );
+        let loaded = Config::from_yaml(
+            &d.config_map.data.as_ref().unwrap()[CONFIG_KEY],
+            &std::collections::HashMap::from([("POD_IP".into(), "10.0.0.1".into())]),
+        )
+        .unwrap();
+        loaded.validate().unwrap();
+        let q = &loaded.collector.durable_queue;
+        assert!(q.enabled);
+        assert_eq!(q.dir, std::path::Path::new(DURABLE_QUEUE_DIR));
+        assert_eq!((q.max_bytes, q.segment_bytes), (64 << 20, 16 << 20));
+
+        let pod = d.collector.spec.unwrap().template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "durable-queue")
+            .expect("the log's volume");
+        let empty_dir = volume.empty_dir.expect("an emptyDir");
+        assert_eq!(
+            empty_dir.size_limit.unwrap().0,
+            ((64u64 << 20) + 2 * (16 << 20)).to_string()
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "durable-queue")
+            .expect("mounted")
+            .clone();
+        assert_eq!(mount.mount_path, DURABLE_QUEUE_DIR);
+        assert_ne!(mount.read_only, Some(true));
+        let query = d.query.spec.unwrap().template.spec.unwrap();
+        assert!(
+            query
+                .volumes
+                .unwrap()
+                .iter()
+                .all(|v| v.name != "durable-queue"),
+            "the query pods keep no log"
+        );
+
+        // Switched off, it is as if absent.
+        p.spec.collector.durable_queue.as_mut().unwrap().enabled = false;
+        let off = desired(&p, "img", Some(&sampling())).unwrap();
+        assert_eq!(off.config_hash, without.config_hash);
     }
 
     #[test]

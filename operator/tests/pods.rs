@@ -200,6 +200,18 @@ async fn pod_options_reach_the_deployment_and_reserved_names_are_refused() {
             "reserved",
         ),
         (
+            json!({"volumes": [{"name": "durable-queue", "emptyDir": {}}]}),
+            "reserved",
+        ),
+        (
+            json!({"volumeMounts": [{"name": "x", "mountPath": "/var/lib/datatracing/durable-queue"}]}),
+            "reserved",
+        ),
+        (
+            json!({"durableQueue": {"maxBytes": 1024}}),
+            "should be greater than or equal to 16777216",
+        ),
+        (
             json!({"podAnnotations": {"datatracing.io/config-hash": "x"}}),
             "reserved",
         ),
