@@ -873,50 +873,67 @@ fn client_with(token: &str) -> reqwest::Client {
 
 /// A forwarded export as a peer sends it, by real curl over HTTP/2: the gRPC status.
 fn raw_forward(grpc: &str, token: Option<&str>) -> String {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-D",
-        "-",
-        "--http2-prior-knowledge",
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "-H",
-        "x-datatracing-forwarded-by: 127.0.0.1:1",
-        "--data-binary",
-        "@-",
-    ]);
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("authorization: Bearer {t}")]);
+    // A transport failure (curl's exit status, its message on stderr) is not the answer
+    // under test: tried again, up to three times, and reported whole if it persists.
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-H",
+            "x-datatracing-forwarded-by: 127.0.0.1:1",
+            "--data-binary",
+            "@-",
+        ]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("authorization: Bearer {t}")]);
+        }
+        cmd.arg(format!(
+            "http://{grpc}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        ));
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl (apt-get install curl)");
+        {
+            use std::io::Write;
+            // One empty, uncompressed gRPC message (an empty export request).
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(&[0, 0, 0, 0, 0])
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_string();
+        if let Some(status) = head.lines().find_map(|l| l.strip_prefix("grpc-status: ")) {
+            return status.trim().to_string();
+        }
+        failures.push(format!(
+            "curl {}: {}; headers: {head:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+        if out.status.success() {
+            // An answer without a grpc-status is a wrong answer, not a transport failure.
+            break;
+        }
     }
-    cmd.arg(format!(
-        "http://{grpc}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-    ));
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("curl (apt-get install curl)");
-    {
-        use std::io::Write;
-        // One empty, uncompressed gRPC message (an empty export request).
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&[0, 0, 0, 0, 0])
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let head = String::from_utf8_lossy(&out.stdout).to_string();
-    head.lines()
-        .find_map(|l| l.strip_prefix("grpc-status: "))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| panic!("no grpc-status in {head}"))
+    panic!("no grpc-status from {grpc}: {failures:#?}")
 }
 
 /// With `auth` on, replicas forward with their `peer` token: 3 routed replicas store every
