@@ -330,7 +330,9 @@ impl Collector {
     }
 
     /// Serves until `shutdown` fires, then drains: stops accepting, lets in-flight requests
-    /// finish (bounded by `drain_timeout`), writes what is queued, and returns.
+    /// finish, writes what is queued (the durable queue's log included), and returns, all
+    /// within `drain_timeout` of the signal: one deadline, so a supervisor's grace period
+    /// (Kubernetes' `terminationGracePeriodSeconds`) can be sized against one setting.
     /// `grpc` serves OTLP/gRPC when given.
     pub async fn run(
         self,
@@ -342,6 +344,13 @@ impl Collector {
     ) -> Result<()> {
         let started = self.start(readiness, registry)?;
         let drain = self.config.drain_timeout.get();
+        let signalled = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                std::time::Instant::now()
+            })
+        };
         let tls = self.tls.is_some();
         tracing::info!(addr = %listener.local_addr()?, tls, "collector listening");
         let grpc_task = match grpc {
@@ -383,7 +392,12 @@ impl Collector {
             }
         }
         let writer = started.writer;
-        let stats = writer.finish(drain).await;
+        let since = signalled
+            .await
+            .map_or(std::time::Duration::ZERO, |at: std::time::Instant| {
+                at.elapsed()
+            });
+        let stats = writer.finish(drain.saturating_sub(since)).await;
         tracing::info!(
             written_spans = stats.written,
             failed_spans = stats.failed,

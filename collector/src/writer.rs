@@ -353,14 +353,17 @@ impl Writer {
     }
 
     /// Acknowledged spans: retried while the store is unavailable, until it takes them or
-    /// the collector stops. A permanent refusal drops them, counted: the outcome is then
-    /// `Ok` (the log moves past them) but nothing was stored.
+    /// the drain's deadline aborts the writer (they stay in the log). Retrying on after the
+    /// stop signal matters where the log does not outlive the process's home (a pod's
+    /// `emptyDir`): a store that recovers within the drain still gets them. A permanent
+    /// refusal drops them, counted: the outcome is then `Ok` (the log moves past them) but
+    /// nothing was stored.
     async fn write_durable(&self, batch: Arc<[Span]>) -> (WriteOutcome, bool) {
         let n = batch.len();
         let result = (|| self.attempt(&batch))
             .retry(self.retry.backoff())
             .sleep(tokio::time::sleep)
-            .when(|e: &datatracing_store::Error| e.is_transient() && !self.closing.is_cancelled())
+            .when(|e: &datatracing_store::Error| e.is_transient())
             .notify(|e, delay| {
                 tracing::warn!(error = %e, spans = n, ?delay, "store unavailable; acknowledged spans stay queued");
             })
