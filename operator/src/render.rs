@@ -74,6 +74,8 @@ pub const SAMPLING_RELOAD_INTERVAL: datatracing_core::ConfigDuration =
 pub const DEFAULT_PRE_STOP_DELAY_SECONDS: i32 = 5;
 /// Seconds between SIGTERM and SIGKILL, unless the spec says otherwise.
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
+/// Seconds of the grace period left for the collector to exit after its drain deadline.
+pub const DRAIN_EXIT_MARGIN_SECONDS: i64 = 2;
 
 /// Names of a pipeline's children.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,6 +310,20 @@ pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig 
         // near its bound.
         q.segment_bytes = q.segment_bytes.min(q.max_bytes / 4);
     }
+    // SIGTERM comes after the preStop delay; the drain (requests in flight, the queue, the
+    // durable queue's log) must end before the grace period's SIGKILL, with a margin for
+    // the process to exit.
+    let grace = c
+        .pod
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS);
+    let pre_stop = i64::from(
+        c.pod
+            .pre_stop_delay_seconds
+            .unwrap_or(DEFAULT_PRE_STOP_DELAY_SECONDS),
+    );
+    let drain = u64::try_from(grace - pre_stop - DRAIN_EXIT_MARGIN_SECONDS).unwrap_or(0);
+    cfg.drain_timeout = datatracing_core::ConfigDuration::from_secs(drain.max(1));
     cfg.sampling.enabled = sampling;
     cfg.sampling.policy_file = sampling.then(|| format!("{CONFIG_DIR}/{SAMPLING_KEY}").into());
     // A policy change reaches the pods when the kubelet refreshes the mounted ConfigMap;
@@ -607,6 +623,10 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
                restart_hash: &str,
                opts: &PodOptions|
      -> Result<serde_json::Value> {
+        let mut container_resources = match resources {
+            Some(r) => to_json(r)?,
+            None => serde_json::Value::Null,
+        };
         let mut volumes = vec![json!({"name": "config", "configMap": {"name": names.config}})];
         let mut mounts = vec![json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true})];
         let config_key = if component == "query" {
@@ -625,6 +645,16 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             // leaves room for the segment being written and the one being deleted, so a
             // log within its bound never gets the pod evicted.
             let limit = durable.max_bytes + 2 * durable.segment_bytes;
+            // The scheduler reserves the node disk the log may fill.
+            if !container_resources["requests"].is_object() {
+                container_resources["requests"] = json!({});
+            }
+            if container_resources["requests"]
+                .get("ephemeral-storage")
+                .is_none()
+            {
+                container_resources["requests"]["ephemeral-storage"] = json!(limit.to_string());
+            }
             volumes.push(
                 json!({"name": "durable-queue", "emptyDir": {"sizeLimit": limit.to_string()}}),
             );
@@ -700,7 +730,7 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             "image": image,
             "args": [component, "--config", format!("{CONFIG_DIR}/{config_key}")],
             "ports": ports,
-            "resources": resources,
+            "resources": container_resources,
             "startupProbe": startup,
             "readinessProbe": readiness,
             "livenessProbe": liveness,
@@ -1355,6 +1385,11 @@ mod tests {
         assert!(q.enabled);
         assert_eq!(q.dir, std::path::Path::new(DURABLE_QUEUE_DIR));
         assert_eq!((q.max_bytes, q.segment_bytes), (64 << 20, 16 << 20));
+        // The drain ends before SIGKILL: 30 s grace, 5 s preStop, 2 s to exit.
+        assert_eq!(
+            loaded.collector.drain_timeout.get(),
+            std::time::Duration::from_secs(23)
+        );
 
         let pod = d.collector.spec.unwrap().template.spec.unwrap();
         let volume = pod
@@ -1378,6 +1413,17 @@ mod tests {
             .clone();
         assert_eq!(mount.mount_path, DURABLE_QUEUE_DIR);
         assert_ne!(mount.read_only, Some(true));
+        let requests = pod.containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .expect("requests");
+        assert_eq!(
+            requests["ephemeral-storage"].0,
+            ((64u64 << 20) + 2 * (16 << 20)).to_string(),
+            "the scheduler reserves the log's disk"
+        );
+        assert!(requests.contains_key("cpu"), "the sample's requests stay");
         let query = d.query.spec.unwrap().template.spec.unwrap();
         assert!(
             query
