@@ -143,21 +143,48 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy (warnings are errors)"
+# The e2e cluster's scenarios are a test target of their own that `--all-targets` leaves out
+# (`test = false` in e2e/Cargo.toml, so they can run last, below): named here.
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --test cluster --locked -- -D warnings
 
 step "cargo deny (licenses, duplicate versions, banned crates, sources; advisories where reachable)"
 ./scripts/deny.sh
 
 log="$(mktemp)"
-trap 'rm -rf "$log" "$go_logs" "$browser_log" "$kafka_log" "$kafka_log.out"' EXIT
+# A failing step stops the run: background builds stop with it.
+trap 'for p in ${release_build:-} ${fuzz_build:-}; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; rm -rf "$log" "$go_logs" "$browser_log" "$kafka_log" "$kafka_log.out" "${build_logs:-}"' EXIT
 
 step "cargo test: compile every test"
 cargo test --workspace --all-targets --locked --no-run
+cargo test --workspace --test cluster --locked --no-run
 
-# The e2e cluster's image holds the release binary (e2e/src/cluster; the harness would build
-# it too, but here its time shows as its own step).
-step "cargo build --release (the binary in the e2e cluster's image)"
-cargo build --release -p datatracing-cli --locked
+# The release binary (the e2e cluster's image), then the fuzz targets (sanitizer builds on
+# the nightly toolchain), build in the background while the tests run: the tests leave
+# most of the two cores idle (70-80 % idle while the e2e tests wait on servers, measured on
+# a cold run), and on a cold machine these builds take many minutes. They run in a session
+# of their own at the lowest priority (the scheduler groups CPU time by session), so the
+# tests keep the CPU they need. The cluster scenarios, which need the release binary, run
+# after the other tests.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "error: fuzzing needs a nightly toolchain: rustup toolchain install nightly" >&2
+  exit 1
+fi
+build_logs="$(mktemp -d)"
+background() { # log, command...: in a new session, lowest priority
+  local out="$1"
+  shift
+  setsid bash -c 'echo 19 >/proc/self/autogroup 2>/dev/null || true; exec nice -n 19 "$@"' bash "$@" >"$out" 2>&1 &
+}
+background "$build_logs/release.log" cargo build --release -p datatracing-cli --locked
+release_build=$!
+await_build() { # pid, what, log
+  if ! wait "$1"; then
+    cat "$3" >&2
+    echo "error: $2 failed (log above)" >&2
+    exit 1
+  fi
+}
 
 step "waiting for the Go-built test binaries, the Debian packages, the UI test browser and the Kafka broker jars"
 await_go_builds
@@ -167,12 +194,21 @@ await_kafka
 step "cargo test: doc tests"
 cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
 
-step "cargo test: every unit, integration and end-to-end test"
+step "cargo test: every unit, integration and end-to-end test but the e2e cluster's"
 cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log"
+
+step "waiting for the release build (the binary in the e2e cluster's image)"
+await_build "$release_build" "cargo build --release -p datatracing-cli" "$build_logs/release.log"
+background "$build_logs/fuzz.log" env DATATRACING_FUZZ_BUILD_ONLY=1 ./scripts/fuzz.sh
+fuzz_build=$!
+
+step "cargo test: the e2e cluster's scenarios (e2e/tests/cluster, real pods)"
+cargo test --workspace --test cluster --locked 2>&1 | tee -a "$log"
 
 # Coverage-guided fuzzing of every decoder of untrusted input, bounded (nightly toolchain,
 # cargo-fuzz cached in ~/.cache/datatracing/tools; a crash fails the run).
 step "fuzzing: ${DATATRACING_FUZZ_SECONDS:-30}s per target (scripts/fuzz.sh)"
+await_build "$fuzz_build" "building the fuzz targets (scripts/fuzz.sh)" "$build_logs/fuzz.log"
 ./scripts/fuzz.sh "${DATATRACING_FUZZ_SECONDS:-30}"
 
 # One closing line for the whole run (cargo prints one result line per test binary).
