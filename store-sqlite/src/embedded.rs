@@ -1085,10 +1085,6 @@ fn trace_summary(conn: &Connection, tenant: &str, id: TraceId) -> Result<Option<
     Ok(b.build(id))
 }
 
-/// One page of a search. Rows are read newest first; the first row of a trace gives its
-/// sort key (its latest matching span). After a cursor only rows past the cursor are read,
-/// and a trace that also has a matching row at or before the cursor is skipped: its key
-/// places it on an earlier page.
 /// The rows of a search page, newest first, after the cursor if there is one.
 fn page_sql(q: &TraceQuery, snapshot: i64, tenant: &str) -> (String, Vec<Value>) {
     let (filters, mut args) = span_filters(q, snapshot, tenant);
@@ -1097,8 +1093,9 @@ fn page_sql(q: &TraceQuery, snapshot: i64, tenant: &str) -> (String, Vec<Value>)
         args.push(Value::Integer(c.latest_nanos));
         args.push(Value::Blob(c.trace_id.as_bytes().to_vec()));
         let n = args.len();
+        // The plain bound first: it is what an index on start_ns can seek to.
         sql.push_str(&format!(
-            " AND (start_ns < ?{k} OR (start_ns = ?{k} AND trace_id > ?{n}))",
+            " AND start_ns <= ?{k} AND (start_ns < ?{k} OR (start_ns = ?{k} AND trace_id > ?{n}))",
             k = n - 1
         ));
     }
@@ -1106,6 +1103,10 @@ fn page_sql(q: &TraceQuery, snapshot: i64, tenant: &str) -> (String, Vec<Value>)
     (sql, args)
 }
 
+/// One page of a search. Rows are read newest first; the first row of a trace gives its
+/// sort key (its latest matching span). After a cursor only rows past the cursor are read,
+/// and a trace that also has a matching row at or before the cursor is skipped: its key
+/// places it on an earlier page.
 fn search_sync(conn: &Connection, tenant: &str, q: &TraceQuery) -> Result<SearchPage> {
     // One read transaction: the snapshot id and every statement see the same data.
     let tx = conn.unchecked_transaction()?;
@@ -1545,6 +1546,19 @@ mod tests {
                 "PRIMARY KEY",
             ),
         ];
+        let mut after_cursor = TraceQuery::with_limit(20);
+        after_cursor.cursor = Some(SearchCursor {
+            snapshot: 1,
+            latest_nanos: 5,
+            trace_id: TraceId::from_slice(&[1; 16]).unwrap(),
+            fingerprint: 0,
+        });
+        // A later page seeks to the cursor rather than reading every newer span again.
+        assert!(
+            plan(&after_cursor).contains("spans_by_start (start_ns<?)"),
+            "{}",
+            plan(&after_cursor)
+        );
         for (what, q, index) in cases {
             let plan = plan(&q);
             assert!(plan.contains(index), "{what}: {plan}");
