@@ -890,6 +890,22 @@ impl Cluster {
         reference
     }
 
+    /// Kills a running container's process with SIGKILL, as a crash or the kernel's OOM
+    /// killer would (`container_id` as a pod's status names it, `containerd://<id>`). The
+    /// kubelet restarts it in the same pod, with the pod's volumes.
+    pub fn kill_container(&self, container_id: &str) {
+        let id = container_id
+            .strip_prefix("containerd://")
+            .unwrap_or(container_id);
+        run(self
+            .node
+            .inside(Path::new("/usr/bin/ctr"))
+            .arg("--address")
+            .arg(self.node.dir.join("containerd.sock"))
+            .args(["-n", "k8s.io", "tasks", "kill", "--signal", "SIGKILL", id])
+            .stdin(Stdio::null()));
+    }
+
     /// The test ClickHouse (its `url()` works from inside the network namespace).
     pub fn clickhouse(&self) -> &ClickHouse {
         &self.clickhouse

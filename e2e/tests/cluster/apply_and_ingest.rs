@@ -135,5 +135,6 @@ fn apply_samples_and_ingest_a_pipeline_trace() {
             "scenario 1: done in {:.1}s",
             started.elapsed().as_secs_f64()
         );
+        support::delete_namespace(cluster, &ns);
     });
 }

@@ -10,8 +10,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod apply_and_ingest;
+mod collector_kill;
 mod operator_failover;
 mod policy_live;
 mod retention;
 mod support;
 mod uninstall;
+mod upgrade;

@@ -1,8 +1,7 @@
 //! Scenario 4, the operator half: the leading operator pod is killed (force-deleted, as a
 //! lost node's pods are); the standby takes the Lease, and a change made while no replica
-//! led is reconciled. The collector half (a collector pod killed under load with the durable
-//! queue on) is not written yet. It stops the operator every scenario relies on, so it runs
-//! alone (`Cluster::exclusive`).
+//! led is reconciled. The collector half is `collector_kill.rs`. It stops the operator every
+//! scenario relies on, so it runs alone (`Cluster::exclusive`).
 
 use std::time::{Duration, Instant};
 
@@ -100,5 +99,6 @@ fn the_standby_operator_takes_over_and_reconciles_what_changed_meanwhile() {
             wait,
         )
         .await;
+        support::delete_namespace(cluster, &ns);
     });
 }

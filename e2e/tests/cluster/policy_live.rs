@@ -198,5 +198,6 @@ fn a_policy_edit_reaches_every_running_collector_without_a_restart() {
             pods_before,
             "no restart after the invalid policy either"
         );
+        support::delete_namespace(cluster, &ns);
     });
 }

@@ -86,5 +86,6 @@ fn a_retention_change_reaches_clickhouse_without_restarting_pods() {
             pods_before,
             "a retention change restarts or replaces no pod (names, UIDs, restart counts)"
         );
+        support::delete_namespace(cluster, &ns);
     });
 }

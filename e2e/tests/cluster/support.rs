@@ -207,3 +207,271 @@ pub fn clickhouse_secret(cluster: &Cluster, ns: &str) {
         datatracing_e2e::cluster::CLICKHOUSE_PASSWORD
     ));
 }
+
+/// What a [`Load`] sent: every request the collector acknowledged, by trace, and those it
+/// did not.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Trace id (hex) -> spans of the acknowledged request that carried the trace (one
+    /// request per trace).
+    pub acked: BTreeMap<String, u64>,
+    /// Requests answered with another status (the client would retry them).
+    pub refused: u64,
+    /// Requests without an answer (connection refused or reset, timeout).
+    pub failed: u64,
+}
+
+/// Bounded load on a collector: `workers` loops each POST native JSON requests of
+/// `spans` spans (one new trace per request), one every 50 ms at most, until stopped, for
+/// at most `max_requests` each and 15 minutes. Only test traffic inside the cluster's
+/// network.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<Sent>>,
+}
+
+impl Load {
+    pub fn start(url: &str, label: u32, workers: u32, spans: u32, max_requests: u32) -> Load {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let handles = (0..workers)
+            .map(|w| {
+                let (stop, acked, url) = (stop.clone(), acked.clone(), url.to_string());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .expect("http client");
+                    let mut sent = Sent::default();
+                    let deadline = Instant::now() + Duration::from_secs(15 * 60);
+                    for i in 0..max_requests {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                            break;
+                        }
+                        let trace = format!("{label:08x}{w:08x}{i:016x}");
+                        let now = datatracing_core::Timestamp::now().unix_nanos();
+                        let batch: Vec<Value> = (0..spans)
+                            .map(|s| {
+                                serde_json::json!({
+                                    "trace_id": trace,
+                                    "span_id": format!("{:08x}{s:08x}", i + 1),
+                                    "service": "e2e-load",
+                                    "operation": format!("step-{}", s % 4),
+                                    "kind": "TRANSFORM",
+                                    "start_time": datatracing_core::Timestamp::from_unix_nanos(now - 2_000_000),
+                                    "end_time": datatracing_core::Timestamp::from_unix_nanos(now - 1_000_000),
+                                    "status": "OK",
+                                    "attributes": {"records": i},
+                                })
+                            })
+                            .collect();
+                        let resp = client
+                            .post(&url)
+                            .json(&serde_json::json!({ "spans": batch }))
+                            .send()
+                            .await;
+                        match resp {
+                            Ok(r) if r.status().is_success() => {
+                                sent.acked.insert(trace, u64::from(spans));
+                                acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(_) => sent.refused += 1,
+                            Err(_) => sent.failed += 1,
+                        }
+                        // A pace, not a synchronisation: the load stays modest on a
+                        // two-core node shared with the other scenarios.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acked,
+            workers: handles,
+        }
+    }
+
+    /// Requests acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `more` requests beyond those acknowledged now are acknowledged (the
+    /// collectors answer again after a disruption).
+    pub async fn wait_acked(&self, cluster: &Cluster, ns: &str, more: u64, what: &str) {
+        let from = self.acked();
+        eventually(
+            Duration::from_secs(90),
+            &format!("{more} more acknowledged requests {what}"),
+            || cluster.describe(ns),
+            || async { (self.acked() >= from + more).then_some(()) },
+        )
+        .await
+    }
+
+    /// Stops every worker and returns what was sent.
+    pub async fn stop(self) -> Sent {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Sent::default();
+        for w in self.workers {
+            let s = w.await.expect("load worker");
+            all.acked.extend(s.acked);
+            all.refused += s.refused;
+            all.failed += s.failed;
+        }
+        all
+    }
+}
+
+/// SQL `query` on the test ClickHouse, answered as TSV rows; `None` when it fails.
+pub async fn clickhouse_rows(cluster: &Cluster, query: &str) -> Option<Vec<Vec<String>>> {
+    let resp = reqwest::Client::new()
+        .post(cluster.clickhouse().url())
+        .header(
+            "X-ClickHouse-User",
+            datatracing_e2e::cluster::CLICKHOUSE_USER,
+        )
+        .header(
+            "X-ClickHouse-Key",
+            datatracing_e2e::cluster::CLICKHOUSE_PASSWORD,
+        )
+        .body(format!("{query} FORMAT TSV"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .ok()?;
+    let text = resp.error_for_status().ok()?.text().await.ok()?;
+    Some(
+        text.lines()
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect(),
+    )
+}
+
+/// Waits until every acknowledged trace of `sent` is in `database`'s spans table with all
+/// its spans; fails naming the missing ones. Returns how many traces were stored in all
+/// (acknowledged or not: an answer lost in a crash may hide a stored request).
+pub async fn wait_all_stored(cluster: &Cluster, ns: &str, database: &str, sent: &Sent) -> usize {
+    let query = format!(
+        "SELECT lower(hex(trace_id)), uniqExact(span_id) FROM {database}.spans \
+         WHERE service = 'e2e-load' GROUP BY trace_id"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let missing: Vec<String> = loop {
+        let stored: BTreeMap<String, u64> = clickhouse_rows(cluster, &query)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.parse().ok()?)))
+            .collect();
+        let missing: Vec<String> = sent
+            .acked
+            .iter()
+            .filter(|(t, n)| stored.get(t.as_str()).is_none_or(|have| have < n))
+            .map(|(t, n)| {
+                let have = stored.get(t.as_str()).copied().unwrap_or(0);
+                format!("{t} ({have} of {n} spans)")
+            })
+            .collect();
+        if missing.is_empty() {
+            return stored.len();
+        }
+        if Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    panic!(
+        "{} of {} acknowledged traces not stored whole after 120s, e.g. {:?}\n{}",
+        missing.len(),
+        sent.acked.len(),
+        &missing[..missing.len().min(10)],
+        cluster.describe(ns)
+    );
+}
+
+/// The (container id, restart count) of pod `name`'s first container.
+pub async fn container_of(client: &kube::Client, ns: &str, name: &str) -> (String, i32) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = api.get(name).await.expect("get the pod");
+    let status = &pod
+        .status
+        .expect("pod status")
+        .container_statuses
+        .expect("container statuses")[0];
+    (
+        status.container_id.clone().expect("a running container"),
+        status.restart_count,
+    )
+}
+
+/// Waits until every pod of Deployment `name` runs `image`, the Deployment is Available
+/// with `replicas` pods and no pod of an older template is left.
+pub async fn wait_rolled(
+    cluster: &Cluster,
+    client: &kube::Client,
+    ns: &str,
+    selector: &str,
+    image: &str,
+    replicas: usize,
+    timeout: Duration,
+) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    eventually(
+        timeout,
+        &format!("the pods {selector} in {ns} all ready on {image}"),
+        || cluster.describe(ns),
+        || async {
+            let list = api
+                .list(&ListParams::default().labels(selector))
+                .await
+                .ok()?;
+            let ready = |p: &Pod| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            };
+            let on_image = |p: &Pod| {
+                p.spec.as_ref().is_some_and(|s| {
+                    s.containers
+                        .iter()
+                        .all(|c| c.image.as_deref() == Some(image))
+                })
+            };
+            (list.items.len() == replicas
+                && list
+                    .items
+                    .iter()
+                    .all(|p| p.metadata.deletion_timestamp.is_none() && ready(p) && on_image(p)))
+            .then_some(())
+        },
+    )
+    .await
+}
+
+/// Pod `name`'s container log (its current container, or the previous one's with
+/// `previous`); empty when it cannot be read.
+pub fn pod_log(cluster: &Cluster, ns: &str, name: &str, previous: bool) -> String {
+    let mut args = vec!["logs", "-n", ns, name];
+    if previous {
+        args.push("--previous");
+    }
+    cluster
+        .kubectl()
+        .args(&args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Deletes a scenario's namespace without waiting, so the pods it ran leave the two-core
+/// node to the scenarios after it.
+pub fn delete_namespace(cluster: &Cluster, ns: &str) {
+    cluster.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
+}
