@@ -51,6 +51,9 @@ pub(crate) enum IngestError {
     StoreUnavailable,
     /// The store refused the spans permanently: retrying the request cannot succeed.
     StoreRejected,
+    /// The request's spans alone exceed the durable queue's bound
+    /// (`collector.durable_queue.max_bytes`): it can never be acknowledged as sent.
+    TooLarge,
 }
 
 impl IngestError {
@@ -65,6 +68,7 @@ impl IngestError {
             // Not retryable for OTLP exporters (INTERNAL, HTTP 500): the store refused the
             // spans for good, and a client told to retry would resend them forever.
             IngestError::StoreRejected => datatracing_http::ErrorCode::Internal,
+            IngestError::TooLarge => datatracing_http::ErrorCode::PayloadTooLarge,
         }
     }
 
@@ -75,6 +79,9 @@ impl IngestError {
             IngestError::StoreUnavailable => "spans could not be stored; retry later",
             IngestError::ShuttingDown => "the collector is shutting down; retry later",
             IngestError::StoreRejected => "the store refused these spans permanently; do not retry",
+            IngestError::TooLarge => {
+                "the request is larger than the collector's durable queue; send smaller requests"
+            }
         }
     }
 }
@@ -304,6 +311,17 @@ impl Ingest {
                 Err(AppendError::Full) => {
                     self.metrics.reject(p, "queue_full", n);
                     Err(IngestError::QueueFull)
+                }
+                Err(AppendError::TooLarge { bytes, max_bytes }) => {
+                    tracing::warn!(
+                        bytes,
+                        max_bytes,
+                        spans = n,
+                        protocol = p,
+                        "a request is larger than the whole durable queue; refused with 413"
+                    );
+                    self.metrics.reject(p, "too_large", n);
+                    Err(IngestError::TooLarge)
                 }
                 Err(AppendError::Unavailable(e)) => {
                     tracing::error!(error = %e, "durable queue append failed; asking the client to retry");

@@ -287,6 +287,12 @@ async fn post_spans(
             ));
         }
         Err(IngestError::ShuttingDown) => return Err(shutting_down()),
+        Err(IngestError::TooLarge) => {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "the spans of this request are larger than the collector's durable queue (collector.durable_queue.max_bytes); nothing was kept, send them in smaller requests",
+            ));
+        }
     };
     Ok((
         StatusCode::ACCEPTED,

@@ -151,6 +151,38 @@ async fn a_full_durable_queue_throttles() {
     assert!(throttled, "the log is bounded");
 }
 
+/// A request whose spans alone exceed the whole log can never be appended: 413 and
+/// "do not retry as is", not the 429 a retrying client would loop on forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_the_durable_queue_is_413_not_429() {
+    let wal_dir = tempfile::tempdir().unwrap();
+    let mut c = config(wal_dir.path());
+    c.durable_queue.max_bytes = 4096;
+    let h = harness(c).await;
+    let (status, resp) = post(&h.router, &batch(1, 200)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{resp}");
+    assert_eq!(resp["error"]["code"], "payload_too_large");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("durable_queue.max_bytes"),
+        "{resp}"
+    );
+    // Nothing was reserved by the refused request: a small one is still acknowledged.
+    let (status, resp) = post(&h.router, &batch(2, 3)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    wait_for(&h.store.inner, 2, 3).await;
+    assert!(
+        h.store
+            .inner
+            .get_trace(trace_id(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 /// One flipped byte in a segment that is not the last: the damaged record is skipped and
 /// counted, every other acknowledged span reaches the store, and shutdown is bounded. Before,
 /// the drain re-read the bad record forever (a spinning thread), delivered nothing from that

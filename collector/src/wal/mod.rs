@@ -211,6 +211,9 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 pub(crate) enum AppendError {
     /// The log holds `max_bytes` of unwritten spans.
     Full,
+    /// The record alone is larger than `max_bytes`: it could never be appended, so
+    /// retrying it is pointless (unlike [`AppendError::Full`]).
+    TooLarge { bytes: u64, max_bytes: u64 },
     /// The disk failed or the log is closed.
     Unavailable(String),
 }
@@ -346,7 +349,14 @@ impl Wal {
                 .pending
                 .lock()
                 .map_err(|_| AppendError::Unavailable("poisoned".into()))?;
-            if p.0 + payload.len() as u64 + HEADER > self.max_bytes {
+            let bytes = payload.len() as u64 + HEADER;
+            if bytes > self.max_bytes {
+                return Err(AppendError::TooLarge {
+                    bytes,
+                    max_bytes: self.max_bytes,
+                });
+            }
+            if p.0 + bytes > self.max_bytes {
                 return Err(AppendError::Full);
             }
             // Reserve now so concurrent appends cannot overshoot the bound together.
@@ -751,6 +761,26 @@ mod tests {
         }
         assert!(refused);
         assert!(wal.pending_bytes() <= 600);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_larger_than_the_bound_is_too_large_not_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(&DurableQueueConfig {
+            max_bytes: 600,
+            ..config(dir.path())
+        })
+        .unwrap();
+        // An empty log: `Full` would tell the client to retry a request that can never fit.
+        match wal.append(&spans(1, 40)).await {
+            Err(AppendError::TooLarge { bytes, max_bytes }) => {
+                assert!(bytes > 600, "{bytes}");
+                assert_eq!(max_bytes, 600);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(wal.pending_bytes(), 0);
+        wal.append(&spans(2, 1)).await.unwrap();
     }
 }
 
