@@ -153,18 +153,18 @@ step "cargo deny (licenses, duplicate versions, banned crates, sources; advisori
 
 log="$(mktemp)"
 # A failing step stops the run: background builds stop with it.
-trap 'for p in ${release_build:-} ${fuzz_build:-}; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; rm -rf "$log" "$go_logs" "$browser_log" "$kafka_log" "$kafka_log.out" "${build_logs:-}"' EXIT
+trap 'for p in ${fuzz_build:-}; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; rm -rf "$log" "$go_logs" "$browser_log" "$kafka_log" "$kafka_log.out" "${build_logs:-}"' EXIT
 
 step "cargo test: compile every test"
 cargo test --workspace --all-targets --locked --no-run
 cargo test --workspace --test cluster --locked --no-run
 
-# The release binary (the e2e cluster's image), then the fuzz targets (sanitizer builds on
-# the nightly toolchain), build in the background while the tests run: the tests leave
-# most of the two cores idle (70-80 % idle while the e2e tests wait on servers, measured on
-# a cold run), and on a cold machine these builds take many minutes. They run in a session
-# of their own at the lowest priority (the scheduler groups CPU time by session), so the
-# tests keep the CPU they need. The cluster scenarios, which need the release binary, run
+# The fuzz targets (sanitizer builds on the nightly toolchain) build in the background while
+# the tests run: the tests leave most of the two cores idle (70-80 % idle while the e2e
+# tests wait on servers, measured on a cold run), and on a cold machine this build takes
+# many minutes. It runs in a session of its own at the lowest priority (the scheduler groups
+# CPU time by session), so the tests keep the CPU they need. The e2e cluster's pods run the
+# binary the tests built (e2e/README.md, "Why not a release build"); its scenarios run
 # after the other tests.
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "error: fuzzing needs a nightly toolchain: rustup toolchain install nightly" >&2
@@ -176,8 +176,8 @@ background() { # log, command...: in a new session, lowest priority
   shift
   setsid bash -c 'echo 19 >/proc/self/autogroup 2>/dev/null || true; exec nice -n 19 "$@"' bash "$@" >"$out" 2>&1 &
 }
-background "$build_logs/release.log" cargo build --release -p datatracing-cli --locked
-release_build=$!
+background "$build_logs/fuzz.log" env DATATRACING_FUZZ_BUILD_ONLY=1 ./scripts/fuzz.sh
+fuzz_build=$!
 await_build() { # pid, what, log
   if ! wait "$1"; then
     cat "$3" >&2
@@ -196,11 +196,6 @@ cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
 
 step "cargo test: every unit, integration and end-to-end test but the e2e cluster's"
 cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log"
-
-step "waiting for the release build (the binary in the e2e cluster's image)"
-await_build "$release_build" "cargo build --release -p datatracing-cli" "$build_logs/release.log"
-background "$build_logs/fuzz.log" env DATATRACING_FUZZ_BUILD_ONLY=1 ./scripts/fuzz.sh
-fuzz_build=$!
 
 step "cargo test: the e2e cluster's scenarios (e2e/tests/cluster, real pods)"
 cargo test --workspace --test cluster --locked 2>&1 | tee -a "$log"

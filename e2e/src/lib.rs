@@ -48,14 +48,6 @@ pub fn binary() -> &'static Path {
     BINARY.get_or_init(build_binary)
 }
 
-/// The release build of the `datatracing` binary (`cargo build --release -p datatracing-cli
-/// --locked`, into the running test's target directory; a no-op when it is current): what the
-/// e2e cluster's image holds.
-pub fn release_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| cargo_build_binary(&["--release", "-p", "datatracing-cli"], "release"))
-}
-
 /// `cargo build --workspace --bin datatracing` with the running test's profile and target
 /// directory, read from where the test executable lives (`<target-dir>/<profile-dir>/deps/`).
 ///

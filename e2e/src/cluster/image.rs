@@ -1,7 +1,7 @@
 //! Container images without a registry: a `docker save` tarball (one layer, a config, a
 //! `manifest.json` naming the tag) that `ctr images import` accepts.
 //!
-//! The product image holds the release binary at the Dockerfile's path and the shared
+//! The product image holds the `datatracing` binary at the Dockerfile's path and the shared
 //! libraries `ldd` lists, copied to the same paths; the pause image holds the static pause
 //! program. Layers are written by GNU tar with fixed owners and times, so the same files give
 //! the same image.
@@ -31,7 +31,7 @@ pub struct ImageSpec {
     /// `uid:gid` the container runs as unless the pod says otherwise.
     pub user: String,
     /// Image paths whose debug information `strip` removes (when binutils is installed):
-    /// the release binary carries line tables, ten times its code's size.
+    /// the binaries carry line tables, several times their code's size.
     pub strip: Vec<String>,
 }
 

@@ -1,6 +1,6 @@
 //! A real one-node Kubernetes cluster for the end-to-end scenarios (`e2e/tests/cluster`):
 //! the operator installed with its Helm chart, and the pods it renders running the product
-//! image, built here from the release binary. Nothing is pulled from a registry and no
+//! image, built here from the tests' own (dev-profile) build of the binary. Nothing is pulled from a registry and no
 //! traffic leaves the machine: the whole cluster lives in a private network, mount and PID
 //! namespace the harness creates.
 //!
@@ -466,12 +466,14 @@ impl Cluster {
         let base = std::env::temp_dir();
         node::reap_leftovers(&base);
 
-        // The release binary (cargo; a no-op when it is current) and its image tarball, while
-        // the node boots.
+        // The binary (the tests' own build: cargo, a no-op when it is current) and its image
+        // tarball, while the node boots. Not a release build: the scenarios test behaviour,
+        // not speed, and a cold release build is a third compile of the workspace (about 19
+        // minutes of a CI run's 2 cores); see e2e/README.md.
         let image_work = base.join(format!("dte-image-{}", std::process::id()));
         let image_thread = std::thread::spawn(move || {
             let t = Instant::now();
-            let binary = crate::release_binary();
+            let binary = crate::binary();
             let build = t.elapsed();
             let t = Instant::now();
             let (reference, tarball) = write_product_image(binary, &image_work, "");
@@ -697,9 +699,9 @@ impl Cluster {
         let (image, tarball, build, write) = image_thread
             .join()
             .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        laps.push("release build (cargo, beside the boot)", build);
+        laps.push("binary build (cargo, beside the boot)", build);
         laps.push("product image tarball written", write);
-        laps.lap("waited for the release build and image");
+        laps.lap("waited for the binary and image");
         import_image(&node, &tarball);
         let _ = fs::remove_file(&tarball);
         laps.lap("product image imported (ctr)");
@@ -879,10 +881,10 @@ impl Cluster {
         &self.image
     }
 
-    /// Builds the release binary again and imports it as a new image whose tag ends in
+    /// Builds the binary again and imports it as a new image whose tag ends in
     /// `suffix` (an upgrade's "new version"); returns the reference.
     pub fn build_image(&self, suffix: &str) -> String {
-        let binary = crate::release_binary();
+        let binary = crate::binary();
         let work = self.node.dir.join(format!("image-{suffix}"));
         let (reference, tarball) = write_product_image(binary, &work, suffix);
         import_image(&self.node, &tarball);
@@ -966,7 +968,7 @@ impl Cluster {
 /// `suffix`), written next to `work`. Returns (reference, tarball path).
 fn write_product_image(binary: &Path, work: &Path, suffix: &str) -> (String, PathBuf) {
     use sha2::{Digest, Sha256};
-    let bytes = fs::read(binary).expect("read the release binary");
+    let bytes = fs::read(binary).expect("read the binary");
     let hash = hex::encode(&Sha256::digest(&bytes)[..6]);
     let tag = if suffix.is_empty() {
         format!("e2e-{hash}")

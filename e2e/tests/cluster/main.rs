@@ -1,6 +1,6 @@
 //! End-to-end scenarios on a real one-node Kubernetes cluster (`datatracing_e2e::cluster`):
 //! the operator installed with its Helm chart, the pods it renders running the product
-//! image built from the release binary, ClickHouse and every client inside the cluster's
+//! image built from the tests' own build of the binary, ClickHouse and every client inside the cluster's
 //! private network namespace.
 //!
 //! One test binary, so the cluster boots once for all scenarios. Each scenario is a module
