@@ -26,8 +26,14 @@ struct Replica {
 }
 
 /// `peers`: the `collector.peers` section (YAML, indented under `peers:`), or `None`.
+///
+/// Sampling decides 2 s after a trace's root: a routed span reaches its owner one hop later,
+/// and on a loaded 2-core CI machine (debug build, a sanitizer build beside it) that hop took
+/// more than the 400 ms this used before, so an error span arrived after its trace had been
+/// decided (counted as a late span) and the routed replicas dropped a trace the single
+/// collector kept. What is compared here is routing, not how late a span may be.
 fn start(dir: &Path, grpc_port: u16, sampling: bool, peers: Option<&str>) -> Server {
-    start_with(dir, grpc_port, sampling.then_some("400ms"), peers)
+    start_with(dir, grpc_port, sampling.then_some("2s"), peers)
 }
 
 /// [`start`] with tail sampling deciding `decision_wait` after a root (and after that long
@@ -396,11 +402,18 @@ async fn three_routed_replicas_decide_like_one_collector() {
         }
     }
     assert_eq!(split, 0, "a trace is stored by more than one replica");
+    let mut late = 0.0;
+    for a in &everyone {
+        late += metric(
+            &datatracing_e2e::metrics(&client, *a).await,
+            "datatracing_sampling_late_spans",
+        );
+    }
     for i in &kept {
         assert_eq!(
             union.get(i).map(BTreeMap::len),
             Some(SPANS),
-            "trace {i} complete"
+            "trace {i} complete ({late} spans arrived after their trace's decision)"
         );
     }
     assert_eq!(
