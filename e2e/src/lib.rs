@@ -48,6 +48,25 @@ pub fn binary() -> &'static Path {
     BINARY.get_or_init(build_binary)
 }
 
+/// The binary the e2e cluster's product image holds: the tests' own build ([`binary`]), or
+/// with `DATATRACING_E2E_IMAGE_PROFILE=release` the release build (`cargo build --release -p
+/// datatracing-cli --locked` into the test's target directory), what the Dockerfile ships.
+/// The 2-core CI run uses the tests' build (e2e/README.md, "Why not a release build"); the
+/// GitHub workflow's cluster job sets `release`.
+pub fn image_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        match std::env::var("DATATRACING_E2E_IMAGE_PROFILE").as_deref() {
+            Ok("release") => cargo_build_binary(&["--release", "-p", "datatracing-cli"], "release"),
+            Ok("") | Ok("test") | Err(std::env::VarError::NotPresent) => binary().to_path_buf(),
+            Ok(other) => panic!(
+                "DATATRACING_E2E_IMAGE_PROFILE={other}: use `release` or leave it unset (the tests' build)"
+            ),
+            Err(e) => panic!("DATATRACING_E2E_IMAGE_PROFILE: {e}"),
+        }
+    })
+}
+
 /// `cargo build --workspace --bin datatracing` with the running test's profile and target
 /// directory, read from where the test executable lives (`<target-dir>/<profile-dir>/deps/`).
 ///

@@ -473,7 +473,7 @@ impl Cluster {
         let image_work = base.join(format!("dte-image-{}", std::process::id()));
         let image_thread = std::thread::spawn(move || {
             let t = Instant::now();
-            let binary = crate::binary();
+            let binary = crate::image_binary();
             let build = t.elapsed();
             let t = Instant::now();
             let (reference, tarball) = write_product_image(binary, &image_work, "");
@@ -884,7 +884,7 @@ impl Cluster {
     /// Builds the binary again and imports it as a new image whose tag ends in
     /// `suffix` (an upgrade's "new version"); returns the reference.
     pub fn build_image(&self, suffix: &str) -> String {
-        let binary = crate::binary();
+        let binary = crate::image_binary();
         let work = self.node.dir.join(format!("image-{suffix}"));
         let (reference, tarball) = write_product_image(binary, &work, suffix);
         import_image(&self.node, &tarball);
