@@ -7,39 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use datatracing_e2e::cluster::{CLICKHOUSE_USER, Cluster};
+use datatracing_e2e::cluster::Cluster;
 
 use crate::support::{self, Load, eventually};
 
 const NS: &str = "e2e-collector-kill";
 const DATABASE: &str = "e2e_collector_kill";
 const COLLECTORS: &str = "app.kubernetes.io/instance=kill,app.kubernetes.io/component=collector";
-
-fn pipeline(cluster: &Cluster) -> String {
-    format!(
-        r#"apiVersion: datatracing.io/v1alpha1
-kind: TracingPipeline
-metadata:
-  name: kill
-  namespace: {NS}
-spec:
-  collector:
-    replicas: 2
-    resources: {{requests: {{cpu: 50m, memory: 128Mi}}}}
-    durableQueue:
-      maxBytes: 67108864
-  query:
-    replicas: 1
-    resources: {{requests: {{cpu: 20m, memory: 64Mi}}}}
-  storage:
-    url: {url}
-    database: {DATABASE}
-    user: {CLICKHOUSE_USER}
-    passwordSecretRef: {{name: clickhouse-credentials, key: password}}
-"#,
-        url = cluster.clickhouse_url()
-    )
-}
 
 /// A collector pod's `datatracing_collector_durable_queue_bytes`.
 async fn log_bytes(pod_ip: &str) -> Option<u64> {
@@ -110,15 +84,9 @@ fn collectors_with_the_durable_queue_lose_no_acknowledged_span_when_killed() {
     let _alone = cluster.exclusive();
     cluster.block_on(async {
         let started = Instant::now();
-        let ns = cluster.namespace(NS).await;
-        let client = cluster.client().await;
-        support::clickhouse_secret(cluster, &ns);
-        cluster.apply(&pipeline(cluster));
+        let (ns, client, collector) =
+            support::durable_pipeline(cluster, NS, "kill", DATABASE).await;
         let wait = Duration::from_secs(180);
-        support::wait_available(cluster, &client, &ns, "kill-collector", 2, wait).await;
-        support::wait_condition(cluster, &client, &ns, "kill", "Ready", wait).await;
-
-        let collector = support::service_ip(&client, &ns, "kill-collector").await;
         let load = Load::start(
             &format!("http://{collector}:4318/api/v1/spans"),
             4,

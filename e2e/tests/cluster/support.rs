@@ -208,6 +208,51 @@ pub fn clickhouse_secret(cluster: &Cluster, ns: &str) {
     ));
 }
 
+/// A `TracingPipeline` named `name` in a new namespace `ns` (2 collectors with a 64 MiB
+/// durable queue, 1 query, ClickHouse database `database`), waited for until its collectors
+/// are Available and it is Ready. Returns the namespace, a client and the collector
+/// Service's address: what the scenarios that load a durable pipeline start from.
+pub async fn durable_pipeline(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    database: &str,
+) -> (String, kube::Client, String) {
+    let ns = cluster.namespace(ns).await;
+    let client = cluster.client().await;
+    clickhouse_secret(cluster, &ns);
+    cluster.apply(&format!(
+        r#"apiVersion: datatracing.io/v1alpha1
+kind: TracingPipeline
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  collector:
+    replicas: 2
+    resources: {{requests: {{cpu: 50m, memory: 128Mi}}}}
+    durableQueue:
+      maxBytes: 67108864
+  query:
+    replicas: 1
+    resources: {{requests: {{cpu: 20m, memory: 64Mi}}}}
+  storage:
+    url: {url}
+    database: {database}
+    user: {user}
+    passwordSecretRef: {{name: clickhouse-credentials, key: password}}
+"#,
+        url = cluster.clickhouse_url(),
+        user = datatracing_e2e::cluster::CLICKHOUSE_USER,
+    ));
+    let wait = Duration::from_secs(180);
+    let collectors = format!("{name}-collector");
+    wait_available(cluster, &client, &ns, &collectors, 2, wait).await;
+    wait_condition(cluster, &client, &ns, name, "Ready", wait).await;
+    let collector = service_ip(&client, &ns, &collectors).await;
+    (ns, client, collector)
+}
+
 /// What a [`Load`] sent: every request the collector acknowledged, by trace, and those it
 /// did not.
 #[derive(Debug, Default)]

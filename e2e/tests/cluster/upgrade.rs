@@ -6,53 +6,21 @@
 
 use std::time::{Duration, Instant};
 
-use datatracing_e2e::cluster::{CLICKHOUSE_USER, Cluster, OPERATOR_NAMESPACE, OPERATOR_RELEASE};
+use datatracing_e2e::cluster::{Cluster, OPERATOR_NAMESPACE, OPERATOR_RELEASE};
 
 use crate::support::{self, Load};
 
 const NS: &str = "e2e-upgrade";
 const DATABASE: &str = "e2e_upgrade";
 
-fn pipeline(cluster: &Cluster) -> String {
-    format!(
-        r#"apiVersion: datatracing.io/v1alpha1
-kind: TracingPipeline
-metadata:
-  name: upgrade
-  namespace: {NS}
-spec:
-  collector:
-    replicas: 2
-    resources: {{requests: {{cpu: 50m, memory: 128Mi}}}}
-    durableQueue:
-      maxBytes: 67108864
-  query:
-    replicas: 1
-    resources: {{requests: {{cpu: 20m, memory: 64Mi}}}}
-  storage:
-    url: {url}
-    database: {DATABASE}
-    user: {CLICKHOUSE_USER}
-    passwordSecretRef: {{name: clickhouse-credentials, key: password}}
-"#,
-        url = cluster.clickhouse_url()
-    )
-}
-
 #[test]
 fn an_upgrade_by_the_runbook_rolls_every_pod_and_loses_no_acknowledged_span() {
     let cluster = Cluster::shared();
     let _alone = cluster.exclusive();
     cluster.block_on(async {
-        let ns = cluster.namespace(NS).await;
-        let client = cluster.client().await;
-        support::clickhouse_secret(cluster, &ns);
-        cluster.apply(&pipeline(cluster));
+        let (ns, client, collector) =
+            support::durable_pipeline(cluster, NS, "upgrade", DATABASE).await;
         let wait = Duration::from_secs(180);
-        support::wait_available(cluster, &client, &ns, "upgrade-collector", 2, wait).await;
-        support::wait_condition(cluster, &client, &ns, "upgrade", "Ready", wait).await;
-
-        let collector = support::service_ip(&client, &ns, "upgrade-collector").await;
         let load = Load::start(
             &format!("http://{collector}:4318/api/v1/spans"),
             5,
