@@ -122,6 +122,9 @@ impl Config {
             Backend::Clickhouse => self.storage.clickhouse.validate()?,
         }
         self.collector.validate()?;
+        self.collector
+            .peers
+            .validate_with_listener(self.collector_tls())?;
         self.query.validate()?;
         self.operator.validate()?;
         self.auth.validate()?;
@@ -193,6 +196,39 @@ mod tests {
         assert_eq!(LogFormat::Text.to_string(), "text");
         let e = "xml".parse::<LogFormat>().unwrap_err();
         assert!(e.contains("\"xml\"") && e.contains("text, json"), "{e}");
+    }
+
+    /// The peer link's TLS is checked against the collector's listener in force: the
+    /// shared `tls:` block counts, `collector.tls` overrides it.
+    #[test]
+    fn the_whole_file_check_ties_peer_tls_to_the_listener() {
+        let peers = "collector:\n  grpc_listen: 127.0.0.1:4317\n  peers:\n    enabled: true\n    self: ${POD_IP}:4317\n    static: [\"${POD_IP}:4317\"]\n";
+        let tls = "tls:\n  cert_file: /tls/tls.crt\n  key_file: /tls/tls.key\n";
+        let e = env(&[("POD_IP", "10.0.0.1")]);
+        Config::from_yaml(peers, &e).unwrap().validate().unwrap();
+        let err = Config::from_yaml(&format!("{peers}{tls}"), &e)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("collector.peers.tls is required"), "{err}");
+        let with_peer_tls = format!(
+            "{peers}    tls:\n      ca_file: /tls/ca.crt\n      server_name: dt-collector.tracing.svc\n{tls}"
+        );
+        let c = Config::from_yaml(&with_peer_tls, &e).unwrap();
+        c.validate().unwrap();
+        let t = c.collector.peers.tls.as_ref().unwrap();
+        assert_eq!(t.server_name.as_deref(), Some("dt-collector.tracing.svc"));
+        // collector.tls with a required client CA takes precedence over the shared block.
+        let mtls = format!(
+            "{peers}    tls:\n      ca_file: /tls/ca.crt\n  tls:\n    cert_file: /c/tls.crt\n    key_file: /c/tls.key\n    client_ca_file: /c/ca.crt\n"
+        );
+        let err = Config::from_yaml(&mtls, &e)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs cert_file and key_file"), "{err}");
     }
 
     #[test]

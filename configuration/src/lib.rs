@@ -33,7 +33,9 @@ pub use error::{ConfigError, Result};
 pub use file::{Backend, Config, LogConfig, LogFormat, StorageConfig};
 pub use interpolate::interpolate;
 pub use operator::{LeaderElectionConfig, OperatorConfig};
-pub use peers::{ForwardCompression, ForwardConfig, KubernetesPeers, PeersConfig, parse_members};
+pub use peers::{
+    ForwardCompression, ForwardConfig, KubernetesPeers, PeerTlsConfig, PeersConfig, parse_members,
+};
 pub use query::{LineageConfig, QueryConfig};
 pub use sampling::{SamplingConfig, ShutdownRule};
 pub use tls::{ClientAuth, TlsConfig};

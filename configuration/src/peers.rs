@@ -11,7 +11,7 @@ use datatracing_core::ConfigDuration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, Result};
+use crate::{ClientAuth, ConfigError, Result, TlsConfig};
 
 /// Peer routing settings. Off by default: a lone collector owns every trace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -43,6 +43,100 @@ pub struct PeersConfig {
     pub token_file: Option<PathBuf>,
     /// An environment variable holding that token, read at start.
     pub token_env: Option<String>,
+    /// TLS on the peer link (forwards, lineage and hand-off messages): required when the
+    /// collector's OTLP/gRPC listener has TLS (`collector.tls` or `tls`), refused when it
+    /// has none, as every replica dials the others' listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PeerTlsConfig>,
+}
+
+/// How a replica verifies its peers' OTLP/gRPC listener and, for mutual TLS, which client
+/// certificate it presents. Only paths, never key material; the files are read at start
+/// (an error names the setting and file) and re-read every `reload_interval`, so rotated
+/// Secrets take effect for the next connection without a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTlsConfig {
+    /// PEM file with the CAs that sign the replicas' server certificates (the listener's
+    /// `cert_file`). Only these are trusted, not the system's roots.
+    pub ca_file: PathBuf,
+    /// PEM file with the client certificate presented to peers, for a listener with
+    /// `client_ca_file` (mutual TLS): signed by a CA of the listener's `client_ca_file`,
+    /// with the `clientAuth` extended key usage. With `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with that certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The name every peer's certificate must be valid for. Unset: each peer's own host
+    /// (an IP address is checked against the certificate's IP SANs). Set it when peers are
+    /// addressed by pod IP and the certificate names a Service
+    /// (`<collector service>.<namespace>.svc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// How often the files are re-read.
+    #[serde(default = "default_tls_reload_interval")]
+    pub reload_interval: ConfigDuration,
+}
+
+/// A DNS name (labels of letters, digits, `-`, `_`) or an IP address, as rustls takes.
+fn is_server_name(n: &str) -> bool {
+    n.parse::<std::net::IpAddr>().is_ok()
+        || (n.len() <= 253
+            && n.trim_end_matches('.').split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            }))
+}
+
+fn default_tls_reload_interval() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
+
+impl PeerTlsConfig {
+    /// A block trusting `ca_file`, with the defaults for the rest.
+    pub fn new(ca_file: impl Into<PathBuf>) -> Self {
+        Self {
+            ca_file: ca_file.into(),
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+            reload_interval: default_tls_reload_interval(),
+        }
+    }
+
+    /// Checks the block's shape (the files are read when the collector starts).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ConfigError::invalid(m));
+        let at = "collector.peers.tls";
+        if self.ca_file.as_os_str().is_empty() {
+            return bad(format!("{at}.ca_file must name a PEM file"));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return bad(format!(
+                    "{at}: cert_file and key_file go together (the client certificate for mutual TLS and its key)"
+                ));
+            }
+            (Some(c), Some(k)) if c.as_os_str().is_empty() || k.as_os_str().is_empty() => {
+                return bad(format!("{at}.cert_file and key_file must name PEM files"));
+            }
+            _ => {}
+        }
+        if let Some(n) = &self.server_name
+            && !is_server_name(n)
+        {
+            return bad(format!(
+                "{at}.server_name must be a DNS name or an IP address (got `{n}`)"
+            ));
+        }
+        if self.reload_interval.get().is_zero() {
+            return bad(format!("{at}.reload_interval must be positive"));
+        }
+        Ok(())
+    }
 }
 
 /// Membership from Kubernetes: the EndpointSlices labelled
@@ -117,6 +211,7 @@ impl Default for PeersConfig {
             forward: ForwardConfig::default(),
             token_file: None,
             token_env: None,
+            tls: None,
         }
     }
 }
@@ -165,6 +260,30 @@ pub fn parse_members(text: &str) -> Result<Vec<String>> {
 }
 
 impl PeersConfig {
+    /// Checks the peer link's TLS against the OTLP/gRPC listener's (`listener`: the
+    /// collector's TLS block in force, its own or the shared one). Replicas dial each
+    /// other's listener, so the two must agree; a mismatch would make every forward fail
+    /// and every replica keep what it receives, so it is refused here rather than found in
+    /// the fallback counters.
+    pub fn validate_with_listener(&self, listener: Option<&TlsConfig>) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let bad = |m: &str| Err(ConfigError::invalid(m));
+        match (listener, &self.tls) {
+            (Some(_), None) => bad(
+                "collector.peers.tls is required: the OTLP/gRPC listener has TLS (collector.tls or tls) and replicas forward to each other's listener; set collector.peers.tls.ca_file to the CA of the replicas' certificates (and server_name when peers are addressed by pod IP)",
+            ),
+            (None, Some(_)) => bad(
+                "collector.peers.tls is set but the OTLP/gRPC listener has no TLS (collector.tls or tls): peers would dial a plain listener with TLS; remove collector.peers.tls or turn TLS on",
+            ),
+            (Some(l), Some(p)) if l.client_auth() == Some(ClientAuth::Required) && p.cert_file.is_none() => bad(
+                "collector.peers.tls needs cert_file and key_file: the OTLP/gRPC listener requires client certificates (client_ca_file with client_auth: required), so a replica must present one to its peers",
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the settings. Off, nothing is checked.
     pub fn validate(&self) -> Result<()> {
         if !self.enabled {
@@ -202,6 +321,9 @@ impl PeersConfig {
         }
         if self.reload_interval.get().is_zero() {
             return bad("collector.peers.reload_interval must be positive".into());
+        }
+        if let Some(t) = &self.tls {
+            t.validate()?;
         }
         let f = &self.forward;
         if f.max_batch_spans == 0 || f.max_queue_spans < f.max_batch_spans {
@@ -267,6 +389,120 @@ mod tests {
         let mut both = k8s.clone();
         both.file = Some("/m".into());
         assert!(both.validate().unwrap_err().to_string().contains("one of"));
+    }
+
+    #[test]
+    fn peer_tls_must_match_the_listener() {
+        let mut on: PeersConfig = serde_json::from_value(serde_json::json!({
+            "enabled": true, "self": "10.0.0.1:4317", "static": ["10.0.0.1:4317"]
+        }))
+        .unwrap();
+        let listener = TlsConfig::new("/tls/tls.crt", "/tls/tls.key");
+        let mtls = TlsConfig {
+            client_ca_file: Some("/tls/ca.crt".into()),
+            ..listener.clone()
+        };
+        on.validate_with_listener(None).unwrap();
+        let e = on
+            .validate_with_listener(Some(&listener))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("collector.peers.tls is required") && e.contains("ca_file"),
+            "{e}"
+        );
+        on.tls = Some(PeerTlsConfig::new("/tls/ca.crt"));
+        on.validate().unwrap();
+        on.validate_with_listener(Some(&listener)).unwrap();
+        let e = on.validate_with_listener(None).unwrap_err().to_string();
+        assert!(e.contains("no TLS"), "{e}");
+        let e = on
+            .validate_with_listener(Some(&mtls))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("needs cert_file and key_file") && e.contains("required"),
+            "{e}"
+        );
+        let optional = TlsConfig {
+            client_auth: Some(ClientAuth::Optional),
+            ..mtls.clone()
+        };
+        on.validate_with_listener(Some(&optional)).unwrap();
+        let client = PeerTlsConfig {
+            cert_file: Some("/peer/tls.crt".into()),
+            key_file: Some("/peer/tls.key".into()),
+            server_name: Some("dt-collector.tracing.svc".into()),
+            ..PeerTlsConfig::new("/tls/ca.crt")
+        };
+        on.tls = Some(client.clone());
+        on.validate().unwrap();
+        on.validate_with_listener(Some(&mtls)).unwrap();
+        // Off: nothing to agree on.
+        let off = PeersConfig {
+            enabled: false,
+            ..on.clone()
+        };
+        off.validate_with_listener(None).unwrap();
+    }
+
+    #[test]
+    fn peer_tls_shape_is_checked() {
+        let ok = PeerTlsConfig::new("/ca.crt");
+        let check = |t: PeerTlsConfig| {
+            PeersConfig {
+                enabled: true,
+                self_addr: "10.0.0.1:4317".into(),
+                static_peers: vec!["10.0.0.1:4317".into()],
+                tls: Some(t),
+                ..PeersConfig::default()
+            }
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        check(ok.clone()).unwrap();
+        let e = check(PeerTlsConfig::new("")).unwrap_err();
+        assert!(e.contains("collector.peers.tls.ca_file"), "{e}");
+        let e = check(PeerTlsConfig {
+            cert_file: Some("/c.crt".into()),
+            ..ok.clone()
+        })
+        .unwrap_err();
+        assert!(e.contains("cert_file and key_file go together"), "{e}");
+        let e = check(PeerTlsConfig {
+            key_file: Some("/c.key".into()),
+            ..ok.clone()
+        })
+        .unwrap_err();
+        assert!(e.contains("go together"), "{e}");
+        for name in ["10.0.0.7", "::1", "dt-collector.tracing.svc", "localhost"] {
+            check(PeerTlsConfig {
+                server_name: Some(name.into()),
+                ..ok.clone()
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        for name in ["", "a b", "10.0.0.7:4317", "bad..name", "https://x"] {
+            let e = check(PeerTlsConfig {
+                server_name: Some(name.into()),
+                ..ok.clone()
+            })
+            .unwrap_err();
+            assert!(e.contains("server_name"), "{name}: {e}");
+        }
+        let e = check(PeerTlsConfig {
+            reload_interval: ConfigDuration::from_secs(0),
+            ..ok.clone()
+        })
+        .unwrap_err();
+        assert!(e.contains("reload_interval"), "{e}");
+        assert!(
+            serde_json::from_value::<PeerTlsConfig>(serde_json::json!({"ca": "/x"})).is_err(),
+            "unknown keys are refused"
+        );
+        let parsed: PeerTlsConfig =
+            serde_json::from_value(serde_json::json!({"ca_file": "/x"})).unwrap();
+        assert_eq!(parsed, PeerTlsConfig::new("/x"), "defaults fill the rest");
     }
 
     #[test]
