@@ -21,6 +21,7 @@ mod ops;
 mod reload;
 mod serve;
 mod tls;
+mod tls_client;
 
 pub use auth::{AuthError, Authenticator, Principal};
 pub use code::ErrorCode;
@@ -29,3 +30,4 @@ pub use error::{ApiError, ErrorDetail};
 pub use ops::{Buffer, HttpMetrics, Readiness, ops_routes};
 pub use serve::{ServeError, finish_router, serve, serve_with};
 pub use tls::{Alpn, TlsAcceptor, TlsError, TlsMetrics};
+pub use tls_client::{ClientTls, ClientTlsStream};

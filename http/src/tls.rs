@@ -193,12 +193,12 @@ impl Files {
     }
 }
 
-fn shown(p: &Path) -> String {
+pub(crate) fn shown(p: &Path) -> String {
     p.display().to_string()
 }
 
 /// The certificates of a PEM file, in order; an error when it has none.
-fn certificates(
+pub(crate) fn certificates(
     setting: &'static str,
     path: &Path,
     pem: &[u8],
