@@ -135,7 +135,22 @@ impl Collector {
             let members = route::initial_members(&config.peers).map_err(Error::Config)?;
             let m = route::RouteMetrics::register(registry);
             let token = route::PeerToken::load(&config.peers).map_err(Error::Config)?;
-            Some(route::Router::new(&config.peers, members, m, token))
+            // Read now: a missing file or a key that does not match fails start-up.
+            let tls = match &config.peers.tls {
+                Some(t) => {
+                    let client = datatracing_http::ClientTls::load(t)
+                        .map_err(|e| Error::Config(format!("collector.peers.tls: {e}")))?;
+                    tracing::info!(
+                        ca_file = %t.ca_file.display(),
+                        client_certificate = t.cert_file.is_some(),
+                        server_name = t.server_name.as_deref().unwrap_or("(each peer's host)"),
+                        "peer link: TLS on"
+                    );
+                    Some(client)
+                }
+                None => None,
+            };
+            Some(route::Router::new(&config.peers, members, m, token, tls))
         } else {
             None
         };
@@ -208,6 +223,7 @@ impl Collector {
                         router.metrics.clone(),
                         self.config.peers.forward.connect_timeout.get(),
                         router.token().clone(),
+                        router.tls().cloned(),
                     ));
                 }
                 Box::new(t)
@@ -282,6 +298,31 @@ impl Collector {
                  `peer` token): peers will refuse what this replica forwards, and it will keep \
                  those spans itself (split traces)"
             );
+        }
+        if let Some((router, _)) = &self.routing
+            && self.tls.is_some() != router.tls().is_some()
+        {
+            // `Config::validate` refuses this; a collector built another way says it loudly.
+            tracing::error!(
+                listener_tls = self.tls.is_some(),
+                peer_tls = router.tls().is_some(),
+                "the OTLP/gRPC listener's TLS and collector.peers.tls disagree: forwards will fail and every replica will keep what it receives (split traces)"
+            );
+        }
+        if let Some(tls) = self.routing.as_ref().and_then(|(r, _)| r.tls()) {
+            let metrics = tls.metrics.clone();
+            tls.client
+                .spawn_reloader(stop_routing.clone(), move |r| {
+                    let result = match r {
+                        Ok(false) => return,
+                        Ok(true) => "ok",
+                        Err(_) => "error",
+                    };
+                    metrics
+                        .tls_reloads
+                        .get_or_create(&route::ResultLabels { result })
+                        .inc();
+                });
         }
         if let (Some((router, _)), Some(path)) = (&self.routing, &self.config.peers.token_file) {
             tokio::spawn(router.token().clone().watch(

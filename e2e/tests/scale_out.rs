@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use datatracing_e2e::Server;
 use datatracing_testkit::free_port;
+use datatracing_testkit::tls::{Pair, Pki};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use serde_json::{Value, json};
 
@@ -1052,4 +1053,272 @@ async fn routed_replicas_with_auth_forward_with_the_peer_token() {
         "0",
         "a peer is let in"
     );
+}
+
+/// A `collector.peers.tls` block (YAML under `peers:`) and the collector's own `tls:`
+/// block (YAML under `collector:`), appended to a `peers` section.
+fn with_tls(peers: &str, peer_tls: &str, listener_tls: &str) -> String {
+    format!("{peers}    tls:\n{peer_tls}  tls:\n{listener_tls}")
+}
+
+/// The `collector.tls` block: the replica's server certificate, and with `client_ca` a
+/// required client certificate (mutual TLS).
+fn listener_tls(server: &Pair, client_ca: Option<&Path>) -> String {
+    let mut s = format!(
+        "    cert_file: {}\n    key_file: {}\n",
+        server.cert.display(),
+        server.key.display()
+    );
+    if let Some(ca) = client_ca {
+        s += &format!(
+            "    client_ca_file: {}\n    client_auth: required\n",
+            ca.display()
+        );
+    }
+    s
+}
+
+
+/// POSTs `spans` to a collector's HTTPS ingest with real curl (trusting `ca`, with a
+/// client certificate if given): native JSON, or OTLP/protobuf (split by owner at the wire
+/// level). Returns the HTTP status.
+fn curl_post(
+    ingest: SocketAddr,
+    ca: &Path,
+    client: Option<&Pair>,
+    spans: &[Value],
+    otlp: bool,
+    dir: &Path,
+) -> String {
+    use prost::Message;
+    let body = dir.join(format!(
+        "body-{}",
+        REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let (path, content_type) = if otlp {
+        let spans: Vec<datatracing_core::Span> = spans
+            .iter()
+            .map(|s| serde_json::from_value(s.clone()).unwrap())
+            .collect();
+        let req = datatracing_collector::otlp::convert::to_otlp(&spans);
+        std::fs::write(&body, req.encode_to_vec()).unwrap();
+        ("/v1/traces", "application/x-protobuf")
+    } else {
+        std::fs::write(&body, json!({ "spans": spans }).to_string()).unwrap();
+        ("/api/v1/spans", "application/json")
+    };
+    let mut c = Command::new("curl");
+    c.args(["-s", "-S", "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["-H", &format!("content-type: {content_type}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()));
+    if let Some(p) = client {
+        c.arg("--cert").arg(&p.cert).arg("--key").arg(&p.key);
+    }
+    let out = c
+        .arg(format!("https://127.0.0.1:{}{path}", ingest.port()))
+        .output()
+        .expect("curl (apt-get install curl)");
+    let _ = std::fs::remove_file(&body);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Sends `spans` round-robin over `targets` (a trace's spans reach every replica) in
+/// requests of up to 100 spans, alternately JSON and OTLP/protobuf, over HTTPS; each must
+/// be accepted.
+async fn send_all_tls(
+    targets: &[SocketAddr],
+    spans: &[Value],
+    ca: &Path,
+    client: Option<&Pair>,
+    dir: &Path,
+) {
+    let mut tasks = Vec::new();
+    for (addr, reqs) in targets.iter().zip(deal(spans, targets.len(), 100)) {
+        let (addr, ca, client, dir) = (
+            *addr,
+            ca.to_path_buf(),
+            client.cloned(),
+            dir.to_path_buf(),
+        );
+        tasks.push(tokio::task::spawn_blocking(move || {
+            for (k, r) in reqs.iter().enumerate() {
+                let otlp = k % 2 == 1;
+                let status = curl_post(addr, &ca, client.as_ref(), r, otlp, &dir);
+                let want = if otlp { "200" } else { "202" };
+                assert_eq!(status, want, "request to {addr} (otlp: {otlp})");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Routing with TLS on the OTLP/gRPC listener, mutual TLS required: 3 routed replicas
+/// forward to each other over TLS with `collector.peers.tls` (the CA, a client certificate,
+/// and `server_name: localhost` while the peers are addressed by IP, as pods are), so every
+/// trace is stored whole on exactly one replica and no forward falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_replicas_forward_over_mutual_tls() {
+    const N: usize = 300;
+    let root = tempfile::tempdir().unwrap();
+    let pki = Pki::new("peers");
+    let server = pki.server("server", "dt-collector");
+    let peer_client = pki.client("peer", "dt-peer");
+    let sender = pki.client("sender", "etl-job");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let members: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peer_tls = format!(
+        "      ca_file: {}\n      cert_file: {}\n      key_file: {}\n      server_name: localhost\n      reload_interval: 200ms\n",
+        pki.ca.cert.display(),
+        peer_client.cert.display(),
+        peer_client.key.display()
+    );
+    let servers: Vec<Server> = (0..3)
+        .map(|i| {
+            let peers = with_tls(
+                &peers_static(&members[i], &members),
+                &peer_tls,
+                &listener_tls(&server, Some(&pki.ca.cert)),
+            );
+            start(
+                &root.path().join(format!("r{i}")),
+                ports[i],
+                false,
+                Some(&peers),
+            )
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let ingest: Vec<SocketAddr> = servers.iter().map(Server::ingest).collect();
+    // Metrics and reads through the query listener (plain HTTP: only `collector.tls` is on).
+    let query: Vec<SocketAddr> = servers.iter().map(Server::query).collect();
+    let spans: Vec<Value> = (0..N).flat_map(|i| trace(i, SPANS, false, None)).collect();
+    send_all_tls(&ingest, &spans, &pki.ca.cert, Some(&sender), root.path()).await;
+    settled(&client, &query).await;
+
+    let mut holders: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut complete = 0;
+    for q in &query {
+        for (i, spans) in stored(&client, *q, N).await {
+            *holders.entry(i).or_default() += 1;
+            complete += usize::from(spans.len() == SPANS);
+        }
+    }
+    assert_eq!(holders.len(), N, "every trace stored");
+    assert!(
+        holders.values().all(|n| *n == 1),
+        "{} traces split",
+        holders.values().filter(|n| **n > 1).count()
+    );
+    assert_eq!(complete, N, "every trace whole");
+    for (s, q) in servers.iter().zip(&query) {
+        let m = datatracing_e2e::metrics(&client, *q).await;
+        assert!(
+            metric(&m, "datatracing_collector_forward_spans_total") > 0.0,
+            "a replica forwarded nothing: {m}"
+        );
+        assert_eq!(
+            metric(&m, "datatracing_collector_forward_fallback_spans_total"),
+            0.0,
+            "a forward fell back"
+        );
+        assert_eq!(
+            metric(&m, "datatracing_collector_peer_tls_handshake_failures_total"),
+            0.0
+        );
+        let log = s.log.lock().unwrap().join("\n");
+        assert!(log.contains("peer link: TLS on"), "{log}");
+    }
+}
+
+/// A replica whose `collector.peers.tls.ca_file` is another CA than the one that signed its
+/// peers' certificates: its forwards fail in the TLS handshake, so it keeps the spans it
+/// receives (counted as `reason="tls"` fallback, the handshake failures per peer, a
+/// warning naming the peer and TLS), and no span is lost. The two replicas with the right
+/// CA forward to each other and to it over TLS (server-authenticated only) as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_the_wrong_ca_keeps_its_spans_and_says_tls() {
+    const N: usize = 150;
+    let root = tempfile::tempdir().unwrap();
+    let pki = Pki::new("peers");
+    let other = Pki::new("other");
+    let server = pki.server("server", "dt-collector");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let members: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let servers: Vec<Server> = (0..3)
+        .map(|i| {
+            let ca = if i == 0 { &other.ca.cert } else { &pki.ca.cert };
+            let peers = peers_static(&members[i], &members)
+                .replace("forward: { timeout: 2s }", "forward: { timeout: 1s }");
+            let peers = with_tls(
+                &peers,
+                &format!("      ca_file: {}\n", ca.display()),
+                &listener_tls(&server, None),
+            );
+            start(
+                &root.path().join(format!("r{i}")),
+                ports[i],
+                false,
+                Some(&peers),
+            )
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let ingest: Vec<SocketAddr> = servers.iter().map(Server::ingest).collect();
+    let query: Vec<SocketAddr> = servers.iter().map(Server::query).collect();
+    let spans: Vec<Value> = (0..N).flat_map(|i| trace(i, 4, false, None)).collect();
+    send_all_tls(&ingest, &spans, &pki.ca.cert, None, root.path()).await;
+    settled(&client, &query).await;
+
+    // Nothing lost: every span sent is stored by some replica.
+    let mut found: BTreeSet<(usize, String)> = BTreeSet::new();
+    for q in &query {
+        for (i, s) in stored(&client, *q, N).await {
+            found.extend(s.into_keys().map(|s| (i, s)));
+        }
+    }
+    assert_eq!(found.len(), N * 4, "every acknowledged span is stored");
+
+    let m = datatracing_e2e::metrics(&client, query[0]).await;
+    assert_eq!(
+        metric(&m, "datatracing_collector_forward_spans_total"),
+        0.0,
+        "nothing passes a handshake with the wrong CA"
+    );
+    for p in &members[1..] {
+        let tls_fallback = format!(
+            "datatracing_collector_forward_fallback_spans_total{{peer=\"{p}\",reason=\"tls\"}}"
+        );
+        assert!(metric(&m, &tls_fallback) > 0.0, "{tls_fallback}: {m}");
+        let failures =
+            format!("datatracing_collector_peer_tls_handshake_failures_total{{peer=\"{p}\"}}");
+        assert!(metric(&m, &failures) > 0.0, "{failures}: {m}");
+    }
+    let log = servers[0].log.lock().unwrap().join("\n");
+    for p in &members[1..] {
+        assert!(
+            log.lines().any(|l| l.contains("TLS handshake with peer failed")
+                && l.contains(p.as_str())
+                && l.contains("UnknownIssuer")),
+            "no TLS warning naming {p}: {log}"
+        );
+    }
+    // The others trust the right CA: their forwards (to each other and to replica 0)
+    // pass over TLS.
+    for q in &query[1..] {
+        let m = datatracing_e2e::metrics(&client, *q).await;
+        assert!(metric(&m, "datatracing_collector_forward_spans_total") > 0.0);
+        assert_eq!(
+            metric(&m, "datatracing_collector_forward_fallback_spans_total"),
+            0.0
+        );
+    }
 }

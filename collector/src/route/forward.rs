@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::client::PeerClient;
+use super::client::{PeerClient, PeerTls};
 use super::metrics::{PeerLabels, RouteMetrics};
 use super::token::PeerToken;
 use crate::otlp::convert::to_otlp;
@@ -48,6 +48,9 @@ pub(crate) enum Fallback {
     QueueFull,
     /// The owner could not be reached (or kept failing) before the deadline.
     Unreachable,
+    /// The TLS handshake with the owner failed (its certificate is not trusted here, or
+    /// not valid for the server name).
+    Tls,
     /// The owner refused the request in a way retrying cannot fix.
     Refused,
     /// This replica is stopping.
@@ -59,6 +62,7 @@ impl Fallback {
         match self {
             Fallback::QueueFull => "queue_full",
             Fallback::Unreachable => "unreachable",
+            Fallback::Tls => "tls",
             Fallback::Refused => "refused",
             Fallback::ShuttingDown => "shutting_down",
         }
@@ -124,6 +128,7 @@ pub(crate) struct Forwarder {
     self_addr: Arc<str>,
     metrics: RouteMetrics,
     token: PeerToken,
+    tls: Option<PeerTls>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -138,6 +143,7 @@ impl Forwarder {
         self_addr: &str,
         metrics: RouteMetrics,
         token: PeerToken,
+        tls: Option<PeerTls>,
     ) -> Self {
         Self {
             peers: Arc::default(),
@@ -145,6 +151,7 @@ impl Forwarder {
             self_addr: self_addr.into(),
             metrics,
             token,
+            tls,
         }
     }
 
@@ -220,6 +227,7 @@ impl Forwarder {
                 self.config.connect_timeout.get(),
                 self.config.compression == datatracing_config::ForwardCompression::Gzip,
                 self.token.clone(),
+                self.tls.as_ref(),
             ),
             config: self.config.clone(),
             self_addr: Arc::clone(&self.self_addr),
@@ -431,6 +439,10 @@ impl PeerTask {
             });
         match tokio::time::timeout_at(deadline.into(), run).await {
             Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if retryable(&e) && client.tls_failing() => {
+                tracing::warn!(peer = %self.peer, code = ?e.code(), error = %e.message(), "TLS handshake with the owner fails; keeping its spans here");
+                Err(Fallback::Tls)
+            }
             Ok(Err(e)) if retryable(&e) => {
                 tracing::warn!(peer = %self.peer, code = ?e.code(), error = %e.message(), "owner unreachable; keeping its spans here");
                 Err(Fallback::Unreachable)
@@ -438,6 +450,10 @@ impl PeerTask {
             Ok(Err(e)) => {
                 tracing::warn!(peer = %self.peer, code = ?e.code(), error = %e.message(), "owner refused forwarded spans; keeping them here");
                 Err(Fallback::Refused)
+            }
+            Err(_) if client.tls_failing() => {
+                tracing::warn!(peer = %self.peer, "TLS handshake with the owner fails; keeping its spans here");
+                Err(Fallback::Tls)
             }
             Err(_) => {
                 tracing::warn!(peer = %self.peer, "owner did not answer in time; keeping its spans here");

@@ -17,7 +17,7 @@ use datatracing_core::{RetryPolicy, TraceId};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 
-use super::client::PeerClient;
+use super::client::{PeerClient, PeerTls};
 use super::metrics::RouteMetrics;
 use super::ring::Ring;
 use super::token::PeerToken;
@@ -213,6 +213,7 @@ pub(crate) fn start(
     metrics: RouteMetrics,
     connect_timeout: Duration,
     token: PeerToken,
+    tls: Option<PeerTls>,
 ) -> PeerLineage {
     let (out, rx) = mpsc::channel(OUTBOX);
     tokio::spawn(send_loop(
@@ -221,6 +222,7 @@ pub(crate) fn start(
         metrics.clone(),
         connect_timeout,
         token,
+        tls,
     ));
     PeerLineage { ring, out, metrics }
 }
@@ -231,6 +233,7 @@ async fn send_loop(
     metrics: RouteMetrics,
     connect_timeout: Duration,
     token: PeerToken,
+    tls: Option<PeerTls>,
 ) {
     let mut clients: HashMap<String, PeerClient> = HashMap::new();
     let mut buf = Vec::with_capacity(BATCH);
@@ -251,7 +254,7 @@ async fn send_loop(
         for (owner, msgs) in by_owner {
             let client = match clients.get(&owner) {
                 Some(c) => c.clone(),
-                None => match PeerClient::new(&owner, connect_timeout, true, token.clone()) {
+                None => match PeerClient::new(&owner, connect_timeout, true, token.clone(), tls.as_ref()) {
                     Some(c) => {
                         clients.insert(owner.clone(), c.clone());
                         c

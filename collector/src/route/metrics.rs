@@ -20,7 +20,7 @@ pub struct PeerLabels {
 pub struct PeerReasonLabels {
     /// The peer's address.
     pub peer: String,
-    /// `queue_full`, `unreachable`, `refused`, `shutting_down`.
+    /// `queue_full`, `unreachable`, `tls`, `refused`, `shutting_down`.
     pub reason: &'static str,
 }
 
@@ -29,6 +29,13 @@ pub struct PeerReasonLabels {
 pub struct DirectionLabels {
     /// `sent`, `received`, `dropped`.
     pub direction: &'static str,
+}
+
+/// Label set: the outcome of re-reading the peer link's TLS files.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` (a changed set loaded) or `error` (refused; the previous set kept).
+    pub result: &'static str,
 }
 
 /// Routing metrics (`datatracing_collector_peer_*`, `datatracing_collector_forward_*`,
@@ -59,6 +66,13 @@ pub struct RouteMetrics {
     /// `datatracing_collector_handoff_spans_total`: buffered spans handed to the new owner of
     /// their trace after a membership change.
     pub handoff: Counter,
+    /// `datatracing_collector_peer_tls_handshake_failures_total{peer}`: TLS handshakes with
+    /// `peer` that failed on this side (its certificate not trusted, or not valid for the
+    /// server name).
+    pub tls_failures: Family<PeerLabels, Counter>,
+    /// `datatracing_collector_peer_tls_reloads_total{result}`: changed
+    /// `collector.peers.tls` files loaded or refused.
+    pub tls_reloads: Family<ResultLabels, Counter>,
 }
 
 impl RouteMetrics {
@@ -75,6 +89,8 @@ impl RouteMetrics {
             duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             lineage: Family::default(),
             handoff: Counter::default(),
+            tls_failures: Family::default(),
+            tls_reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("datatracing_collector");
         r.register(
@@ -124,6 +140,16 @@ impl RouteMetrics {
             m.handoff.clone(),
         );
         r.register(
+            "peer_tls_handshake_failures",
+            "TLS handshakes with a peer that failed on this side, by peer",
+            m.tls_failures.clone(),
+        );
+        r.register(
+            "peer_tls_reloads",
+            "Changed collector.peers.tls files loaded (ok) or refused, the previous set kept (error)",
+            m.tls_reloads.clone(),
+        );
+        r.register(
             "peer_lineage_messages",
             "Lineage notices and keeps exchanged with peers, by direction",
             m.lineage.clone(),
@@ -155,5 +181,6 @@ impl RouteMetrics {
         self.batches.remove(&l);
         self.retries.remove(&l);
         self.queue_spans.remove(&l);
+        self.tls_failures.remove(&l);
     }
 }

@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use forward::{Accepted, Fallback, Payload};
 pub use forward::{FORWARDED_HEADER, TENANT_HEADER};
 pub use lineage::{PeerInput, PeerMessage};
-pub use metrics::RouteMetrics;
+pub use metrics::{ResultLabels, RouteMetrics};
 pub use ring::Ring;
+pub(crate) use client::PeerTls;
 pub(crate) use token::PeerToken;
 
 use forward::Forwarder;
@@ -55,6 +56,7 @@ pub(crate) struct Router {
     pub(crate) metrics: RouteMetrics,
     self_addr: Arc<str>,
     token: PeerToken,
+    tls: Option<PeerTls>,
 }
 
 impl Router {
@@ -64,7 +66,12 @@ impl Router {
         members: Vec<String>,
         metrics: RouteMetrics,
         token: PeerToken,
+        tls: Option<datatracing_http::ClientTls>,
     ) -> (Self, watch::Sender<Arc<Ring>>) {
+        let tls = tls.map(|client| PeerTls {
+            client,
+            metrics: metrics.clone(),
+        });
         let ring = Ring::new(members, &config.self_addr);
         metrics.ring_members.set(ring.len() as i64);
         let (tx, rx) = watch::channel(Arc::new(ring));
@@ -76,10 +83,12 @@ impl Router {
                     &config.self_addr,
                     metrics.clone(),
                     token.clone(),
+                    tls.clone(),
                 ),
                 metrics,
                 self_addr: config.self_addr.as_str().into(),
                 token,
+                tls,
             },
             tx,
         )
@@ -98,6 +107,11 @@ impl Router {
     /// The token presented to peers.
     pub(crate) fn token(&self) -> &PeerToken {
         &self.token
+    }
+
+    /// The peer link's TLS, when `collector.peers.tls` is set.
+    pub(crate) fn tls(&self) -> Option<&PeerTls> {
+        self.tls.as_ref()
     }
 
     /// This replica's peer address.
