@@ -97,6 +97,28 @@ pub struct TlsSpec {
     /// ports over TCP, since the kubelet has no client certificate) or `Optional`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuthMode>,
+    /// How routing collectors (tail sampling, several replicas) verify each other when they
+    /// forward spans to a trace's owner over the TLS listener. With `clientCaSecretRef`
+    /// they present the pods' own certificate (`secretName`), which then needs the
+    /// `client auth` usage and an issuer among the client CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<PeerTlsSpec>,
+}
+
+/// The collectors' peer link over TLS.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerTlsSpec {
+    /// The key of a Secret holding the CAs that sign the collectors' certificates. Default:
+    /// key `ca.crt` of `secretName` (where cert-manager's CA, self-signed and Vault issuers
+    /// put the issuing CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeySelector>,
+    /// The name the collectors' certificate must be valid for (peers are dialed by pod
+    /// IP). Default: `<pipeline>-collector.<namespace>.svc`, the collector Service's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
 }
 
 /// Whether clients must present a certificate.
@@ -460,10 +482,10 @@ pub struct PodOptions {
     #[x_kube(validation = Rule::new("self.all(e, !has(e.prefix) || !e.prefix.startsWith('DATATRACING_'))").message("envFrom prefixes starting with DATATRACING_ are reserved").reason(Reason::FieldValueForbidden))]
     pub env_from: Option<Vec<EnvFromSource>>,
     /// Extra volumes; `config`, `clickhouse-password`, `clickhouse-ca`, `tls`,
-    /// `tls-client-ca`, `tokens` and `durable-queue` are the operator's.
+    /// `tls-client-ca`, `tls-peer-ca`, `tokens` and `durable-queue` are the operator's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(v, !(v.name in ['config', 'clickhouse-password', 'clickhouse-ca', 'tls', 'tls-client-ca', 'tokens', 'durable-queue']))").message("volume names config, clickhouse-password, clickhouse-ca, tls, tls-client-ca, tokens and durable-queue are reserved").reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("self.all(v, !(v.name in ['config', 'clickhouse-password', 'clickhouse-ca', 'tls', 'tls-client-ca', 'tls-peer-ca', 'tokens', 'durable-queue']))").message("volume names config, clickhouse-password, clickhouse-ca, tls, tls-client-ca, tls-peer-ca, tokens and durable-queue are reserved").reason(Reason::FieldValueForbidden))]
     pub volumes: Option<Vec<Volume>>,
     /// Extra mounts in the container; `/etc/datatracing` and `/var/lib/datatracing` are the
     /// operator's.

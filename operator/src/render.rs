@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use datatracing_config::{
     AuthConfig, Backend, ClickHouseConfig, ClientAuth, CollectorConfig, Config, KubernetesPeers,
-    LogConfig, LogFormat, QueryConfig, Scope, StorageConfig, TlsConfig, TokenConfig,
+    LogConfig, LogFormat, PeerTlsConfig, QueryConfig, Scope, StorageConfig, TlsConfig, TokenConfig,
 };
 use datatracing_core::policy::SamplingPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -43,6 +43,8 @@ pub const SECRET_DIR: &str = "/etc/datatracing/secret";
 pub const TLS_DIR: &str = "/etc/datatracing/tls";
 /// Where the client CA of mutual TLS is mounted (as `ca.crt`).
 pub const TLS_CLIENT_CA_DIR: &str = "/etc/datatracing/tls-client-ca";
+/// Where routing collectors find the CA of their peers' certificates.
+pub const TLS_PEER_CA_DIR: &str = "/etc/datatracing/tls-peer-ca";
 /// Where the token Secrets are mounted, one file per token, named after it.
 pub const TOKENS_DIR: &str = "/etc/datatracing/tokens";
 /// Where the ClickHouse CA is mounted (as `ca.crt`).
@@ -354,8 +356,48 @@ pub fn collector_config(p: &TracingPipeline, sampling: bool) -> CollectorConfig 
                     .find(|t| t.scopes.contains(&TokenScope::Peer))
             })
             .map(|t| format!("{TOKENS_DIR}/{}", t.name).into());
+        cfg.peers.tls = peer_tls_config(p);
     }
     cfg
+}
+
+/// Routing collectors' `collector.peers.tls` when the listeners have TLS: the peer CA
+/// (mounted by [`peer_ca_volume`]), the name the certificate holds (peers are pod IPs),
+/// and with a client CA the pods' own certificate as their client identity.
+pub fn peer_tls_config(p: &TracingPipeline) -> Option<PeerTlsConfig> {
+    let t = p.spec.tls.as_ref()?;
+    let server_name = t
+        .peers
+        .as_ref()
+        .and_then(|s| s.server_name.clone())
+        .unwrap_or_else(|| {
+            format!(
+                "{}.{}.svc",
+                Names::of(&p.name_any()).collector,
+                p.namespace().unwrap_or_else(|| "default".into())
+            )
+        });
+    let mtls = t.client_ca_secret_ref.is_some();
+    Some(PeerTlsConfig {
+        cert_file: mtls.then(|| format!("{TLS_DIR}/tls.crt").into()),
+        key_file: mtls.then(|| format!("{TLS_DIR}/tls.key").into()),
+        server_name: Some(server_name),
+        ..PeerTlsConfig::new(format!("{TLS_PEER_CA_DIR}/ca.crt"))
+    })
+}
+
+/// The volume with the peer CA for routing collectors with TLS: `tls.peers.caSecretRef`,
+/// else key `ca.crt` of the TLS Secret.
+fn peer_ca_volume(p: &TracingPipeline) -> Option<serde_json::Value> {
+    let t = p.spec.tls.as_ref()?;
+    let (secret, key) = match t.peers.as_ref().and_then(|s| s.ca_secret_ref.as_ref()) {
+        Some(r) => (r.name.clone(), r.key.clone()),
+        None => (t.secret_name.clone(), "ca.crt".to_string()),
+    };
+    Some(
+        json!({"name": "tls-peer-ca", "secret": {"secretName": secret, "defaultMode": 0o440,
+            "items": [{"key": key, "path": "ca.crt"}]}}),
+    )
 }
 
 /// The whole configuration a pipeline's collector pods (and query pods, unless they have
@@ -664,6 +706,15 @@ pub fn desired(p: &TracingPipeline, image: &str, sampling_yaml: Option<&str>) ->
             volumes.push(volume.clone());
             let name = volume["name"].clone();
             mounts.push(json!({"name": name, "mountPath": dir, "readOnly": true}));
+        }
+        if component == "collector"
+            && routed
+            && let Some(v) = peer_ca_volume(p)
+        {
+            volumes.push(v);
+            mounts.push(
+                json!({"name": "tls-peer-ca", "mountPath": TLS_PEER_CA_DIR, "readOnly": true}),
+            );
         }
         for v in opts.volumes.iter().flatten() {
             volumes.push(to_json(v)?);
@@ -1191,6 +1242,91 @@ mod tests {
         let d = desired(&p, "img:1", Some(&sampling())).unwrap();
         let text = &d.config_map.data.as_ref().unwrap()[CONFIG_KEY];
         assert!(text.contains("token_file: null"), "{text}");
+    }
+
+    /// Routed collectors with TLS on their listeners get `collector.peers.tls`: the peer CA
+    /// (key `ca.crt` of the TLS Secret unless `tls.peers.caSecretRef` names another)
+    /// mounted in the collector pods only, the collector Service's name as the server name
+    /// (peers are dialed by pod IP), and with mutual TLS the pods' own certificate as their
+    /// client identity. The rendered file passes the binary's whole-file check.
+    #[test]
+    fn routed_collectors_with_tls_verify_each_other() {
+        let mut p = pipeline();
+        p.spec.tls = Some(
+            serde_json::from_value(json!({"secretName": "dt-tls",
+                "clientCaSecretRef": {"name": "clients", "key": "ca.crt"}}))
+            .unwrap(),
+        );
+        let render = |p: &TracingPipeline, sampling: Option<&str>| {
+            let d = desired(p, "img:1", sampling).unwrap();
+            let config = Config::from_yaml(
+                &d.config_map.data.as_ref().unwrap()[CONFIG_KEY],
+                &[("POD_IP".to_string(), "10.1.2.3".to_string())].into(),
+            )
+            .unwrap();
+            config.validate().unwrap();
+            let volumes = |dep: &Deployment| {
+                let pod = serde_json::to_value(dep.spec.clone().unwrap().template.spec).unwrap();
+                let v: Vec<_> = pod["volumes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|v| v["name"] == "tls-peer-ca")
+                    .cloned()
+                    .collect();
+                let m: Vec<_> = pod["containers"][0]["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m["name"] == "tls-peer-ca")
+                    .map(|m| m["mountPath"].clone())
+                    .collect();
+                (v, m)
+            };
+            let collector = volumes(&d.collector);
+            let query = volumes(&d.query);
+            (d, config, collector, query)
+        };
+        let (d, config, (volumes, mounts), query) = render(&p, Some(&sampling()));
+        assert!(d.peers.is_some(), "routed");
+        let t = config.collector.peers.tls.clone().expect("peer TLS rendered");
+        assert_eq!(t.ca_file.to_str(), Some("/etc/datatracing/tls-peer-ca/ca.crt"));
+        assert_eq!(t.cert_file.unwrap().to_str(), Some("/etc/datatracing/tls/tls.crt"));
+        assert_eq!(t.key_file.unwrap().to_str(), Some("/etc/datatracing/tls/tls.key"));
+        assert_eq!(
+            t.server_name.as_deref(),
+            Some(format!("{}.team-a.svc", d.names.collector).as_str())
+        );
+        assert_eq!(volumes.len(), 1, "{volumes:?}");
+        assert_eq!(volumes[0]["secret"]["secretName"], "dt-tls");
+        assert_eq!(volumes[0]["secret"]["items"][0]["key"], "ca.crt");
+        assert_eq!(mounts, [json!("/etc/datatracing/tls-peer-ca")]);
+        assert!(query.0.is_empty() && query.1.is_empty(), "query pods do not route");
+
+        // Another CA Secret and name; server-authenticated TLS only: no client identity.
+        p.spec.tls = Some(
+            serde_json::from_value(json!({"secretName": "dt-tls", "peers": {
+                "caSecretRef": {"name": "issuer-ca", "key": "root.pem"},
+                "serverName": "collectors.tracing.example"}}))
+            .unwrap(),
+        );
+        let (_, config, (volumes, _), _) = render(&p, Some(&sampling()));
+        let t = config.collector.peers.tls.clone().unwrap();
+        assert_eq!(t.server_name.as_deref(), Some("collectors.tracing.example"));
+        assert_eq!((t.cert_file, t.key_file), (None, None));
+        assert_eq!(volumes[0]["secret"]["secretName"], "issuer-ca");
+        assert_eq!(volumes[0]["secret"]["items"][0]["key"], "root.pem");
+
+        // Not routed (no sampling): no peer TLS, no peer CA volume.
+        let (d, config, (volumes, _), _) = render(&p, None);
+        assert!(d.peers.is_none());
+        assert_eq!(config.collector.peers.tls, None);
+        assert!(volumes.is_empty());
+        // Routed without TLS: none either.
+        p.spec.tls = None;
+        let (_, config, (volumes, _), _) = render(&p, Some(&sampling()));
+        assert_eq!(config.collector.peers.tls, None);
+        assert!(volumes.is_empty());
     }
 
     #[test]

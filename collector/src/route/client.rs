@@ -78,7 +78,7 @@ impl tonic::codegen::Service<Uri> for TlsConnect {
                             peer: this.peer.to_string(),
                         })
                         .inc();
-                    let name = format!("{:?}", this.name);
+                    let name = this.name.to_str();
                     if this.health.failing.swap(true, Ordering::Relaxed) {
                         tracing::debug!(peer = %this.peer, error = %e, "TLS handshake with peer failed");
                     } else {
