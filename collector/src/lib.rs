@@ -311,18 +311,17 @@ impl Collector {
         }
         if let Some(tls) = self.routing.as_ref().and_then(|(r, _)| r.tls()) {
             let metrics = tls.metrics.clone();
-            tls.client
-                .spawn_reloader(stop_routing.clone(), move |r| {
-                    let result = match r {
-                        Ok(false) => return,
-                        Ok(true) => "ok",
-                        Err(_) => "error",
-                    };
-                    metrics
-                        .tls_reloads
-                        .get_or_create(&route::ResultLabels { result })
-                        .inc();
-                });
+            tls.client.spawn_reloader(stop_routing.clone(), move |r| {
+                let result = match r {
+                    Ok(false) => return,
+                    Ok(true) => "ok",
+                    Err(_) => "error",
+                };
+                metrics
+                    .tls_reloads
+                    .get_or_create(&route::ResultLabels { result })
+                    .inc();
+            });
         }
         if let (Some((router, _)), Some(path)) = (&self.routing, &self.config.peers.token_file) {
             tokio::spawn(router.token().clone().watch(

@@ -277,9 +277,13 @@ impl PeersConfig {
             (None, Some(_)) => bad(
                 "collector.peers.tls is set but the OTLP/gRPC listener has no TLS (collector.tls or tls): peers would dial a plain listener with TLS; remove collector.peers.tls or turn TLS on",
             ),
-            (Some(l), Some(p)) if l.client_auth() == Some(ClientAuth::Required) && p.cert_file.is_none() => bad(
-                "collector.peers.tls needs cert_file and key_file: the OTLP/gRPC listener requires client certificates (client_ca_file with client_auth: required), so a replica must present one to its peers",
-            ),
+            (Some(l), Some(p))
+                if l.client_auth() == Some(ClientAuth::Required) && p.cert_file.is_none() =>
+            {
+                bad(
+                    "collector.peers.tls needs cert_file and key_file: the OTLP/gRPC listener requires client certificates (client_ca_file with client_auth: required), so a replica must present one to its peers",
+                )
+            }
             _ => Ok(()),
         }
     }

@@ -1078,7 +1078,6 @@ fn listener_tls(server: &Pair, client_ca: Option<&Path>) -> String {
     s
 }
 
-
 /// POSTs `spans` to a collector's HTTPS ingest with real curl (trusting `ca`, with a
 /// client certificate if given): native JSON, or OTLP/protobuf (split by owner at the wire
 /// level). Returns the HTTP status.
@@ -1108,12 +1107,21 @@ fn curl_post(
         ("/api/v1/spans", "application/json")
     };
     let mut c = Command::new("curl");
-    c.args(["-s", "-S", "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg("--cacert")
-        .arg(ca)
-        .args(["-H", &format!("content-type: {content_type}")])
-        .arg("--data-binary")
-        .arg(format!("@{}", body.display()));
+    c.args([
+        "-s",
+        "-S",
+        "--max-time",
+        "30",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ])
+    .arg("--cacert")
+    .arg(ca)
+    .args(["-H", &format!("content-type: {content_type}")])
+    .arg("--data-binary")
+    .arg(format!("@{}", body.display()));
     if let Some(p) = client {
         c.arg("--cert").arg(&p.cert).arg("--key").arg(&p.key);
     }
@@ -1141,12 +1149,7 @@ async fn send_all_tls(
 ) {
     let mut tasks = Vec::new();
     for (addr, reqs) in targets.iter().zip(deal(spans, targets.len(), 100)) {
-        let (addr, ca, client, dir) = (
-            *addr,
-            ca.to_path_buf(),
-            client.cloned(),
-            dir.to_path_buf(),
-        );
+        let (addr, ca, client, dir) = (*addr, ca.to_path_buf(), client.cloned(), dir.to_path_buf());
         tasks.push(tokio::task::spawn_blocking(move || {
             for (k, r) in reqs.iter().enumerate() {
                 let otlp = k % 2 == 1;
@@ -1231,7 +1234,10 @@ async fn routed_replicas_forward_over_mutual_tls() {
             "a forward fell back"
         );
         assert_eq!(
-            metric(&m, "datatracing_collector_peer_tls_handshake_failures_total"),
+            metric(
+                &m,
+                "datatracing_collector_peer_tls_handshake_failures_total"
+            ),
             0.0
         );
         let log = s.log.lock().unwrap().join("\n");
@@ -1305,9 +1311,10 @@ async fn a_peer_with_the_wrong_ca_keeps_its_spans_and_says_tls() {
     let log = servers[0].log.lock().unwrap().join("\n");
     for p in &members[1..] {
         assert!(
-            log.lines().any(|l| l.contains("TLS handshake with peer failed")
-                && l.contains(p.as_str())
-                && l.contains("UnknownIssuer")),
+            log.lines()
+                .any(|l| l.contains("TLS handshake with peer failed")
+                    && l.contains(p.as_str())
+                    && l.contains("UnknownIssuer")),
             "no TLS warning naming {p}: {log}"
         );
     }

@@ -28,7 +28,7 @@ pub use code::ErrorCode;
 pub use datatracing_config::ConnectionLimits;
 pub use error::{ApiError, ErrorDetail};
 pub use ops::{Buffer, HttpMetrics, Readiness, ops_routes};
+pub use rustls::pki_types::ServerName as TlsServerName;
 pub use serve::{ServeError, finish_router, serve, serve_with};
 pub use tls::{Alpn, TlsAcceptor, TlsError, TlsMetrics};
-pub use rustls::pki_types::ServerName as TlsServerName;
 pub use tls_client::{ClientTls, ClientTlsStream};

@@ -355,12 +355,17 @@ mod tests {
             io::Result::Ok(buf)
         };
         assert_eq!(
-            dial(t.clone(), t.server_name(&peer).unwrap()).await.unwrap(),
+            dial(t.clone(), t.server_name(&peer).unwrap())
+                .await
+                .unwrap(),
             b"ok"
         );
-        let e = dial(t.clone(), ServerName::try_from("elsewhere.example").unwrap())
-            .await
-            .unwrap_err();
+        let e = dial(
+            t.clone(),
+            ServerName::try_from("elsewhere.example").unwrap(),
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().contains("certificate"), "{e}");
         // Rotated to a CA that did not sign the server: the next handshake refuses it.
         std::fs::copy(&other.ca.cert, &ca).unwrap();

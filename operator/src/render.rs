@@ -1289,10 +1289,24 @@ mod tests {
         };
         let (d, config, (volumes, mounts), query) = render(&p, Some(&sampling()));
         assert!(d.peers.is_some(), "routed");
-        let t = config.collector.peers.tls.clone().expect("peer TLS rendered");
-        assert_eq!(t.ca_file.to_str(), Some("/etc/datatracing/tls-peer-ca/ca.crt"));
-        assert_eq!(t.cert_file.unwrap().to_str(), Some("/etc/datatracing/tls/tls.crt"));
-        assert_eq!(t.key_file.unwrap().to_str(), Some("/etc/datatracing/tls/tls.key"));
+        let t = config
+            .collector
+            .peers
+            .tls
+            .clone()
+            .expect("peer TLS rendered");
+        assert_eq!(
+            t.ca_file.to_str(),
+            Some("/etc/datatracing/tls-peer-ca/ca.crt")
+        );
+        assert_eq!(
+            t.cert_file.unwrap().to_str(),
+            Some("/etc/datatracing/tls/tls.crt")
+        );
+        assert_eq!(
+            t.key_file.unwrap().to_str(),
+            Some("/etc/datatracing/tls/tls.key")
+        );
         assert_eq!(
             t.server_name.as_deref(),
             Some(format!("{}.team-a.svc", d.names.collector).as_str())
@@ -1301,7 +1315,10 @@ mod tests {
         assert_eq!(volumes[0]["secret"]["secretName"], "dt-tls");
         assert_eq!(volumes[0]["secret"]["items"][0]["key"], "ca.crt");
         assert_eq!(mounts, [json!("/etc/datatracing/tls-peer-ca")]);
-        assert!(query.0.is_empty() && query.1.is_empty(), "query pods do not route");
+        assert!(
+            query.0.is_empty() && query.1.is_empty(),
+            "query pods do not route"
+        );
 
         // Another CA Secret and name; server-authenticated TLS only: no client identity.
         p.spec.tls = Some(

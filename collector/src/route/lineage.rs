@@ -254,7 +254,13 @@ async fn send_loop(
         for (owner, msgs) in by_owner {
             let client = match clients.get(&owner) {
                 Some(c) => c.clone(),
-                None => match PeerClient::new(&owner, connect_timeout, true, token.clone(), tls.as_ref()) {
+                None => match PeerClient::new(
+                    &owner,
+                    connect_timeout,
+                    true,
+                    token.clone(),
+                    tls.as_ref(),
+                ) {
                     Some(c) => {
                         clients.insert(owner.clone(), c.clone());
                         c

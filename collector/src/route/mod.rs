@@ -23,12 +23,12 @@ use datatracing_core::Span;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use client::PeerTls;
 pub(crate) use forward::{Accepted, Fallback, Payload};
 pub use forward::{FORWARDED_HEADER, TENANT_HEADER};
 pub use lineage::{PeerInput, PeerMessage};
 pub use metrics::{ResultLabels, RouteMetrics};
 pub use ring::Ring;
-pub(crate) use client::PeerTls;
 pub(crate) use token::PeerToken;
 
 use forward::Forwarder;
