@@ -46,7 +46,6 @@ pub struct PeersConfig {
     /// TLS on the peer link (forwards, lineage and hand-off messages): required when the
     /// collector's OTLP/gRPC listener has TLS (`collector.tls` or `tls`), refused when it
     /// has none, as every replica dials the others' listener.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<PeerTlsConfig>,
 }
 
