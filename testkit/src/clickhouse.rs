@@ -32,6 +32,7 @@ enum Kind {
         host: Option<String>,
         path: PathBuf,
         backups_path: Option<PathBuf>,
+        cluster: Option<String>,
         tls: Option<crate::tls::Pair>,
         _dir: Option<tempfile::TempDir>,
     },
@@ -108,6 +109,9 @@ pub struct ChdbOptions {
     pub password: Option<String>,
     /// A directory `BACKUP ... TO File(...)` / `RESTORE ... FROM File(...)` may use.
     pub backups_path: Option<PathBuf>,
+    /// Define this cluster (one shard, this engine) and rewrite its `ON CLUSTER` and
+    /// `Replicated*` DDL to what one node runs (`tools/chdb-http/server.py --cluster`).
+    pub cluster: Option<String>,
     /// Serve HTTPS with this certificate and key (the URL is then `https://127.0.0.1:port`).
     pub tls: Option<crate::tls::Pair>,
 }
@@ -201,6 +205,7 @@ impl ClickHouse {
                 host: opts.host,
                 path,
                 backups_path: opts.backups_path,
+                cluster: opts.cluster,
                 tls: opts.tls,
                 _dir: dir,
             },
@@ -222,6 +227,7 @@ impl ClickHouse {
             host,
             path,
             backups_path,
+            cluster,
             tls,
             ..
         } = &self.kind
@@ -249,6 +255,11 @@ impl ClickHouse {
                 backups_path
                     .iter()
                     .flat_map(|p| [std::ffi::OsStr::new("--backups-path"), p.as_os_str()]),
+            )
+            .args(
+                cluster
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("--cluster"), std::ffi::OsStr::new(c)]),
             )
             .args(tls.iter().flat_map(|t| {
                 [
@@ -347,6 +358,30 @@ impl ClickHouse {
             resp.starts_with("HTTP/1.1 200"),
             "admin call failed: {resp}"
         );
+    }
+
+    /// The statements a `--cluster` front rewrote so far, as its JSON list of
+    /// `{"original": ..., "rewritten": ...}` (chdb-backed only).
+    pub fn cluster_rewrites(&self) -> String {
+        self.admin_get("/__admin/cluster-rewrites")
+    }
+
+    fn admin_get(&self, path: &str) -> String {
+        assert!(self.is_controllable(), "admin calls need the chdb-backed server");
+        let addr = format!("127.0.0.1:{}", self.port);
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect for admin call");
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("admin write");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("admin read");
+        assert!(resp.starts_with("HTTP/1.1 200"), "admin call failed: {resp}");
+        resp.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default()
     }
 
     fn wait_ready(&self, timeout: Duration) {
