@@ -175,7 +175,10 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
         .collect();
     assert_eq!(
         clustered.len(),
-        generated.iter().filter(|s| !s.starts_with("INSERT")).count(),
+        generated
+            .iter()
+            .filter(|s| !s.starts_with("INSERT"))
+            .count(),
         "every DDL statement is clustered"
     );
     let rewrites = rewrites_of(&db);
@@ -244,7 +247,10 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
     ];
     assert_eq!(
         views,
-        expected_views.iter().map(|(v, _)| *v).collect::<BTreeSet<_>>()
+        expected_views
+            .iter()
+            .map(|(v, _)| *v)
+            .collect::<BTreeSet<_>>()
     );
     for (view, target) in expected_views {
         let q = &find(view).create_table_query;
@@ -285,7 +291,11 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
     let reader = ClickHouseReader::open(config.clone(), ClickHouseMetrics::unregistered())
         .await
         .unwrap();
-    let got = reader.get_trace(t).await.unwrap().expect("trace is read back");
+    let got = reader
+        .get_trace(t)
+        .await
+        .unwrap()
+        .expect("trace is read back");
     assert_eq!(got.len(), 2);
     let found = reader
         .search(&TraceQuery {
@@ -307,7 +317,11 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
         .iter()
         .map(|s| s.trace_id)
         .collect();
-    assert_eq!(linked, vec![t], "the reverse-link index, through span_links");
+    assert_eq!(
+        linked,
+        vec![t],
+        "the reverse-link index, through span_links"
+    );
 
     // Retention changes the storage tables (the `_local` ones) through clustered ALTERs.
     let report = admin.set_retention(30).await.unwrap();
@@ -354,9 +368,9 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
         .unwrap();
     assert_eq!(left, 0);
     assert!(
-        rewrites_of(&db)
-            .iter()
-            .any(|r| r.original == format!("DROP DATABASE IF EXISTS {db} ON CLUSTER {CLUSTER} SYNC")),
+        rewrites_of(&db).iter().any(
+            |r| r.original == format!("DROP DATABASE IF EXISTS {db} ON CLUSTER {CLUSTER} SYNC")
+        ),
         "the drop was clustered too"
     );
 }

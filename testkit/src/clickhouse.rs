@@ -367,7 +367,10 @@ impl ClickHouse {
     }
 
     fn admin_get(&self, path: &str) -> String {
-        assert!(self.is_controllable(), "admin calls need the chdb-backed server");
+        assert!(
+            self.is_controllable(),
+            "admin calls need the chdb-backed server"
+        );
         let addr = format!("127.0.0.1:{}", self.port);
         let mut s = std::net::TcpStream::connect(&addr).expect("connect for admin call");
         use std::io::{Read, Write};
@@ -378,7 +381,10 @@ impl ClickHouse {
         .expect("admin write");
         let mut resp = String::new();
         s.read_to_string(&mut resp).expect("admin read");
-        assert!(resp.starts_with("HTTP/1.1 200"), "admin call failed: {resp}");
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "admin call failed: {resp}"
+        );
         resp.split_once("\r\n\r\n")
             .map(|(_, body)| body.to_string())
             .unwrap_or_default()
