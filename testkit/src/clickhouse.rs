@@ -33,6 +33,7 @@ enum Kind {
         path: PathBuf,
         backups_path: Option<PathBuf>,
         cluster: Option<String>,
+        cluster_shards: u32,
         tls: Option<crate::tls::Pair>,
         _dir: Option<tempfile::TempDir>,
     },
@@ -112,6 +113,10 @@ pub struct ChdbOptions {
     /// Define this cluster (one shard, this engine) and rewrite its `ON CLUSTER` and
     /// `Replicated*` DDL to what one node runs (`tools/chdb-http/server.py --cluster`).
     pub cluster: Option<String>,
+    /// With `cluster`: list the engine as this many shards of it (`--shards`; 0 or 1: one).
+    /// Reads through a `Distributed` table then see each row this many times, and the
+    /// engine applies the checks of a query fanning out to several shards.
+    pub cluster_shards: u32,
     /// Serve HTTPS with this certificate and key (the URL is then `https://127.0.0.1:port`).
     pub tls: Option<crate::tls::Pair>,
 }
@@ -206,6 +211,7 @@ impl ClickHouse {
                 path,
                 backups_path: opts.backups_path,
                 cluster: opts.cluster,
+                cluster_shards: opts.cluster_shards,
                 tls: opts.tls,
                 _dir: dir,
             },
@@ -228,6 +234,7 @@ impl ClickHouse {
             path,
             backups_path,
             cluster,
+            cluster_shards,
             tls,
             ..
         } = &self.kind
@@ -260,6 +267,12 @@ impl ClickHouse {
                 cluster
                     .iter()
                     .flat_map(|c| [std::ffi::OsStr::new("--cluster"), std::ffi::OsStr::new(c)]),
+            )
+            .args(
+                (*cluster_shards > 1)
+                    .then(|| ["--shards".to_string(), cluster_shards.to_string()])
+                    .into_iter()
+                    .flatten(),
             )
             .args(tls.iter().flat_map(|t| {
                 [

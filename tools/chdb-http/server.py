@@ -36,6 +36,11 @@ What it does, and only that:
   `ReplicatedXMergeTree('<path>', '<replica>'[, args])` becomes `XMergeTree([args])`. Every
   rewrite is recorded, original and result, and listed by `GET /__admin/cluster-rewrites`
   (JSON), so a test can check that exactly the statements it expected were changed.
+  `--shards N` (with `--cluster`) lists that same replica as N shards: reads through a
+  `Distributed` table then see every row N times, but the engine treats the queries as
+  fanning out to several shards and applies the checks only such queries get, chiefly the
+  refusal of a non-`GLOBAL` `IN` over a `Distributed` table inside a query over one
+  (`distributed_product_mode = 'deny'`, code 288). Inserts still land once.
 
 Prints `listening on HOST:PORT` on stdout once ready. Exits when its parent process dies.
 """
@@ -84,7 +89,7 @@ STATUS_BY_CODE = {
 
 
 class Engine:
-    def __init__(self, path, user, password, backups_path=None, cluster=None):
+    def __init__(self, path, user, password, backups_path=None, cluster=None, shards=1):
         config = []
         if backups_path:
             os.makedirs(backups_path, exist_ok=True)
@@ -93,12 +98,15 @@ class Engine:
         if cluster:
             if not SETTING_NAME.match(cluster):
                 raise SystemExit("--cluster must be letters, digits and _")
+            if shards < 1:
+                raise SystemExit("--shards must be at least 1")
+            shard = ("<shard><replica><host>127.0.0.1</host><port>%d</port></replica></shard>"
+                     % CLUSTER_TCP_PORT)
             config.append(
                 "<tcp_port>%d</tcp_port>"
-                "<remote_servers><%s><shard><replica><host>127.0.0.1</host><port>%d</port>"
-                "</replica></shard></%s></remote_servers>"
+                "<remote_servers><%s>%s</%s></remote_servers>"
                 "<macros><shard>01</shard><replica>r1</replica></macros>"
-                % (CLUSTER_TCP_PORT, cluster, CLUSTER_TCP_PORT, cluster))
+                % (CLUSTER_TCP_PORT, cluster, shard * shards, cluster))
         if config:
             os.makedirs(path, exist_ok=True)
             name = os.path.join(backups_path or path, "chdb-http.xml")
@@ -351,11 +359,15 @@ def main():
     ap.add_argument("--password", default="")
     ap.add_argument("--backups-path", help="directory BACKUP/RESTORE may use with File(...)")
     ap.add_argument("--cluster", help="define this cluster (one local shard) and rewrite its DDL")
+    ap.add_argument("--shards", type=int, default=1,
+                    help="with --cluster: list this engine as that many shards of the cluster")
     ap.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = ap.parse_args()
+    if args.shards != 1 and not args.cluster:
+        raise SystemExit("--shards needs --cluster")
     Handler.engine = Engine(args.path, args.user, args.password, args.backups_path,
-                            args.cluster)
+                            args.cluster, args.shards)
     server = Server((args.host, args.port), Handler)
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
