@@ -16,7 +16,10 @@
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
-use datatracing_core::{AttributeValue, Attributes, Link, LinkType, TraceId, TraceQuery};
+use datatracing_core::{
+    AttributeFilter, AttributeOp, AttributeValue, Attributes, DurationScope, Link, LinkType,
+    TraceId, TraceQuery,
+};
 use datatracing_store::{TraceReader, TraceWriter};
 use datatracing_store_clickhouse::schema::Schema;
 use datatracing_store_clickhouse::{
@@ -419,4 +422,340 @@ async fn make() -> Ch {
 mod contract {
     use super::make;
     datatracing_store_contract::trace_store_contract!(make);
+}
+
+/// A second front listing the engine as two shards of `dtc` (`--shards 2`): a read through
+/// a `Distributed` table sees every row twice, and the engine applies what it applies only
+/// to a query fanning out to several shards.
+fn two_shards() -> &'static ClickHouse {
+    static SERVER: OnceLock<ClickHouse> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        ClickHouse::start_chdb(ChdbOptions {
+            cluster: Some(CLUSTER.into()),
+            cluster_shards: 2,
+            ..ChdbOptions::default()
+        })
+    })
+}
+
+fn two_shard_client(db: &str) -> clickhouse::Client {
+    let server = two_shards();
+    clickhouse::Client::default()
+        .with_url(server.url())
+        .with_user(server.user())
+        .with_password(server.password())
+        .with_database(db)
+}
+
+/// Each call's outcome, by name: the names of the refused ones and why, at the end.
+#[derive(Default)]
+struct Refusals(Vec<String>);
+
+impl Refusals {
+    fn check<T>(&mut self, name: &str, r: Result<T, impl std::fmt::Display>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(format!("{name}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// Every query shape of the store on a cluster of two shards: a query over a `Distributed`
+/// table whose `IN` reads another `Distributed` table without `GLOBAL` is refused there
+/// (`distributed_product_mode = 'deny'`, code 288), which a one-shard cluster never checks.
+/// Results are not the point here (each row is read twice); that each statement is accepted
+/// is, with the searches' trace ids checked where reading rows twice cannot change them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_two_shards_no_statement_of_the_store_is_refused() {
+    let server = two_shards();
+    let config = ClickHouseConfig {
+        url: server.url().to_string(),
+        user: server.user().to_string(),
+        password: server.password().to_string(),
+        database: unique_database("cl2"),
+        cluster: Some(CLUSTER.into()),
+        attribute_index: true,
+        ..ClickHouseConfig::default()
+    };
+    let db = config.database.clone();
+    let ch = two_shard_client(&db);
+
+    // The engine does check here: two shards, and the refusal is live.
+    let shards: u64 = two_shard_client("default")
+        .query("SELECT count() FROM system.clusters WHERE cluster = ?")
+        .bind(CLUSTER)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(shards, 2);
+
+    // Migrating runs every backfill (with the engine's default
+    // `parallel_distributed_insert_select = 2`, each shard runs an INSERT ... SELECT
+    // between its local tables).
+    let store = ClickHouseStore::open(config.clone(), ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    let refused = ch
+        .query(&format!(
+            "SELECT count() FROM {db}.span_index WHERE trace_id IN (SELECT trace_id FROM {db}.span_index)"
+        ))
+        .fetch_one::<u64>()
+        .await
+        .expect_err("a double-distributed IN is refused on two shards")
+        .to_string();
+    assert!(
+        refused.contains("DISTRIBUTED_IN_JOIN_SUBQUERY_DENIED"),
+        "{refused}"
+    );
+
+    let mut refusals = Refusals::default();
+    // The backfills again, with the SELECT run on the receiving node and its result sent
+    // through the Distributed table (`parallel_distributed_insert_select = 0`, the default
+    // before ClickHouse made it 2, and what a cluster whose tables differ in sharding
+    // gets): the shape the engine checks.
+    let schema: &Schema = store.admin().schema();
+    let backfills: Vec<String> = schema
+        .migrations()
+        .into_iter()
+        .flat_map(|m| m.statements)
+        .filter(|s| s.starts_with("INSERT"))
+        .collect();
+    assert_eq!(backfills.len(), 6, "{backfills:#?}");
+    for (n, sql) in backfills.iter().enumerate() {
+        let r = ch
+            .clone()
+            .with_setting("parallel_distributed_insert_select", "0")
+            .query(sql)
+            .execute()
+            .await;
+        refusals.check(&format!("backfill {n}"), r);
+    }
+
+    // Data for every filter: an upstream trace, two downstream traces that link to it and
+    // carry attributes, and two wide traces (more rows than the search's first window).
+    let svc = format!("svc-{db}");
+    let up_svc = format!("up-{db}");
+    let wide_svc = format!("wide-{db}");
+    let start = datatracing_core::Timestamp::now().saturating_add_nanos(-600_000_000_000);
+    let upstream = fresh_trace_id();
+    let mut spans = vec![simple_span(upstream, 1, None, &up_svc, start, 1_000)];
+    let downstream = [fresh_trace_id(), fresh_trace_id()];
+    for (n, t) in downstream.iter().enumerate() {
+        let at = start.saturating_add_nanos(1_000_000 * (n as i64 + 1));
+        let mut root = simple_span(*t, 1, None, &svc, at, 5_000);
+        root.attributes = Attributes::from([
+            ("dataset".to_string(), AttributeValue::from("orders")),
+            (
+                datatracing_core::conventions::DATASET_INPUTS.to_string(),
+                AttributeValue::from("raw"),
+            ),
+        ]);
+        root.links = vec![Link {
+            trace_id: upstream,
+            span_id: span_id(1),
+            link_type: LinkType::DataDependency,
+            attributes: Attributes::from([(
+                datatracing_core::conventions::LINK_DATASET.to_string(),
+                AttributeValue::from("raw"),
+            )]),
+        }];
+        spans.push(root);
+        spans.push(simple_span(
+            *t,
+            2,
+            Some(1),
+            &svc,
+            at.saturating_add_nanos(10),
+            500,
+        ));
+    }
+    let wide = [fresh_trace_id(), fresh_trace_id()];
+    for (n, t) in wide.iter().enumerate() {
+        let at = start.saturating_add_nanos(10_000_000 * (n as i64 + 1));
+        for s in 0..60u64 {
+            spans.push(simple_span(
+                *t,
+                s + 1,
+                (s > 0).then_some(1),
+                &wide_svc,
+                at.saturating_add_nanos(s as i64 * 1_000),
+                100,
+            ));
+        }
+    }
+    store.write(spans.into()).await.unwrap();
+
+    let reader = ClickHouseReader::open(config.clone(), ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    let ids = |page: &datatracing_core::SearchPage| -> BTreeSet<TraceId> {
+        page.traces.iter().map(|s| s.trace_id).collect()
+    };
+    let both: BTreeSet<TraceId> = downstream.iter().copied().collect();
+
+    // Searches, one filter kind each, then paged (a page after a cursor excludes the
+    // traces of earlier pages with a NOT IN): by service alone, by all the filters at
+    // once, and over the wide traces.
+    let base = TraceQuery {
+        service: Some(svc.clone()),
+        ..TraceQuery::with_limit(10)
+    };
+    let attr = |key: &str, op: AttributeOp| AttributeFilter {
+        key: key.to_string(),
+        op,
+    };
+    let searches = [
+        ("service", base.clone()),
+        (
+            "attribute equality (span_attributes)",
+            TraceQuery {
+                attributes: vec![attr("dataset", AttributeOp::Eq("orders".into()))],
+                ..base.clone()
+            },
+        ),
+        (
+            "attribute contains (span_attributes)",
+            TraceQuery {
+                attributes: vec![attr(
+                    datatracing_core::conventions::DATASET_INPUTS,
+                    AttributeOp::Contains("raw".into()),
+                )],
+                ..base.clone()
+            },
+        ),
+        (
+            "trace duration",
+            TraceQuery {
+                duration_scope: DurationScope::Trace,
+                min_duration_nanos: Some(1),
+                max_duration_nanos: Some(1_000_000_000),
+                ..base.clone()
+            },
+        ),
+        (
+            "linked trace",
+            TraceQuery {
+                service: None,
+                linked_trace: Some(upstream),
+                ..base.clone()
+            },
+        ),
+        (
+            "linked service",
+            TraceQuery {
+                linked_service: Some(up_svc.clone()),
+                ..base.clone()
+            },
+        ),
+        (
+            "dataset",
+            TraceQuery {
+                dataset: Some("raw".into()),
+                ..base.clone()
+            },
+        ),
+    ];
+    for (name, q) in &searches {
+        if let Some(page) = refusals.check(&format!("search by {name}"), reader.search(q).await) {
+            assert_eq!(ids(&page), both, "search by {name}");
+        }
+    }
+    let everything = TraceQuery {
+        attributes: vec![
+            attr("dataset", AttributeOp::Eq("orders".into())),
+            attr(
+                datatracing_core::conventions::DATASET_INPUTS,
+                AttributeOp::Contains("raw".into()),
+            ),
+        ],
+        duration_scope: DurationScope::Trace,
+        min_duration_nanos: Some(1),
+        max_duration_nanos: Some(1_000_000_000),
+        linked_trace: Some(upstream),
+        linked_service: Some(up_svc.clone()),
+        dataset: Some("raw".into()),
+        ..TraceQuery::with_limit(1)
+    };
+    // The wide traces: the first window (50 rows per trace asked, 100 here) holds one
+    // trace, so the search also runs its exact form, with and without a cursor.
+    let wide_query = TraceQuery {
+        service: Some(wide_svc.clone()),
+        duration_scope: DurationScope::Trace,
+        min_duration_nanos: Some(1),
+        ..TraceQuery::with_limit(1)
+    };
+    let by_service = TraceQuery {
+        limit: 1,
+        ..base.clone()
+    };
+    for (name, q, expected) in [
+        ("service", &by_service, &both),
+        ("every filter", &everything, &both),
+        ("wide traces", &wide_query, &wide.iter().copied().collect()),
+    ] {
+        let mut seen = BTreeSet::new();
+        let mut q = q.clone();
+        for page_no in 0..3 {
+            let Some(page) = refusals.check(
+                &format!("search by {name}, page {page_no}"),
+                reader.search(&q).await,
+            ) else {
+                break;
+            };
+            seen.extend(ids(&page));
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => break,
+            }
+        }
+        if refusals.0.is_empty() {
+            assert_eq!(&seen, expected, "paged search by {name}");
+        }
+    }
+
+    // Trace reads (their time bounds are scalar subqueries over trace_bounds), lineage
+    // and the name lists.
+    let t = downstream[0];
+    refusals.check("get trace", reader.get_trace(t).await);
+    refusals.check(
+        "get trace capped",
+        reader.get_trace_capped(wide[0], 10).await,
+    );
+    refusals.check(
+        "get traces capped",
+        reader
+            .get_traces_capped(&[t, downstream[1], wide[0]], 1_000)
+            .await,
+    );
+    let first = refusals
+        .check("trace spans", reader.trace_spans(wide[0], None, 5).await)
+        .unwrap_or_default();
+    if let Some(last) = first.last() {
+        let after = datatracing_core::SpanCursor {
+            trace_id: wide[0],
+            start_nanos: last.start_time.unix_nanos(),
+            span_id: last.span_id,
+        };
+        refusals.check(
+            "trace spans after a cursor",
+            reader.trace_spans(wide[0], Some(after), 5).await,
+        );
+    }
+    refusals.check("summaries", reader.summaries(&downstream).await);
+    refusals.check("links from", reader.links_from(&downstream, 10).await);
+    refusals.check("links to", reader.links_to(&[upstream], 10).await);
+    let window = datatracing_core::TimeWindow::default();
+    refusals.check("services", reader.services(&window, 100).await);
+    refusals.check("operations", reader.operations(&svc, &window, 100).await);
+
+    assert!(
+        refusals.0.is_empty(),
+        "refused on two shards:\n{}",
+        refusals.0.join("\n")
+    );
+    store.close().await.unwrap();
+    store.admin().drop_database().await.unwrap();
 }
