@@ -10,7 +10,10 @@
 //! generated it. The first test checks that the front rewrote exactly those statements,
 //! exactly that way, so the suite cannot pass by testing the single-node layout. The
 //! storage contract then runs on this layout: a writer and a reader configured for the
-//! cluster, through the `Distributed` tables.
+//! cluster, through the `Distributed` tables. A second front lists the engine as two shards
+//! of `dtc` (`--shards 2`), where the engine refuses what it refuses only on several shards
+//! (a plain `IN` over a `Distributed` table inside a query over one); every backfill and
+//! every query shape of the reader runs there and must be accepted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
