@@ -32,11 +32,18 @@ struct Inner {
     query_timeout: Duration,
     spans_table: String,
     index_table: String,
-    /// `span_attributes` when the attribute index is on.
-    attrs_table: Option<String>,
     bounds_table: String,
     names_table: String,
     links_table: String,
+    /// The storage tables (`*_local` when clustered) of the tables placed by trace id, for
+    /// subqueries that match the outer row's trace id on its own shard.
+    spans_local: String,
+    index_local: String,
+    /// `span_attributes` (local when clustered) when the attribute index is on.
+    attrs_local: Option<String>,
+    /// `GLOBAL ` when clustered: before an `IN` whose subquery reads `span_links` or the
+    /// whole `span_index`, rows that may live on any shard.
+    global: &'static str,
 }
 
 /// The ClickHouse-backed [`TraceReader`]. Cheap to clone.
@@ -77,12 +84,15 @@ impl ClickHouseReader {
         let inner = Inner {
             spans_table: schema.table("spans"),
             index_table: schema.table("span_index"),
-            attrs_table: schema
-                .attribute_index
-                .then(|| schema.table("span_attributes")),
             bounds_table: schema.table("trace_bounds"),
             names_table: schema.table("span_names"),
             links_table: schema.table("span_links"),
+            spans_local: schema.local_table("spans"),
+            index_local: schema.local_table("span_index"),
+            attrs_local: schema
+                .attribute_index
+                .then(|| schema.local_table("span_attributes")),
+            global: schema.global_in(),
             admin,
             metrics,
             query_timeout,
@@ -430,13 +440,14 @@ impl ClickHouseReader {
         self.span_filters(q, &mut filters);
         if let Some((min, max)) = q.trace_duration_bounds() {
             // Whole-trace duration, from the spans table (ordered by trace id) for the
-            // traces that have a matching span.
+            // traces that have a matching span. Clustered, every row of a trace is on one
+            // shard, so each shard answers for its own traces from its local tables.
             let cond = format!(
                 " AND trace_id IN (SELECT trace_id FROM {spans} WHERE 1{tenant} AND trace_id IN \
                  (SELECT trace_id FROM {index} WHERE 1{f}) GROUP BY trace_id HAVING \
                  toUnixTimestamp64Nano(max(end_time)) - toUnixTimestamp64Nano(min(start_time)) BETWEEN ? AND ?)",
-                spans = i.spans_table,
-                index = i.index_table,
+                spans = i.spans_local,
+                index = i.index_local,
                 tenant = self.tenant_sql(),
                 f = filters.sql,
             );
@@ -447,7 +458,8 @@ impl ClickHouseReader {
         let limit = q.limit.max(1);
         let fetch = limit + 1;
         // After a cursor: only rows at or before it, and no trace that also has a matching
-        // row past it (its key placed it on an earlier page).
+        // row past it (its key placed it on an earlier page; clustered, that row is on the
+        // trace's shard, so the local index answers).
         let mut window_rows = filters.clone();
         let mut having = String::new();
         let mut having_binds = Vec::new();
@@ -462,7 +474,7 @@ impl ClickHouseReader {
                 " AND trace_id NOT IN (SELECT trace_id FROM {index} WHERE 1{f} \
                  AND (start_time > fromUnixTimestamp64Nano(toInt64(?)) \
                  OR (start_time = fromUnixTimestamp64Nano(toInt64(?)) AND trace_id <= unhex(?))))",
-                index = i.index_table,
+                index = i.index_local,
                 f = filters.sql
             ));
             window_rows.binds.extend(filters.binds.iter().cloned());
@@ -700,18 +712,24 @@ impl ClickHouseReader {
             );
         }
         if let Some(t) = q.linked_trace {
-            // A key range of span_links, which is ordered by the linked trace.
+            // A key range of span_links, which is ordered by the linked trace. Clustered,
+            // a link's row is on its source's shard (the views) or wherever a backfill put
+            // it, not necessarily on the outer row's: the subquery is GLOBAL.
             out.push(
                 &format!(
-                    " AND (trace_id, span_id) IN (SELECT source_trace_id, source_span_id FROM {} \
+                    " AND (trace_id, span_id) {g}IN (SELECT source_trace_id, source_span_id FROM {links} \
                      WHERE target_trace_id = unhex(?){tenant})",
-                    i.links_table
+                    g = i.global,
+                    links = i.links_table
                 ),
                 [Bindable::Str(t.to_string())],
             );
         }
         if let Some(svc) = &q.linked_service {
             // The linked span must be in the page's snapshot too, as the matching span is.
+            // Clustered, both subqueries are GLOBAL: a link's row need not be on the shard
+            // of its source or of its target, and the inner one sits in the outer, which
+            // runs on the initiator (a local table there would hold one shard's rows).
             let mut sub = Sql::default();
             match &q.cursor {
                 Some(c) => sub.push(
@@ -722,9 +740,10 @@ impl ClickHouseReader {
             }
             out.push(
                 &format!(
-                    " AND (trace_id, span_id) IN (SELECT source_trace_id, source_span_id FROM {links} \
-                     WHERE 1{tenant} AND (target_trace_id, target_span_id) IN \
+                    " AND (trace_id, span_id) {g}IN (SELECT source_trace_id, source_span_id FROM {links} \
+                     WHERE 1{tenant} AND (target_trace_id, target_span_id) {g}IN \
                      (SELECT trace_id, span_id FROM {index} WHERE service = ?{tenant}{snap}))",
+                    g = i.global,
                     links = i.links_table,
                     index = i.index_table,
                     snap = sub.sql,
@@ -741,13 +760,15 @@ impl ClickHouseReader {
         }
         for f in &q.attributes {
             let key = || Bindable::Str(f.key.clone());
-            match (&f.op, &i.attrs_table) {
-                (AttributeOp::Eq(v), Some(attrs_table)) => {
+            // Clustered, a span's attribute rows are on its trace's shard, as its index
+            // row is: the local attribute table answers.
+            match (&f.op, &i.attrs_local) {
+                (AttributeOp::Eq(v), Some(attrs)) => {
                     // Equality goes through span_attributes, ordered by (key, value, time):
                     // a key range, instead of reading every span's attribute map.
                     out.push(
                         &format!(
-                            " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {attrs_table} WHERE key = ? AND value = ?{tenant}"
+                            " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {attrs} WHERE key = ? AND value = ?{tenant}"
                         ),
                         [key(), Bindable::Str(v.clone())],
                     );
@@ -758,10 +779,10 @@ impl ClickHouseReader {
                     " AND attributes[?] = ? AND mapContains(attributes, ?)",
                     [key(), Bindable::Str(v.clone()), key()],
                 ),
-                (AttributeOp::Contains(v), Some(attrs_table)) => {
+                (AttributeOp::Contains(v), Some(attrs)) => {
                     out.push(
                         &format!(
-                            " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {attrs_table} WHERE key = ? AND {}{tenant}",
+                            " AND (trace_id, span_id) IN (SELECT trace_id, span_id FROM {attrs} WHERE key = ? AND {}{tenant}",
                             contains_sql("value")
                         ),
                         [key(), Bindable::Str(v.clone()), Bindable::Str(v.clone())],

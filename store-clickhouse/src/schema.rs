@@ -131,6 +131,29 @@ impl Schema {
         format!("{}.{table}", self.database)
     }
 
+    /// Fully qualified storage table (`db.spans_local` when clustered, else `db.spans`): what
+    /// a subquery reads when it only needs the rows on the shard running it. Only for rows
+    /// placed by trace id (`spans` and the tables its views fill per trace: `span_index`,
+    /// `trace_bounds`, `span_attributes`) matched against the trace id of a query over one
+    /// of those, and never inside a `GLOBAL` subquery (that runs on the initiator only).
+    pub fn local_table(&self, table: &str) -> String {
+        format!("{}.{}", self.database, self.storage_table(table))
+    }
+
+    /// `GLOBAL ` when clustered, else nothing: put before `IN` / `NOT IN` when the subquery
+    /// reads a `Distributed` table whose rows are not on the shard of the outer row (see
+    /// ADR 0009, "ClickHouse at scale"). ClickHouse runs such a subquery once, on the node
+    /// that received the query, and sends its result to every shard; a plain `IN` over a
+    /// `Distributed` table inside a query over one is refused when the cluster has two or
+    /// more shards (`distributed_product_mode = 'deny'`).
+    pub fn global_in(&self) -> &'static str {
+        if self.cluster.is_some() {
+            "GLOBAL "
+        } else {
+            ""
+        }
+    }
+
     /// Tables whose TTL carries the retention.
     pub fn ttl_tables(&self) -> Vec<TtlTable> {
         let mut t = vec![SPANS, INDEX, BOUNDS, NAMES, LINKS];
@@ -284,9 +307,10 @@ impl Schema {
         out.push(format!(
             "INSERT INTO {links_t} (target_trace_id, target_span_id, source_trace_id, source_span_id, link_type, start_time, tenant, dataset)\n{}\n\
              \x20 AND position(links_json, '{LINK_DATASET}') > 0 AND dataset != ''\n\
-             \x20 AND (trace_id, span_id, tenant) NOT IN (SELECT source_trace_id, source_span_id, tenant FROM {links_t} WHERE dataset != '')",
+             \x20 AND (trace_id, span_id, tenant) {g}NOT IN (SELECT source_trace_id, source_span_id, tenant FROM {links_t} WHERE dataset != '')",
             Self::links_select(&self.table("spans"), true, true),
             links_t = self.table("span_links"),
+            g = self.global_in(),
         ));
         out
     }
@@ -365,9 +389,10 @@ impl Schema {
         out.push(format!(
             "INSERT INTO {links_t} (target_trace_id, target_span_id, source_trace_id, source_span_id, link_type, start_time, tenant)\n{}\n\
              \x20 AND tenant != ''\n\
-             \x20 AND (trace_id, span_id, tenant) NOT IN (SELECT source_trace_id, source_span_id, tenant FROM {links_t})",
+             \x20 AND (trace_id, span_id, tenant) {g}NOT IN (SELECT source_trace_id, source_span_id, tenant FROM {links_t})",
             Self::links_select(&self.table("spans"), true, false),
             links_t = self.table("span_links"),
+            g = self.global_in(),
         ));
         for old in [
             "span_index_v2_mv",
@@ -424,9 +449,10 @@ impl Schema {
             format!(
                 "INSERT INTO {bounds_t} (trace_id, start_min, start_max)\n\
                  SELECT trace_id, min(start_time), max(start_time) FROM {spans_t}\n\
-                 WHERE trace_id IN (SELECT trace_id FROM {bounds_t} WHERE toDate(start_min) != toDate(start_max))\n\
+                 WHERE trace_id IN (SELECT trace_id FROM {bounds_local} WHERE toDate(start_min) != toDate(start_max))\n\
                  GROUP BY trace_id, toDate(start_time)",
                 bounds_t = self.table("trace_bounds"),
+                bounds_local = self.local_table("trace_bounds"),
                 spans_t = self.table("spans"),
             ),
         ]
@@ -475,10 +501,11 @@ impl Schema {
         // together), so running it again (drift repair) adds nothing twice.
         out.push(format!(
             "INSERT INTO {links_t} (target_trace_id, target_span_id, source_trace_id, source_span_id, link_type, start_time)\n{}\n\
-             \x20 AND (trace_id, span_id) NOT IN (SELECT source_trace_id, source_span_id FROM {links_t})\n\
+             \x20 AND (trace_id, span_id) {g}NOT IN (SELECT source_trace_id, source_span_id FROM {links_t})\n\
              \x20 AND attributes['{TENANT_ATTRIBUTE}'] = ''",
             select(&self.table("spans")),
             links_t = self.table("span_links"),
+            g = self.global_in(),
         ));
         out
     }
@@ -868,6 +895,58 @@ mod tests {
         assert_eq!(
             single().modify_ttl(SPANS, 30),
             "ALTER TABLE dt.spans MODIFY TTL toDateTime(start_time) + toIntervalDay(30)"
+        );
+    }
+
+    /// Every `IN (SELECT ... FROM <table>` in `sql`: whether it is `GLOBAL`, and the table.
+    fn in_subqueries(sql: &str) -> Vec<(bool, String)> {
+        let mut out = Vec::new();
+        for (at, _) in sql.match_indices("IN (SELECT ") {
+            let global = sql[..at].ends_with("GLOBAL ") || sql[..at].ends_with("GLOBAL NOT ");
+            let from = at + sql[at..].find(" FROM ").unwrap() + " FROM ".len();
+            let table = sql[from..].split([' ', '\n', ')']).next().unwrap();
+            out.push((global, table.to_string()));
+        }
+        out
+    }
+
+    #[test]
+    fn clustered_backfills_read_no_distributed_table_in_a_plain_in() {
+        // On two or more shards ClickHouse refuses an `IN` over a Distributed table inside a
+        // query over one (`tests/cluster.rs` runs them on two shards); the single-node SQL
+        // keeps its plain `IN` over the plain tables.
+        let backfills = |s: &Schema| -> Vec<String> {
+            s.migrations()
+                .into_iter()
+                .flat_map(|m| m.statements)
+                .filter(|x| x.starts_with("INSERT"))
+                .collect()
+        };
+        let mut seen = Vec::new();
+        for sql in backfills(&clustered()) {
+            for (global, table) in in_subqueries(&sql) {
+                assert!(global != table.ends_with("_local"), "{sql}");
+                seen.push((global, table));
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (true, "dt.span_links".to_string()),
+                (false, "dt.trace_bounds_local".to_string()),
+                (true, "dt.span_links".to_string()),
+                (true, "dt.span_links".to_string()),
+            ]
+        );
+        for sql in backfills(&single()) {
+            assert!(!sql.contains("GLOBAL") && !sql.contains("_local"), "{sql}");
+            assert!(in_subqueries(&sql).iter().all(|(g, _)| !g), "{sql}");
+        }
+        assert_eq!(single().local_table("spans"), single().table("spans"));
+        assert_eq!(clustered().local_table("spans"), "dt.spans_local");
+        assert_eq!(
+            (single().global_in(), clustered().global_in()),
+            ("", "GLOBAL ")
         );
     }
 

@@ -32,6 +32,8 @@ enum Kind {
         host: Option<String>,
         path: PathBuf,
         backups_path: Option<PathBuf>,
+        cluster: Option<String>,
+        cluster_shards: u32,
         tls: Option<crate::tls::Pair>,
         _dir: Option<tempfile::TempDir>,
     },
@@ -108,6 +110,13 @@ pub struct ChdbOptions {
     pub password: Option<String>,
     /// A directory `BACKUP ... TO File(...)` / `RESTORE ... FROM File(...)` may use.
     pub backups_path: Option<PathBuf>,
+    /// Define this cluster (one shard, this engine) and rewrite its `ON CLUSTER` and
+    /// `Replicated*` DDL to what one node runs (`tools/chdb-http/server.py --cluster`).
+    pub cluster: Option<String>,
+    /// With `cluster`: list the engine as this many shards of it (`--shards`; 0 or 1: one).
+    /// Reads through a `Distributed` table then see each row this many times, and the
+    /// engine applies the checks of a query fanning out to several shards.
+    pub cluster_shards: u32,
     /// Serve HTTPS with this certificate and key (the URL is then `https://127.0.0.1:port`).
     pub tls: Option<crate::tls::Pair>,
 }
@@ -201,6 +210,8 @@ impl ClickHouse {
                 host: opts.host,
                 path,
                 backups_path: opts.backups_path,
+                cluster: opts.cluster,
+                cluster_shards: opts.cluster_shards,
                 tls: opts.tls,
                 _dir: dir,
             },
@@ -222,6 +233,8 @@ impl ClickHouse {
             host,
             path,
             backups_path,
+            cluster,
+            cluster_shards,
             tls,
             ..
         } = &self.kind
@@ -249,6 +262,17 @@ impl ClickHouse {
                 backups_path
                     .iter()
                     .flat_map(|p| [std::ffi::OsStr::new("--backups-path"), p.as_os_str()]),
+            )
+            .args(
+                cluster
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("--cluster"), std::ffi::OsStr::new(c)]),
+            )
+            .args(
+                (*cluster_shards > 1)
+                    .then(|| ["--shards".to_string(), cluster_shards.to_string()])
+                    .into_iter()
+                    .flatten(),
             )
             .args(tls.iter().flat_map(|t| {
                 [
@@ -347,6 +371,36 @@ impl ClickHouse {
             resp.starts_with("HTTP/1.1 200"),
             "admin call failed: {resp}"
         );
+    }
+
+    /// The statements a `--cluster` front rewrote so far, as its JSON list of
+    /// `{"original": ..., "rewritten": ...}` (chdb-backed only).
+    pub fn cluster_rewrites(&self) -> String {
+        self.admin_get("/__admin/cluster-rewrites")
+    }
+
+    fn admin_get(&self, path: &str) -> String {
+        assert!(
+            self.is_controllable(),
+            "admin calls need the chdb-backed server"
+        );
+        let addr = format!("127.0.0.1:{}", self.port);
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect for admin call");
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("admin write");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("admin read");
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "admin call failed: {resp}"
+        );
+        resp.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default()
     }
 
     fn wait_ready(&self, timeout: Duration) {

@@ -25,6 +25,22 @@ What it does, and only that:
   `https_port` does, so clients' TLS set-up (CA files, verification) is tested for real.
 - `--backups-path DIR` lets `BACKUP ... TO File('DIR/...')` and `RESTORE ... FROM File(...)`
   write and read there (ClickHouse's `backups.allowed_path`, in a generated config file).
+- `--cluster NAME` is the one exception to "never parsed": a stand-in for a clustered install
+  (ADR 0009, "ClickHouse at scale"). The generated config defines `remote_servers` NAME as one
+  shard of one replica at 127.0.0.1:9000 and sets `tcp_port` 9000, which makes the engine
+  treat that replica as itself: `Distributed` tables over NAME read and write the local
+  tables in-process, no network (chdb listens on no port). It also defines the `{shard}` and
+  `{replica}` macros. chdb cannot run the two cluster features that need ClickHouse Keeper
+  and a server (`ON CLUSTER` answers QUERY_IS_PROHIBITED, `Replicated*MergeTree` tables stay
+  read-only), so each query is rewritten first: ` ON CLUSTER NAME` is removed and
+  `ReplicatedXMergeTree('<path>', '<replica>'[, args])` becomes `XMergeTree([args])`. Every
+  rewrite is recorded, original and result, and listed by `GET /__admin/cluster-rewrites`
+  (JSON), so a test can check that exactly the statements it expected were changed.
+  `--shards N` (with `--cluster`) lists that same replica as N shards: reads through a
+  `Distributed` table then see every row N times, but the engine treats the queries as
+  fanning out to several shards and applies the checks only such queries get, chiefly the
+  refusal of a non-`GLOBAL` `IN` over a `Distributed` table inside a query over one
+  (`distributed_product_mode = 'deny'`, code 288). Inserts still land once.
 
 Prints `listening on HOST:PORT` on stdout once ready. Exits when its parent process dies.
 """
@@ -53,6 +69,10 @@ NOT_SETTINGS = {
 }
 SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CODE = re.compile(r"Code: (\d+)\.")
+# `ReplicatedXMergeTree('<keeper path>', '<replica name>'` up to the next argument or the `)`.
+REPLICATED_ENGINE = re.compile(r"\bReplicated(\w*MergeTree)\(\s*'[^']*'\s*,\s*'[^']*'\s*(,\s*)?")
+# The port the generated cluster config names as this server's (nothing listens on it).
+CLUSTER_TCP_PORT = 9000
 TRAILING_FORMAT = re.compile(r"(?is)^(.*?)\s+FORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$")
 
 # ClickHouse's HTTP status per error code (HTTPHandler's mapping, the codes we meet).
@@ -69,21 +89,48 @@ STATUS_BY_CODE = {
 
 
 class Engine:
-    def __init__(self, path, user, password, backups_path=None):
+    def __init__(self, path, user, password, backups_path=None, cluster=None, shards=1):
+        config = []
         if backups_path:
             os.makedirs(backups_path, exist_ok=True)
-            config = os.path.join(backups_path, "chdb-backups.xml")
-            with open(config, "w") as f:
-                f.write(
-                    "<clickhouse><backups><allowed_path>%s/</allowed_path></backups></clickhouse>\n"
-                    % os.path.abspath(backups_path).rstrip("/")
-                )
-            path = "%s?config-file=%s" % (path, config)
+            config.append("<backups><allowed_path>%s/</allowed_path></backups>"
+                          % os.path.abspath(backups_path).rstrip("/"))
+        if cluster:
+            if not SETTING_NAME.match(cluster):
+                raise SystemExit("--cluster must be letters, digits and _")
+            if shards < 1:
+                raise SystemExit("--shards must be at least 1")
+            shard = ("<shard><replica><host>127.0.0.1</host><port>%d</port></replica></shard>"
+                     % CLUSTER_TCP_PORT)
+            config.append(
+                "<tcp_port>%d</tcp_port>"
+                "<remote_servers><%s>%s</%s></remote_servers>"
+                "<macros><shard>01</shard><replica>r1</replica></macros>"
+                % (CLUSTER_TCP_PORT, cluster, shard * shards, cluster))
+        if config:
+            os.makedirs(path, exist_ok=True)
+            name = os.path.join(backups_path or path, "chdb-http.xml")
+            with open(name, "w") as f:
+                f.write("<clickhouse>%s</clickhouse>\n" % "".join(config))
+            path = "%s?config-file=%s" % (path, name)
         self.conn = chdb.connect(path)
         self.lock = threading.Lock()
         self.user = user
         self.password = password
         self.delay_ms = 0
+        self.on_cluster = (re.compile(r"\s+ON\s+CLUSTER\s+`?%s`?(?=\s|$)" % re.escape(cluster),
+                                      re.IGNORECASE) if cluster else None)
+        self.rewrites = []
+
+    def rewrite(self, sql):
+        """A clustered statement as the single node can run it (`--cluster` only), recorded."""
+        if self.on_cluster is None:
+            return sql
+        out = REPLICATED_ENGINE.sub(r"\1(", self.on_cluster.sub("", sql))
+        if out != sql:
+            with self.lock:
+                self.rewrites.append({"original": sql, "rewritten": out})
+        return out
 
     def run(self, sql, data, database, fmt, settings):
         with self.lock:
@@ -237,6 +284,10 @@ class Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/__admin/delay"):
             self.engine.delay_ms = int(params.get("ms", "0"))
             return self.reply(200, b"ok\n")
+        if url.path == "/__admin/cluster-rewrites":
+            with self.engine.lock:
+                listed = json.dumps(self.engine.rewrites)
+            return self.reply(200, listed.encode(), {"Content-Type": "application/json"})
         if url.path not in ("/", ""):
             return self.fail(0, "There is no handle %s" % url.path)
         user, password = self.credentials(params)
@@ -258,6 +309,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.fail(271, "Cannot decompress: %s. (CANNOT_DECOMPRESS)" % e)
         settings = {k: v for k, v in params.items()
                     if k not in NOT_SETTINGS and not k.startswith("param_") and SETTING_NAME.match(k)}
+        sql = self.engine.rewrite(sql)
         database = params.get("database") or self.headers.get("X-ClickHouse-Database") or "default"
         fmt = params.get("default_format") or self.headers.get("X-ClickHouse-Format") or "TabSeparated"
         try:
@@ -306,10 +358,16 @@ def main():
     ap.add_argument("--user", default="default")
     ap.add_argument("--password", default="")
     ap.add_argument("--backups-path", help="directory BACKUP/RESTORE may use with File(...)")
+    ap.add_argument("--cluster", help="define this cluster (one local shard) and rewrite its DDL")
+    ap.add_argument("--shards", type=int, default=1,
+                    help="with --cluster: list this engine as that many shards of the cluster")
     ap.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = ap.parse_args()
-    Handler.engine = Engine(args.path, args.user, args.password, args.backups_path)
+    if args.shards != 1 and not args.cluster:
+        raise SystemExit("--shards needs --cluster")
+    Handler.engine = Engine(args.path, args.user, args.password, args.backups_path,
+                            args.cluster, args.shards)
     server = Server((args.host, args.port), Handler)
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
