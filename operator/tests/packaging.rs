@@ -197,6 +197,51 @@ async fn the_api_server_accepts_the_chart_the_manifests_and_the_samples() {
         out.contains("samplingpolicy.datatracing.io/baseline created (server dry run)"),
         "{out}"
     );
+
+    // The sample pipeline scales by its replica count alone (runbooks/collector.md,
+    // "Scaling up or down"), through the manifest and the scale subresource: its disruption
+    // budget must not refuse 2 collectors (a `minAvailable: 2` did, found by the cluster
+    // scenario e2e/tests/cluster/routing.rs).
+    run(cluster
+        .kubectl(dir.path())
+        .args(["apply", "-n", "team-a", "-k"])
+        .arg(repo_root().join("config/samples")));
+    let replicas = |cluster: &Cluster| {
+        run(cluster.kubectl(dir.path()).args([
+            "get",
+            "tracingpipeline",
+            "orders",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.spec.collector.replicas}",
+        ]))
+    };
+    assert_eq!(replicas(&cluster), "3");
+    run(cluster.kubectl(dir.path()).args([
+        "patch",
+        "tracingpipeline",
+        "orders",
+        "-n",
+        "team-a",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"collector":{"replicas":2}}}"#,
+    ]));
+    assert_eq!(replicas(&cluster), "2");
+    for n in ["3", "2"] {
+        run(cluster.kubectl(dir.path()).args([
+            "scale",
+            "tracingpipeline",
+            "orders",
+            "-n",
+            "team-a",
+            "--replicas",
+            n,
+        ]));
+        assert_eq!(replicas(&cluster), n);
+    }
 }
 
 /// The commands of the ```sh blocks in `runbooks/operator.md`, in order, one block per

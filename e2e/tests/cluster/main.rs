@@ -14,6 +14,7 @@ mod collector_kill;
 mod operator_failover;
 mod policy_live;
 mod retention;
+mod routing;
 mod support;
 mod uninstall;
 mod upgrade;

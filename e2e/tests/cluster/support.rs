@@ -163,6 +163,17 @@ pub async fn pod_ips(client: &kube::Client, ns: &str, selector: &str) -> Vec<Str
 /// one-node, two-core test cluster can hold next to the other scenarios (the samples ask
 /// for 1.9 cores).
 pub fn samples_overlay(cluster: &Cluster, ns: &str, database: &str) -> tempfile::TempDir {
+    samples_overlay_with(cluster, ns, database, "")
+}
+
+/// [`samples_overlay`] with `extra` appended to its `patches:` list (YAML items indented
+/// by two spaces).
+pub fn samples_overlay_with(
+    cluster: &Cluster,
+    ns: &str,
+    database: &str,
+    extra: &str,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let samples = datatracing_e2e::workspace_root().join("config/samples");
     // Kustomize loads bases by a path relative to the kustomization.
@@ -192,7 +203,7 @@ patches:
       - op: replace
         path: /spec/query/resources
         value: {{requests: {{cpu: 20m, memory: 64Mi}}}}
-"#,
+{extra}"#,
         samples = samples.display(),
         url = cluster.clickhouse_url(),
     );
