@@ -226,6 +226,22 @@ impl EmbeddedStore {
 
 type Writer = (Connection, std::fs::File);
 
+/// A read connection's settings beyond [`configure`]'s.
+fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "query_only", true)?;
+    // One plan per statement, whatever is bound: SQLite otherwise re-prepares a cached
+    // statement when a parameter it looked at while planning (a LIMIT, a value it compared)
+    // gets a new value; that re-parse was 13-14 % of a Jaeger search (each trace of the
+    // answer binds a new span budget). The reads' plans must not depend on bound values
+    // anyway (no statistics are gathered; the search's index choices are pinned in the SQL
+    // and asserted by the plan tests, which plan under this setting).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 fn open_connections(
     cfg: &EmbeddedConfig,
     mode: OpenMode,
@@ -260,7 +276,7 @@ fn open_connections(
         )?;
         configure(&conn, cfg)?;
         register_functions(&conn)?;
-        conn.pragma_update(None, "query_only", true)?;
+        configure_reader(&conn)?;
         let version = check_version(&conn)?;
         if mode == OpenMode::ReadOnly && version < SCHEMA_VERSION {
             return Err(Error::Config(format!(
@@ -1108,6 +1124,29 @@ fn page_sql(q: &TraceQuery, snapshot: i64, tenant: &str) -> (String, Vec<Value>)
 /// and a trace that also has a matching row at or before the cursor is skipped: its key
 /// places it on an earlier page.
 fn search_sync(conn: &Connection, tenant: &str, q: &TraceQuery) -> Result<SearchPage> {
+    let (page, next_cursor) = search_page_sync(conn, tenant, q, true)?;
+    Ok(SearchPage {
+        traces: page.into_iter().filter_map(|(_, s)| s).collect(),
+        next_cursor,
+    })
+}
+
+/// The ids of [`search_sync`]'s page, without computing summaries where the query does not
+/// need them (a trace-duration filter does): Jaeger's search reads the traces themselves.
+fn search_ids_sync(conn: &Connection, tenant: &str, q: &TraceQuery) -> Result<Vec<TraceId>> {
+    let (page, _) = search_page_sync(conn, tenant, q, false)?;
+    Ok(page.into_iter().map(|(id, _)| id).collect())
+}
+
+/// One search page: each trace with its summary (always with `summaries`, else only when
+/// a trace-duration filter needs it), and the next cursor.
+#[allow(clippy::type_complexity)]
+fn search_page_sync(
+    conn: &Connection,
+    tenant: &str,
+    q: &TraceQuery,
+    summaries: bool,
+) -> Result<(Vec<(TraceId, Option<TraceSummary>)>, Option<SearchCursor>)> {
     // One read transaction: the snapshot id and every statement see the same data.
     let tx = conn.unchecked_transaction()?;
     let snapshot = match &q.cursor {
@@ -1129,7 +1168,7 @@ fn search_sync(conn: &Connection, tenant: &str, q: &TraceQuery) -> Result<Search
     let mut stmt = tx.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
     let mut seen = std::collections::HashSet::new();
-    let mut page: Vec<(TraceSummary, i64)> = Vec::new();
+    let mut page: Vec<(TraceId, Option<TraceSummary>, i64)> = Vec::new();
     let mut more = false;
     while let Some(row) = rows.next()? {
         let id = TraceId::from_slice(row.get_ref(0)?.as_blob()?)
@@ -1151,34 +1190,39 @@ fn search_sync(conn: &Connection, tenant: &str, q: &TraceQuery) -> Result<Search
                 continue;
             }
         }
-        // A trace purged meanwhile simply drops out of the result.
-        let Some(summary) = trace_summary(&tx, tenant, id)? else {
-            continue;
+        let summary = if summaries || trace_bounds.is_some() {
+            // A trace purged meanwhile simply drops out of the result.
+            let Some(summary) = trace_summary(&tx, tenant, id)? else {
+                continue;
+            };
+            if let Some((min, max)) = trace_bounds
+                && !(min..=max).contains(&summary.duration_nanos)
+            {
+                continue;
+            }
+            Some(summary)
+        } else {
+            None
         };
-        if let Some((min, max)) = trace_bounds
-            && !(min..=max).contains(&summary.duration_nanos)
-        {
-            continue;
-        }
         if page.len() == q.limit {
             more = true;
             break;
         }
-        page.push((summary, latest));
+        page.push((id, summary, latest));
     }
     let next_cursor = match (more, page.last()) {
-        (true, Some((last, latest))) => Some(SearchCursor {
+        (true, Some((last, _, latest))) => Some(SearchCursor {
             snapshot,
             latest_nanos: *latest,
-            trace_id: last.trace_id,
+            trace_id: *last,
             fingerprint: q.fingerprint(),
         }),
         _ => None,
     };
-    Ok(SearchPage {
-        traces: page.into_iter().map(|(s, _)| s).collect(),
+    Ok((
+        page.into_iter().map(|(id, s, _)| (id, s)).collect(),
         next_cursor,
-    })
+    ))
 }
 
 /// Most trace ids bound in one `IN (...)` list.
@@ -1437,6 +1481,13 @@ impl TraceReader for EmbeddedStore {
         Ok(self.with_reader(move |c, t| search_sync(c, t, &q)).await?)
     }
 
+    async fn search_ids(&self, query: &TraceQuery) -> datatracing_store::Result<Vec<TraceId>> {
+        let q = query.clone();
+        Ok(self
+            .with_reader(move |c, t| search_ids_sync(c, t, &q))
+            .await?)
+    }
+
     async fn services(
         &self,
         window: &TimeWindow,
@@ -1500,6 +1551,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn).unwrap();
         register_functions(&conn).unwrap();
+        configure_reader(&conn).unwrap();
         let (sql, args) = page_sql(q, 1, "");
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let rows = stmt
