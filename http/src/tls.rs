@@ -164,33 +164,41 @@ struct Files {
 
 impl Files {
     fn read(config: &TlsConfig) -> Result<Self, TlsError> {
-        let read = |setting: &'static str, path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
-                setting,
-                path: path.display().to_string(),
-                source,
-            })
-        };
         Ok(Self {
-            cert: read("cert_file", &config.cert_file)?,
-            key: read("key_file", &config.key_file)?,
+            cert: read_file("cert_file", &config.cert_file)?,
+            key: read_file("key_file", &config.key_file)?,
             ca: config
                 .client_ca_file
                 .as_deref()
-                .map(|p| read("client_ca_file", p))
+                .map(|p| read_file("client_ca_file", p))
                 .transpose()?,
         })
     }
 
     fn digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        for part in [Some(&self.cert), Some(&self.key), self.ca.as_ref()] {
-            let part = part.map_or(&[][..], Vec::as_slice);
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
-        h.finalize().into()
+        digest_of(&[Some(&self.cert), Some(&self.key), self.ca.as_ref()])
     }
+}
+
+/// The bytes of the file a TLS setting names; the error names the setting and the path.
+pub(crate) fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        setting,
+        path: shown(path),
+        source,
+    })
+}
+
+/// One digest of a set of files (absent ones included as empty), to tell whether any of
+/// them changed since the last read.
+pub(crate) fn digest_of(parts: &[Option<&Vec<u8>>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in parts {
+        let part = part.map_or(&[][..], Vec::as_slice);
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 pub(crate) fn shown(p: &Path) -> String {

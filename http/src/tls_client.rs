@@ -9,7 +9,6 @@
 //! kept. Only paths reach logs and errors, never key material.
 
 use std::io;
-use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use datatracing_config::PeerTlsConfig;
@@ -17,11 +16,10 @@ use rustls::RootCertStore;
 use rustls::client::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::{TlsError, certificates, shown};
+use crate::tls::{TlsError, certificates, digest_of, read_file, shown};
 
 /// The stream of a client connection after its handshake.
 pub type ClientTlsStream<IO> = tokio_rustls::client::TlsStream<IO>;
@@ -34,36 +32,23 @@ struct Files {
 
 impl Files {
     fn read(config: &PeerTlsConfig) -> Result<Self, TlsError> {
-        let read = |setting: &'static str, path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
-                setting,
-                path: shown(path),
-                source,
-            })
-        };
         Ok(Self {
-            ca: read("ca_file", &config.ca_file)?,
+            ca: read_file("ca_file", &config.ca_file)?,
             cert: config
                 .cert_file
                 .as_deref()
-                .map(|p| read("cert_file", p))
+                .map(|p| read_file("cert_file", p))
                 .transpose()?,
             key: config
                 .key_file
                 .as_deref()
-                .map(|p| read("key_file", p))
+                .map(|p| read_file("key_file", p))
                 .transpose()?,
         })
     }
 
     fn digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        for part in [Some(&self.ca), self.cert.as_ref(), self.key.as_ref()] {
-            let part = part.map_or(&[][..], Vec::as_slice);
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
-        h.finalize().into()
+        digest_of(&[Some(&self.ca), self.cert.as_ref(), self.key.as_ref()])
     }
 }
 

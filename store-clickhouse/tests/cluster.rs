@@ -59,7 +59,11 @@ fn config(prefix: &str) -> ClickHouseConfig {
 }
 
 fn client(db: &str) -> clickhouse::Client {
-    let server = server();
+    client_of(server(), db)
+}
+
+/// A ClickHouse client for `db` on `server`.
+fn client_of(server: &ClickHouse, db: &str) -> clickhouse::Client {
     clickhouse::Client::default()
         .with_url(server.url())
         .with_user(server.user())
@@ -442,12 +446,7 @@ fn two_shards() -> &'static ClickHouse {
 }
 
 fn two_shard_client(db: &str) -> clickhouse::Client {
-    let server = two_shards();
-    clickhouse::Client::default()
-        .with_url(server.url())
-        .with_user(server.user())
-        .with_password(server.password())
-        .with_database(db)
+    client_of(two_shards(), db)
 }
 
 /// Each call's outcome, by name: the names of the refused ones and why, at the end.
