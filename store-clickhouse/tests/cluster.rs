@@ -277,15 +277,7 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
     let start = datatracing_core::Timestamp::now().saturating_add_nanos(-60_000_000_000);
     let mut root = simple_span(t, 1, None, &svc, start, 1_000);
     root.attributes = Attributes::from([("dataset".to_string(), AttributeValue::from("orders"))]);
-    root.links = vec![Link {
-        trace_id: upstream,
-        span_id: span_id(1),
-        link_type: LinkType::DataDependency,
-        attributes: Attributes::from([(
-            datatracing_core::conventions::LINK_DATASET.to_string(),
-            AttributeValue::from("raw"),
-        )]),
-    }];
+    root.links = vec![raw_dependency(upstream)];
     let child = simple_span(t, 2, Some(1), &svc, start.saturating_add_nanos(10), 500);
     store.write(vec![root, child].into()).await.unwrap();
     for (table, rows) in [
@@ -555,15 +547,7 @@ async fn on_two_shards_no_statement_of_the_store_is_refused() {
                 AttributeValue::from("raw"),
             ),
         ]);
-        root.links = vec![Link {
-            trace_id: upstream,
-            span_id: span_id(1),
-            link_type: LinkType::DataDependency,
-            attributes: Attributes::from([(
-                datatracing_core::conventions::LINK_DATASET.to_string(),
-                AttributeValue::from("raw"),
-            )]),
-        }];
+        root.links = vec![raw_dependency(upstream)];
         spans.push(root);
         spans.push(simple_span(
             *t,
@@ -760,4 +744,17 @@ async fn on_two_shards_no_statement_of_the_store_is_refused() {
     );
     store.close().await.unwrap();
     store.admin().drop_database().await.unwrap();
+}
+
+/// A DATA_DEPENDENCY on span 1 of `upstream`, reading its `raw` dataset.
+fn raw_dependency(upstream: TraceId) -> Link {
+    Link {
+        trace_id: upstream,
+        span_id: span_id(1),
+        link_type: LinkType::DataDependency,
+        attributes: Attributes::from([(
+            datatracing_core::conventions::LINK_DATASET.to_string(),
+            AttributeValue::from("raw"),
+        )]),
+    }
 }
