@@ -40,7 +40,9 @@ impl Harness {
     /// One OTLP request body, as OTLP/HTTP would take it (`json` picks the encoding,
     /// `gzip` says the body is compressed). Checks that the shape read before decoding,
     /// which enforces `max_spans_per_request` and the memory budget, counts exactly the
-    /// spans the decoder finds: a shape that undercounts would let a request past its limits.
+    /// spans the decoder finds: a shape that undercounts would let a request past its limits;
+    /// and that the checked scan a routed replica runs refuses exactly what the decoder
+    /// refuses.
     pub fn otlp(&self, json: bool, gzip: bool, body: &[u8]) {
         let wire = if json { Wire::Json } else { Wire::Protobuf };
         if !gzip {
@@ -58,6 +60,20 @@ impl Harness {
                     convert::span_count(req),
                     "the shape scan and the decoder disagree on the span count"
                 );
+            }
+            // A routed replica checks a request whole with the checked scan and then splits
+            // it without looking inside spans: it must refuse exactly what the decoder
+            // refuses (groups aside, which both scans refuse and the decoder skips).
+            if let (Wire::Protobuf, Ok(shape)) = (wire, &shape) {
+                let checked = shape::protobuf_checked(body);
+                assert_eq!(
+                    checked.is_ok(),
+                    decoded.is_some(),
+                    "the checked shape scan and the decoder disagree: {checked:?}"
+                );
+                if let Ok(checked) = checked {
+                    assert_eq!(&checked, shape, "the checked scan reads another shape");
+                }
             }
         }
         let req = Encoded {

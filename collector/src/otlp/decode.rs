@@ -210,7 +210,11 @@ impl DecodePool {
             Wire::Json => non_finite_doubles(&raw).map_or(raw, Bytes::from),
             Wire::Protobuf => raw,
         };
+        // A request about to be split is checked whole here (the split does not look
+        // inside spans), so it is refused before any part of it reaches an owner.
+        let split = split && ingest.router.is_some() && req.wire == Wire::Protobuf;
         let shape = match req.wire {
+            Wire::Protobuf if split => shape::protobuf_checked(&raw),
             Wire::Protobuf => shape::protobuf(&raw),
             Wire::Json => shape::json(&raw),
         }
@@ -232,7 +236,7 @@ impl DecodePool {
         let _budget = self.take_budget(shape.memory)?;
         let mut forward = Vec::new();
         let raw = match &ingest.router {
-            Some(router) if split && req.wire == Wire::Protobuf => {
+            Some(router) if split => {
                 let parts = crate::route::split::split(&raw, &router.ring())
                     .map_err(|e| DecodeError::Invalid(format!("undecodable OTLP request: {e}")))?;
                 forward = parts.remote;

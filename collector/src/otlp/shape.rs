@@ -107,19 +107,29 @@ enum Kind {
     RepeatedText,
 }
 
-/// How a length-delimited field of a message is decoded.
+/// How a field of a message is decoded.
 enum Field {
     /// A nested message, one struct inline in its parent (optional or oneof).
     One(Kind),
     /// A repeated message: one struct per occurrence.
     Many(Kind),
-    /// A string or bytes value.
+    /// A string value (UTF-8).
     Text,
+    /// A bytes value.
+    Bytes,
     /// A repeated string.
     ManyText,
-    /// Not ours to count (unknown fields are skipped by the decoder without allocating).
+    /// A known scalar field, with the wire type the decoder requires of it.
+    Scalar(u64),
+    /// An unknown field, skipped by the decoder without allocating.
     Skip,
 }
+
+/// Wire types.
+const VARINT: u64 = 0;
+const FIXED64: u64 = 1;
+const LEN: u64 = 2;
+const FIXED32: u64 = 5;
 
 fn field(kind: Kind, number: u64) -> Field {
     use Field::*;
@@ -130,6 +140,7 @@ fn field(kind: Kind, number: u64) -> Field {
         (ResourceSpans, 2) => Many(ScopeSpans),
         (ResourceSpans, 3) => Text,
         (Resource, 1) => Many(ResourceAttribute),
+        (Resource, 2) => Scalar(VARINT),
         (Resource, 3) => Many(EntityRef),
         (EntityRef, 1 | 2) => Text,
         (EntityRef, 3 | 4) => ManyText,
@@ -138,20 +149,35 @@ fn field(kind: Kind, number: u64) -> Field {
         (ScopeSpans, 3) => Text,
         (Scope, 1 | 2) => Text,
         (Scope, 3) => Many(Attribute),
-        (Span, 1..=5) => Text,
+        (Scope, 4) => Scalar(VARINT),
+        (Span, 1 | 2 | 4) => Bytes,
+        (Span, 3 | 5) => Text,
+        (Span, 6 | 10 | 12 | 14) => Scalar(VARINT),
+        (Span, 7 | 8) => Scalar(FIXED64),
         (Span, 9) => Many(Attribute),
         (Span, 11) => Many(Event),
         (Span, 13) => Many(Link),
         (Span, 15) => One(Status),
+        (Span, 16) => Scalar(FIXED32),
+        (Event, 1) => Scalar(FIXED64),
         (Event, 2) => Text,
         (Event, 3) => Many(Attribute),
-        (Link, 1..=3) => Text,
+        (Event, 4) => Scalar(VARINT),
+        (Link, 1 | 2) => Bytes,
+        (Link, 3) => Text,
         (Link, 4) => Many(Attribute),
+        (Link, 5) => Scalar(VARINT),
+        (Link, 6) => Scalar(FIXED32),
         (Status, 2) => Text,
+        (Status, 3) => Scalar(VARINT),
         (Attribute | ResourceAttribute | NestedKeyValue, 1) => Text,
         (Attribute | ResourceAttribute, 2) => One(Value),
         (NestedKeyValue, 2) => One(NestedValue),
-        (Value | NestedValue, 1 | 7) => Text,
+        (Attribute | ResourceAttribute | NestedKeyValue, 3) => Scalar(VARINT),
+        (Value | NestedValue, 1) => Text,
+        (Value | NestedValue, 7) => Bytes,
+        (Value | NestedValue, 2 | 3 | 8) => Scalar(VARINT),
+        (Value | NestedValue, 4) => Scalar(FIXED64),
         (Value | NestedValue, 5) => One(ArrayValue),
         (Value | NestedValue, 6) => One(KeyValueList),
         (ArrayValue, 1) => Many(NestedValue),
@@ -246,13 +272,29 @@ pub(crate) enum ShapeError {
     Json(String),
 }
 
+#[inline(always)]
 fn varint(buf: &mut &[u8]) -> Result<u64, ShapeError> {
+    // Most varints of a request (keys, short lengths) are one byte.
+    if let Some((&b, rest)) = buf.split_first()
+        && b < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(b));
+    }
+    varint_long(buf)
+}
+
+/// A varint as the decoder reads it: at most 10 bytes, the last holding one bit.
+fn varint_long(buf: &mut &[u8]) -> Result<u64, ShapeError> {
     let mut v = 0u64;
     for i in 0..10 {
         let (&b, rest) = buf
             .split_first()
             .ok_or(ShapeError::Protobuf("truncated varint"))?;
         *buf = rest;
+        if i == 9 && b > 1 {
+            return Err(ShapeError::Protobuf("invalid varint"));
+        }
         v |= u64::from(b & 0x7f) << (7 * i);
         if b < 0x80 {
             return Ok(v);
@@ -273,7 +315,14 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], ShapeError> {
 }
 
 /// Reads one message of `kind`, returning its tally and the length of its text fields.
-fn scan_message(mut buf: &[u8], kind: Kind, depth: usize) -> Result<(Tally, usize), ShapeError> {
+///
+/// `STRICT` also checks every field as the protobuf decoder does (keys, the wire type of
+/// each known field, UTF-8 of strings), so a request it accepts decodes.
+fn scan_message<const STRICT: bool>(
+    mut buf: &[u8],
+    kind: Kind,
+    depth: usize,
+) -> Result<(Tally, usize), ShapeError> {
     if depth > MAX_DEPTH {
         return Err(ShapeError::Protobuf("messages nested too deeply"));
     }
@@ -285,24 +334,40 @@ fn scan_message(mut buf: &[u8], kind: Kind, depth: usize) -> Result<(Tally, usiz
     while !buf.is_empty() {
         let key = varint(&mut buf)?;
         let number = key >> 3;
-        match key & 7 {
-            0 => {
-                varint(&mut buf)?;
+        let wire = key & 7;
+        if STRICT {
+            if key > u64::from(u32::MAX) {
+                return Err(ShapeError::Protobuf("invalid key"));
             }
-            1 => {
-                take(&mut buf, 8)?;
+            if number == 0 {
+                return Err(ShapeError::Protobuf("invalid tag 0"));
             }
-            5 => {
-                take(&mut buf, 4)?;
+        }
+        match wire {
+            VARINT | FIXED64 | FIXED32 => {
+                if STRICT && !matches!(field(kind, number), Field::Scalar(w) if w == wire) {
+                    known_scalar_or_skip(kind, number)?;
+                }
+                match wire {
+                    VARINT => {
+                        varint(&mut buf)?;
+                    }
+                    FIXED64 => {
+                        take(&mut buf, 8)?;
+                    }
+                    _ => {
+                        take(&mut buf, 4)?;
+                    }
+                }
             }
-            2 => {
+            LEN => {
                 let len = usize::try_from(varint(&mut buf)?)
                     .map_err(|_| ShapeError::Protobuf("length out of range"))?;
                 let body = take(&mut buf, len)?;
                 match field(kind, number) {
-                    Field::One(child) | Field::Many(child) => {
-                        let repeated = matches!(field(kind, number), Field::Many(_));
-                        let (mut ct, child_text) = scan_message(body, child, depth + 1)?;
+                    f @ (Field::One(child) | Field::Many(child)) => {
+                        let repeated = matches!(f, Field::Many(_));
+                        let (mut ct, child_text) = scan_message::<STRICT>(body, child, depth + 1)?;
                         if repeated {
                             ct.charge(element_cost(child));
                         }
@@ -322,10 +387,27 @@ fn scan_message(mut buf: &[u8], kind: Kind, depth: usize) -> Result<(Tally, usiz
                         fold(kind, &mut t, child, ct, copied);
                     }
                     Field::Text => {
+                        if STRICT {
+                            utf8(body)?;
+                        }
                         t.charge(text(len));
                         text_len = text_len.saturating_add(len);
                     }
-                    Field::ManyText => t.charge(2 * size_of::<String>() + text(len)),
+                    Field::Bytes => {
+                        t.charge(text(len));
+                        text_len = text_len.saturating_add(len);
+                    }
+                    Field::ManyText => {
+                        if STRICT {
+                            utf8(body)?;
+                        }
+                        t.charge(2 * size_of::<String>() + text(len));
+                    }
+                    Field::Scalar(_) => {
+                        if STRICT {
+                            return Err(WRONG_WIRE);
+                        }
+                    }
                     Field::Skip => {}
                 }
             }
@@ -337,9 +419,38 @@ fn scan_message(mut buf: &[u8], kind: Kind, depth: usize) -> Result<(Tally, usiz
     Ok((t, text_len))
 }
 
+const WRONG_WIRE: ShapeError = ShapeError::Protobuf("invalid wire type for a known field");
+
+/// A scalar wire type on a field that is not a scalar of that type: refused when the field
+/// is known (the decoder refuses it), skipped when it is not.
+#[cold]
+fn known_scalar_or_skip(kind: Kind, number: u64) -> Result<(), ShapeError> {
+    match field(kind, number) {
+        Field::Skip => Ok(()),
+        _ => Err(WRONG_WIRE),
+    }
+}
+
+fn utf8(body: &[u8]) -> Result<(), ShapeError> {
+    std::str::from_utf8(body)
+        .map(|_| ())
+        .map_err(|_| ShapeError::Protobuf("string is not UTF-8"))
+}
+
 /// The shape of a protobuf `ExportTraceServiceRequest`.
 pub(crate) fn protobuf(buf: &[u8]) -> Result<Shape, ShapeError> {
-    let (t, _) = scan_message(buf, Kind::Request, 0)?;
+    let (t, _) = scan_message::<false>(buf, Kind::Request, 0)?;
+    Ok(Shape {
+        spans: t.spans,
+        memory: t.memory.saturating_add(buf.len()),
+    })
+}
+
+/// [`protobuf`], refusing every request the decoder would refuse (every field checked as
+/// the decoder checks it). What a routed replica runs before it splits a request, so that
+/// a request is refused whole or not at all, in the same pass that reads its shape.
+pub(crate) fn protobuf_checked(buf: &[u8]) -> Result<Shape, ShapeError> {
+    let (t, _) = scan_message::<true>(buf, Kind::Request, 0)?;
     Ok(Shape {
         spans: t.spans,
         memory: t.memory.saturating_add(buf.len()),

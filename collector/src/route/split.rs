@@ -12,11 +12,14 @@
 //!
 //! Validation happens once, split between the two replicas, with the answers the client got
 //! before routing:
-//! - *whether the request decodes* is decided here, for the whole request, before anything
-//!   is forwarded or kept: every field of every message is checked as the protobuf decoder
-//!   checks it (keys, wire types of known fields, varints, lengths, UTF-8 of strings), so a
-//!   request the decoder would refuse is refused whole (400 / INVALID_ARGUMENT) and no owner
-//!   ever sees a part of it;
+//! - *whether the request decodes* is decided for the whole request, before anything is
+//!   forwarded or kept, by the shape check that runs first ([`crate::otlp::shape::protobuf_checked`]):
+//!   in the same pass that counts spans and estimates memory, it checks every field of every
+//!   message as the protobuf decoder checks it (keys, wire types of known fields, varints,
+//!   lengths, UTF-8 of strings), so a request the decoder would refuse is refused whole
+//!   (400 / INVALID_ARGUMENT) and no owner ever sees a part of it. The split itself only
+//!   walks the request's outer structure (resources, scopes, the top-level fields of each
+//!   span) and never descends into attributes, events or links;
 //! - *whether each span is valid* (ids, timestamps, limits, retention) is decided by the
 //!   replica that decodes it, the owner; the owner's partial-success count comes back with
 //!   its acknowledgement and is added to the client's answer.
@@ -58,9 +61,6 @@ pub(crate) struct Split {
     pub remote: Vec<Part>,
 }
 
-/// Same nesting limit as the decoder (and the shape check, which runs first).
-const MAX_DEPTH: usize = 100;
-
 /// The protobuf wire types OTLP uses (groups are refused, as by the shape check).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wire {
@@ -70,82 +70,20 @@ enum Wire {
     Fixed32,
 }
 
-/// Message types of the trace request, for their fields' expected types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Resource,
-    EntityRef,
-    Scope,
-    Span,
-    Event,
-    Link,
-    Status,
-    KeyValue,
-    AnyValue,
-    ArrayValue,
-    KeyValueList,
-}
-
-/// What a known field holds.
-#[derive(Clone, Copy, Debug)]
-enum Expect {
-    Message(Kind),
-    Text,
-    Bytes,
-    Scalar(Wire),
-}
-
-/// The fields of the OTLP trace messages (opentelemetry-proto's `trace/v1`, `common/v1`,
-/// `resource/v1`); anything else is an unknown field, skipped by the decoder.
-fn expect(kind: Kind, number: u32) -> Option<Expect> {
-    use Expect::*;
-    use Kind::*;
-    use Wire::*;
-    Some(match (kind, number) {
-        (Resource, 1) => Message(KeyValue),
-        (Resource, 2) => Scalar(Varint),
-        (Resource, 3) => Message(EntityRef),
-        (EntityRef, 1..=4) => Text,
-        (Scope, 1 | 2) => Text,
-        (Scope, 3) => Message(KeyValue),
-        (Scope, 4) => Scalar(Varint),
-        (Span, 1 | 2 | 4) => Bytes,
-        (Span, 3 | 5) => Text,
-        (Span, 6 | 10 | 12 | 14) => Scalar(Varint),
-        (Span, 7 | 8) => Scalar(Fixed64),
-        (Span, 9) => Message(KeyValue),
-        (Span, 11) => Message(Event),
-        (Span, 13) => Message(Link),
-        (Span, 15) => Message(Status),
-        (Span, 16) => Scalar(Fixed32),
-        (Event, 1) => Scalar(Fixed64),
-        (Event, 2) => Text,
-        (Event, 3) => Message(KeyValue),
-        (Event, 4) => Scalar(Varint),
-        (Link, 1 | 2) => Bytes,
-        (Link, 3) => Text,
-        (Link, 4) => Message(KeyValue),
-        (Link, 5) => Scalar(Varint),
-        (Link, 6) => Scalar(Fixed32),
-        (Status, 2) => Text,
-        (Status, 3) => Scalar(Varint),
-        (KeyValue, 1) => Text,
-        (KeyValue, 2) => Message(AnyValue),
-        (KeyValue, 3) => Scalar(Varint),
-        (AnyValue, 1) => Text,
-        (AnyValue, 2 | 3 | 8) => Scalar(Varint),
-        (AnyValue, 4) => Scalar(Fixed64),
-        (AnyValue, 5) => Message(ArrayValue),
-        (AnyValue, 6) => Message(KeyValueList),
-        (AnyValue, 7) => Bytes,
-        (ArrayValue, 1) => Message(AnyValue),
-        (KeyValueList, 1) => Message(KeyValue),
-        _ => return None,
-    })
-}
-
 /// A varint as the decoder reads it: at most 10 bytes, the last holding one bit.
+#[inline(always)]
 fn varint(buf: &[u8], pos: &mut usize) -> R<u64> {
+    // Keys and short lengths are one byte.
+    if let Some(&b) = buf.get(*pos)
+        && b < 0x80
+    {
+        *pos += 1;
+        return Ok(u64::from(b));
+    }
+    varint_long(buf, pos)
+}
+
+fn varint_long(buf: &[u8], pos: &mut usize) -> R<u64> {
     let mut v = 0u64;
     for i in 0..10 {
         let b = *buf.get(*pos).ok_or(SplitError("truncated varint"))?;
@@ -212,45 +150,19 @@ fn field(buf: &[u8], pos: &mut usize, end: usize) -> R<Field> {
     })
 }
 
-/// Checks one message of `kind` at `buf[start..end]` as the decoder would; returns the
-/// value of its last field 1 when that is bytes (a span's trace id).
-fn check(
-    buf: &[u8],
-    kind: Kind,
-    start: usize,
-    end: usize,
-    depth: usize,
-) -> R<Option<(usize, usize)>> {
-    if depth > MAX_DEPTH {
-        return Err(SplitError("messages nested too deeply"));
-    }
+/// The value of the last field 1 of the span at `buf[start..end]` (the decoder keeps the
+/// last occurrence), when it is length-delimited: the span's trace id. Only the span's own
+/// fields are read; nested messages are skipped by their length.
+fn trace_id_of(buf: &[u8], start: usize, end: usize) -> R<Option<(usize, usize)>> {
     let mut pos = start;
-    let mut first = None;
+    let mut id = None;
     while pos < end {
         let f = field(buf, &mut pos, end)?;
-        let Some(e) = expect(kind, f.number) else {
-            continue;
-        };
-        let (s, t) = f.value;
-        match e {
-            Expect::Message(child) => {
-                want(f.wire, Wire::Len)?;
-                check(buf, child, s, t, depth + 1)?;
-            }
-            Expect::Text => {
-                want(f.wire, Wire::Len)?;
-                std::str::from_utf8(&buf[s..t]).map_err(|_| SplitError("string is not UTF-8"))?;
-            }
-            Expect::Bytes => {
-                want(f.wire, Wire::Len)?;
-                if f.number == 1 {
-                    first = Some((s, t));
-                }
-            }
-            Expect::Scalar(w) => want(f.wire, w)?,
+        if f.number == 1 && f.wire == Wire::Len {
+            id = Some(f.value);
         }
     }
-    Ok(first)
+    Ok(id)
 }
 
 fn want(got: Wire, expected: Wire) -> R<()> {
@@ -296,8 +208,10 @@ fn ranges_len(r: &[(usize, usize)]) -> usize {
     r.iter().map(|(s, e)| e - s).sum()
 }
 
-/// Checks `raw` (an encoded `ExportTraceServiceRequest`) and splits it by the owner of each
-/// span's trace id on `ring`. A request that would not decode is an error, whole.
+/// Splits `raw` (an encoded `ExportTraceServiceRequest` that
+/// [`crate::otlp::shape::protobuf_checked`] accepted) by the owner of each span's trace id on
+/// `ring`. Malformed structure found on the way is still an error, whole; the fields inside
+/// spans are not checked here.
 pub(crate) fn split(raw: &Bytes, ring: &Ring) -> Result<Split, SplitError> {
     let buf = &raw[..];
     let mut resources = Vec::new();
@@ -357,22 +271,10 @@ fn resource_spans(
     let mut pos = start;
     while pos < end {
         let f = field(buf, &mut pos, end)?;
-        let (s, e) = f.value;
-        match f.number {
-            1 => {
-                want(f.wire, Wire::Len)?;
-                check(buf, Kind::Resource, s, e, 2)?;
-            }
-            2 => {
-                want(f.wire, Wire::Len)?;
-                r.scopes.push(scope_spans(buf, f.value, ring, counts)?);
-                continue;
-            }
-            3 => {
-                want(f.wire, Wire::Len)?;
-                std::str::from_utf8(&buf[s..e]).map_err(|_| SplitError("string is not UTF-8"))?;
-            }
-            _ => {}
+        if f.number == 2 {
+            want(f.wire, Wire::Len)?;
+            r.scopes.push(scope_spans(buf, f.value, ring, counts)?);
+            continue;
         }
         r.header.push((f.start, pos));
     }
@@ -389,28 +291,16 @@ fn scope_spans(
     let mut pos = start;
     while pos < end {
         let f = field(buf, &mut pos, end)?;
-        let (s, e) = f.value;
-        match f.number {
-            1 => {
-                want(f.wire, Wire::Len)?;
-                check(buf, Kind::Scope, s, e, 3)?;
-            }
-            2 => {
-                want(f.wire, Wire::Len)?;
-                let trace = check(buf, Kind::Span, s, e, 3)?;
-                let dest = trace
-                    .and_then(|(a, b)| <[u8; 16]>::try_from(&buf[a..b]).ok())
-                    .and_then(|id| ring.route_index(&TraceId::from_bytes(id)))
-                    .map_or(0, |i| i + 1);
-                counts[dest] += 1;
-                sc.spans.push((dest, f.start, pos));
-                continue;
-            }
-            3 => {
-                want(f.wire, Wire::Len)?;
-                std::str::from_utf8(&buf[s..e]).map_err(|_| SplitError("string is not UTF-8"))?;
-            }
-            _ => {}
+        if f.number == 2 {
+            want(f.wire, Wire::Len)?;
+            let (s, e) = f.value;
+            let dest = trace_id_of(buf, s, e)?
+                .and_then(|(a, b)| <[u8; 16]>::try_from(&buf[a..b]).ok())
+                .and_then(|id| ring.route_index(&TraceId::from_bytes(id)))
+                .map_or(0, |i| i + 1);
+            counts[dest] += 1;
+            sc.spans.push((dest, f.start, pos));
+            continue;
         }
         sc.header.push((f.start, pos));
     }
@@ -509,12 +399,51 @@ mod tests {
         }
     }
 
+    /// A span with a field of every wire type the trace messages use, so that mutations
+    /// reach each kind of field.
     fn span(trace: u8, i: u8) -> Span {
+        use opentelemetry_proto::tonic::trace::v1::{Status, span};
         Span {
             trace_id: vec![trace; 16],
             span_id: vec![i + 1; 8],
             name: format!("s{trace}-{i}"),
-            attributes: vec![kv("k", "v")],
+            kind: 2,
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_000_001_000,
+            attributes: vec![
+                kv("k", "v"),
+                KeyValue {
+                    key: "n".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::IntValue(300)),
+                    }),
+                    ..Default::default()
+                },
+                KeyValue {
+                    key: "d".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::DoubleValue(0.5)),
+                    }),
+                    ..Default::default()
+                },
+            ],
+            events: vec![span::Event {
+                time_unix_nano: 1_700_000_000_000_000_500,
+                name: "e".into(),
+                attributes: vec![kv("ek", "ev")],
+                dropped_attributes_count: 1,
+            }],
+            links: vec![span::Link {
+                trace_id: vec![trace ^ 0xff; 16],
+                span_id: vec![9; 8],
+                flags: 0x100,
+                ..Default::default()
+            }],
+            status: Some(Status {
+                message: "m".into(),
+                code: 2,
+            }),
+            flags: 0x101,
             ..Default::default()
         }
     }
@@ -642,7 +571,6 @@ mod tests {
 
     #[test]
     fn what_the_decoder_refuses_is_refused_whole() {
-        let ring = ring();
         let good = request(1, 1, &[1, 2, 3]).encode_to_vec();
         // A span name that is not UTF-8, deep inside the request.
         let mut req = request(1, 1, &[1, 2, 3]);
@@ -675,12 +603,16 @@ mod tests {
                 ExportTraceServiceRequest::decode(&c[..]).is_err(),
                 "the decoder refuses this case too"
             );
-            assert!(split(&Bytes::from(c), &ring).is_err());
+            // What a routed replica runs before splitting; the split never sees it.
+            assert!(crate::otlp::shape::protobuf_checked(&c).is_err());
         }
     }
 
     proptest! {
-        /// The splitter accepts exactly what the decoder accepts, on mutated requests.
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        /// On mutated requests: the checked shape accepts exactly what the decoder accepts,
+        /// reads the same shape as the unchecked one, and the split of what it accepts holds
+        /// every span once.
         #[test]
         fn accepts_what_the_decoder_accepts(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4)) {
             let ring = ring();
@@ -691,13 +623,24 @@ mod tests {
             }
             let decoded = ExportTraceServiceRequest::decode(&b[..]);
             let shaped = crate::otlp::shape::protobuf(&b);
-            // The shape check runs first and refuses groups; compare where it passes.
-            if shaped.is_ok() {
-                let s = split(&Bytes::from(b.clone()), &ring);
-                prop_assert_eq!(decoded.is_ok(), s.is_ok(), "decoder {:?} splitter {:?}", decoded.err(), s.err());
-                if let (Ok(d), Ok(s)) = (decoded, s) {
+            // The shape check refuses groups, which the decoder skips; compare where it passes.
+            if let Ok(shaped) = shaped {
+                let checked = crate::otlp::shape::protobuf_checked(&b);
+                prop_assert_eq!(decoded.is_ok(), checked.is_ok(), "decoder {:?} checked shape {:?}", decoded.as_ref().err(), checked.as_ref().err());
+                if let (Ok(d), Ok(checked)) = (decoded, checked) {
+                    // The same pass, the same shape.
+                    prop_assert_eq!(checked, shaped);
+                    let s = split(&Bytes::from(b.clone()), &ring);
+                    prop_assert!(s.is_ok(), "a checked request splits: {:?}", s.err());
+                    let s = s.unwrap();
                     let n = s.local_spans + s.remote.iter().map(|p| p.spans).sum::<usize>();
                     prop_assert_eq!(n, flatten(&d).len());
+                    // Every part decodes to the spans of its owner.
+                    for p in &s.remote {
+                        let part = ExportTraceServiceRequest::decode(p.body.clone());
+                        prop_assert!(part.is_ok());
+                        prop_assert_eq!(flatten(&part.unwrap()).len(), p.spans);
+                    }
                 }
             }
         }
