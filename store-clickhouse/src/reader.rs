@@ -544,27 +544,25 @@ impl ClickHouseReader {
 
     /// `AND start_time` bounds covering every span of `ids` (at most `IN_CHUNK`), from
     /// `trace_bounds`, so a read of `spans` touches only the partitions they name. The bounds
-    /// are scalar subqueries of the same statement (ClickHouse runs them first and prunes
-    /// partitions with their values), which saves a round trip per read. When one of the
-    /// traces has no bounds row (it does not exist, or retention dropped its row before its
-    /// last spans) they cover every representable time: the read is then a key lookup in
-    /// every partition, slower but complete, since a trace is readable whenever any of its
-    /// spans is stored.
+    /// are one scalar subquery of the same statement, both ends as a tuple (ClickHouse runs
+    /// it first and prunes partitions with its values): that saves a round trip per read,
+    /// and reading `trace_bounds` once rather than once per end halves what the bounds cost
+    /// (each id is a granule of 8,192 rows there). When one of the traces has no bounds row
+    /// (it does not exist, or retention dropped its row before its last spans) they cover
+    /// every representable time: the read is then a key lookup in every partition, slower
+    /// but complete, since a trace is readable whenever any of its spans is stored.
     fn time_bounds(&self, ids: &[TraceId]) -> String {
         let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
-        let bound = |agg: &str, column: &str, fallback: &str| {
-            format!(
-                "(SELECT if(uniqExact(trace_id) = {distinct}, {agg}({column}), \
-                 toDateTime64('{fallback}', 9, 'UTC')) FROM {bounds} WHERE trace_id IN ({list}))",
-                bounds = self.inner.bounds_table,
-                list = hex_list(ids),
-            )
-        };
         // DateTime64(9) spans 1900-01-01 to 2262-04-11.
+        let bounds = format!(
+            "(SELECT if(uniqExact(trace_id) = {distinct}, (min(start_min), max(start_max)), \
+             (toDateTime64('1900-01-01 00:00:00', 9, 'UTC'), toDateTime64('2262-04-11 23:47:16', 9, 'UTC'))) \
+             FROM {bounds} WHERE trace_id IN ({list}))",
+            bounds = self.inner.bounds_table,
+            list = hex_list(ids),
+        );
         format!(
-            " AND start_time >= {} AND start_time <= {}",
-            bound("min", "start_min", "1900-01-01 00:00:00"),
-            bound("max", "start_max", "2262-04-11 23:47:16"),
+            " AND start_time >= tupleElement({bounds}, 1) AND start_time <= tupleElement({bounds}, 2)"
         )
     }
 

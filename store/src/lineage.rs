@@ -4,7 +4,8 @@
 //! Upstream follows the links a trace's spans declare (to the traces it consumed or
 //! continued); downstream follows them backwards, through the backends' reverse-link index
 //! (the traces whose spans link to it). Each level costs one batched lookup of links,
-//! whatever its width, and the summaries of all nodes are read once at the end; the walk
+//! whatever its width, and the summaries of all nodes (the root's included, which also says
+//! whether the root is stored) are read once at the end; the walk
 //! stops at a depth and a node count: when
 //! either bound leaves links unexplored the result says `truncated`. Visited traces are never
 //! expanded twice, so cycles end the walk instead of looping; the edge that closes a cycle is
@@ -188,14 +189,11 @@ pub async fn lineage(
     limits: LineageLimits,
     dataset: Option<&str>,
 ) -> Result<Option<Lineage>> {
-    let Some(root_summary) = reader.summaries(&[root]).await?.into_iter().next() else {
-        return Ok(None);
-    };
     let mut walk = Walk {
         reader,
         limits,
         depth_of: HashMap::from([(root, 0)]),
-        summaries: HashMap::from([(root, root_summary)]),
+        summaries: HashMap::new(),
         edges: HashSet::new(),
         truncated: false,
         dataset,
@@ -206,19 +204,16 @@ pub async fn lineage(
     if matches!(direction, Direction::Downstream | Direction::Both) {
         walk.run(root, false).await?;
     }
-    // The summaries of every node found, in one batched read after the walk rather than one
-    // per level: a depth-3 walk is then 1 + (depth + 1) link reads + 1 round trips per
-    // direction, which is what a remote store's latency is paid for.
-    let found: Vec<TraceId> = walk
-        .depth_of
-        .keys()
-        .copied()
-        .filter(|t| !walk.summaries.contains_key(t))
-        .collect();
-    if !found.is_empty() {
-        for s in reader.summaries(&found).await? {
-            walk.summaries.insert(s.trace_id, s);
-        }
+    // The summaries of every node, the root's included, in one batched read after the walk
+    // rather than one per level or one before it for the root: a depth-3 walk one way is
+    // then 4 link reads + 1 round trips, which is what a remote store's latency is paid
+    // for. A root that is not stored is walked for nothing, which only a wrong id costs.
+    let found: Vec<TraceId> = walk.depth_of.keys().copied().collect();
+    for s in reader.summaries(&found).await? {
+        walk.summaries.insert(s.trace_id, s);
+    }
+    if !walk.summaries.contains_key(&root) {
+        return Ok(None);
     }
     let mut nodes: Vec<LineageNode> = walk
         .depth_of
