@@ -531,6 +531,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any text and any integer come out as `serde_json` writes them.
+        #[test]
+        fn any_string_and_integer_as_serde_json(t in "\\PC*|[\\x00-\\x7f]{0,40}", v: i64) {
+            let mut out = Vec::new();
+            string(&mut out, &t);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&t).unwrap());
+            let mut out = Vec::new();
+            int(&mut out, v);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
+    }
+
     #[test]
     fn integers_as_serde_json() {
         for v in [0, 1, -1, 9, 10, 99, 100, 1_234_567, i64::MAX, i64::MIN] {
