@@ -884,20 +884,23 @@ async fn retention_loop(store: EmbeddedStore) {
 const SPAN_COLUMNS: &str = "trace_id, span_id, parent_id, service, operation, kind, start_ns, end_ns, status, status_message, attributes, events, links";
 
 fn decode_span(row: &rusqlite::Row<'_>) -> Result<Span> {
+    // Ids and JSON columns are read in place (`get_ref`), not copied out first: a trace read
+    // decodes every column of every span, and the copies were an allocation each.
     let corrupt = |what: &str| Error::Corrupt(format!("bad {what} in stored span"));
-    let blob = |i: usize| -> Result<Vec<u8>> { Ok(row.get::<_, Vec<u8>>(i)?) };
-    let trace_id = TraceId::from_slice(&blob(0)?).map_err(|_| corrupt("trace_id"))?;
-    let span_id = SpanId::from_slice(&blob(1)?).map_err(|_| corrupt("span_id"))?;
-    let parent_id = match row.get::<_, Option<Vec<u8>>>(2)? {
-        Some(b) => Some(SpanId::from_slice(&b).map_err(|_| corrupt("parent_id"))?),
+    let blob = |i: usize| -> Result<&[u8]> { Ok(row.get_ref(i)?.as_blob()?) };
+    let trace_id = TraceId::from_slice(blob(0)?).map_err(|_| corrupt("trace_id"))?;
+    let span_id = SpanId::from_slice(blob(1)?).map_err(|_| corrupt("span_id"))?;
+    let parent_id = match row.get_ref(2)?.as_blob_or_null()? {
+        Some(b) => Some(SpanId::from_slice(b).map_err(|_| corrupt("parent_id"))?),
         None => None,
     };
     let kind = SpanKind::from_code(row.get(5)?).ok_or_else(|| corrupt("kind"))?;
     let code = StatusCode::from_code(row.get(8)?).ok_or_else(|| corrupt("status"))?;
-    fn json<T: serde::de::DeserializeOwned + Default>(s: Option<String>) -> Result<T> {
+    let json = |i: usize| -> Result<Option<&str>> { Ok(row.get_ref(i)?.as_str_or_null()?) };
+    fn parse<T: serde::de::DeserializeOwned + Default>(s: Option<&str>) -> Result<T> {
         match s {
             None => Ok(T::default()),
-            Some(s) => serde_json::from_str(&s).map_err(|e| Error::Corrupt(e.to_string())),
+            Some(s) => serde_json::from_str(s).map_err(|e| Error::Corrupt(e.to_string())),
         }
     }
     Ok(Span {
@@ -913,9 +916,9 @@ fn decode_span(row: &rusqlite::Row<'_>) -> Result<Span> {
             code,
             message: row.get(9)?,
         },
-        attributes: json::<Attributes>(row.get(10)?)?,
-        events: json::<Vec<Event>>(row.get(11)?)?,
-        links: json::<Vec<Link>>(row.get(12)?)?,
+        attributes: parse::<Attributes>(json(10)?)?,
+        events: parse::<Vec<Event>>(json(11)?)?,
+        links: parse::<Vec<Link>>(json(12)?)?,
     })
 }
 
