@@ -5,7 +5,10 @@ use datatracing_cli::{Cli, Command, PolicyCommand, cancel_on_signals, init_loggi
 use tokio_util::sync::CancellationToken;
 
 // The collector allocates per span (attributes, strings, JSON); mimalloc measured faster
-// than glibc malloc for it (docs/benchmarks.md).
+// than glibc malloc for it (docs/benchmarks.md). Built without transparent huge pages
+// (`no_thp`): a fresh huge page is zeroed whole on first touch, which cost a routed
+// collector about 3 % of its CPU for request-sized buffers (issue 17 profile);
+// `MIMALLOC_ALLOW_THP=1` turns them back on.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
