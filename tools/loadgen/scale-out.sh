@@ -114,5 +114,8 @@ if [ "$n" -gt 1 ]; then
     /^datatracing_collector_forward_duration_seconds_sum/ {s+=$2}
     /^datatracing_collector_forward_duration_seconds_count/ {c+=$2}
     /^datatracing_collector_forward_spans_total/ {f+=$2}
-    END {printf "forwarded spans: %d, mean forward latency: %.2f ms\n", f, (c ? 1000*s/c : 0)}'
+    /^datatracing_collector_forward_retries_total/ {r+=$2}
+    /^datatracing_collector_forward_fallback_spans_total/ {b+=$2}
+    /^datatracing_collector_spans_rejected_total/ {j+=$2}
+    END {printf "forwarded spans: %d, mean forward latency: %.2f ms, forward retries: %d, fallback spans: %d, rejected spans: %d\n", f, (c ? 1000*s/c : 0), r, b, j}'
 fi
