@@ -272,8 +272,10 @@ pub(crate) enum ShapeError {
     Json(String),
 }
 
+/// A varint as the decoder reads it: at most 10 bytes, the last holding one bit. Also the
+/// split's reader (`route::split`).
 #[inline(always)]
-fn varint(buf: &mut &[u8]) -> Result<u64, ShapeError> {
+pub(crate) fn varint(buf: &mut &[u8]) -> Result<u64, ShapeError> {
     // Most varints of a request (keys, short lengths) are one byte.
     if let Some((&b, rest)) = buf.split_first()
         && b < 0x80
@@ -284,7 +286,6 @@ fn varint(buf: &mut &[u8]) -> Result<u64, ShapeError> {
     varint_long(buf)
 }
 
-/// A varint as the decoder reads it: at most 10 bytes, the last holding one bit.
 fn varint_long(buf: &mut &[u8]) -> Result<u64, ShapeError> {
     let mut v = 0u64;
     for i in 0..10 {

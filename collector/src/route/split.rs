@@ -70,33 +70,16 @@ enum Wire {
     Fixed32,
 }
 
-/// A varint as the decoder reads it: at most 10 bytes, the last holding one bit.
+/// The varint at `*pos`, read by the shape check's reader (the decoder's rules).
 #[inline(always)]
 fn varint(buf: &[u8], pos: &mut usize) -> R<u64> {
-    // Keys and short lengths are one byte.
-    if let Some(&b) = buf.get(*pos)
-        && b < 0x80
-    {
-        *pos += 1;
-        return Ok(u64::from(b));
-    }
-    varint_long(buf, pos)
-}
-
-fn varint_long(buf: &[u8], pos: &mut usize) -> R<u64> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let b = *buf.get(*pos).ok_or(SplitError("truncated varint"))?;
-        *pos += 1;
-        if i == 9 && b > 1 {
-            return Err(SplitError("invalid varint"));
-        }
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return Ok(v);
-        }
-    }
-    Err(SplitError("invalid varint"))
+    let mut rest = buf.get(*pos..).unwrap_or_default();
+    let v = crate::otlp::shape::varint(&mut rest).map_err(|e| match e {
+        crate::otlp::shape::ShapeError::Protobuf(m) => SplitError(m),
+        crate::otlp::shape::ShapeError::Json(_) => SplitError("invalid varint"),
+    })?;
+    *pos = buf.len() - rest.len();
+    Ok(v)
 }
 
 /// One field: its number, wire type, where it starts (its key) and where its value is.
