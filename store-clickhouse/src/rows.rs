@@ -141,6 +141,14 @@ pub(crate) struct LinkRow {
     pub dataset: String,
 }
 
+/// A trace's links to spans of other traces, from `trace_summaries`: (source span, target
+/// trace, target span, link type, dataset or `''`).
+#[derive(Debug, Row, Deserialize)]
+pub(crate) struct TraceLinksRow {
+    pub trace_id: [u8; 16],
+    pub links: Vec<([u8; 8], [u8; 16], [u8; 8], String, String)>,
+}
+
 /// A span's links as stored in `spans`, for upstream lineage.
 #[derive(Debug, Row, Deserialize)]
 pub(crate) struct SpanLinksRow {
