@@ -141,12 +141,15 @@ pub(crate) struct LinkRow {
     pub dataset: String,
 }
 
-/// A trace's links to spans of other traces, from `trace_summaries`: (source span, target
-/// trace, target span, link type, dataset or `''`).
+/// One element of `trace_summaries.links_out`: source span, target trace, target span,
+/// link type, dataset (`''` when the link names none).
+pub(crate) type LinkOut = ([u8; 8], [u8; 16], [u8; 8], String, String);
+
+/// A trace's links to spans of other traces, from `trace_summaries`.
 #[derive(Debug, Row, Deserialize)]
 pub(crate) struct TraceLinksRow {
     pub trace_id: [u8; 16],
-    pub links: Vec<([u8; 8], [u8; 16], [u8; 8], String, String)>,
+    pub links: Vec<LinkOut>,
 }
 
 /// A span's links as stored in `spans`, for upstream lineage.
