@@ -508,23 +508,45 @@ impl ClickHouseReader {
         // engine reads newest first from `span_index`'s projections (migration 7) and stops
         // after `window` rows (a second sort key, or `WITH TIES`, makes it read every
         // matching row), then the outer read is a short time range of the same projection.
+        // That needs filters the projections hold; the others (attributes, datasets,
+        // links, whole-trace durations) read `span_index` itself, where that shape would
+        // read every matching row twice, so they keep one read of the newest rows.
+        let projected = q.attributes.is_empty()
+            && q.dataset.is_none()
+            && q.linked_trace.is_none()
+            && q.linked_service.is_none()
+            && q.trace_duration_bounds().is_none();
         let window = (fetch * 50).min(100_000);
-        let fast = format!(
-            "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
-                    toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
-             FROM {index} WHERE 1{sql} AND start_time >= \
-                   (SELECT min(start_time) FROM (SELECT start_time FROM {index} WHERE 1{sql} \
-                    ORDER BY start_time DESC LIMIT {window})) \
-             GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
-            index = i.index_table,
-            sql = window_rows.sql,
-        );
-        let fast_binds: Vec<Bindable> = window_rows
-            .binds
-            .iter()
-            .chain(&window_rows.binds)
-            .cloned()
-            .collect();
+        let (fast, fast_binds) = if projected {
+            let sql = format!(
+                "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
+                        toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
+                 FROM {index} WHERE 1{sql} AND start_time >= \
+                       (SELECT min(start_time) FROM (SELECT start_time FROM {index} WHERE 1{sql} \
+                        ORDER BY start_time DESC LIMIT {window})) \
+                 GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
+                index = i.index_table,
+                sql = window_rows.sql,
+            );
+            let binds: Vec<Bindable> = window_rows
+                .binds
+                .iter()
+                .chain(&window_rows.binds)
+                .cloned()
+                .collect();
+            (sql, binds)
+        } else {
+            let sql = format!(
+                "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
+                        toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
+                 FROM (SELECT trace_id, start_time FROM {index} WHERE 1{sql} \
+                       ORDER BY start_time DESC, trace_id ASC LIMIT {window}) \
+                 GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
+                index = i.index_table,
+                sql = window_rows.sql,
+            );
+            (sql, window_rows.binds)
+        };
         let exact = format!(
             "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, toUInt64(0) AS scanned, \
                     toUnixTimestamp64Nano(now64(9)) AS snap \
