@@ -510,8 +510,10 @@ impl ClickHouseReader {
         // matching row), then the outer read is a short time range of the same projection.
         // That needs filters the projections hold; the others (attributes, datasets,
         // links, whole-trace durations) read `span_index` itself, where that shape would
-        // read every matching row twice, so they keep one read of the newest rows.
-        let projected = q.attributes.is_empty()
+        // read every matching row twice, so they keep one read of the newest rows. So do
+        // pages after a cursor: their "not on an earlier page" subquery would run twice.
+        let projected = q.cursor.is_none()
+            && q.attributes.is_empty()
             && q.dataset.is_none()
             && q.linked_trace.is_none()
             && q.linked_service.is_none()
