@@ -21,7 +21,7 @@ use datatracing_store::{
 use crate::admin::{ClickHouseAdmin, timed};
 use crate::error::{Error, Result};
 use crate::metrics::{ClickHouseMetrics, ReasonLabel};
-use crate::rows::{LinkRow, MatchRow, SpanLinksRow, SpanRow, SummaryRow};
+use crate::rows::{LinkRow, MatchRow, SpanLinksRow, SpanRow, SummaryRow, TraceLinksRow};
 
 /// Most trace ids in one `IN (...)` list.
 const IN_CHUNK: usize = 1000;
@@ -32,7 +32,9 @@ struct Inner {
     query_timeout: Duration,
     spans_table: String,
     index_table: String,
-    bounds_table: String,
+    /// `trace_summaries` (migration 7): per trace and day, the summary states and the
+    /// start bounds that prune reads of `spans`.
+    summaries_table: String,
     names_table: String,
     links_table: String,
     /// The storage tables (`*_local` when clustered) of the tables placed by trace id, for
@@ -84,7 +86,7 @@ impl ClickHouseReader {
         let inner = Inner {
             spans_table: schema.table("spans"),
             index_table: schema.table("span_index"),
-            bounds_table: schema.table("trace_bounds"),
+            summaries_table: schema.table("trace_summaries"),
             names_table: schema.table("span_names"),
             links_table: schema.table("span_links"),
             spans_local: schema.local_table("spans"),
@@ -327,40 +329,54 @@ impl TraceReader for ClickHouseReader {
             if out.len() >= limit {
                 break;
             }
-            let list = hex_list(chunk);
-            let bounds = self.time_bounds(chunk);
-            // `spans` is ordered by trace id and the bounds prune partitions; only spans with
-            // at least one link out of their trace are read, so `limit` rows hold at least
-            // `limit` links.
+            // Each trace's links out, kept with its summary (migration 7): a key range of
+            // 256-row granules per trace instead of its spans' links text. At most `n` per
+            // trace are read; which ones is arbitrary, as `limit` allows.
             let sql = format!(
-                "SELECT trace_id, span_id, links_json FROM {spans} \
-                 WHERE trace_id IN ({list}){tenant}{bounds} \
-                   AND links_json != '' \
-                   AND arrayExists(l -> unhex(JSONExtractString(l, 'trace_id')) != trace_id, \
-                                   JSONExtractArrayRaw(links_json)) \
-                 LIMIT 1 BY trace_id, span_id LIMIT {n}",
-                spans = i.spans_table,
+                "SELECT trace_id, arraySlice(groupUniqArrayArray(links_out), 1, {n}) AS links \
+                 FROM {summaries} WHERE trace_id IN ({list}){tenant} GROUP BY trace_id",
+                summaries = i.summaries_table,
+                list = hex_list(chunk),
                 tenant = self.tenant_sql(),
                 n = limit - out.len(),
             );
             let rows = timed(
                 i.query_timeout,
                 "links from",
-                i.admin.client().query(&sql).fetch_all::<SpanLinksRow>(),
+                i.admin.client().query(&sql).fetch_all::<TraceLinksRow>(),
             )
             .await
             .map_err(|e| self.query_error(e))?;
+            let mut summarized = std::collections::HashSet::new();
             for r in rows {
-                let links: Vec<Link> = serde_json::from_str(&r.links_json).map_err(|e| {
-                    self.query_error(Error::Client(format!(
-                        "corrupt links in a stored span: {e}"
-                    )))
-                })?;
-                out.extend(cross_links(
-                    TraceId::from_bytes(r.trace_id),
-                    SpanId::from_bytes(r.span_id),
-                    &links,
-                ));
+                let from_trace = TraceId::from_bytes(r.trace_id);
+                summarized.insert(from_trace);
+                for (from_span, to_trace, to_span, link_type, dataset) in r.links {
+                    let link_type = link_type.parse::<LinkType>().map_err(|e| {
+                        self.query_error(Error::Client(format!(
+                            "corrupt link type in trace_summaries: {e}"
+                        )))
+                    })?;
+                    out.insert(CrossLink {
+                        from_trace,
+                        from_span: SpanId::from_bytes(from_span),
+                        to_trace: TraceId::from_bytes(to_trace),
+                        to_span: SpanId::from_bytes(to_span),
+                        link_type,
+                        dataset: (!dataset.is_empty()).then_some(dataset),
+                    });
+                }
+            }
+            // A trace with spans but no summary row (a day's row can leave with retention
+            // before that day's last spans) has its links read from the spans.
+            let missing: Vec<TraceId> = chunk
+                .iter()
+                .filter(|t| !summarized.contains(t))
+                .copied()
+                .collect();
+            if !missing.is_empty() && out.len() < limit {
+                self.links_from_spans(&missing, limit - out.len(), &mut out)
+                    .await?;
             }
         }
         Ok(out.into_iter().take(limit).collect())
@@ -486,16 +502,53 @@ impl ClickHouseReader {
         // `fetch` traces, those are exactly the `fetch` traces whose latest matching span is
         // newest (a trace's latest span is among the newest rows if the trace is). A top-N
         // read is much cheaper than aggregating every matching row of a long time range.
+        // The rows are those at or after the start of the `window`-th newest (ties at that
+        // instant included, so the set does not depend on how ties are cut): a scalar
+        // subquery finds that start with a bare `ORDER BY start_time DESC LIMIT`, which the
+        // engine reads newest first from `span_index`'s projections (migration 7) and stops
+        // after `window` rows (a second sort key, or `WITH TIES`, makes it read every
+        // matching row), then the outer read is a short time range of the same projection.
+        // That needs filters the projections hold; the others (attributes, datasets,
+        // links, whole-trace durations) read `span_index` itself, where that shape would
+        // read every matching row twice, so they keep one read of the newest rows. So do
+        // pages after a cursor: their "not on an earlier page" subquery would run twice.
+        let projected = q.cursor.is_none()
+            && q.attributes.is_empty()
+            && q.dataset.is_none()
+            && q.linked_trace.is_none()
+            && q.linked_service.is_none()
+            && q.trace_duration_bounds().is_none();
         let window = (fetch * 50).min(100_000);
-        let fast = format!(
-            "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
-                    toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
-             FROM (SELECT trace_id, start_time FROM {index} WHERE 1{sql} \
-                   ORDER BY start_time DESC, trace_id ASC LIMIT {window}) \
-             GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
-            index = i.index_table,
-            sql = window_rows.sql,
-        );
+        let (fast, fast_binds) = if projected {
+            let sql = format!(
+                "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
+                        toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
+                 FROM {index} WHERE 1{sql} AND start_time >= \
+                       (SELECT min(start_time) FROM (SELECT start_time FROM {index} WHERE 1{sql} \
+                        ORDER BY start_time DESC LIMIT {window})) \
+                 GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
+                index = i.index_table,
+                sql = window_rows.sql,
+            );
+            let binds: Vec<Bindable> = window_rows
+                .binds
+                .iter()
+                .chain(&window_rows.binds)
+                .cloned()
+                .collect();
+            (sql, binds)
+        } else {
+            let sql = format!(
+                "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
+                        toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
+                 FROM (SELECT trace_id, start_time FROM {index} WHERE 1{sql} \
+                       ORDER BY start_time DESC, trace_id ASC LIMIT {window}) \
+                 GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
+                index = i.index_table,
+                sql = window_rows.sql,
+            );
+            (sql, window_rows.binds)
+        };
         let exact = format!(
             "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, toUInt64(0) AS scanned, \
                     toUnixTimestamp64Nano(now64(9)) AS snap \
@@ -510,7 +563,7 @@ impl ClickHouseReader {
             }
             timed(i.query_timeout, "search", query.fetch_all::<MatchRow>()).await
         };
-        let mut matches = run(fast, window_rows.binds)
+        let mut matches = run(fast, fast_binds)
             .await
             .map_err(|e| self.query_error(e))?;
         let truncated = matches
@@ -542,23 +595,70 @@ impl ClickHouseReader {
         Ok((ids, next_cursor))
     }
 
+    /// The links out of `ids` (at most `IN_CHUNK`) read from their spans (the links of at
+    /// most `n` spans), into `out`.
+    async fn links_from_spans(
+        &self,
+        ids: &[TraceId],
+        n: usize,
+        out: &mut std::collections::BTreeSet<CrossLink>,
+    ) -> datatracing_store::Result<()> {
+        let i = &self.inner;
+        // `spans` is ordered by trace id and the bounds prune partitions; only spans with at
+        // least one link out of their trace are read, so `n` rows hold at least `n` links.
+        let sql = format!(
+            "SELECT trace_id, span_id, links_json FROM {spans} \
+             WHERE trace_id IN ({list}){tenant}{bounds} \
+               AND links_json != '' \
+               AND arrayExists(l -> unhex(JSONExtractString(l, 'trace_id')) != trace_id, \
+                               JSONExtractArrayRaw(links_json)) \
+             LIMIT 1 BY trace_id, span_id LIMIT {n}",
+            spans = i.spans_table,
+            list = hex_list(ids),
+            tenant = self.tenant_sql(),
+            bounds = self.time_bounds(ids),
+        );
+        let rows = timed(
+            i.query_timeout,
+            "links from",
+            i.admin.client().query(&sql).fetch_all::<SpanLinksRow>(),
+        )
+        .await
+        .map_err(|e| self.query_error(e))?;
+        for r in rows {
+            let links: Vec<Link> = serde_json::from_str(&r.links_json).map_err(|e| {
+                self.query_error(Error::Client(format!(
+                    "corrupt links in a stored span: {e}"
+                )))
+            })?;
+            out.extend(cross_links(
+                TraceId::from_bytes(r.trace_id),
+                SpanId::from_bytes(r.span_id),
+                &links,
+            ));
+        }
+        Ok(())
+    }
+
     /// `AND start_time` bounds covering every span of `ids` (at most `IN_CHUNK`), from
-    /// `trace_bounds`, so a read of `spans` touches only the partitions they name. The bounds
-    /// are one scalar subquery of the same statement, both ends as a tuple (ClickHouse runs
-    /// it first and prunes partitions with its values): that saves a round trip per read,
-    /// and reading `trace_bounds` once rather than once per end halves what the bounds cost
-    /// (each id is a granule of 8,192 rows there). When one of the traces has no bounds row
-    /// (it does not exist, or retention dropped its row before its last spans) they cover
-    /// every representable time: the read is then a key lookup in every partition, slower
-    /// but complete, since a trace is readable whenever any of its spans is stored.
+    /// `trace_summaries`, so a read of `spans` touches only the partitions they name. The
+    /// bounds are one scalar subquery of the same statement, both ends as a tuple (ClickHouse
+    /// runs it first and prunes partitions with its values): that saves a round trip per
+    /// read, and each id is a granule of 256 rows there (8,192 in `trace_bounds`, which
+    /// answered this before migration 7). Any tenant's rows bound the read, as
+    /// `trace_bounds`' did (it has no tenant): the read itself is confined to the tenant.
+    /// When one of the traces has no bounds row (it does not exist, or retention dropped
+    /// its row before its last spans) they cover every representable time: the read is
+    /// then a key lookup in every partition, slower but complete, since a trace is
+    /// readable whenever any of its spans is stored.
     fn time_bounds(&self, ids: &[TraceId]) -> String {
         let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
         // DateTime64(9) spans 1900-01-01 to 2262-04-11.
         let bounds = format!(
             "(SELECT if(uniqExact(trace_id) = {distinct}, (min(start_min), max(start_max)), \
              (toDateTime64('1900-01-01 00:00:00', 9, 'UTC'), toDateTime64('2262-04-11 23:47:16', 9, 'UTC'))) \
-             FROM {bounds} WHERE trace_id IN ({list}))",
-            bounds = self.inner.bounds_table,
+             FROM {summaries} WHERE trace_id IN ({list}))",
+            summaries = self.inner.summaries_table,
             list = hex_list(ids),
         );
         format!(
@@ -566,38 +666,70 @@ impl ClickHouseReader {
         )
     }
 
-    /// Summaries of those of `ids` with stored spans (at most `IN_CHUNK` ids), computed in
-    /// ClickHouse from the spans, pruned to the partitions `trace_bounds` names.
+    /// Summaries of those of `ids` with stored spans (at most `IN_CHUNK` ids), merged in
+    /// ClickHouse from `trace_summaries` (one row of aggregate states per trace and day, or
+    /// several before merges): a key range of 256-row granules per id instead of the
+    /// trace's spans, with the same root key, counts of distinct span ids and services as
+    /// the spans give. A trace with stored spans but no summary row (a day's row can leave
+    /// with retention before that day's last spans, as `trace_bounds`' rows can) is
+    /// summarized from its spans, as before migration 7: one more statement, only then.
     async fn summary_rows(&self, ids: &[TraceId]) -> datatracing_store::Result<Vec<TraceSummary>> {
-        let i = &self.inner;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let list = hex_list(ids);
-        let root_key = "tuple(parent_id != unhex('0000000000000000'), start_time, span_id)";
-        let summary_sql = format!(
+        let sql = format!(
             "SELECT trace_id, \
-                    toString(argMin(service, {root_key})) AS root_service, \
-                    toString(argMin(operation, {root_key})) AS root_operation, \
-                    toUnixTimestamp64Nano(min(start_time)) AS start_ns, \
-                    toUnixTimestamp64Nano(max(end_time)) - toUnixTimestamp64Nano(min(start_time)) AS duration_ns, \
-                    uniqExact(span_id) AS span_count, \
-                    uniqExactIf(span_id, status IN ('ERROR', 'TIMEOUT')) AS error_count, \
-                    arraySort(groupUniqArray(toString(service))) AS services \
-             FROM {spans} \
-             WHERE trace_id IN ({list}){tenant}{bounds} \
+                    tupleElement(argMinMerge(root), 1) AS root_service, \
+                    tupleElement(argMinMerge(root), 2) AS root_operation, \
+                    toUnixTimestamp64Nano(min(start_min)) AS start_ns, \
+                    toUnixTimestamp64Nano(max(end_max)) - toUnixTimestamp64Nano(min(start_min)) AS duration_ns, \
+                    uniqExactMerge(span_ids) AS span_count, \
+                    uniqExactMerge(error_ids) AS error_count, \
+                    arraySort(groupUniqArrayArray(services)) AS services \
+             FROM {summaries} \
+             WHERE trace_id IN ({list}){tenant} \
              GROUP BY trace_id",
-            spans = i.spans_table,
+            summaries = self.inner.summaries_table,
             tenant = self.tenant_sql(),
-            bounds = self.time_bounds(ids),
         );
+        let mut out = self.fetch_summaries(&sql).await?;
+        let found: std::collections::HashSet<TraceId> = out.iter().map(|s| s.trace_id).collect();
+        let mut missing: Vec<TraceId> =
+            ids.iter().filter(|t| !found.contains(t)).copied().collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let root_key = "tuple(parent_id != unhex('0000000000000000'), start_time, span_id)";
+            let sql = format!(
+                "SELECT trace_id, \
+                        toString(argMin(service, {root_key})) AS root_service, \
+                        toString(argMin(operation, {root_key})) AS root_operation, \
+                        toUnixTimestamp64Nano(min(start_time)) AS start_ns, \
+                        toUnixTimestamp64Nano(max(end_time)) - toUnixTimestamp64Nano(min(start_time)) AS duration_ns, \
+                        uniqExact(span_id) AS span_count, \
+                        uniqExactIf(span_id, status IN ('ERROR', 'TIMEOUT')) AS error_count, \
+                        arraySort(groupUniqArray(toString(service))) AS services \
+                 FROM {spans} \
+                 WHERE trace_id IN ({list}){tenant}{bounds} \
+                 GROUP BY trace_id",
+                spans = self.inner.spans_table,
+                list = hex_list(&missing),
+                tenant = self.tenant_sql(),
+                bounds = self.time_bounds(&missing),
+            );
+            out.extend(self.fetch_summaries(&sql).await?);
+        }
+        Ok(out)
+    }
+
+    /// Runs a summaries statement (the columns of [`SummaryRow`]).
+    async fn fetch_summaries(&self, sql: &str) -> datatracing_store::Result<Vec<TraceSummary>> {
+        let i = &self.inner;
         let rows: Vec<SummaryRow> = timed(
             i.query_timeout,
             "summaries",
-            i.admin
-                .client()
-                .query(&summary_sql)
-                .fetch_all::<SummaryRow>(),
+            i.admin.client().query(sql).fetch_all::<SummaryRow>(),
         )
         .await
         .map_err(|e| self.query_error(e))?;
@@ -643,7 +775,7 @@ impl ClickHouseReader {
                 c.start_nanos, c.span_id
             )
         });
-        // trace_bounds (ordered by trace id) names the partitions to read.
+        // trace_summaries (ordered by trace id) names the partitions to read.
         let sql = format!(
             "SELECT ?fields FROM {spans} \
              WHERE trace_id = unhex(?){tenant}{bounds}{after_sql} \

@@ -141,6 +141,17 @@ pub(crate) struct LinkRow {
     pub dataset: String,
 }
 
+/// One element of `trace_summaries.links_out`: source span, target trace, target span,
+/// link type, dataset (`''` when the link names none).
+pub(crate) type LinkOut = ([u8; 8], [u8; 16], [u8; 8], String, String);
+
+/// A trace's links to spans of other traces, from `trace_summaries`.
+#[derive(Debug, Row, Deserialize)]
+pub(crate) struct TraceLinksRow {
+    pub trace_id: [u8; 16],
+    pub links: Vec<LinkOut>,
+}
+
 /// A span's links as stored in `spans`, for upstream lineage.
 #[derive(Debug, Row, Deserialize)]
 pub(crate) struct SpanLinksRow {

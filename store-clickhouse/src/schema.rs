@@ -40,6 +40,15 @@
 //! link stored before may have a row without and a row with its dataset, and reads keep the
 //! one with the dataset.
 //!
+//! Version 7 adds `trace_summaries`, one row of aggregate states per tenant, trace and day
+//! (first and last start, last end, span and failed-span id sets, the root by `argMin`, the
+//! services, the links to other traces), keyed by trace id with granules of 256 rows and
+//! fed by `trace_summaries_mv`, filled once from `spans`: search summaries, the partition
+//! bounds of `spans` reads and upstream lineage read it instead of the spans and
+//! `trace_bounds`. It also gives `span_index` two projections ordered by `(tenant,
+//! start_time)` and `(tenant, service, start_time)`, which a newest-first search reads in
+//! order and stops early.
+//!
 //! Clustered (`cluster` set): the same tables as `*_local` Replicated tables on every node,
 //! Distributed tables with the plain names in front (sharded by trace id so a trace lives on
 //! one shard), and every statement `ON CLUSTER`.
@@ -105,6 +114,21 @@ const LINKS: TtlTable = TtlTable {
     name: "span_links",
     time_column: "start_time",
 };
+const SUMMARIES: TtlTable = TtlTable {
+    name: "trace_summaries",
+    time_column: "start_min",
+};
+
+/// `span_index`'s projection ordered by `(tenant, start_time)`: searches without a service
+/// read it newest first and stop early (migration 7).
+pub const INDEX_BY_TIME: &str = "by_time";
+/// `span_index`'s projection ordered by `(tenant, service, start_time)`: the same for
+/// searches by service (migration 7).
+pub const INDEX_BY_SERVICE: &str = "by_service_time";
+/// The columns of both projections: every column a search filter other than attributes,
+/// datasets and links reads, so such a search can be answered from a projection alone.
+const INDEX_PROJECTED: &str =
+    "tenant, service, operation, kind, status, start_time, trace_id, duration_ns, ingested_at";
 
 /// The table recording which TracingPipeline owns the database.
 pub const OWNER_TABLE: &str = "datatracing_owner";
@@ -156,7 +180,7 @@ impl Schema {
 
     /// Tables whose TTL carries the retention.
     pub fn ttl_tables(&self) -> Vec<TtlTable> {
-        let mut t = vec![SPANS, INDEX, BOUNDS, NAMES, LINKS];
+        let mut t = vec![SPANS, INDEX, BOUNDS, NAMES, LINKS, SUMMARIES];
         if self.attribute_index {
             t.push(ATTRS);
         }
@@ -280,7 +304,118 @@ impl Schema {
                 name: "the dataset each link names, in span_links (lineage by dataset)",
                 statements: self.v6(),
             },
+            Migration {
+                version: 7,
+                name: "trace_summaries (search summaries and trace bounds per trace and day), newest-first projections of span_index",
+                statements: self.v7(),
+            },
         ]
+    }
+
+    /// The aggregate states of `trace_summaries` over the spans of `from`, one row per
+    /// tenant, trace and day (what the view writes per insert and the backfill once). The
+    /// root is the same key the reader used over `spans` before: a span without a parent
+    /// first, then the earliest, then the lowest span id. Span and error counts are sets of
+    /// span ids, so a span stored twice (or summarized by both the view and the backfill)
+    /// counts once. `links_out` is the set of the trace's links to spans of other traces
+    /// (source span, target trace and span, type, dataset), for upstream lineage: the same
+    /// links `span_links` indexes by target, with the same checks.
+    fn summaries_select(from: &str) -> String {
+        format!(
+            "SELECT tenant, trace_id, min(start_time) AS start_min, max(start_time) AS start_max,\n\
+             \x20      max(end_time) AS end_max,\n\
+             \x20      uniqExactState(reinterpretAsUInt64(span_id)) AS span_ids,\n\
+             \x20      uniqExactStateIf(reinterpretAsUInt64(span_id), status IN ('ERROR', 'TIMEOUT')) AS error_ids,\n\
+             \x20      argMinState((toString(service), toString(operation)),\n\
+             \x20                  (parent_id != unhex('0000000000000000'), start_time, span_id)) AS root,\n\
+             \x20      groupUniqArray(toString(service)) AS services,\n\
+             \x20      groupUniqArrayArray(arrayMap(l -> (span_id,\n\
+             \x20          toFixedString(unhex(JSONExtractString(l, 'trace_id')), 16),\n\
+             \x20          toFixedString(unhex(JSONExtractString(l, 'span_id')), 8),\n\
+             \x20          JSONExtractString(l, 'type'),\n\
+             \x20          JSONExtractString(l, 'attributes', '{LINK_DATASET}')),\n\
+             \x20        arrayFilter(l -> length(JSONExtractString(l, 'trace_id')) = 32\n\
+             \x20          AND length(JSONExtractString(l, 'span_id')) = 16\n\
+             \x20          AND unhex(JSONExtractString(l, 'trace_id')) != trace_id,\n\
+             \x20          JSONExtractArrayRaw(links_json)))) AS links_out\n\
+             FROM {from} GROUP BY tenant, trace_id, toDate(start_time)"
+        )
+    }
+
+    fn v7(&self) -> Vec<String> {
+        let db = &self.database;
+        let oc = self.on_cluster();
+        let spans = self.storage_table("spans");
+        let index = self.storage_table("span_index");
+        let summaries = self.storage_table("trace_summaries");
+        let dedup = if self.cluster.is_none() {
+            ", non_replicated_deduplication_window = 1000"
+        } else {
+            ""
+        };
+        // Keyed by trace id with small granules: a summary or bounds read of 20 traces
+        // reads 20 granules of 256 rows. One row per tenant, trace and day, partitioned by
+        // that day, so a day's row lives and expires with that day's spans (as
+        // `trace_bounds` since migration 4): a trace is summarized from the spans retention
+        // has left.
+        let mut out = vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{summaries}{oc} (\n\
+                 \x20   tenant    LowCardinality(String) CODEC(ZSTD(1)),\n\
+                 \x20   trace_id  FixedString(16) CODEC(ZSTD(1)),\n\
+                 \x20   start_min SimpleAggregateFunction(min, DateTime64(9)) CODEC(Delta(8), ZSTD(1)),\n\
+                 \x20   start_max SimpleAggregateFunction(max, DateTime64(9)) CODEC(Delta(8), ZSTD(1)),\n\
+                 \x20   end_max   SimpleAggregateFunction(max, DateTime64(9)) CODEC(Delta(8), ZSTD(1)),\n\
+                 \x20   span_ids  AggregateFunction(uniqExact, UInt64) CODEC(ZSTD(1)),\n\
+                 \x20   error_ids AggregateFunction(uniqExact, UInt64) CODEC(ZSTD(1)),\n\
+                 \x20   root      AggregateFunction(argMin, Tuple(String, String), Tuple(UInt8, DateTime64(9), FixedString(8))) CODEC(ZSTD(1)),\n\
+                 \x20   services  SimpleAggregateFunction(groupUniqArrayArray, Array(String)) CODEC(ZSTD(1)),\n\
+                 \x20   links_out SimpleAggregateFunction(groupUniqArrayArray, Array(Tuple(FixedString(8), FixedString(16), FixedString(8), String, String))) CODEC(ZSTD(1))\n\
+                 ) ENGINE = {engine}\n\
+                 PARTITION BY toDate(start_min)\n\
+                 ORDER BY (trace_id, tenant)\n\
+                 TTL {ttl}\n\
+                 SETTINGS index_granularity = 256, ttl_only_drop_parts = 1{dedup}",
+                engine = self.engine("AggregatingMergeTree", "trace_summaries"),
+                ttl = Self::ttl_expression(SUMMARIES, self.retention_days),
+            ),
+            format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.trace_summaries_mv{oc} TO {db}.{summaries} AS\n{}",
+                Self::summaries_select(&format!("{db}.{spans}"))
+            ),
+        ];
+        if let Some(cluster) = &self.cluster {
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {db}.trace_summaries{oc} AS {db}.{summaries}\n\
+                 ENGINE = Distributed({cluster}, {db}, {summaries}, cityHash64(trace_id))"
+            ));
+        }
+        // The view exists before the backfill, so spans inserted meanwhile are summarized
+        // by both; every state absorbs a repeat (min, max, sets, argMin), so this can run
+        // again too.
+        out.push(format!(
+            "INSERT INTO {summaries_t} (tenant, trace_id, start_min, start_max, end_max, span_ids, error_ids, root, services, links_out)\n{}",
+            Self::summaries_select(&self.table("spans")),
+            summaries_t = self.table("trace_summaries"),
+        ));
+        // Newest-first search: `span_index` is ordered by (service, operation, start_time),
+        // so `ORDER BY start_time DESC LIMIT n` with only a service (or no service) cannot
+        // read in order and reads every matching row of the window. These projections can,
+        // and stop after n rows. The engine picks one when it reads fewer granules than the
+        // table. Materializing builds them for the parts stored before (a mutation, in the
+        // background; parts without them are read from the table meanwhile); running it
+        // again only rebuilds them.
+        out.push(format!(
+            "ALTER TABLE {db}.{index}{oc} \
+             ADD PROJECTION IF NOT EXISTS {INDEX_BY_TIME} (SELECT {INDEX_PROJECTED} ORDER BY (tenant, start_time)), \
+             ADD PROJECTION IF NOT EXISTS {INDEX_BY_SERVICE} (SELECT {INDEX_PROJECTED} ORDER BY (tenant, service, start_time))"
+        ));
+        for p in [INDEX_BY_TIME, INDEX_BY_SERVICE] {
+            out.push(format!(
+                "ALTER TABLE {db}.{index}{oc} MATERIALIZE PROJECTION {p}"
+            ));
+        }
+        out
     }
 
     fn v6(&self) -> Vec<String> {
@@ -748,8 +883,15 @@ mod tests {
                 for s in &m.statements {
                     // Creating is guarded, dropping the view migration 2 replaced is too, and
                     // the backfill of the names index only widens min/max bounds again.
+                    // Materializing a projection again rebuilds it, and every state of the
+                    // summaries absorbs a repeated backfill.
                     let idempotent = s.contains(" IF NOT EXISTS ")
                         || s.starts_with("DROP TABLE IF EXISTS ")
+                        || s.contains(" MATERIALIZE PROJECTION ")
+                        || s.starts_with(&format!(
+                            "INSERT INTO {}.trace_summaries ",
+                            schema.database
+                        ))
                         || s.starts_with(&format!("INSERT INTO {}.span_names", schema.database))
                         || (s.starts_with(&format!("INSERT INTO {}.span_links", schema.database))
                             && s.contains(" NOT IN (SELECT source_trace_id, source_span_id"))
@@ -778,13 +920,52 @@ mod tests {
         let s = &lean.migrations()[0].statements;
         assert_eq!(s.len(), 5);
         assert!(!s.iter().any(|x| x.contains("span_attributes")));
-        assert_eq!(lean.ttl_tables().len(), 5);
+        assert_eq!(lean.ttl_tables().len(), 6);
     }
 
     #[test]
     fn single_node_ddl() {
         let m = single().migrations();
-        assert_eq!(m.len(), 6);
+        assert_eq!(m.len(), 7);
+        let v7 = &m[6].statements;
+        assert_eq!(v7.len(), 6);
+        assert!(
+            v7[0].starts_with("CREATE TABLE IF NOT EXISTS dt.trace_summaries (")
+                && v7[0].contains("ENGINE = AggregatingMergeTree()")
+                && v7[0].contains("ORDER BY (trace_id, tenant)")
+                && v7[0].contains("PARTITION BY toDate(start_min)")
+                && v7[0].contains("TTL toDateTime(start_min) + toIntervalDay(7)")
+                && v7[0].contains("index_granularity = 256"),
+            "summaries keyed by trace id, small granules, expiring by day: {}",
+            v7[0]
+        );
+        assert!(
+            v7[1].starts_with("CREATE MATERIALIZED VIEW IF NOT EXISTS dt.trace_summaries_mv TO dt.trace_summaries AS")
+                && v7[1].contains("FROM dt.spans GROUP BY tenant, trace_id, toDate(start_time)")
+                && v7[1].contains("(parent_id != unhex('0000000000000000'), start_time, span_id)"),
+            "one row per tenant, trace and day, the reader's root key: {}",
+            v7[1]
+        );
+        assert!(
+            v7[2].starts_with("INSERT INTO dt.trace_summaries (")
+                && v7[2].contains("FROM dt.spans GROUP BY tenant, trace_id, toDate(start_time)"),
+            "backfill, after the view exists: {}",
+            v7[2]
+        );
+        assert_eq!(
+            v7[3],
+            "ALTER TABLE dt.span_index \
+             ADD PROJECTION IF NOT EXISTS by_time (SELECT tenant, service, operation, kind, status, start_time, trace_id, duration_ns, ingested_at ORDER BY (tenant, start_time)), \
+             ADD PROJECTION IF NOT EXISTS by_service_time (SELECT tenant, service, operation, kind, status, start_time, trace_id, duration_ns, ingested_at ORDER BY (tenant, service, start_time))"
+        );
+        assert_eq!(
+            v7[4..],
+            [
+                "ALTER TABLE dt.span_index MATERIALIZE PROJECTION by_time",
+                "ALTER TABLE dt.span_index MATERIALIZE PROJECTION by_service_time"
+            ]
+        );
+        assert!(single().ttl_tables().contains(&SUMMARIES));
         let v6 = &m[5].statements;
         assert_eq!(
             v6[0],
@@ -956,6 +1137,38 @@ mod tests {
         assert_eq!(
             c.create_database(),
             "CREATE DATABASE IF NOT EXISTS dt ON CLUSTER prod"
+        );
+        let v7 = &c.migrations()[6].statements;
+        assert!(
+            v7[0].starts_with(
+                "CREATE TABLE IF NOT EXISTS dt.trace_summaries_local ON CLUSTER prod ("
+            )
+        );
+        assert!(v7[0].contains(
+            "ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/dt/trace_summaries_local', '{replica}')"
+        ));
+        assert!(
+            v7[1].contains("trace_summaries_mv ON CLUSTER prod TO dt.trace_summaries_local")
+                && v7[1].contains("FROM dt.spans_local GROUP BY")
+        );
+        assert!(v7[2].contains(
+            "ENGINE = Distributed(prod, dt, trace_summaries_local, cityHash64(trace_id))"
+        ));
+        assert!(
+            v7[3].starts_with("INSERT INTO dt.trace_summaries (")
+                && v7[3].contains("FROM dt.spans GROUP BY"),
+            "the backfill reads and writes through the Distributed tables: {}",
+            v7[3]
+        );
+        assert!(v7[4].starts_with(
+            "ALTER TABLE dt.span_index_local ON CLUSTER prod ADD PROJECTION IF NOT EXISTS by_time"
+        ));
+        assert_eq!(
+            v7[5..],
+            [
+                "ALTER TABLE dt.span_index_local ON CLUSTER prod MATERIALIZE PROJECTION by_time",
+                "ALTER TABLE dt.span_index_local ON CLUSTER prod MATERIALIZE PROJECTION by_service_time"
+            ]
         );
         let v4 = &c.migrations()[3].statements;
         assert!(

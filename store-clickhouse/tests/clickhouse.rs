@@ -66,10 +66,10 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
         again.applied.is_empty(),
         "second migrate applies nothing: {again:?}"
     );
-    assert_eq!(again.version, 6);
+    assert_eq!(again.version, 7);
 
     let initial = admin.retention().await.unwrap();
-    assert_eq!(initial.len(), 5);
+    assert_eq!(initial.len(), 6);
     assert!(initial.iter().all(|t| t.days == Some(7)), "{initial:?}");
 
     let report = admin.set_retention(30).await.unwrap();
@@ -80,13 +80,14 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
             "span_index".to_string(),
             "trace_bounds".to_string(),
             "span_names".to_string(),
-            "span_links".to_string()
+            "span_links".to_string(),
+            "trace_summaries".to_string()
         ]
     );
     assert!(report.unchanged.is_empty());
     let report = admin.set_retention(30).await.unwrap();
     assert!(report.changed.is_empty(), "idempotent: {report:?}");
-    assert_eq!(report.unchanged.len(), 5);
+    assert_eq!(report.unchanged.len(), 6);
     assert!(
         admin
             .retention()
@@ -103,6 +104,7 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
         "trace_bounds",
         "span_names",
         "span_links",
+        "trace_summaries",
     ] {
         let ddl: String = client
             .query(&format!("SHOW CREATE TABLE {db}.{table}"))
@@ -137,6 +139,11 @@ async fn a_retried_insert_does_not_duplicate_rows() {
         count(&store, &format!("SELECT count() FROM {db}.trace_bounds")).await,
         1,
         "the materialized views are deduplicated too"
+    );
+    assert_eq!(
+        count(&store, &format!("SELECT count() FROM {db}.trace_summaries")).await,
+        1,
+        "the summaries view too"
     );
     assert_eq!(
         count(&store, &format!("SELECT count() FROM {db}.span_index")).await,
@@ -472,7 +479,7 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
     assert_eq!(today, 0, "version 1: one row spanning both days");
 
     let report = admin.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![2, 3, 4, 5, 6]);
+    assert_eq!(report.applied, vec![2, 3, 4, 5, 6, 7]);
     let today: u64 = client.query(&bounds_today).fetch_one().await.unwrap();
     assert_eq!(today, 1, "migration 4 splits the row by day");
     let reader = ClickHouseReader::open(config, ClickHouseMetrics::unregistered())
@@ -558,6 +565,173 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
         "one link, indexed once by migration 3 and once with its dataset by migration 6"
     );
     assert_eq!(reader.links_to(&[t], 10).await.unwrap(), backfilled);
+}
+
+/// The expected summary of `spans` (one trace), as the embedded store computes it.
+fn summary_of(spans: &[Span]) -> datatracing_core::TraceSummary {
+    let mut b = datatracing_core::SummaryBuilder::default();
+    for s in spans {
+        b.add(
+            s.span_id,
+            s.parent_id.is_none(),
+            &s.service,
+            &s.operation,
+            s.start_time,
+            s.end_time,
+            s.status.code,
+        );
+    }
+    b.build(spans[0].trace_id).unwrap()
+}
+
+/// Migration 7 on a version-6 database holding spans: the backfill summarizes what was
+/// stored, spans written after it are added to the same summaries, search pages and trace
+/// reads answer as before, and running every statement again changes no summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_6_database_with_spans_is_migrated_to_trace_summaries() {
+    use datatracing_core::{Status, StatusCode, TraceQuery};
+    let config = config_for(ClickHouse::shared());
+    let db = config.database.clone();
+    let admin = datatracing_store_clickhouse::ClickHouseAdmin::connect(&config)
+        .await
+        .unwrap();
+    let client = clickhouse::Client::default()
+        .with_url(ClickHouse::shared().url())
+        .with_user(ClickHouse::shared().user())
+        .with_password(ClickHouse::shared().password());
+    let schema = admin.schema();
+    client
+        .query(&schema.create_database())
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query(&schema.create_migrations_table())
+        .execute()
+        .await
+        .unwrap();
+    for m in schema.migrations().iter().filter(|m| m.version <= 6) {
+        for stmt in &m.statements {
+            client.query(stmt).execute().await.unwrap();
+        }
+        client
+            .query(&format!(
+                "INSERT INTO {db}.schema_migrations (version, name) VALUES (?, ?)"
+            ))
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await
+            .unwrap();
+    }
+    let old_writer = ClickHouseStore::open(
+        ClickHouseConfig {
+            migrate_on_start: false,
+            ..config.clone()
+        },
+        ClickHouseMetrics::unregistered(),
+    )
+    .await
+    .unwrap();
+    let now = Timestamp::now();
+    let at = |ns: i64| now.saturating_add_nanos(ns);
+    // Trace t: a root, a failed child of another service, a timed-out grandchild, and the
+    // same child again (a duplicate counts once).
+    let t = fresh_trace_id();
+    let root = simple_span(t, 1, None, "v6-orders", at(0), 5_000);
+    let mut failed = simple_span(t, 2, Some(1), "v6-billing", at(10), 1_000);
+    failed.status = Status::with_message(StatusCode::Error, "bad row");
+    let mut slow = simple_span(t, 3, Some(2), "v6-billing", at(20), 9_000);
+    slow.status = Status::new(StatusCode::Timeout);
+    // Trace u: no parentless span (its root went missing), so the earliest span is its root.
+    let u = fresh_trace_id();
+    let orphan_late = simple_span(u, 7, Some(99), "v6-orders", at(40), 10);
+    let orphan_early = simple_span(u, 8, Some(99), "v6-ship", at(30), 100);
+    old_writer
+        .write(
+            vec![
+                root.clone(),
+                failed.clone(),
+                slow.clone(),
+                failed.clone(),
+                orphan_late.clone(),
+                orphan_early.clone(),
+            ]
+            .into(),
+        )
+        .await
+        .unwrap();
+    old_writer.close().await.unwrap();
+    assert_eq!(
+        client
+            .query(&format!(
+                "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'trace_summaries'"
+            ))
+            .fetch_one::<u64>()
+            .await
+            .unwrap(),
+        0,
+        "version 6 has no summaries table"
+    );
+
+    let report = admin.migrate().await.unwrap();
+    assert_eq!(report.applied, vec![7]);
+    let projections: Vec<String> = client
+        .query(&format!(
+            "SELECT name FROM system.projections WHERE database = '{db}' AND table = 'span_index' ORDER BY name"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(projections, ["by_service_time", "by_time"]);
+    let reader = ClickHouseReader::open(config.clone(), ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    let want_t = summary_of(&[root.clone(), failed.clone(), slow.clone()]);
+    let want_u = summary_of(&[orphan_late.clone(), orphan_early.clone()]);
+    assert_eq!(want_t.error_count, 2);
+    assert_eq!(want_u.root_operation, "op-8");
+    let mut got = reader.summaries(&[t, u]).await.unwrap();
+    got.sort_by_key(|s| s.trace_id != t);
+    assert_eq!(got, vec![want_t, want_u.clone()], "backfilled");
+
+    // A span of t written after the migration joins the backfilled summary.
+    let store = ClickHouseStore::open(config.clone(), ClickHouseMetrics::unregistered())
+        .await
+        .unwrap();
+    let late = simple_span(t, 4, Some(1), "v6-audit", at(50), 100_000);
+    store.write(vec![late.clone()].into()).await.unwrap();
+    let want_t = summary_of(&[root.clone(), failed, slow, late]);
+    let page = reader
+        .search(&TraceQuery {
+            service: Some("v6-orders".into()),
+            ..TraceQuery::with_limit(1)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.traces,
+        vec![want_u.clone()],
+        "u's latest orders span is newest"
+    );
+    let next = reader
+        .search(&TraceQuery {
+            service: Some("v6-orders".into()),
+            cursor: page.next_cursor,
+            ..TraceQuery::with_limit(1)
+        })
+        .await
+        .unwrap();
+    assert_eq!(next.traces, vec![want_t.clone()]);
+    assert!(next.next_cursor.is_none());
+    assert_eq!(reader.get_trace(t).await.unwrap().unwrap().len(), 4);
+
+    // Drift repair runs the backfill again: the states absorb it.
+    admin.recreate_missing().await.unwrap();
+    let mut got = reader.summaries(&[t, u]).await.unwrap();
+    got.sort_by_key(|s| s.trace_id != t);
+    assert_eq!(got, vec![want_t, want_u]);
+    store.close().await.unwrap();
 }
 
 /// Whether a database exists, asked without one (a reader must not have created it).
@@ -768,7 +942,7 @@ async fn a_trace_stays_readable_when_retention_drops_one_of_its_spans() {
 
     // Retention runs: every part whose rows are all past their TTL goes.
     let client = clickhouse_client(&store);
-    for table in ["spans", "span_index", "trace_bounds"] {
+    for table in ["spans", "span_index", "trace_bounds", "trace_summaries"] {
         client
             .query(&format!("ALTER TABLE {db}.{table} MATERIALIZE TTL"))
             .with_setting("mutations_sync", "2")
@@ -829,11 +1003,12 @@ async fn a_trace_stays_readable_when_retention_drops_one_of_its_spans() {
         .unwrap();
     assert_eq!(found.traces.len(), 2, "{found:?}");
 
-    // A trace without any bounds row (lost by hand here) is read by key from every
-    // partition instead of not at all.
+    // A trace without any bounds row (lost by hand here; the bounds are in
+    // trace_summaries since migration 7) is read by key from every partition instead of
+    // not at all, and summarized from its spans.
     client
         .query(&format!(
-            "ALTER TABLE {db}.trace_bounds DELETE WHERE trace_id = unhex('{a}')"
+            "ALTER TABLE {db}.trace_summaries DELETE WHERE trace_id = unhex('{a}')"
         ))
         .with_setting("mutations_sync", "2")
         .execute()
@@ -842,13 +1017,22 @@ async fn a_trace_stays_readable_when_retention_drops_one_of_its_spans() {
     assert_eq!(
         count(
             &store,
-            &format!("SELECT count() FROM {db}.trace_bounds WHERE trace_id = unhex('{a}')")
+            &format!("SELECT count() FROM {db}.trace_summaries WHERE trace_id = unhex('{a}')")
         )
         .await,
         0
     );
     assert_eq!(store.get_trace(a).await.unwrap(), Some(first[1..].to_vec()));
-    assert_eq!(store.summaries(&[a, b]).await.unwrap().len(), 2);
+    let summaries = store.summaries(&[a, b]).await.unwrap();
+    assert_eq!(summaries.len(), 2);
+    let counts: Vec<(datatracing_core::TraceId, u64)> = summaries
+        .iter()
+        .map(|s| (s.trace_id, s.span_count))
+        .collect();
+    assert!(
+        counts.contains(&(a, 3)) && counts.contains(&(b, 5)),
+        "{counts:?}"
+    );
 }
 
 /// The writer knows the spans table's retention (the collector refuses spans already older

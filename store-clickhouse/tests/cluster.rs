@@ -152,10 +152,11 @@ async fn count(db: &str, table: &str) -> u64 {
 }
 
 /// The storage tables and the key each `Distributed` table shards by.
-const SHARDED: [(&str, &str); 6] = [
+const SHARDED: [(&str, &str); 7] = [
     ("spans", "cityHash64(trace_id)"),
     ("span_index", "cityHash64(trace_id)"),
     ("trace_bounds", "cityHash64(trace_id)"),
+    ("trace_summaries", "cityHash64(trace_id)"),
     ("span_attributes", "cityHash64(trace_id)"),
     ("span_names", "cityHash64(service)"),
     ("span_links", "cityHash64(target_trace_id)"),
@@ -171,7 +172,7 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
     let admin = store.admin();
     let again = admin.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.version, 6);
+    assert_eq!(again.version, 7);
 
     // The front changed exactly the generated statements that name the cluster, each into
     // its single-node form; the backfills (no ON CLUSTER) reached the engine unchanged.
@@ -206,7 +207,7 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
     assert_eq!(
         replicated.len(),
         SHARDED.len() + 1,
-        "the six storage tables and schema_migrations (each once, though migrate ran twice): {replicated:#?}"
+        "the seven storage tables and schema_migrations (each once, though migrate ran twice): {replicated:#?}"
     );
 
     // What the engine built: a Distributed table over each `_local` table, sharded by the
@@ -234,7 +235,8 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
             storage.engine
         );
         let cols = columns(&db, table).await;
-        // Migration 5 added the tenant to every table but the bounds (keyed by trace).
+        // Migration 5 added the tenant to every table but the bounds (keyed by trace);
+        // migration 7's summaries have it from the start.
         assert_eq!(
             cols.iter().any(|(n, _)| n == "tenant"),
             table != "trace_bounds",
@@ -242,7 +244,7 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
         );
         assert_eq!(cols, columns(&db, &local).await, "{table} and {local}");
     }
-    // The views in force after migration 6, each from spans_local into a `_local` table.
+    // The views in force after migration 7, each from spans_local into a `_local` table.
     let views: BTreeSet<&str> = built
         .iter()
         .filter(|t| t.engine == "MaterializedView")
@@ -254,6 +256,7 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
         ("span_names_v2_mv", "span_names_local"),
         ("span_links_v3_mv", "span_links_local"),
         ("span_attributes_v2_mv", "span_attributes_local"),
+        ("trace_summaries_mv", "trace_summaries_local"),
     ];
     assert_eq!(
         views,
@@ -284,6 +287,7 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
         ("spans_local", 2),
         ("span_index_local", 2),
         ("trace_bounds_local", 1),
+        ("trace_summaries_local", 1),
         ("span_names_local", 2),
         ("span_links_local", 1),
         ("span_attributes_local", 1),
@@ -335,6 +339,7 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
             "trace_bounds",
             "span_names",
             "span_links",
+            "trace_summaries",
             "span_attributes"
         ]
         .map(|t| format!("{t}_local"))
@@ -517,7 +522,7 @@ async fn on_two_shards_no_statement_of_the_store_is_refused() {
         .flat_map(|m| m.statements)
         .filter(|s| s.starts_with("INSERT"))
         .collect();
-    assert_eq!(backfills.len(), 6, "{backfills:#?}");
+    assert_eq!(backfills.len(), 7, "{backfills:#?}");
     for (n, sql) in backfills.iter().enumerate() {
         let r = ch
             .clone()
@@ -702,7 +707,7 @@ async fn on_two_shards_no_statement_of_the_store_is_refused() {
         }
     }
 
-    // Trace reads (their time bounds are scalar subqueries over trace_bounds), lineage
+    // Trace reads (their time bounds are scalar subqueries over trace_summaries), lineage
     // and the name lists.
     let t = downstream[0];
     refusals.check("get trace", reader.get_trace(t).await);

@@ -288,7 +288,12 @@ async fn main() -> anyhow::Result<()> {
         uncompressed as f64 / compressed.max(1) as f64
     );
 
-    for table in ["span_index", "span_links"] {
+    for table in [
+        "span_index",
+        "span_links",
+        "trace_bounds",
+        "trace_summaries",
+    ] {
         let (compressed, rows): (u64, u64) = raw
             .query("SELECT sum(data_compressed_bytes), sum(rows) FROM system.parts WHERE database = ? AND table = ? AND active")
             .bind(&a.database)
@@ -301,8 +306,26 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    // Projections (migration 7: span_index's newest-first orders) are stored inside their
+    // table's parts; `system.parts` does not count them.
+    let projections: Vec<(String, String, u64, u64)> = raw
+        .query("SELECT table, name, sum(data_compressed_bytes), sum(rows) FROM system.projection_parts WHERE database = ? AND active GROUP BY table, name ORDER BY table, name")
+        .bind(&a.database)
+        .fetch_all()
+        .await?;
+    for (table, name, compressed, rows) in projections {
+        println!(
+            "| {table} projection {name}: rows, compressed bytes, per million spans | {rows}, {compressed}, {:.0} |",
+            compressed as f64 * 1e6 / total.max(1) as f64
+        );
+    }
+
     let mut r = StdRng::seed_from_u64(a.seed ^ 0xABCD);
     let q = a.queries;
+    if q == 0 {
+        store.close().await?;
+        return Ok(());
+    }
     println!(
         "\n## Queries through ClickHouseStore ({q} each, sequential)\n| query | p50 | p99 | results |\n|---|---|---|---|"
     );
@@ -485,8 +508,8 @@ async fn main() -> anyhow::Result<()> {
             "get-trace (same shape as ClickHouseStore::get_trace)",
             format!(
                 "EXPLAIN indexes = 1 SELECT * FROM {db}.spans WHERE trace_id = unhex('{sample}') \
-                 AND start_time >= (SELECT min(start_min) FROM {db}.trace_bounds WHERE trace_id = unhex('{sample}')) \
-                 AND start_time <= (SELECT max(start_max) FROM {db}.trace_bounds WHERE trace_id = unhex('{sample}'))"
+                 AND start_time >= tupleElement((SELECT (min(start_min), max(start_max)) FROM {db}.trace_summaries WHERE trace_id = unhex('{sample}')), 1) \
+                 AND start_time <= tupleElement((SELECT (min(start_min), max(start_max)) FROM {db}.trace_summaries WHERE trace_id = unhex('{sample}')), 2)"
             ),
         ),
         (
