@@ -352,19 +352,13 @@ impl TraceReader for ClickHouseReader {
                 let from_trace = TraceId::from_bytes(r.trace_id);
                 summarized.insert(from_trace);
                 for (from_span, to_trace, to_span, link_type, dataset) in r.links {
-                    let link_type = link_type.parse::<LinkType>().map_err(|e| {
-                        self.query_error(Error::Client(format!(
-                            "corrupt link type in trace_summaries: {e}"
-                        )))
-                    })?;
-                    out.insert(CrossLink {
-                        from_trace,
-                        from_span: SpanId::from_bytes(from_span),
-                        to_trace: TraceId::from_bytes(to_trace),
-                        to_span: SpanId::from_bytes(to_span),
-                        link_type,
-                        dataset: (!dataset.is_empty()).then_some(dataset),
-                    });
+                    out.insert(self.stored_link(
+                        "trace_summaries",
+                        (from_trace, SpanId::from_bytes(from_span)),
+                        (to_trace, to_span),
+                        &link_type,
+                        dataset,
+                    )?);
                 }
             }
             // A trace with spans but no summary row (a day's row can leave with retention
@@ -414,19 +408,16 @@ impl TraceReader for ClickHouseReader {
             .await
             .map_err(|e| self.query_error(e))?;
             for r in rows {
-                let link_type = r.link_type.parse::<LinkType>().map_err(|e| {
-                    self.query_error(Error::Client(format!(
-                        "corrupt link type in span_links: {e}"
-                    )))
-                })?;
-                out.insert(CrossLink {
-                    from_trace: TraceId::from_bytes(r.source_trace_id),
-                    from_span: SpanId::from_bytes(r.source_span_id),
-                    to_trace: TraceId::from_bytes(r.target_trace_id),
-                    to_span: SpanId::from_bytes(r.target_span_id),
-                    link_type,
-                    dataset: (!r.dataset.is_empty()).then_some(r.dataset),
-                });
+                out.insert(self.stored_link(
+                    "span_links",
+                    (
+                        TraceId::from_bytes(r.source_trace_id),
+                        SpanId::from_bytes(r.source_span_id),
+                    ),
+                    (r.target_trace_id, r.target_span_id),
+                    &r.link_type,
+                    r.dataset,
+                )?);
             }
         }
         Ok(prefer_named(out).take(limit).collect())
@@ -593,6 +584,29 @@ impl ClickHouseReader {
             .map(|m| TraceId::from_bytes(m.trace_id))
             .collect();
         Ok((ids, next_cursor))
+    }
+
+    /// A cross-trace link as `table` stores it: the type as text, the dataset `''` when the
+    /// link names none.
+    fn stored_link(
+        &self,
+        table: &str,
+        (from_trace, from_span): (TraceId, SpanId),
+        (to_trace, to_span): ([u8; 16], [u8; 8]),
+        link_type: &str,
+        dataset: String,
+    ) -> datatracing_store::Result<CrossLink> {
+        let link_type = link_type.parse::<LinkType>().map_err(|e| {
+            self.query_error(Error::Client(format!("corrupt link type in {table}: {e}")))
+        })?;
+        Ok(CrossLink {
+            from_trace,
+            from_span,
+            to_trace: TraceId::from_bytes(to_trace),
+            to_span: SpanId::from_bytes(to_span),
+            link_type,
+            dataset: (!dataset.is_empty()).then_some(dataset),
+        })
     }
 
     /// The links out of `ids` (at most `IN_CHUNK`) read from their spans (the links of at
