@@ -378,15 +378,17 @@ async fn the_attribute_index_serves_the_same_searches() {
     .await;
 }
 
-/// A database a version-1 binary created and filled is upgraded in place: the name index is
-/// filled from the stored spans, old spans stay searchable and pageable, and a reader of
-/// this version refuses the database until it is migrated.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_1_database_is_migrated_and_its_names_indexed() {
-    use datatracing_core::{Operation, SpanKind, TimeWindow, TraceQuery};
-    let config = config_for(ClickHouse::shared());
-    let db = config.database.clone();
-    let admin = datatracing_store_clickhouse::ClickHouseAdmin::connect(&config)
+/// A fresh database as a binary of schema `version` left it: that version's migrations
+/// applied and recorded, none after. Returns this version's admin (not yet migrated) and a
+/// plain client for the checks.
+async fn database_at_version(
+    config: &ClickHouseConfig,
+    version: u32,
+) -> (
+    datatracing_store_clickhouse::ClickHouseAdmin,
+    clickhouse::Client,
+) {
+    let admin = datatracing_store_clickhouse::ClickHouseAdmin::connect(config)
         .await
         .unwrap();
     let client = clickhouse::Client::default()
@@ -404,18 +406,34 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
         .execute()
         .await
         .unwrap();
-    let v1 = &schema.migrations()[0];
-    assert_eq!(v1.version, 1);
-    for stmt in &v1.statements {
-        client.query(stmt).execute().await.unwrap();
+    let db = &config.database;
+    for m in schema.migrations().iter().filter(|m| m.version <= version) {
+        for stmt in &m.statements {
+            client.query(stmt).execute().await.unwrap();
+        }
+        client
+            .query(&format!(
+                "INSERT INTO {db}.schema_migrations (version, name) VALUES (?, ?)"
+            ))
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await
+            .unwrap();
     }
-    client
-        .query(&format!(
-            "INSERT INTO {db}.schema_migrations (version, name) VALUES (1, 'v1')"
-        ))
-        .execute()
-        .await
-        .unwrap();
+    (admin, client)
+}
+
+/// A database a version-1 binary created and filled is upgraded in place: the name index is
+/// filled from the stored spans, old spans stay searchable and pageable, and a reader of
+/// this version refuses the database until it is migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated_and_its_names_indexed() {
+    use datatracing_core::{Operation, SpanKind, TimeWindow, TraceQuery};
+    let config = config_for(ClickHouse::shared());
+    let db = config.database.clone();
+    let (admin, client) = database_at_version(&config, 1).await;
+    assert_eq!(admin.schema().migrations()[0].version, 1);
     let err = ClickHouseReader::open(config.clone(), ClickHouseMetrics::unregistered())
         .await
         .unwrap_err();
@@ -567,21 +585,12 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
     assert_eq!(reader.links_to(&[t], 10).await.unwrap(), backfilled);
 }
 
-/// The expected summary of `spans` (one trace), as the embedded store computes it.
+/// The expected summary of `spans` (one trace): the one a trace read reconstructs, with the
+/// same rules the embedded store summarizes by.
 fn summary_of(spans: &[Span]) -> datatracing_core::TraceSummary {
-    let mut b = datatracing_core::SummaryBuilder::default();
-    for s in spans {
-        b.add(
-            s.span_id,
-            s.parent_id.is_none(),
-            &s.service,
-            &s.operation,
-            s.start_time,
-            s.end_time,
-            s.status.code,
-        );
-    }
-    b.build(spans[0].trace_id).unwrap()
+    datatracing_core::TraceDag::build(spans[0].trace_id, spans.iter().cloned())
+        .unwrap()
+        .summary
 }
 
 /// Migration 7 on a version-6 database holding spans: the backfill summarizes what was
@@ -592,38 +601,7 @@ async fn a_version_6_database_with_spans_is_migrated_to_trace_summaries() {
     use datatracing_core::{Status, StatusCode, TraceQuery};
     let config = config_for(ClickHouse::shared());
     let db = config.database.clone();
-    let admin = datatracing_store_clickhouse::ClickHouseAdmin::connect(&config)
-        .await
-        .unwrap();
-    let client = clickhouse::Client::default()
-        .with_url(ClickHouse::shared().url())
-        .with_user(ClickHouse::shared().user())
-        .with_password(ClickHouse::shared().password());
-    let schema = admin.schema();
-    client
-        .query(&schema.create_database())
-        .execute()
-        .await
-        .unwrap();
-    client
-        .query(&schema.create_migrations_table())
-        .execute()
-        .await
-        .unwrap();
-    for m in schema.migrations().iter().filter(|m| m.version <= 6) {
-        for stmt in &m.statements {
-            client.query(stmt).execute().await.unwrap();
-        }
-        client
-            .query(&format!(
-                "INSERT INTO {db}.schema_migrations (version, name) VALUES (?, ?)"
-            ))
-            .bind(m.version)
-            .bind(m.name)
-            .execute()
-            .await
-            .unwrap();
-    }
+    let (admin, client) = database_at_version(&config, 6).await;
     let old_writer = ClickHouseStore::open(
         ClickHouseConfig {
             migrate_on_start: false,
