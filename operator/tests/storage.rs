@@ -251,6 +251,39 @@ async fn storage_drift_is_reported_and_repaired_on_resync() {
     let ttl = spans_engine(ch, &db).await;
     assert!(ttl.contains("toIntervalDay(30)"), "{ttl}");
 
+    // A materialized view dropped by hand: its table would silently stop filling.
+    settled(&op).await;
+    sql(ch, &format!("DROP VIEW {db}.trace_summaries_mv SYNC")).await;
+    let drift = wait_for("lost view reported", WAIT, || {
+        retention(&pipelines, "lake", "False")
+    })
+    .await;
+    assert_eq!(drift.reason, "StorageDrift", "{}", drift.message);
+    assert!(
+        drift
+            .message
+            .contains(&format!("{db}.trace_summaries_mv is missing")),
+        "{}",
+        drift.message
+    );
+    let repaired = wait_for("view recreated", WAIT, || {
+        retention(&pipelines, "lake", "True")
+    })
+    .await;
+    assert!(
+        repaired.message.contains("recreated trace_summaries_mv"),
+        "{}",
+        repaired.message
+    );
+    let views = sql(
+        ch,
+        &format!(
+            "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'trace_summaries_mv'"
+        ),
+    )
+    .await;
+    assert_eq!(views.trim(), "1");
+
     // The database dropped by hand.
     settled(&op).await;
     sql(ch, &format!("DROP DATABASE {db} SYNC")).await;
@@ -269,6 +302,6 @@ async fn storage_drift_is_reported_and_repaired_on_resync() {
     let ttl = spans_engine(ch, &db).await;
     assert!(ttl.contains("toIntervalDay(30)"), "{ttl}");
     let notes = event_notes(&cluster.admin, "team-d", "lake", "StorageDrift").await;
-    assert!(notes.len() >= 2, "each drift has its event: {notes:?}");
+    assert!(notes.len() >= 3, "each drift has its event: {notes:?}");
     op.stop().await.unwrap();
 }

@@ -473,20 +473,50 @@ impl ClickHouseAdmin {
         Ok(())
     }
 
-    /// Creates tables of the current schema that are missing although their migration is
-    /// recorded (dropped by hand): every migration statement can run again (creates are
-    /// `IF NOT EXISTS`, migration 2 drops the view it replaced with `IF EXISTS`, and its
-    /// backfill of the names index only widens min/max bounds, migration 3's backfill of
-    /// the link index skips spans already indexed, each at the cost of one scan of
-    /// `spans`), so running them all again only fills the gaps. Run after
-    /// [`migrate`](Self::migrate).
-    pub async fn recreate_missing(&self) -> Result<()> {
+    /// The tables and views of the current schema ([`Schema::objects`]) that the database
+    /// lacks, in creation order.
+    pub async fn missing_objects(&self) -> Result<Vec<String>> {
+        let wanted = self.schema.objects();
+        let present: Vec<String> = timed(
+            self.query_timeout,
+            "read tables",
+            self.root
+                .query("SELECT name FROM system.tables WHERE database = ? AND name IN ?")
+                .bind(&self.schema.database)
+                .bind(&wanted)
+                .fetch_all::<String>(),
+        )
+        .await?;
+        Ok(wanted
+            .into_iter()
+            .filter(|w| !present.contains(w))
+            .collect())
+    }
+
+    /// Recreates the tables and views of the current schema that are missing although their
+    /// migration is recorded (dropped by hand), and returns them; when none is missing it
+    /// changes nothing. Otherwise it runs every migration statement again: each can (creates
+    /// are `IF NOT EXISTS`, replaced views are dropped `IF EXISTS`, the backfills only widen
+    /// bounds, skip links already indexed or feed aggregate states that absorb a repeat),
+    /// and a lost view means its table missed inserts, which only the backfills restore.
+    /// That is a scan of `spans` per backfill, so it runs only when something is missing:
+    /// the operator calls this on every spec change. Run after [`migrate`](Self::migrate).
+    pub async fn recreate_missing(&self) -> Result<Vec<String>> {
+        let missing = self.missing_objects().await?;
+        if missing.is_empty() {
+            return Ok(missing);
+        }
+        tracing::warn!(
+            database = %self.schema.database,
+            missing = %missing.join(", "),
+            "ClickHouse objects missing; running every migration statement again to restore them"
+        );
         for m in self.schema.migrations() {
             for stmt in &m.statements {
                 self.run_migration_statement(stmt).await?;
             }
         }
-        Ok(())
+        Ok(missing)
     }
 
     /// Runs one migration statement with [`MIGRATION_TIMEOUT`] (or `query_timeout` when

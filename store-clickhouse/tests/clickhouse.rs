@@ -571,8 +571,17 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
         .unwrap();
     assert_eq!(found.traces.len(), 1);
     assert_eq!(found.traces[0].trace_id, t2);
-    // Drift repair runs every migration statement again: the backfill adds nothing twice.
-    admin.recreate_missing().await.unwrap();
+    // Drift repair (a view was dropped by hand) runs every migration statement again: the
+    // backfill adds nothing twice.
+    client
+        .query(&format!("DROP VIEW {db}.span_names_v2_mv SYNC"))
+        .execute()
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.recreate_missing().await.unwrap(),
+        ["span_names_v2_mv"]
+    );
     let rows: u64 = client
         .query(&format!("SELECT count() FROM {db}.span_links"))
         .fetch_one()
@@ -704,8 +713,45 @@ async fn a_version_6_database_with_spans_is_migrated_to_trace_summaries() {
     assert!(next.next_cursor.is_none());
     assert_eq!(reader.get_trace(t).await.unwrap().unwrap().len(), 4);
 
-    // Drift repair runs the backfill again: the states absorb it.
-    admin.recreate_missing().await.unwrap();
+    // Nothing is missing: drift repair runs no statement. Every insert into a table takes
+    // the next block number (merges only combine them), and a backfill would insert
+    // summaries.
+    let last_block = || async {
+        client
+            .query(
+                "SELECT max(max_block_number) FROM system.parts \
+                 WHERE database = ? AND table = 'trace_summaries' AND active",
+            )
+            .bind(&db)
+            .fetch_one::<i64>()
+            .await
+            .unwrap()
+    };
+    let before = last_block().await;
+    assert!(before > 0);
+    assert!(admin.recreate_missing().await.unwrap().is_empty());
+    assert_eq!(last_block().await, before, "no backfill ran");
+
+    // The summaries' view dropped by hand, and a span of u written meanwhile (so missed by
+    // the view): the repair recreates the view and runs every backfill again, which
+    // summarizes that span; the states absorb the repeat of everything else.
+    client
+        .query(&format!("DROP VIEW {db}.trace_summaries_mv SYNC"))
+        .execute()
+        .await
+        .unwrap();
+    let missed = simple_span(u, 9, Some(99), "v6-audit", at(60), 10);
+    store.write(vec![missed.clone()].into()).await.unwrap();
+    assert_eq!(
+        reader.summaries(&[u]).await.unwrap(),
+        vec![want_u],
+        "the view is gone: u's summary misses the span"
+    );
+    assert_eq!(
+        admin.recreate_missing().await.unwrap(),
+        ["trace_summaries_mv"]
+    );
+    let want_u = summary_of(&[orphan_late, orphan_early, missed]);
     let mut got = reader.summaries(&[t, u]).await.unwrap();
     got.sort_by_key(|s| s.trace_id != t);
     assert_eq!(got, vec![want_t, want_u]);

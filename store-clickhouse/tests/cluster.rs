@@ -361,7 +361,10 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
         .execute()
         .await
         .unwrap();
-    admin.recreate_missing().await.unwrap();
+    assert_eq!(
+        admin.recreate_missing().await.unwrap(),
+        ["span_names_local"]
+    );
     assert_eq!(count(&db, "span_names").await, 2, "refilled from spans");
 
     // Deleting the storage drops the clustered database.

@@ -1,8 +1,8 @@
 //! What the pipeline reconciler does in ClickHouse: read the password the pipeline
 //! references, claim the database for the pipeline, create the schema and set the
-//! retention, find drift (tables dropped or TTLs changed outside the operator), and drop or
-//! release the database of a deleted pipeline; plus which condition reason each failure
-//! reports.
+//! retention, find drift (tables or views dropped, TTLs changed outside the operator), and
+//! drop or release the database of a deleted pipeline; plus which condition reason each
+//! failure reports.
 //!
 //! Ownership is recorded in the database itself (`datatracing_owner`: the pipeline's UID
 //! and `namespace/name`), where every operator and every pipeline pointed at it sees it: a
@@ -183,10 +183,15 @@ pub(super) async fn apply_retention(p: &TracingPipeline, ctx: &Context) -> Resul
         return Err(conflict(p, &owner));
     }
     let migration = admin.migrate().await?;
-    admin.recreate_missing().await?;
+    let recreated = admin.recreate_missing().await?;
     let report = admin.set_retention(p.spec.storage.retention_days).await?;
+    let recreated = if recreated.is_empty() {
+        String::new()
+    } else {
+        format!("; recreated {}", recreated.join(", "))
+    };
     Ok(format!(
-        "retention {} days on database {} (schema v{}; {} tables changed, {} already set)",
+        "retention {} days on database {} (schema v{}; {} tables changed, {} already set{recreated})",
         report.days,
         p.spec.storage.database,
         migration.version,
@@ -234,12 +239,24 @@ pub(super) async fn drift(p: &TracingPipeline, ctx: &Context) -> Result<Option<S
     let differences: Vec<String> = if present.is_empty() {
         vec![format!("database {db} has none of the trace tables")]
     } else {
-        admin
+        let missing = match admin.missing_objects().await {
+            Ok(m) => m,
+            Err(e) => return vanished(e).map(Some),
+        };
+        let ttl_tables: Vec<String> = admin
             .schema()
             .ttl_tables()
             .iter()
             .map(|t| admin.schema().storage_table(t.name))
-            .filter_map(|table| match present.iter().find(|r| r.table == table) {
+            .collect();
+        // A lost view is drift too: its table silently stops receiving new spans.
+        let lost_others = missing
+            .into_iter()
+            .filter(|m| !ttl_tables.contains(m))
+            .map(|m| format!("{db}.{m} is missing"));
+        ttl_tables
+            .iter()
+            .filter_map(|table| match present.iter().find(|r| r.table == *table) {
                 None => Some(format!("table {db}.{table} is missing")),
                 Some(r) if r.days != Some(want) => Some(format!(
                     "table {db}.{table} keeps {} (spec: {want} days)",
@@ -248,6 +265,7 @@ pub(super) async fn drift(p: &TracingPipeline, ctx: &Context) -> Result<Option<S
                 )),
                 Some(_) => None,
             })
+            .chain(lost_others)
             .collect()
     };
     if differences.is_empty() && owner.as_ref().is_none_or(|o| o.uid != me.uid) {
