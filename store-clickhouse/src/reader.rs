@@ -464,31 +464,6 @@ impl ClickHouseReader {
         }
         let limit = q.limit.max(1);
         let fetch = limit + 1;
-        // After a cursor: only rows at or before it, and no trace that also has a matching
-        // row past it (its key placed it on an earlier page; clustered, that row is on the
-        // trace's shard, so the local index answers).
-        let mut window_rows = filters.clone();
-        let mut having = String::new();
-        let mut having_binds = Vec::new();
-        if let Some(c) = &q.cursor {
-            let k = Bindable::I64(c.latest_nanos);
-            let id = Bindable::Str(c.trace_id.to_string());
-            window_rows.push(
-                " AND start_time <= fromUnixTimestamp64Nano(toInt64(?))",
-                [k.clone()],
-            );
-            window_rows.sql.push_str(&format!(
-                " AND trace_id NOT IN (SELECT trace_id FROM {index} WHERE 1{f} \
-                 AND (start_time > fromUnixTimestamp64Nano(toInt64(?)) \
-                 OR (start_time = fromUnixTimestamp64Nano(toInt64(?)) AND trace_id <= unhex(?))))",
-                index = i.index_local,
-                f = filters.sql
-            ));
-            window_rows.binds.extend(filters.binds.iter().cloned());
-            window_rows.binds.extend([k.clone(), k.clone(), id.clone()]);
-            having = " HAVING latest < ? OR (latest = ? AND trace_id > unhex(?))".into();
-            having_binds = vec![k.clone(), k, id];
-        }
         // Fast path: the newest `window` matching rows, grouped. When they hold at least
         // `fetch` traces, those are exactly the `fetch` traces whose latest matching span is
         // newest (a trace's latest span is among the newest rows if the trace is). A top-N
@@ -501,44 +476,110 @@ impl ClickHouseReader {
         // matching row), then the outer read is a short time range of the same projection.
         // That needs filters the projections hold; the others (attributes, datasets,
         // links, whole-trace durations) read `span_index` itself, where that shape would
-        // read every matching row twice, so they keep one read of the newest rows. So do
-        // pages after a cursor: their "not on an earlier page" subquery would run twice.
-        let projected = q.cursor.is_none()
-            && q.attributes.is_empty()
+        // read every matching row twice, so they keep one read of the newest rows.
+        let projected = q.attributes.is_empty()
             && q.dataset.is_none()
             && q.linked_trace.is_none()
             && q.linked_service.is_none()
             && q.trace_duration_bounds().is_none();
         let window = (fetch * 50).min(100_000);
-        let (fast, fast_binds) = if projected {
-            let sql = format!(
-                "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
-                        toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
-                 FROM {index} WHERE 1{sql} AND start_time >= \
-                       (SELECT min(start_time) FROM (SELECT start_time FROM {index} WHERE 1{sql} \
-                        ORDER BY start_time DESC LIMIT {window})) \
-                 GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
-                index = i.index_table,
-                sql = window_rows.sql,
-            );
-            let binds: Vec<Bindable> = window_rows
-                .binds
-                .iter()
-                .chain(&window_rows.binds)
-                .cloned()
-                .collect();
-            (sql, binds)
-        } else {
-            let sql = format!(
-                "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
-                        toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
-                 FROM (SELECT trace_id, start_time FROM {index} WHERE 1{sql} \
-                       ORDER BY start_time DESC, trace_id ASC LIMIT {window}) \
-                 GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
-                index = i.index_table,
-                sql = window_rows.sql,
-            );
-            (sql, window_rows.binds)
+        // After a cursor, a page holds the traces whose latest matching row is before the
+        // cursor's key (latest, trace id), and no trace with a matching row past it (its key
+        // placed it on an earlier page).
+        let mut having = String::new();
+        let mut having_binds = Vec::new();
+        if let Some(c) = &q.cursor {
+            let k = Bindable::I64(c.latest_nanos);
+            let id = Bindable::Str(c.trace_id.to_string());
+            having = " HAVING latest < ? OR (latest = ? AND trace_id > unhex(?))".into();
+            having_binds = vec![k.clone(), k, id];
+        }
+        let (fast, fast_binds) = match (&q.cursor, projected) {
+            (None, true) => {
+                let sql = format!(
+                    "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
+                            toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
+                     FROM {index} WHERE 1{sql} AND start_time >= \
+                           (SELECT min(start_time) FROM (SELECT start_time FROM {index} WHERE 1{sql} \
+                            ORDER BY start_time DESC LIMIT {window})) \
+                     GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
+                    index = i.index_table,
+                    sql = filters.sql,
+                );
+                let binds = filters
+                    .binds
+                    .iter()
+                    .chain(&filters.binds)
+                    .cloned()
+                    .collect();
+                (sql, binds)
+            }
+            (Some(c), true) => {
+                // The window is the newest `window` rows at or before the cursor's key;
+                // the outer read takes every matching row from its start on, those past
+                // the key too, so that a trace of an earlier page has its true latest
+                // and the cursor's condition (on the grouped rows, as the exact read's
+                // HAVING) drops it. No "not on an earlier page" subquery: that one read
+                // every matching row past the key a second time. `scanned` counts the
+                // window's rows (at or before the key) before that condition drops any
+                // trace, so a window full of an earlier page's rows is seen as truncated.
+                let k = Bindable::I64(c.latest_nanos);
+                let key = "fromUnixTimestamp64Nano(toInt64(?))";
+                let sql = format!(
+                    "SELECT trace_id, latest, scanned, snap FROM \
+                     (SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
+                             toUInt64(sum(countIf(start_time <= {key})) OVER ()) AS scanned, \
+                             toUnixTimestamp64Nano(now64(9)) AS snap \
+                      FROM {index} WHERE 1{sql} AND start_time >= \
+                            (SELECT min(start_time) FROM (SELECT start_time FROM {index} WHERE 1{sql} \
+                             AND start_time <= {key} ORDER BY start_time DESC LIMIT {window})) \
+                      GROUP BY trace_id) \
+                     WHERE latest < ? OR (latest = ? AND trace_id > unhex(?)) \
+                     ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
+                    index = i.index_table,
+                    sql = filters.sql,
+                );
+                let binds = std::iter::once(k.clone())
+                    .chain(filters.binds.iter().cloned())
+                    .chain(filters.binds.iter().cloned())
+                    .chain(std::iter::once(k))
+                    .chain(having_binds.iter().cloned())
+                    .collect();
+                (sql, binds)
+            }
+            (cursor, false) => {
+                // After a cursor: only rows at or before it, and no trace that also has a
+                // matching row past it (clustered, that row is on the trace's shard, so
+                // the local index answers).
+                let mut window_rows = filters.clone();
+                if let Some(c) = cursor {
+                    let k = Bindable::I64(c.latest_nanos);
+                    let id = Bindable::Str(c.trace_id.to_string());
+                    window_rows.push(
+                        " AND start_time <= fromUnixTimestamp64Nano(toInt64(?))",
+                        [k.clone()],
+                    );
+                    window_rows.sql.push_str(&format!(
+                        " AND trace_id NOT IN (SELECT trace_id FROM {index} WHERE 1{f} \
+                         AND (start_time > fromUnixTimestamp64Nano(toInt64(?)) \
+                         OR (start_time = fromUnixTimestamp64Nano(toInt64(?)) AND trace_id <= unhex(?))))",
+                        index = i.index_local,
+                        f = filters.sql
+                    ));
+                    window_rows.binds.extend(filters.binds.iter().cloned());
+                    window_rows.binds.extend([k.clone(), k, id]);
+                }
+                let sql = format!(
+                    "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, \
+                            toUInt64(sum(count()) OVER ()) AS scanned, toUnixTimestamp64Nano(now64(9)) AS snap \
+                     FROM (SELECT trace_id, start_time FROM {index} WHERE 1{sql} \
+                           ORDER BY start_time DESC, trace_id ASC LIMIT {window}) \
+                     GROUP BY trace_id ORDER BY latest DESC, trace_id ASC LIMIT {fetch}",
+                    index = i.index_table,
+                    sql = window_rows.sql,
+                );
+                (sql, window_rows.binds)
+            }
         };
         let exact = format!(
             "SELECT trace_id, toUnixTimestamp64Nano(max(start_time)) AS latest, toUInt64(0) AS scanned, \
@@ -557,9 +598,12 @@ impl ClickHouseReader {
         let mut matches = run(fast, fast_binds)
             .await
             .map_err(|e| self.query_error(e))?;
-        let truncated = matches
-            .first()
-            .is_some_and(|m| m.scanned as usize >= window);
+        let truncated = match matches.first() {
+            Some(m) => m.scanned as usize >= window,
+            // A cursor page of the projected read drops earlier pages' traces after
+            // counting its window: with none left, whether the window was full is unknown.
+            None => projected && q.cursor.is_some(),
+        };
         if matches.len() < fetch && truncated {
             // Too many rows per trace in the window: fall back to aggregating everything.
             let mut binds = filters.binds;

@@ -1076,3 +1076,73 @@ async fn the_writer_reports_the_retention_in_force() {
     assert_eq!(store.retention(), Some(Duration::from_secs(11 * 24 * 3600)));
     store.close().await.unwrap();
 }
+
+/// A search reads the newest rows of a window and falls back to aggregating every matching
+/// row when that window holds too few traces. After a cursor, the window is the newest rows
+/// at or before the cursor, and earlier pages' traces are dropped after it was read: a
+/// window holding nothing but the rows of an earlier page's trace must still lead to the
+/// older traces, in order, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_pages_past_a_trace_wider_than_the_window_read_every_trace() {
+    use datatracing_core::TraceQuery;
+    let store = ClickHouseStore::open(
+        config_for(ClickHouse::shared()),
+        ClickHouseMetrics::unregistered(),
+    )
+    .await
+    .unwrap();
+    let t0 = Timestamp::now().saturating_add_nanos(-600_000_000_000);
+    // Limit 1 reads a window of 100 rows. `wide` (newest) has more rows than that; `mid`
+    // and `old` are older and hold 30 and 110 rows, `mid`'s interleaved with `old`'s.
+    let (wide, mid, old) = (fresh_trace_id(), fresh_trace_id(), fresh_trace_id());
+    let mut all = Vec::new();
+    let mut rows = |t, n: u64, from: i64, step: i64| {
+        all.extend((0..n).map(|i| {
+            simple_span(
+                t,
+                i + 1,
+                (i > 0).then_some(1),
+                "wide-svc",
+                t0.saturating_add_nanos(from + i as i64 * step),
+                10,
+            )
+        }));
+    };
+    rows(wide, 150, 10_000_000, 1_000);
+    rows(mid, 30, 2_000, 40_000);
+    rows(old, 110, 1_000, 10_000);
+    store.write(all.into()).await.unwrap();
+    let expected = vec![wide, mid, old];
+    let everything: Vec<_> = store
+        .search(&TraceQuery {
+            service: Some("wide-svc".into()),
+            ..TraceQuery::with_limit(10)
+        })
+        .await
+        .unwrap()
+        .traces
+        .iter()
+        .map(|s| s.trace_id)
+        .collect();
+    assert_eq!(everything, expected, "one page, newest latest span first");
+    let mut q = TraceQuery {
+        service: Some("wide-svc".into()),
+        ..TraceQuery::with_limit(1)
+    };
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let page = store.search(&q).await.unwrap();
+        assert!(page.traces.len() <= 1);
+        seen.extend(page.traces.iter().map(|s| (s.trace_id, s.span_count)));
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![(wide, 150), (mid, 30), (old, 110)],
+        "every trace once, in order, with its summary"
+    );
+    store.close().await.unwrap();
+}

@@ -26,6 +26,7 @@ import urllib.parse
 # Statement shapes of store-clickhouse's reader, first match wins.
 SHAPES = [
     ("search step, cursor page", re.compile(r"sum\(count\(\)\) OVER.*NOT IN \(SELECT trace_id", re.S)),
+    ("search step, cursor page (newest rows before the cursor)", re.compile(r"sum\(countIf\(start_time <=", re.S)),
     ("search step, first page", re.compile(r"sum\(count\(\)\) OVER", re.S)),
     ("search step, exact fallback", re.compile(r"toUInt64\(0\) AS scanned", re.S)),
     ("search step + summaries (one statement)", re.compile(r"argMin\(service.*AS latest", re.S)),
