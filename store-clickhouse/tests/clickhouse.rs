@@ -66,7 +66,7 @@ async fn migrations_are_idempotent_and_retention_round_trips() {
         again.applied.is_empty(),
         "second migrate applies nothing: {again:?}"
     );
-    assert_eq!(again.version, 7);
+    assert_eq!(again.version, 8);
 
     let initial = admin.retention().await.unwrap();
     assert_eq!(initial.len(), 6);
@@ -497,7 +497,7 @@ async fn a_version_1_database_is_migrated_and_its_names_indexed() {
     assert_eq!(today, 0, "version 1: one row spanning both days");
 
     let report = admin.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![2, 3, 4, 5, 6, 7]);
+    assert_eq!(report.applied, vec![2, 3, 4, 5, 6, 7, 8]);
     let today: u64 = client.query(&bounds_today).fetch_one().await.unwrap();
     assert_eq!(today, 1, "migration 4 splits the row by day");
     let reader = ClickHouseReader::open(config, ClickHouseMetrics::unregistered())
@@ -662,7 +662,21 @@ async fn a_version_6_database_with_spans_is_migrated_to_trace_summaries() {
     );
 
     let report = admin.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![7]);
+    assert_eq!(report.applied, vec![7, 8]);
+    for table in ["trace_summaries", "spans"] {
+        let engine: String = client
+            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+            .bind(&db)
+            .bind(table)
+            .fetch_one()
+            .await
+            .unwrap();
+        assert!(
+            engine.contains("min_compress_block_size = 4096")
+                && engine.contains("max_compress_block_size = 16384"),
+            "{table}: small compressed blocks (migration 8): {engine}"
+        );
+    }
     let projections: Vec<String> = client
         .query(&format!(
             "SELECT name FROM system.projections WHERE database = '{db}' AND table = 'span_index' ORDER BY name"
