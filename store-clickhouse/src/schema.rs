@@ -49,10 +49,12 @@
 //! start_time)` and `(tenant, service, start_time)`, which a newest-first search reads in
 //! order and stops early.
 //!
-//! Version 8 gives `trace_summaries` and `spans` small compressed blocks (4-16 KiB instead
-//! of the engine's 64 KiB-1 MiB): their reads are key lookups of a few granules per trace,
-//! and with large blocks each granule read decompressed a whole block per column. Parts
-//! written before keep their blocks until a merge rewrites them or retention drops them.
+//! Version 8 gives `trace_summaries` small compressed blocks (4-16 KiB instead of the
+//! engine's 64 KiB-1 MiB): its reads are key lookups of a granule or two per trace, and with
+//! large blocks each granule read decompressed a whole block per column. Parts written
+//! before keep their blocks until a merge rewrites them or retention drops them. `spans`
+//! keeps its blocks: the same change there made inserts cost a tenth more engine CPU (ADR
+//! 0003).
 //!
 //! Clustered (`cluster` set): the same tables as `*_local` Replicated tables on every node,
 //! Distributed tables with the plain names in front (sharded by trace id so a trace lives on
@@ -146,10 +148,10 @@ const PER_TRACE_BACKFILL: &str = "SETTINGS optimize_aggregation_in_order = 1, ma
      min_insert_block_size_rows = 65536, min_insert_block_size_bytes = 67108864, \
      max_bytes_before_external_group_by = 1073741824";
 
-/// Compressed blocks of 4-16 KiB for tables read by key a few granules at a time
-/// (migration 8). At 10M spans a summary read of 20 traces decompressed 12.8 MiB with the
-/// engine's default blocks and 1.8 MiB with these: 23-24 ms of engine time against 13 ms,
-/// for 2 % more storage (docs/benchmarks.md).
+/// Compressed blocks of 4-16 KiB for `trace_summaries`, read by key a granule or two per
+/// trace (migration 8). At 10M spans a summary read of 20 traces decompressed 12.8 MiB with
+/// the engine's default blocks and 1.8 MiB with these: 23-24 ms of engine time against
+/// 13 ms, for 2 % more storage and no measurable insert cost (docs/benchmarks.md).
 const SMALL_BLOCKS: &str = "min_compress_block_size = 4096, max_compress_block_size = 16384";
 
 /// The table recording which TracingPipeline owns the database.
@@ -368,7 +370,7 @@ impl Schema {
             },
             Migration {
                 version: 8,
-                name: "small compressed blocks for trace_summaries and spans (trace lookups decompress less)",
+                name: "small compressed blocks for trace_summaries (summary and bounds lookups decompress less)",
                 statements: self.v8(),
             },
         ]
@@ -407,18 +409,13 @@ impl Schema {
     fn v8(&self) -> Vec<String> {
         let db = &self.database;
         let oc = self.on_cluster();
-        // Only the storage tables: a Distributed table stores nothing. New parts (inserts,
-        // merges) take the setting; rewriting the stored parts would cost a copy of the
-        // largest table, so they keep their blocks until merged or expired.
-        ["trace_summaries", "spans"]
-            .iter()
-            .map(|t| {
-                format!(
-                    "ALTER TABLE {db}.{table}{oc} MODIFY SETTING {SMALL_BLOCKS}",
-                    table = self.storage_table(t)
-                )
-            })
-            .collect()
+        // The storage table: a Distributed table stores nothing. New parts (inserts,
+        // merges) take the setting; the stored ones keep their blocks until merged or
+        // expired (an `OPTIMIZE ... FINAL` would rewrite them, at the cost of a full copy).
+        vec![format!(
+            "ALTER TABLE {db}.{table}{oc} MODIFY SETTING {SMALL_BLOCKS}",
+            table = self.storage_table("trace_summaries")
+        )]
     }
 
     fn v7(&self) -> Vec<String> {
@@ -1082,7 +1079,6 @@ mod tests {
             m[7].statements,
             [
                 "ALTER TABLE dt.trace_summaries MODIFY SETTING min_compress_block_size = 4096, max_compress_block_size = 16384",
-                "ALTER TABLE dt.spans MODIFY SETTING min_compress_block_size = 4096, max_compress_block_size = 16384",
             ]
         );
         let v7 = &m[6].statements;
@@ -1300,9 +1296,8 @@ mod tests {
             c.migrations()[7].statements,
             [
                 "ALTER TABLE dt.trace_summaries_local ON CLUSTER prod MODIFY SETTING min_compress_block_size = 4096, max_compress_block_size = 16384",
-                "ALTER TABLE dt.spans_local ON CLUSTER prod MODIFY SETTING min_compress_block_size = 4096, max_compress_block_size = 16384",
             ],
-            "the storage tables, not the Distributed ones"
+            "the storage table, not the Distributed one"
         );
         let v7 = &c.migrations()[6].statements;
         assert!(
