@@ -294,21 +294,7 @@ impl ClickHouseAdmin {
         if self.schema.attribute_index {
             wanted.push("span_attributes".into());
         }
-        let present: Vec<String> = timed(
-            t,
-            "read tables",
-            self.root
-                .query("SELECT name FROM system.tables WHERE database = ? AND name IN ?")
-                .bind(db)
-                .bind(&wanted)
-                .fetch_all::<String>(),
-        )
-        .await?;
-        let missing: Vec<&str> = wanted
-            .iter()
-            .filter(|w| !present.contains(w))
-            .map(String::as_str)
-            .collect();
+        let missing = self.absent(wanted).await?;
         if !missing.is_empty() {
             return Err(Error::Schema(format!(
                 "database {db} lacks the DataTracing tables {} (a reader never creates them: \
@@ -476,21 +462,22 @@ impl ClickHouseAdmin {
     /// The tables and views of the current schema ([`Schema::objects`]) that the database
     /// lacks, in creation order.
     pub async fn missing_objects(&self) -> Result<Vec<String>> {
-        let wanted = self.schema.objects();
+        self.absent(self.schema.objects()).await
+    }
+
+    /// Those of `names` (tables or views) the database lacks, in the order given.
+    async fn absent(&self, names: Vec<String>) -> Result<Vec<String>> {
         let present: Vec<String> = timed(
             self.query_timeout,
             "read tables",
             self.root
                 .query("SELECT name FROM system.tables WHERE database = ? AND name IN ?")
                 .bind(&self.schema.database)
-                .bind(&wanted)
+                .bind(&names)
                 .fetch_all::<String>(),
         )
         .await?;
-        Ok(wanted
-            .into_iter()
-            .filter(|w| !present.contains(w))
-            .collect())
+        Ok(names.into_iter().filter(|n| !present.contains(n)).collect())
     }
 
     /// Recreates the tables and views of the current schema that are missing although their
