@@ -284,7 +284,6 @@ impl ClickHouseAdmin {
             "schema_migrations",
             "spans",
             "span_index",
-            "trace_bounds",
             "span_names",
             "span_links",
             "trace_summaries",

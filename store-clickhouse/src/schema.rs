@@ -56,6 +56,12 @@
 //! keeps its blocks: the same change there made inserts cost a tenth more engine CPU (ADR
 //! 0003).
 //!
+//! Version 9 stops feeding `trace_bounds` (drops `trace_bounds_v2_mv`): since version 7 no
+//! read uses it, and its view cost about 5-7 % of the engine's CPU per inserted span. The
+//! table stays, emptied by retention, so a version-6 reader still running during an
+//! upgrade finds no bounds row for new traces and takes its unpruned key lookup (slower,
+//! not wrong). A later migration can drop the table.
+//!
 //! Clustered (`cluster` set): the same tables as `*_local` Replicated tables on every node,
 //! Distributed tables with the plain names in front (sharded by trace id so a trace lives on
 //! one shard), and every statement `ON CLUSTER`.
@@ -372,6 +378,15 @@ impl Schema {
                 version: 8,
                 name: "small compressed blocks for trace_summaries (summary and bounds lookups decompress less)",
                 statements: self.v8(),
+            },
+            Migration {
+                version: 9,
+                name: "nothing feeds trace_bounds any more (no read has used it since version 7)",
+                statements: vec![format!(
+                    "DROP TABLE IF EXISTS {}.trace_bounds_v2_mv{}",
+                    self.database,
+                    self.on_cluster()
+                )],
             },
         ]
     }
@@ -1014,7 +1029,6 @@ mod tests {
             "trace_summaries",
         ];
         let views = [
-            "trace_bounds_v2_mv",
             "span_index_v3_mv",
             "span_names_v2_mv",
             "span_links_v3_mv",
@@ -1074,7 +1088,11 @@ mod tests {
     #[test]
     fn single_node_ddl() {
         let m = single().migrations();
-        assert_eq!(m.len(), 8);
+        assert_eq!(m.len(), 9);
+        assert_eq!(
+            m[8].statements,
+            ["DROP TABLE IF EXISTS dt.trace_bounds_v2_mv"]
+        );
         assert_eq!(
             m[7].statements,
             [
@@ -1291,6 +1309,10 @@ mod tests {
         assert_eq!(
             c.create_database(),
             "CREATE DATABASE IF NOT EXISTS dt ON CLUSTER prod"
+        );
+        assert_eq!(
+            c.migrations()[8].statements,
+            ["DROP TABLE IF EXISTS dt.trace_bounds_v2_mv ON CLUSTER prod"]
         );
         assert_eq!(
             c.migrations()[7].statements,
