@@ -34,6 +34,15 @@ pub struct TableRetention {
     pub days: Option<u32>,
 }
 
+/// What the database holds of the schema, from one read of `system.tables`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaState {
+    /// The retention of every trace table that exists.
+    pub retention: Vec<TableRetention>,
+    /// The tables and views of the current schema the database lacks, in creation order.
+    pub missing: Vec<String>,
+}
+
 /// What `set_retention` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -116,6 +125,29 @@ fn ttl_days(engine_full: &str) -> Option<u32> {
     let i = engine_full.find("toIntervalDay(")? + "toIntervalDay(".len();
     let rest = &engine_full[i..];
     rest[..rest.find(')')?].trim().parse().ok()
+}
+
+/// The retention of those of `tables` that `rows` (from `system.tables`) hold, in the order
+/// given.
+fn retention_of(tables: Vec<String>, rows: &[TableRow]) -> Vec<TableRetention> {
+    tables
+        .into_iter()
+        .filter_map(|table| {
+            let row = rows.iter().find(|r| r.name == table)?;
+            Some(TableRetention {
+                days: ttl_days(&row.engine_full),
+                table,
+            })
+        })
+        .collect()
+}
+
+/// Those of `names` that `rows` (from `system.tables`) lack, in the order given.
+fn absent_from(names: Vec<String>, rows: &[TableRow]) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|n| !rows.iter().any(|r| r.name == *n))
+        .collect()
 }
 
 impl ClickHouseAdmin {
@@ -333,34 +365,48 @@ impl ClickHouseAdmin {
 
     /// The retention of every trace table that exists.
     pub async fn retention(&self) -> Result<Vec<TableRetention>> {
-        let names: Vec<String> = self
-            .schema
+        let names = self.ttl_storage_tables();
+        let rows = self.tables(&names).await?;
+        Ok(retention_of(names, &rows))
+    }
+
+    /// The trace tables' retention and the schema's missing tables and views, from one read
+    /// of `system.tables`: what the operator's drift check compares with a pipeline's spec.
+    pub async fn schema_state(&self) -> Result<SchemaState> {
+        let ttl = self.ttl_storage_tables();
+        let objects = self.schema.objects();
+        let mut names = objects.clone();
+        names.extend(ttl.iter().filter(|t| !objects.contains(t)).cloned());
+        let rows = self.tables(&names).await?;
+        Ok(SchemaState {
+            retention: retention_of(ttl, &rows),
+            missing: absent_from(objects, &rows),
+        })
+    }
+
+    /// The storage tables that carry a TTL (`_local` ones on a cluster).
+    pub fn ttl_storage_tables(&self) -> Vec<String> {
+        self.schema
             .ttl_tables()
             .iter()
             .map(|t| self.schema.storage_table(t.name))
-            .collect();
-        let rows: Vec<TableRow> = timed(
+            .collect()
+    }
+
+    /// The rows of `system.tables` for those of `names` the database holds.
+    async fn tables(&self, names: &[String]) -> Result<Vec<TableRow>> {
+        timed(
             self.query_timeout,
-            "read retention",
+            "read tables",
             self.root
                 .query(
                     "SELECT name, engine_full FROM system.tables WHERE database = ? AND name IN ?",
                 )
                 .bind(&self.schema.database)
-                .bind(&names)
+                .bind(names)
                 .fetch_all::<TableRow>(),
         )
-        .await?;
-        Ok(names
-            .into_iter()
-            .filter_map(|table| {
-                let row = rows.iter().find(|r| r.name == table)?;
-                Some(TableRetention {
-                    days: ttl_days(&row.engine_full),
-                    table,
-                })
-            })
-            .collect())
+        .await
     }
 
     /// The owner recorded in the database; `None` when the database, its owner table or a
@@ -466,17 +512,8 @@ impl ClickHouseAdmin {
 
     /// Those of `names` (tables or views) the database lacks, in the order given.
     async fn absent(&self, names: Vec<String>) -> Result<Vec<String>> {
-        let present: Vec<String> = timed(
-            self.query_timeout,
-            "read tables",
-            self.root
-                .query("SELECT name FROM system.tables WHERE database = ? AND name IN ?")
-                .bind(&self.schema.database)
-                .bind(&names)
-                .fetch_all::<String>(),
-        )
-        .await?;
-        Ok(names.into_iter().filter(|n| !present.contains(n)).collect())
+        let rows = self.tables(&names).await?;
+        Ok(absent_from(names, &rows))
     }
 
     /// Recreates the tables and views of the current schema that are missing although their

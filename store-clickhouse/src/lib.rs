@@ -24,7 +24,9 @@ mod rows;
 pub mod schema;
 mod store;
 
-pub use admin::{ClickHouseAdmin, MigrationReport, RetentionReport, StorageOwner, TableRetention};
+pub use admin::{
+    ClickHouseAdmin, MigrationReport, RetentionReport, SchemaState, StorageOwner, TableRetention,
+};
 // The settings are in this crate's API (`ClickHouseStore::open`, `ClickHouseAdmin::new`), so
 // re-exported for callers; they live in `datatracing-config`.
 pub use datatracing_config::{ClickHouseBatchConfig, ClickHouseConfig, Compression};

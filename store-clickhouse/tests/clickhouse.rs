@@ -762,10 +762,17 @@ async fn a_version_6_database_with_spans_is_migrated_to_trace_summaries() {
         vec![want_u],
         "the view is gone: u's summary misses the span"
     );
+    // What the operator's drift check reads: the lost view, and the tables' retention
+    // as `retention` reads it, in one answer.
+    let state = admin.schema_state().await.unwrap();
+    assert_eq!(state.missing, ["trace_summaries_mv"]);
+    assert_eq!(state.retention, admin.retention().await.unwrap());
+    assert_eq!(state.retention.len(), admin.ttl_storage_tables().len());
     assert_eq!(
         admin.recreate_missing().await.unwrap(),
         ["trace_summaries_mv"]
     );
+    assert!(admin.schema_state().await.unwrap().missing.is_empty());
     let want_u = summary_of(&[orphan_late, orphan_early, missed]);
     let mut got = reader.summaries(&[t, u]).await.unwrap();
     got.sort_by_key(|s| s.trace_id != t);

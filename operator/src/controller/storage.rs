@@ -232,25 +232,19 @@ pub(super) async fn drift(p: &TracingPipeline, ctx: &Context) -> Result<Option<S
         return Err(conflict(p, o));
     }
     let want = p.spec.storage.retention_days;
-    let present = match admin.retention().await {
-        Ok(p) => p,
+    // One read of `system.tables` answers both: retention and lost tables or views.
+    let state = match admin.schema_state().await {
+        Ok(s) => s,
         Err(e) => return vanished(e).map(Some),
     };
+    let present = state.retention;
     let differences: Vec<String> = if present.is_empty() {
         vec![format!("database {db} has none of the trace tables")]
     } else {
-        let missing = match admin.missing_objects().await {
-            Ok(m) => m,
-            Err(e) => return vanished(e).map(Some),
-        };
-        let ttl_tables: Vec<String> = admin
-            .schema()
-            .ttl_tables()
-            .iter()
-            .map(|t| admin.schema().storage_table(t.name))
-            .collect();
+        let ttl_tables = admin.ttl_storage_tables();
         // A lost view is drift too: its table silently stops receiving new spans.
-        let lost_others = missing
+        let lost_others = state
+            .missing
             .into_iter()
             .filter(|m| !ttl_tables.contains(m))
             .map(|m| format!("{db}.{m} is missing"));
