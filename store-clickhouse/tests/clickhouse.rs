@@ -11,7 +11,7 @@ use datatracing_store::{Health, TraceReader, TraceWriter};
 use datatracing_store_clickhouse::{
     ClickHouseConfig, ClickHouseMetrics, ClickHouseReader, ClickHouseStore, Error,
 };
-use datatracing_store_contract::{StoreUnderTest, fresh_trace_id, simple_span};
+use datatracing_store_contract::{StoreUnderTest, fresh_trace_id, page_ids, simple_span};
 use datatracing_testkit::clickhouse::{ChdbOptions, ClickHouse, unique_database};
 use prometheus_client::registry::Registry;
 
@@ -1135,17 +1135,14 @@ async fn cursor_pages_past_a_trace_wider_than_the_window_read_every_trace() {
     rows(old, 110, 1_000, 10_000);
     store.write(all.into()).await.unwrap();
     let expected = vec![wide, mid, old];
-    let everything: Vec<_> = store
-        .search(&TraceQuery {
+    let everything: Vec<_> = page_ids(
+        &store,
+        &TraceQuery {
             service: Some("wide-svc".into()),
             ..TraceQuery::with_limit(10)
-        })
-        .await
-        .unwrap()
-        .traces
-        .iter()
-        .map(|s| s.trace_id)
-        .collect();
+        },
+    )
+    .await;
     assert_eq!(everything, expected, "one page, newest latest span first");
     let mut q = TraceQuery {
         service: Some("wide-svc".into()),

@@ -28,7 +28,7 @@ use datatracing_store_clickhouse::schema::Schema;
 use datatracing_store_clickhouse::{
     ClickHouseConfig, ClickHouseMetrics, ClickHouseReader, ClickHouseStore,
 };
-use datatracing_store_contract::{Fixture, fresh_trace_id, simple_span, span_id};
+use datatracing_store_contract::{Fixture, fresh_trace_id, page_ids, simple_span, span_id};
 use datatracing_testkit::clickhouse::{ChdbOptions, ClickHouse, unique_database};
 
 const CLUSTER: &str = "dtc";
@@ -311,17 +311,14 @@ async fn the_clustered_schema_runs_as_generated_and_holds_what_is_written() {
         .unwrap();
     assert_eq!(found.traces.len(), 1);
     assert_eq!(found.traces[0].trace_id, t);
-    let linked: Vec<TraceId> = reader
-        .search(&TraceQuery {
+    let linked: Vec<TraceId> = page_ids(
+        &reader,
+        &TraceQuery {
             linked_trace: Some(upstream),
             ..TraceQuery::with_limit(10)
-        })
-        .await
-        .unwrap()
-        .traces
-        .iter()
-        .map(|s| s.trace_id)
-        .collect();
+        },
+    )
+    .await;
     assert_eq!(
         linked,
         vec![t],

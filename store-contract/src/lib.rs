@@ -71,6 +71,10 @@ impl<'a> StoreUnderTest<'a> {
         Ok(self.reader.search(query).await?.traces)
     }
 
+    async fn page_ids(&self, query: &TraceQuery) -> Vec<TraceId> {
+        page_ids(self.reader, query).await
+    }
+
     async fn search_page(&self, query: &TraceQuery) -> Result<SearchPage> {
         self.reader.search(query).await
     }
@@ -116,6 +120,19 @@ macro_rules! trace_store_contract {
             }
         )+
     };
+}
+
+/// The ids of the traces one search page finds, in the page's order; a failed search
+/// fails the test.
+pub async fn page_ids(reader: &dyn TraceReader, query: &TraceQuery) -> Vec<TraceId> {
+    reader
+        .search(query)
+        .await
+        .expect("search")
+        .traces
+        .into_iter()
+        .map(|s| s.trace_id)
+        .collect()
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -306,13 +323,7 @@ pub async fn search_filters_match_one_span_each(store: StoreUnderTest<'_>) {
     store.write(trace2.into()).await.expect("write 2");
 
     let ids = |q: TraceQuery| async move {
-        let mut v: Vec<TraceId> = store
-            .search(&q)
-            .await
-            .expect("search")
-            .into_iter()
-            .map(|s| s.trace_id)
-            .collect();
+        let mut v: Vec<TraceId> = store.page_ids(&q).await;
         v.sort();
         v
     };
@@ -447,13 +458,7 @@ pub async fn search_orders_newest_first_and_limits(store: StoreUnderTest<'_>) {
         service: Some(svc),
         ..TraceQuery::with_limit(3)
     };
-    let got: Vec<TraceId> = store
-        .search(&q)
-        .await
-        .expect("search")
-        .into_iter()
-        .map(|s| s.trace_id)
-        .collect();
+    let got: Vec<TraceId> = store.page_ids(&q).await;
     assert_eq!(got, vec![traces[4], traces[3], traces[2]]);
 }
 
@@ -484,13 +489,7 @@ pub async fn busy_trace_does_not_hide_others(store: StoreUnderTest<'_>) {
         service: Some(svc),
         ..TraceQuery::with_limit(2)
     };
-    let got: Vec<TraceId> = store
-        .search(&q)
-        .await
-        .expect("search")
-        .into_iter()
-        .map(|s| s.trace_id)
-        .collect();
+    let got: Vec<TraceId> = store.page_ids(&q).await;
     assert_eq!(got, vec![busy, quiet]);
 }
 
@@ -570,13 +569,7 @@ pub async fn search_by_attributes(store: StoreUnderTest<'_>) {
             ..TraceQuery::with_limit(10)
         };
         async move {
-            let mut v: Vec<TraceId> = store
-                .search(&q)
-                .await
-                .expect("search")
-                .into_iter()
-                .map(|s| s.trace_id)
-                .collect();
+            let mut v: Vec<TraceId> = store.page_ids(&q).await;
             v.sort();
             v
         }
@@ -892,13 +885,7 @@ pub async fn search_by_kind_and_typed_attributes(store: StoreUnderTest<'_>) {
             ..TraceQuery::with_limit(10)
         };
         async move {
-            let mut v: Vec<TraceId> = store
-                .search(&q)
-                .await
-                .expect("search")
-                .into_iter()
-                .map(|s| s.trace_id)
-                .collect();
+            let mut v: Vec<TraceId> = store.page_ids(&q).await;
             v.sort();
             v
         }
@@ -1028,13 +1015,7 @@ pub async fn duration_scope_span_or_trace(store: StoreUnderTest<'_>) {
             ..TraceQuery::with_limit(10)
         };
         async move {
-            let ids = store
-                .search(&q)
-                .await
-                .expect("search")
-                .into_iter()
-                .map(|s| s.trace_id)
-                .collect::<Vec<_>>();
+            let ids = store.page_ids(&q).await;
             // Jaeger's search takes only the ids, which backends may find without
             // summaries; a trace-duration filter still needs each trace's extent.
             assert_eq!(
@@ -1108,15 +1089,11 @@ pub async fn cursor_pages_are_complete_and_stable_under_concurrent_inserts(
         ..TraceQuery::with_limit(4)
     };
     let everything: Vec<TraceId> = store
-        .search(&TraceQuery {
+        .page_ids(&TraceQuery {
             limit: 100,
             ..base.clone()
         })
-        .await
-        .expect("search")
-        .into_iter()
-        .map(|s| s.trace_id)
-        .collect();
+        .await;
     assert_eq!(everything.len(), 24);
 
     let mut seen: Vec<TraceId> = Vec::new();
@@ -1766,15 +1743,7 @@ pub async fn datasets_in_search_and_lineage(store: StoreUnderTest<'_>) {
         .expect("write");
 
     let found = |query: TraceQuery| async move {
-        let mut v: Vec<TraceId> = store
-            .reader
-            .search(&query)
-            .await
-            .expect("search")
-            .traces
-            .into_iter()
-            .map(|s| s.trace_id)
-            .collect();
+        let mut v: Vec<TraceId> = store.page_ids(&query).await;
         v.sort();
         v
     };
