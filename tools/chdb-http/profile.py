@@ -9,7 +9,10 @@ read). Then it replays one sample statement of each shape `--repeat` times throu
 front and splits what a client waits for into: the engine's own time (query_log), the
 front's engine calls (`X-ClickHouse-Summary` `elapsed_ns`, which adds chdb's per-call cost
 and any `USE`/`SET`), and the rest (HTTP, Python, the copy of the answer). `SELECT 1` is
-replayed too, as the floor of one round trip.
+replayed too, as the floor of one round trip. Replays run with
+`use_query_condition_cache = 0`: the engine otherwise remembers which granules a repeated
+literal filter skipped, and from the second repeat on a replay would measure that memory,
+which the store's searches over ever-new ids never get.
 
     python tools/chdb-http/profile.py --url http://127.0.0.1:18124 --database load10m \
         --since '2026-12-03 14:00:00' --repeat 20
@@ -58,7 +61,8 @@ class Front:
     def run(self, sql, fmt="TabSeparated"):
         """(seconds the client waited, the front's summary, answer bytes)."""
         path = "/?" + urllib.parse.urlencode({"database": self.database, "default_format": fmt,
-                                               "max_execution_time": "30"})
+                                               "max_execution_time": "30",
+                                               "use_query_condition_cache": "0"})
         started = time.perf_counter()
         self.conn.request("POST", path, body=sql.encode())
         r = self.conn.getresponse()
